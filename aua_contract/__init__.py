@@ -1,0 +1,37 @@
+"""The wire contract between edge agents and the gateway: message models, topics, codec.
+
+Pure data and functions, no I/O. Both sides import this package and nothing else from each other.
+"""
+
+from aua_contract.codec import ContractError, decode_batch, decode_status, encode_batch, encode_status
+from aua_contract.models import (
+    IDENTIFIER_PATTERN,
+    SCHEMA_VERSION,
+    AgentState,
+    AgentStatus,
+    Batch,
+    Quality,
+    Reading,
+)
+from aua_contract.topics import TOPIC_ROOT, TopicKind, TopicParts, parse_topic, readings_topic, status_topic
+
+__all__ = [
+    "IDENTIFIER_PATTERN",
+    "SCHEMA_VERSION",
+    "TOPIC_ROOT",
+    "AgentState",
+    "AgentStatus",
+    "Batch",
+    "ContractError",
+    "Quality",
+    "Reading",
+    "TopicKind",
+    "TopicParts",
+    "decode_batch",
+    "decode_status",
+    "encode_batch",
+    "encode_status",
+    "parse_topic",
+    "readings_topic",
+    "status_topic",
+]

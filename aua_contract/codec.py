@@ -1,0 +1,62 @@
+"""Bytes <-> messages. Every failure becomes one ContractError that says what is wrong and where."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from aua_contract.models import SCHEMA_VERSION, AgentStatus, Batch
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ContractError(ValueError):
+    """A payload that is not a valid message of a version this side understands."""
+
+
+def encode_batch(batch: Batch) -> bytes:
+    return batch.model_dump_json(exclude_none=True).encode()
+
+
+def encode_status(status: AgentStatus) -> bytes:
+    return status.model_dump_json(exclude_none=True).encode()
+
+
+def _load(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ContractError(f"{what}: payload is not JSON ({error})") from None
+    except RecursionError:
+        raise ContractError(f"{what}: payload nests too deeply") from None
+    if not isinstance(document, dict):
+        raise ContractError(f"{what}: payload must be a JSON object, got {type(document).__name__}")
+    if "v" not in document:
+        raise ContractError(f"{what}: missing schema version field 'v'")
+    version = document["v"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise ContractError(f"{what}: unsupported schema version v={version!r} (this side reads v={SCHEMA_VERSION})")
+    return document
+
+
+def _validate(model: type[M], document: dict[str, Any], what: str) -> M:
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
+            for item in error.errors(include_url=False)[:5]
+        )
+        more = error.error_count() - 5
+        suffix = f" (+{more} more)" if more > 0 else ""
+        raise ContractError(f"{what}: {problems}{suffix}") from None
+
+
+def decode_batch(payload: bytes) -> Batch:
+    return _validate(Batch, _load(payload, "batch"), "batch")
+
+
+def decode_status(payload: bytes) -> AgentStatus:
+    return _validate(AgentStatus, _load(payload, "status"), "status")

@@ -1,0 +1,106 @@
+"""Message models: one MQTT message carries a batch of readings from one agent.
+
+A reading's identity is (site, agent, instrument, parameter, ts); a batch's is (agent, seq).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+"""The version every message carries in its `v` field; a receiver rejects versions it does not know."""
+
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Site, agent, instrument and parameter names: safe in MQTT topics, InfluxDB tags and file names."""
+
+MAX_READINGS_PER_BATCH = 10_000
+
+
+class Quality(StrEnum):
+    """Per-value quality: NAMUR NE107 status plus gateway-side checks (cems-mrv.md §3)."""
+
+    OK = "ok"
+    CHECK_FUNCTION = "check_function"
+    OUT_OF_SPECIFICATION = "out_of_specification"
+    FAILURE = "failure"
+    MAINTENANCE_REQUIRED = "maintenance_required"
+    OUT_OF_RANGE = "out_of_range"
+    STUCK = "stuck"
+    SPIKE = "spike"
+    STALE = "stale"
+    SUBSTITUTED = "substituted"
+
+    @property
+    def usable(self) -> bool:
+        """Whether a sample with this flag may enter an average (check_function and failure may not)."""
+        return self not in _EXCLUDED
+
+
+_EXCLUDED = frozenset({Quality.CHECK_FUNCTION, Quality.FAILURE, Quality.OUT_OF_RANGE})
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp must carry a time zone (UTC expected), got a naive time")
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+
+
+class Reading(BaseModel):
+    """One sampled value of one parameter of one instrument, with its quality."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instrument: Identifier
+    parameter: Identifier
+    value: float | None = Field(description="engineering value; None when the read failed")
+    unit: Annotated[str, Field(max_length=32)]
+    ts: UtcDatetime = Field(description="sample time, UTC")
+    quality: Quality = Quality.OK
+    status: int | None = Field(default=None, description="raw status word(s) the quality came from")
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("value must be finite (NaN and infinity are not measurements)")
+        return value
+
+
+class Batch(BaseModel):
+    """One MQTT message: readings from one agent, numbered by a per-agent sequence that survives restarts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = SCHEMA_VERSION
+    site: Identifier
+    agent: Identifier
+    seq: Annotated[int, Field(ge=0)]
+    sent_at: UtcDatetime
+    readings: Annotated[list[Reading], Field(max_length=MAX_READINGS_PER_BATCH)]
+
+
+class AgentState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class AgentStatus(BaseModel):
+    """The retained birth/last-will message on an agent's status topic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = SCHEMA_VERSION
+    site: Identifier
+    agent: Identifier
+    state: AgentState
+    at: UtcDatetime | None = None
+    version: str | None = None

@@ -1,0 +1,114 @@
+"""Registers -> engineering values. Pure functions, no I/O.
+
+Multi-register values are named by the order their bytes arrive in, with ABCD meaning big-endian
+(Modbus's own order): CDAB swaps the words, BADC swaps the bytes inside each word, DCBA does both.
+For 64-bit types the same rule applies to all four words (ABCD -> words in order, CDAB -> words reversed).
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import StrEnum
+
+
+class DataType(StrEnum):
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    BOOL = "bool"
+
+    @property
+    def words(self) -> int:
+        """How many 16-bit registers one value occupies (bits count as one)."""
+        return _WORDS[self]
+
+
+class ByteOrder(StrEnum):
+    ABCD = "ABCD"
+    DCBA = "DCBA"
+    BADC = "BADC"
+    CDAB = "CDAB"
+
+
+_WORDS = {
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT32: 2,
+    DataType.FLOAT64: 4,
+    DataType.BOOL: 1,
+}
+_STRUCT = {
+    DataType.INT16: ">h",
+    DataType.UINT16: ">H",
+    DataType.INT32: ">i",
+    DataType.UINT32: ">I",
+    DataType.INT64: ">q",
+    DataType.UINT64: ">Q",
+    DataType.FLOAT32: ">f",
+    DataType.FLOAT64: ">d",
+}
+
+
+class DecodeError(ValueError):
+    """Registers that cannot be a value of the declared type (wrong count, NaN, out of 16 bits)."""
+
+
+def _arrange(words: list[int], order: ByteOrder) -> bytes:
+    """Put the words as received into big-endian (ABCD) byte order."""
+    if order in (ByteOrder.CDAB, ByteOrder.DCBA):
+        words = list(reversed(words))
+    raw = b"".join(word.to_bytes(2, "big") for word in words)
+    if order in (ByteOrder.BADC, ByteOrder.DCBA):
+        raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
+    return raw
+
+
+def decode_registers(registers: list[int], data_type: DataType, order: ByteOrder = ByteOrder.ABCD) -> float:
+    """Decode the raw words of one value (no scaling). Raises DecodeError with what was wrong."""
+    if data_type is DataType.BOOL:
+        raise DecodeError("bool values come from coils or discrete inputs, not registers")
+    if len(registers) != data_type.words:
+        raise DecodeError(f"{data_type} needs {data_type.words} registers, got {len(registers)}")
+    for word in registers:
+        if not 0 <= word <= 0xFFFF:
+            raise DecodeError(f"register value {word} is not a 16-bit word")
+    if data_type in (DataType.INT16, DataType.UINT16):
+        order = ByteOrder.BADC if order in (ByteOrder.BADC, ByteOrder.DCBA) else ByteOrder.ABCD
+    (value,) = struct.unpack(_STRUCT[data_type], _arrange(registers, order))
+    result = float(value)
+    if result != result or result in (float("inf"), float("-inf")):
+        raise DecodeError(f"{data_type} registers {[hex(w) for w in registers]} decode to {result}")
+    return result
+
+
+def encode_value(value: float, data_type: DataType, order: ByteOrder = ByteOrder.ABCD) -> list[int]:
+    """The inverse of decode_registers, for simulators and test vectors."""
+    if data_type is DataType.BOOL:
+        raise DecodeError("bool values are bits, not registers")
+    fmt = _STRUCT[data_type]
+    packed = struct.pack(fmt, value if data_type in (DataType.FLOAT32, DataType.FLOAT64) else int(round(value)))
+    if data_type in (DataType.INT16, DataType.UINT16):
+        order = ByteOrder.BADC if order in (ByteOrder.BADC, ByteOrder.DCBA) else ByteOrder.ABCD
+    words = [int.from_bytes(packed[i : i + 2], "big") for i in range(0, len(packed), 2)]
+    # _arrange is its own inverse for every order.
+    raw = _arrange(words, order)
+    return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+
+
+def scale_value(raw: float, scale: float = 1.0, offset: float = 0.0) -> float:
+    """Engineering value = raw × scale + offset (scaled integers such as value × 10^-n)."""
+    return raw * scale + offset
+
+
+def bits_of(word: int, width: int = 16) -> list[bool]:
+    """Bit i of a status word, least significant first."""
+    return [bool(word >> i & 1) for i in range(width)]

@@ -1,0 +1,162 @@
+"""Device profiles: an instrument's register map declared as data, with test vectors as its proof.
+
+A profile says where each value lives and how to decode it; a site config says where the instrument is.
+Adding an instrument means adding a TOML file, not code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aua_contract import IDENTIFIER_PATTERN, Quality
+from edge_agent.decoding import ByteOrder, DataType
+
+
+class Function(StrEnum):
+    """Modbus table a tag is read from, named for humans; the function code follows."""
+
+    COIL = "coil"  # FC01
+    DISCRETE = "discrete"  # FC02
+    HOLDING = "holding"  # FC03
+    INPUT = "input"  # FC04
+
+    @property
+    def is_bit(self) -> bool:
+        return self in (Function.COIL, Function.DISCRETE)
+
+    @property
+    def code(self) -> int:
+        return {Function.COIL: 1, Function.DISCRETE: 2, Function.HOLDING: 3, Function.INPUT: 4}[self]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProfileInfo(_Strict):
+    name: str
+    vendor: str | None = None
+    model: str | None = None
+    byte_order: ByteOrder = ByteOrder.ABCD
+    verified: bool = Field(default=False, description="register numbers checked against the vendor manual")
+    notes: str | None = None
+
+
+class Tag(_Strict):
+    """One measured value: where it is, how to decode it, what unit it is in."""
+
+    name: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+    function: Function = Function.INPUT
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: DataType = DataType.FLOAT32
+    byte_order: ByteOrder | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str
+    status: str | None = Field(default=None, description="name of the status block giving this value's quality")
+
+    @model_validator(mode="after")
+    def _type_fits_function(self) -> Self:
+        if self.function.is_bit != (self.type is DataType.BOOL):
+            raise ValueError(f"type {self.type} cannot be read from {self.function} (bool goes with coil/discrete)")
+        return self
+
+
+class StatusBlock(_Strict):
+    """Status bits that set the NE107 quality of the values that point at this block.
+
+    For bit tables (coil/discrete) bit i is the input at address + i; for registers (uint16 words read
+    from address on, `count` of them) bit i is bit i % 16 of word i // 16, least significant first.
+    """
+
+    name: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+    function: Function = Function.DISCRETE
+    address: Annotated[int, Field(ge=0, le=65535)]
+    count: Annotated[int, Field(ge=1, le=2000)] = 16
+    bits: dict[int, Quality] = Field(default_factory=dict, description="bit index -> quality when the bit is set")
+    required: dict[int, Quality] = Field(
+        default_factory=dict, description="bit index -> quality when the bit is NOT set (e.g. 'system OK')"
+    )
+
+    @property
+    def registers(self) -> int:
+        return self.count if self.function.is_bit else (self.count + 15) // 16
+
+    @model_validator(mode="after")
+    def _bits_in_range(self) -> Self:
+        for index in (*self.bits, *self.required):
+            if not 0 <= index < self.count:
+                raise ValueError(f"status bit {index} is outside the block's {self.count} bits")
+        return self
+
+
+class Vector(_Strict):
+    """Raw registers -> expected engineering value; the tests check every profile's vectors."""
+
+    tag: str
+    registers: list[int]
+    expect: float
+    note: str | None = None
+
+
+class Profile(_Strict):
+    profile: ProfileInfo
+    tag: list[Tag] = Field(min_length=1)
+    status: list[StatusBlock] = Field(default_factory=list)
+    vector: list[Vector] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Self:
+        names = [tag.name for tag in self.tag]
+        duplicates = {name for name in names if names.count(name) > 1}
+        if duplicates:
+            raise ValueError(f"duplicate tag names: {sorted(duplicates)}")
+        blocks = {block.name for block in self.status}
+        for tag in self.tag:
+            if tag.status is not None and tag.status not in blocks:
+                raise ValueError(f"tag {tag.name!r} refers to unknown status block {tag.status!r}")
+        for vector in self.vector:
+            if vector.tag not in names:
+                raise ValueError(f"vector refers to unknown tag {vector.tag!r}")
+        return self
+
+    def byte_order_of(self, tag: Tag) -> ByteOrder:
+        return tag.byte_order or self.profile.byte_order
+
+    def tag_named(self, name: str) -> Tag:
+        return next(tag for tag in self.tag if tag.name == name)
+
+
+class ConfigError(ValueError):
+    """A config or profile file that cannot be used; the message names the file and the key."""
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted key path (tag.3.address) in `source`."""
+    lines = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{source}: {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def load_profile(path: Path) -> Profile:
+    try:
+        return Profile.model_validate(read_toml(path))
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, str(path))) from None
