@@ -1,0 +1,104 @@
+"""The MQTT side of the agent: one persistent QoS 1 session that drains the outbox in sequence order.
+
+A batch is marked acknowledged only after the broker's PUBACK; until then it stays pending and is sent
+again after a reconnect (the gateway drops the duplicate by (agent, seq)). A retained birth message says
+the agent is online; the broker publishes the retained last will when the agent disappears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+
+import aiomqtt
+
+from aua_contract import AgentState, AgentStatus, encode_status, readings_topic, status_topic
+from edge_agent.config import MqttSection
+from edge_agent.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+__version__ = "0.1.0"
+
+
+def status_payload(site: str, agent: str, state: AgentState) -> bytes:
+    return encode_status(
+        AgentStatus(site=site, agent=agent, state=state, at=datetime.now(UTC), version=__version__)
+    )
+
+
+class Publisher:
+    """Keeps an MQTT session up and publishes pending outbox batches in order."""
+
+    def __init__(self, mqtt: MqttSection, site: str, agent: str, outbox: Outbox) -> None:
+        self.mqtt = mqtt
+        self.site = site
+        self.agent = agent
+        self.outbox = outbox
+        self.wake = asyncio.Event()
+        self.connected = False
+        self.published = 0
+        self._topic = readings_topic(site, agent)
+        self._status_topic = status_topic(site, agent)
+
+    def _client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(
+            self._status_topic, status_payload(self.site, self.agent, AgentState.OFFLINE), qos=1, retain=True
+        )
+        return aiomqtt.Client(
+            self.mqtt.host,
+            self.mqtt.port,
+            identifier=self.mqtt.client_id or f"aua-agent-{self.site}-{self.agent}",
+            clean_session=False,
+            keepalive=self.mqtt.keepalive,
+            username=self.mqtt.username,
+            password=self.mqtt.password.get_secret_value() if self.mqtt.password else None,
+            will=will,
+        )
+
+    async def run(self) -> None:
+        """Connect, publish, and on any broker problem reconnect with backoff; runs until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                async with self._client() as client:
+                    self.connected = True
+                    backoff = 0.5
+                    log.info("connected to MQTT broker %s:%s", self.mqtt.host, self.mqtt.port)
+                    await client.publish(
+                        self._status_topic, status_payload(self.site, self.agent, AgentState.ONLINE), qos=1, retain=True
+                    )
+                    await self._drain_forever(client)
+            except aiomqtt.MqttError as error:
+                if self.connected:
+                    log.warning("MQTT connection lost: %s", error)
+                else:
+                    log.warning("MQTT broker %s:%s unreachable: %s", self.mqtt.host, self.mqtt.port, error)
+            self.connected = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _drain_forever(self, client: aiomqtt.Client) -> None:
+        while True:
+            batches = self.outbox.pending(limit=200)
+            for seq, payload in batches:
+                await client.publish(self._topic, payload, qos=1)
+                await asyncio.to_thread(self.outbox.mark_acked, seq, time.time_ns())
+                self.published += 1
+            if not batches:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+
+    async def goodbye(self) -> None:
+        """On a clean shutdown, say offline ourselves (the will is only for unclean exits)."""
+        try:
+            async with self._client() as client:
+                await client.publish(
+                    self._status_topic, status_payload(self.site, self.agent, AgentState.OFFLINE), qos=1, retain=True
+                )
+        except aiomqtt.MqttError as error:
+            log.info("could not publish offline status: %s", error)

@@ -1,0 +1,73 @@
+"""The gateway's config: broker, store, and where it keeps its own state."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+
+class GatewayConfigError(ValueError):
+    """A gateway config that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewaySection(_Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "gateway-1"
+    state: Path = Field(default=Path("var/gateway-state.sqlite"), description="ledger and dead letters")
+
+
+class MqttSection(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    sites: str = Field(default="+", description="site id to subscribe to, or + for all")
+
+
+class StoreSection(_Strict):
+    url: str = Field(default="sqlite:///var/aua.sqlite", description="sqlite:///PATH or influx://HOST:PORT/DB")
+
+
+class GatewayConfig(_Strict):
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+
+
+def resolve_store_url(url: str, base: Path) -> str:
+    """Relative SQLite paths are relative to the config file, like every other path in it."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+        return prefix + str((base / url[len(prefix) :]).resolve()).lstrip("/")
+    return url
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise GatewayConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise GatewayConfigError(f"{path}: not valid TOML: {error}") from None
+    try:
+        config = GatewayConfig.model_validate(document)
+    except ValidationError as error:
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+            for item in error.errors(include_url=False)
+        ]
+        raise GatewayConfigError("\n".join(lines)) from None
+    base = path.parent
+    if not config.gateway.state.is_absolute():
+        config.gateway.state = base / config.gateway.state
+    config.store.url = resolve_store_url(config.store.url, base)
+    return config

@@ -1,0 +1,139 @@
+"""The gateway's own durable state: which batches each agent has delivered, and the dead letters.
+
+A batch is recorded here only after its readings are in the store, so a crash in between means the
+batch is processed again on redelivery (store writes are idempotent) rather than lost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_seen (
+    site TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    PRIMARY KEY (site, agent, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS duplicate (
+    site TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (site, agent)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    received_ns INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent_status (
+    site TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    state TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    PRIMARY KEY (site, agent)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class AgentAccount:
+    site: str
+    agent: str
+    batches: int
+    readings: int
+    first_seq: int
+    last_seq: int
+    duplicates: int
+
+    @property
+    def missing(self) -> int:
+        """Sequence numbers between the first and last seen that never arrived."""
+        return self.last_seq - self.first_seq + 1 - self.batches
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    received_ns: int
+    topic: str
+    reason: str
+    payload: bytes
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def seen(self, site: str, agent: str, seq: int) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM batch_seen WHERE site = ? AND agent = ? AND seq = ?", (site, agent, seq)
+            ).fetchone()
+        return row is not None
+
+    def record(self, site: str, agent: str, seq: int, readings: int, received_ns: int) -> bool:
+        """Record a stored batch; False when it was already recorded (a duplicate), which is counted."""
+        with self._lock:
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?)", (site, agent, seq, readings, received_ns)
+            ).rowcount
+            if not inserted:
+                self._count_duplicate(site, agent)
+        return bool(inserted)
+
+    def count_duplicate(self, site: str, agent: str) -> None:
+        with self._lock:
+            self._count_duplicate(site, agent)
+
+    def _count_duplicate(self, site: str, agent: str) -> None:
+        self._db.execute(
+            "INSERT INTO duplicate VALUES (?, ?, 1) ON CONFLICT (site, agent) DO UPDATE SET count = count + 1",
+            (site, agent),
+        )
+
+    def dead_letter(self, topic: str, reason: str, payload: bytes, received_ns: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO dead_letter (received_ns, topic, reason, payload) VALUES (?, ?, ?, ?)",
+                (received_ns, topic, reason, payload),
+            )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT received_ns, topic, reason, payload FROM dead_letter ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [DeadLetter(int(ns), topic, reason, bytes(payload)) for ns, topic, reason, payload in rows]
+
+    def agent_state(self, site: str, agent: str, state: str, at_ns: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO agent_status VALUES (?, ?, ?, ?) ON CONFLICT (site, agent) "
+                "DO UPDATE SET state = excluded.state, at_ns = excluded.at_ns",
+                (site, agent, state, at_ns),
+            )
+
+    def accounts(self) -> list[AgentAccount]:
+        with self._lock:
+            rows = self._db.execute(
+                """SELECT b.site, b.agent, count(*), sum(b.readings), min(b.seq), max(b.seq), coalesce(d.count, 0)
+                   FROM batch_seen b LEFT JOIN duplicate d ON d.site = b.site AND d.agent = b.agent
+                   GROUP BY b.site, b.agent ORDER BY b.site, b.agent"""
+            ).fetchall()
+        return [AgentAccount(s, a, int(n), int(r), int(lo), int(hi), int(d)) for s, a, n, r, lo, hi, d in rows]

@@ -1,0 +1,63 @@
+"""Gateway validation: what is stored, what becomes a dead letter and why. Pure, table-driven."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading, encode_batch, encode_status
+from gateway.validation import Rejected, stored_readings, validate_message
+
+T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+
+def batch(site: str = "pvl", agent: str = "a1", seq: int = 7) -> Batch:
+    return Batch(
+        site=site,
+        agent=agent,
+        seq=seq,
+        sent_at=T0,
+        readings=[
+            Reading(instrument="hg1", parameter="hg", value=4.9, unit="ng/m³", ts=T0, status=0),
+            Reading(instrument="hg1", parameter="t", value=None, unit="degC", ts=T0, quality=Quality.FAILURE),
+        ],
+    )
+
+
+def test_a_valid_batch_passes_and_maps_every_field() -> None:
+    result = validate_message("aua/v1/pvl/a1/readings", encode_batch(batch()))
+    assert result == batch()
+    assert isinstance(result, Batch)
+    rows = stored_readings(result)
+    assert [(r.site, r.agent, r.instrument, r.parameter, r.value, r.unit, r.quality, r.status) for r in rows] == [
+        ("pvl", "a1", "hg1", "hg", 4.9, "ng/m³", Quality.OK, 0),
+        ("pvl", "a1", "hg1", "t", None, "degC", Quality.FAILURE, None),
+    ]
+    assert all(r.ts == T0 for r in rows)
+
+
+def test_a_status_message_passes() -> None:
+    status = AgentStatus(site="pvl", agent="a1", state=AgentState.OFFLINE)
+    assert validate_message("aua/v1/pvl/a1/status", encode_status(status)) == status
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("other/topic", encode_batch(batch()), "is not an aua/v1/SITE/AGENT"),
+        ("aua/v1/pvl/a1/commands", encode_batch(batch()), "is not an aua/v1/SITE/AGENT"),
+        ("aua/v1/pvl/a1/readings", b"\xff\xfe", "not JSON"),
+        ("aua/v1/pvl/a1/readings", b'{"v": 2}', "unsupported schema version v=2"),
+        ("aua/v1/pvl/a1/readings", b'{"site": "pvl"}', "missing schema version"),
+        ("aua/v1/pvl/a1/readings", encode_batch(batch()).replace(b'"seq":7', b'"seq":-1'), "seq"),
+        # spoofing: an agent publishing under another agent's topic, or another site's
+        ("aua/v1/pvl/a2/readings", encode_batch(batch()), "payload says site 'pvl' agent 'a1'"),
+        ("aua/v1/ekb/a1/readings", encode_batch(batch()), "topic of site 'ekb'"),
+        ("aua/v1/pvl/a1/status", encode_batch(batch()), "status:"),
+    ],
+)
+def test_bad_messages_are_rejected_with_a_reason(topic: str, payload: bytes, reason: str) -> None:
+    result = validate_message(topic, payload)
+    assert isinstance(result, Rejected)
+    assert reason in result.reason
