@@ -27,7 +27,7 @@ def encode_status(status: AgentStatus) -> bytes:
 def _load(payload: bytes, what: str) -> dict[str, Any]:
     try:
         document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer literal over 4300 digits
         raise ContractError(f"{what}: payload is not JSON ({error})") from None
     except RecursionError:
         raise ContractError(f"{what}: payload nests too deeply") from None

@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 """The version every message carries in its `v` field; a receiver rejects versions it does not know."""
 
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -47,7 +47,10 @@ _EXCLUDED = frozenset({Quality.CHECK_FUNCTION, Quality.FAILURE, Quality.OUT_OF_R
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must carry a time zone (UTC expected), got a naive time")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp {value.isoformat()} is outside the range of UTC dates") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
@@ -61,7 +64,7 @@ class Reading(BaseModel):
 
     instrument: Identifier
     parameter: Identifier
-    value: float | None = Field(description="engineering value; None when the read failed")
+    value: float | None = Field(default=None, description="engineering value; None (omitted) when the read failed")
     unit: Annotated[str, Field(max_length=32)]
     ts: UtcDatetime = Field(description="sample time, UTC")
     quality: Quality = Quality.OK

@@ -28,7 +28,7 @@ class TopicParts(NamedTuple):
 
 def _topic(site: str, agent: str, kind: TopicKind) -> str:
     for what, name in (("site", site), ("agent", agent)):
-        if not _IDENTIFIER.match(name):
+        if not _IDENTIFIER.fullmatch(name):
             raise ValueError(f"{what} id {name!r} is not a valid identifier ({IDENTIFIER_PATTERN})")
     return f"{TOPIC_ROOT}/{site}/{agent}/{kind.value}"
 
@@ -43,6 +43,8 @@ def status_topic(site: str, agent: str) -> str:
 
 def subscription(kind: TopicKind, site: str = "+") -> str:
     """The filter a gateway subscribes with (all agents of a site, or of every site)."""
+    if site != "+" and not _IDENTIFIER.fullmatch(site):
+        raise ValueError(f"site id {site!r} is neither '+' nor a valid identifier ({IDENTIFIER_PATTERN})")
     return f"{TOPIC_ROOT}/{site}/+/{kind.value}"
 
 
@@ -52,7 +54,7 @@ def parse_topic(topic: str) -> TopicParts | None:
     if len(parts) != 5 or "/".join(parts[:2]) != TOPIC_ROOT:
         return None
     site, agent, kind = parts[2], parts[3], parts[4]
-    if not (_IDENTIFIER.match(site) and _IDENTIFIER.match(agent)):
+    if not (_IDENTIFIER.fullmatch(site) and _IDENTIFIER.fullmatch(agent)):
         return None
     try:
         return TopicParts(site, agent, TopicKind(kind))

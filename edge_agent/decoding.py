@@ -7,6 +7,7 @@ For 64-bit types the same rule applies to all four words (ABCD -> words in order
 
 from __future__ import annotations
 
+import math
 import struct
 from enum import StrEnum
 
@@ -85,7 +86,7 @@ def decode_registers(registers: list[int], data_type: DataType, order: ByteOrder
         order = ByteOrder.BADC if order in (ByteOrder.BADC, ByteOrder.DCBA) else ByteOrder.ABCD
     (value,) = struct.unpack(_STRUCT[data_type], _arrange(registers, order))
     result = float(value)
-    if result != result or result in (float("inf"), float("-inf")):
+    if not math.isfinite(result):
         raise DecodeError(f"{data_type} registers {[hex(w) for w in registers]} decode to {result}")
     return result
 
@@ -95,7 +96,10 @@ def encode_value(value: float, data_type: DataType, order: ByteOrder = ByteOrder
     if data_type is DataType.BOOL:
         raise DecodeError("bool values are bits, not registers")
     fmt = _STRUCT[data_type]
-    packed = struct.pack(fmt, value if data_type in (DataType.FLOAT32, DataType.FLOAT64) else int(round(value)))
+    try:
+        packed = struct.pack(fmt, value if data_type in (DataType.FLOAT32, DataType.FLOAT64) else round(value))
+    except (struct.error, OverflowError, ValueError) as error:
+        raise DecodeError(f"{value!r} cannot be encoded as {data_type} ({error})") from None
     if data_type in (DataType.INT16, DataType.UINT16):
         order = ByteOrder.BADC if order in (ByteOrder.BADC, ByteOrder.DCBA) else ByteOrder.ABCD
     words = [int.from_bytes(packed[i : i + 2], "big") for i in range(0, len(packed), 2)]

@@ -54,7 +54,7 @@ def plan(spans: list[Span], max_gap: int = 10) -> list[ReadRequest]:
     for function in sorted({span.function for span in spans}, key=lambda f: f.code):
         limit = MAX_BITS if function.is_bit else MAX_REGISTERS
         gap = max_gap * 16 if function.is_bit else max_gap
-        group = sorted((s for s in spans if s.function is function), key=lambda s: (s.address, s.count))
+        group = sorted((s for s in spans if s.function is function), key=lambda s: (s.address, s.count, s.name))
         current: list[Span] = []
         start = end = 0
         for span in group:

@@ -67,6 +67,12 @@ class Tag(_Strict):
         return self
 
 
+NE107 = frozenset(
+    {Quality.OK, Quality.MAINTENANCE_REQUIRED, Quality.OUT_OF_SPECIFICATION, Quality.CHECK_FUNCTION, Quality.FAILURE}
+)
+"""The qualities an instrument's own status bits can give (cems-mrv.md §3); the rest are set by the gateway."""
+
+
 class StatusBlock(_Strict):
     """Status bits that set the NE107 quality of the values that point at this block.
 
@@ -89,9 +95,14 @@ class StatusBlock(_Strict):
 
     @model_validator(mode="after")
     def _bits_in_range(self) -> Self:
-        for index in (*self.bits, *self.required):
+        for index, quality in (*self.bits.items(), *self.required.items()):
             if not 0 <= index < self.count:
                 raise ValueError(f"status bit {index} is outside the block's {self.count} bits")
+            if quality not in NE107:
+                raise ValueError(
+                    f"status bit {index} maps to {quality.value!r}, a gateway-side flag; instrument status bits map"
+                    f" to NE107 qualities only ({', '.join(sorted(NE107))}), cems-mrv.md §3"
+                )
         return self
 
 
