@@ -1,0 +1,140 @@
+"""What every store keeps and promises, independent of the database behind it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from aua_contract import Quality, Reading
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class StoreError(Exception):
+    """A store operation failed; `retryable` says whether trying the same call again later can succeed.
+
+    Retryable: the server is unreachable, timed out or answered 5xx/429. Not retryable: the server
+    rejected the data or the request (4xx), so repeating it would fail the same way.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """One reading as stored: a contract Reading plus the site and agent it came from.
+
+    Identity is (site, agent, instrument, parameter, ts): writing the same identity again replaces it.
+    """
+
+    site: str
+    agent: str
+    instrument: str
+    parameter: str
+    ts: datetime
+    value: float | None
+    unit: str
+    quality: Quality
+    status: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ts.tzinfo is None or self.ts.utcoffset() is None:
+            raise ValueError(f"ts must carry a time zone (UTC expected), got naive {self.ts.isoformat()}")
+        if self.ts.tzinfo is not UTC:
+            object.__setattr__(self, "ts", self.ts.astimezone(UTC))
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError(f"value must be finite, got {self.value!r}")
+        if self.status is not None and not -(2**63) <= self.status < 2**63:
+            raise ValueError(f"status {self.status} does not fit a signed 64-bit integer (SQLite, InfluxDB)")
+        if not isinstance(self.quality, Quality):
+            object.__setattr__(self, "quality", Quality(self.quality))
+
+    @property
+    def identity(self) -> tuple[str, str, str, str, datetime]:
+        return (self.site, self.agent, self.instrument, self.parameter, self.ts)
+
+    @classmethod
+    def from_reading(cls, site: str, agent: str, reading: Reading) -> StoredReading:
+        return cls(
+            site=site,
+            agent=agent,
+            instrument=reading.instrument,
+            parameter=reading.parameter,
+            ts=reading.ts,
+            value=reading.value,
+            unit=reading.unit,
+            quality=reading.quality,
+            status=reading.status,
+        )
+
+
+def sort_key(reading: StoredReading) -> tuple[datetime, str, str, str, str]:
+    """The order every query returns: time first, then instrument and parameter (site, agent break ties)."""
+    return (reading.ts, reading.instrument, reading.parameter, reading.site, reading.agent)
+
+
+def to_ns(ts: datetime) -> int:
+    """Aware datetime -> integer nanoseconds since the Unix epoch, exact (no float rounding)."""
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError(f"naive datetime {ts.isoformat()} has no time zone")
+    return (ts - EPOCH) // _MICROSECOND * 1000
+
+
+def from_ns(ns: int) -> datetime:
+    """Integer nanoseconds -> aware UTC datetime; datetime holds microseconds, so finer digits are dropped."""
+    return EPOCH + timedelta(microseconds=ns // 1000)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where the gateway keeps readings. Writes are idempotent so a redelivered batch is harmless."""
+
+    @property
+    def kind(self) -> str:
+        """Short name of the backend ("sqlite", "influx") for logs and health output."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and create what is missing (file, schema, database); calling it twice is harmless."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        """`async with store:` opens it and closes it at the end."""
+        ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def write(self, readings: Sequence[StoredReading]) -> None:
+        """Insert or replace by identity (last value wins).
+
+        A failed call may have stored part of the batch (InfluxDB); retrying the whole call repairs that.
+        """
+        ...
+
+    async def query(
+        self,
+        *,
+        site: str | None = None,
+        instrument: str | None = None,
+        parameter: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[StoredReading]:
+        """Readings matching every given filter, time in [start, end), ordered by `sort_key`."""
+        ...
+
+    async def count_by_instrument(self) -> dict[tuple[str, str], int]:
+        """(site, instrument) -> number of stored readings."""
+        ...

@@ -1,0 +1,106 @@
+"""StoredReading -> InfluxDB line protocol. Pure: no I/O, so the escaping rules are tested exhaustively.
+
+Schema: measurement `reading`; tags agent, instrument, parameter, site (sorted, as InfluxDB prefers);
+fields quality (string), status (integer, omitted when None), unit (string), value (float, omitted
+when None); timestamp in integer nanoseconds. Every point has `quality`, so no point is field-less.
+
+Escaping (InfluxDB 1.x line protocol, checked against influxd 1.6.7):
+- measurement: comma and space;
+- tag keys and values: comma, equals sign and space; a backslash is literal there;
+- string field values: double quote and backslash.
+Values the protocol cannot carry raise ValueError instead of silently changing the data: newlines and
+other ASCII control characters (in tags and fields), empty tag values (InfluxDB drops the tag, merging
+distinct series) and a tag value ending in a backslash (it would escape the delimiter that follows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import lru_cache
+
+from gateway.stores.base import StoredReading, to_ns
+
+MEASUREMENT = "reading"
+TAG_KEYS = ("agent", "instrument", "parameter", "site")
+"""Sorted, the order format_line writes them in (InfluxDB indexes sorted tag sets fastest)."""
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+
+_CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
+
+
+def _reject_control_characters(what: str, text: str) -> None:
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"{what} {text!r}: line protocol cannot carry a newline")
+    if not _CONTROL.isdisjoint(text):
+        # NUL ends an InfluxQL string literal early (the value could be written but never queried again);
+        # the others have no business in names or units, so all ASCII control characters are refused.
+        raise ValueError(f"{what} {text!r}: control characters are not stored")
+
+
+def escape_measurement(name: str) -> str:
+    _reject_control_characters("measurement", name)
+    if not name:
+        raise ValueError("measurement name must not be empty")
+    return name.translate(_MEASUREMENT_ESCAPES)
+
+
+_MEASUREMENT_ESCAPED = escape_measurement(MEASUREMENT)
+
+
+@lru_cache(maxsize=4096)
+def escape_tag(text: str, *, what: str = "tag") -> str:
+    """Escape a tag key or value (field keys follow the same rules). Cached: the same few names repeat."""
+    _reject_control_characters(what, text)
+    if not text:
+        raise ValueError(f"{what} must not be empty (InfluxDB would drop the tag)")
+    if text.endswith("\\"):
+        raise ValueError(f"{what} {text!r}: a trailing backslash cannot be written in line protocol")
+    return text.translate(_TAG_ESCAPES)
+
+
+@lru_cache(maxsize=4096)
+def format_string_field(text: str, *, what: str = "string field") -> str:
+    _reject_control_characters(what, text)
+    return '"' + text.translate(_STRING_ESCAPES) + '"'
+
+
+def format_float_field(value: float) -> str:
+    """repr() is the shortest text that parses back to the same double, so no precision is lost."""
+    if not math.isfinite(value):
+        raise ValueError(f"float field {value!r}: InfluxDB stores only finite floats")
+    return repr(float(value))
+
+
+def format_int_field(value: int) -> str:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"integer field {value}: outside InfluxDB's signed 64-bit range")
+    return f"{value}i"
+
+
+def format_line(reading: StoredReading) -> str:
+    """One point, without the trailing newline."""
+    tag_set = (
+        f"agent={escape_tag(reading.agent, what='tag agent')},"
+        f"instrument={escape_tag(reading.instrument, what='tag instrument')},"
+        f"parameter={escape_tag(reading.parameter, what='tag parameter')},"
+        f"site={escape_tag(reading.site, what='tag site')}"
+    )
+    fields = f"quality={format_string_field(reading.quality.value, what='quality')}"
+    if reading.status is not None:
+        fields += f",status={format_int_field(reading.status)}"
+    fields += f",unit={format_string_field(reading.unit, what='unit')}"
+    if reading.value is not None:
+        fields += f",value={format_float_field(reading.value)}"
+    return f"{_MEASUREMENT_ESCAPED},{tag_set} {fields} {to_ns(reading.ts)}"
+
+
+def format_lines(readings: Iterable[StoredReading]) -> str:
+    """A request body: one line per reading, each ending in a newline."""
+    return "".join(format_line(reading) + "\n" for reading in readings)

@@ -1,0 +1,203 @@
+"""SQLite store: the zero-setup default for a single gateway and for tests.
+
+sqlite3 calls block, and a connection belongs to the thread that made it, so every call runs on one
+dedicated worker thread: the event loop never waits on disk, and no two calls race on the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aua_contract import Quality
+from gateway.stores.base import StoredReading, StoreError, from_ns, to_ns
+
+SCHEMA_VERSION = 1
+"""Stored in PRAGMA user_version; bump it with a migration when the table changes."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reading (
+    site       TEXT    NOT NULL,
+    instrument TEXT    NOT NULL,
+    parameter  TEXT    NOT NULL,
+    agent      TEXT    NOT NULL,
+    ts_ns      INTEGER NOT NULL,  -- UTC, nanoseconds since the Unix epoch
+    value      REAL,
+    unit       TEXT    NOT NULL,
+    quality    TEXT    NOT NULL,
+    status     INTEGER,
+    PRIMARY KEY (site, instrument, parameter, agent, ts_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reading_ts ON reading (ts_ns);
+"""
+
+_UPSERT = """
+INSERT INTO reading (site, instrument, parameter, agent, ts_ns, value, unit, quality, status)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (site, instrument, parameter, agent, ts_ns) DO UPDATE SET
+    value = excluded.value, unit = excluded.unit, quality = excluded.quality, status = excluded.status
+"""
+
+_COLUMNS = "site, agent, instrument, parameter, ts_ns, value, unit, quality, status"
+
+T = TypeVar("T")
+
+
+class SqliteStore:
+    """Readings in one SQLite file (WAL mode), or in memory for ":memory:"."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._connection: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def kind(self) -> str:
+        return "sqlite"
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r})"
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aua-sqlite")
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._close_sync)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def write(self, readings: Sequence[StoredReading]) -> None:
+        if not readings:
+            return
+        rows = [
+            (r.site, r.instrument, r.parameter, r.agent, to_ns(r.ts), r.value, r.unit, r.quality.value, r.status)
+            for r in readings
+        ]
+        await self._run(self._write_sync, rows)
+
+    async def query(
+        self,
+        *,
+        site: str | None = None,
+        instrument: str | None = None,
+        parameter: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[StoredReading]:
+        conditions: list[str] = []
+        params: list[Any] = []
+        for column, wanted in (("site", site), ("instrument", instrument), ("parameter", parameter)):
+            if wanted is not None:
+                conditions.append(f"{column} = ?")
+                params.append(wanted)
+        if start is not None:
+            conditions.append("ts_ns >= ?")
+            params.append(to_ns(start))
+        if end is not None:
+            conditions.append("ts_ns < ?")
+            params.append(to_ns(end))
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"SELECT {_COLUMNS} FROM reading {where} ORDER BY ts_ns, instrument, parameter, site, agent"
+        rows = await self._run(self._fetch_sync, sql, params)
+        return [
+            StoredReading(
+                site=site_,
+                agent=agent,
+                instrument=instrument_,
+                parameter=parameter_,
+                ts=from_ns(ts_ns),
+                value=value,
+                unit=unit,
+                quality=Quality(quality),
+                status=status,
+            )
+            for site_, agent, instrument_, parameter_, ts_ns, value, unit, quality, status in rows
+        ]
+
+    async def count_by_instrument(self) -> dict[tuple[str, str], int]:
+        rows = await self._run(
+            self._fetch_sync, "SELECT site, instrument, count(*) FROM reading GROUP BY site, instrument", []
+        )
+        return {(site, instrument): count for site, instrument, count in rows}
+
+    # -- everything below runs on the worker thread --------------------------------------------------
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError(f"{self!r} is not open", retryable=False)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        except sqlite3.Error as error:
+            # A locked or busy database (another writer) clears up; anything else (full disk, corrupt
+            # file, read-only) needs a person, so retrying forever would only hide it.
+            retryable = isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+            raise StoreError(f"SQLite {self.path}: {error}", retryable=retryable) from error
+
+    def _open_sync(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit survives power loss, since the gateway tells agents a batch is safe after it.
+            connection.execute("PRAGMA synchronous = FULL")
+            self._check_schema_version(connection.execute("PRAGMA user_version").fetchone()[0])
+            connection.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def _check_schema_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"SQLite {self.path}: schema version {version} is newer than this gateway's {SCHEMA_VERSION}",
+                retryable=False,
+            )
+
+    def _close_sync(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _write_sync(self, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction per call: a batch is stored whole or not at all."""
+        assert self._connection is not None
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            self._connection.executemany(_UPSERT, rows)
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
+    def _fetch_sync(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        assert self._connection is not None
+        return self._connection.execute(sql, params).fetchall()

@@ -1,0 +1,596 @@
+"""One contract for every store: the same tests run on SQLite (tmp file) and on a real influxd 1.6.
+
+Backend-specific behaviour (errors, URLs, schema version) is tested at the end of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ports import free_port
+from servers import InfluxServer, unique_database_name
+
+from aua_contract import Quality, Reading
+from gateway.stores import InfluxStore, SqliteStore, Store, StoredReading, StoreError, open_store
+from gateway.stores import influx as influx_module
+from gateway.stores import sqlite as sqlite_module
+from gateway.stores.base import to_ns
+from gateway.stores.influx import is_retryable_status, redact_url
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def reading(**changes: object) -> StoredReading:
+    fields: dict[str, object] = {
+        "site": "pavlodar",
+        "agent": "chp-1",
+        "instrument": "gas-1",
+        "parameter": "SO2",
+        "ts": T0,
+        "value": 412.5,
+        "unit": "mg/m³",
+        "quality": Quality.OK,
+        "status": 0,
+    }
+    fields.update(changes)
+    return StoredReading(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "influx"])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The influx case asks for the server lazily, so `-k sqlite` runs start no influxd."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path_factory.mktemp('sqlite') / 'aua.sqlite'}"
+    url: str = request.getfixturevalue("influx_db_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = open_store(store_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+# -- the contract ----------------------------------------------------------------------------------------
+
+
+async def test_empty_store(store: Store) -> None:
+    assert await store.query() == []
+    assert await store.count_by_instrument() == {}
+    await store.write([])  # a no-op, not an error
+    assert await store.query() == []
+
+
+async def test_round_trip_of_every_field(store: Store) -> None:
+    written = [
+        reading(),
+        reading(parameter="NOx", value=None, status=None, quality=Quality.FAILURE),
+        reading(parameter="CO", value=-0.25, status=None, quality=Quality.CHECK_FUNCTION),
+        reading(parameter="O2", value=None, status=2**62, quality=Quality.MAINTENANCE_REQUIRED, unit=""),
+        reading(parameter="dust", value=0.0, status=-1, quality=Quality.SUBSTITUTED, unit="mg/m³"),
+    ]
+    await store.write(written)
+    assert sorted(await store.query(), key=lambda r: r.parameter) == sorted(written, key=lambda r: r.parameter)
+
+
+@pytest.mark.parametrize("quality", list(Quality))
+async def test_every_quality_round_trips(store: Store, quality: Quality) -> None:
+    await store.write([reading(quality=quality)])
+    assert [r.quality for r in await store.query()] == [quality]
+
+
+async def test_floats_round_trip_exactly(store: Store) -> None:
+    values = [0.1, 1e-300, 1.7976931348623157e308, 123456789.12345679, -412.5, 5e-324, 3.0]
+    await store.write([reading(ts=T0 + timedelta(seconds=i), value=v) for i, v in enumerate(values)])
+    stored = [r.value for r in await store.query()]
+    assert stored == values
+    assert all(isinstance(v, float) for v in stored)
+
+
+@pytest.mark.parametrize("unit", ["µg/m³", "ng/m³", "mg/Nm³", "°C", "м³/ч", "ppm (v/v)", 'say "x" \\ y', "a,b c=d"])
+async def test_unicode_and_odd_units_round_trip(store: Store, unit: str) -> None:
+    await store.write([reading(unit=unit)])
+    assert [r.unit for r in await store.query()] == [unit]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        {"site": "site one", "agent": "a,b", "instrument": "x=y", "parameter": "p q,r=s"},
+        {"site": "back\\slash", "agent": "a\\,b", "instrument": "Ünï-cødé", "parameter": 'quo"te'},
+    ],
+    ids=["spaces-commas-equals", "backslashes-quotes-unicode"],
+)
+async def test_identifiers_needing_escapes_round_trip(store: Store, names: dict[str, str]) -> None:
+    """Contract identifiers are tame, but the store must not corrupt whatever it is given."""
+    written = reading(**names)
+    await store.write([written])
+    assert await store.query() == [written]
+    assert await store.query(site=names["site"], instrument=names["instrument"]) == [written]
+
+
+async def test_rewrite_of_an_identity_keeps_one_row_and_the_last_value(store: Store) -> None:
+    first = reading(value=1.0, unit="mg/m³", quality=Quality.OK, status=0)
+    second = reading(value=2.0, unit="g/m³", quality=Quality.SPIKE, status=7)
+    await store.write([first])
+    await store.write([second])
+    await store.write([second])
+    assert await store.query() == [second]
+    assert await store.count_by_instrument() == {("pavlodar", "gas-1"): 1}
+
+
+async def test_rewrite_within_one_batch_keeps_the_last(store: Store) -> None:
+    await store.write([reading(value=1.0), reading(value=3.0)])
+    assert [r.value for r in await store.query()] == [3.0]
+
+
+async def test_rewrite_with_value_none(store: Store) -> None:
+    """SQLite replaces the row; InfluxDB merges fields and cannot store null, so the old value stays.
+
+    Documented in gateway/stores/influx.py; this pins it so a change is noticed.
+    """
+    await store.write([reading(value=1.0, status=5)])
+    await store.write([reading(value=None, status=None, quality=Quality.FAILURE)])
+    [stored] = await store.query()
+    assert stored.quality is Quality.FAILURE
+    if store.kind == "influx":
+        assert (stored.value, stored.status) == (1.0, 5)
+    else:
+        assert (stored.value, stored.status) == (None, None)
+
+
+@pytest.mark.parametrize("differs_in", ["site", "agent", "instrument", "parameter"])
+async def test_identities_differing_in_one_part_stay_apart(store: Store, differs_in: str) -> None:
+    a = reading(value=1.0)
+    b = reading(value=2.0, **{differs_in: "other"})
+    await store.write([a, b])
+    assert sorted(r.value or 0 for r in await store.query()) == [1.0, 2.0]
+
+
+async def test_timestamps_one_microsecond_apart_stay_apart(store: Store) -> None:
+    written = [reading(ts=T0 + timedelta(microseconds=i), value=float(i)) for i in range(3)]
+    await store.write(written)
+    assert await store.query() == written
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        datetime(2024, 3, 1, 12, 0, 0, 999999, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1969, 7, 20, 20, 17, 40, 1, tzinfo=UTC),
+        datetime(2100, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    ],
+)
+async def test_timestamps_keep_microseconds(store: Store, ts: datetime) -> None:
+    await store.write([reading(ts=ts)])
+    [stored] = await store.query()
+    assert stored.ts == ts
+    assert stored.ts.tzinfo is UTC
+
+
+async def test_non_utc_input_is_the_same_instant(store: Store) -> None:
+    almaty = timezone(timedelta(hours=5))
+    await store.write([reading(ts=T0.astimezone(almaty))])
+    await store.write([reading(ts=T0, value=9.0)])  # the same identity
+    assert [(r.ts, r.value) for r in await store.query()] == [(T0, 9.0)]
+
+
+async def test_query_filters(store: Store) -> None:
+    rows = [
+        reading(site=site, instrument=instrument, parameter=parameter, ts=T0 + timedelta(minutes=minute))
+        for site in ("pavlodar", "ekibastuz")
+        for instrument in ("gas-1", "dust-1")
+        for parameter in ("SO2", "NOx")
+        for minute in range(4)
+    ]
+    await store.write(rows)
+
+    def expected(predicate: object) -> list[StoredReading]:
+        return sorted(
+            (r for r in rows if predicate(r)),  # type: ignore[operator]
+            key=lambda r: (r.ts, r.instrument, r.parameter, r.site, r.agent),
+        )
+
+    assert await store.query() == expected(lambda r: True)
+    assert await store.query(site="ekibastuz") == expected(lambda r: r.site == "ekibastuz")
+    assert await store.query(instrument="dust-1") == expected(lambda r: r.instrument == "dust-1")
+    assert await store.query(parameter="NOx") == expected(lambda r: r.parameter == "NOx")
+    assert await store.query(site="pavlodar", instrument="gas-1", parameter="SO2") == expected(
+        lambda r: (r.site, r.instrument, r.parameter) == ("pavlodar", "gas-1", "SO2")
+    )
+    start, end = T0 + timedelta(minutes=1), T0 + timedelta(minutes=3)
+    in_range = await store.query(start=start, end=end)
+    assert in_range == expected(lambda r: start <= r.ts < end)
+    assert {r.ts for r in in_range} == {start, T0 + timedelta(minutes=2)}  # start included, end excluded
+    assert await store.query(start=T0 + timedelta(minutes=3)) == expected(lambda r: r.ts >= T0 + timedelta(minutes=3))
+    assert await store.query(end=T0 + timedelta(minutes=1)) == expected(lambda r: r.ts < T0 + timedelta(minutes=1))
+    assert await store.query(start=end, end=start) == []
+    assert await store.query(site="nowhere") == []
+    assert await store.query(site="pavlodar'; DROP") == []  # quoting, not injection
+
+
+async def test_query_order_is_time_then_instrument_then_parameter(store: Store) -> None:
+    rows = [
+        reading(instrument=instrument, parameter=parameter, ts=T0 + timedelta(seconds=second))
+        for second in range(3)
+        for instrument in ("b-inst", "a-inst")
+        for parameter in ("z", "m", "a")
+    ]
+    shuffled = rows[:]
+    random.Random(7).shuffle(shuffled)
+    await store.write(shuffled)
+    got = [(r.ts, r.instrument, r.parameter) for r in await store.query()]
+    assert got == sorted(got)
+    assert len(got) == len(rows)
+
+
+async def test_count_by_instrument(store: Store) -> None:
+    await store.write(
+        [
+            reading(instrument="gas-1", parameter=p, ts=T0 + timedelta(seconds=s))
+            for p in ("SO2", "NOx")
+            for s in range(5)
+        ]
+        + [reading(instrument="dust-1", parameter="dust", value=None, status=None)]
+        + [reading(site="ekibastuz", instrument="gas-1", ts=T0 + timedelta(seconds=s)) for s in range(3)]
+        + [reading(site="ekibastuz", agent="other-agent", instrument="gas-1")]  # another identity: counted
+    )
+    assert await store.count_by_instrument() == {
+        ("pavlodar", "gas-1"): 10,
+        ("pavlodar", "dust-1"): 1,
+        ("ekibastuz", "gas-1"): 4,
+    }
+
+
+async def test_ten_thousand_readings_in_one_write(store: Store) -> None:
+    rows = [
+        reading(
+            instrument=f"inst-{i % 10}",
+            parameter=f"p{(i // 10) % 10}",
+            ts=T0 + timedelta(seconds=i // 100),
+            value=float(i),
+            status=None if i % 3 else i,
+        )
+        for i in range(10_000)
+    ]
+    await store.write(rows)
+    await store.write(rows[:5_500])  # overlapping rewrite (crosses InfluxStore's 5,000-line request size)
+    assert await store.count_by_instrument() == {("pavlodar", f"inst-{n}"): 1_000 for n in range(10)}
+    stored = await store.query()
+    assert len(stored) == 10_000
+    assert sorted(stored, key=lambda r: r.value or 0) == rows
+
+
+async def test_data_survives_close_and_reopen(store_url: str) -> None:
+    first = open_store(store_url)
+    await first.open()
+    await first.write([reading()])
+    await first.close()
+    second = open_store(store_url)
+    await second.open()
+    try:
+        assert await second.query() == [reading()]
+    finally:
+        await second.close()
+
+
+async def test_open_and_close_are_idempotent(store_url: str) -> None:
+    store = open_store(store_url)
+    await store.open()
+    await store.open()
+    await store.close()
+    await store.close()
+
+
+async def test_use_after_close_is_a_clear_error(store_url: str) -> None:
+    store = open_store(store_url)
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError, match="not open") as caught:
+        await store.write([reading()])
+    assert caught.value.retryable is False
+
+
+# -- StoredReading -----------------------------------------------------------------------------------------
+
+
+def test_stored_reading_requires_an_aware_time_and_normalises_to_utc() -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        reading(ts=datetime(2024, 1, 1))
+    local = reading(ts=T0.astimezone(timezone(timedelta(hours=6))))
+    assert local.ts.tzinfo is UTC
+    assert local == reading()
+
+
+@pytest.mark.parametrize(("field", "bad"), [("value", float("nan")), ("value", float("inf")), ("status", 2**63)])
+def test_stored_reading_rejects_what_no_store_can_hold(field: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        reading(**{field: bad})
+
+
+def test_stored_reading_from_a_contract_reading() -> None:
+    contract = Reading(instrument="gas-1", parameter="SO2", value=412.5, unit="mg/m³", ts=T0, status=0)
+    assert StoredReading.from_reading("pavlodar", "chp-1", contract) == reading()
+    assert reading().identity == ("pavlodar", "chp-1", "gas-1", "SO2", T0)
+
+
+# -- open_store --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///var/lib/aua/aua.sqlite", "/var/lib/aua/aua.sqlite"),
+        ("sqlite://relative/aua.sqlite", "relative/aua.sqlite"),
+        ("sqlite://:memory:", ":memory:"),
+        ("var/aua.sqlite", "var/aua.sqlite"),
+        ("/abs/aua.sqlite", "/abs/aua.sqlite"),
+    ],
+)
+def test_open_store_sqlite(url: str, path: str) -> None:
+    store = open_store(url)
+    assert isinstance(store, SqliteStore)
+    assert store.path == path
+    assert store.kind == "sqlite"
+
+
+@pytest.mark.parametrize(
+    ("url", "base", "database", "options"),
+    [
+        ("influx://db.example:8086/aua", "http://db.example:8086", "aua", {}),
+        ("influx://db.example/aua", "http://db.example:8086", "aua", {}),
+        ("http://127.0.0.1:9999/aua", "http://127.0.0.1:9999", "aua", {}),
+        ("https://cloud.example/aua", "https://cloud.example", "aua", {}),
+        ("https://proxy.example/influx/aua/", "https://proxy.example/influx", "aua", {}),
+        ("influx://[::1]:8086/aua", "http://[::1]:8086", "aua", {}),
+        (
+            "influx://writer:p%40ss%3Aword@db.example:8086/aua?rp=one_year&timeout=2.5",
+            "http://db.example:8086",
+            "aua",
+            {"_username": "writer", "_password": "p@ss:word", "retention_policy": "one_year", "timeout": 2.5},
+        ),
+        (
+            "https://eu-central-1.cloud.example/aua?token=abc%3D%3D",
+            "https://eu-central-1.cloud.example",
+            "aua",
+            {"_token": "abc=="},
+        ),
+    ],
+)
+def test_open_store_influx(url: str, base: str, database: str, options: dict[str, object]) -> None:
+    store = open_store(url)
+    assert isinstance(store, InfluxStore)
+    assert (store.url, store.database, store.kind) == (base, database, "influx")
+    for name, value in options.items():
+        assert getattr(store, name) == value
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgres://u:secret@h/db", "unknown store URL 'postgres://h/db'"),
+        ("influx://h:8086", "names no database"),
+        ("influx://h:8086/", "names no database"),
+        ("influx:///db", "no host"),
+        ("influx://h/db?token=secret&bogus=1", r"unknown option\(s\) bogus"),
+        ("influx://h:notaport/db", "store URL 'influx://h:notaport/db'"),
+        ("sqlite://", "no path"),
+        ("", "empty store URL"),
+    ],
+)
+def test_open_store_rejects_unknown_urls_naming_them(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        open_store(url)
+    assert "secret" not in str(caught.value)
+
+
+def test_redact_url_drops_credentials() -> None:
+    assert redact_url("http://u:pw@h:1/x") == "http://h:1/x"
+    assert redact_url("http://h:1/x") == "http://h:1/x"
+
+
+def test_retryable_statuses() -> None:
+    """5xx and "try later" 4xx (408, 429) are worth retrying; other 4xx mean the request itself is wrong."""
+    retryable = {400: False, 401: False, 403: False, 404: False, 408: True, 413: False, 429: True, 500: True, 503: True}
+    assert {status: is_retryable_status(status) for status in retryable} == retryable
+
+
+# -- SQLite specifics --------------------------------------------------------------------------------------
+
+
+async def test_sqlite_uses_wal_and_records_its_schema_version(tmp_path: Path) -> None:
+    path = f"{tmp_path}/nested/dir/aua.sqlite"  # parent directories are created
+    async with SqliteStore(path) as store:
+        await store.write([reading()])
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION
+        assert connection.execute("SELECT count(*) FROM reading").fetchone()[0] == 1
+    connection.close()
+
+
+async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = f"{tmp_path}/aua.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"PRAGMA user_version = {sqlite_module.SCHEMA_VERSION + 1}")
+    connection.close()
+    store = SqliteStore(path)
+    with pytest.raises(StoreError, match="newer") as caught:
+        await store.open()
+    assert caught.value.retryable is False
+
+
+# -- InfluxDB specifics ------------------------------------------------------------------------------------
+
+
+async def test_influx_unreachable_is_retryable_and_names_the_server() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    store = InfluxStore(url, "aua", timeout=2)
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    assert caught.value.retryable is True
+    assert url in str(caught.value)
+    assert "ConnectError" in str(caught.value)
+
+
+async def test_influx_outage_during_writes_is_retryable_and_recovers(tmp_path: Path) -> None:
+    """Its own influxd, killed mid-run: writes fail retryably, then succeed on the same URL once it is back."""
+    server = InfluxServer(tmp_path / "influxd")
+    server.start()
+    try:
+        async with InfluxStore(server.url, "outage", timeout=2) as store:
+            await store.write([reading(value=1.0)])
+            server.kill()
+            with pytest.raises(StoreError) as caught:
+                await store.write([reading(value=2.0)])
+            assert caught.value.retryable is True
+            assert server.url in str(caught.value)
+            server.start()
+            await store.write([reading(value=2.0)])
+            assert [r.value for r in await store.query()] == [2.0]
+    finally:
+        server.terminate()
+
+
+async def test_influx_v1_auth(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Basic auth from the URL (percent-decoded); a user without admin rights cannot CREATE DATABASE, which
+    open() tolerates; a wrong password surfaces on the first write as a non-retryable 401."""
+    server = InfluxServer(tmp_path / "influxd", auth_enabled=True)
+    server.start()
+    host = server.url.removeprefix("http://")
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            first = await client.post("/query", data={"q": "CREATE USER admin WITH PASSWORD 'adm' WITH ALL PRIVILEGES"})
+            assert first.status_code == 200
+            for statement in (
+                "CREATE DATABASE plant",
+                "CREATE USER writer WITH PASSWORD 'w p@ss:1'",
+                "GRANT ALL ON plant TO writer",
+            ):
+                response = await client.post("/query", data={"q": statement}, auth=("admin", "adm"))
+                assert response.status_code == 200
+                assert "error" not in response.text
+        async with open_store(f"influx://admin:adm@{host}/created_by_admin") as admin:
+            await admin.write([reading()])
+            assert await admin.query() == [reading()]
+        async with open_store(f"influx://writer:w%20p%40ss%3A1@{host}/plant") as writer:
+            await writer.write([reading()])
+            assert await writer.query() == [reading()]
+        assert "requires admin privilege" in caplog.text
+        async with open_store(f"influx://writer:wrong@{host}/plant") as wrong:
+            with pytest.raises(StoreError, match="HTTP 401: authorization failed") as caught:
+                await wrong.write([reading()])
+            assert caught.value.retryable is False
+            assert "wrong" not in str(caught.value)
+    finally:
+        server.terminate()
+
+
+async def test_influx_rejected_data_is_not_retryable_and_quotes_influxdb(influx_db_url: str) -> None:
+    store = open_store(influx_db_url)
+    assert isinstance(store, InfluxStore)
+    async with store:
+        # Someone else wrote `value` as a string first, in the same shard (InfluxDB 1.x keeps field types
+        # per shard, so the time matters): a float `value` there now conflicts.
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{store.url}/write",
+                params={"db": store.database},
+                content=f'reading,agent=x,instrument=y,parameter=z,site=s value="text",quality="ok" {to_ns(T0)}',
+            )
+            assert response.status_code == 204
+        with pytest.raises(StoreError) as caught:
+            await store.write([reading()])
+    error = caught.value
+    assert (error.retryable, error.status) == (False, 400)
+    assert store.url in str(error)
+    assert "HTTP 400" in str(error)
+    assert "field type conflict" in str(error)
+
+
+async def test_influx_unwritable_reading_is_rejected_before_anything_is_sent(influx_db_url: str) -> None:
+    async with InfluxStore(*influx_db_url.rsplit("/", 1)) as store:
+        with pytest.raises(StoreError, match="trailing backslash") as caught:
+            await store.write([reading(parameter="ok"), reading(parameter="bad\\")])
+        assert caught.value.retryable is False
+        assert await store.query() == []  # the good reading in the same call was not written either
+
+
+async def test_influx_query_of_a_dropped_database_is_a_clear_error(influx_db_url: str) -> None:
+    base, database = influx_db_url.rsplit("/", 1)
+    async with InfluxStore(base, database) as store:
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.post("/query", data={"q": f"DROP DATABASE {database}"})).status_code == 200
+        with pytest.raises(StoreError, match="database not found") as caught:
+            await store.query()
+        assert caught.value.retryable is False
+        with pytest.raises(StoreError, match="HTTP 404: database not found") as caught:
+            await store.write([reading()])
+        assert caught.value.retryable is False
+
+
+async def test_influx_query_answers_in_many_chunks_are_joined(
+    influx_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(influx_module, "QUERY_CHUNK_SIZE", 7)
+    rows = [reading(ts=T0 + timedelta(seconds=i), value=float(i)) for i in range(30)]
+    async with InfluxStore(*influx_db_url.rsplit("/", 1)) as store:
+        await store.write(rows)
+        assert await store.query() == rows
+        assert await store.query(start=rows[3].ts, end=rows[25].ts) == rows[3:25]
+
+
+async def test_influx_retention_policy_is_used_for_writes_and_queries(influxdb: InfluxServer) -> None:
+    database = unique_database_name("rp")
+    async with httpx.AsyncClient(base_url=influxdb.url) as client:
+        for statement in (
+            f"CREATE DATABASE {database}",
+            f"CREATE RETENTION POLICY short ON {database} DURATION 1d REPLICATION 1",
+        ):
+            assert (await client.post("/query", data={"q": statement})).status_code == 200
+    now = datetime.now(UTC).replace(microsecond=0)  # inside the 1-day policy
+    async with InfluxStore(influxdb.url, database, retention_policy="short") as store:
+        await store.write([reading(ts=now)])
+        assert [r.ts for r in await store.query()] == [now]
+        assert await store.count_by_instrument() == {("pavlodar", "gas-1"): 1}
+    async with InfluxStore(influxdb.url, database) as default_rp:  # autogen does not see it
+        assert await default_rp.query() == []
+
+
+_ASCII_CONTROL = "".join(chr(code) for code in (*range(0x20), 0x7F))
+_WRITABLE_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters=_ASCII_CONTROL), max_size=12)
+
+
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    names=st.fixed_dictionaries(
+        {
+            key: _WRITABLE_TEXT.filter(lambda text: text != "" and not text.endswith("\\"))
+            for key in ("site", "agent", "instrument")
+        }
+    ),
+    unit=_WRITABLE_TEXT,
+)
+def test_influx_escaping_round_trips_arbitrary_text(influxdb: InfluxServer, names: dict[str, str], unit: str) -> None:
+    """Whatever format_line accepts, influxd 1.6 must give back unchanged (checks escaping against its parser)."""
+    written = reading(**names, unit=unit, ts=datetime.now(UTC))
+
+    async def round_trip() -> list[StoredReading]:
+        async with InfluxStore(influxdb.url, "escaping") as store:
+            await store.write([written])
+            return await store.query(site=written.site, instrument=written.instrument, start=written.ts)
+
+    assert asyncio.run(round_trip()) == [written]
