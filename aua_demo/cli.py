@@ -78,7 +78,7 @@ async def _wait_drained(agents: list[Agent], ledger: Ledger, within_s: float) ->
     """After the agents stop polling, give the gateway time to store what they already sent."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        sealed = sum(agent.outbox.stats().next_seq for agent in agents)
+        sealed = sum(agent.outbox_stats().next_seq for agent in agents)
         delivered = sum(account.batches for account in ledger.accounts())
         if delivered >= sealed:
             return

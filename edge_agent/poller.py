@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from aua_contract import Batch, Reading, encode_batch
 from edge_agent.config import LoadedConfig
 from edge_agent.instrument_reader import ModbusReader
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox, OutboxStats
 from edge_agent.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ class Agent:
         self.outbox = Outbox(self.config.agent.outbox)
         self.publisher = Publisher(self.config.mqtt, self.config.agent.site, self.config.agent.id, self.outbox)
         self.cycles = 0
+        self._final_stats: OutboxStats | None = None
+
+    def outbox_stats(self) -> OutboxStats:
+        """Outbox counters, also after `run` has ended and closed the outbox."""
+        return self._final_stats or self.outbox.stats()
 
     def seal(self, readings: list[Reading]) -> list[int]:
         """Store readings as numbered batches (at most batch_max_readings each); returns their sequence numbers."""
@@ -81,4 +86,5 @@ class Agent:
                 await asyncio.wait_for(self.publisher.goodbye(), timeout=3)
             except TimeoutError:
                 log.info("broker did not answer; the last will reports the agent offline")
+            self._final_stats = self.outbox.stats()
             self.outbox.close()

@@ -55,7 +55,7 @@ class Tag(_Strict):
     address: Annotated[int, Field(ge=0, le=65535)]
     type: DataType = DataType.FLOAT32
     byte_order: ByteOrder | None = None
-    scale: float = 1.0
+    scale: float = Field(default=1.0, description="multiplier, never 0 (value x 10^-n for scaled integers)")
     offset: float = 0.0
     unit: str
     status: str | None = Field(default=None, description="name of the status block giving this value's quality")
@@ -64,6 +64,10 @@ class Tag(_Strict):
     def _type_fits_function(self) -> Self:
         if self.function.is_bit != (self.type is DataType.BOOL):
             raise ValueError(f"type {self.type} cannot be read from {self.function} (bool goes with coil/discrete)")
+        if self.scale == 0:
+            raise ValueError("scale must not be 0 (every reading would be 0)")
+        if self.address + self.type.words > 65536:
+            raise ValueError(f"{self.type} at address {self.address} runs past the last Modbus address 65535")
         return self
 
 
@@ -124,9 +128,11 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> Self:
         names = [tag.name for tag in self.tag]
-        duplicates = {name for name in names if names.count(name) > 1}
+        # Tags and status blocks share one namespace: the planner reads both as named spans.
+        every = names + [block.name for block in self.status]
+        duplicates = {name for name in every if every.count(name) > 1}
         if duplicates:
-            raise ValueError(f"duplicate tag names: {sorted(duplicates)}")
+            raise ValueError(f"duplicate tag or status block names: {sorted(duplicates)}")
         blocks = {block.name for block in self.status}
         for tag in self.tag:
             if tag.status is not None and tag.status not in blocks:

@@ -52,6 +52,7 @@ ensure_venv() {
     fi
     if [ ! -x "$VENV/bin/uv" ]; then
         echo "==> installing uv into $VENV" >&2
+        "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --upgrade >&2
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1" >&2
     fi
     want="$(cat "$ROOT/uv.lock" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
