@@ -16,13 +16,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge_agent.simulator import simulator_for_config
-
 from aua_contract import Batch, Quality
 from aua_demo.broker import embedded_broker, free_port
 from aua_demo.sites import demo_sites, relocate
 from edge_agent.config import LoadedConfig
 from edge_agent.poller import Agent
+from edge_agent.simulator import simulator_for_config
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
