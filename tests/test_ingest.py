@@ -1,0 +1,78 @@
+"""Gateway ingest on a real mosquitto: bad input becomes dead letters, duplicates are dropped, the stream goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+from servers import MosquittoServer
+
+from aua_contract import Batch, Reading, encode_batch, readings_topic
+from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
+from gateway.ingest import Ingest
+from gateway.ledger import Ledger
+from gateway.stores import open_store
+
+T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+
+def batch(site: str, agent: str, seq: int) -> Batch:
+    return Batch(
+        site=site,
+        agent=agent,
+        seq=seq,
+        sent_at=T0,
+        readings=[Reading(instrument="hg1", parameter="hg", value=4.9 + seq, unit="ng/m³", ts=T0.replace(second=seq))],
+    )
+
+
+async def test_bad_input_is_dead_lettered_and_the_stream_goes_on(mosquitto: MosquittoServer, tmp_path: Path) -> None:
+    site = f"s{uuid.uuid4().hex[:8]}"  # a site of this test's own on the shared broker
+    config = GatewayConfig(
+        gateway=GatewaySection(id=f"gw-{site}", state=tmp_path / "state.sqlite"),
+        mqtt=MqttSection(host=mosquitto.host, port=mosquitto.port, sites=site),
+        store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
+    )
+    store = open_store(config.store.url)
+    await store.open()
+    ledger = Ledger(config.gateway.state)
+    ingest = Ingest(config, store, ledger)
+    task = asyncio.create_task(ingest.run())
+    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
+    topic = readings_topic(site, "a1")
+    messages = [
+        (topic, encode_batch(batch(site, "a1", 0))),
+        (topic, b"not json at all"),
+        (topic, b'{"v": 99, "site": "x"}'),
+        (readings_topic(site, "a2"), encode_batch(batch(site, "a1", 1))),  # a1's batch on a2's topic: spoofing
+        (topic, encode_batch(batch(site, "a1", 0))),  # redelivery
+        (f"aua/v1/{site}/a1/status", b"{}"),
+        (topic, encode_batch(batch(site, "a1", 1))),
+    ]
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
+        for message_topic, payload in messages:
+            await client.publish(message_topic, payload, qos=1)
+    for _ in range(100):
+        if ingest.stats.messages >= len(messages):
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    stored = await store.query(site=site)
+    await store.close()
+    assert [(r.agent, r.value) for r in stored] == [("a1", 4.9), ("a1", 5.9)]
+    assert (ingest.stats.batches, ingest.stats.duplicates, ingest.stats.dead_letters) == (2, 1, 4)
+    reasons = [letter.reason for letter in reversed(ledger.dead_letters())]
+    assert "payload is not JSON" in reasons[0]
+    assert "unsupported schema version v=99" in reasons[1]
+    assert "payload says site" in reasons[2]
+    assert "agent 'a2'" in reasons[2]
+    assert "status: missing schema version" in reasons[3]
+    assert ledger.dead_letters()[-1].payload == b"not json at all"
+    [account] = [a for a in ledger.accounts() if a.site == site]
+    assert (account.batches, account.readings, account.missing, account.duplicates) == (2, 2, 0, 1)
+    ledger.close()
