@@ -38,17 +38,4 @@ def validate_message(topic: str, payload: bytes) -> Batch | AgentStatus | Reject
 
 
 def stored_readings(batch: Batch) -> list[StoredReading]:
-    return [
-        StoredReading(
-            site=batch.site,
-            agent=batch.agent,
-            instrument=reading.instrument,
-            parameter=reading.parameter,
-            ts=reading.ts,
-            value=reading.value,
-            unit=reading.unit,
-            quality=reading.quality,
-            status=reading.status,
-        )
-        for reading in batch.readings
-    ]
+    return [StoredReading.from_reading(batch.site, batch.agent, reading) for reading in batch.readings]
