@@ -59,8 +59,17 @@ ensure_venv() {
     stamp="$VENV/.aua-synced"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "==> installing Python dependencies from uv.lock" >&2
-        (cd "$ROOT" && UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON_DOWNLOADS=never \
-            "$VENV/bin/uv" sync --frozen --all-extras --python "$VENV/bin/python" --quiet >&2)
+        (
+            # uv trusts only its bundled root certificates by default, while the pip of Debian's
+            # python3-venv (which fetched uv) trusts the system store: behind a TLS-intercepting proxy
+            # (corporate networks, CI sandboxes) uv then fails with "invalid peer certificate:
+            # UnknownIssuer". Use the system store instead when there is one and the caller has not chosen.
+            if [ -z "${SSL_CERT_FILE:-}" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then
+                export UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}"
+            fi
+            cd "$ROOT" && UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON_DOWNLOADS=never \
+                "$VENV/bin/uv" sync --frozen --all-extras --python "$VENV/bin/python" --quiet >&2
+        )
         echo "$want" >"$stamp"
     fi
 }
