@@ -3,7 +3,15 @@
 Pure data and functions, no I/O. Both sides import this package and nothing else from each other.
 """
 
-from aua_contract.codec import ContractError, decode_batch, decode_status, encode_batch, encode_status
+from aua_contract.codec import (
+    ContractError,
+    decode_batch,
+    decode_resend,
+    decode_status,
+    encode_batch,
+    encode_resend,
+    encode_status,
+)
 from aua_contract.models import (
     IDENTIFIER_PATTERN,
     SCHEMA_VERSION,
@@ -12,8 +20,18 @@ from aua_contract.models import (
     Batch,
     Quality,
     Reading,
+    ResendRequest,
 )
-from aua_contract.topics import TOPIC_ROOT, TopicKind, TopicParts, parse_topic, readings_topic, status_topic
+from aua_contract.topics import (
+    TOPIC_ROOT,
+    TopicKind,
+    TopicParts,
+    parse_topic,
+    readings_topic,
+    resend_topic,
+    status_topic,
+    subscription,
+)
 
 __all__ = [
     "IDENTIFIER_PATTERN",
@@ -25,13 +43,18 @@ __all__ = [
     "ContractError",
     "Quality",
     "Reading",
+    "ResendRequest",
     "TopicKind",
     "TopicParts",
     "decode_batch",
+    "decode_resend",
     "decode_status",
     "encode_batch",
+    "encode_resend",
     "encode_status",
     "parse_topic",
     "readings_topic",
+    "resend_topic",
     "status_topic",
+    "subscription",
 ]

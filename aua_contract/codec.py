@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from aua_contract.models import SCHEMA_VERSION, AgentStatus, Batch
+from aua_contract.models import SCHEMA_VERSION, AgentStatus, Batch, ResendRequest
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -22,6 +22,10 @@ def encode_batch(batch: Batch) -> bytes:
 
 def encode_status(status: AgentStatus) -> bytes:
     return status.model_dump_json(exclude_none=True).encode()
+
+
+def encode_resend(request: ResendRequest) -> bytes:
+    return request.model_dump_json(exclude_none=True).encode()
 
 
 def _load(payload: bytes, what: str) -> dict[str, Any]:
@@ -60,3 +64,7 @@ def decode_batch(payload: bytes) -> Batch:
 
 def decode_status(payload: bytes) -> AgentStatus:
     return _validate(AgentStatus, _load(payload, "status"), "status")
+
+
+def decode_resend(payload: bytes) -> ResendRequest:
+    return _validate(ResendRequest, _load(payload, "resend request"), "resend request")

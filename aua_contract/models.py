@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 SCHEMA_VERSION: Final = 1
 """The version every message carries in its `v` field; a receiver rejects versions it does not know."""
@@ -107,3 +107,37 @@ class AgentStatus(BaseModel):
     state: AgentState
     at: UtcDatetime | None = None
     version: str | None = None
+    next_seq: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="the sequence number the agent's next batch will get"
+    )
+    oldest_seq: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="the oldest batch still in the agent's outbox; older ones cannot be resent"
+    )
+    dropped: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="batches the agent's full outbox dropped unsent, since it was created"
+    )
+
+
+MAX_RESEND_SPAN = 100_000
+
+
+class ResendRequest(BaseModel):
+    """The gateway asks an agent to publish batches first..last again from its outbox (gap repair)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = SCHEMA_VERSION
+    site: Identifier
+    agent: Identifier
+    first: Annotated[int, Field(ge=0)]
+    last: Annotated[int, Field(ge=0)]
+    requested_by: Identifier
+    at: UtcDatetime | None = None
+
+    @field_validator("last")
+    @classmethod
+    def _ordered(cls, last: int, info: ValidationInfo) -> int:
+        first = info.data.get("first")
+        if first is not None and not first <= last < first + MAX_RESEND_SPAN:
+            raise ValueError(f"must be >= first ({first}) and span at most {MAX_RESEND_SPAN} batches")
+        return last

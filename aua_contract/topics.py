@@ -18,6 +18,7 @@ _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 class TopicKind(StrEnum):
     READINGS = "readings"
     STATUS = "status"
+    RESEND = "resend"
 
 
 class TopicParts(NamedTuple):
@@ -39,6 +40,11 @@ def readings_topic(site: str, agent: str) -> str:
 
 def status_topic(site: str, agent: str) -> str:
     return _topic(site, agent, TopicKind.STATUS)
+
+
+def resend_topic(site: str, agent: str) -> str:
+    """Where the gateway asks an agent for batches again; the agent subscribes to its own."""
+    return _topic(site, agent, TopicKind.RESEND)
 
 
 def subscription(kind: TopicKind, site: str = "+") -> str:

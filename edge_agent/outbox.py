@@ -34,6 +34,7 @@ INSERT OR IGNORE INTO counter (name, value) VALUES ('next_seq', 0), ('dropped', 
 @dataclass(frozen=True)
 class OutboxStats:
     next_seq: int
+    oldest_seq: int
     pending: int
     stored: int
     dropped: int
@@ -123,11 +124,11 @@ class Outbox:
         with self._lock:
             counters = dict(self._db.execute("SELECT name, value FROM counter").fetchall())
             (pending,) = self._db.execute("SELECT count(*) FROM batch WHERE acked_ns IS NULL").fetchone()
-            (stored,) = self._db.execute("SELECT count(*) FROM batch").fetchone()
+            stored, oldest = self._db.execute("SELECT count(*), min(seq) FROM batch").fetchone()
         return OutboxStats(
             next_seq=int(counters["next_seq"]),
+            oldest_seq=int(counters["next_seq"] if oldest is None else oldest),
             pending=int(pending),
             stored=int(stored),
             dropped=int(counters["dropped"]),
         )
-

@@ -15,25 +15,40 @@ from datetime import UTC, datetime
 
 import aiomqtt
 
-from aua_contract import AgentState, AgentStatus, encode_status, readings_topic, status_topic
+from aua_contract import (
+    AgentState,
+    AgentStatus,
+    ContractError,
+    decode_resend,
+    encode_status,
+    readings_topic,
+    resend_topic,
+    status_topic,
+)
 from edge_agent.config import MqttSection
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox, OutboxStats
 
 log = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
 
 
-def status_payload(site: str, agent: str, state: AgentState) -> bytes:
+def status_payload(site: str, agent: str, state: AgentState, outbox: OutboxStats | None = None) -> bytes:
+    """Birth, will and periodic status; with the outbox counters the gateway needs to see what it is owed."""
+    counters = {}
+    if outbox is not None:
+        counters = {"next_seq": outbox.next_seq, "oldest_seq": outbox.oldest_seq, "dropped": outbox.dropped}
     return encode_status(
-        AgentStatus(site=site, agent=agent, state=state, at=datetime.now(UTC), version=__version__)
+        AgentStatus(site=site, agent=agent, state=state, at=datetime.now(UTC), version=__version__, **counters)
     )
 
 
 class Publisher:
     """Keeps an MQTT session up and publishes pending outbox batches in order."""
 
-    def __init__(self, mqtt: MqttSection, site: str, agent: str, outbox: Outbox) -> None:
+    def __init__(
+        self, mqtt: MqttSection, site: str, agent: str, outbox: Outbox, *, status_interval_s: float = 10.0
+    ) -> None:
         self.mqtt = mqtt
         self.site = site
         self.agent = agent
@@ -41,6 +56,9 @@ class Publisher:
         self.wake = asyncio.Event()
         self.connected = False
         self.published = 0
+        self.resent = 0
+        self.status_interval_s = status_interval_s
+        self._resend_topic = resend_topic(site, agent)
         self._topic = readings_topic(site, agent)
         self._status_topic = status_topic(site, agent)
 
@@ -68,11 +86,13 @@ class Publisher:
                     self.connected = True
                     backoff = 0.5
                     log.info("connected to MQTT broker %s:%s", self.mqtt.host, self.mqtt.port)
-                    await client.publish(
-                        self._status_topic, status_payload(self.site, self.agent, AgentState.ONLINE), qos=1, retain=True
-                    )
-                    await self._drain_forever(client)
-            except aiomqtt.MqttError as error:
+                    await client.subscribe(self._resend_topic, qos=1)
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._report_status_forever(client))
+                        group.create_task(self._drain_forever(client))
+                        group.create_task(self._serve_resends(client))
+            except* aiomqtt.MqttError as errors:
+                error = errors.exceptions[0]
                 if self.connected:
                     log.warning("MQTT connection lost: %s", error)
                 else:
@@ -80,6 +100,38 @@ class Publisher:
             self.connected = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    async def _report_status_forever(self, client: aiomqtt.Client) -> None:
+        """Retained status with the outbox counters, at connect and then every status interval."""
+        while True:
+            stats = await asyncio.to_thread(self.outbox.stats)
+            payload = status_payload(self.site, self.agent, AgentState.ONLINE, stats)
+            await client.publish(self._status_topic, payload, qos=1, retain=True)
+            await asyncio.sleep(self.status_interval_s)
+
+    async def _serve_resends(self, client: aiomqtt.Client) -> None:
+        """Answer the gateway's resend requests from the outbox; what is no longer there the status tells."""
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                request = decode_resend(payload)
+            except ContractError as error:
+                log.warning("ignoring a malformed resend request on %s: %s", message.topic.value, error)
+                continue
+            if (request.site, request.agent) != (self.site, self.agent):
+                log.warning("ignoring a resend request for %s/%s on my topic", request.site, request.agent)
+                continue
+            batches = await asyncio.to_thread(self.outbox.get, request.first, request.last)
+            log.info(
+                "%s asked for batches %s..%s: resending %d",
+                request.requested_by,
+                request.first,
+                request.last,
+                len(batches),
+            )
+            for _, batch in batches:
+                await client.publish(self._topic, batch, qos=1)
+            self.resent += len(batches)
 
     async def _drain_forever(self, client: aiomqtt.Client) -> None:
         while True:

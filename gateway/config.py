@@ -20,6 +20,11 @@ class _Strict(BaseModel):
 class GatewaySection(_Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "gateway-1"
     state: Path = Field(default=Path("var/gateway-state.sqlite"), description="ledger and dead letters")
+    gap_check_s: Annotated[float, Field(gt=0)] = Field(default=5.0, description="how often to look for missing batches")
+    gap_grace_s: Annotated[float, Field(ge=0)] = Field(
+        default=10.0, description="a missing batch is asked for only after this long (it may be in flight)"
+    )
+    gap_retry_s: Annotated[float, Field(gt=0)] = Field(default=30.0, description="ask again this often until filled")
 
 
 class MqttSection(_Strict):

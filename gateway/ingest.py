@@ -12,12 +12,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiomqtt
 
-from aua_contract import AgentStatus, Batch, TopicKind
-from aua_contract.topics import subscription
+from aua_contract import AgentStatus, Batch, ResendRequest, TopicKind, encode_resend, resend_topic, subscription
 from gateway.config import GatewayConfig
+from gateway.gap_repair import RepairSchedule, chunks, owed
 from gateway.ledger import Ledger
 from gateway.stores import Store, StoredReading, StoreError
 from gateway.validation import Rejected, stored_readings, validate_message
@@ -33,6 +34,7 @@ class IngestStats:
     duplicates: int = 0
     dead_letters: int = 0
     store_retries: int = 0
+    resend_requests: int = 0
 
 
 def _as_bytes(payload: object) -> bytes:
@@ -57,6 +59,7 @@ class Ingest:
         self.on_batch = on_batch
         self.stats = IngestStats()
         self.connected = asyncio.Event()
+        self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
 
     def _client(self) -> aiomqtt.Client:
         mqtt = self.config.mqtt
@@ -81,13 +84,59 @@ class Ingest:
                     log.info("subscribed at %s:%s", self.config.mqtt.host, self.config.mqtt.port)
                     self.connected.set()
                     backoff = 0.5
-                    async for message in client.messages:
-                        await self.handle(message.topic.value, _as_bytes(message.payload))
-            except aiomqtt.MqttError as error:
-                log.warning("MQTT: %s; reconnecting in %.1f s", error, backoff)
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._consume(client))
+                        group.create_task(self._repair_forever(client))
+            except* aiomqtt.MqttError as errors:
+                log.warning("MQTT: %s; reconnecting in %.1f s", errors.exceptions[0], backoff)
             self.connected.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self.handle(message.topic.value, _as_bytes(message.payload))
+
+    async def _repair_forever(self, client: aiomqtt.Client) -> None:
+        """Ask agents again for the batches they owe (see gap_repair); runs while connected."""
+        while True:
+            await asyncio.sleep(self.config.gateway.gap_check_s)
+            for request in await asyncio.to_thread(self.resend_requests_due, time.monotonic()):
+                log.info(
+                    "asking %s/%s to resend batches %s..%s", request.site, request.agent, request.first, request.last
+                )
+                await client.publish(resend_topic(request.site, request.agent), encode_resend(request), qos=1)
+                await asyncio.to_thread(self.ledger.count_resend_request, request.site, request.agent)
+                self.stats.resend_requests += 1
+
+    def resend_requests_due(self, now: float) -> list[ResendRequest]:
+        """The resend requests to publish now, from the ledger and the agents' last status."""
+        cursors = self.ledger.agent_cursors()
+        accounts = {(a.site, a.agent): a for a in self.ledger.accounts()}
+        requests = []
+        for site, agent in sorted(set(accounts) | set(cursors)):
+            account = accounts.get((site, agent))
+            next_seq, oldest_seq, _ = cursors.get((site, agent), (None, None, None))
+            what = owed(
+                self.ledger.holes(site, agent) if account else [],
+                account.first_seq if account else None,
+                account.last_seq if account else None,
+                next_seq,
+                oldest_seq,
+            )
+            for seq_range in self.schedule.due(site, agent, what.requestable, now):
+                for first, last in chunks(seq_range):
+                    requests.append(
+                        ResendRequest(
+                            site=site,
+                            agent=agent,
+                            first=first,
+                            last=last,
+                            requested_by=self.config.gateway.id,
+                            at=datetime.now(UTC),
+                        )
+                    )
+        return requests
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """Process one message; every outcome is stored, counted or dead-lettered."""
@@ -101,7 +150,7 @@ class Ingest:
             return
         if isinstance(result, AgentStatus):
             log.info("agent %s/%s is %s", result.site, result.agent, result.state)
-            await asyncio.to_thread(self.ledger.agent_state, result.site, result.agent, result.state.value, now)
+            await asyncio.to_thread(self.ledger.agent_state, result, now)
             return
         batch = result
         if await asyncio.to_thread(self.ledger.seen, batch.site, batch.agent, batch.seq):

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from aua_contract import AgentStatus
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_seen (
     site TEXT NOT NULL,
@@ -38,6 +40,15 @@ CREATE TABLE IF NOT EXISTS agent_status (
     agent TEXT NOT NULL,
     state TEXT NOT NULL,
     at_ns INTEGER NOT NULL,
+    next_seq INTEGER,
+    oldest_seq INTEGER,
+    dropped INTEGER,
+    PRIMARY KEY (site, agent)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resend_request (
+    site TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    count INTEGER NOT NULL,
     PRIMARY KEY (site, agent)
 ) WITHOUT ROWID;
 """
@@ -121,13 +132,55 @@ class Ledger:
             ).fetchall()
         return [DeadLetter(int(ns), topic, reason, bytes(payload)) for ns, topic, reason, payload in rows]
 
-    def agent_state(self, site: str, agent: str, state: str, at_ns: int) -> None:
+    def agent_state(self, status: AgentStatus, at_ns: int) -> None:
+        """Remember an agent's last status; outbox counters only move forward (a late retained copy is older)."""
         with self._lock:
             self._db.execute(
-                "INSERT INTO agent_status VALUES (?, ?, ?, ?) ON CONFLICT (site, agent) "
-                "DO UPDATE SET state = excluded.state, at_ns = excluded.at_ns",
-                (site, agent, state, at_ns),
+                """INSERT INTO agent_status VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, agent) DO UPDATE SET
+                   state = excluded.state, at_ns = excluded.at_ns,
+                   next_seq = max(coalesce(next_seq, 0), coalesce(excluded.next_seq, 0)),
+                   oldest_seq = coalesce(excluded.oldest_seq, oldest_seq),
+                   dropped = coalesce(excluded.dropped, dropped)""",
+                (
+                    status.site,
+                    status.agent,
+                    status.state.value,
+                    at_ns,
+                    status.next_seq,
+                    status.oldest_seq,
+                    status.dropped,
+                ),
             )
+
+    def agent_cursors(self) -> dict[tuple[str, str], tuple[int | None, int | None, int | None]]:
+        """(site, agent) -> (next_seq, oldest_seq, dropped) as the agents last reported them."""
+        with self._lock:
+            rows = self._db.execute("SELECT site, agent, next_seq, oldest_seq, dropped FROM agent_status").fetchall()
+        return {(site, agent): (nxt, oldest, dropped) for site, agent, nxt, oldest, dropped in rows}
+
+    def holes(self, site: str, agent: str) -> list[tuple[int, int]]:
+        """Ranges of sequence numbers missing between the batches seen, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                """SELECT seq + 1, next - 1 FROM (
+                       SELECT seq, lead(seq) OVER (ORDER BY seq) AS next
+                       FROM batch_seen WHERE site = ? AND agent = ?)
+                   WHERE next > seq + 1""",
+                (site, agent),
+            ).fetchall()
+        return [(int(first), int(last)) for first, last in rows]
+
+    def count_resend_request(self, site: str, agent: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO resend_request VALUES (?, ?, 1) ON CONFLICT (site, agent) DO UPDATE SET count = count + 1",
+                (site, agent),
+            )
+
+    def resend_requests(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            rows = self._db.execute("SELECT site, agent, count FROM resend_request").fetchall()
+        return {(site, agent): int(count) for site, agent, count in rows}
 
     def accounts(self) -> list[AgentAccount]:
         with self._lock:

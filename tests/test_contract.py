@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import re
 import sys
 import types
 from datetime import UTC, datetime, timedelta, timezone
@@ -25,17 +26,21 @@ from aua_contract import (
     ContractError,
     Quality,
     Reading,
+    ResendRequest,
     TopicKind,
     TopicParts,
     decode_batch,
+    decode_resend,
     decode_status,
     encode_batch,
+    encode_resend,
     encode_status,
     parse_topic,
     readings_topic,
+    resend_topic,
     status_topic,
 )
-from aua_contract.models import MAX_READINGS_PER_BATCH
+from aua_contract.models import MAX_READINGS_PER_BATCH, MAX_RESEND_SPAN
 from aua_contract.topics import subscription
 
 FUZZ = settings(max_examples=150, deadline=None)
@@ -490,3 +495,26 @@ def test_contract_imports_only_stdlib_and_pydantic(module: Path) -> None:
     foreign = {name for name in imported if name not in sys.stdlib_module_names and name not in ALLOWED_THIRD_PARTY}
     assert not foreign, f"{module.name} imports {sorted(foreign)}"
     assert not imported & IO_MODULES, f"{module.name} imports I/O modules {sorted(imported & IO_MODULES)}"
+
+
+T_RESEND = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+# -- resend requests (gap repair) -----------------------------------------------------------------------------
+
+
+def test_resend_request_round_trip_and_topic() -> None:
+    request = ResendRequest(site="pvl", agent="a1", first=3, last=9, requested_by="gw-1", at=T_RESEND)
+    assert decode_resend(encode_resend(request)) == request
+    assert resend_topic("pvl", "a1") == "aua/v1/pvl/a1/resend"
+    assert parse_topic("aua/v1/pvl/a1/resend") == TopicParts("pvl", "a1", TopicKind.RESEND)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "message"),
+    [(5, 4, "must be >= first (5)"), (0, MAX_RESEND_SPAN, "span at most"), (-1, 3, "first")],
+)
+def test_resend_request_ranges_are_checked(first: int, last: int, message: str) -> None:
+    payload = json.dumps({"v": 1, "site": "pvl", "agent": "a1", "first": first, "last": last, "requested_by": "g"})
+    with pytest.raises(ContractError, match=re.escape(message)):
+        decode_resend(payload.encode())

@@ -1,0 +1,89 @@
+"""Which sequence numbers an agent still owes, and when to ask for them again. Pure.
+
+aiomqtt acknowledges before the gateway stores, and a broker without persistence forgets what it held
+when it dies, so some batches never arrive. The agent keeps every batch in its outbox for a retention
+window; the gateway sees the holes in (agent, seq) and asks for them by a resend request. A hole is
+requested only after a grace period (it may just be in flight, or on another gateway instance of a
+shared subscription) and then again at most every `retry_s` until it is filled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aua_contract.models import MAX_RESEND_SPAN
+
+SeqRange = tuple[int, int]
+"""first..last, both included."""
+
+
+@dataclass(frozen=True)
+class Owed:
+    """Ranges an agent can still resend, and ranges it no longer has (pruned or dropped: lost for good)."""
+
+    requestable: list[SeqRange]
+    unrecoverable: list[SeqRange]
+
+
+def owed(
+    holes: list[SeqRange], first_seen: int | None, last_seen: int | None, next_seq: int | None, oldest_seq: int | None
+) -> Owed:
+    """Combine the holes between seen batches with what the agent's status says it has sent and still holds.
+
+    `next_seq` (from the agent's status) reveals batches after the last one seen; `oldest_seq` the ones
+    before the first seen that the agent still holds, and splits what can be resent from what is gone.
+    """
+    ranges = list(holes)
+    if first_seen is not None and oldest_seq is not None and oldest_seq < first_seen:
+        ranges.insert(0, (oldest_seq, first_seen - 1))
+    tail_from = 0 if last_seen is None else last_seen + 1
+    if next_seq is not None and next_seq - 1 >= tail_from:
+        ranges.append((tail_from if last_seen is not None or oldest_seq is None else oldest_seq, next_seq - 1))
+    requestable: list[SeqRange] = []
+    unrecoverable: list[SeqRange] = []
+    floor = oldest_seq if oldest_seq is not None else 0
+    for first, last in ranges:
+        if first > last:
+            continue
+        if last < floor:
+            unrecoverable.append((first, last))
+        elif first < floor:
+            unrecoverable.append((first, floor - 1))
+            requestable.append((floor, last))
+        else:
+            requestable.append((first, last))
+    return Owed(requestable, unrecoverable)
+
+
+def chunks(seq_range: SeqRange, span: int = MAX_RESEND_SPAN) -> list[SeqRange]:
+    """Split a range into pieces a single resend request may carry."""
+    first, last = seq_range
+    return [(start, min(last, start + span - 1)) for start in range(first, last + 1, span)]
+
+
+@dataclass
+class RepairSchedule:
+    """Remembers when each hole was first noticed and last requested (in memory: a restart re-waits the grace)."""
+
+    grace_s: float = 10.0
+    retry_s: float = 30.0
+    _noticed: dict[tuple[str, str, int], float] = field(default_factory=dict)
+    _requested: dict[tuple[str, str, int], float] = field(default_factory=dict)
+
+    def due(self, site: str, agent: str, ranges: list[SeqRange], now: float) -> list[SeqRange]:
+        """The ranges to request now. A range is known by its first number, which stays put as it fills."""
+        keys = {(site, agent, first) for first, _ in ranges}
+        for key in [k for k in self._noticed if k[:2] == (site, agent) and k not in keys]:
+            self._noticed.pop(key, None)
+            self._requested.pop(key, None)
+        result = []
+        for first, last in ranges:
+            key = (site, agent, first)
+            noticed = self._noticed.setdefault(key, now)
+            if now - noticed < self.grace_s:
+                continue
+            if now - self._requested.get(key, -float("inf")) < self.retry_s:
+                continue
+            self._requested[key] = now
+            result.append((first, last))
+        return result

@@ -1,0 +1,126 @@
+"""Gap repair: what an agent owes the gateway, when to ask for it, and the whole loop on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from ports import free_port
+from servers import MosquittoServer
+
+from aua_contract import decode_batch
+from aua_demo.sites import demo_sites, relocate
+from edge_agent.outbox import Outbox
+from edge_agent.poller import Agent
+from edge_agent.simulator import simulator_for_config
+from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
+from gateway.gap_repair import Owed, RepairSchedule, chunks, owed
+from gateway.ingest import Ingest
+from gateway.ledger import Ledger
+from gateway.stores import open_store
+
+
+@pytest.mark.parametrize(
+    ("holes", "first_seen", "last_seen", "next_seq", "oldest_seq", "expected"),
+    [
+        pytest.param([], 0, 9, None, None, Owed([], []), id="complete, no status yet"),
+        pytest.param([(3, 4)], 0, 9, None, None, Owed([(3, 4)], []), id="a hole between seen batches"),
+        pytest.param([], 0, 9, 15, 0, Owed([(10, 14)], []), id="status reveals a tail never seen"),
+        pytest.param([], 0, 9, 10, 0, Owed([], []), id="status agrees with what was seen"),
+        pytest.param([], 5, 9, 10, 2, Owed([(2, 4)], []), id="agent still holds batches before the first seen"),
+        pytest.param([(3, 6)], 0, 9, 10, 5, Owed([(5, 6)], [(3, 4)]), id="part of a hole was pruned at the agent"),
+        pytest.param([(3, 4)], 0, 9, 10, 7, Owed([], [(3, 4)]), id="the whole hole is gone: lost, not requested"),
+        pytest.param([], None, None, 4, 0, Owed([(0, 3)], []), id="an agent seen only by its status"),
+        pytest.param([], None, None, 0, 0, Owed([], []), id="a new agent with nothing sent"),
+    ],
+)
+def test_what_an_agent_owes(
+    holes: list[tuple[int, int]],
+    first_seen: int | None,
+    last_seen: int | None,
+    next_seq: int | None,
+    oldest_seq: int | None,
+    expected: Owed,
+) -> None:
+    assert owed(holes, first_seen, last_seen, next_seq, oldest_seq) == expected
+
+
+def test_requests_wait_for_the_grace_period_then_repeat_at_the_retry_interval() -> None:
+    schedule = RepairSchedule(grace_s=10, retry_s=30)
+    assert schedule.due("s", "a", [(3, 4)], now=100) == []
+    assert schedule.due("s", "a", [(3, 4)], now=109) == []
+    assert schedule.due("s", "a", [(3, 4)], now=110) == [(3, 4)]
+    assert schedule.due("s", "a", [(3, 4)], now=120) == []
+    assert schedule.due("s", "a", [(3, 4)], now=140) == [(3, 4)]
+    # a filled hole is forgotten; when it reappears, it waits its grace period again
+    assert schedule.due("s", "a", [], now=150) == []
+    assert schedule.due("s", "a", [(3, 4)], now=151) == []
+
+
+def test_a_hole_that_shrinks_from_the_end_keeps_its_place_in_the_schedule() -> None:
+    schedule = RepairSchedule(grace_s=10, retry_s=30)
+    schedule.due("s", "a", [(3, 9)], now=0)
+    assert schedule.due("s", "a", [(3, 5)], now=10) == [(3, 5)]
+
+
+def test_long_ranges_are_split_into_requests_of_bounded_span() -> None:
+    assert chunks((0, 9), span=4) == [(0, 3), (4, 7), (8, 9)]
+    assert chunks((5, 5), span=4) == [(5, 5)]
+
+
+async def test_a_broker_killed_mid_stream_loses_nothing(mqtt_broker: MosquittoServer, tmp_path: Path) -> None:
+    """mosquitto without persistence is killed -9 while the agent publishes; gap repair brings back
+    what the broker had acknowledged and then forgot, and the store ends up with every batch exactly once."""
+    [ambient] = [s for s in demo_sites() if s.config.agent.site == "pavlodar-ambient"]
+    ports = {port: free_port() for port in {i.config.port for i in ambient.instruments}}
+    site = relocate(ambient, broker_host=mqtt_broker.host, broker_port=mqtt_broker.port, ports=ports, workdir=tmp_path)
+    config = GatewayConfig(
+        gateway=GatewaySection(
+            id=f"gw-{uuid.uuid4().hex[:8]}",
+            state=tmp_path / "state.sqlite",
+            gap_check_s=0.3,
+            gap_grace_s=1.0,
+            gap_retry_s=2.0,
+        ),
+        mqtt=MqttSection(host=mqtt_broker.host, port=mqtt_broker.port),
+        store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
+    )
+    store = open_store(config.store.url)
+    await store.open()
+    ledger = Ledger(config.gateway.state)
+    async with simulator_for_config(site, seed=3):
+        ingest = Ingest(config, store, ledger)
+        gateway = asyncio.create_task(ingest.run())
+        await asyncio.wait_for(ingest.connected.wait(), timeout=10)
+        agent = Agent(site)
+        agent.publisher.status_interval_s = 0.5
+        running = asyncio.create_task(agent.run())
+        await asyncio.sleep(3)
+        mqtt_broker.stop()  # SIGKILL, no persistence: queued and in-flight messages are gone
+        await asyncio.sleep(2.5)
+        mqtt_broker.start()
+        await asyncio.sleep(3)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        sealed = agent.outbox_stats().next_seq
+        for _ in range(300):
+            accounts = ledger.accounts()
+            if accounts and accounts[0].batches == sealed:
+                break
+            await asyncio.sleep(0.1)
+        gateway.cancel()
+        await asyncio.gather(gateway, return_exceptions=True)
+
+    outbox = Outbox(site.config.agent.outbox)
+    expected = sum(len(decode_batch(payload).readings) for _, payload in outbox.get(0, sealed))
+    outbox.close()
+    [account] = ledger.accounts()
+    stored = sum((await store.count_by_instrument()).values())
+    await store.close()
+    ledger.close()
+    assert sealed >= 7
+    assert (account.batches, account.first_seq, account.last_seq, account.missing) == (sealed, 0, sealed - 1, 0)
+    assert stored == expected
+    assert agent.publisher.resent > 0 or ingest.stats.resend_requests == 0
