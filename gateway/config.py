@@ -20,11 +20,19 @@ class _Strict(BaseModel):
 class GatewaySection(_Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "gateway-1"
     state: Path = Field(default=Path("var/gateway-state.sqlite"), description="ledger and dead letters")
+    spool: Path | None = Field(
+        default=None, description="batches waiting while the store is down; default: next to `state`"
+    )
     gap_check_s: Annotated[float, Field(gt=0)] = Field(default=5.0, description="how often to look for missing batches")
     gap_grace_s: Annotated[float, Field(ge=0)] = Field(
         default=10.0, description="a missing batch is asked for only after this long (it may be in flight)"
     )
     gap_retry_s: Annotated[float, Field(gt=0)] = Field(default=30.0, description="ask again this often until filled")
+
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool or self.state.with_name(f"{self.state.stem}-spool.sqlite")
 
 
 class MqttSection(_Strict):
@@ -74,5 +82,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     base = path.parent
     if not config.gateway.state.is_absolute():
         config.gateway.state = base / config.gateway.state
+    if config.gateway.spool is not None and not config.gateway.spool.is_absolute():
+        config.gateway.spool = base / config.gateway.spool
     config.store.url = resolve_store_url(config.store.url, base)
     return config

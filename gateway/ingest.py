@@ -8,6 +8,7 @@ duplicates from redelivery or replay are dropped by that key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,11 +17,21 @@ from datetime import UTC, datetime
 
 import aiomqtt
 
-from aua_contract import AgentStatus, Batch, ResendRequest, TopicKind, encode_resend, resend_topic, subscription
+from aua_contract import (
+    AgentStatus,
+    Batch,
+    ResendRequest,
+    TopicKind,
+    decode_batch,
+    encode_resend,
+    resend_topic,
+    subscription,
+)
 from gateway.config import GatewayConfig
 from gateway.gap_repair import RepairSchedule, chunks, owed
 from gateway.ledger import Ledger
-from gateway.stores import Store, StoredReading, StoreError
+from gateway.spool import Spool
+from gateway.stores import Store, StoreError
 from gateway.validation import Rejected, stored_readings, validate_message
 
 log = logging.getLogger(__name__)
@@ -52,6 +63,7 @@ class Ingest:
         ledger: Ledger,
         *,
         on_batch: Callable[[Batch], None] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -59,6 +71,9 @@ class Ingest:
         self.on_batch = on_batch
         self.stats = IngestStats()
         self.connected = asyncio.Event()
+        self._owns_spool = spool is None
+        self.spool = spool or Spool(config.gateway.spool_path)
+        self.drain_wake = asyncio.Event()
         self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
 
     def _client(self) -> aiomqtt.Client:
@@ -74,6 +89,16 @@ class Ingest:
         )
 
     async def run(self) -> None:
+        """Consume and drain the spool until cancelled; then close the spool if this ingest opened it."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.consume_forever())
+                group.create_task(self.drain_spool_forever())
+        finally:
+            if self._owns_spool:
+                self.spool.close()
+
+    async def consume_forever(self) -> None:
         """Consume until cancelled, reconnecting with backoff when the broker goes away."""
         backoff = 0.5
         while True:
@@ -157,13 +182,7 @@ class Ingest:
             self.stats.duplicates += 1
             await asyncio.to_thread(self.ledger.count_duplicate, batch.site, batch.agent)
             return
-        try:
-            await self._write(stored_readings(batch))
-        except StoreError as error:
-            # The store refuses this data for good (e.g. a field type conflict): keep it, say why, go on.
-            self.stats.dead_letters += 1
-            log.error("store rejected batch %s/%s #%s: %s", batch.site, batch.agent, batch.seq, error)
-            await asyncio.to_thread(self.ledger.dead_letter, topic, f"store rejected: {error}", payload, now)
+        if not await self._store_or_spool(batch, topic, payload, now):
             return
         await asyncio.to_thread(self.ledger.record, batch.site, batch.agent, batch.seq, len(batch.readings), now)
         self.stats.batches += 1
@@ -171,17 +190,63 @@ class Ingest:
         if self.on_batch is not None:
             self.on_batch(batch)
 
-    async def _write(self, readings: list[StoredReading]) -> None:
-        """Write, retrying transient store failures; the message is not lost while the store is down."""
-        backoff = 0.5
-        while True:
+    async def _store_or_spool(self, batch: Batch, topic: str, payload: bytes, now: int) -> bool:
+        """Make a batch durable: in the store, or in the spool while the store is down (or still draining).
+
+        False when the store refuses the data for good (e.g. a field type conflict): then it is a dead letter.
+        """
+        if self.spool.depth == 0:
             try:
-                await self.store.write(readings)
-                return
+                await self.store.write(stored_readings(batch))
             except StoreError as error:
                 if not error.retryable:
-                    raise
-                self.stats.store_retries += 1
-                log.warning("store write failed (%s); retrying in %.1f s", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                    await self._store_rejected(topic, payload, error, now)
+                    return False
+                log.warning("store unavailable (%s): spooling to disk until it is back", error)
+            else:
+                return True
+        await asyncio.to_thread(self.spool.put, batch.site, batch.agent, batch.seq, topic, payload)
+        self.drain_wake.set()
+        return True
+
+    async def _store_rejected(self, topic: str, payload: bytes, error: StoreError, now: int) -> None:
+        self.stats.dead_letters += 1
+        log.error("store rejected a batch from %s: %s", topic, error)
+        await asyncio.to_thread(self.ledger.dead_letter, topic, f"store rejected: {error}", payload, now)
+
+    async def drain_spool_forever(self) -> None:
+        """Move spooled batches into the store, oldest first, backing off while it is still down."""
+        backoff = 0.5
+        while True:
+            if self.spool.depth == 0:
+                self.drain_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.drain_wake.wait(), timeout=5.0)
+                continue
+            rows = await asyncio.to_thread(self.spool.oldest, 100)
+            readings = [r for _, _, payload in rows for r in stored_readings(decode_batch(payload))]
+            try:
+                await self.store.write(readings)
+            except StoreError as error:
+                if error.retryable:
+                    self.stats.store_retries += 1
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                await self._drain_one_by_one(rows)
+            else:
+                await asyncio.to_thread(self.spool.remove, [row_id for row_id, _, _ in rows])
+                backoff = 0.5
+                if self.spool.depth == 0:
+                    log.info("spool drained: the store has everything again")
+
+    async def _drain_one_by_one(self, rows: list[tuple[int, str, bytes]]) -> None:
+        """A group the store refused: find the batches it refuses for good and dead-letter only those."""
+        for row_id, topic, payload in rows:
+            try:
+                await self.store.write(stored_readings(decode_batch(payload)))
+            except StoreError as error:
+                if error.retryable:
+                    return
+                await self._store_rejected(topic, payload, error, time.time_ns())
+            await asyncio.to_thread(self.spool.remove, [row_id])
