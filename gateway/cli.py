@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,11 +18,18 @@ from gateway.stores import open_store
 
 
 async def _serve(config: GatewayConfig) -> None:
+    """Run until SIGINT/SIGTERM, then stop cleanly: what was stored is recorded, the rest comes back by gap repair."""
     store = open_store(config.store.url)
     await store.open()
     ledger = Ledger(config.gateway.state)
+    task = asyncio.create_task(Ingest(config, store, ledger).run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
     try:
-        await Ingest(config, store, ledger).run()
+        await task
+    except asyncio.CancelledError:
+        logging.getLogger(__name__).info("stopping")
     finally:
         await store.close()
         ledger.close()
