@@ -49,10 +49,49 @@ class StoreSection(_Strict):
     url: str = Field(default="sqlite:///var/aua.sqlite", description="sqlite:///PATH or influx://HOST:PORT/DB")
 
 
+class ParameterRule(_Strict):
+    """What is plausible for one parameter; `*` matches any site or instrument."""
+
+    site: str = "*"
+    instrument: str = "*"
+    parameter: str
+    min: float | None = None
+    max: float | None = None
+    max_rate_per_s: Annotated[float, Field(gt=0)] | None = None
+    stuck_samples: Annotated[int, Field(ge=2)] | None = None
+
+
+class RegistrySection(_Strict):
+    """Who may send and what is plausible. Empty lists accept everything (the demo's default)."""
+
+    agents: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")]] = Field(
+        default_factory=list, description="SITE/AGENT pairs allowed to publish; others are dead letters"
+    )
+    known_parameters_only: bool = Field(
+        default=False, description="dead-letter readings whose instrument/parameter matches no [[registry.parameter]]"
+    )
+    parameter: list[ParameterRule] = Field(default_factory=list)
+    max_payload_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_future_s: Annotated[float, Field(ge=0)] = 300.0
+    max_age_days: Annotated[float, Field(gt=0)] = 30.0
+
+    def rule_for(self, site: str, instrument: str, parameter: str) -> ParameterRule | None:
+        """The most specific matching rule (exact instrument beats *, exact site beats *)."""
+        best: tuple[int, ParameterRule] | None = None
+        for rule in self.parameter:
+            if rule.parameter != parameter or rule.site not in ("*", site) or rule.instrument not in ("*", instrument):
+                continue
+            score = (rule.instrument != "*") * 2 + (rule.site != "*")
+            if best is None or score > best[0]:
+                best = (score, rule)
+        return None if best is None else best[1]
+
+
 class GatewayConfig(_Strict):
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
 
 
 def resolve_store_url(url: str, base: Path) -> str:

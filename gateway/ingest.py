@@ -20,9 +20,11 @@ import aiomqtt
 from aua_contract import (
     AgentStatus,
     Batch,
+    Reading,
     ResendRequest,
     TopicKind,
     decode_batch,
+    encode_batch,
     encode_resend,
     resend_topic,
     subscription,
@@ -30,6 +32,7 @@ from aua_contract import (
 from gateway.config import GatewayConfig
 from gateway.gap_repair import RepairSchedule, chunks, owed
 from gateway.ledger import Ledger
+from gateway.quality_checks import BatchScreen
 from gateway.spool import Spool
 from gateway.stores import Store, StoreError
 from gateway.validation import Rejected, stored_readings, validate_message
@@ -71,6 +74,8 @@ class Ingest:
         self.on_batch = on_batch
         self.stats = IngestStats()
         self.connected = asyncio.Event()
+        self.screen = BatchScreen(config.registry)
+        self._agents = frozenset(config.registry.agents)
         self._owns_spool = spool is None
         self.spool = spool or Spool(config.gateway.spool_path)
         self.drain_wake = asyncio.Event()
@@ -167,7 +172,8 @@ class Ingest:
         """Process one message; every outcome is stored, counted or dead-lettered."""
         self.stats.messages += 1
         now = time.time_ns()
-        result = validate_message(topic, payload)
+        registry = self.config.registry
+        result = validate_message(topic, payload, max_bytes=registry.max_payload_bytes, agents=self._agents)
         if isinstance(result, Rejected):
             self.stats.dead_letters += 1
             log.warning("dead letter from %s: %s", topic, result.reason)
@@ -182,7 +188,11 @@ class Ingest:
             self.stats.duplicates += 1
             await asyncio.to_thread(self.ledger.count_duplicate, batch.site, batch.agent)
             return
-        if not await self._store_or_spool(batch, topic, payload, now):
+        screened = self.screen.screen(batch, datetime.now(UTC))
+        if screened.refused:
+            await self._refuse_readings(topic, batch, screened.refused, now)
+        batch = batch.model_copy(update={"readings": screened.keep})
+        if not await self._store_or_spool(batch, topic, now):
             return
         await asyncio.to_thread(self.ledger.record, batch.site, batch.agent, batch.seq, len(batch.readings), now)
         self.stats.batches += 1
@@ -190,7 +200,15 @@ class Ingest:
         if self.on_batch is not None:
             self.on_batch(batch)
 
-    async def _store_or_spool(self, batch: Batch, topic: str, payload: bytes, now: int) -> bool:
+    async def _refuse_readings(self, topic: str, batch: Batch, refused: list[tuple[Reading, str]], now: int) -> None:
+        """Readings the registry does not know become one dead letter; the rest of the batch goes on."""
+        self.stats.dead_letters += 1
+        reasons = sorted({reason for _, reason in refused})
+        kept = batch.model_copy(update={"readings": [reading for reading, _ in refused]})
+        log.warning("refused %d readings from %s: %s", len(refused), topic, "; ".join(reasons))
+        await asyncio.to_thread(self.ledger.dead_letter, topic, "; ".join(reasons), encode_batch(kept), now)
+
+    async def _store_or_spool(self, batch: Batch, topic: str, now: int) -> bool:
         """Make a batch durable: in the store, or in the spool while the store is down (or still draining).
 
         False when the store refuses the data for good (e.g. a field type conflict): then it is a dead letter.
@@ -200,12 +218,12 @@ class Ingest:
                 await self.store.write(stored_readings(batch))
             except StoreError as error:
                 if not error.retryable:
-                    await self._store_rejected(topic, payload, error, now)
+                    await self._store_rejected(topic, encode_batch(batch), error, now)
                     return False
                 log.warning("store unavailable (%s): spooling to disk until it is back", error)
             else:
                 return True
-        await asyncio.to_thread(self.spool.put, batch.site, batch.agent, batch.seq, topic, payload)
+        await asyncio.to_thread(self.spool.put, batch.site, batch.agent, batch.seq, topic, encode_batch(batch))
         self.drain_wake.set()
         return True
 

@@ -24,10 +24,17 @@ def _identity_mismatch(topic_site: str, topic_agent: str, site: str, agent: str)
     return None
 
 
-def validate_message(topic: str, payload: bytes) -> Batch | AgentStatus | Rejected:
+def validate_message(
+    topic: str, payload: bytes, *, max_bytes: int | None = None, agents: frozenset[str] = frozenset()
+) -> Batch | AgentStatus | Rejected:
+    """`agents`, when not empty, lists the SITE/AGENT pairs allowed to publish (the registry)."""
     parts = parse_topic(topic)
     if parts is None:
         return Rejected(f"topic {topic!r} is not an aua/v1/SITE/AGENT/(readings|status) topic")
+    if max_bytes is not None and len(payload) > max_bytes:
+        return Rejected(f"payload of {len(payload)} bytes is over the {max_bytes}-byte limit")
+    if agents and f"{parts.site}/{parts.agent}" not in agents:
+        return Rejected(f"agent {parts.site}/{parts.agent} is not in the registry")
     try:
         message: Batch | AgentStatus = (
             decode_batch(payload) if parts.kind is TopicKind.READINGS else decode_status(payload)

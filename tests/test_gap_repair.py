@@ -36,7 +36,7 @@ from gateway.stores import open_store
         pytest.param([], None, None, 0, 0, Owed([], []), id="a new agent with nothing sent"),
     ],
 )
-def test_what_an_agent_owes(
+def test_what_an_agent_owes(  # noqa: PLR0917 - one argument per table column
     holes: list[tuple[int, int]],
     first_seen: int | None,
     last_seen: int | None,

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiomqtt
 from servers import MosquittoServer
 
-from aua_contract import Batch, Reading, encode_batch, readings_topic
+from aua_contract import Batch, Quality, Reading, encode_batch, readings_topic
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
@@ -75,4 +75,58 @@ async def test_bad_input_is_dead_lettered_and_the_stream_goes_on(mosquitto: Mosq
     assert ledger.dead_letters()[-1].payload == b"not json at all"
     [account] = [a for a in ledger.accounts() if a.site == site]
     assert (account.batches, account.readings, account.missing, account.duplicates) == (2, 2, 0, 1)
+    ledger.close()
+
+
+async def test_registry_refuses_unknown_agents_and_parameters_and_flags_implausible_values(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    site = f"s{uuid.uuid4().hex[:8]}"
+    config = GatewayConfig.model_validate(
+        {
+            "gateway": {"id": f"gw-{site}", "state": str(tmp_path / "state.sqlite")},
+            "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "sites": site},
+            "store": {"url": f"sqlite://{tmp_path}/aua.sqlite"},
+            "registry": {
+                "agents": [f"{site}/a1"],
+                "known_parameters_only": True,
+                "parameter": [{"parameter": "hg", "min": 0, "max": 100_000, "max_rate_per_s": 50}],
+            },
+        }
+    )
+    store = open_store(config.store.url)
+    await store.open()
+    ledger = Ledger(config.gateway.state)
+    ingest = Ingest(config, store, ledger)
+    task = asyncio.create_task(ingest.run())
+    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)  # within the registry's time window
+
+    def hg(second: int, value: float, parameter: str = "hg") -> Reading:
+        return Reading(instrument="hg1", parameter=parameter, value=value, unit="ng/m³", ts=now.replace(second=second))
+
+    good = Batch(site=site, agent="a1", seq=0, sent_at=now, readings=[hg(0, 5.0), hg(1, 400.0), hg(2, -1.0)])
+    mixed = Batch(site=site, agent="a1", seq=1, sent_at=now, readings=[hg(3, 6.0, "hg_total"), hg(4, 380.0)])
+    stranger = Batch(site=site, agent="a9", seq=0, sent_at=now, readings=[hg(5, 5.0)])
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
+        for message in (good, mixed, stranger):
+            await client.publish(readings_topic(site, message.agent), encode_batch(message), qos=1)
+    for _ in range(100):
+        if ingest.stats.messages >= 3:
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    stored = {(r.parameter, r.ts.second): (r.value, r.quality) for r in await store.query(site=site)}
+    await store.close()
+    assert stored == {
+        ("hg", 0): (5.0, Quality.OK),
+        ("hg", 1): (400.0, Quality.SPIKE),  # 395 ng/m³ in one second, over the 50/s rule
+        ("hg", 2): (-1.0, Quality.OUT_OF_RANGE),
+        ("hg", 4): (380.0, Quality.OK),  # 20 ng/m³ in 3 s after the last plausible value
+    }
+    reasons = sorted(letter.reason for letter in ledger.dead_letters())
+    assert reasons == [f"agent {site}/a9 is not in the registry", "hg1/hg_total is not in the registry"]
     ledger.close()

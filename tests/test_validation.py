@@ -61,3 +61,14 @@ def test_bad_messages_are_rejected_with_a_reason(topic: str, payload: bytes, rea
     result = validate_message(topic, payload)
     assert isinstance(result, Rejected)
     assert reason in result.reason
+
+
+def test_oversized_payloads_and_unregistered_agents_are_rejected() -> None:
+    payload = encode_batch(batch())
+    too_big = validate_message("aua/v1/pvl/a1/readings", payload, max_bytes=len(payload) - 1)
+    assert isinstance(too_big, Rejected)
+    assert f"payload of {len(payload)} bytes is over the" in too_big.reason
+    assert isinstance(validate_message("aua/v1/pvl/a1/readings", payload, max_bytes=len(payload)), Batch)
+    stranger = validate_message("aua/v1/pvl/a1/readings", payload, agents=frozenset({"pvl/a2"}))
+    assert stranger == Rejected("agent pvl/a1 is not in the registry")
+    assert isinstance(validate_message("aua/v1/pvl/a1/readings", payload, agents=frozenset({"pvl/a1"})), Batch)

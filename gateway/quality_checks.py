@@ -1,0 +1,136 @@
+"""Gateway-side quality checks on each reading: range, stuck, spike, timestamp sanity (cems-mrv.md §3). Pure.
+
+The instrument's own NE107 flag arrives with the reading; these checks may only make it worse, never
+better. Stuck and spike need the previous value of the series, so `check` takes and returns a small
+state per series instead of keeping it itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from aua_contract import Batch, Quality, Reading
+from gateway.config import RegistrySection
+
+# Worst first wins. Excluded-from-averages flags rank above the usable ones.
+SEVERITY: dict[Quality, int] = {
+    Quality.OK: 0,
+    Quality.MAINTENANCE_REQUIRED: 1,
+    Quality.OUT_OF_SPECIFICATION: 2,
+    Quality.STALE: 3,
+    Quality.SPIKE: 4,
+    Quality.STUCK: 5,
+    Quality.SUBSTITUTED: 5,
+    Quality.CHECK_FUNCTION: 6,
+    Quality.OUT_OF_RANGE: 7,
+    Quality.FAILURE: 8,
+}
+
+
+def worse(a: Quality, b: Quality) -> Quality:
+    return a if SEVERITY[a] >= SEVERITY[b] else b
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What is physically possible and plausible for one parameter; None switches a check off."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    max_rate_per_s: float | None = None  # spike: a larger change per second than this is flagged
+    stuck_samples: int | None = None  # stuck: this many identical consecutive values are flagged
+
+
+@dataclass(frozen=True)
+class SeriesState:
+    last_value: float
+    last_ts: datetime
+    repeats: int  # how many consecutive samples had last_value
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Timestamps accepted as plausible relative to when the gateway received the batch."""
+
+    max_future: timedelta = timedelta(minutes=5)
+    max_age: timedelta = timedelta(days=30)
+
+
+def check(
+    value: float | None,
+    ts: datetime,
+    quality: Quality,
+    limits: Limits,
+    state: SeriesState | None,
+    *,
+    received: datetime,
+    window: TimeWindow = TimeWindow(),
+) -> tuple[Quality, SeriesState | None]:
+    """The reading's quality after the gateway's checks, and the series state to pass with the next one."""
+    if ts > received + window.max_future or ts < received - window.max_age:
+        quality = worse(quality, Quality.STALE)
+    if value is None:
+        return quality, state
+    if (limits.minimum is not None and value < limits.minimum) or (
+        limits.maximum is not None and value > limits.maximum
+    ):
+        # Physically impossible: flagged and kept out of the stuck/spike history.
+        return worse(quality, Quality.OUT_OF_RANGE), state
+    repeats = 1
+    if state is not None and ts > state.last_ts:
+        if value == state.last_value:
+            repeats = state.repeats + 1
+            if limits.stuck_samples is not None and repeats >= limits.stuck_samples:
+                quality = worse(quality, Quality.STUCK)
+        elif limits.max_rate_per_s is not None:
+            seconds = (ts - state.last_ts).total_seconds()
+            if abs(value - state.last_value) / seconds > limits.max_rate_per_s:
+                quality = worse(quality, Quality.SPIKE)
+    elif state is not None:
+        # Out of order (a replay or a resend): judge it, but keep the newer history.
+        return quality, state
+    return quality, SeriesState(value, ts, repeats)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A batch after the checks: readings to store (flags applied) and readings refused with the reason."""
+
+    keep: list[Reading]
+    refused: list[tuple[Reading, str]]
+
+
+class BatchScreen:
+    """Applies the registry's rules to each batch, remembering each series' last value for stuck/spike."""
+
+    def __init__(self, registry: RegistrySection) -> None:
+        self.registry = registry
+        self.window = TimeWindow(
+            max_future=timedelta(seconds=registry.max_future_s), max_age=timedelta(days=registry.max_age_days)
+        )
+        self._states: dict[tuple[str, str, str], SeriesState] = {}
+
+    def screen(self, batch: Batch, received: datetime) -> Screened:
+        keep: list[Reading] = []
+        refused: list[tuple[Reading, str]] = []
+        for reading in batch.readings:
+            rule = self.registry.rule_for(batch.site, reading.instrument, reading.parameter)
+            if rule is None and self.registry.known_parameters_only:
+                refused.append((reading, f"{reading.instrument}/{reading.parameter} is not in the registry"))
+                continue
+            limits = Limits() if rule is None else Limits(rule.min, rule.max, rule.max_rate_per_s, rule.stuck_samples)
+            key = (batch.site, reading.instrument, reading.parameter)
+            quality, state = check(
+                reading.value,
+                reading.ts,
+                reading.quality,
+                limits,
+                self._states.get(key),
+                received=received,
+                window=self.window,
+            )
+            if state is not None:
+                self._states[key] = state
+            keep.append(reading if quality is reading.quality else reading.model_copy(update={"quality": quality}))
+        return Screened(keep, refused)

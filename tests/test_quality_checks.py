@@ -1,0 +1,73 @@
+"""Gateway quality checks, table-driven (cems-mrv.md §3: out_of_range, stuck, spike, stale)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aua_contract import Quality
+from gateway.quality_checks import Limits, SeriesState, check, worse
+
+T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+S = timedelta(seconds=1)
+SO2 = Limits(minimum=0, maximum=5000, max_rate_per_s=100, stuck_samples=3)
+
+
+@pytest.mark.parametrize(
+    ("value", "ts", "quality", "state", "expected"),
+    [
+        pytest.param(400.0, T0, Quality.OK, None, Quality.OK, id="plausible"),
+        pytest.param(-5.0, T0, Quality.OK, None, Quality.OUT_OF_RANGE, id="§3 below physical minimum"),
+        pytest.param(9000.0, T0, Quality.OK, None, Quality.OUT_OF_RANGE, id="§3 above physical maximum"),
+        pytest.param(400.0, T0, Quality.FAILURE, None, Quality.FAILURE, id="never better than the instrument said"),
+        pytest.param(-5.0, T0, Quality.FAILURE, None, Quality.FAILURE, id="failure outranks out_of_range"),
+        pytest.param(400.0, T0, Quality.MAINTENANCE_REQUIRED, None, Quality.MAINTENANCE_REQUIRED, id="kept"),
+        pytest.param(
+            600.0, T0 + S, Quality.OK, SeriesState(400.0, T0, 1), Quality.SPIKE, id="§3 spike: 200/s > 100/s"
+        ),
+        pytest.param(
+            600.0, T0 + 3 * S, Quality.OK, SeriesState(400.0, T0, 1), Quality.OK, id="same change over 3 s is fine"
+        ),
+        pytest.param(
+            400.0, T0 + S, Quality.OK, SeriesState(400.0, T0, 1), Quality.OK, id="two equal values are not stuck"
+        ),
+        pytest.param(
+            400.0, T0 + S, Quality.OK, SeriesState(400.0, T0, 2), Quality.STUCK, id="§3 stuck: third equal value"
+        ),
+        pytest.param(
+            400.0, T0 + S, Quality.CHECK_FUNCTION, SeriesState(400.0, T0, 5), Quality.CHECK_FUNCTION,
+            id="check_function outranks stuck",
+        ),
+        pytest.param(400.0, T0 + 10 * 60 * S, Quality.OK, None, Quality.STALE, id="§3 ten minutes in the future"),
+        pytest.param(400.0, T0 - timedelta(days=40), Quality.OK, None, Quality.STALE, id="§3 older than max age"),
+        pytest.param(None, T0, Quality.FAILURE, None, Quality.FAILURE, id="no value: only the time is checked"),
+    ],
+)
+def test_checks(
+    value: float | None, ts: datetime, quality: Quality, state: SeriesState | None, expected: Quality
+) -> None:
+    got, _ = check(value, ts, quality, SO2, state, received=T0)
+    assert got is expected
+
+
+def test_state_follows_the_series_and_ignores_out_of_order_and_impossible_values() -> None:
+    _, state = check(400.0, T0, Quality.OK, SO2, None, received=T0)
+    _, state = check(400.0, T0 + S, Quality.OK, SO2, state, received=T0)
+    assert state == SeriesState(400.0, T0 + S, 2)
+    _, after_old = check(100.0, T0 - S, Quality.OK, SO2, state, received=T0)
+    assert after_old == state
+    _, after_impossible = check(-1.0, T0 + 2 * S, Quality.OK, SO2, state, received=T0)
+    assert after_impossible == state
+
+
+def test_worse_is_the_more_severe_and_symmetric() -> None:
+    for a in Quality:
+        for b in Quality:
+            assert worse(a, b) == worse(b, a) or {a, b} == {Quality.STUCK, Quality.SUBSTITUTED}
+            assert worse(a, Quality.OK) is a
+
+
+def test_no_limits_means_only_the_time_check() -> None:
+    got, _ = check(1e12, T0, Quality.OK, Limits(), SeriesState(0.0, T0 - S, 99), received=T0)
+    assert got is Quality.OK
