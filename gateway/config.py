@@ -23,6 +23,9 @@ class GatewaySection(_Strict):
     spool: Path | None = Field(
         default=None, description="batches waiting while the store is down; default: next to `state`"
     )
+    http: str | None = Field(
+        default=None, pattern=r"^[^\s:]+:\d{1,5}$", description="HOST:PORT for /health and /metrics; unset: off"
+    )
     gap_check_s: Annotated[float, Field(gt=0)] = Field(default=5.0, description="how often to look for missing batches")
     gap_grace_s: Annotated[float, Field(ge=0)] = Field(
         default=10.0, description="a missing batch is asked for only after this long (it may be in flight)"

@@ -31,7 +31,9 @@ from aua_contract import (
 )
 from gateway.config import GatewayConfig
 from gateway.gap_repair import RepairSchedule, chunks, owed
+from gateway.http_api import HttpApi
 from gateway.ledger import Ledger
+from gateway.metrics import GatewayMetrics, Health
 from gateway.quality_checks import BatchScreen
 from gateway.spool import Spool
 from gateway.stores import Store, StoreError
@@ -73,13 +75,19 @@ class Ingest:
         self.ledger = ledger
         self.on_batch = on_batch
         self.stats = IngestStats()
+        self.http_port: int | None = None
         self.connected = asyncio.Event()
+        self.metrics = GatewayMetrics()
         self.screen = BatchScreen(config.registry)
         self._agents = frozenset(config.registry.agents)
         self._owns_spool = spool is None
         self.spool = spool or Spool(config.gateway.spool_path)
         self.drain_wake = asyncio.Event()
         self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
+        self.metrics.attach(self)
+
+    def health(self) -> Health:
+        return Health(broker_connected=self.connected.is_set(), spool_depth=self.spool.depth)
 
     def _client(self) -> aiomqtt.Client:
         mqtt = self.config.mqtt
@@ -94,12 +102,18 @@ class Ingest:
         )
 
     async def run(self) -> None:
-        """Consume and drain the spool until cancelled; then close the spool if this ingest opened it."""
+        """Consume and drain the spool (and serve /health, /metrics when configured) until cancelled."""
+        api = HttpApi(self.health, self.metrics.exposition)
         try:
+            if self.config.gateway.http is not None:
+                host, _, port = self.config.gateway.http.rpartition(":")
+                self.http_port = await api.start(host, int(port))
+                log.info("serving /health and /metrics on %s:%s", host, self.http_port)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.consume_forever())
                 group.create_task(self.drain_spool_forever())
         finally:
+            await api.stop()
             if self._owns_spool:
                 self.spool.close()
 
@@ -215,7 +229,8 @@ class Ingest:
         """
         if self.spool.depth == 0:
             try:
-                await self.store.write(stored_readings(batch))
+                with self.metrics.write_seconds.time():
+                    await self.store.write(stored_readings(batch))
             except StoreError as error:
                 if not error.retryable:
                     await self._store_rejected(topic, encode_batch(batch), error, now)
