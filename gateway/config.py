@@ -26,6 +26,15 @@ class GatewaySection(_Strict):
     http: str | None = Field(
         default=None, pattern=r"^[^\s:]+:\d{1,5}$", description="HOST:PORT for /health and /metrics; unset: off"
     )
+    write_max_readings: Annotated[int, Field(ge=1)] = Field(
+        default=5000, description="readings gathered from many batches into one store write"
+    )
+    write_max_delay_s: Annotated[float, Field(ge=0, le=10)] = Field(
+        default=0.05, description="how long a batch may wait for others to share its store write"
+    )
+    write_queue_batches: Annotated[int, Field(ge=1)] = Field(
+        default=2000, description="batches waiting for the writer before the MQTT consumer slows down"
+    )
     gap_check_s: Annotated[float, Field(gt=0)] = Field(default=5.0, description="how often to look for missing batches")
     gap_grace_s: Annotated[float, Field(ge=0)] = Field(
         default=10.0, description="a missing batch is asked for only after this long (it may be in flight)"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,16 @@ from gateway.stores import Store, StoreError
 from gateway.validation import Rejected, stored_readings, validate_message
 
 log = logging.getLogger(__name__)
+
+
+RECENT_KEYS = 100_000
+
+
+@dataclass(frozen=True)
+class _Pending:
+    batch: Batch
+    topic: str
+    received_ns: int
 
 
 @dataclass
@@ -83,6 +94,8 @@ class Ingest:
         self._owns_spool = spool is None
         self.spool = spool or Spool(config.gateway.spool_path)
         self.drain_wake = asyncio.Event()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.gateway.write_queue_batches)
+        self._recent: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
         self.metrics.attach(self)
 
@@ -111,6 +124,7 @@ class Ingest:
                 log.info("serving /health and /metrics on %s:%s", host, self.http_port)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.consume_forever())
+                group.create_task(self.write_forever())
                 group.create_task(self.drain_spool_forever())
         finally:
             await api.stop()
@@ -198,21 +212,63 @@ class Ingest:
             await asyncio.to_thread(self.ledger.agent_state, result, now)
             return
         batch = result
-        if await asyncio.to_thread(self.ledger.seen, batch.site, batch.agent, batch.seq):
+        key = (batch.site, batch.agent, batch.seq)
+        if key in self._recent:
             self.stats.duplicates += 1
             await asyncio.to_thread(self.ledger.count_duplicate, batch.site, batch.agent)
             return
+        self._remember(key)
         screened = self.screen.screen(batch, datetime.now(UTC))
         if screened.refused:
             await self._refuse_readings(topic, batch, screened.refused, now)
-        batch = batch.model_copy(update={"readings": screened.keep})
-        if not await self._store_or_spool(batch, topic, now):
-            return
-        await asyncio.to_thread(self.ledger.record, batch.site, batch.agent, batch.seq, len(batch.readings), now)
-        self.stats.batches += 1
-        self.stats.readings += len(batch.readings)
-        if self.on_batch is not None:
-            self.on_batch(batch)
+        await self._queue.put(_Pending(batch.model_copy(update={"readings": screened.keep}), topic, now))
+
+    def _remember(self, key: tuple[str, str, int]) -> None:
+        """Recent batch keys, so a redelivery is dropped without a ledger lookup (bounded; the ledger decides)."""
+        self._recent[key] = None
+        if len(self._recent) > RECENT_KEYS:
+            self._recent.popitem(last=False)
+
+    async def write_forever(self) -> None:
+        """Group queued batches into one store write (up to write_max_readings or write_max_delay_s), then
+        record them in the ledger: many small MQTT messages, few large store requests."""
+        settings = self.config.gateway
+        while True:
+            group = [await self._queue.get()]
+            readings = len(group[0].batch.readings)
+            deadline = time.monotonic() + settings.write_max_delay_s
+            while readings < settings.write_max_readings:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), timeout=remaining)
+                    except TimeoutError:
+                        break
+                group.append(item)
+                readings += len(item.batch.readings)
+            durable = await self._store_or_spool(group)
+            new = await asyncio.to_thread(
+                self.ledger.record_many,
+                [(p.batch.site, p.batch.agent, p.batch.seq, len(p.batch.readings), p.received_ns) for p in durable],
+            )
+            for pending, is_new in zip(durable, new, strict=True):
+                if not is_new:
+                    self.stats.duplicates += 1
+                    continue
+                self.stats.batches += 1
+                self.stats.readings += len(pending.batch.readings)
+                if self.on_batch is not None:
+                    self.on_batch(pending.batch)
+            for _ in group:
+                self._queue.task_done()
+
+    async def flushed(self) -> None:
+        """Wait until everything received so far is durable and recorded."""
+        await self._queue.join()
 
     async def _refuse_readings(self, topic: str, batch: Batch, refused: list[tuple[Reading, str]], now: int) -> None:
         """Readings the registry does not know become one dead letter; the rest of the batch goes on."""
@@ -222,25 +278,44 @@ class Ingest:
         log.warning("refused %d readings from %s: %s", len(refused), topic, "; ".join(reasons))
         await asyncio.to_thread(self.ledger.dead_letter, topic, "; ".join(reasons), encode_batch(kept), now)
 
-    async def _store_or_spool(self, batch: Batch, topic: str, now: int) -> bool:
-        """Make a batch durable: in the store, or in the spool while the store is down (or still draining).
+    async def _store_or_spool(self, group: list[_Pending]) -> list[_Pending]:
+        """Make batches durable: in the store, or in the spool while the store is down (or still draining).
 
-        False when the store refuses the data for good (e.g. a field type conflict): then it is a dead letter.
+        Returns the ones made durable; a batch the store refuses for good (e.g. a field type conflict)
+        becomes a dead letter instead.
         """
         if self.spool.depth == 0:
             try:
                 with self.metrics.write_seconds.time():
-                    await self.store.write(stored_readings(batch))
+                    await self.store.write([r for p in group for r in stored_readings(p.batch)])
             except StoreError as error:
                 if not error.retryable:
-                    await self._store_rejected(topic, encode_batch(batch), error, now)
-                    return False
+                    return await self._write_one_by_one(group)
                 log.warning("store unavailable (%s): spooling to disk until it is back", error)
             else:
-                return True
-        await asyncio.to_thread(self.spool.put, batch.site, batch.agent, batch.seq, topic, encode_batch(batch))
+                return group
+        for pending in group:
+            batch = pending.batch
+            await asyncio.to_thread(
+                self.spool.put, batch.site, batch.agent, batch.seq, pending.topic, encode_batch(batch)
+            )
         self.drain_wake.set()
-        return True
+        return group
+
+    async def _write_one_by_one(self, group: list[_Pending]) -> list[_Pending]:
+        """A group the store refused: store the batches it accepts, dead-letter the ones it refuses."""
+        durable = []
+        for pending in group:
+            try:
+                await self.store.write(stored_readings(pending.batch))
+            except StoreError as error:
+                if error.retryable:
+                    durable += await self._store_or_spool([pending])
+                else:
+                    await self._store_rejected(pending.topic, encode_batch(pending.batch), error, pending.received_ns)
+                continue
+            durable.append(pending)
+        return durable
 
     async def _store_rejected(self, topic: str, payload: bytes, error: StoreError, now: int) -> None:
         self.stats.dead_letters += 1

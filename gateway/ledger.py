@@ -91,22 +91,25 @@ class Ledger:
         with self._lock:
             self._db.close()
 
-    def seen(self, site: str, agent: str, seq: int) -> bool:
+    def record_many(self, batches: list[tuple[str, str, int, int, int]]) -> list[bool]:
+        """Record stored batches (site, agent, seq, readings, received_ns) in one transaction; which were new."""
+        new = []
         with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM batch_seen WHERE site = ? AND agent = ? AND seq = ?", (site, agent, seq)
-            ).fetchone()
-        return row is not None
-
-    def record(self, site: str, agent: str, seq: int, readings: int, received_ns: int) -> bool:
-        """Record a stored batch; False when it was already recorded (a duplicate), which is counted."""
-        with self._lock:
-            inserted = self._db.execute(
-                "INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?)", (site, agent, seq, readings, received_ns)
-            ).rowcount
-            if not inserted:
-                self._count_duplicate(site, agent)
-        return bool(inserted)
+            self._db.execute("BEGIN")
+            try:
+                for site, agent, seq, readings, received_ns in batches:
+                    inserted = self._db.execute(
+                        "INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?)",
+                        (site, agent, seq, readings, received_ns),
+                    ).rowcount
+                    if not inserted:
+                        self._count_duplicate(site, agent)
+                    new.append(bool(inserted))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return new
 
     def count_duplicate(self, site: str, agent: str) -> None:
         with self._lock:

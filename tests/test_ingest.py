@@ -59,6 +59,7 @@ async def test_bad_input_is_dead_lettered_and_the_stream_goes_on(mosquitto: Mosq
         if ingest.stats.messages >= len(messages):
             break
         await asyncio.sleep(0.05)
+    await asyncio.wait_for(ingest.flushed(), timeout=10)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
@@ -116,6 +117,7 @@ async def test_registry_refuses_unknown_agents_and_parameters_and_flags_implausi
         if ingest.stats.messages >= 3:
             break
         await asyncio.sleep(0.05)
+    await asyncio.wait_for(ingest.flushed(), timeout=10)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
