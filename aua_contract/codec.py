@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from aua_contract.models import SCHEMA_VERSION, AgentStatus, Batch, ResendRequest
 
@@ -58,8 +58,21 @@ def _validate(model: type[M], document: dict[str, Any], what: str) -> M:
         raise ContractError(f"{what}: {problems}{suffix}") from None
 
 
+class _WireBatch(Batch):
+    """A batch as it must arrive: `v` present and exactly the integer 1 (no default, no coercion)."""
+
+    v: Annotated[int, Field(strict=True, ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]  # type: ignore[assignment]
+
+
 def decode_batch(payload: bytes) -> Batch:
-    return _validate(Batch, _load(payload, "batch"), "batch")
+    """Valid batches take pydantic's JSON fast path; anything else is parsed again for a precise message."""
+    try:
+        wire = _WireBatch.model_validate_json(payload)
+    except ValidationError:
+        return _validate(Batch, _load(payload, "batch"), "batch")
+    return Batch.model_construct(
+        v=SCHEMA_VERSION, site=wire.site, agent=wire.agent, seq=wire.seq, sent_at=wire.sent_at, readings=wire.readings
+    )
 
 
 def decode_status(payload: bytes) -> AgentStatus:

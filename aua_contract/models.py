@@ -45,8 +45,15 @@ _EXCLUDED = frozenset({Quality.CHECK_FUNCTION, Quality.FAILURE, Quality.OUT_OF_R
 
 
 def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
+    """Aware times only, normalised to the `datetime.UTC` object (later `is UTC` checks are then free)."""
+    zone = value.tzinfo
+    if zone is UTC:
+        return value
+    offset = None if zone is None else zone.utcoffset(value)
+    if offset is None:
         raise ValueError("timestamp must carry a time zone (UTC expected), got a naive time")
+    if not offset:
+        return value.replace(tzinfo=UTC)
     try:
         return value.astimezone(UTC)
     except OverflowError:

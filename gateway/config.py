@@ -30,7 +30,9 @@ class GatewaySection(_Strict):
         default=5000, description="readings gathered from many batches into one store write"
     )
     write_max_delay_s: Annotated[float, Field(ge=0, le=10)] = Field(
-        default=0.05, description="how long a batch may wait for others to share its store write"
+        default=0.0,
+        description="how long a batch may wait for others to share its store write; 0: group only what is "
+        "already queued (under load the queue fills while a write is in flight, so writes grow by themselves)",
     )
     write_queue_batches: Annotated[int, Field(ge=1)] = Field(
         default=2000, description="batches waiting for the writer before the MQTT consumer slows down"

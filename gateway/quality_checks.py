@@ -42,6 +42,9 @@ class Limits:
     stuck_samples: int | None = None  # stuck: this many identical consecutive values are flagged
 
 
+NO_LIMITS = Limits()
+
+
 @dataclass(frozen=True)
 class SeriesState:
     last_value: float
@@ -110,16 +113,31 @@ class BatchScreen:
             max_future=timedelta(seconds=registry.max_future_s), max_age=timedelta(days=registry.max_age_days)
         )
         self._states: dict[tuple[str, str, str], SeriesState] = {}
+        self._limits: dict[tuple[str, str, str], Limits | None] = {}
+
+    def limits_for(self, site: str, instrument: str, parameter: str) -> Limits | None:
+        """The series' limits (None: unknown to a registry that wants to know it); looked up once per series."""
+        key = (site, instrument, parameter)
+        if key not in self._limits:
+            rule = self.registry.rule_for(site, instrument, parameter)
+            if rule is None:
+                self._limits[key] = None if self.registry.known_parameters_only else NO_LIMITS
+            else:
+                self._limits[key] = Limits(rule.min, rule.max, rule.max_rate_per_s, rule.stuck_samples)
+        return self._limits[key]
 
     def screen(self, batch: Batch, received: datetime) -> Screened:
         keep: list[Reading] = []
         refused: list[tuple[Reading, str]] = []
+        earliest, latest = received - self.window.max_age, received + self.window.max_future
         for reading in batch.readings:
-            rule = self.registry.rule_for(batch.site, reading.instrument, reading.parameter)
-            if rule is None and self.registry.known_parameters_only:
+            limits = self.limits_for(batch.site, reading.instrument, reading.parameter)
+            if limits is None:
                 refused.append((reading, f"{reading.instrument}/{reading.parameter} is not in the registry"))
                 continue
-            limits = Limits() if rule is None else Limits(rule.min, rule.max, rule.max_rate_per_s, rule.stuck_samples)
+            if limits == NO_LIMITS and earliest <= reading.ts <= latest:
+                keep.append(reading)  # nothing to check and nothing to remember: the common case, kept cheap
+                continue
             key = (batch.site, reading.instrument, reading.parameter)
             quality, state = check(
                 reading.value,

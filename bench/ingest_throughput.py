@@ -1,0 +1,164 @@
+"""Gateway ingest benchmark (issue 5): sustained readings/s stored into a real InfluxDB, next to the raw
+InfluxDB /write ceiling measured in the same run, and sample-to-stored latency at 1,000 readings/s.
+
+Run: .venv/bin/python bench/ingest_throughput.py [--readings 600000]
+Targets: >= 50 % of the raw ceiling and >= 50,000 readings/s on 2 cores; p99 latency reported.
+Everything runs on loopback (influxd, mosquitto and a publisher process started here) and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from servers import InfluxServer, MosquittoServer  # noqa: E402
+
+from aua_contract import Batch  # noqa: E402
+from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection  # noqa: E402
+from gateway.ingest import Ingest  # noqa: E402
+from gateway.ledger import Ledger  # noqa: E402
+from gateway.stores import open_store  # noqa: E402
+
+BATCH_READINGS = 500
+
+
+async def raw_ceiling(influx_url: str, readings: int) -> float:
+    """Points/s of gzip line-protocol writes of 5,000 lines from one client, as the gateway's writes are."""
+    database = f"ceiling_{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(base_url=influx_url, timeout=60) as client:
+        await client.post("/query", params={"q": f'CREATE DATABASE "{database}"'})
+        bodies = []
+        for start in range(0, readings, 5000):
+            lines = [
+                f"reading,agent=a1,instrument=i{n % 50},parameter=p{n // 50 % 10},site=s1 "
+                f'quality="ok",unit="mg/m3",value={n / 7} {1_700_000_000_000_000_000 + n * 1_000_000}'
+                for n in range(start, min(readings, start + 5000))
+            ]
+            bodies.append(gzip.compress("\n".join(lines).encode(), compresslevel=1))
+        began = time.perf_counter()
+        for body in bodies:
+            response = await client.post(
+                "/write",
+                params={"db": database, "precision": "ns"},
+                content=body,
+                headers={"Content-Encoding": "gzip"},
+            )
+            response.raise_for_status()
+        return readings / (time.perf_counter() - began)
+
+
+def start_publisher(
+    broker: MosquittoServer, site: str, agent: str, batches: int, size: int, *, rate: float = 0
+) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "_publisher.py"),
+            broker.host,
+            str(broker.port),
+            site,
+            agent,
+            str(batches),
+            str(size),
+            str(rate),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+async def gateway_run(influx: InfluxServer, broker: MosquittoServer, workdir: Path, readings: int, rate: float):
+    """Returns (readings/s, latencies of each batch from sample time to durable)."""
+    site = f"bench{uuid.uuid4().hex[:6]}"
+    url = influx.database_url(f"gw_{uuid.uuid4().hex[:8]}")
+    config = GatewayConfig(
+        gateway=GatewaySection(id=f"gw-{site}", state=workdir / f"{site}.sqlite"),
+        mqtt=MqttSection(host=broker.host, port=broker.port, sites=site),
+        store=StoreSection(url=url),
+    )
+    store = open_store(url)
+    await store.open()
+    ledger = Ledger(config.gateway.state)
+    latencies: list[float] = []
+
+    def arrived(batch: Batch) -> None:
+        if rate:
+            latencies.append((datetime.now(UTC) - batch.readings[0].ts).total_seconds())
+
+    ingest = Ingest(config, store, ledger, on_batch=arrived)
+    task = asyncio.create_task(ingest.run())
+    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
+    size = 100 if rate else BATCH_READINGS
+    batches = readings // size
+    publisher = start_publisher(broker, site, "a1", batches, size, rate=rate / size if rate else 0)
+    assert publisher.stdin is not None
+    began = time.perf_counter()
+    publisher.stdin.write("go\n")
+    publisher.stdin.flush()
+    while ingest.stats.readings < batches * size:
+        await asyncio.sleep(0.01)
+        if time.perf_counter() - began > 600:
+            raise TimeoutError(f"only {ingest.stats.readings} of {batches * size} readings stored in 600 s")
+    elapsed = time.perf_counter() - began
+    publisher.wait(timeout=30)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    counted = sum((await store.count_by_instrument()).values())
+    await store.close()
+    ledger.close()
+    assert counted == batches * size, f"stored {counted}, sent {batches * size}"
+    return batches * size / elapsed, latencies
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--readings", type=int, default=500_000)
+    parser.add_argument("--latency-seconds", type=float, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aua-bench-") as folder:
+        workdir = Path(folder)
+        influx = InfluxServer(workdir / "influxd")
+        broker = MosquittoServer(workdir / "mosquitto")
+        influx.start()
+        broker.start()
+        try:
+            ceiling = await raw_ceiling(influx.url, args.readings)
+            throughput, _ = await gateway_run(influx, broker, workdir, args.readings, rate=0)
+            _, latencies = await gateway_run(influx, broker, workdir, int(1000 * args.latency_seconds), rate=1000)
+        finally:
+            broker.terminate()
+            influx.terminate()
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print()
+    print(f"{'measure':<52} {'value':>14} {'target':>22}")
+    baseline = "(baseline, same run)"
+    print(f"{'raw InfluxDB /write ceiling (5,000-line gzip batches)':<52} {ceiling:>12,.0f}/s {baseline:>22}")
+    print(f"{'gateway: MQTT -> validate -> InfluxDB, readings/s':<52} {throughput:>12,.0f}/s {'>= 50,000/s':>22}")
+    print(f"{'gateway / ceiling':<52} {throughput / ceiling:>13.0%} {'>= 50 %':>22}")
+    print(f"{'latency sample -> stored at 1,000 readings/s, p50':<52} {p50 * 1000:>11.1f} ms")
+    print(f"{'latency sample -> stored at 1,000 readings/s, p99':<52} {p99 * 1000:>11.1f} ms")
+    print("(peers.md: thingsboard-gateway users report ~200 datapoints/s, #1484)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
