@@ -102,14 +102,16 @@ async def test_a_broker_killed_mid_stream_loses_nothing(mqtt_broker: MosquittoSe
         await asyncio.sleep(2.5)
         mqtt_broker.start()
         await asyncio.sleep(3)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+        agent.readers.clear()  # stop sealing batches; the MQTT side stays up to answer resend requests
+        await asyncio.sleep(1.5)  # a poll cycle in progress may still seal one batch
         sealed = agent.outbox_stats().next_seq
-        for _ in range(300):
+        for _ in range(600):
             accounts = ledger.accounts()
             if accounts and accounts[0].batches == sealed:
                 break
             await asyncio.sleep(0.1)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         gateway.cancel()
         await asyncio.gather(gateway, return_exceptions=True)
 

@@ -33,6 +33,24 @@ def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def log_text(log: Path) -> str:
+    return log.read_text() if log.exists() else ""
+
+
+async def subscribed(log: Path, times: int) -> None:
+    """Wait until the gateway has logged its `times`-th subscription (slow to start on a loaded machine)."""
+    for _ in range(600):
+        if (await asyncio.to_thread(log_text, log)).count("subscribed at") >= times:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gateway did not subscribe:\n{log_text(log)[-3000:]}")
+
+
+def stop_polling(agent: Agent) -> None:
+    """Stop sealing new batches but keep the agent's MQTT side up, so it can still answer resend requests."""
+    agent.readers.clear()
+
+
 async def test_gateway_killed_mid_stream_loses_and_doubles_nothing(
     mosquitto: MosquittoServer, tmp_path: Path
 ) -> None:
@@ -60,7 +78,7 @@ url = "sqlite:///aua.sqlite"
     log = tmp_path / "gateway.log"
     gateway = start_gateway(config, log)
     async with simulator_for_config(site, seed=9):
-        await asyncio.sleep(1.5)  # the gateway subscribes (its persistent session then outlives it)
+        await subscribed(log, 1)  # from now on its persistent session outlives it
         agent = Agent(site)
         agent.publisher.status_interval_s = 0.5
         running = asyncio.create_task(agent.run())
@@ -69,16 +87,19 @@ url = "sqlite:///aua.sqlite"
         gateway.wait()
         await asyncio.sleep(2)
         gateway = start_gateway(config, log)
-        await asyncio.sleep(2)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+        await subscribed(log, 2)
+        await asyncio.sleep(1)
+        stop_polling(agent)
+        await asyncio.sleep(1.5)  # a poll cycle in progress may still seal one batch
         sealed = agent.outbox_stats().next_seq
         ledger = Ledger(tmp_path / "state.sqlite")
-        for _ in range(300):
+        for _ in range(600):
             accounts = ledger.accounts()
             if accounts and accounts[0].batches >= sealed:
                 break
             await asyncio.sleep(0.1)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(timeout=10) == 0, log.read_text()[-3000:]
 
