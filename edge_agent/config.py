@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from aua_contract import IDENTIFIER_PATTERN
-from edge_agent.profiles import ConfigError, Profile, describe_validation_error, load_profile, read_toml
+from edge_agent.profiles import ConfigError, Profile, describe_validation_error, load_profile, read_toml_text
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 
@@ -24,6 +24,18 @@ class AgentSection(_Strict):
     poll_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
     outbox: Path = Path("var/agent-outbox.sqlite")
     batch_max_readings: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    outbox_max_batches: Annotated[int, Field(ge=10)] = 1_000_000
+    """bound of the outbox: past it the oldest batches go (acknowledged ones first; unsent ones counted as dropped)"""
+    outbox_retention_s: Annotated[float, Field(ge=0)] = 7 * 86400
+    """acknowledged batches stay this long for the gateway's resend requests"""
+    outbox_prune_interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    status_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """how often the retained status (with the outbox counters) is published"""
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Prometheus endpoint on this port; unset: off"""
+    metrics_host: str = "127.0.0.1"
+    clock_jump_s: Annotated[float, Field(gt=0)] = 2.0
+    """warn when the wall clock moves this much more or less than the monotonic clock between two polls"""
 
 
 class MqttSection(_Strict):
@@ -33,10 +45,42 @@ class MqttSection(_Strict):
     username: str | None = None
     password: SecretStr | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    tls: bool = False
+    """TLS to the broker (port 8883 usually); implied by ca_file/cert_file/key_file"""
+    ca_file: Path | None = None
+    """CA certificate(s) that signed the broker's certificate; unset: the system's CA store"""
+    cert_file: Path | None = None
+    """client certificate (PEM) for brokers that authenticate clients by certificate"""
+    key_file: Path | None = None
+    """the client certificate's private key (PEM)"""
+    insecure: bool = False
+    """do not verify the broker's certificate or host name (testing only: anyone can pose as the broker)"""
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or self.insecure or any(f is not None for f in (self.ca_file, self.cert_file, self.key_file))
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its private key)")
+        return self
 
 
 class Transport(StrEnum):
     TCP = "tcp"
+    """Modbus TCP (MBAP header), to the instrument or a Modbus TCP gateway"""
+    RTU = "rtu"
+    """Modbus RTU on a local serial line (RS-485/RS-232): serial_port, baudrate, parity, ..."""
+    RTU_OVER_TCP = "rtu-over-tcp"
+    """RTU frames tunnelled through TCP by a serial device server in transparent mode"""
+
+    @property
+    def is_bus(self) -> bool:
+        return self is not Transport.TCP
+
+
+STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
 class InstrumentSection(_Strict):
@@ -48,6 +92,37 @@ class InstrumentSection(_Strict):
     device_id: Annotated[int, Field(ge=0, le=255)] = 1
     timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_gap: Annotated[int, Field(ge=0, le=124)] = 10
+    serial_port: str | None = None
+    """for transport = "rtu": the serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."""
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> Self:
+        if self.transport is Transport.RTU and not self.serial_port:
+            raise ValueError('transport "rtu" needs serial_port (e.g. "/dev/ttyUSB0")')
+        if self.transport is not Transport.RTU and self.serial_port:
+            raise ValueError(f'serial_port is only for transport "rtu", not "{self.transport}"')
+        if self.transport.is_bus and not 1 <= self.device_id <= 247:
+            raise ValueError(f"an RTU device id is 1 ... 247, not {self.device_id}")
+        if self.baudrate not in STANDARD_BAUDRATES:
+            raise ValueError(f"baudrate {self.baudrate} is not one of {', '.join(map(str, STANDARD_BAUDRATES))}")
+        return self
+
+    @property
+    def bus_key(self) -> str | None:
+        """Instruments with the same key share one bus (one master, one request at a time); None for Modbus TCP."""
+        if self.transport is Transport.RTU:
+            return f"rtu://{self.serial_port}"
+        if self.transport is Transport.RTU_OVER_TCP:
+            return f"rtu-over-tcp://{self.host}:{self.port}"
+        return None
+
+    @property
+    def line_settings(self) -> tuple[int, str, int, int]:
+        return self.baudrate, self.parity, self.stopbits, self.bytesize
 
 
 class AgentConfig(_Strict):
@@ -61,6 +136,18 @@ class AgentConfig(_Strict):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"duplicate instrument ids: {duplicates}")
+        buses: dict[str, list[InstrumentSection]] = {}
+        for item in self.instrument:
+            if item.bus_key is not None:
+                buses.setdefault(item.bus_key, []).append(item)
+        for key, members in buses.items():
+            devices = [m.device_id for m in members]
+            clashes = sorted({d for d in devices if devices.count(d) > 1})
+            if clashes:
+                raise ValueError(f"{key}: more than one instrument with device id {clashes} on one bus")
+            if members[0].transport is Transport.RTU and len({m.line_settings for m in members}) > 1:
+                names = ", ".join(m.id for m in members)
+                raise ValueError(f"{key}: instruments {names} share the line but not baudrate/parity/stopbits/bytesize")
         return self
 
 
@@ -87,13 +174,19 @@ class LoadedConfig(BaseModel):
 
 def load_config(path: Path) -> LoadedConfig:
     """Read and validate a site config and every profile it names (relative paths are from the config's folder)."""
+    document, text = read_toml_text(path)
     try:
-        config = AgentConfig.model_validate(read_toml(path))
+        config = AgentConfig.model_validate(document)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, str(path))) from None
+        raise ConfigError(describe_validation_error(error, str(path), text)) from None
     base = path.parent
     if not config.agent.outbox.is_absolute():
         config.agent.outbox = base / config.agent.outbox
+    mqtt = config.mqtt
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(mqtt, name)
+        if value is not None and not value.is_absolute():
+            setattr(mqtt, name, base / value)
     instruments = []
     for index, section in enumerate(config.instrument):
         profile_path = section.profile if section.profile.is_absolute() else base / section.profile

@@ -91,6 +91,20 @@ def decode_registers(registers: list[int], data_type: DataType, order: ByteOrder
     return result
 
 
+def struct_layout(data_type: DataType, order: ByteOrder) -> tuple[bool, str]:
+    """How to unpack a value straight out of a request's words packed in one buffer: whether to pack the words
+    little-endian, and the struct format to unpack with. Equal to decode_registers for every type and order:
+    ABCD = words big-endian, unpack big-endian; DCBA = the whole value byte-reversed, unpack little-endian;
+    CDAB = words in reverse order, which is what little-endian words read little-endian give; BADC = the bytes
+    of each word swapped: little-endian words read big-endian."""
+    if data_type is DataType.BOOL:
+        raise DecodeError("bool values are bits, not registers")
+    code = _STRUCT[data_type][1]
+    little_words = order in (ByteOrder.CDAB, ByteOrder.BADC)
+    little_value = order in (ByteOrder.DCBA, ByteOrder.CDAB)
+    return little_words, ("<" if little_value else ">") + code
+
+
 def encode_value(value: float, data_type: DataType, order: ByteOrder = ByteOrder.ABCD) -> list[int]:
     """The inverse of decode_registers, for simulators and test vectors."""
     if data_type is DataType.BOOL:

@@ -1,53 +1,165 @@
-"""Reads one instrument: executes the plan over a Modbus client and turns the answers into readings.
+"""Reads one instrument: executes the plan through a driver and turns the answers into readings.
 
-The decoding from raw words to values and quality is pure (`readings_from_answers`); only `ModbusReader`
-touches the network.
+The decoding from raw words to values and quality is pure (`readings_from_answers`); the driver does the I/O.
+An illegal-address refusal of a merged request is narrowed down by halving the request (planner.halves) until
+the refused tag or hole is found; the tag is isolated (quality failure, no value, reported once in the log)
+and the next plan reads around it, so every other tag keeps flowing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
-
 from aua_contract import Quality, Reading
 from edge_agent.config import Instrument
-from edge_agent.decoding import DecodeError, decode_registers, scale_value
-from edge_agent.planner import ReadRequest, plan, spans_of
-from edge_agent.profiles import Function
+from edge_agent.decoding import struct_layout
+from edge_agent.driver import Answer, DeviceException, DriverError, InstrumentDriver
+from edge_agent.planner import (
+    Forbidden,
+    ReadRequest,
+    Span,
+    forbidden_span,
+    halves,
+    hole_between,
+    plan,
+    spans_of,
+)
+from edge_agent.profiles import Profile
 from edge_agent.quality import quality_from_bits, status_word
+from edge_agent.sealing import Sample
 
 log = logging.getLogger(__name__)
-
-Answer = list[int] | list[bool]
 
 
 @dataclass
 class ReadStats:
     polls: int = 0
+    requests: int = 0
     failed_requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    """failed requests by kind: timeout, skipped, link_down, exception, bad_frame"""
+    latency_sum_s: float = 0.0
     last_latency_s: float = 0.0
     last_error: str | None = None
+    isolated: list[str] = field(default_factory=list)
+    """tags the device refuses (illegal address): read no more, reported as failure"""
 
 
-def readings_from_answers(
-    instrument: Instrument, answers: dict[ReadRequest, Answer | None], ts: datetime
-) -> list[Reading]:
-    """Turn the answers to a plan (None = that request failed) into one reading per tag. Pure."""
+def words_by_span(answers: Mapping[ReadRequest, Answer | None]) -> dict[str, Answer]:
+    """Each span's own registers/bits out of the answers that came (failed requests give none)."""
     words: dict[str, Answer] = {}
     for request, answer in answers.items():
         if answer is None:
             continue
         for span in request.spans:
             words[span.name] = answer[request.slice_for(span)]
+    return words
+
+
+@dataclass(frozen=True, slots=True)
+class TagCodec:
+    """What decoding one tag needs, worked out once per profile instead of once per reading."""
+
+    name: str
+    is_bit: bool
+    little_words: bool
+    """pack the request's words little-endian before unpacking (byte orders CDAB, BADC)"""
+    layout: str
+    """struct format of the value (decoding.struct_layout)"""
+    scale: float
+    offset: float
+    unit: str
+    status: str | None
+
+
+def compile_profile(profile: Profile) -> tuple[TagCodec, ...]:
+    codecs = []
+    for tag in profile.tag:
+        little, layout = (False, "") if tag.function.is_bit else struct_layout(tag.type, profile.byte_order_of(tag))
+        codecs.append(
+            TagCodec(tag.name, tag.function.is_bit, little, layout, tag.scale, tag.offset, tag.unit, tag.status)
+        )
+    return tuple(codecs)
+
+
+def _decode_answer(
+    request: ReadRequest, answer: Answer, codecs: Mapping[str, TagCodec], values: dict[str, float | None]
+) -> None:
+    """The values of the tags one answer holds; a value that is not a number (NaN, infinity) is None."""
+    if request.function.is_bit:
+        for span in request.spans:
+            codec = codecs.get(span.name)
+            if codec is not None:
+                values[span.name] = 1.0 if answer[span.address - request.address] else 0.0
+        return
+    words: list[int] = answer  # type: ignore[assignment]
+    big = little = b""
+    for span in request.spans:
+        codec = codecs.get(span.name)
+        if codec is None:
+            continue  # a status block
+        try:
+            if codec.little_words:
+                little = little or struct.pack(f"<{len(words)}H", *words)
+                (raw,) = struct.unpack_from(codec.layout, little, 2 * (span.address - request.address))
+            else:
+                big = big or struct.pack(f">{len(words)}H", *words)
+                (raw,) = struct.unpack_from(codec.layout, big, 2 * (span.address - request.address))
+        except struct.error:
+            values[span.name] = None
+            continue
+        value = raw * codec.scale + codec.offset if codec.scale != 1 or codec.offset else float(raw)
+        values[span.name] = value if math.isfinite(value) else None
+
+
+def readings_from_answers(
+    instrument: Instrument,
+    answers: Mapping[ReadRequest, Answer | None],
+    ts: datetime,
+    stamps: Mapping[ReadRequest, datetime] | None = None,
+    codecs: tuple[TagCodec, ...] | None = None,
+) -> list[Reading]:
+    """samples_from_answers as validated contract models."""
+    return [sample.to_reading() for sample in samples_from_answers(instrument, answers, ts, stamps, codecs)]
+
+
+def samples_from_answers(
+    instrument: Instrument,
+    answers: Mapping[ReadRequest, Answer | None],
+    ts: datetime,
+    stamps: Mapping[ReadRequest, datetime] | None = None,
+    codecs: tuple[TagCodec, ...] | None = None,
+) -> list[Sample]:
+    """Turn the answers to a plan (None = that request failed) into one reading per tag. Pure.
+
+    A tag's time is the `stamps` entry of the request that read it (when its answer came), else `ts`.
+    A tag whose request failed, or whose registers are no number (NaN), has no value and quality failure.
+    `codecs` (compile_profile of the instrument's profile) saves working them out on every call.
+    """
     profile = instrument.profile
+    codecs = codecs if codecs is not None else compile_profile(profile)
+    by_name = {codec.name: codec for codec in codecs}
+    values: dict[str, float | None] = {}
+    times: dict[str, datetime] = {}
+    blocks: dict[str, Answer] = {}
+    for request, answer in answers.items():
+        if answer is None:
+            continue
+        _decode_answer(request, answer, by_name, values)
+        stamp = stamps.get(request, ts) if stamps else ts
+        for span in request.spans:
+            times[span.name] = stamp
+            if span.name not in by_name:
+                blocks[span.name] = answer[request.slice_for(span)]
     block_quality: dict[str, tuple[Quality, int] | None] = {}
     for block in profile.status:
-        raw = words.get(block.name)
+        raw = blocks.get(block.name)
         if raw is None:
             block_quality[block.name] = None
             continue
@@ -57,97 +169,130 @@ def readings_from_answers(
             bits = [bool(int(word) >> i & 1) for word in raw for i in range(16)][: block.count]
         block_quality[block.name] = (quality_from_bits(block, bits), status_word(bits))
     readings = []
-    for tag in profile.tag:
-        value: float | None = None
-        quality = Quality.OK
+    instrument_id = instrument.id
+    for codec in codecs:
+        value = values.get(codec.name)
+        quality = Quality.OK if value is not None else Quality.FAILURE
         status: int | None = None
-        raw = words.get(tag.name)
-        if raw is None:
-            quality = Quality.FAILURE
-        else:
-            try:
-                if tag.function.is_bit:
-                    value = float(bool(raw[0]))
-                else:
-                    value = scale_value(
-                        decode_registers([int(w) for w in raw], tag.type, profile.byte_order_of(tag)),
-                        tag.scale,
-                        tag.offset,
-                    )
-            except DecodeError as error:
-                log.warning("%s.%s: %s", instrument.id, tag.name, error)
-                quality = Quality.FAILURE
-        if tag.status is not None and value is not None:
-            from_block = block_quality[tag.status]
+        if codec.name in values and value is None:
+            log.warning("%s.%s: the registers decode to no number (NaN or infinity)", instrument_id, codec.name)
+        if codec.status is not None and value is not None:
+            from_block = block_quality[codec.status]
             if from_block is None:
                 # The value was read but its status was not: usable, but flagged as unconfirmed.
                 quality = Quality.OUT_OF_SPECIFICATION
             else:
                 quality, status = from_block
         readings.append(
-            Reading(
-                instrument=instrument.id,
-                parameter=tag.name,
-                value=value,
-                unit=tag.unit,
-                ts=ts,
-                quality=quality,
-                status=status,
-            )
+            Sample(instrument_id, codec.name, value, codec.unit, times.get(codec.name, ts), quality, status)
         )
     return readings
 
 
-@dataclass
 class ModbusReader:
-    """One Modbus TCP instrument: a client, its read plan, and its counters."""
+    """One Modbus instrument: its driver, its read plan (re-planned around refused addresses) and counters."""
 
-    instrument: Instrument
-    stats: ReadStats = field(default_factory=ReadStats)
+    def __init__(self, instrument: Instrument, driver: InstrumentDriver | None = None) -> None:
+        if driver is None:
+            from edge_agent.modbus_drivers import ModbusTcpDriver  # noqa: PLC0415 - only for the TCP-only default
 
-    def __post_init__(self) -> None:
-        section = self.instrument.config
-        self.requests = plan(spans_of(self.instrument.profile), max_gap=section.max_gap)
-        self.client = AsyncModbusTcpClient(section.host, port=section.port, timeout=section.timeout, retries=0)
+            section = instrument.config
+            driver = ModbusTcpDriver(section.host, section.port, section.device_id, section.timeout)
+        self.instrument = instrument
+        self.driver = driver
+        self.stats = ReadStats()
+        self.spans = spans_of(instrument.profile)
+        self.forbidden: tuple[Forbidden, ...] = ()
+        self.refused: set[str] = set()
+        self.requests = plan(self.spans, max_gap=instrument.config.max_gap)
+        self.codecs = compile_profile(instrument.profile)
 
-    async def _read(self, request: ReadRequest) -> Answer:
-        device_id = self.instrument.config.device_id
-        call = {
-            Function.COIL: self.client.read_coils,
-            Function.DISCRETE: self.client.read_discrete_inputs,
-            Function.HOLDING: self.client.read_holding_registers,
-            Function.INPUT: self.client.read_input_registers,
-        }[request.function]
-        response = await call(request.address, count=request.count, device_id=device_id)
-        if response.isError():
-            raise ModbusException(f"exception response {response}")
-        if request.function.is_bit:
-            return list(response.bits[: request.count])
-        return list(response.registers)
+    def _replan(self) -> None:
+        spans = [span for span in self.spans if span.name not in self.refused]
+        self.requests = plan(spans, max_gap=self.instrument.config.max_gap, forbidden=self.forbidden)
 
-    def _failed(self, request: ReadRequest, why: str) -> None:
+    def _failed(self, request: ReadRequest, error: DriverError) -> None:
         self.stats.failed_requests += 1
-        self.stats.last_error = f"{request.function} {request.address}+{request.count}: {why}"
-        log.warning("%s: %s", self.instrument.id, self.stats.last_error)
+        self.stats.errors[error.kind] = self.stats.errors.get(error.kind, 0) + 1
+        self.stats.last_error = str(error)
+        log.debug("%s: %s", self.instrument.id, error)
 
-    async def poll(self) -> list[Reading]:
-        """Read every request of the plan once; a failed request fails only its own tags."""
+    def _isolate(self, span: Span) -> None:
+        self.refused.add(span.name)
+        self.forbidden += (forbidden_span(span),)
+        self.stats.isolated.append(span.name)
+        log.warning(
+            "%s: the device refuses %s (FC%02d %d+%d, illegal data address): it is reported as failure from now on"
+            " and the other tags are read around it; check the profile against the device's manual",
+            self.instrument.id,
+            span.name,
+            span.function.code,
+            span.address,
+            span.count,
+        )
+
+    async def _execute(
+        self, request: ReadRequest, answers: dict[ReadRequest, Answer | None], stamps: dict[ReadRequest, datetime]
+    ) -> bool:
+        """Read one request into `answers`; on an illegal-address refusal narrow it down. True if it learned."""
+        self.stats.requests += 1
+        try:
+            answers[request] = await self.driver.read(request)
+            stamps[request] = datetime.now(UTC)
+        except DeviceException as error:
+            if not error.illegal_address:
+                answers[request] = None
+                self._failed(request, error)
+                return False
+            split = halves(request)
+            if split is None:
+                answers[request] = None
+                self._failed(request, error)
+                self._isolate(request.spans[0])
+                return True
+            left, right = split
+            await self._execute(left, answers, stamps)
+            await self._execute(right, answers, stamps)
+            if answers.get(left) is not None and answers.get(right) is not None:
+                hole = hole_between(left, right)
+                if hole is not None:
+                    self.forbidden += (hole,)
+                    log.warning(
+                        "%s: the device refuses the unused registers FC%02d %d..%d between %s and %s; reading around"
+                        " them (max_gap 0 avoids reading unused registers at all)",
+                        self.instrument.id,
+                        hole.function.code,
+                        hole.address,
+                        hole.end - 1,
+                        left.spans[-1].name,
+                        right.spans[0].name,
+                    )
+            return True
+        except DriverError as error:
+            answers[request] = None
+            self._failed(request, error)
+        return False
+
+    async def read_plan(self) -> tuple[dict[ReadRequest, Answer | None], dict[ReadRequest, datetime]]:
+        """Every request of the plan once: the answers (None where failed) and when each came."""
         started = time.monotonic()
         self.stats.polls += 1
         answers: dict[ReadRequest, Answer | None] = {}
-        if not self.client.connected:
-            await self.client.connect()
+        stamps: dict[ReadRequest, datetime] = {}
+        learned = False
         for request in self.requests:
-            answers[request] = None
-            try:
-                if not self.client.connected:
-                    self._failed(request, "not connected")
-                    continue
-                answers[request] = await self._read(request)
-            except (ModbusException, OSError, TimeoutError) as error:
-                self._failed(request, str(error))
-        self.stats.last_latency_s = time.monotonic() - started
-        return readings_from_answers(self.instrument, answers, datetime.now(UTC))
+            learned |= await self._execute(request, answers, stamps)
+        if learned:
+            self._replan()
+        latency = time.monotonic() - started
+        self.stats.last_latency_s = latency
+        self.stats.latency_sum_s += latency
+        return answers, stamps
 
-    def close(self) -> None:
-        self.client.close()
+    async def poll(self) -> list[Sample]:
+        """Read every request of the plan once; a failed request fails only its own tags (no value, failure)."""
+        answers, stamps = await self.read_plan()
+        return samples_from_answers(self.instrument, answers, datetime.now(UTC), stamps, self.codecs)
+
+    async def close(self) -> None:
+        await self.driver.close()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aua_contract import IDENTIFIER_PATTERN, Quality
 from edge_agent.decoding import ByteOrder, DataType
+from edge_agent.toml_lines import key_lines, line_of
 
 
 class Function(StrEnum):
@@ -57,7 +58,7 @@ class Tag(_Strict):
     byte_order: ByteOrder | None = None
     scale: float = Field(default=1.0, description="multiplier, never 0 (value x 10^-n for scaled integers)")
     offset: float = 0.0
-    unit: str
+    unit: Annotated[str, Field(min_length=1, max_length=32)]
     status: str | None = Field(default=None, description="name of the status block giving this value's quality")
 
     @model_validator(mode="after")
@@ -153,27 +154,39 @@ class ConfigError(ValueError):
     """A config or profile file that cannot be used; the message names the file and the key."""
 
 
-def describe_validation_error(error: ValidationError, source: str) -> str:
-    """One line per problem, each naming the dotted key path (tag.3.address) in `source`."""
+def describe_validation_error(error: ValidationError, source: str, text: str | None = None) -> str:
+    """One line per problem, each naming the dotted key path (tag.3.address) in `source` and, given the file's
+    text, its line: `site.toml:54: instrument.0.port: Input should be ...`."""
     lines = []
+    found = key_lines(text) if text is not None else {}
     for item in error.errors(include_url=False):
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"{source}: {key}: {item['msg']}")
+        line = line_of(found, item["loc"])
+        lines.append(f"{source}{f':{line}' if line else ''}: {key}: {item['msg']}")
     return "\n".join(lines)
 
 
-def read_toml(path: Path) -> dict[str, object]:
+def read_toml_text(path: Path) -> tuple[dict[str, object], str]:
+    """The parsed document and its text (for line numbers in error messages)."""
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from None
+    try:
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
 
 
+def read_toml(path: Path) -> dict[str, object]:
+    return read_toml_text(path)[0]
+
+
 def load_profile(path: Path) -> Profile:
+    document, text = read_toml_text(path)
     try:
-        return Profile.model_validate(read_toml(path))
+        return Profile.model_validate(document)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, str(path))) from None
+        raise ConfigError(describe_validation_error(error, str(path), text)) from None

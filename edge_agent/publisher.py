@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from datetime import UTC, datetime
 
@@ -43,6 +44,19 @@ def status_payload(site: str, agent: str, state: AgentState, outbox: OutboxStats
     )
 
 
+def tls_context(mqtt: MqttSection) -> ssl.SSLContext | None:
+    """The TLS context for the broker connection: system CAs or ca_file, optional client certificate."""
+    if not mqtt.use_tls:
+        return None
+    context = ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
+    if mqtt.cert_file is not None and mqtt.key_file is not None:
+        context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file))
+    if mqtt.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class Publisher:
     """Keeps an MQTT session up and publishes pending outbox batches in order."""
 
@@ -61,6 +75,9 @@ class Publisher:
         self._resend_topic = resend_topic(site, agent)
         self._topic = readings_topic(site, agent)
         self._status_topic = status_topic(site, agent)
+        self._tls = tls_context(mqtt)
+        if mqtt.insecure:
+            log.warning("mqtt.insecure = true: the broker's certificate is not verified; use it for tests only")
 
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(
@@ -75,6 +92,8 @@ class Publisher:
             username=self.mqtt.username,
             password=self.mqtt.password.get_secret_value() if self.mqtt.password else None,
             will=will,
+            tls_context=self._tls,
+            tls_insecure=True if self.mqtt.insecure else None,
         )
 
     async def run(self) -> None:
@@ -135,7 +154,7 @@ class Publisher:
 
     async def _drain_forever(self, client: aiomqtt.Client) -> None:
         while True:
-            batches = self.outbox.pending(limit=200)
+            batches = await asyncio.to_thread(self.outbox.pending, 200)
             for seq, payload in batches:
                 await client.publish(self._topic, payload, qos=1)
                 await asyncio.to_thread(self.outbox.mark_acked, seq, time.time_ns())

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Self
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
@@ -44,6 +45,7 @@ from edge_agent.decoding import ByteOrder, DataType, decode_registers, encode_va
 from edge_agent.planner import spans_of
 from edge_agent.profiles import ConfigError, Function, Profile, StatusBlock, Tag
 from edge_agent.quality import status_word
+from edge_agent.rtu import REQUEST_FRAME_SIZE, frame_size
 
 log = logging.getLogger(__name__)
 
@@ -721,6 +723,16 @@ def _absent_devices() -> SimDevice:
     )
 
 
+@dataclass(frozen=True)
+class Quirks:
+    """How a real device may misbehave, for tests and benches: it answers late, or refuses some addresses."""
+
+    delay_s: float = 0.0
+    """seconds before every answer (a slow device; with delay > the agent's timeout, a timing-out one)"""
+    refuse: frozenset[int] = frozenset()
+    """register addresses (holding and input) whose reads the device refuses with illegal data address"""
+
+
 class _Playing:
     """Runtime of one instrument: the image of the current tick and the bounded record of past ones."""
 
@@ -750,7 +762,11 @@ class Simulator:
         clock: Callable[[], float] = time.time,
         history_ticks: int = 3600,
         port_map: Mapping[int, int] | None = None,
+        quirks: Mapping[str, Quirks] | None = None,
+        rtu: bool = False,
     ) -> None:
+        """`quirks` makes instruments misbehave; `rtu` frames every port's traffic as Modbus RTU (CRC, no MBAP
+        header), as a serial device server in transparent mode does (a device that never answers: RtuLine)."""
         if tick <= 0:
             raise ValueError(f"tick must be positive, got {tick}")
         if history_ticks < 1:
@@ -761,6 +777,8 @@ class Simulator:
         self.incidents = incidents if incidents is not None else Incidents()
         self.clock = clock
         self._listen_on = dict(port_map or {})
+        self.quirks = dict(quirks or {})
+        self.rtu = rtu
         self._by_port: dict[int, list[_Playing]] = {}
         self._playing: dict[str, _Playing] = {}
         for port, instruments in instruments_by_port.items():
@@ -790,7 +808,10 @@ class Simulator:
                 if all(p.instrument.device_id != 0 for p in playing):
                     devices.append(_absent_devices())
                 listen_on = self._listen_on.get(port, port)
-                server = ModbusTcpServer(devices, address=(self.host, listen_on))
+                if self.rtu:
+                    server = ModbusTcpServer(devices, address=(self.host, listen_on), framer=FramerType.RTU)
+                else:
+                    server = ModbusTcpServer(devices, address=(self.host, listen_on))
                 try:
                     await server.serve_forever(background=True)
                 except RuntimeError as error:
@@ -884,6 +905,7 @@ class Simulator:
 
     def _action(self, instrument_id: str) -> SimAction:
         tables = self._playing[instrument_id].instrument.tables
+        quirks = self.quirks.get(instrument_id, Quirks())
 
         async def answer(  # noqa: PLR0917 - pymodbus calls it with six positional arguments
             function_code: int,
@@ -899,6 +921,11 @@ class Simulator:
             if span is None or set_values is not None or not span.first <= address < span.end:
                 return ExcCodes.ILLEGAL_ADDRESS
             if not span.function.is_bit and address + count > span.end:
+                return ExcCodes.ILLEGAL_ADDRESS
+            if quirks.delay_s:
+                await asyncio.sleep(quirks.delay_s)
+            refused = quirks.refuse and quirks.refuse.intersection(range(address, address + count))
+            if refused and not span.function.is_bit:
                 return ExcCodes.ILLEGAL_ADDRESS
             words = self.image_now(instrument_id).words[span.function]
             registers[: len(words)] = words
@@ -926,6 +953,8 @@ def simulator_for_config(
     demo: bool = False,
     clock: Callable[[], float] = time.time,
     history_ticks: int = 3600,
+    quirks: Mapping[str, Quirks] | None = None,
+    rtu: bool = False,
 ) -> Simulator:
     """A simulator playing every instrument of one or more agent site configs, each at its port and device id.
 
@@ -953,7 +982,110 @@ def simulator_for_config(
         clock=clock,
         history_ticks=history_ticks,
         port_map=port_map,
+        quirks=quirks,
+        rtu=rtu,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# A shared serial line: devices answer in their own time, dead ones never, late answers stay on the line.
+# --------------------------------------------------------------------------------------------------
+
+
+class RtuLine:
+    """A serial line as the master sees it, in front of an RTU-framed simulator port.
+
+    Accepts the master's connection on a loopback TCP port (directly for RTU over TCP, or through
+    `socat pty,... tcp:HOST:PORT` for a real pty), passes each request to the simulator one at a time, and
+    writes each answer back after its device's delay, whether or not the master still waits for it: a late
+    answer lands on the line while the master talks to another device, as on a real RS-485 bus. Requests to
+    a `silent` device get no answer at all (dead, unplugged, wrong address). pymodbus cannot play this itself:
+    its serial server needs pyserial, and a delaying action in its TCP server mislabels concurrent answers.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        delays: Mapping[int, float] | None = None,
+        silent: Iterable[int] = (),
+    ) -> None:
+        self.upstream = upstream
+        self.host, self._port = host, port
+        self.delays = dict(delays or {})
+        self.silent = set(silent)
+        self.requests: dict[int, int] = {}
+        """device id -> requests seen on the line"""
+        self.sequence: list[int] = []
+        """device ids of the requests, in the order they came (the last 10,000)"""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("line not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self._port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, master_in: asyncio.StreamReader, master_out: asyncio.StreamWriter) -> None:
+        self._spawn(self._relay(master_in, master_out))
+
+    async def _relay(self, master_in: asyncio.StreamReader, master_out: asyncio.StreamWriter) -> None:
+        device_in, device_out = await asyncio.open_connection(*self.upstream)
+        try:
+            while True:
+                try:
+                    request = await master_in.readexactly(REQUEST_FRAME_SIZE)
+                except asyncio.IncompleteReadError:
+                    return
+                device = request[0]
+                self.requests[device] = self.requests.get(device, 0) + 1
+                self.sequence.append(device)
+                del self.sequence[:-10_000]
+                if device in self.silent:
+                    continue
+                device_out.write(request)
+                head = await device_in.readexactly(3)
+                size = frame_size(head) or 3
+                answer = head + await device_in.readexactly(max(0, size - 3))
+                self._spawn(self._answer_later(master_out, answer, self.delays.get(device, 0.0)))
+        finally:
+            device_out.close()
+            master_out.close()
+
+    @staticmethod
+    async def _answer_later(master_out: asyncio.StreamWriter, answer: bytes, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if not master_out.is_closing():
+            master_out.write(answer)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""`edge-agent check` and `edge-agent plan`: what a commissioning engineer runs, against real devices and broker."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from agent_site import write_site
+from ports import free_port
+from servers import MosquittoServer
+
+from edge_agent.cli import main as agent_main
+from edge_agent.commissioning import Row, check, format_raw, table
+from edge_agent.config import load_config
+from edge_agent.simulator import Incidents, simulator_for_config
+
+
+def site(tmp_path: Path, broker_port: int, device_port: int, **extra: object) -> Path:
+    instruments: list[dict[str, object]] = [
+        {"id": "hg", "profile": "mercury-analyzer", "port": device_port, "device_id": 1, "timeout": 0.3},
+        {"id": "met", "profile": "met-station", "port": device_port, "device_id": 2, "timeout": 0.3},
+    ]
+    instruments += [dict(i) for i in extra.get("more", [])]  # type: ignore[attr-defined]
+    return write_site(
+        tmp_path / "site.toml",
+        agent={"site": "commissioning", "id": "a1", "outbox": str(tmp_path / "o.sqlite")},
+        mqtt={"host": "127.0.0.1", "port": broker_port},
+        instruments=instruments,
+    )
+
+
+def test_raw_words_and_the_table_are_readable() -> None:
+    assert format_raw([0x42C8, 0]) == "42C8 0000"
+    assert format_raw([True, False, True]) == "1 0 1"
+    assert format_raw(None) == "-"
+    assert table([Row("hg", "hg", "0000 41A0", "20", "ng/m3", "ok")]).splitlines() == [
+        "instrument  tag  raw registers  value  unit   quality",
+        "hg          hg   0000 41A0      20     ng/m3  ok",
+    ]
+
+
+async def test_check_reads_every_tag_once_and_tests_the_broker(mosquitto: MosquittoServer, tmp_path: Path) -> None:
+    device_port = free_port()
+    loaded = load_config(site(tmp_path, mosquitto.port, device_port))
+    out = io.StringIO()
+    async with simulator_for_config(loaded, incidents=Incidents.none(), clock=lambda: 1.8e9) as simulator:
+        status = await check(loaded, out=out)
+    text = out.getvalue()
+    assert status == 0, text
+    lines = text.splitlines()
+    assert lines[0].split() == ["instrument", "tag", "raw", "registers", "value", "unit", "quality"]
+    rows = {tuple(line.split()[:2]): line for line in lines[1:] if line.startswith(("hg ", "met "))}
+    tags = {(i.id, t.name) for i in loaded.instruments for t in i.profile.tag}
+    assert set(rows) == tags
+    hg_value = simulator.image_now("hg").served.values["hg"]
+    assert f"{hg_value:.6g}" in rows["hg", "hg"]
+    assert rows["hg", "hg"].split()[-1] == "ok" or "ok (status" in rows["hg", "hg"]
+    assert f"broker mqtt://127.0.0.1:{mosquitto.port}: connected" in text
+    assert text.rstrip().endswith(f"ok: {len(tags)} tags of 2 instruments read")
+
+
+async def test_check_lists_every_problem_and_fails(tmp_path: Path) -> None:
+    device_port = free_port()
+    loaded = load_config(
+        site(
+            tmp_path,
+            free_port(),  # no broker there
+            device_port,
+            more=[{"id": "dust", "profile": "stack-dust", "port": free_port(), "device_id": 1, "timeout": 0.3}],
+        )
+    )
+    out = io.StringIO()
+    async with simulator_for_config(loaded.model_copy(update={"instruments": loaded.instruments[:2]})):
+        status = await check(loaded, out=out)
+    text = out.getvalue()
+    assert status == 1
+    problems = text.split("problems:")[1]
+    assert "dust (tcp://127.0.0.1:" in problems
+    assert "no good value for dust" in problems
+    assert "mqtt: cannot reach" in problems or "mqtt: 127.0.0.1" in problems
+    assert "hg (" not in problems
+
+
+def test_check_cli_exits_non_zero_and_plan_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = site(tmp_path, free_port(), free_port())
+    assert agent_main(["check", "--no-broker", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 problems:" in out
+    assert agent_main(["plan", str(Path(__file__).parent.parent / "config" / "pavlodar-ambient.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "apart from the previous request: 28 unused registers between them > max_gap 10" in out
+    assert out.rstrip().endswith("total: 6 requests per poll cycle for 16 spans (one request per span would be 16)")

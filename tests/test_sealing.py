@@ -1,0 +1,107 @@
+"""The agent's own batch encoder and Modbus TCP framing, held to the contract's encoder and pymodbus's framer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pymodbus.framer import FramerSocket
+from pymodbus.pdu import DecodePDU
+from pymodbus.pdu.bit_message import ReadDiscreteInputsRequest
+from pymodbus.pdu.register_message import ReadInputRegistersRequest
+
+from aua_contract import IDENTIFIER_PATTERN, Batch, Quality, decode_batch, encode_batch
+from edge_agent import mbap
+from edge_agent.sealing import Sample, batch_payload
+
+identifiers = st.from_regex(IDENTIFIER_PATTERN, fullmatch=True)
+times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+).map(lambda t: t.astimezone(UTC))
+samples = st.builds(
+    Sample,
+    instrument=identifiers,
+    parameter=identifiers,
+    value=st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53).map(float),
+    unit=st.text(min_size=1, max_size=32),
+    ts=times,
+    quality=st.sampled_from(Quality),
+    status=st.none() | st.integers(0, 2**64),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    site=identifiers,
+    agent=identifiers,
+    seq=st.integers(0, 2**62),
+    sent_at=times,
+    readings=st.lists(samples, max_size=20),
+)
+def test_the_payload_is_byte_for_byte_the_contracts(
+    site: str, agent: str, seq: int, sent_at: datetime, readings: list[Sample]
+) -> None:
+    payload = batch_payload(site, agent, seq, sent_at, readings)
+    batch = Batch(site=site, agent=agent, seq=seq, sent_at=sent_at, readings=[r.to_reading() for r in readings])
+    assert payload == encode_batch(batch)
+    assert decode_batch(payload) == batch
+
+
+def test_a_sample_reads_like_a_reading() -> None:
+    ts = datetime(2026, 12, 1, tzinfo=UTC) + timedelta(microseconds=5)
+    sample = Sample("gas", "so2", 1.5, "mg/m3", ts, Quality.CHECK_FUNCTION, 4)
+    reading = sample.to_reading()
+    assert (reading.instrument, reading.parameter, reading.value, reading.quality, reading.status, reading.ts) == (
+        "gas",
+        "so2",
+        1.5,
+        Quality.CHECK_FUNCTION,
+        4,
+        ts,
+    )
+
+
+SOCKET = FramerSocket(DecodePDU(False))
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (
+            mbap.read_request(1, 7, 4, 1000, 14),
+            ReadInputRegistersRequest(address=1000, count=14, dev_id=7, transaction_id=1),
+        ),
+        (
+            mbap.read_request(65535, 255, 2, 0, 2000),
+            ReadDiscreteInputsRequest(address=0, count=2000, dev_id=255, transaction_id=65535),
+        ),
+    ],
+)
+def test_requests_are_byte_for_byte_those_of_pymodbus(ours: bytes, theirs: object) -> None:
+    assert ours == SOCKET.buildFrame(theirs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("head", "size"),
+    [
+        (b"", None),
+        (b"\x00\x01\x00\x00\x00", None),
+        (b"\x00\x01\x00\x00\x00\x07", 13),  # unit + function + byte count + 4 data bytes
+        (b"\x00\x01\x00\x00\x00\x03", 9),  # an exception answer
+        (b"\x00\x01\x00\x01\x00\x07", 0),  # protocol id 1: not Modbus
+        (b"\x00\x01\x00\x00\x01\x00", 0),  # longer than any Modbus frame
+    ],
+)
+def test_frame_size_from_the_header(head: bytes, size: int | None) -> None:
+    assert mbap.frame_size(head) == size
+
+
+def test_split_frame_and_refusals() -> None:
+    frame = bytes.fromhex("00 2a 00 00 00 07 07 04 04 42 c8 00 00")
+    assert mbap.split_frame(frame) == (42, 7, bytes.fromhex("04 04 42 c8 00 00"))
+    with pytest.raises(ValueError, match="not a read function"):
+        mbap.read_request(1, 1, 6, 0, 1)
+    with pytest.raises(ValueError, match="cannot read 126"):
+        mbap.read_request(1, 1, 3, 0, 126)
