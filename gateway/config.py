@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.alert_rules import (
+    AMBIENT_PDK,
+    ONE_TIME_MINUTES,
+    ClockSkewRule,
+    Direction,
+    FailureRule,
+    GapRule,
+    OfflineRule,
+    Rule,
+    Scope,
+    StuckRule,
+    Threshold,
+    ThresholdRule,
+    Window,
+    WindowKind,
+    parse_duration,
+)
+from gateway.alert_state import DeliveryPolicy, Severity
+from gateway.mrv_config import RollupSection, SourceConfig, check_sources, resolve_mrv_paths
 
 
 class GatewayConfigError(ValueError):
@@ -63,6 +95,277 @@ class StoreSection(_Strict):
     url: str = Field(default="sqlite:///var/aua.sqlite", description="sqlite:///PATH or influx://HOST:PORT/DB")
 
 
+# --------------------------------------------------------------------------------------------------
+# [alerts]: threshold and data alerts (gateway/alert_rules.py, gateway/alerts.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def _duration(value: object) -> object:
+    """Seconds as a number or "90s", "15m", "2h", "1d"; a timedelta passes through."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return parse_duration(value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Patterns = Annotated[list[str], BeforeValidator(lambda value: [value] if isinstance(value, str) else value)]
+
+_THRESHOLD_ONLY = ("window", "above", "below", "clear", "unit", "species", "reference_o2")
+_KIND_ONLY = {"after": "gap", "count": "stuck", "max_skew": "clock_skew"}
+
+
+class AlertRuleSection(_Strict):
+    """One rule, `[alerts.rules.NAME]`. A table named like a default rule changes only the keys it sets."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: Literal["threshold", "offline", "failure", "gap", "stuck", "clock_skew"] = "threshold"
+    enabled: bool = True
+    title: str = Field(default="", description="what, in words, for messages")
+    note: str = Field(default="", description="the limit's source or a caveat, shown in messages")
+    severity: Severity = Severity.WARNING
+    site: Patterns = Field(default_factory=lambda: ["*"], description="glob pattern(s)")
+    agent: Patterns = Field(default_factory=lambda: ["*"])
+    instrument: Patterns = Field(default_factory=lambda: ["*"])
+    parameter: Patterns = Field(default_factory=lambda: ["*"])
+    for_: Duration = Field(default=timedelta(0), alias="for", description="hold this long before firing")
+    clear_for: Duration = Field(default=timedelta(0), description="be clear this long before resolving")
+    # threshold rules
+    window: WindowKind | None = None
+    minutes: Annotated[int, Field(ge=0, le=7 * 24 * 60)] = 0
+    above: float | None = None
+    below: float | None = None
+    clear: float | None = Field(default=None, description="hysteresis: resolve only once back past this")
+    unit: str | None = None
+    species: str | None = None
+    min_coverage: Annotated[float, Field(gt=0, le=1)] = 0.75
+    hold: Duration = timedelta(minutes=5)
+    reference_o2: float | None = None
+    o2_parameter: str = "o2"
+    # data rules
+    after: Duration | None = None
+    count: int | None = None
+    tolerance: Annotated[float, Field(ge=0)] = 0.0
+    max_skew: Duration | None = None
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> AlertRuleSection:
+        if self.kind == "threshold":
+            if self.window is None or self.unit is None:
+                raise ValueError("a threshold rule needs window and unit")
+            if (self.above is None) == (self.below is None):
+                raise ValueError("a threshold rule needs exactly one of above or below")
+        else:
+            stray = [key for key in _THRESHOLD_ONLY if getattr(self, key) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: only for threshold rules, not {self.kind}")
+        for key, kind in _KIND_ONLY.items():
+            if getattr(self, key) is not None and self.kind != kind:
+                raise ValueError(f"{key}: only for {kind} rules, not {self.kind}")
+            if getattr(self, key) is None and self.kind == kind:
+                raise ValueError(f"a {kind} rule needs {key}")
+        self.to_rule("check")  # the rule's own checks (hysteresis direction, window minutes), named by this key
+        return self
+
+    def to_rule(self, name: str) -> Rule:
+        common: dict[str, Any] = {
+            "name": name,
+            "scope": Scope(tuple(self.site), tuple(self.agent), tuple(self.instrument), tuple(self.parameter)),
+            "severity": self.severity,
+            "for_": self.for_,
+            "clear_for": self.clear_for,
+            "title": self.title,
+            "note": self.note,
+        }
+        if self.kind == "threshold":
+            if self.window is None or self.unit is None:
+                raise ValueError("a threshold rule needs window and unit")
+            direction = Direction.ABOVE if self.above is not None else Direction.BELOW
+            limit = self.above if self.above is not None else self.below
+            if limit is None:
+                raise ValueError("a threshold rule needs exactly one of above or below")
+            return ThresholdRule(
+                **common,
+                window=Window(self.window, self.minutes),
+                threshold=Threshold(direction, limit, limit if self.clear is None else self.clear),
+                unit=self.unit,
+                species=self.species,
+                min_coverage=self.min_coverage,
+                hold=self.hold,
+                reference_o2=self.reference_o2,
+                o2_parameter=self.o2_parameter,
+            )
+        if self.kind == "offline":
+            return OfflineRule(**common)
+        if self.kind == "failure":
+            return FailureRule(**common)
+        if self.kind == "gap":
+            return GapRule(**common, after=self.after or timedelta(0))
+        if self.kind == "stuck":
+            return StuckRule(**common, count=self.count or 0, tolerance=self.tolerance)
+        return ClockSkewRule(**common, max_skew=self.max_skew or timedelta(0))
+
+
+def default_alert_rules(ambient_sites: list[str], *, data_rules: bool = True) -> dict[str, dict[str, Any]]:
+    """The built-in rules as config tables: ambient ПДК (cems-mrv.md §5) for `ambient_sites`, and data rules.
+
+    One-time ПДК: a 20-minute rolling mean (ПДК м.р. is defined for a 20–30 minute sample), 10 % hysteresis.
+    Daily ПДК: the mean of the local calendar day, judged when the day is over, with ≥ 75 % data (§3).
+    Mercury has no one-time ПДК; `hg-screening` compares the instant value with the daily-mean ПДК so an
+    episode is seen while it happens, and says so in every message.
+    """
+    rules: dict[str, dict[str, Any]] = {}
+    for limit in AMBIENT_PDK:
+        if limit.one_time is not None:
+            rules[f"{limit.parameter}-one-time"] = {
+                "title": f"{limit.label} above the maximum one-time ПДК",
+                "note": (
+                    "ПДК м.р. (maximum one-time, a 20–30 min sample), cems-mrv.md §5; verify against the current order"
+                ),
+                "severity": "critical",
+                "site": list(ambient_sites),
+                "parameter": limit.parameter,
+                "window": "rolling",
+                "minutes": ONE_TIME_MINUTES,
+                "above": limit.one_time,
+                "clear": round(limit.one_time * 0.9, 9),
+                "unit": limit.unit,
+            }
+        if limit.daily is not None:
+            rules[f"{limit.parameter}-daily"] = {
+                "title": f"{limit.label} daily mean above the daily ПДК",
+                "note": "ПДК с.с. (daily mean of the local calendar day, ≥ 75 % data), cems-mrv.md §5 and §3",
+                "severity": "critical",
+                "site": list(ambient_sites),
+                "parameter": limit.parameter,
+                "window": "daily",
+                "above": limit.daily,
+                "unit": limit.unit,
+            }
+    rules["hg-screening"] = {
+        "title": "gaseous mercury above 300 ng/m³ (instant value, screening)",
+        "note": (
+            "screening level, not a ПДК exceedance: Hg has only a daily-mean ПДК of 300 ng/m³ (cems-mrv.md §5), "
+            "judged by hg-daily when the day is over"
+        ),
+        "severity": "warning",
+        "site": list(ambient_sites),
+        "parameter": "hg",
+        "window": "instant",
+        "above": 300.0,
+        "clear": 270.0,
+        "unit": "ng/m3",
+        "for": "30s",
+    }
+    if data_rules:
+        rules["agent-offline"] = {"kind": "offline", "severity": "warning", "for": "60s"}
+        rules["instrument-failure"] = {"kind": "failure", "severity": "warning", "for": "60s"}
+        rules["data-gap"] = {"kind": "gap", "severity": "warning", "after": "120s"}
+        rules["stuck-value"] = {"kind": "stuck", "severity": "info", "count": 60}
+        rules["clock-skew"] = {"kind": "clock_skew", "severity": "info", "max_skew": "120s", "for": "5m"}
+    return rules
+
+
+GroupField = Literal["rule", "site", "agent", "instrument", "parameter"]
+
+
+def _group_by_default() -> list[GroupField]:
+    return ["rule", "site"]
+
+
+class AlertNotifySection(_Strict):
+    """Where messages go. Every configured channel gets every message."""
+
+    apprise: list[SecretStr] = Field(
+        default_factory=list, description="apprise URLs: mailto://, tgram://, slack://, json://, ..."
+    )
+    mqtt: bool = Field(default=False, description="publish each notice on aua/v1/{site}/alerts (the [mqtt] broker)")
+    grafana_url: str | None = Field(default=None, description="Grafana base URL for annotations")
+    grafana_token: SecretStr | None = None
+    grafana_dashboard_uid: str | None = None
+    console: bool = Field(default=False, description="print messages on standard output")
+
+
+class AlertsSection(_Strict):
+    enabled: bool = True
+    timezone: str = Field(default="Asia/Almaty", description="IANA zone for daily/hourly periods and local times")
+    dashboard_url: str | None = Field(default=None, description="Grafana dashboard URL linked from messages")
+    reference_temperature_c: float = Field(
+        default=0.0, ge=-50, le=50, description="°C at which ppb/ppm convert to mass per volume (0: cems-mrv.md §2)"
+    )
+    ambient_sites: list[str] = Field(default_factory=list, description="sites (globs) the ambient ПДК rules apply to")
+    data_rules: bool = True
+    group_wait: Duration = timedelta(seconds=10)
+    group_by: list[GroupField] = Field(default_factory=_group_by_default, description="one message per group")
+    max_messages: Annotated[int, Field(ge=1)] = 20
+    per: Duration = timedelta(hours=1)
+    remind_every: Duration = Field(default=timedelta(0), description="repeat unacknowledged firing alerts; 0: never")
+    notify: AlertNotifySection = Field(default_factory=AlertNotifySection)
+    rules: dict[str, AlertRuleSection] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _with_defaults(cls, data: Any) -> Any:
+        """Default rules first; a user table of the same name overrides the keys it sets."""
+        if not isinstance(data, dict):
+            return data
+        sites = data.get("ambient_sites", [])
+        defaults = default_alert_rules(
+            sites if isinstance(sites, list) else [], data_rules=bool(data.get("data_rules", True))
+        )
+        user = data.get("rules", {})
+        if not isinstance(user, dict):
+            return data
+        merged: dict[str, Any] = {name: dict(table) for name, table in defaults.items()}
+        for name, table in user.items():
+            if not isinstance(table, dict) or name not in defaults:
+                merged[name] = table
+                continue
+            base = dict(defaults[name])
+            default_limit = base.get("above", base.get("below"))
+            new_limit = table.get("above", table.get("below"))
+            flipped = any(key in table and key not in base for key in ("above", "below"))
+            for key, other in (("above", "below"), ("below", "above")):
+                if key in table:
+                    base.pop(other, None)  # a rule turned around: the default's direction goes
+            if new_limit is not None and "clear" not in table and "clear" in base:
+                # A new limit keeps the default's relative hysteresis (e.g. clear at 90 % of the limit).
+                if flipped or not isinstance(new_limit, int | float) or not default_limit:
+                    base.pop("clear")
+                else:
+                    base["clear"] = round(new_limit * base["clear"] / default_limit, 9)
+            merged[name] = {**base, **table}
+        return {**data, "rules": merged}
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Almaty)") from None
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _rule_names(cls, value: dict[str, AlertRuleSection]) -> dict[str, AlertRuleSection]:
+        bad = [name for name in value if not re.fullmatch(RULE_NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"rule names {bad} must match {RULE_NAME_PATTERN}")
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def effective_rules(self) -> list[Rule]:
+        return [table.to_rule(name) for name, table in sorted(self.rules.items()) if table.enabled]
+
+    def delivery_policy(self) -> DeliveryPolicy:
+        return DeliveryPolicy(group_wait=self.group_wait, max_messages=self.max_messages, per=self.per)
+
+
 class ParameterRule(_Strict):
     """What is plausible for one parameter; `*` matches any site or instrument."""
 
@@ -106,6 +409,14 @@ class GatewayConfig(_Strict):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     store: StoreSection = Field(default_factory=StoreSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
+    alerts: AlertsSection | None = Field(default=None, description="threshold and data alerts; absent: none")
+    rollup: RollupSection = Field(default_factory=RollupSection, description="rollups, rule sets, reports")
+    sources: list[SourceConfig] = Field(default_factory=list, alias="source", description="[[source]]: MRV stacks")
+
+    @model_validator(mode="after")
+    def _sources_fit_rollup(self) -> GatewayConfig:
+        check_sources(self.rollup, self.sources)
+        return self
 
 
 def resolve_store_url(url: str, base: Path) -> str:
@@ -138,4 +449,5 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     if config.gateway.spool is not None and not config.gateway.spool.is_absolute():
         config.gateway.spool = base / config.gateway.spool
     config.store.url = resolve_store_url(config.store.url, base)
+    resolve_mrv_paths(config.rollup, config.sources, base)
     return config

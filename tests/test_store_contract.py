@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from ports import free_port
 from servers import InfluxServer, unique_database_name
 
 from aua_contract import Quality, Reading
+from gateway.rollup import Aggregate, Period
 from gateway.stores import InfluxStore, SqliteStore, Store, StoredReading, StoreError, open_store
 from gateway.stores import influx as influx_module
 from gateway.stores import sqlite as sqlite_module
@@ -594,3 +595,151 @@ def test_influx_escaping_round_trips_arbitrary_text(influxdb: InfluxServer, name
             return await store.query(site=written.site, instrument=written.instrument, start=written.ts)
 
     assert asyncio.run(round_trip()) == [written]
+
+
+# -- rollups: the same contract for aggregates (gateway/rollup.py), on both stores -------------------------
+
+
+def aggregate(**changes: object) -> Aggregate:
+    fields: dict[str, object] = {
+        "site": "pavlodar",
+        "instrument": "gas-1",
+        "parameter": "so2",
+        "period": Period.HOUR,
+        "start": T0,
+        "value": 412.5,
+        "n_valid": 58,
+        "n_expected": 60,
+        "valid": True,
+        "reason": "",
+        "n_maintenance": 0,
+        "unit": "mg/m³",
+        "substituted": False,
+        "method": "",
+    }
+    fields.update(changes)
+    return Aggregate(**fields)  # type: ignore[arg-type]
+
+
+async def test_aggregates_round_trip_every_field(store: Store) -> None:
+    written = [
+        aggregate(),
+        aggregate(parameter="nox", value=None, n_valid=0, valid=False, reason="no valid minutes (60 in maintenance)"),
+        aggregate(parameter="co", value=1e-300, n_valid=1, valid=False, reason='1 of 60 minutes valid "< 66.7 %"'),
+        aggregate(parameter="dust", n_maintenance=20, unit="", reason="", value=-0.25),
+        aggregate(parameter="flow", substituted=True, method="EU MRR Art. 45: mean + 2σ", valid=False, unit="Nm3/h"),
+    ]
+    await store.write_aggregates(written)
+    got = await store.query_aggregates(period=Period.HOUR)
+    assert sorted(got, key=lambda a: a.parameter) == sorted(written, key=lambda a: a.parameter)
+    assert await store.query() == []  # rollups are not readings
+    assert await store.count_by_instrument() == {}
+
+
+@pytest.mark.parametrize("period", list(Period))
+async def test_aggregates_of_every_period_round_trip(store: Store, period: Period) -> None:
+    await store.write_aggregates([aggregate(period=period)])
+    assert await store.query_aggregates(period=period) == [aggregate(period=period)]
+    other = Period.DAY if period is not Period.DAY else Period.HOUR
+    assert await store.query_aggregates(period=other) == []
+
+
+async def test_aggregate_rewrite_is_idempotent_and_last_wins(store: Store) -> None:
+    """Recomputing a period writes it again: one row, the newest numbers; value None when nothing was valid."""
+    first = aggregate(value=5.0, n_valid=60, valid=True, substituted=True, method="m")
+    second = aggregate(value=None, n_valid=0, valid=False, reason="no valid minutes")
+    await store.write_aggregates([first])
+    await store.write_aggregates([second])
+    await store.write_aggregates([second])
+    assert await store.query_aggregates(period=Period.HOUR) == [second]
+    third = aggregate(value=7.5, n_valid=45)
+    await store.write_aggregates([third, third])
+    assert await store.query_aggregates(period=Period.HOUR) == [third]
+
+
+@pytest.mark.parametrize("differs_in", ["site", "instrument", "parameter", "period", "start"])
+async def test_aggregate_identities_differing_in_one_part_stay_apart(store: Store, differs_in: str) -> None:
+    changed: dict[str, object] = {
+        "site": "other",
+        "instrument": "other",
+        "parameter": "other",
+        "period": Period.DAY,
+        "start": T0 + timedelta(hours=1),
+    }
+    a, b = aggregate(value=1.0), aggregate(value=2.0, **{differs_in: changed[differs_in]})
+    await store.write_aggregates([a, b])
+    found = [*await store.query_aggregates(period=Period.HOUR), *await store.query_aggregates(period=Period.DAY)]
+    assert sorted(x.value or 0 for x in found) == [1.0, 2.0]
+
+
+async def test_aggregate_query_filters_and_order(store: Store) -> None:
+    rows = [
+        aggregate(site=site, instrument=instrument, parameter=parameter, start=T0 + timedelta(hours=hour))
+        for site in ("pavlodar", "ekibastuz")
+        for instrument in ("gas-1", "flow-1")
+        for parameter in ("so2", "co")
+        for hour in range(4)
+    ]
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    await store.write_aggregates(shuffled)
+
+    def expected(predicate: Callable[[Aggregate], bool]) -> list[Aggregate]:
+        return sorted((r for r in rows if predicate(r)), key=lambda r: (r.start, r.instrument, r.parameter, r.site))
+
+    assert await store.query_aggregates(period=Period.HOUR) == expected(lambda r: True)
+    assert await store.query_aggregates(period=Period.HOUR, site="ekibastuz") == expected(
+        lambda r: r.site == "ekibastuz"
+    )
+    assert await store.query_aggregates(
+        period=Period.HOUR, site="pavlodar", instrument="flow-1", parameter="co"
+    ) == expected(lambda r: (r.site, r.instrument, r.parameter) == ("pavlodar", "flow-1", "co"))
+    start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=3)
+    in_range = await store.query_aggregates(period=Period.HOUR, start=start, end=end)
+    assert in_range == expected(lambda r: start <= r.start < end)
+    assert {r.start for r in in_range} == {start, start + timedelta(hours=1)}
+    assert await store.query_aggregates(period=Period.HOUR, site="pavlodar'; DROP") == []
+
+
+async def test_aggregates_survive_close_and_reopen(store_url: str) -> None:
+    first = open_store(store_url)
+    await first.open()
+    await first.write_aggregates([aggregate()])
+    await first.close()
+    second = open_store(store_url)
+    await second.open()
+    try:
+        assert await second.query_aggregates(period=Period.HOUR) == [aggregate()]
+    finally:
+        await second.close()
+
+
+async def test_five_thousand_minute_aggregates_in_one_write(store: Store) -> None:
+    """Crosses InfluxStore's 5,000-line request size; a rewrite of part of it keeps the count."""
+    rows = [
+        aggregate(period=Period.MINUTE, parameter=f"p{i % 3}", start=T0 + timedelta(minutes=i // 3), value=float(i))
+        for i in range(6_000)
+    ]
+    await store.write_aggregates(rows)
+    await store.write_aggregates(rows[:5_100])
+    stored = await store.query_aggregates(period=Period.MINUTE)
+    assert len(stored) == 6_000
+    assert sorted(stored, key=lambda a: a.value or 0) == rows
+
+
+async def test_sqlite_version_1_file_gains_the_rollup_table(tmp_path: Path) -> None:
+    path = f"{tmp_path}/old.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE reading (site TEXT NOT NULL, instrument TEXT NOT NULL, parameter TEXT NOT NULL, "
+            "agent TEXT NOT NULL, ts_ns INTEGER NOT NULL, value REAL, unit TEXT NOT NULL, quality TEXT NOT NULL, "
+            "status INTEGER, PRIMARY KEY (site, instrument, parameter, agent, ts_ns)) WITHOUT ROWID"
+        )
+        connection.execute("PRAGMA user_version = 1")
+    connection.close()
+    async with SqliteStore(path) as store:
+        await store.write_aggregates([aggregate()])
+        assert await store.query_aggregates(period=Period.HOUR) == [aggregate()]
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 2
+    connection.close()

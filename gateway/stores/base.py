@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from aua_contract import Quality, Reading
+from gateway.rollup import Aggregate, Period
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -81,6 +82,11 @@ def sort_key(reading: StoredReading) -> tuple[datetime, str, str, str, str]:
     return (reading.ts, reading.instrument, reading.parameter, reading.site, reading.agent)
 
 
+def aggregate_sort_key(aggregate: Aggregate) -> tuple[datetime, str, str, str, str]:
+    """The order query_aggregates returns: start first, then instrument, parameter, site and period."""
+    return (aggregate.start, aggregate.instrument, aggregate.parameter, aggregate.site, aggregate.period.value)
+
+
 def to_ns(ts: datetime) -> int:
     """Aware datetime -> integer nanoseconds since the Unix epoch, exact (no float rounding)."""
     if ts.tzinfo is None or ts.utcoffset() is None:
@@ -137,4 +143,25 @@ class Store(Protocol):
 
     async def count_by_instrument(self) -> dict[tuple[str, str], int]:
         """(site, instrument) -> number of stored readings."""
+        ...
+
+    async def write_aggregates(self, aggregates: Sequence[Aggregate]) -> None:
+        """Insert or replace rollups by (site, instrument, parameter, period, start): recomputing is idempotent.
+
+        `value` is only meaningful when n_valid > 0; a store may keep an older value there otherwise
+        (InfluxDB cannot store null), and query_aggregates then returns None.
+        """
+        ...
+
+    async def query_aggregates(
+        self,
+        *,
+        period: Period,
+        site: str | None = None,
+        instrument: str | None = None,
+        parameter: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[Aggregate]:
+        """Rollups of one period matching every given filter, `start` in [start, end), by `aggregate_sort_key`."""
         ...

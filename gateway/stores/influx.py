@@ -20,8 +20,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from aua_contract import Quality
+from gateway.rollup import Aggregate, Period
 from gateway.stores import line_protocol
-from gateway.stores.base import StoredReading, StoreError, from_ns, sort_key, to_ns
+from gateway.stores.base import StoredReading, StoreError, aggregate_sort_key, from_ns, sort_key, to_ns
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,17 @@ QUERY_CHUNK_SIZE = 10_000
 """Rows per chunk of a chunked /query answer, so large results stream instead of hitting row limits."""
 
 _FIELDS = ("value", "unit", "quality", "status")
+_AGGREGATE_FIELDS = (
+    "value",
+    "n_valid",
+    "n_expected",
+    "n_maintenance",
+    "valid",
+    "reason",
+    "unit",
+    "substituted",
+    "method",
+)
 _RETRYABLE_4XX = frozenset({408, 429})
 
 
@@ -83,6 +95,31 @@ def select_statement(
         conditions.append(f"time < {to_ns(end)}")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return f"SELECT {', '.join(columns)} FROM {_measurement(retention_policy)}{where}"
+
+
+def select_aggregates_statement(
+    *,
+    period: Period,
+    retention_policy: str | None = None,
+    site: str | None = None,
+    instrument: str | None = None,
+    parameter: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> str:
+    """The InfluxQL for `InfluxStore.query_aggregates` (measurement `rollup`)."""
+    columns = [quote_identifier(name) for name in (*_AGGREGATE_FIELDS, *line_protocol.AGGREGATE_TAG_KEYS)]
+    filters = {"period": Period(period).value, "site": site, "instrument": instrument, "parameter": parameter}
+    conditions = [
+        f"{quote_identifier(tag)} = {quote_string(wanted)}" for tag, wanted in filters.items() if wanted is not None
+    ]
+    if start is not None:
+        conditions.append(f"time >= {to_ns(start)}")
+    if end is not None:
+        conditions.append(f"time < {to_ns(end)}")
+    measurement = quote_identifier(line_protocol.AGGREGATE_MEASUREMENT)
+    source = f"{quote_identifier(retention_policy)}.{measurement}" if retention_policy else measurement
+    return f"SELECT {', '.join(columns)} FROM {source} WHERE {' AND '.join(conditions)}"
 
 
 def count_statement(*, retention_policy: str | None = None) -> str:
@@ -148,6 +185,37 @@ def parse_readings(documents: Iterator[dict[str, Any]]) -> list[StoredReading]:
             )
     readings.sort(key=sort_key)
     return readings
+
+
+def parse_aggregates(documents: Iterator[dict[str, Any]]) -> list[Aggregate]:
+    """Rows of `select_aggregates_statement` (queried with epoch=ns) -> Aggregates in the store's order."""
+    aggregates = []
+    for series in iter_series(documents):
+        columns = series["columns"]
+        for values in series.get("values", []):
+            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
+            n_valid = int(row["n_valid"])
+            value = row.get("value")
+            aggregates.append(
+                Aggregate(
+                    site=row["site"],
+                    instrument=row["instrument"],
+                    parameter=row["parameter"],
+                    period=Period(row["period"]),
+                    start=from_ns(int(row["time"])),
+                    value=float(value) if value is not None and n_valid else None,
+                    n_valid=n_valid,
+                    n_expected=int(row["n_expected"]),
+                    valid=bool(row["valid"]),
+                    reason=row.get("reason") or "",
+                    n_maintenance=int(row["n_maintenance"]),
+                    unit=row.get("unit") or "",
+                    substituted=bool(row["substituted"]),
+                    method=row.get("method") or "",
+                )
+            )
+    aggregates.sort(key=aggregate_sort_key)
+    return aggregates
 
 
 def parse_counts(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -252,6 +320,47 @@ class InfluxStore:
         if not readings:
             return
         lines = [self._format(reading) for reading in readings]  # all checked before anything is sent
+        await self._write_lines(lines)
+
+    async def write_aggregates(self, aggregates: Sequence[Aggregate]) -> None:
+        if not aggregates:
+            return
+        lines = []
+        for aggregate in aggregates:  # all checked before anything is sent
+            try:
+                lines.append(line_protocol.format_aggregate_line(aggregate))
+            except ValueError as error:
+                raise self._error(f"cannot write rollup {aggregate.key}: {error}", retryable=False) from error
+        await self._write_lines(lines)
+
+    async def query_aggregates(
+        self,
+        *,
+        period: Period,
+        site: str | None = None,
+        instrument: str | None = None,
+        parameter: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[Aggregate]:
+        statement = select_aggregates_statement(
+            period=period,
+            retention_policy=self.retention_policy,
+            site=site,
+            instrument=instrument,
+            parameter=parameter,
+            start=start,
+            end=end,
+        )
+        text = await self._select(statement)
+        try:
+            return parse_aggregates(decode_documents(text))
+        except StatementError as error:
+            raise self._error(f"rollup query failed: {error}", retryable=False) from error
+        except (ValueError, KeyError, TypeError) as error:
+            raise self._error(f"rollup query answer not understood: {error!r}", retryable=False) from error
+
+    async def _write_lines(self, lines: list[str]) -> None:
         params = {"db": self.database, "precision": "ns"}
         if self.retention_policy:
             params["rp"] = self.retention_policy

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from functools import lru_cache
 
+from gateway.rollup import Aggregate
 from gateway.stores.base import StoredReading, to_ns
 
 MEASUREMENT = "reading"
@@ -104,3 +105,35 @@ def format_line(reading: StoredReading) -> str:
 def format_lines(readings: Iterable[StoredReading]) -> str:
     """A request body: one line per reading, each ending in a newline."""
     return "".join(format_line(reading) + "\n" for reading in readings)
+
+
+AGGREGATE_MEASUREMENT = "rollup"
+AGGREGATE_TAG_KEYS = ("instrument", "parameter", "period", "site")
+"""Rollups: measurement `rollup`; tags instrument, parameter, period (1m, 30m, 1h, 1d, 1mo, 1y), site; fields
+method, n_expected, n_maintenance, n_valid, reason, substituted, unit, valid and value (omitted when n_valid is
+0, so a reader ignores `value` then: InfluxDB merges fields, an older value may remain); time = period start.
+Every field but `value` is always written, so a rewrite leaves no stale field behind."""
+
+
+def format_aggregate_line(aggregate: Aggregate) -> str:
+    """One rollup point, without the trailing newline."""
+    a = aggregate
+    tag_set = (
+        f"instrument={escape_tag(a.instrument, what='tag instrument')},"
+        f"parameter={escape_tag(a.parameter, what='tag parameter')},"
+        f"period={escape_tag(a.period.value, what='tag period')},"
+        f"site={escape_tag(a.site, what='tag site')}"
+    )
+    fields = (
+        f"method={format_string_field(a.method, what='method')},"
+        f"n_expected={format_int_field(a.n_expected)},"
+        f"n_maintenance={format_int_field(a.n_maintenance)},"
+        f"n_valid={format_int_field(a.n_valid)},"
+        f"reason={format_string_field(a.reason, what='reason')},"
+        f"substituted={'true' if a.substituted else 'false'},"
+        f"unit={format_string_field(a.unit, what='unit')},"
+        f"valid={'true' if a.valid else 'false'}"
+    )
+    if a.value is not None and a.n_valid:
+        fields += f",value={format_float_field(a.value)}"
+    return f"{AGGREGATE_MEASUREMENT},{tag_set} {fields} {to_ns(a.start)}"

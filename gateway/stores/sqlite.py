@@ -16,10 +16,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from aua_contract import Quality
+from gateway.rollup import Aggregate, Period
 from gateway.stores.base import StoredReading, StoreError, from_ns, to_ns
 
-SCHEMA_VERSION = 1
-"""Stored in PRAGMA user_version; bump it with a migration when the table changes."""
+SCHEMA_VERSION = 2
+"""Stored in PRAGMA user_version; bump it with a migration when the table changes.
+1: readings. 2: rollups (table `rollup`); a version-1 file gains the table when opened (CREATE IF NOT EXISTS)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (
@@ -35,6 +37,24 @@ CREATE TABLE IF NOT EXISTS reading (
     PRIMARY KEY (site, instrument, parameter, agent, ts_ns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reading_ts ON reading (ts_ns);
+CREATE TABLE IF NOT EXISTS rollup (
+    site          TEXT    NOT NULL,
+    instrument    TEXT    NOT NULL,
+    parameter     TEXT    NOT NULL,
+    period        TEXT    NOT NULL,  -- 1m, 30m, 1h, 1d, 1mo, 1y
+    start_ns      INTEGER NOT NULL,  -- UTC period start, nanoseconds since the Unix epoch
+    value         REAL,              -- mean of the valid sub-values; NULL when there were none
+    n_valid       INTEGER NOT NULL,
+    n_expected    INTEGER NOT NULL,
+    n_maintenance INTEGER NOT NULL,
+    valid         INTEGER NOT NULL,  -- 0/1
+    reason        TEXT    NOT NULL,
+    unit          TEXT    NOT NULL,
+    substituted   INTEGER NOT NULL,  -- 0/1
+    method        TEXT    NOT NULL,
+    PRIMARY KEY (site, period, instrument, parameter, start_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollup_start ON rollup (period, start_ns);
 """
 
 _UPSERT = """
@@ -46,7 +66,60 @@ ON CONFLICT (site, instrument, parameter, agent, ts_ns) DO UPDATE SET
 
 _COLUMNS = "site, agent, instrument, parameter, ts_ns, value, unit, quality, status"
 
+_AGGREGATE_COLUMNS = (
+    "site, instrument, parameter, period, start_ns, value, n_valid, n_expected, n_maintenance, valid, reason, unit, "
+    "substituted, method"
+)
+_AGGREGATE_UPSERT = f"""
+INSERT INTO rollup ({_AGGREGATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (site, period, instrument, parameter, start_ns) DO UPDATE SET
+    value = excluded.value, n_valid = excluded.n_valid, n_expected = excluded.n_expected,
+    n_maintenance = excluded.n_maintenance, valid = excluded.valid, reason = excluded.reason, unit = excluded.unit,
+    substituted = excluded.substituted, method = excluded.method
+"""
+
 T = TypeVar("T")
+
+
+def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
+    """In _AGGREGATE_COLUMNS order."""
+    return (
+        a.site,
+        a.instrument,
+        a.parameter,
+        a.period.value,
+        to_ns(a.start),
+        a.value if a.n_valid else None,
+        a.n_valid,
+        a.n_expected,
+        a.n_maintenance,
+        int(a.valid),
+        a.reason,
+        a.unit,
+        int(a.substituted),
+        a.method,
+    )
+
+
+def _aggregate_from_row(row: tuple[Any, ...]) -> Aggregate:
+    site, instrument, parameter, period, start_ns, value, n_valid, n_expected = row[:8]
+    n_maintenance, valid, reason, unit, substituted, method = row[8:]
+    return Aggregate(
+        site=site,
+        instrument=instrument,
+        parameter=parameter,
+        period=Period(period),
+        start=from_ns(start_ns),
+        value=value if n_valid else None,
+        n_valid=n_valid,
+        n_expected=n_expected,
+        valid=bool(valid),
+        reason=reason,
+        n_maintenance=n_maintenance,
+        unit=unit,
+        substituted=bool(substituted),
+        method=method,
+    )
 
 
 class SqliteStore:
@@ -147,6 +220,40 @@ class SqliteStore:
         )
         return {(site, instrument): count for site, instrument, count in rows}
 
+    async def write_aggregates(self, aggregates: Sequence[Aggregate]) -> None:
+        if not aggregates:
+            return
+        rows = [_aggregate_row(aggregate) for aggregate in aggregates]
+        await self._run(self._write_sync, rows, _AGGREGATE_UPSERT)
+
+    async def query_aggregates(
+        self,
+        *,
+        period: Period,
+        site: str | None = None,
+        instrument: str | None = None,
+        parameter: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[Aggregate]:
+        conditions = ["period = ?"]
+        params: list[Any] = [Period(period).value]
+        for column, wanted in (("site", site), ("instrument", instrument), ("parameter", parameter)):
+            if wanted is not None:
+                conditions.append(f"{column} = ?")
+                params.append(wanted)
+        if start is not None:
+            conditions.append("start_ns >= ?")
+            params.append(to_ns(start))
+        if end is not None:
+            conditions.append("start_ns < ?")
+            params.append(to_ns(end))
+        sql = (
+            f"SELECT {_AGGREGATE_COLUMNS} FROM rollup WHERE {' AND '.join(conditions)} "
+            "ORDER BY start_ns, instrument, parameter, site"
+        )
+        return [_aggregate_from_row(row) for row in await self._run(self._fetch_sync, sql, params)]
+
     # -- everything below runs on the worker thread --------------------------------------------------
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
@@ -187,12 +294,12 @@ class SqliteStore:
             self._connection.close()
             self._connection = None
 
-    def _write_sync(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write_sync(self, rows: list[tuple[Any, ...]], statement: str = _UPSERT) -> None:
         """One transaction per call: a batch is stored whole or not at all."""
         assert self._connection is not None
         self._connection.execute("BEGIN IMMEDIATE")
         try:
-            self._connection.executemany(_UPSERT, rows)
+            self._connection.executemany(statement, rows)
         except BaseException:
             self._connection.execute("ROLLBACK")
             raise

@@ -1,0 +1,434 @@
+"""MRV configuration: rollup rule sets, report settings and emission sources (`[rollup]`, `[[source]]`).
+
+Part of the gateway config (gateway/config.py adds the two sections); kept in its own module so the MRV
+settings, their defaults and their cross-checks live in one place. Errors name the key (cems-mrv.md §2–§4
+for the meaning of each setting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from gateway import mrv
+from gateway.report import ChannelInput, SourceInput
+from gateway.rollup import RULE_SETS, BaseRule, Period, RuleSet
+from gateway.substitution import Method, SubstitutionSpec
+
+__all__ = [
+    "ChannelConfig",
+    "PollutantConfig",
+    "ReportsSection",
+    "RollupSection",
+    "RuleResolver",
+    "RuleSetConfig",
+    "SourceConfig",
+    "check_sources",
+    "find_source",
+    "resolve_mrv_paths",
+    "source_input",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def _check_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as 'Asia/Almaty' or 'UTC')") from None
+    return name
+
+
+class RuleSetConfig(_Strict):
+    """A rule set of your own: a built-in one with some numbers changed (cems-mrv.md §3)."""
+
+    based_on: str = "ied-lcp"
+    base: Literal["30m", "1h"] | None = None
+    minute_min_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    base_rule: BaseRule | None = None
+    base_min_capture: Annotated[float, Field(gt=0, le=1)] | None = None
+    day_max_invalid: Annotated[int, Field(ge=0)] | None = None
+    day_min_capture: Annotated[float, Field(gt=0, le=1)] | None = None
+    long_min_capture: Annotated[float, Field(gt=0, le=1)] | None = None
+    year_max_invalid_days: Annotated[int, Field(ge=0)] | None = None
+    exclude_maintenance: bool | None = None
+    citation: str | None = None
+
+    @field_validator("based_on")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in RULE_SETS:
+            raise ValueError(f"unknown rule set {name!r} (built in: {', '.join(RULE_SETS)})")
+        return name
+
+
+class ReportsSection(_Strict):
+    """Where reports go, and the scheduled feed that writes (and optionally POSTs) them on its own."""
+
+    directory: Path = Field(default=Path("var/reports"), description="reports are written here")
+    schedule: bool = Field(default=False, description="write monthly and annual reports when a period ends")
+    delay_hours: Annotated[float, Field(ge=0, le=24 * 31)] = Field(
+        default=6.0, description="wait this long after a period ends for late data before reporting it"
+    )
+    post_url: str | None = Field(default=None, description="POST each report's JSON here (state platform)")
+    post_token: SecretStr | None = Field(default=None, description="sent as 'Authorization: Bearer TOKEN'")
+    post_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    font: Path | None = Field(default=None, description="a Unicode TTF for the PDF (else DejaVu Sans if installed)")
+
+    @field_validator("post_url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"post_url {url!r} must start with http:// or https://")
+        return url
+
+
+class RollupSection(_Strict):
+    """Rollups (1m, base period, 1d, 1mo, 1y) for every stored series; [[source]] sets a stack's own rules."""
+
+    enabled: bool = True
+    rule_set: str = Field(default="ied-lcp", description="for series no [[source]] names")
+    time_zone: str = Field(default="UTC", description="local calendar of days/months/years for those series")
+    interval: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0, description="seconds between two passes over the periods new data made dirty"
+    )
+    rule_sets: dict[Identifier, RuleSetConfig] = Field(default_factory=dict)
+    reports: ReportsSection = Field(default_factory=ReportsSection)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        return _check_time_zone(name)
+
+    def resolved_rule_sets(self) -> dict[str, RuleSet]:
+        """Built-in rule sets plus those defined here."""
+        resolved = dict(RULE_SETS)
+        for name, custom in self.rule_sets.items():
+            changes = custom.model_dump(exclude_none=True, exclude={"based_on"})
+            if "base" in changes:
+                changes["base"] = Period(changes["base"])
+            resolved[name] = RULE_SETS[custom.based_on].with_changes(name=name, **changes)
+        return resolved
+
+
+Conditions = Literal["standard", "actual"]
+
+
+class ChannelConfig(_Strict):
+    """Where a measured quantity comes from and on which basis it is measured (cems-mrv.md §2)."""
+
+    instrument: Identifier
+    parameter: Identifier
+    unit: str = Field(description="as the readings carry it: mg/m3, ppm, %vol, Nm3/h, degC, kPa, …")
+    wet: bool = Field(default=False, description="measured in wet gas (needs [source.h2o])")
+    conditions: Conditions = Field(default="standard", description="'actual': at duct T and p (needs both)")
+    rule_set: str | None = Field(default=None, description="overrides the source's rule set for this channel")
+    substitution: Method | None = Field(default=None, description="overrides the source's method")
+    conservative: Literal["high", "low"] | None = Field(
+        default=None, description="which side is conservative when substituting (default: high; O2/H2O: low)"
+    )
+    max_potential: float | None = Field(default=None, description="maximum potential value (Part 75; fallback)")
+    min_potential: float = 0.0
+    lookback_hours: Annotated[int, Field(ge=1, le=8760)] | None = Field(
+        default=None, description="Part 75 lookback: 720 (SO2, CO2) or 2160 (NOx, flow) quality-assured hours"
+    )
+
+    def basis(self, species: str | None = None) -> mrv.Basis:
+        return mrv.Basis(self.unit, wet=self.wet, actual_conditions=self.conditions == "actual", species=species)
+
+
+class PollutantConfig(ChannelConfig):
+    name: str | None = Field(default=None, description="as the report shows it, e.g. 'SO2'")
+    species: str | None = Field(default=None, description="for ppm: so2, no, nox (as NO2), co, hcl, … (§2)")
+    elv: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="emission limit value, mg/Nm3 dry at the reference O2"
+    )
+    elv_period: Literal["30m", "1h", "1d"] = Field(default="1d", description="averaging period of the ELV")
+    ci_percent: Annotated[float, Field(ge=0, le=100)] = Field(
+        default=0.0, description="95 % confidence interval as % of the ELV (§3: SO2 20, NOx 20, CO 10, dust 30)"
+    )
+    o2_correction: bool = Field(default=True, description="correct to the reference O2 before the limit check")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.parameter.upper()
+
+
+_DEFAULT_LOOKBACK = {"nox": 2160, "no": 2160, "no2": 2160}
+
+
+class SourceConfig(_Strict):
+    """One stack (emission source) and how its MRV numbers are computed."""
+
+    id: Identifier
+    site: Identifier
+    name: str = ""
+    time_zone: str = Field(default="UTC", description="reports and days/months/years in this local time")
+    monitoring_plan: str = Field(default="", description="reference of the approved monitoring plan")
+    fuel: Literal["solid", "liquid", "gas", "gas-turbine", "engine", "waste"] | None = None
+    reference_o2: Annotated[float, Field(ge=0, lt=21)] | None = Field(
+        default=None, description="% vol dry; default from fuel (§2: solid 6, liquid/gas 3, turbines 15, waste 11)"
+    )
+    o2_guard: Annotated[float, Field(gt=0, le=21)] = mrv.O2_GUARD
+    rule_set: str = "ied-lcp"
+    substitution: Method = Method.MRR
+    agent_config: Path | None = Field(
+        default=None, description="the edge agent's site config: its instruments and profiles enter the config hash"
+    )
+    flow: ChannelConfig
+    o2: ChannelConfig | None = None
+    h2o: ChannelConfig | None = None
+    temperature: ChannelConfig | None = None
+    pressure: ChannelConfig | None = None
+    co2: ChannelConfig | None = None
+    pollutant: list[PollutantConfig] = Field(default_factory=list)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        return _check_time_zone(name)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+    @property
+    def o2_reference(self) -> float | None:
+        if self.reference_o2 is not None:
+            return self.reference_o2
+        return None if self.fuel is None else mrv.REFERENCE_O2[self.fuel]
+
+    def channels(self) -> dict[str, ChannelConfig]:
+        """role → channel: flow, o2, h2o, temperature, pressure, co2 and one per pollutant ('pollutant:so2')."""
+        found: dict[str, ChannelConfig] = {"flow": self.flow}
+        for role in ("o2", "h2o", "temperature", "pressure", "co2"):
+            channel = getattr(self, role)
+            if channel is not None:
+                found[role] = channel
+        for pollutant in self.pollutant:
+            found[f"pollutant:{pollutant.parameter}"] = pollutant
+        return found
+
+    def instruments(self) -> set[str]:
+        return {channel.instrument for channel in self.channels().values()}
+
+    def substitution_spec(self, role: str) -> SubstitutionSpec:
+        channel = self.channels()[role]
+        method = channel.substitution or self.substitution
+        default_low = role in ("o2", "h2o") and method is Method.PART75  # §4: moisture and O2 mirror rules
+        conservative = channel.conservative or ("low" if default_low else "high")
+        lookback = channel.lookback_hours or (2160 if role == "flow" else _DEFAULT_LOOKBACK.get(channel.parameter, 720))
+        return SubstitutionSpec(
+            method=method,
+            conservative=conservative,
+            max_potential=channel.max_potential,
+            min_potential=channel.min_potential,
+            lookback_hours=lookback,
+        )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems: list[str] = []
+        keys: dict[tuple[str, str], str] = {}
+        for role, channel in self.channels().items():
+            key = (channel.instrument, channel.parameter)
+            if key in keys:
+                problems.append(f"{role} and {keys[key]} both name {channel.instrument}/{channel.parameter}")
+            keys[key] = role
+        problems += self._units()
+        limited = [p for p in self.pollutant if p.elv is not None and p.o2_correction]
+        if limited and self.o2_reference is None:
+            problems.append(f"pollutant {limited[0].label} has an elv: set reference_o2 or fuel")
+        if limited and self.o2 is None:
+            problems.append(f"pollutant {limited[0].label} is O2-corrected for its limit: set [source.o2]")
+        for role, channel in self.channels().items():
+            if channel.wet and self.h2o is None:
+                problems.append(f"{role} is measured wet: set [source.h2o]")
+            if channel.conditions == "actual" and (self.temperature is None or self.pressure is None):
+                problems.append(f"{role} is at actual conditions: set [source.temperature] and [source.pressure]")
+        if self.substitution is Method.PART75 or any(c.substitution is Method.PART75 for c in self.channels().values()):
+            for role in self._mass_roles():
+                spec = self.substitution_spec(role)
+                if spec.method is Method.PART75 and spec.conservative == "high" and spec.max_potential is None:
+                    problems.append(f"{role}.max_potential: Part 75 substitution needs the maximum potential value")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _mass_roles(self) -> list[str]:
+        """Channels whose values enter the mass totals, so they are substituted when missing."""
+        roles = ["flow"] + [f"pollutant:{p.parameter}" for p in self.pollutant]
+        if self.co2 is not None:
+            roles.append("co2")
+        channels = self.channels()
+        if any(c.wet for c in channels.values()):
+            roles.append("h2o")
+        if any(c.conditions == "actual" for c in channels.values()):
+            roles += ["temperature", "pressure"]
+        return roles
+
+    def mass_roles(self) -> list[str]:
+        return self._mass_roles()
+
+    def _units(self) -> list[str]:
+        problems = []
+        for pollutant in self.pollutant:
+            where = f"pollutant {pollutant.label}"
+            if pollutant.unit in mrv.VOLUME_RATIO_UNITS:
+                species = (pollutant.species or pollutant.parameter).lower()
+                if species not in mrv.PPM_TO_MG_M3:
+                    problems.append(f"{where}.species: no ppm factor for {species!r} ({', '.join(mrv.PPM_TO_MG_M3)})")
+            elif pollutant.unit not in mrv.CONCENTRATION_UNITS:
+                problems.append(f"{where}.unit {pollutant.unit!r}: use mg/m3, mg/Nm3, ug/m3, ng/m3, ppm or ppb")
+            elif "Nm" in pollutant.unit and pollutant.conditions == "actual":
+                problems.append(f"{where}: unit {pollutant.unit} is at standard conditions, not 'actual'")
+        if self.flow.unit not in mrv.FLOW_UNITS:
+            problems.append(f"flow.unit {self.flow.unit!r}: use {', '.join(mrv.FLOW_UNITS)}")
+        for role in ("co2", "o2", "h2o"):
+            channel = getattr(self, role)
+            if channel is not None and channel.unit not in mrv.PERCENT_UNITS:
+                problems.append(f"{role}.unit {channel.unit!r}: use %vol")
+        return problems
+
+
+def check_sources(rollup: RollupSection, sources: Sequence[SourceConfig]) -> None:
+    """Cross-checks between [rollup] and the [[source]] tables; raises ValueError naming the key."""
+    rule_sets = rollup.resolved_rule_sets()
+    problems = []
+    if rollup.rule_set not in rule_sets:
+        problems.append(f"rollup.rule_set: unknown rule set {rollup.rule_set!r} ({', '.join(rule_sets)})")
+    seen_ids: set[str] = set()
+    owner: dict[tuple[str, str], str] = {}
+    for index, source in enumerate(sources):
+        where = f"source.{index} ({source.id})"
+        if source.id in seen_ids:
+            problems.append(f"{where}: duplicate source id")
+        seen_ids.add(source.id)
+        for instrument in sorted(source.instruments()):
+            other = owner.setdefault((source.site, instrument), source.id)
+            if other != source.id:
+                problems.append(f"{where}: instrument {instrument} already belongs to source {other}")
+        names = {source.rule_set} | {c.rule_set for c in source.channels().values() if c.rule_set}
+        unknown = sorted(names - set(rule_sets))
+        if unknown:
+            problems.append(f"{where}.rule_set: unknown rule set(s) {', '.join(unknown)} ({', '.join(rule_sets)})")
+            continue
+        bases = {rule_sets[name].base for name in names}
+        if len(bases) > 1:
+            problems.append(f"{where}: all channels need the same base period, rule sets give {sorted(bases)}")
+        if source.substitution is Method.PART75 and any(rule_sets[n].base is not Period.HOUR for n in names):
+            problems.append(f"{where}: Part 75 substitution needs hourly base periods")
+        base = rule_sets[source.rule_set].base
+        problems += [
+            f"{where}.pollutant {p.label}.elv_period: {p.elv_period} is neither the base period ({base.value}) nor 1d"
+            for p in source.pollutant
+            if p.elv is not None and p.elv_period not in (base.value, Period.DAY.value)
+        ]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def find_source(sources: Sequence[SourceConfig], source_id: str) -> SourceConfig:
+    """The [[source]] with this id; LookupError naming the known ones otherwise."""
+    for source in sources:
+        if source.id == source_id:
+            return source
+    known = ", ".join(s.id for s in sources) or "none configured"
+    raise LookupError(f"no [[source]] with id {source_id!r} (known: {known})")
+
+
+def resolve_mrv_paths(rollup: RollupSection, sources: Sequence[SourceConfig], base: Path) -> None:
+    """Relative paths (report directory, font, agent configs) are relative to the config file's folder."""
+    reports = rollup.reports
+    if not reports.directory.is_absolute():
+        reports.directory = base / reports.directory
+    if reports.font is not None and not reports.font.is_absolute():
+        reports.font = base / reports.font
+    for source in sources:
+        if source.agent_config is not None and not source.agent_config.is_absolute():
+            source.agent_config = base / source.agent_config
+
+
+@dataclass(frozen=True)
+class RuleResolver:
+    """Which rule set and local calendar a series (site, instrument, parameter) is rolled up with.
+
+    A channel of a [[source]] uses its own rule set, or the source's; any other parameter of a source's
+    instruments uses the source's; everything else the [rollup] defaults.
+    """
+
+    default: tuple[RuleSet, ZoneInfo]
+    by_instrument: dict[tuple[str, str], tuple[RuleSet, ZoneInfo]] = field(default_factory=dict)
+    by_series: dict[tuple[str, str, str], tuple[RuleSet, ZoneInfo]] = field(default_factory=dict)
+
+    def __call__(self, site: str, instrument: str, parameter: str) -> tuple[RuleSet, ZoneInfo]:
+        found = self.by_series.get((site, instrument, parameter))
+        if found is None:
+            found = self.by_instrument.get((site, instrument), self.default)
+        return found
+
+    @classmethod
+    def from_config(cls, rollup: RollupSection, sources: Sequence[SourceConfig]) -> RuleResolver:
+        rule_sets = rollup.resolved_rule_sets()
+        resolver = cls((rule_sets[rollup.rule_set], ZoneInfo(rollup.time_zone)))
+        for source in sources:
+            zone = source.zone
+            for channel in source.channels().values():
+                resolver.by_instrument[(source.site, channel.instrument)] = (rule_sets[source.rule_set], zone)
+            for channel in source.channels().values():
+                name = channel.rule_set or source.rule_set
+                resolver.by_series[(source.site, channel.instrument, channel.parameter)] = (rule_sets[name], zone)
+        return resolver
+
+
+_ROLE_NAMES = {"flow": "Flow", "o2": "O2", "h2o": "H2O", "temperature": "Temperature", "pressure": "Pressure"}
+
+
+def source_input(source: SourceConfig, rule_sets: dict[str, RuleSet]) -> SourceInput:
+    """The plain data the pure report builder needs from a [[source]] table."""
+    mass_roles = set(source.mass_roles())
+    channels = []
+    for role, channel in source.channels().items():
+        pollutant = channel if isinstance(channel, PollutantConfig) else None
+        species = None
+        if pollutant is not None:
+            species = (pollutant.species or pollutant.parameter).lower()
+        elif role == "co2":
+            species = "co2"
+        channels.append(
+            ChannelInput(
+                role=role,
+                name=pollutant.label if pollutant else _ROLE_NAMES.get(role, role.upper()),
+                instrument=channel.instrument,
+                parameter=channel.parameter,
+                basis=channel.basis(species),
+                rules=rule_sets[channel.rule_set or source.rule_set],
+                substitution=source.substitution_spec(role) if role in mass_roles else None,
+                elv=pollutant.elv if pollutant else None,
+                elv_period=pollutant.elv_period if pollutant else "1d",
+                ci_percent=pollutant.ci_percent if pollutant else 0.0,
+                o2_correction=pollutant.o2_correction if pollutant else False,
+            )
+        )
+    return SourceInput(
+        id=source.id,
+        site=source.site,
+        name=source.name,
+        zone_name=source.time_zone,
+        zone=source.zone,
+        monitoring_plan=source.monitoring_plan,
+        reference_o2=source.o2_reference,
+        o2_guard=source.o2_guard,
+        channels=tuple(channels),
+    )

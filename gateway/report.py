@@ -1,0 +1,833 @@
+"""The MRV report of one source (stack) for a year or a month, built from base-period rollups. Pure, no I/O.
+
+cems-mrv.md §7 lists what it holds: the monitoring plan reference and method per parameter, hourly data
+availability per parameter, annual mass totals per pollutant and CO2 (§2), substituted hours with their
+method (§4), limit exceedances with durations (validated values, §3), calibration/maintenance periods, the
+configuration with its hash, and a reproducibility check (totals recomputed from the raw readings).
+
+`MrvReport` is the JSON document (its schema: docs/mrv-report.schema.json, `MrvReport.model_json_schema()`).
+The I/O side (gateway.report_files) queries the store, recomputes from raw data for the check, and writes
+CSV, JSON, XLSX and PDF files.
+
+Decisions where the reference leaves room:
+- substitutes enter the mass totals only; limits are judged on measured valid values alone (§3);
+- a base period's mass uses the hourly means of concentration and flow (EU MRR Art. 43 style), each brought to
+  dry standard conditions first; the O2-corrected value is used for limits only (§2);
+- a monthly report is provisional: its substitutes come from that month's data (the MRR reporting period is
+  the year, so the annual report's substitutes can differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import mrv
+from gateway.rollup import (
+    Aggregate,
+    Period,
+    RuleSet,
+    base_duration,
+    base_starts,
+    day_aggregates,
+    day_bounds,
+    local_date,
+    month_bounds,
+    year_bounds,
+)
+from gateway.substitution import FilledPeriod, Method, Point, SubstitutionSpec, availability_percent, fill, gaps
+
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "ChannelInput",
+    "MrvReport",
+    "build_report",
+    "build_report_with_rows",
+    "config_hash",
+]
+
+REPORT_SCHEMA_VERSION: Final = 1
+OUT_OF_SERVICE_HOURS: Final = 5 * 24
+"""§4 (EU MRR Art. 45): equipment out of service for more than five consecutive days must be reported."""
+TOTALS_TOLERANCE_T: Final = 1e-6
+"""Reproducibility: recomputed and reported totals may differ by at most 1 g (float summation order)."""
+
+
+# -- the document --------------------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReportPeriod(_Model):
+    kind: Literal["year", "month"]
+    year: int
+    month: int | None = Field(default=None, description="1-12 for a monthly report")
+    time_zone: str = Field(description="IANA zone of the local calendar the period follows")
+    start_local: datetime
+    end_local: datetime = Field(description="exclusive")
+    start_utc: datetime
+    end_utc: datetime = Field(description="exclusive")
+    base_period: str = Field(description="averaging period of the hourly data: 1h or 30m")
+    base_periods: int = Field(description="number of base periods in the reporting period")
+    complete: bool = Field(description="false while the period has not ended when the report was generated")
+
+
+class MethodEntry(_Model):
+    role: str = Field(description="flow, o2, h2o, temperature, pressure, co2 or pollutant:NAME")
+    name: str
+    instrument: str
+    parameter: str
+    unit: str
+    basis: str = Field(description="wet/dry and standard/actual conditions as configured")
+    rule_set: str
+    rule_citation: str
+    substitution: str = Field(description="mrr-mean-2sigma, part75, or 'not substituted' (not used for mass)")
+
+
+class MonitoringPlan(_Model):
+    reference: str = Field(description="the approved monitoring plan this report follows")
+    reference_o2_percent: float | None
+    o2_guard_percent: float
+    methods: list[MethodEntry]
+
+
+class ConfigRecord(_Model):
+    sha256: str = Field(description="sha256 of the canonical JSON below (sorted keys, no spaces)")
+    canonical: dict[str, Any] = Field(description="source config, rule sets, factors and instrument profiles used")
+
+
+class Availability(_Model):
+    role: str
+    name: str
+    instrument: str
+    parameter: str
+    unit: str
+    expected_periods: int
+    valid_periods: int
+    maintenance_periods: int = Field(description="invalid because of calibration/maintenance (check_function)")
+    invalid_periods: int = Field(description="present but invalid for another reason")
+    missing_periods: int = Field(description="no data at all")
+    substituted_periods: int
+    availability_percent: float = Field(description="valid / expected × 100 (§4)")
+    capture_excluding_maintenance_percent: float
+    invalid_days: int = Field(description="local days invalid under the rule set (missing days included)")
+
+
+class Total(_Model):
+    name: str
+    parameter: str
+    kind: Literal["pollutant", "co2"]
+    total_t: float = Field(description="Σ base-period kg / 1000 (§2), substitutes included")
+    measured_t: float = Field(description="part from periods with every input measured")
+    substituted_t: float
+    substituted_periods: int
+    unsubstituted_periods: int = Field(description="periods with no value at all: the total is incomplete")
+    complete: bool
+
+
+class SubstitutedRun(_Model):
+    role: str
+    name: str
+    instrument: str
+    parameter: str
+    start_utc: datetime
+    end_utc: datetime = Field(description="exclusive")
+    start_local: datetime
+    periods: int
+    value: float | None = Field(description="the substitute; null when none could be produced")
+    unit: str
+    method: str
+    reason: str = Field(description="why the measured value was not used (first period of the run)")
+
+
+class ExceedanceEvent(_Model):
+    pollutant: str
+    averaging: str = Field(description="1h, 30m or 1d: the ELV's averaging period")
+    start_utc: datetime
+    end_utc: datetime
+    start_local: datetime
+    end_local: datetime
+    duration_hours: float
+    periods: int
+    max_validated: float = Field(description="highest validated value (O2-corrected, CI subtracted), mg/Nm³")
+    elv: float
+    unit: str
+
+
+class PollutantLimit(_Model):
+    pollutant: str
+    elv: float
+    averaging: str
+    ci_percent: float
+    confidence_interval: float
+    valid_periods: int
+    exceedances: int
+    max_validated: float | None
+
+
+class MaintenancePeriod(_Model):
+    instrument: str
+    parameters: list[str]
+    start_utc: datetime
+    end_utc: datetime
+    start_local: datetime
+    end_local: datetime
+    minutes: int = Field(description="minutes invalid because of calibration/maintenance within the span")
+
+
+class Reproducibility(_Model):
+    method: str
+    raw_readings: int
+    periods_compared: int
+    periods_differing: int = Field(description="stored base-period rollups that differ from the raw recomputation")
+    recomputed_totals_t: dict[str, float]
+    max_difference_t: float
+    tolerance_t: float
+    matches: bool
+
+
+class MrvReport(_Model):
+    """Annual or monthly MRV report of one emission source (cems-mrv.md §7)."""
+
+    schema_version: Literal[1] = REPORT_SCHEMA_VERSION
+    generator: str = "aua cems-gateway"
+    generated_at: datetime
+    site: str
+    source: str
+    source_name: str
+    period: ReportPeriod
+    monitoring_plan: MonitoringPlan
+    config: ConfigRecord
+    totals: list[Total]
+    availability: list[Availability]
+    substituted: list[SubstitutedRun]
+    limits: list[PollutantLimit]
+    exceedances: list[ExceedanceEvent]
+    maintenance: list[MaintenancePeriod]
+    warnings: list[str]
+    reproducibility: Reproducibility | None = None
+
+
+# -- inputs --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInput:
+    """One configured channel as the report builder needs it (from gateway.mrv_config.SourceConfig)."""
+
+    role: str
+    name: str
+    instrument: str
+    parameter: str
+    basis: mrv.Basis
+    rules: RuleSet
+    substitution: SubstitutionSpec | None
+    """None: not used for mass, so not substituted (O2, or T/p when nothing is at actual conditions)"""
+    elv: float | None = None
+    elv_period: str = "1d"
+    ci_percent: float = 0.0
+    o2_correction: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInput:
+    id: str
+    site: str
+    name: str
+    zone_name: str
+    zone: tzinfo
+    monitoring_plan: str
+    reference_o2: float | None
+    o2_guard: float
+    channels: tuple[ChannelInput, ...]
+
+    def channel(self, role: str) -> ChannelInput | None:
+        for channel in self.channels:
+            if channel.role == role:
+                return channel
+        return None
+
+    @property
+    def base(self) -> Period:
+        return self.channels[0].rules.base
+
+
+def config_hash(canonical: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON: sorted keys, no whitespace, UTF-8."""
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def canonical_rules(source: SourceInput) -> dict[str, Any]:
+    """The rule sets and §2 factors that shaped the numbers: part of the config hash."""
+    return {
+        "rule_sets": {c.role: {k: str(v) for k, v in asdict(c.rules).items()} for c in source.channels},
+        "substitution": {c.role: asdict(c.substitution) if c.substitution else None for c in source.channels},
+        "factors": {
+            "ppm_to_mg_m3": dict(mrv.PPM_TO_MG_M3),
+            "standard": [mrv.STANDARD_TEMPERATURE_K, mrv.STANDARD_PRESSURE_KPA],
+            "co2_density": mrv.CO2_DENSITY_KG_NM3,
+        },
+    }
+
+
+# -- building ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    starts: list[datetime]
+    step: timedelta
+    hours: float
+
+
+def _grid(source: SourceInput, year: int, month: int | None) -> tuple[datetime, datetime, _Grid]:
+    start, end = month_bounds(year, month, source.zone) if month else year_bounds(year, source.zone)
+    step = base_duration(source.base)
+    return start, end, _Grid(base_starts(start, end, source.base), step, step / timedelta(hours=1))
+
+
+def _points(
+    channel: ChannelInput, aggregates: Sequence[Aggregate], starts: Sequence[datetime], warnings: list[str]
+) -> tuple[list[Point], dict[datetime, Aggregate]]:
+    by_start = {a.start: a for a in aggregates}
+    points = []
+    wrong_units: set[str] = set()
+    for start in starts:
+        found = by_start.get(start)
+        if found is None:
+            points.append(Point(start, None, False, "no data"))
+        elif found.unit and found.unit != channel.basis.unit:
+            wrong_units.add(found.unit)
+            points.append(Point(start, None, False, f"unit {found.unit!r}, configured {channel.basis.unit!r}"))
+        else:
+            points.append(Point(start, found.value, found.valid and found.value is not None, found.reason))
+    if wrong_units:
+        warnings.append(
+            f"{channel.name}: readings in {', '.join(sorted(wrong_units))} but the source says "
+            f"{channel.basis.unit!r}; those periods count as invalid"
+        )
+    return points, by_start
+
+
+def _local(ts: datetime, zone: tzinfo) -> datetime:
+    return ts.astimezone(zone)
+
+
+def _mass_series(
+    source: SourceInput, channel: ChannelInput, filled: Mapping[str, list[FilledPeriod]], grid: _Grid
+) -> list[tuple[float | None, bool, str]]:
+    """(kg, any input substituted, method text) per base period."""
+    flow_channel = source.channel("flow")
+    assert flow_channel is not None
+    bases = (channel.basis, flow_channel.basis)
+    needs = [channel.role, "flow"]
+    wet = any(b.wet for b in bases)
+    actual = any(b.actual_conditions for b in bases)
+    needs += ["h2o"] * wet + ["temperature", "pressure"] * actual
+    percent = channel.basis.kind == "percent"
+    result: list[tuple[float | None, bool, str]] = []
+    for inputs in zip(*(filled[role] for role in needs), strict=True):
+        if any(p.value is None for p in inputs):
+            missing = ", ".join(role for role, p in zip(needs, inputs, strict=True) if p.value is None)
+            result.append((None, False, f"no value for {missing}"))
+            continue
+        value, flow = inputs[0].value, inputs[1].value
+        assert value is not None
+        assert flow is not None
+        extra = {"h2o_percent": inputs[2].value} if wet else {}
+        if actual:
+            extra |= {"temperature_c": inputs[-2].value, "pressure_kpa": inputs[-1].value}
+        try:
+            concentration = mrv.to_dry_standard(value, channel.basis, **extra)
+            flow_std = mrv.flow_to_dry_standard(flow, flow_channel.basis, **extra)
+        except mrv.StandardisationError as error:
+            result.append((None, False, str(error)))
+            continue
+        kg = mrv.mass_kg(concentration, flow_std, hours=grid.hours, percent=percent)
+        if any(p.substituted for p in inputs):
+            methods = "; ".join(f"{role}: {p.method}" for role, p in zip(needs, inputs, strict=True) if p.substituted)
+            result.append((kg, True, methods))
+        else:
+            result.append((kg, False, ""))
+    return result
+
+
+def _limit_series(
+    source: SourceInput,
+    channel: ChannelInput,
+    points: Mapping[str, list[Point]],
+    grid: _Grid,
+) -> list[Aggregate]:
+    """Validated values (§3) per base period, from measured valid data only; invalid with a reason otherwise."""
+    assert channel.elv is not None
+    needs = [channel.role]
+    if channel.o2_correction:
+        needs.append("o2")
+    if channel.basis.wet:
+        needs.append("h2o")
+    if channel.basis.actual_conditions:
+        needs += ["temperature", "pressure"]
+    series: list[Aggregate] = []
+    for index, start in enumerate(grid.starts):
+        inputs = {role: points[role][index] for role in needs}
+        bad = [role for role, p in inputs.items() if not p.valid]
+        value: float | None = None
+        reason = ""
+        if bad:
+            reason = f"invalid {', '.join(bad)}"
+        else:
+            try:
+                measured = inputs[channel.role].value
+                assert measured is not None
+                concentration = mrv.to_dry_standard(
+                    measured,
+                    channel.basis,
+                    h2o_percent=inputs["h2o"].value if "h2o" in inputs else None,
+                    temperature_c=inputs["temperature"].value if "temperature" in inputs else None,
+                    pressure_kpa=inputs["pressure"].value if "pressure" in inputs else None,
+                )
+                if channel.o2_correction:
+                    o2 = inputs["o2"].value
+                    assert o2 is not None
+                    assert source.reference_o2 is not None
+                    concentration = mrv.correct_to_reference_o2(
+                        concentration, o2, source.reference_o2, guard=source.o2_guard
+                    )
+                value = mrv.validated_value(concentration, channel.elv, channel.ci_percent)
+            except mrv.StandardisationError as error:
+                reason = str(error)
+        series.append(
+            Aggregate(
+                source.site,
+                channel.instrument,
+                channel.parameter,
+                source.base,
+                start,
+                value,
+                1 if value is not None else 0,
+                1,
+                value is not None,
+                reason,
+                unit="mg/Nm3",
+            )
+        )
+    return series
+
+
+def _runs(channel: ChannelInput, filled: Sequence[FilledPeriod], grid: _Grid, zone: tzinfo) -> list[SubstitutedRun]:
+    runs: list[SubstitutedRun] = []
+    current: list[FilledPeriod] = []
+
+    def flush() -> None:
+        if current:
+            first = current[0]
+            runs.append(
+                SubstitutedRun(
+                    role=channel.role,
+                    name=channel.name,
+                    instrument=channel.instrument,
+                    parameter=channel.parameter,
+                    start_utc=first.start,
+                    end_utc=current[-1].start + grid.step,
+                    start_local=_local(first.start, zone),
+                    periods=len(current),
+                    value=first.value,
+                    unit=channel.basis.unit,
+                    method=first.method,
+                    reason=first.reason,
+                )
+            )
+            current.clear()
+
+    for period in filled:
+        if period.measured:
+            flush()
+            continue
+        if current and (current[-1].value != period.value or current[-1].method != period.method):
+            flush()
+        current.append(period)
+    flush()
+    return runs
+
+
+def _maintenance(
+    source: SourceInput, by_channel: Mapping[str, dict[datetime, Aggregate]], grid: _Grid
+) -> list[MaintenancePeriod]:
+    per_instrument: dict[str, dict[datetime, tuple[int, set[str]]]] = defaultdict(dict)
+    for channel in source.channels:
+        for start, aggregate in by_channel[channel.role].items():
+            if aggregate.n_maintenance > 0:
+                minutes, names = per_instrument[channel.instrument].get(start, (0, set()))
+                per_instrument[channel.instrument][start] = (
+                    max(minutes, aggregate.n_maintenance),
+                    names | {channel.name},
+                )
+    periods: list[MaintenancePeriod] = []
+    for instrument, hours in sorted(per_instrument.items()):
+        span: list[tuple[datetime, int, set[str]]] = []
+        for start in sorted(hours):
+            if span and span[-1][0] + grid.step != start:
+                periods.append(_maintenance_period(instrument, span, grid, source.zone))
+                span = []
+            span.append((start, *hours[start]))
+        if span:
+            periods.append(_maintenance_period(instrument, span, grid, source.zone))
+    return periods
+
+
+def _maintenance_period(
+    instrument: str, span: Sequence[tuple[datetime, int, set[str]]], grid: _Grid, zone: tzinfo
+) -> MaintenancePeriod:
+    start, end = span[0][0], span[-1][0] + grid.step
+    return MaintenancePeriod(
+        instrument=instrument,
+        parameters=sorted(set().union(*(names for _, _, names in span))),
+        start_utc=start,
+        end_utc=end,
+        start_local=_local(start, zone),
+        end_local=_local(end, zone),
+        minutes=sum(minutes for _, minutes, _ in span),
+    )
+
+
+def _invalid_days(aggregates: Sequence[Aggregate], rules: RuleSet, zone: tzinfo, start: datetime, end: datetime) -> int:
+    first, last = local_date(start, zone), local_date(end - timedelta(microseconds=1), zone)
+    days = {first + timedelta(days=i) for i in range((last - first).days + 1)}
+    valid = {local_date(d.start, zone) for d in day_aggregates(aggregates, rules, zone) if d.valid}
+    return len(days - valid)
+
+
+def _prepare(
+    source: SourceInput,
+    grid: _Grid,
+    *,
+    start: datetime,
+    aggregates: Mapping[str, Sequence[Aggregate]],
+    history: Mapping[str, Sequence[Aggregate]] | None,
+    warnings: list[str],
+) -> tuple[dict[str, list[Point]], dict[str, dict[datetime, Aggregate]], dict[str, list[FilledPeriod]]]:
+    """Per role: the measured grid, the aggregates by start, and the grid filled by substitution (§4)."""
+    points: dict[str, list[Point]] = {}
+    by_start: dict[str, dict[datetime, Aggregate]] = {}
+    filled: dict[str, list[FilledPeriod]] = {}
+    for channel in source.channels:
+        points[channel.role], by_start[channel.role] = _points(
+            channel, aggregates.get(channel.role, ()), grid.starts, warnings
+        )
+        if channel.substitution is None:  # not used for mass: measured values only
+            filled[channel.role] = [
+                FilledPeriod(p.start, p.value, True) if p.valid else FilledPeriod(p.start, None, False, "", p.reason)
+                for p in points[channel.role]
+            ]
+            continue
+        past = (history or {}).get(channel.role, ())
+        history_points: list[Point] = []
+        if past and channel.substitution.method is Method.PART75:
+            first = min(a.start for a in past)
+            history_points, _ = _points(channel, past, base_starts(first, start, source.base), [])
+        filled[channel.role] = fill(points[channel.role], channel.substitution, history=history_points)
+    return points, by_start, filled
+
+
+def _mass_roles(source: SourceInput) -> list[ChannelInput]:
+    """Pollutants, then CO2: the channels with mass totals."""
+    pollutants = [c for c in source.channels if c.role.startswith("pollutant:")]
+    co2 = source.channel("co2")
+    return pollutants + ([co2] if co2 is not None else [])
+
+
+def build_report(
+    source: SourceInput,
+    *,
+    year: int,
+    month: int | None,
+    aggregates: Mapping[str, Sequence[Aggregate]],
+    history: Mapping[str, Sequence[Aggregate]] | None = None,
+    config: ConfigRecord,
+    generated_at: datetime,
+    reproducibility: Reproducibility | None = None,
+) -> MrvReport:
+    """The report of `source` for a year (month None) or a month, from its base-period aggregates by role.
+
+    `history`: base aggregates before the period, by role (Part 75 PMA and lookback; up to 8,760 hours).
+    """
+    report, _, _ = build_report_with_rows(
+        source,
+        year=year,
+        month=month,
+        aggregates=aggregates,
+        history=history,
+        config=config,
+        generated_at=generated_at,
+        reproducibility=reproducibility,
+        rows=False,
+    )
+    return report
+
+
+def build_report_with_rows(
+    source: SourceInput,
+    *,
+    year: int,
+    month: int | None,
+    aggregates: Mapping[str, Sequence[Aggregate]],
+    history: Mapping[str, Sequence[Aggregate]] | None = None,
+    config: ConfigRecord,
+    generated_at: datetime,
+    reproducibility: Reproducibility | None = None,
+    rows: bool = True,
+) -> tuple[MrvReport, list[str], list[list[object]]]:
+    """The report, and the base-period table a verifier checks (every channel's value, validity, substitution
+    method, and the mass per pollutant), from one computation."""
+    start, end, grid = _grid(source, year, month)
+    warnings: list[str] = []
+    points, by_start, filled = _prepare(
+        source, grid, start=start, aggregates=aggregates, history=history, warnings=warnings
+    )
+    mass = {c.role: _mass_series(source, c, filled, grid) for c in _mass_roles(source)}
+    totals = [_total(c, mass[c.role], warnings) for c in _mass_roles(source)]
+
+    availability = [
+        _availability(
+            source, c, points=points[c.role], by_start=by_start[c.role], filled=filled[c.role], start=start, end=end
+        )
+        for c in source.channels
+    ]
+    for entry, channel in zip(availability, source.channels, strict=True):
+        limit = channel.rules.year_max_invalid_days
+        if month is None and limit is not None and entry.invalid_days > limit:
+            warnings.append(
+                f"{channel.name}: {entry.invalid_days} invalid days (> {limit}): the operator must act "
+                f"({channel.rules.citation})"
+            )
+        longest = max((last - first + 1 for first, last in gaps(points[channel.role])), default=0)
+        if longest * grid.hours > OUT_OF_SERVICE_HOURS:
+            warnings.append(
+                f"{channel.name}: no valid data for {longest * grid.hours:g} consecutive hours (> 5 days): "
+                "report the outage (EU MRR Art. 45)"
+            )
+    flow = source.channel("flow")
+    mrr_flow = flow is not None and flow.substitution is not None and flow.substitution.method is Method.MRR
+    if mrr_flow and any(p.substituted for p in filled["flow"]):
+        warnings.append(
+            "flow: missing hours were filled with mean + 2σ; EU MRR Art. 45 asks for a mass or energy balance "
+            "for flue-gas flow (cems-mrv.md §4): replace these substitutes if you have one"
+        )
+
+    limits, events = _limits(source, points, grid)
+    substituted = [
+        run
+        for c in source.channels
+        if c.substitution is not None
+        for run in _runs(c, filled[c.role], grid, source.zone)
+    ]
+    complete = generated_at >= end
+    if not complete:
+        warnings.append("the period has not ended yet: figures are provisional")
+    if month is not None:
+        warnings.append("monthly report: substitutes use this month's data only (provisional; the year decides)")
+    report = MrvReport(
+        generated_at=generated_at,
+        site=source.site,
+        source=source.id,
+        source_name=source.name,
+        period=ReportPeriod(
+            kind="month" if month else "year",
+            year=year,
+            month=month,
+            time_zone=source.zone_name,
+            start_local=_local(start, source.zone),
+            end_local=_local(end, source.zone),
+            start_utc=start,
+            end_utc=end,
+            base_period=source.base.value,
+            base_periods=len(grid.starts),
+            complete=complete,
+        ),
+        monitoring_plan=MonitoringPlan(
+            reference=source.monitoring_plan,
+            reference_o2_percent=source.reference_o2,
+            o2_guard_percent=source.o2_guard,
+            methods=[_method(c) for c in source.channels],
+        ),
+        config=config,
+        totals=totals,
+        availability=availability,
+        substituted=substituted,
+        limits=limits,
+        exceedances=events,
+        maintenance=_maintenance(source, by_start, grid),
+        warnings=warnings,
+        reproducibility=reproducibility,
+    )
+    if not rows:
+        return report, [], []
+    header, table = _hourly_table(source, grid, points, filled, mass)
+    return report, header, table
+
+
+def _method(channel: ChannelInput) -> MethodEntry:
+    return MethodEntry(
+        role=channel.role,
+        name=channel.name,
+        instrument=channel.instrument,
+        parameter=channel.parameter,
+        unit=channel.basis.unit,
+        basis=channel.basis.describe(),
+        rule_set=channel.rules.name,
+        rule_citation=channel.rules.citation,
+        substitution=channel.substitution.method.value if channel.substitution else "not substituted",
+    )
+
+
+def _total(channel: ChannelInput, series: Sequence[tuple[float | None, bool, str]], warnings: list[str]) -> Total:
+    kg = [value for value, _, _ in series if value is not None]
+    measured = [value for value, substituted, _ in series if value is not None and not substituted]
+    substituted = [value for value, was, _ in series if value is not None and was]
+    unsubstituted = sum(1 for value, _, _ in series if value is None)
+    if unsubstituted:
+        warnings.append(
+            f"{channel.name}: {unsubstituted} periods have no value and no substitute: the total is incomplete "
+            "(missing hours are never counted as zero)"
+        )
+    return Total(
+        name=channel.name,
+        parameter=channel.parameter,
+        kind="co2" if channel.role == "co2" else "pollutant",
+        total_t=mrv.total_tonnes(kg),
+        measured_t=mrv.total_tonnes(measured),
+        substituted_t=mrv.total_tonnes(substituted),
+        substituted_periods=len(substituted),
+        unsubstituted_periods=unsubstituted,
+        complete=unsubstituted == 0,
+    )
+
+
+def _availability(
+    source: SourceInput,
+    channel: ChannelInput,
+    *,
+    points: Sequence[Point],
+    by_start: Mapping[datetime, Aggregate],
+    filled: Sequence[FilledPeriod],
+    start: datetime,
+    end: datetime,
+) -> Availability:
+    present = [by_start[p.start] for p in points if p.start in by_start]
+    valid = sum(1 for p in points if p.valid)
+    maintenance = sum(1 for a in present if a.in_maintenance)
+    missing = len(points) - len(present)
+    expected = len(points)
+    basis = expected - maintenance
+    return Availability(
+        role=channel.role,
+        name=channel.name,
+        instrument=channel.instrument,
+        parameter=channel.parameter,
+        unit=channel.basis.unit,
+        expected_periods=expected,
+        valid_periods=valid,
+        maintenance_periods=maintenance,
+        invalid_periods=expected - valid - maintenance - missing,
+        missing_periods=missing,
+        substituted_periods=sum(1 for p in filled if p.substituted),
+        availability_percent=round(availability_percent(points), 4),
+        capture_excluding_maintenance_percent=round(100 * valid / basis, 4) if basis else 0.0,
+        invalid_days=_invalid_days(present, channel.rules, source.zone, start, end),
+    )
+
+
+def _limits(
+    source: SourceInput, points: Mapping[str, list[Point]], grid: _Grid
+) -> tuple[list[PollutantLimit], list[ExceedanceEvent]]:
+    limits: list[PollutantLimit] = []
+    events: list[ExceedanceEvent] = []
+    for channel in source.channels:
+        if channel.elv is None:
+            continue
+        hourly = _limit_series(source, channel, points, grid)
+        if channel.elv_period == Period.DAY.value:
+            days = day_aggregates(hourly, channel.rules, source.zone)
+            periods = [(d.start, day_bounds(local_date(d.start, source.zone), source.zone)[1], d) for d in days]
+        else:
+            periods = [(a.start, a.start + grid.step, a) for a in hourly]
+        judged = [(s, e, a.value if a.valid else None) for s, e, a in periods]
+        found = mrv.exceedances(judged, channel.elv)
+        values = [v for _, _, v in judged if v is not None]
+        limits.append(
+            PollutantLimit(
+                pollutant=channel.name,
+                elv=channel.elv,
+                averaging=channel.elv_period,
+                ci_percent=channel.ci_percent,
+                confidence_interval=mrv.confidence_interval(channel.elv, channel.ci_percent),
+                valid_periods=len(values),
+                exceedances=len(found),
+                max_validated=max(values) if values else None,
+            )
+        )
+        events += [
+            ExceedanceEvent(
+                pollutant=channel.name,
+                averaging=channel.elv_period,
+                start_utc=event.start,
+                end_utc=event.end,
+                start_local=_local(event.start, source.zone),
+                end_local=_local(event.end, source.zone),
+                duration_hours=(event.end - event.start) / timedelta(hours=1),
+                periods=event.periods,
+                max_validated=event.max_value,
+                elv=channel.elv,
+                unit="mg/Nm3",
+            )
+            for event in found
+        ]
+    return limits, events
+
+
+def totals_difference(reported: Sequence[Total], recomputed: Mapping[str, float]) -> float:
+    """Largest |reported − recomputed| over the totals, in t (inf when one side lacks a total)."""
+    if {t.name for t in reported} != set(recomputed):
+        return math.inf
+    return max((abs(t.total_t - recomputed[t.name]) for t in reported), default=0.0)
+
+
+def _hourly_table(
+    source: SourceInput,
+    grid: _Grid,
+    points: Mapping[str, list[Point]],
+    filled: Mapping[str, list[FilledPeriod]],
+    mass: Mapping[str, list[tuple[float | None, bool, str]]],
+) -> tuple[list[str], list[list[object]]]:
+    header = ["start_utc", "start_local"]
+    columns: list[list[object]] = []
+    for channel in source.channels:
+        role_points, role_filled = points[channel.role], filled[channel.role]
+        header += [f"{channel.name} [{channel.basis.unit}]", f"{channel.name} valid", f"{channel.name} method"]
+        columns += [
+            [f.value for f in role_filled],
+            [p.valid for p in role_points],
+            [
+                f.method if f.substituted else ("" if p.valid else p.reason)
+                for f, p in zip(role_filled, role_points, strict=True)
+            ],
+        ]
+    for channel in _mass_roles(source):
+        header.append(f"{channel.name} mass [kg]")
+        columns.append([kg for kg, _, _ in mass[channel.role]])
+    table = [
+        [start.isoformat(), _local(start, source.zone).isoformat(), *(column[index] for column in columns)]
+        for index, start in enumerate(grid.starts)
+    ]
+    return header, table

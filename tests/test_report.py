@@ -1,0 +1,584 @@
+"""MRV reports end to end on real stores: generated raw data → engine → report → CSV, JSON, XLSX, PDF, feed.
+
+The data are three local days (Asia/Almaty) of 1-minute readings for stack1 of config/pavlodar-chp.toml with a
+3-hour analyzer outage, a 30-minute calibration (hour invalid) and a 20-minute one (hour still valid), and SO2
+days above the limit, so every total below can be computed by hand (cems-mrv.md §2, §3, §4, §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import json
+import statistics
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from openpyxl import load_workbook
+from pydantic import ValidationError
+
+from aua_contract import Quality
+from gateway.cli import main as gateway_main
+from gateway.config import GatewayConfig, load_gateway_config
+from gateway.mrv_config import SourceConfig
+from gateway.report import MrvReport
+from gateway.report_files import (
+    SCHEMA_PATH,
+    ReportError,
+    ReportFeed,
+    find_unicode_font,
+    produce_report,
+    transliterate,
+    write_report_files,
+)
+from gateway.rollup import Period
+from gateway.rollup_engine import RollupEngine
+from gateway.stores import Store, StoredReading, open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+ALMATY = ZoneInfo("Asia/Almaty")
+MAY_1 = datetime(2024, 5, 1, tzinfo=ALMATY).astimezone(UTC)
+SITE = "pavlodar-chp"
+
+SOURCE = """
+[[source]]
+id = "stack1"
+site = "pavlodar-chp"
+name = "Дымовая труба №1"
+time_zone = "Asia/Almaty"
+monitoring_plan = "MP-PVL-CHP-01"
+fuel = "solid"
+agent_config = "{agent}"
+flow = {{ instrument = "stack1-flow", parameter = "flow", unit = "Nm3/h" }}
+o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol" }}
+h2o = {{ instrument = "stack1-gas", parameter = "h2o", unit = "%vol" }}
+temperature = {{ instrument = "stack1-flow", parameter = "temperature", unit = "degC" }}
+pressure = {{ instrument = "stack1-flow", parameter = "pressure", unit = "kPa" }}
+co2 = {{ instrument = "stack1-gas", parameter = "co2", unit = "%vol" }}
+[[source.pollutant]]
+instrument = "stack1-gas"
+parameter = "so2"
+name = "SO2"
+unit = "mg/m3"
+elv = 600
+ci_percent = 20
+[[source.pollutant]]
+instrument = "stack1-dust"
+parameter = "dust"
+name = "Dust"
+unit = "mg/m3"
+wet = true
+conditions = "actual"
+elv = 50
+ci_percent = 30
+"""
+
+
+def write_config(folder: Path, store_url: str, *, extra: str = "", source: str = SOURCE) -> Path:
+    path = folder / "gateway.toml"
+    path.write_text(
+        f'[gateway]\nstate = "state.sqlite"\n[store]\nurl = "{store_url}"\n[rollup.reports]\ndirectory = "reports"\n'
+        + extra
+        + source.format(agent=ROOT / "config" / "pavlodar-chp.toml"),
+        encoding="utf-8",
+    )
+    return path
+
+
+def stack_readings(days: int = 3) -> list[StoredReading]:
+    """1-minute data; local day 1 SO2 400, then 600 mg/m³; calibrations and an outage on the gas analyzer."""
+    rows = []
+    for m in range(days * 1440):
+        ts = MAY_1 + timedelta(minutes=m)
+        day, minute_of_day = divmod(m, 1440)
+        quality = Quality.OK
+        if day == 0 and (600 <= minute_of_day < 630 or 840 <= minute_of_day < 860):  # 10:00 (30 min), 14:00 (20 min)
+            quality = Quality.CHECK_FUNCTION
+        if not (day == 1 and 300 <= minute_of_day < 480):  # 05:00-08:00 on day 2: no analyzer data
+            for parameter, value, unit in (
+                ("so2", 400.0 if day == 0 else 600.0, "mg/m3"),
+                ("o2", 9.0, "%vol"),
+                ("h2o", 10.0, "%vol"),
+                ("co2", 10.0, "%vol"),
+            ):
+                rows.append(StoredReading(SITE, "chp-stack1", "stack1-gas", parameter, ts, value, unit, quality))
+        for parameter, value, unit in (
+            ("flow", 500_000.0, "Nm3/h"),
+            ("temperature", 140.0, "degC"),
+            ("pressure", 100.0, "kPa"),
+        ):
+            rows.append(StoredReading(SITE, "chp-stack1", "stack1-flow", parameter, ts, value, unit, Quality.OK))
+        rows.append(StoredReading(SITE, "chp-stack1", "stack1-dust", "dust", ts, 20.0, "mg/m3", Quality.OK))
+    return rows
+
+
+async def load(folder: Path, store_url: str) -> tuple[GatewayConfig, Store, Path]:
+    """The config, an open store holding the three days with their rollups, and the config file."""
+    path = write_config(folder, store_url)
+    config = load_gateway_config(path)
+    store = open_store(config.store.url)
+    await store.open()
+    rows = stack_readings()
+    await store.write(rows)
+    engine = RollupEngine.from_config(config, store)
+    await engine.note_written(rows)
+    await engine.process_dirty()
+    engine.close()
+    return config, store, path
+
+
+@pytest.fixture(params=["sqlite", "influx"])
+async def loaded(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[GatewayConfig, Store, Path]]:
+    """Both stores (the contract): SQLite in tmp_path, a database of its own on the real influxd."""
+    url = (
+        f"sqlite://{tmp_path / 'aua.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("influx_db_url")
+    )
+    config, store, path = await load(tmp_path, url)
+    yield config, store, path
+    await store.close()
+
+
+@pytest.fixture
+async def loaded_sqlite(tmp_path: Path) -> AsyncIterator[tuple[GatewayConfig, Store, Path]]:
+    """For the tests of files and errors, where the store does not matter."""
+    config, store, path = await load(tmp_path, f"sqlite://{tmp_path / 'aua.sqlite'}")
+    yield config, store, path
+    await store.close()
+
+
+# -- the numbers (hand-computed) -----------------------------------------------------------------------------
+
+FLOW = 500_000.0
+SO2_VALID = [400.0] * 23 + [600.0] * 45  # day 1 loses the 10:00 calibration hour, day 2 the 3-hour outage
+SO2_SUBSTITUTE = statistics.mean(SO2_VALID) + 2 * statistics.stdev(SO2_VALID)  # §4 EU MRR Art. 45
+MAY_HOURS = 31 * 24
+DUST_MG_NM3 = 20.0 * (413.15 / 273.15) * (101.3 / 100.0) / 0.9  # §2: actual → standard, wet → dry
+
+
+def test_hand_computed_values() -> None:
+    assert round(SO2_SUBSTITUTE, 4) == 723.0036
+    assert round(DUST_MG_NM3, 4) == 34.0489
+
+
+async def test_monthly_report_totals_equal_hand_computed_values(loaded: tuple[GatewayConfig, Store, Path]) -> None:
+    config, store, _ = loaded
+    produced = await produce_report(config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC))
+    report = produced.report
+    totals = {t.name: t for t in report.totals}
+    # §2: kg/h = mg/Nm³ × Nm³/h × 1e-6; t = Σ kg / 1000; §4: 676 missing hours at mean + 2σ, flow σ = 0
+    so2_measured = (23 * 400.0 + 45 * 600.0) * FLOW * 1e-6 / 1000
+    assert totals["SO2"].measured_t == pytest.approx(so2_measured) == pytest.approx(18.1)
+    assert totals["SO2"].substituted_periods == MAY_HOURS - 68
+    assert totals["SO2"].total_t == pytest.approx(so2_measured + 676 * SO2_SUBSTITUTE * FLOW * 1e-6 / 1000)
+    # §2: CO2 t/h = 10 % / 100 × 500,000 × 1.964 / 1000 = 98.2, every hour (substitutes equal the constant)
+    assert totals["CO2"].total_t == pytest.approx(MAY_HOURS * 98.2)
+    assert totals["CO2"].kind == "co2"
+    assert totals["Dust"].total_t == pytest.approx(MAY_HOURS * DUST_MG_NM3 * FLOW * 1e-6 / 1000)
+    assert all(t.complete for t in report.totals)
+
+    availability = {a.name: a for a in report.availability}
+    so2 = availability["SO2"]
+    assert (so2.expected_periods, so2.valid_periods, so2.maintenance_periods, so2.missing_periods) == (744, 68, 1, 675)
+    assert so2.availability_percent == pytest.approx(100 * 68 / 744, abs=1e-4)
+    assert so2.invalid_days == 28  # May 4-31 have no data
+    assert availability["Flow"].valid_periods == 72
+    assert availability["O2"].substituted_periods == 0  # O2 only corrects for limits: never substituted
+
+    # §3: SO2 validated daily = 600 × 15/12 − 20 % × 600 = 630 > 600 on days 2 and 3; day 1: 380
+    [limit_so2, limit_dust] = report.limits
+    assert (limit_so2.pollutant, limit_so2.valid_periods, limit_so2.max_validated) == ("SO2", 3, pytest.approx(630.0))
+    assert limit_dust.max_validated == pytest.approx(DUST_MG_NM3 * 15 / 12 - 15.0)
+    [event] = report.exceedances
+    assert (event.pollutant, event.averaging, event.duration_hours, event.periods) == ("SO2", "1d", 48.0, 2)
+    assert event.start_local == datetime(2024, 5, 2, tzinfo=ALMATY)
+
+    assert [(m.instrument, m.start_local.hour, m.minutes) for m in report.maintenance] == [
+        ("stack1-gas", 10, 30),
+        ("stack1-gas", 14, 20),
+    ]
+    so2_runs = [s for s in report.substituted if s.name == "SO2"]
+    assert [(r.start_local, r.periods) for r in so2_runs] == [
+        (datetime(2024, 5, 1, 10, tzinfo=ALMATY), 1),
+        (datetime(2024, 5, 2, 5, tzinfo=ALMATY), 3),
+        (datetime(2024, 5, 4, tzinfo=ALMATY), 672),
+    ]
+    assert all(r.value == pytest.approx(SO2_SUBSTITUTE) and "EU MRR Art. 45" in r.method for r in so2_runs)
+    assert so2_runs[0].reason.startswith("30 of 60 minutes valid")
+
+    check = report.reproducibility
+    assert check is not None
+    assert check.matches
+    assert (check.raw_readings, check.periods_differing) == (len(stack_readings()), 0)
+    assert check.recomputed_totals_t == {t.name: t.total_t for t in report.totals}
+    assert any("> 5 days" in w for w in report.warnings)
+    assert any("mass or energy balance" in w for w in report.warnings)
+    assert report.period.complete
+    assert len(report.config.sha256) == 64
+    assert "stack1-gas" in report.config.canonical["agent"]["instruments"]
+
+
+async def test_report_files_are_written_and_readable(
+    loaded_sqlite: tuple[GatewayConfig, Store, Path], tmp_path: Path
+) -> None:
+    config, store, _ = loaded_sqlite
+    produced = await produce_report(config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC))
+    paths = write_report_files(produced, tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    assert names == sorted(
+        [
+            "stack1-2024-05.json",
+            "stack1-2024-05.xlsx",
+            "stack1-2024-05.pdf",
+            *(f"stack1-2024-05-{n}.csv" for n in ("totals", "availability", "limits", "exceedances", "substituted")),
+            "stack1-2024-05-maintenance.csv",
+            "stack1-2024-05-hourly.csv",
+        ]
+    )
+    document = MrvReport.model_validate_json((tmp_path / "out" / "stack1-2024-05.json").read_text(encoding="utf-8"))
+    assert document == produced.report
+    assert document.source_name == "Дымовая труба №1"
+    with (tmp_path / "out" / "stack1-2024-05-hourly.csv").open(encoding="utf-8") as handle:
+        hourly = list(csv.DictReader(handle))
+    assert len(hourly) == MAY_HOURS
+    so2_kg = [float(row["SO2 mass [kg]"]) for row in hourly]
+    assert sum(so2_kg) / 1000 == pytest.approx(produced.report.totals[0].total_t)
+    assert hourly[10]["SO2 valid"] == "False"
+    assert "EU MRR Art. 45" in hourly[10]["SO2 method"]
+    workbook = load_workbook(tmp_path / "out" / "stack1-2024-05.xlsx", read_only=True)
+    assert workbook.sheetnames == [
+        "Summary", "Totals", "Availability", "Limits", "Exceedances", "Substituted", "Maintenance", "Hourly", "Config",
+    ]  # fmt: skip
+    totals = list(workbook["Totals"].iter_rows(values_only=True))
+    assert totals[0][:2] == ("name", "parameter")
+    assert totals[1][0] == "SO2"
+    workbook.close()
+    pdf = (tmp_path / "out" / "stack1-2024-05.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-")
+    # scripts/test installs fonts-dejavu-core: the PDF embeds DejaVu for the Cyrillic name
+    assert find_unicode_font() is not None
+    assert b"DejaVu" in pdf
+
+
+async def test_reproducibility_check_catches_stale_rollups(loaded: tuple[GatewayConfig, Store, Path]) -> None:
+    config, store, _ = loaded
+    [hour] = await store.query_aggregates(
+        period=Period.HOUR, instrument="stack1-gas", parameter="so2", start=MAY_1, end=MAY_1 + timedelta(hours=1)
+    )
+    tampered = dataclasses.replace(hour, value=4000.0)
+    await store.write_aggregates([tampered])
+    report = (await produce_report(config, store, "stack1", year=2024, month=5)).report
+    assert report.reproducibility is not None
+    assert not report.reproducibility.matches
+    assert report.reproducibility.periods_differing == 1
+    assert report.reproducibility.max_difference_t > 0
+    assert any("reproducibility check failed" in w for w in report.warnings)
+
+
+async def test_annual_report_for_the_commented_example_source(tmp_path: Path) -> None:
+    """config/gateway.toml's commented [[source]] for stack1, uncommented, gives an annual report."""
+    text = (ROOT / "config" / "gateway.toml").read_text(encoding="utf-8")
+    head, block = text[: text.index("# [rollup]\n")], text[text.index("# [rollup]\n") :]
+    uncommented = "\n".join(line[2:] if line.startswith("# ") else "" for line in block.splitlines())
+    uncommented = uncommented.replace('"pavlodar-chp.toml"', f'"{ROOT / "config" / "pavlodar-chp.toml"}"')
+    uncommented = uncommented.replace('directory = "../var/reports"', f'directory = "{tmp_path}"')
+    head = head.replace('url = "sqlite:///../var/aua.sqlite"', f'url = "sqlite://{tmp_path / "aua.sqlite"}"')
+    head = head.replace('state = "../var/gateway-state.sqlite"', f'state = "{tmp_path / "state.sqlite"}"')
+    path = tmp_path / "gateway.toml"
+    path.write_text(head + uncommented, encoding="utf-8")
+    config = load_gateway_config(path)
+    assert [s.id for s in config.sources] == ["stack1"]
+    async with open_store(config.store.url) as store:
+        rows = stack_readings(days=1)
+        await store.write(rows)
+        engine = RollupEngine.from_config(config, store)
+        await engine.recompute(MAY_1, MAY_1 + timedelta(days=1))
+        engine.close()
+        produced = await produce_report(config, store, "stack1", year=2024, now=datetime(2025, 1, 2, tzinfo=UTC))
+    report = produced.report
+    assert (report.period.kind, report.period.base_periods) == ("year", 8785)
+    assert [t.name for t in report.totals] == ["SO2", "NOx (as NO2)", "CO", "Dust", "CO2"]
+    assert report.reproducibility is not None
+    assert report.reproducibility.matches
+    nox = next(t for t in report.totals if t.parameter == "nox")
+    assert not nox.complete  # no NOx data at all and no max_potential: never counted as zero
+    assert nox.unsubstituted_periods == 8785
+    assert any("NOx (as NO2): 8785 periods have no value" in w for w in report.warnings)
+    assert any("invalid days (> 10)" in w for w in report.warnings)
+    assert len(produced.hourly_rows) == 8785
+
+
+async def test_part75_source_uses_its_history(tmp_path: Path) -> None:
+    part75 = SOURCE.replace('fuel = "solid"', 'fuel = "solid"\nsubstitution = "part75"\nrule_set = "part75"')
+    part75 = part75.replace('unit = "Nm3/h" }}', 'unit = "Nm3/h", max_potential = 900000 }}')
+    part75 = part75.replace(
+        'parameter = "co2", unit = "%vol" }}', 'parameter = "co2", unit = "%vol", max_potential = 20 }}'
+    )
+    part75 = part75.replace('unit = "mg/m3"\nelv = 600', 'unit = "mg/m3"\nmax_potential = 2000\nelv = 600')
+    part75 = part75.replace('conditions = "actual"', 'conditions = "actual"\nmax_potential = 500')
+    for role in ("h2o", "temperature", "pressure"):
+        part75 = part75.replace(f'parameter = "{role}", unit', f'max_potential = 200, parameter = "{role}", unit')
+    config = load_gateway_config(write_config(tmp_path, f"sqlite://{tmp_path / 'a.sqlite'}", source=part75))
+    async with open_store(config.store.url) as store:
+        rows = stack_readings()
+        await store.write(rows)
+        engine = RollupEngine.from_config(config, store)
+        await engine.recompute(MAY_1, MAY_1 + timedelta(days=3))
+        engine.close()
+        report = (await produce_report(config, store, "stack1", year=2024, month=5)).report
+    runs = {(s.name, s.start_local.day, s.start_local.hour): s for s in report.substituted}
+    # §3 Part 75: the 30-minute calibration hour keeps two valid points ≥ 15 min apart, so it stays valid
+    assert next(a for a in report.availability if a.name == "SO2").valid_periods == 69
+    assert ("SO2", 1, 10) not in runs
+    # §4: PMA 100 %, a 3-hour gap: the average of the hour before and after (600, 600)
+    outage = runs[("SO2", 2, 5)]
+    assert (outage.periods, outage.value) == (3, 600.0)
+    assert "PMA 100.0 %, gap 3 h ≤ 24 h: the average of the hour before and the hour after" in outage.method
+    # §4: PMA 69/72 = 95.8 %, a 672-hour gap: the greater of the lookback's 90th percentile and the hour before
+    tail = runs[("SO2", 4, 0)]
+    assert (tail.periods, tail.value) == (672, 600.0)
+    assert "PMA 95.8 %, gap 672 h > 24 h: the greater of the 90th percentile of 69 lookback hours" in tail.method
+    so2 = next(t for t in report.totals if t.name == "SO2")
+    assert so2.total_t == pytest.approx((24 * 400 + 45 * 600 + 675 * 600) * FLOW * 1e-6 / 1000) == pytest.approx(220.8)
+
+
+async def test_unknown_source_and_bad_month_are_clear_errors(loaded_sqlite: tuple[GatewayConfig, Store, Path]) -> None:
+    config, store, _ = loaded_sqlite
+    with pytest.raises(ReportError, match="no \\[\\[source\\]\\] with id 'stack9' \\(known: stack1\\)"):
+        await produce_report(config, store, "stack9", year=2024)
+    with pytest.raises(ReportError, match="month 13"):
+        await produce_report(config, store, "stack1", year=2024, month=13)
+
+
+# -- schema, PDF fonts ---------------------------------------------------------------------------------------
+
+
+def test_schema_file_matches_the_model() -> None:
+    """docs/mrv-report.schema.json documents the JSON; regenerate with
+    .venv/bin/python -c "from gateway.report_files import write_schema; write_schema()"."""
+    assert json.loads(SCHEMA_PATH.read_text(encoding="utf-8")) == MrvReport.model_json_schema()
+
+
+@pytest.mark.parametrize(
+    ("text", "latin"),
+    [
+        ("Дымовая труба №1", "Dymovaya truba No.1"),
+        ("Павлодарская ТЭЦ-3", "Pavlodarskaya TETs-3"),
+        ("Қазақстан, Өскемен", "Qazaqstan, Oskemen"),
+        ("SO2 ≥ 200 mg/m³, σ", "SO2 >= 200 mg/m³, sigma"),
+    ],
+)
+def test_transliteration_for_pdfs_without_a_unicode_font(text: str, latin: str) -> None:
+    assert transliterate(text) == latin
+    transliterate(text).encode("latin-1")
+
+
+async def test_pdf_without_a_unicode_font_transliterates(
+    loaded_sqlite: tuple[GatewayConfig, Store, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, store, _ = loaded_sqlite
+    produced = await produce_report(config, store, "stack1", year=2024, month=5, check_raw=False)
+    monkeypatch.setattr("gateway.report_files.FONT_CANDIDATES", ())
+    assert find_unicode_font() is None
+    [pdf] = [p for p in write_report_files(produced, tmp_path) if p.suffix == ".pdf"]
+    assert pdf.read_bytes().startswith(b"%PDF-")
+    assert b"DejaVu" not in pdf.read_bytes()
+
+
+def test_a_configured_font_that_is_missing_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=r"font .*missing\.ttf: file not found"):
+        find_unicode_font(tmp_path / "missing.ttf")
+
+
+# -- scheduled feed ------------------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A local HTTP endpoint standing in for the state reporting platform: fails first, then accepts."""
+
+    def __init__(self, failures: int) -> None:
+        self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+        self.failures = failures
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.headers.append(dict(self.headers))
+                if receiver.failures > 0:
+                    receiver.failures -= 1
+                    self.send_response(503)
+                else:
+                    receiver.bodies.append(body)
+                    self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/mrv"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver(failures=1)
+    yield server
+    server.close()
+
+
+async def test_feed_writes_the_finished_month_and_posts_it_until_accepted(tmp_path: Path, receiver: Receiver) -> None:
+    path = write_config(tmp_path, f"sqlite://{tmp_path / 'aua.sqlite'}")
+    text = path.read_text(encoding="utf-8").replace(
+        '[rollup.reports]\ndirectory = "reports"\n',
+        f'[rollup.reports]\ndirectory = "reports"\nschedule = true\ndelay_hours = 6\npost_url = "{receiver.url}"\n'
+        'post_token = "s3cret"\n',
+    )
+    path.write_text(text, encoding="utf-8")
+    config = load_gateway_config(path)
+    clock = [datetime(2024, 6, 1, 5, tzinfo=ALMATY)]  # 5 h after the month ended: not yet (delay 6 h)
+    async with open_store(config.store.url) as store:
+        rows = stack_readings()
+        await store.write(rows)
+        engine = RollupEngine.from_config(config, store)
+        await engine.note_written(rows)  # not processed yet: the feed does it before reporting
+        feed = ReportFeed(config, store, engine=engine, now=lambda: clock[0])
+        assert await feed.tick() == []
+        clock[0] = datetime(2024, 6, 1, 7, tzinfo=ALMATY)
+        first = await feed.tick()
+        assert [(e.period, e.action) for e in first] == [("2024-05", "written"), ("2024-05", "post_failed")]
+        assert "HTTP 503" in first[1].detail
+        assert (tmp_path / "reports" / "stack1-2024-05.pdf").exists()
+        second = await feed.tick()  # the annual 2023 report is skipped: no data in 2023
+        assert [(e.period, e.action) for e in second] == [("2024-05", "posted")]
+        feed.close()
+        restarted = ReportFeed(config, store, engine=engine, now=lambda: clock[0])
+        assert await restarted.tick() == []  # written and posted: nothing again after a restart
+        restarted.close()
+        engine.close()
+    [body] = receiver.bodies
+    posted = MrvReport.model_validate_json(body)
+    assert (posted.source, posted.period.month) == ("stack1", 5)
+    assert posted.reproducibility is not None
+    assert posted.reproducibility.matches
+    assert receiver.headers[-1]["Authorization"] == "Bearer s3cret"
+    assert receiver.headers[-1]["Content-Type"] == "application/json"
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------
+
+
+def test_cli_recompute_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, f"sqlite://{tmp_path / 'aua.sqlite'}")
+
+    async def load() -> None:
+        async with open_store(f"sqlite://{tmp_path / 'aua.sqlite'}") as store:
+            await store.write(stack_readings(days=1))
+
+    asyncio.run(load())
+    arguments = ["rollup", "recompute", str(path), "--from", "2024-05-01T00:00+05:00", "--to", "2024-05-02T00:00+05:00"]
+    assert gateway_main(arguments) == 0
+    assert "recomputed [2024-04-30T19:00:00+00:00, 2024-05-01T19:00:00+00:00)" in capsys.readouterr().out
+    assert gateway_main(arguments) == 0  # idempotent
+    assert gateway_main(["rollup", "status", str(path)]) == 0
+    assert "0 (series, hour) pairs waiting" in capsys.readouterr().out
+    out = tmp_path / "cli-reports"
+    assert (
+        gateway_main(["report", str(path), "--source", "stack1", "--year", "2024", "--month", "5", "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "reproducible from raw data: yes" in printed
+    assert (out / "stack1-2024-05.json").exists()
+    assert gateway_main(["report", str(path), "--source", "nope", "--year", "2024"]) == 1
+    assert "no [[source]] with id 'nope'" in capsys.readouterr().out
+    assert gateway_main(["rollup", "recompute", str(path), "--from", "2024-05-02", "--to", "2024-05-01"]) == 2
+
+
+# -- source config validation (errors name the key) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ('time_zone = "Asia/Almaty"', 'time_zone = "Asia/Nowhere"'),
+            "source.0.time_zone: Value error, unknown time zone",
+        ),
+        (('fuel = "solid"', ""), "pollutant SO2 has an elv: set reference_o2 or fuel"),
+        (
+            ('h2o = {{ instrument = "stack1-gas", parameter = "h2o", unit = "%vol" }}', ""),
+            "dust is measured wet: set [source.h2o]",
+        ),
+        (('name = "SO2"\nunit = "mg/m3"', 'name = "SO2"\nunit = "mg/l"'), "pollutant SO2.unit 'mg/l'"),
+        (
+            ('name = "SO2"\nunit = "mg/m3"', 'name = "SO2"\nunit = "ppm"\nspecies = "xx"'),
+            "pollutant SO2.species: no ppm factor",
+        ),
+        (('fuel = "solid"', 'fuel = "solid"\nsubstitution = "part75"'), "pollutant:so2.max_potential: Part 75"),
+        (
+            ('fuel = "solid"', 'fuel = "solid"\nrule_set = "mine"'),
+            "source.0 (stack1).rule_set: unknown rule set(s) mine",
+        ),
+        (("ci_percent = 20", 'ci_percent = 20\nelv_period = "30m"'), "elv_period: 30m is neither the base period"),
+        (
+            ('parameter = "o2", unit = "%vol"', 'parameter = "co2", unit = "%vol"'),
+            "co2 and o2 both name stack1-gas/co2",
+        ),
+        (('fuel = "solid"', 'fuel = "coal"'), "source.0.fuel: Input should be"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_source_config_errors_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    source = SOURCE.replace(*change)
+    assert source != SOURCE
+    path = write_config(tmp_path, "sqlite:///x.sqlite", source=source)
+    with pytest.raises(Exception, match=message.replace("[", "\\[").replace("(", "\\(").replace(")", "\\)")):
+        load_gateway_config(path)
+
+
+def test_instrument_in_two_sources_is_refused() -> None:
+    document = {
+        "source": [
+            {"id": "a", "site": "s", "flow": {"instrument": "f", "parameter": "flow", "unit": "Nm3/h"}},
+            {"id": "b", "site": "s", "flow": {"instrument": "f", "parameter": "q", "unit": "Nm3/h"}},
+        ]
+    }
+    with pytest.raises(ValidationError, match="instrument f already belongs to source a"):
+        GatewayConfig.model_validate(document)
+
+
+def test_substitution_defaults_follow_the_domain_reference() -> None:
+    """§4: Part 75 lookback 720 h for SO2/CO2, 2,160 h for NOx and flow; O2 and moisture mirror (low)."""
+    source = SourceConfig.model_validate(
+        {
+            "id": "a",
+            "site": "s",
+            "substitution": "part75",
+            "flow": {"instrument": "f", "parameter": "flow", "unit": "Nm3/h", "max_potential": 1},
+            "h2o": {"instrument": "g", "parameter": "h2o", "unit": "%vol"},
+            "pollutant": [
+                {"instrument": "g", "parameter": "so2", "unit": "mg/m3", "max_potential": 1},
+                {"instrument": "g", "parameter": "nox", "unit": "mg/m3", "max_potential": 1, "wet": True},
+            ],
+        }
+    )
+    assert source.substitution_spec("flow").lookback_hours == 2160
+    assert source.substitution_spec("pollutant:so2").lookback_hours == 720
+    assert source.substitution_spec("pollutant:nox").lookback_hours == 2160
+    assert source.substitution_spec("h2o").conservative == "low"
+    assert source.substitution_spec("pollutant:so2").conservative == "high"

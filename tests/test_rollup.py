@@ -1,0 +1,395 @@
+"""Rollups (gateway/rollup.py): validity rules of cems-mrv.md §3, table-driven, plus properties.
+
+Each case names the rule it checks; the hypothesis properties pin what must hold for any data: weighted sums
+of rollups equal the sums of the valid data below them, and the order samples arrive in changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aua_contract import Quality
+from gateway.rollup import (
+    RULE_SETS,
+    Aggregate,
+    BaseRule,
+    Period,
+    RuleSet,
+    base_aggregates,
+    base_aggregates_from_samples,
+    base_starts,
+    day_aggregates,
+    day_bounds,
+    floor_base,
+    minute_aggregates,
+    month_aggregates,
+    year_aggregates,
+    year_bounds,
+)
+
+T0 = datetime(2024, 5, 1, 0, 0, tzinfo=UTC)
+ALMATY = ZoneInfo("Asia/Almaty")
+IED = RULE_SETS["ied-lcp"]
+PART75 = RULE_SETS["part75"]
+AMBIENT = RULE_SETS["ambient"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    site: str
+    instrument: str
+    parameter: str
+    ts: datetime
+    value: float | None
+    unit: str = "mg/m3"
+    quality: Quality = Quality.OK
+
+
+def sample(ts: datetime, value: float | None = 1.0, quality: Quality = Quality.OK, **changes: str) -> Sample:
+    fields = {"site": "s", "instrument": "gas", "parameter": "so2", "unit": "mg/m3", **changes}
+    return Sample(fields["site"], fields["instrument"], fields["parameter"], ts, value, fields["unit"], quality)
+
+
+def minute(offset: int, value: float | None = 10.0, *, valid: bool = True, maintenance: int = 0) -> Aggregate:
+    return Aggregate(
+        "s", "gas", "so2", Period.MINUTE, T0 + timedelta(minutes=offset), value, 1 if valid else 0, 1, valid,
+        "" if valid else "x", maintenance, "mg/m3",
+    )  # fmt: skip
+
+
+def hour(
+    offset: int, value: float | None = 10.0, *, valid: bool = True, maintenance: int = 0, start: datetime = T0
+) -> Aggregate:
+    return Aggregate(
+        "s", "gas", "so2", Period.HOUR, start + timedelta(hours=offset), value, 60 if valid else 0, 60, valid,
+        "" if valid else "x", maintenance, "mg/m3",
+    )  # fmt: skip
+
+
+# -- 1 minute from raw samples (§3: averages use only valid samples) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("qualities", "valid", "value", "n_valid", "reason"),
+    [
+        (["ok"] * 60, True, 1.0, 60, ""),
+        (["ok"] * 30 + ["check_function"] * 30, True, 1.0, 30, ""),
+        (["ok"] * 29 + ["check_function"] * 31, False, 1.0, 29, "29 of 60 samples usable (< 50 %)"),
+        (["check_function"] * 60, False, None, 0, "no usable sample (60 check_function)"),
+        (["failure"] * 2 + ["out_of_range"], False, None, 0, "no usable sample (2 failure, 1 out_of_range)"),
+        (["out_of_specification", "maintenance_required", "spike"], True, 1.0, 3, ""),
+    ],
+    ids=[
+        "§3 all ok",
+        "§3 check_function excluded, half left is enough",
+        "§3 below the minute fraction",
+        "§3 calibration minute is invalid",
+        "§3 failure and out_of_range excluded",
+        "§3 NE107 out_of_spec and maintenance_required are used, flagged",
+    ],
+)
+def test_minute_validity(qualities: list[str], valid: bool, value: float | None, n_valid: int, reason: str) -> None:
+    samples = [sample(T0 + timedelta(seconds=i), 1.0, Quality(q)) for i, q in enumerate(qualities)]
+    [got] = minute_aggregates(samples, min_fraction=0.5)
+    assert (got.valid, got.value, got.n_valid, got.n_expected, got.reason) == (
+        valid,
+        value,
+        n_valid,
+        len(qualities),
+        reason,
+    )
+    assert got.n_maintenance == qualities.count("check_function")
+
+
+def test_minute_mean_uses_only_usable_samples_with_a_value() -> None:
+    """§3: the calibration gas value (check_function) must not pull the average."""
+    samples = [
+        sample(T0, 100.0),
+        sample(T0 + timedelta(seconds=10), 200.0),
+        sample(T0 + timedelta(seconds=20), 9999.0, Quality.CHECK_FUNCTION),
+        sample(T0 + timedelta(seconds=30), None, Quality.OK),
+    ]
+    [got] = minute_aggregates(samples)
+    assert got.value == 150.0
+    assert (got.n_valid, got.n_expected) == (2, 4)
+
+
+def test_minutes_in_different_units_are_not_averaged() -> None:
+    [got] = minute_aggregates([sample(T0, 1.0), sample(T0 + timedelta(seconds=1), 1.0, unit="ppm")])
+    assert not got.valid
+    assert got.reason == "samples in different units: mg/m3, ppm"
+
+
+def test_minutes_split_by_series_and_minute() -> None:
+    got = minute_aggregates(
+        [
+            sample(T0 + timedelta(seconds=59), 1.0),
+            sample(T0 + timedelta(seconds=60), 2.0),
+            sample(T0, 3.0, parameter="nox"),
+        ]
+    )
+    assert [(a.parameter, a.start, a.value) for a in got] == [
+        ("nox", T0, 3.0),
+        ("so2", T0, 1.0),
+        ("so2", T0 + timedelta(minutes=1), 2.0),
+    ]
+
+
+# -- base periods (§3) ---------------------------------------------------------------------------------------
+
+
+def _minutes(valid_offsets: set[int], maintenance: frozenset[int] | set[int] = frozenset()) -> list[Aggregate]:
+    return [
+        minute(m, 10.0 + m, valid=m in valid_offsets, maintenance=1 if m in maintenance else 0)
+        for m in range(60)
+        if m in valid_offsets or m in maintenance
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rules", "valid_minutes", "maintenance", "valid", "reason"),
+    [
+        (IED, set(range(40)), set(), True, ""),
+        (IED, set(range(39)), set(), False, "39 of 60 minutes valid (< 66.67 %)"),
+        (IED, set(range(39)), set(range(39, 60)), False, "39 of 60 minutes valid (< 66.67 %); 21 in maintenance"),
+        (RULE_SETS["mrr"], set(range(47)), set(), False, "47 of 60 minutes valid (< 80 %)"),
+        (RULE_SETS["mrr"], set(range(48)), set(), True, ""),
+        (AMBIENT, set(range(45)), set(), True, ""),
+        (AMBIENT, set(range(44)), set(), False, "44 of 60 minutes valid (< 75 %)"),
+        (AMBIENT, set(range(38)), set(range(38, 60)), True, ""),
+        (PART75, {0, 15, 30, 45}, set(), True, ""),
+        (PART75, set(range(45)), set(), False, "no valid minute in quadrant(s) 4 of the hour"),
+        (PART75, {5, 20}, set(range(30, 60)), True, ""),
+        (PART75, {5, 19}, set(range(30, 60)), False, "maintenance hour without two valid minutes ≥ 15 min apart"),
+        (IED, set(), set(range(60)), False, "no valid minutes (60 in maintenance)"),
+    ],
+    ids=[
+        "§3 IED 40/60 = 2/3 valid",
+        "§3 IED 39/60 invalid",
+        "§3 IED calibration counts against the hour",
+        "§3 MRR Art. 44 80 %: 47/60 invalid",
+        "§3 MRR Art. 44 80 %: 48/60 valid",
+        "§3 ambient 75 % capture: 45/60 valid",
+        "§3 ambient 44/60 invalid",
+        "§3 ambient capture excludes maintenance: 38/38 valid",
+        "§3 Part 75 one valid minute per quadrant",
+        "§3 Part 75 empty fourth quadrant",
+        "§3 Part 75 maintenance hour, two points 15 min apart",
+        "§3 Part 75 maintenance hour, points 14 min apart",
+        "§3 all minutes in calibration",
+    ],
+)
+def test_base_period_validity(
+    rules: RuleSet, valid_minutes: set[int], maintenance: set[int], valid: bool, reason: str
+) -> None:
+    [got] = base_aggregates(_minutes(valid_minutes, maintenance), rules)
+    assert got.valid is valid
+    assert got.reason.startswith(reason)
+    assert got.n_valid == len(valid_minutes)
+    assert got.n_expected == 60
+    assert got.n_maintenance == len(maintenance - valid_minutes)
+    if valid_minutes:
+        assert got.value == pytest.approx(sum(10.0 + m for m in valid_minutes) / len(valid_minutes))
+
+
+def test_half_hour_base_for_waste_incineration() -> None:
+    """§3 (IED Annex VI): half-hourly averages; 20 of 30 minutes = 2/3 valid."""
+    rules = RULE_SETS["ied-wi"]
+    minutes = [minute(m) for m in range(20)] + [minute(m) for m in range(30, 49)]
+    first, second = base_aggregates(minutes, rules)
+    assert (first.period, first.start, first.valid, first.n_expected) == (Period.HALF_HOUR, T0, True, 30)
+    assert (second.start, second.valid) == (T0 + timedelta(minutes=30), False)
+
+
+def test_invalid_period_keeps_its_partial_mean_but_says_invalid() -> None:
+    [got] = base_aggregates([minute(m, 5.0) for m in range(10)], IED)
+    assert (got.valid, got.value, got.n_valid) == (False, 5.0, 10)
+
+
+def test_rule_sets_are_data_and_checked() -> None:
+    custom = IED.with_changes(name="mine", base_min_capture=0.8)
+    assert custom.base_min_capture == 0.8
+    assert IED.base_min_capture == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="quadrant rule"):
+        RuleSet(name="x", citation="", base=Period.HALF_HOUR, base_rule=BaseRule.QUADRANTS)
+    with pytest.raises(ValueError, match="base must be"):
+        RuleSet(name="x", citation="", base=Period.DAY)
+
+
+# -- days, months, years in local time (§3) ------------------------------------------------------------------
+
+
+def _day(invalid_hours: int, *, rules: RuleSet = IED, missing: int = 0) -> Aggregate:
+    start = day_bounds(datetime(2024, 5, 1).date(), ALMATY)[0]
+    hours = [hour(h, valid=h >= invalid_hours, start=start) for h in range(24 - missing)]
+    [got] = day_aggregates(hours, rules, ALMATY)
+    return got
+
+
+@pytest.mark.parametrize(
+    ("invalid", "missing", "rules", "valid"),
+    [
+        (3, 0, IED, True),
+        (4, 0, IED, False),
+        (2, 2, IED, False),
+        (5, 0, RULE_SETS["ied-wi"].with_changes(base=Period.HOUR), True),
+        (6, 0, AMBIENT, True),
+        (7, 0, AMBIENT, False),
+    ],
+    ids=[
+        "§3 IED LCP: 3 invalid hours, day valid",
+        "§3 IED LCP: > 3 invalid hours, day invalid",
+        "§3 missing hours count as invalid",
+        "§3 IED WI: up to 5 discarded",
+        "§3 ambient 24-h: 18/24 = 75 %",
+        "§3 ambient 24-h: 17/24 < 75 %",
+    ],
+)
+def test_day_validity(invalid: int, missing: int, rules: RuleSet, valid: bool) -> None:
+    got = _day(invalid, rules=rules, missing=missing)
+    assert got.valid is valid
+    assert got.n_expected == 24
+    assert got.n_valid == 24 - invalid - missing
+
+
+def test_days_follow_local_time_almaty_utc5() -> None:
+    """Reports are in local time: Asia/Almaty is UTC+5 since 2024-03-01, so a local day starts at 19:00 UTC."""
+    start, end = day_bounds(datetime(2024, 5, 1).date(), ALMATY)
+    assert (start, end) == (datetime(2024, 4, 30, 19, tzinfo=UTC), datetime(2024, 5, 1, 19, tzinfo=UTC))
+    hours = [hour(h, start=datetime(2024, 4, 30, 18, tzinfo=UTC)) for h in range(3)]
+    days = day_aggregates(hours, IED, ALMATY)
+    assert [(d.start, d.n_valid) for d in days] == [
+        (datetime(2024, 4, 29, 19, tzinfo=UTC), 1),
+        (datetime(2024, 4, 30, 19, tzinfo=UTC), 2),
+    ]
+
+
+def test_the_day_almaty_moved_to_utc5_has_25_hours() -> None:
+    start, end = day_bounds(datetime(2024, 2, 29).date(), ALMATY)
+    assert end - start == timedelta(hours=25)
+    assert len(base_starts(start, end, Period.HOUR)) == 25
+    year_start, year_end = year_bounds(2024, ALMATY)
+    assert len(base_starts(year_start, year_end, Period.HOUR)) == 8784 + 1
+
+
+def test_month_and_year_weigh_days_by_valid_hours() -> None:
+    """The month mean is the mean of its valid hours, however they are spread over days."""
+    first = day_bounds(datetime(2024, 5, 1).date(), ALMATY)[0]
+    hours = [hour(h, 10.0, start=first) for h in range(24)] + [hour(24 + h, 40.0, start=first) for h in range(6)]
+    days = day_aggregates(hours, IED, ALMATY)
+    [month] = month_aggregates(days, IED, ALMATY)
+    assert month.value == pytest.approx((24 * 10 + 6 * 40) / 30)
+    assert (month.n_valid, month.n_expected) == (30, 31 * 24)
+    [year] = year_aggregates(days, IED, ALMATY)
+    assert not year.valid
+    assert "365 invalid or missing days (> 10: the operator must act)" in year.reason
+
+
+def test_ambient_annual_mean_needs_90_percent() -> None:
+    """§3: an annual mean needs ≥ 90 % data capture (maintenance excluded)."""
+    start, end = year_bounds(2023, UTC)
+    starts = base_starts(start, end, Period.HOUR)
+    keep = math.ceil(0.9 * len(starts))
+    hours = [hour(0, start=s) for s in starts[:keep]]
+    days = day_aggregates(hours, AMBIENT, UTC)
+    [year] = year_aggregates(days, AMBIENT, UTC)
+    assert year.valid, year.reason
+    [short] = year_aggregates(day_aggregates(hours[:-1], AMBIENT, UTC), AMBIENT, UTC)
+    assert not short.valid
+    assert "< 90 %" in short.reason
+
+
+def test_floor_base() -> None:
+    ts = datetime(2024, 5, 1, 13, 47, 12, 5, tzinfo=UTC)
+    assert floor_base(ts, Period.HOUR) == datetime(2024, 5, 1, 13, tzinfo=UTC)
+    assert floor_base(ts, Period.HALF_HOUR) == datetime(2024, 5, 1, 13, 30, tzinfo=UTC)
+    assert floor_base(ts, Period.MINUTE) == datetime(2024, 5, 1, 13, 47, tzinfo=UTC)
+
+
+# -- properties ----------------------------------------------------------------------------------------------
+
+_QUALITIES = st.sampled_from([Quality.OK] * 6 + [Quality.CHECK_FUNCTION, Quality.FAILURE, Quality.SPIKE])
+_SAMPLES = st.lists(
+    st.tuples(
+        st.integers(0, 3 * 3600 - 1),  # seconds into a 3-hour window
+        st.sampled_from(["so2", "o2"]),
+        st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
+        _QUALITIES,
+    ),
+    max_size=400,
+    unique_by=lambda item: (item[0], item[1]),
+)
+
+
+def _to_samples(items: list[tuple[int, str, float | None, Quality]]) -> list[Sample]:
+    return [sample(T0 + timedelta(seconds=s), v, q, parameter=p) for s, p, v, q in items]
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=_SAMPLES, seed=st.integers(0, 2**32))
+def test_property_arrival_order_does_not_change_any_rollup(
+    items: list[tuple[int, str, float | None, Quality]], seed: int
+) -> None:
+    """§3 + the issue: order of arrival does not change results (fsum makes means exact)."""
+    samples = _to_samples(items)
+    shuffled = samples[:]
+    random.Random(seed).shuffle(shuffled)
+    assert minute_aggregates(shuffled) == minute_aggregates(samples)
+    assert base_aggregates(minute_aggregates(shuffled), IED) == base_aggregates(minute_aggregates(samples), IED)
+    assert base_aggregates_from_samples(shuffled, PART75) == base_aggregates(minute_aggregates(samples), PART75)
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=_SAMPLES)
+def test_property_rollup_sums_equal_the_sums_of_the_valid_data_below(
+    items: list[tuple[int, str, float | None, Quality]],
+) -> None:
+    """value × n_valid of every rollup = the sum of the valid values it was built from, at every level."""
+    samples = _to_samples(items)
+    minutes = minute_aggregates(samples)
+    usable = math.fsum(s.value for s in samples if s.quality.usable and s.value is not None)
+    assert math.fsum(m.value * m.n_valid for m in minutes if m.value is not None) == pytest.approx(usable, abs=1e-6)
+    assert sum(m.n_valid for m in minutes) == sum(1 for s in samples if s.quality.usable and s.value is not None)
+    hours = base_aggregates(minutes, IED)
+    for h in hours:
+        children = [m for m in minutes if m.series == h.series and floor_base(m.start, Period.HOUR) == h.start]
+        valid_values = [m.value for m in children if m.valid and m.value is not None]
+        assert h.n_valid == len(valid_values) <= h.n_expected
+        assert (h.value or 0.0) * h.n_valid == pytest.approx(math.fsum(valid_values), rel=1e-9, abs=1e-6)
+        if h.valid:
+            assert h.n_valid * 3 >= 2 * h.n_expected
+    days = day_aggregates(hours, IED, ALMATY)
+    for series in {h.series for h in hours}:
+        own_hours = [h for h in hours if h.series == series and h.valid and h.value is not None]
+        own_days = [d for d in days if d.series == series]
+        assert sum(d.n_valid for d in own_days) == len(own_hours)
+        assert math.fsum((d.value or 0.0) * d.n_valid for d in own_days) == pytest.approx(
+            math.fsum(h.value or 0.0 for h in own_hours), rel=1e-9, abs=1e-6
+        )
+
+
+@settings(max_examples=40, deadline=None)
+@given(items=_SAMPLES)
+def test_property_recomputing_is_idempotent_and_chunk_independent(
+    items: list[tuple[int, str, float | None, Quality]],
+) -> None:
+    """Rolling up hour by hour (as late data does) gives what one pass over everything gives."""
+    samples = _to_samples(items)
+    whole = base_aggregates(minute_aggregates(samples), IED)
+    by_hour = [
+        aggregate
+        for h in range(3)
+        for aggregate in base_aggregates(
+            minute_aggregates([s for s in samples if floor_base(s.ts, Period.HOUR) == T0 + timedelta(hours=h)]), IED
+        )
+    ]
+    assert sorted(by_hour, key=lambda a: a.key) == whole
+    assert base_aggregates(minute_aggregates(samples), IED) == whole
