@@ -13,21 +13,25 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from aua_contract import Batch, Quality
 from aua_demo.broker import embedded_broker, free_port
-from aua_demo.sites import demo_sites, relocate
+from aua_demo.sites import CONFIG_DIR, demo_sites, relocate
 from edge_agent.config import LoadedConfig
 from edge_agent.poller import Agent
-from edge_agent.simulator import simulator_for_config
-from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
+from edge_agent.simulator import Incidents, simulator_for_config
+from gateway.alerts import AlertEngine
+from gateway.config import GatewayConfig, load_gateway_config
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
-from gateway.stores import open_store
-
-HG_DAILY_LIMIT_NG_M3 = 300.0  # ПДК daily mean for gaseous mercury, cems-mrv.md §5
+from gateway.report_files import produce_report, write_report_files
+from gateway.rollup import Period
+from gateway.rollup_engine import RollupEngine
+from gateway.stores import Store, open_store
 
 # What the live view shows per site: (instrument suffix, parameter) pairs.
 HEADLINE = ("so2", "nox", "co", "dust", "o2", "flow", "pm25", "pm10", "hg", "wind_speed")
@@ -47,30 +51,17 @@ def _headline(batch: Batch) -> str:
 
 
 class LiveView:
-    """Prints what arrives at the gateway, one line per batch, and calls out mercury above the ПДК."""
+    """Prints what arrives at the gateway, one line per batch (alerts print themselves, via the console notifier)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.hg_over: set[str] = set()
 
     def __call__(self, batch: Batch) -> None:
+        if self.quiet:
+            return
         stamp = batch.sent_at.astimezone(UTC).strftime("%H:%M:%S")
-        if not self.quiet:
-            count = len(batch.readings)
-            print(f"{stamp} {batch.site}/{batch.agent} #{batch.seq:<4} {count:>2} readings  {_headline(batch)}")
-        for reading in batch.readings:
-            if reading.parameter != "hg" or reading.value is None:
-                continue
-            over = reading.value > HG_DAILY_LIMIT_NG_M3
-            if over and reading.instrument not in self.hg_over:
-                self.hg_over.add(reading.instrument)
-                print(
-                    f"{stamp} !! {reading.instrument}: gaseous mercury {reading.value:.0f} ng/m³ is above "
-                    f"the daily ПДК of {HG_DAILY_LIMIT_NG_M3:.0f} ng/m³"
-                )
-            elif not over and reading.instrument in self.hg_over:
-                self.hg_over.discard(reading.instrument)
-                print(f"{stamp} ok {reading.instrument}: gaseous mercury back to {reading.value:.1f} ng/m³")
+        count = len(batch.readings)
+        print(f"{stamp} {batch.site}/{batch.agent} #{batch.seq:<4} {count:>2} readings  {_headline(batch)}")
 
 
 async def _wait_drained(agents: list[Agent], ledger: Ledger, within_s: float) -> None:
@@ -84,7 +75,44 @@ async def _wait_drained(agents: list[Agent], ledger: Ledger, within_s: float) ->
         await asyncio.sleep(0.2)
 
 
-DEMO_FILES = ("outbox-*.sqlite*", "aua.sqlite*", "gateway-state.sqlite*")
+DEMO_CONFIG = CONFIG_DIR / "demo-gateway.toml"
+
+
+def demo_gateway_config(workdir: Path, broker_host: str, broker_port: int, store_url: str) -> GatewayConfig:
+    """config/demo-gateway.toml, moved onto the demo's broker, store and scratch folder."""
+    config = load_gateway_config(DEMO_CONFIG)
+    config.gateway.state = workdir / "gateway-state.sqlite"
+    config.mqtt.host, config.mqtt.port = broker_host, broker_port
+    config.store.url = store_url
+    config.rollup.reports.directory = workdir / "reports"
+    return config
+
+
+async def monthly_report(config: GatewayConfig, store: Store, rollups: RollupEngine) -> list[Path]:
+    """Roll up what arrived and write this month's MRV report of the stack (CSV, JSON, XLSX, PDF)."""
+    while await rollups.pending():
+        await rollups.process_dirty()
+    for instrument, parameter in (("stack1-gas", "so2"), ("pvl1-hg", "hg")):
+        minutes = await store.query_aggregates(period=Period.MINUTE, instrument=instrument, parameter=parameter)
+        valid = [m for m in minutes if m.valid]
+        if valid:
+            print(
+                f"  {instrument} {parameter}: {len(valid)} of {len(minutes)} 1-minute averages valid, "
+                f"last {valid[-1].value:.4g} {valid[-1].unit}"
+            )
+    source = config.sources[0]
+    now = datetime.now(ZoneInfo(source.time_zone))
+    produced = await produce_report(config, store, source.id, year=now.year, month=now.month, workers=1)
+    report = produced.report
+    for total in report.totals:
+        state = "complete" if total.complete else "incomplete: the rest of the month has no data yet"
+        print(f"  {report.source} {now:%Y-%m} {total.name}: {total.measured_t * 1000:.3f} kg measured ({state})")
+    if report.reproducibility is not None:
+        print(f"  recomputed from raw data: {'same totals' if report.reproducibility.matches else 'DIFFERENT'}")
+    return write_report_files(produced, config.rollup.reports.directory)
+
+
+DEMO_FILES = ("outbox-*.sqlite*", "aua.sqlite*", "gateway-state*.sqlite*", "reports/*")
 
 
 def fresh_workdir(workdir: Path) -> None:
@@ -109,20 +137,22 @@ async def run_demo(seconds: float | None, workdir: Path, quiet: bool) -> int:
             sites.append(
                 relocate(loaded, broker_host=broker.host, broker_port=broker.port, ports=ports, workdir=workdir)
             )
-        simulators = [simulator_for_config(site, demo=True) for site in sites]
+        # A short mercury episode 10 s in, so a 60 s demo shows an alert firing and resolving.
+        incidents = replace(
+            Incidents.demo(time.time()), demo_hg_episode_at=time.time() + 10, demo_hg_episode_seconds=35
+        )
+        simulators = [simulator_for_config(site, incidents=incidents) for site in sites]
         for simulator in simulators:
             await simulator.start()
-        store_url = f"sqlite:///{(workdir / 'aua.sqlite').resolve()}".replace("sqlite:////", "sqlite:///")
-        gateway_config = GatewayConfig(
-            gateway=GatewaySection(id="demo-gateway", state=workdir / "gateway-state.sqlite"),
-            mqtt=MqttSection(host=broker.host, port=broker.port),
-            store=StoreSection(url=store_url),
-        )
+        store_url = f"sqlite://{(workdir / 'aua.sqlite').resolve()}"
+        gateway_config = demo_gateway_config(workdir, broker.host, broker.port, store_url)
         store = open_store(gateway_config.store.url)
         await store.open()
         ledger = Ledger(gateway_config.gateway.state)
         view = LiveView(quiet)
-        ingest = Ingest(gateway_config, store, ledger, on_batch=view)
+        alerts = AlertEngine.from_config(gateway_config)
+        rollups = RollupEngine.from_config(gateway_config, store)
+        ingest = Ingest(gateway_config, store, ledger, on_batch=view, alerts=alerts, rollups=rollups)
         agents = [Agent(site) for site in sites]
         for site in sites:
             names = ", ".join(i.id for i in site.instruments)
@@ -144,8 +174,13 @@ async def run_demo(seconds: float | None, workdir: Path, quiet: bool) -> int:
             await simulator.stop()
         counts = await store.count_by_instrument()
         accounts = ledger.accounts()
+        print()
+        print("rollups and this month's MRV report of the stack:")
+        report_files = await monthly_report(gateway_config, store, rollups)
         await store.close()
         ledger.close()
+        alerts.close()
+        rollups.close()
     print()
     print("summary: readings stored per instrument")
     print(f"  {'site':<18} {'instrument':<14} {'readings':>9}")
@@ -158,6 +193,8 @@ async def run_demo(seconds: float | None, workdir: Path, quiet: bool) -> int:
             f"(seq {account.first_seq}..{account.last_seq}), missing {account.missing}, duplicates {account.duplicates}"
         )
     print(f"  dead letters: {ingest.stats.dead_letters}")
+    for path in report_files:
+        print(f"  MRV report: {path}")
     print(f"  data kept in {workdir}")
     return 0 if counts else 1
 

@@ -30,20 +30,26 @@ from aua_contract import (
     resend_topic,
     subscription,
 )
+from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig
 from gateway.gap_repair import RepairSchedule, chunks, owed
 from gateway.http_api import HttpApi
 from gateway.ledger import Ledger
 from gateway.metrics import GatewayMetrics, Health
 from gateway.quality_checks import BatchScreen
+from gateway.rollup_engine import RollupEngine
 from gateway.spool import Spool
-from gateway.stores import Store, StoreError
+from gateway.stores import Store, StoredReading, StoreError
 from gateway.validation import Rejected, stored_readings, validate_message
 
 log = logging.getLogger(__name__)
 
 
 RECENT_KEYS = 100_000
+
+
+def _moment(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
 @dataclass(frozen=True)
@@ -80,11 +86,15 @@ class Ingest:
         *,
         on_batch: Callable[[Batch], None] | None = None,
         spool: Spool | None = None,
+        alerts: AlertEngine | None = None,
+        rollups: RollupEngine | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.ledger = ledger
         self.on_batch = on_batch
+        self.alerts = alerts
+        self.rollups = rollups
         self.stats = IngestStats()
         self.http_port: int | None = None
         self.connected = asyncio.Event()
@@ -126,6 +136,10 @@ class Ingest:
                 group.create_task(self.consume_forever())
                 group.create_task(self.write_forever())
                 group.create_task(self.drain_spool_forever())
+                if self.alerts is not None:
+                    group.create_task(self.alerts.run())
+                if self.rollups is not None:
+                    group.create_task(self.rollups.run())
         finally:
             await api.stop()
             if self._owns_spool:
@@ -210,6 +224,8 @@ class Ingest:
         if isinstance(result, AgentStatus):
             log.info("agent %s/%s is %s", result.site, result.agent, result.state)
             await asyncio.to_thread(self.ledger.agent_state, result, now)
+            if self.alerts is not None:
+                await self.alerts.on_status(result, _moment(now))
             return
         batch = result
         key = (batch.site, batch.agent, batch.seq)
@@ -263,6 +279,8 @@ class Ingest:
                 self.stats.readings += len(pending.batch.readings)
                 if self.on_batch is not None:
                     self.on_batch(pending.batch)
+                if self.alerts is not None:
+                    await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
             for _ in group:
                 self._queue.task_done()
 
@@ -285,14 +303,16 @@ class Ingest:
         becomes a dead letter instead.
         """
         if self.spool.depth == 0:
+            readings = [r for p in group for r in stored_readings(p.batch)]
             try:
                 with self.metrics.write_seconds.time():
-                    await self.store.write([r for p in group for r in stored_readings(p.batch)])
+                    await self.store.write(readings)
             except StoreError as error:
                 if not error.retryable:
                     return await self._write_one_by_one(group)
                 log.warning("store unavailable (%s): spooling to disk until it is back", error)
             else:
+                await self._written(readings)
                 return group
         for pending in group:
             batch = pending.batch
@@ -306,16 +326,23 @@ class Ingest:
         """A group the store refused: store the batches it accepts, dead-letter the ones it refuses."""
         durable = []
         for pending in group:
+            readings = stored_readings(pending.batch)
             try:
-                await self.store.write(stored_readings(pending.batch))
+                await self.store.write(readings)
             except StoreError as error:
                 if error.retryable:
                     durable += await self._store_or_spool([pending])
                 else:
                     await self._store_rejected(pending.topic, encode_batch(pending.batch), error, pending.received_ns)
                 continue
+            await self._written(readings)
             durable.append(pending)
         return durable
+
+    async def _written(self, readings: list[StoredReading]) -> None:
+        """The store has these readings now: the periods they fall in need their rollups recomputed."""
+        if self.rollups is not None:
+            await self.rollups.note_written(readings)
 
     async def _store_rejected(self, topic: str, payload: bytes, error: StoreError, now: int) -> None:
         self.stats.dead_letters += 1
@@ -343,6 +370,7 @@ class Ingest:
                     continue
                 await self._drain_one_by_one(rows)
             else:
+                await self._written(readings)
                 await asyncio.to_thread(self.spool.remove, [row_id for row_id, _, _ in rows])
                 backoff = 0.5
                 if self.spool.depth == 0:
@@ -351,10 +379,13 @@ class Ingest:
     async def _drain_one_by_one(self, rows: list[tuple[int, str, bytes]]) -> None:
         """A group the store refused: find the batches it refuses for good and dead-letter only those."""
         for row_id, topic, payload in rows:
+            readings = stored_readings(decode_batch(payload))
             try:
-                await self.store.write(stored_readings(decode_batch(payload)))
+                await self.store.write(readings)
             except StoreError as error:
                 if error.retryable:
                     return
                 await self._store_rejected(topic, payload, error, time.time_ns())
+            else:
+                await self._written(readings)
             await asyncio.to_thread(self.spool.remove, [row_id])
