@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -88,6 +87,7 @@ from gateway.notify import (
     notice_from_document,
     notifiers_from_config,
 )
+from gateway.state_file import StateFile
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class NoticeWrite:
     send: bool
 
 
-class AlertStore:
+class AlertStore(StateFile):
     """The engine's durable state, in its own tables of the gateway state DB (one connection, a lock).
 
     The CLI uses it too, from another process, while the gateway runs: it only adds silences and
@@ -221,16 +221,8 @@ class AlertStore:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        super().__init__(path, _SCHEMA)
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
     # ---- alert states ----
 

@@ -6,12 +6,11 @@ batch is processed again on redelivery (store writes are idempotent) rather than
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from aua_contract import AgentStatus
+from gateway.state_file import StateFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_seen (
@@ -78,18 +77,9 @@ class DeadLetter:
     payload: bytes
 
 
-class Ledger:
+class Ledger(StateFile):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, _SCHEMA)
 
     def record_many(self, batches: list[tuple[str, str, int, int, int]]) -> list[bool]:
         """Record stored batches (site, agent, seq, readings, received_ns) in one transaction; which were new."""

@@ -24,8 +24,6 @@ import json
 import logging
 import multiprocessing
 import os
-import sqlite3
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,6 +55,7 @@ from gateway.report import (
 )
 from gateway.rollup import Aggregate, base_aggregates_from_samples, month_bounds, year_bounds
 from gateway.rollup_engine import RollupEngine
+from gateway.state_file import StateFile
 from gateway.stores import Store, StoredReading, StoreError, open_store
 
 __all__ = [
@@ -774,17 +773,9 @@ class FeedEvent:
     detail: str = ""
 
 
-class _FeedState:
+class _FeedState(StateFile):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_FEED_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, _FEED_SCHEMA)
 
     def get(self, source: str, period: str) -> tuple[str, int | None] | None:
         with self._lock:

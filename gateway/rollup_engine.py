@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from gateway.rollup import (
     year_aggregates,
     year_bounds,
 )
+from gateway.state_file import StateFile
 from gateway.stores import Store, StoredReading, StoreError
 from gateway.stores.base import from_ns, to_ns
 
@@ -66,21 +65,11 @@ Mark = tuple[str, str, str, int, int]
 """site, instrument, parameter, hour_ns, version"""
 
 
-class DirtyMarks:
+class DirtyMarks(StateFile):
     """The persisted set of (series, hour) pairs whose rollups are out of date. Thread-safe; blocking calls."""
 
     def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, _SCHEMA)
 
     def add(self, keys: Iterable[tuple[str, str, str, int]]) -> None:
         rows = list(keys)

@@ -6,9 +6,9 @@ Batches are kept as the validated MQTT payload, so draining decodes exactly what
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from pathlib import Path
+
+from gateway.state_file import StateFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spooled (
@@ -22,14 +22,9 @@ CREATE TABLE IF NOT EXISTS spooled (
 """
 
 
-class Spool:
+class Spool(StateFile):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        super().__init__(path, _SCHEMA, synchronous="FULL")
         (self._depth,) = self._db.execute("SELECT count(*) FROM spooled").fetchone()
 
     @property
@@ -56,6 +51,3 @@ class Spool:
             removed = self._db.executemany("DELETE FROM spooled WHERE id = ?", [(i,) for i in ids]).rowcount
             self._depth -= removed
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
