@@ -22,6 +22,9 @@ from edge_agent.sealing import ReadingLike, Sample, batch_payload
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_FLUSH_S = 5.0
+"""How long a clean stop may spend publishing what is still pending before it gives up (systemd waits 90 s)."""
+
 
 def next_tick(now: float, interval: float) -> float:
     """The next wall-clock multiple of the interval, so polls stay on a fixed grid and never drift."""
@@ -158,9 +161,9 @@ class Agent:
         finally:
             await self.drivers.close()
             try:
-                await asyncio.wait_for(self.publisher.goodbye(), timeout=3)
+                await asyncio.wait_for(self.publisher.goodbye(), timeout=SHUTDOWN_FLUSH_S)
             except TimeoutError:
-                log.info("broker did not answer; the last will reports the agent offline")
+                log.info("shutdown flush cut off: the rest waits in the outbox, the last will says offline")
             self._final_stats = self.outbox.stats()
             if metrics is not None:
                 metrics.shutdown()

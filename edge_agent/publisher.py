@@ -165,11 +165,20 @@ class Publisher:
                     await asyncio.wait_for(self.wake.wait(), timeout=1.0)
 
     async def goodbye(self) -> None:
-        """On a clean shutdown, say offline ourselves (the will is only for unclean exits)."""
+        """On a clean shutdown: publish what is still pending, then say offline ourselves (the will is only
+        for unclean exits). Whatever a deadline around this cuts off stays in the outbox for the next start."""
         try:
             async with self._client() as client:
+                for seq, payload in await asyncio.to_thread(self.outbox.pending, 100_000):
+                    await client.publish(self._topic, payload, qos=1)
+                    await asyncio.to_thread(self.outbox.mark_acked, seq, time.time_ns())
+                    self.published += 1
+                stats = await asyncio.to_thread(self.outbox.stats)
                 await client.publish(
-                    self._status_topic, status_payload(self.site, self.agent, AgentState.OFFLINE), qos=1, retain=True
+                    self._status_topic,
+                    status_payload(self.site, self.agent, AgentState.OFFLINE, stats),
+                    qos=1,
+                    retain=True,
                 )
         except aiomqtt.MqttError as error:
             log.info("could not publish offline status: %s", error)
