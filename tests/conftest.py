@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
+from hypothesis import HealthCheck, settings
 from servers import InfluxServer, MosquittoServer, ServerError, unique_database_name
 
 S = TypeVar("S", InfluxServer, MosquittoServer)
+
+# Property tests on a loaded 2-core CI machine: no per-example deadline (timing is not what they test),
+# and under CI a fixed seed, so a run is reproducible; locally they explore new examples every run.
+settings.register_profile("aua", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", parent=settings.get_profile("aua"), derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "aua")
 
 
 def _start(make: Callable[[], S], attempts: int = 3) -> S:
