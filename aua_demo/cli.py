@@ -26,6 +26,7 @@ from edge_agent.poller import Agent
 from edge_agent.simulator import Incidents, simulator_for_config
 from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig, load_gateway_config
+from gateway.health_writer import HealthWriter
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.report_files import produce_report, write_report_files
@@ -160,6 +161,7 @@ async def run_demo(seconds: float | None, workdir: Path, quiet: bool) -> int:
         print(f"store: {gateway_config.store.url}")
         print("live (Ctrl-C to stop):" if seconds is None else f"live for {seconds:g} s:")
         gateway_task = asyncio.create_task(ingest.run())
+        health_task = asyncio.create_task(HealthWriter(ingest, store).run())
         await asyncio.wait_for(ingest.connected.wait(), timeout=10)
         agent_tasks = [asyncio.create_task(agent.run()) for agent in agents]
         with contextlib.suppress(TimeoutError):
@@ -169,7 +171,8 @@ async def run_demo(seconds: float | None, workdir: Path, quiet: bool) -> int:
         await asyncio.gather(*agent_tasks, return_exceptions=True)
         await _wait_drained(agents, ledger, within_s=10)
         gateway_task.cancel()
-        await asyncio.gather(gateway_task, return_exceptions=True)
+        health_task.cancel()
+        await asyncio.gather(gateway_task, health_task, return_exceptions=True)
         for simulator in simulators:
             await simulator.stop()
         counts = await store.count_by_instrument()

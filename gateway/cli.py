@@ -17,6 +17,8 @@ from gateway.alert_rules import ThresholdRule, format_duration, parse_duration
 from gateway.alert_state import Phase
 from gateway.alerts import AlertEngine, AlertError, AlertStore
 from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
+from gateway.dashboards import add_dashboard_commands, run_dashboards_command
+from gateway.health_writer import HealthWriter
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
@@ -28,6 +30,7 @@ from gateway.stores import open_store
 async def _serve_all(ingest: Ingest, feed: ReportFeed | None) -> None:
     async with asyncio.TaskGroup() as group:
         group.create_task(ingest.run())
+        group.create_task(HealthWriter(ingest, ingest.store).run())
         if feed is not None:
             group.create_task(feed.run())
 
@@ -270,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=text)
         command.add_argument("config", type=Path)
     add_mrv_commands(commands)
+    add_dashboard_commands(commands)
     alerts = commands.add_parser("alerts", help="alert state, acknowledgements, silences, rules").add_subparsers(
         dest="alerts_command", required=True
     )
@@ -310,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "alerts":
         return _alerts_command(config, args)
+    if args.command == "dashboards":
+        return run_dashboards_command(config, args)
     if args.command in MRV_COMMANDS:
         return run_mrv_command(config, args)
     if args.command == "run":

@@ -74,6 +74,9 @@ class GatewaySection(_Strict):
         default=10.0, description="a missing batch is asked for only after this long (it may be in flight)"
     )
     gap_retry_s: Annotated[float, Field(gt=0)] = Field(default=30.0, description="ask again this often until filled")
+    health_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0, description="how often to write gateway and per-agent accounting to the store (aua_health)"
+    )
 
 
     @property

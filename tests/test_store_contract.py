@@ -21,10 +21,10 @@ from servers import InfluxServer, unique_database_name
 
 from aua_contract import Quality, Reading
 from gateway.rollup import Aggregate, Period
-from gateway.stores import InfluxStore, SqliteStore, Store, StoredReading, StoreError, open_store
+from gateway.stores import InfluxStore, SqliteStore, Store, StoredReading, StoreError, line_protocol, open_store
 from gateway.stores import influx as influx_module
 from gateway.stores import sqlite as sqlite_module
-from gateway.stores.base import to_ns
+from gateway.stores.base import HealthPoint, to_ns
 from gateway.stores.influx import is_retryable_status, redact_url
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -743,3 +743,67 @@ async def test_sqlite_version_1_file_gains_the_rollup_table(tmp_path: Path) -> N
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 2
     connection.close()
+
+
+# -- health points (aua_health) --------------------------------------------------------------------------------
+
+
+def health(**changes: object) -> HealthPoint:
+    fields: dict[str, object] = {
+        "component": "agent",
+        "id": "gw-1",
+        "site": "pavlodar-chp",
+        "agent": "chp-stack1",
+        "ts": T0,
+        "fields": {"batches": 12, "missing": 0, "next_seq": 13, "online": 1, "dropped": -(2**63)},
+    }
+    fields.update(changes)
+    return HealthPoint(**fields)  # type: ignore[arg-type]
+
+
+async def test_health_round_trips_and_filters(store: Store) -> None:
+    assert await store.query_health() == []
+    await store.write_health([])  # a no-op, not an error
+    gateway = health(
+        component="gateway", site="-", agent="-", fields={"messages": 2**62, "spool_depth": 0, "dead_letters": 3}
+    )
+    later = health(ts=T0 + timedelta(seconds=10), fields={"batches": 20, "online": 0})
+    other = health(agent="odd name, =x", site="pavlodar ambient")
+    await store.write_health([later, gateway, other, health()])
+    assert await store.query_health() == [other, health(), gateway, later]  # time, component, id, site, agent
+    assert await store.query_health(component="gateway") == [gateway]
+    assert await store.query_health(start=T0 + timedelta(seconds=1)) == [later]
+    assert await store.query_health(end=T0 + timedelta(seconds=1), component="agent") == [other, health()]
+
+
+async def test_health_rewrite_is_idempotent_and_last_wins(store: Store) -> None:
+    await store.write_health([health()])
+    await store.write_health([health()])
+    rewritten = health(fields={"batches": 13, "missing": 1, "next_seq": 14, "online": 0, "dropped": 0})
+    await store.write_health([rewritten])
+    assert await store.query_health() == [rewritten]
+
+
+def test_health_point_rejects_what_no_store_can_hold() -> None:
+    with pytest.raises(ValueError, match="component"):
+        health(component="broker")
+    with pytest.raises(ValueError, match="naive"):
+        health(ts=datetime(2024, 1, 1))
+    with pytest.raises(ValueError, match="at least one field"):
+        health(fields={})
+    with pytest.raises(TypeError, match="integer"):
+        health(fields={"online": True})
+    with pytest.raises(TypeError, match="integer"):
+        health(fields={"rate": 1.5})
+    with pytest.raises(ValueError, match="64-bit"):
+        health(fields={"big": 2**63})
+    shifted = health(ts=datetime(2024, 3, 1, 17, tzinfo=timezone(timedelta(hours=5)))).ts
+    assert shifted == T0
+    assert shifted.tzinfo is UTC
+
+
+def test_health_line_protocol() -> None:
+    point = health(fields={"online": 1, "batches": 2})
+    assert line_protocol.format_health_line(point) == (
+        f"aua_health,agent=chp-stack1,component=agent,id=gw-1,site=pavlodar-chp batches=2i,online=1i {to_ns(T0)}"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -75,6 +75,56 @@ class StoredReading:
             quality=reading.quality,
             status=reading.status,
         )
+
+
+HEALTH_MEASUREMENT = "aua_health"
+HEALTH_TAG_KEYS = ("agent", "component", "id", "site")
+"""Health points: measurement `aua_health`; tags agent, component (gateway | agent), id (the gateway that wrote
+the point), site; integer fields (counters, gauges, 0/1 flags); time = when the gateway took the sample."""
+
+HEALTH_COMPONENTS = ("gateway", "agent")
+HEALTH_NOT_APPLICABLE = "-"
+"""The `site` and `agent` tag of a gateway's own point (a tag value cannot be empty)."""
+
+
+@dataclass(frozen=True)
+class HealthPoint:
+    """One sample of a component's accounting: integer fields only, so a field never changes type.
+
+    `id` is the gateway that wrote it: with several gateways each reports the agents it has seen.
+    """
+
+    component: str
+    id: str
+    site: str
+    agent: str
+    ts: datetime
+    fields: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        if self.component not in HEALTH_COMPONENTS:
+            raise ValueError(f"component must be one of {HEALTH_COMPONENTS}, got {self.component!r}")
+        if self.ts.tzinfo is None or self.ts.utcoffset() is None:
+            raise ValueError(f"ts must carry a time zone (UTC expected), got naive {self.ts.isoformat()}")
+        if self.ts.tzinfo is not UTC:
+            object.__setattr__(self, "ts", self.ts.astimezone(UTC))
+        if not self.fields:
+            raise ValueError("a health point needs at least one field")
+        for name, value in self.fields.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"health field {name!r} must be an integer, got {value!r}")
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"health field {name!r} = {value} does not fit a signed 64-bit integer")
+        object.__setattr__(self, "fields", dict(sorted(self.fields.items())))
+
+    @property
+    def identity(self) -> tuple[str, str, str, str, datetime]:
+        return (self.component, self.id, self.site, self.agent, self.ts)
+
+
+def health_sort_key(point: HealthPoint) -> tuple[datetime, str, str, str, str]:
+    """The order query_health returns: time, then component, id, site, agent."""
+    return (point.ts, point.component, point.id, point.site, point.agent)
 
 
 def sort_key(reading: StoredReading) -> tuple[datetime, str, str, str, str]:
@@ -164,4 +214,21 @@ class Store(Protocol):
         end: datetime | None = None,
     ) -> list[Aggregate]:
         """Rollups of one period matching every given filter, `start` in [start, end), by `aggregate_sort_key`."""
+        ...
+
+    async def write_health(self, points: Sequence[HealthPoint]) -> None:
+        """Insert or replace health points by (component, id, site, agent, ts): idempotent.
+
+        A rewrite's fields replace the old ones; InfluxDB keeps a field the rewrite lacks (it merges fields).
+        """
+        ...
+
+    async def query_health(
+        self,
+        *,
+        component: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[HealthPoint]:
+        """Health points of the given component, ts in [start, end), by `health_sort_key`."""
         ...

@@ -22,7 +22,18 @@ import httpx
 from aua_contract import Quality
 from gateway.rollup import Aggregate, Period
 from gateway.stores import line_protocol
-from gateway.stores.base import StoredReading, StoreError, aggregate_sort_key, from_ns, sort_key, to_ns
+from gateway.stores.base import (
+    HEALTH_MEASUREMENT,
+    HEALTH_TAG_KEYS,
+    HealthPoint,
+    StoredReading,
+    StoreError,
+    aggregate_sort_key,
+    from_ns,
+    health_sort_key,
+    sort_key,
+    to_ns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +259,51 @@ def is_retryable_status(status: int) -> bool:
     return status >= 500 or status in _RETRYABLE_4XX
 
 
+def select_health_statement(
+    *,
+    retention_policy: str | None = None,
+    component: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> str:
+    """The InfluxQL for `InfluxStore.query_health`: every field (`*`), since the field set is open."""
+    conditions = [f"{quote_identifier('component')} = {quote_string(component)}"] if component else []
+    if start is not None:
+        conditions.append(f"time >= {to_ns(start)}")
+    if end is not None:
+        conditions.append(f"time < {to_ns(end)}")
+    measurement = quote_identifier(HEALTH_MEASUREMENT)
+    source = f"{quote_identifier(retention_policy)}.{measurement}" if retention_policy else measurement
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"SELECT * FROM {source}{where}"
+
+
+def parse_health(documents: Iterator[dict[str, Any]]) -> list[HealthPoint]:
+    """Rows of `select_health_statement` (queried with epoch=ns) -> HealthPoints; null columns are absent fields."""
+    points = []
+    for series in iter_series(documents):
+        columns = series["columns"]
+        for values in series.get("values", []):
+            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
+            fields = {
+                name: int(value)
+                for name, value in row.items()
+                if name != "time" and name not in HEALTH_TAG_KEYS and value is not None
+            }
+            points.append(
+                HealthPoint(
+                    component=row["component"],
+                    id=row["id"],
+                    site=row["site"],
+                    agent=row["agent"],
+                    ts=from_ns(int(row["time"])),
+                    fields=fields,
+                )
+            )
+    points.sort(key=health_sort_key)
+    return points
+
+
 # -- the store: I/O ----------------------------------------------------------------------------------------
 
 
@@ -332,6 +388,31 @@ class InfluxStore:
             except ValueError as error:
                 raise self._error(f"cannot write rollup {aggregate.key}: {error}", retryable=False) from error
         await self._write_lines(lines)
+
+    async def write_health(self, points: Sequence[HealthPoint]) -> None:
+        if not points:
+            return
+        lines = []
+        for point in points:  # all checked before anything is sent
+            try:
+                lines.append(line_protocol.format_health_line(point))
+            except ValueError as error:
+                raise self._error(f"cannot write health {point.identity}: {error}", retryable=False) from error
+        await self._write_lines(lines)
+
+    async def query_health(
+        self, *, component: str | None = None, start: datetime | None = None, end: datetime | None = None
+    ) -> list[HealthPoint]:
+        statement = select_health_statement(
+            retention_policy=self.retention_policy, component=component, start=start, end=end
+        )
+        text = await self._select(statement)
+        try:
+            return parse_health(decode_documents(text))
+        except StatementError as error:
+            raise self._error(f"health query failed: {error}", retryable=False) from error
+        except (ValueError, KeyError, TypeError) as error:
+            raise self._error(f"health query answer not understood: {error!r}", retryable=False) from error
 
     async def query_aggregates(
         self,

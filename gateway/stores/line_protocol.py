@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from gateway.rollup import Aggregate
-from gateway.stores.base import StoredReading, to_ns
+from gateway.stores.base import HEALTH_MEASUREMENT, HEALTH_TAG_KEYS, HealthPoint, StoredReading, to_ns
 
 MEASUREMENT = "reading"
 TAG_KEYS = ("agent", "instrument", "parameter", "site")
@@ -137,3 +137,50 @@ def format_aggregate_line(aggregate: Aggregate) -> str:
     if a.value is not None and a.n_valid:
         fields += f",value={format_float_field(a.value)}"
     return f"{AGGREGATE_MEASUREMENT},{tag_set} {fields} {to_ns(a.start)}"
+
+
+# Health: measurement HEALTH_MEASUREMENT (`aua_health`, defined in base.py beside HealthPoint); tags
+# HEALTH_TAG_KEYS (agent, component, id, site, sorted); integer fields, named below.
+HEALTH_AGENT_FIELDS = (
+    "batches",
+    "readings",
+    "first_seq",
+    "last_seq",
+    "missing",
+    "duplicates",
+    "resend_requests",
+    "next_seq",
+    "oldest_seq",
+    "dropped",
+    "backlog",
+    "online",
+    "status_age_s",
+)
+"""Per agent, as the gateway's ledger knows it; next_seq, oldest_seq, dropped as the agent last reported them
+(absent until it has), backlog = next_seq - 1 - last_seq (batches sealed by the agent not yet stored), online 0/1."""
+
+HEALTH_GATEWAY_FIELDS = (
+    "messages",
+    "batches",
+    "readings",
+    "duplicates",
+    "dead_letters",
+    "store_retries",
+    "resend_requests",
+    "spool_depth",
+    "queue_depth",
+    "broker_connected",
+    "uptime_s",
+)
+"""Per gateway: the counters since it started (they restart from 0 with the process), gauges and 0/1 flags."""
+
+HEALTH_FIELDS = tuple(dict.fromkeys((*HEALTH_AGENT_FIELDS, *HEALTH_GATEWAY_FIELDS)))
+
+
+def format_health_line(point: HealthPoint) -> str:
+    """One health point, without the trailing newline. Fields are integers, in name order."""
+    tag_set = ",".join(f"{key}={escape_tag(getattr(point, key), what=f'tag {key}')}" for key in HEALTH_TAG_KEYS)
+    fields = ",".join(
+        f"{escape_tag(name, what='field key')}={format_int_field(value)}" for name, value in point.fields.items()
+    )
+    return f"{escape_measurement(HEALTH_MEASUREMENT)},{tag_set} {fields} {to_ns(point.ts)}"

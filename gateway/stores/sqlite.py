@@ -7,6 +7,7 @@ dedicated worker thread: the event loop never waits on disk, and no two calls ra
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +18,12 @@ from typing import Any, TypeVar
 
 from aua_contract import Quality
 from gateway.rollup import Aggregate, Period
-from gateway.stores.base import StoredReading, StoreError, from_ns, to_ns
+from gateway.stores.base import HealthPoint, StoredReading, StoreError, from_ns, health_sort_key, to_ns
 
 SCHEMA_VERSION = 2
 """Stored in PRAGMA user_version; bump it with a migration when the table changes.
-1: readings. 2: rollups (table `rollup`); a version-1 file gains the table when opened (CREATE IF NOT EXISTS)."""
+1: readings. 2: rollups (table `rollup`); a version-1 file gains the table when opened (CREATE IF NOT EXISTS).
+The `health` table (aua_health points) is added the same way, without a version bump: older gateways ignore it."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (
@@ -55,6 +57,16 @@ CREATE TABLE IF NOT EXISTS rollup (
     PRIMARY KEY (site, period, instrument, parameter, start_ns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rollup_start ON rollup (period, start_ns);
+CREATE TABLE IF NOT EXISTS health (
+    component TEXT    NOT NULL,  -- gateway | agent
+    id        TEXT    NOT NULL,  -- the gateway that wrote the point
+    site      TEXT    NOT NULL,
+    agent     TEXT    NOT NULL,
+    ts_ns     INTEGER NOT NULL,
+    fields    TEXT    NOT NULL,  -- JSON object of integer fields
+    PRIMARY KEY (component, id, site, agent, ts_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS health_ts ON health (ts_ns);
 """
 
 _UPSERT = """
@@ -76,6 +88,11 @@ ON CONFLICT (site, period, instrument, parameter, start_ns) DO UPDATE SET
     value = excluded.value, n_valid = excluded.n_valid, n_expected = excluded.n_expected,
     n_maintenance = excluded.n_maintenance, valid = excluded.valid, reason = excluded.reason, unit = excluded.unit,
     substituted = excluded.substituted, method = excluded.method
+"""
+
+_HEALTH_UPSERT = """
+INSERT INTO health (component, id, site, agent, ts_ns, fields) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (component, id, site, agent, ts_ns) DO UPDATE SET fields = excluded.fields
 """
 
 T = TypeVar("T")
@@ -225,6 +242,39 @@ class SqliteStore:
             return
         rows = [_aggregate_row(aggregate) for aggregate in aggregates]
         await self._run(self._write_sync, rows, _AGGREGATE_UPSERT)
+
+    async def write_health(self, points: Sequence[HealthPoint]) -> None:
+        if not points:
+            return
+        rows = [
+            (p.component, p.id, p.site, p.agent, to_ns(p.ts), json.dumps(dict(p.fields), sort_keys=True))
+            for p in points
+        ]
+        await self._run(self._write_sync, rows, _HEALTH_UPSERT)
+
+    async def query_health(
+        self, *, component: str | None = None, start: datetime | None = None, end: datetime | None = None
+    ) -> list[HealthPoint]:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if component is not None:
+            conditions.append("component = ?")
+            params.append(component)
+        if start is not None:
+            conditions.append("ts_ns >= ?")
+            params.append(to_ns(start))
+        if end is not None:
+            conditions.append("ts_ns < ?")
+            params.append(to_ns(end))
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"SELECT component, id, site, agent, ts_ns, fields FROM health {where}"
+        rows = await self._run(self._fetch_sync, sql, params)
+        points = [
+            HealthPoint(component=c, id=i, site=s, agent=a, ts=from_ns(ts_ns), fields=json.loads(fields))
+            for c, i, s, a, ts_ns, fields in rows
+        ]
+        points.sort(key=health_sort_key)
+        return points
 
     async def query_aggregates(
         self,
