@@ -86,7 +86,8 @@ class _Buffered:
                 raise TimeoutError
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: see publisher._drain_forever
+                    await self._arrived.wait()
 
     def discard_input(self) -> int:
         dropped = len(self._buffer)
@@ -233,9 +234,8 @@ class TcpLink(_Buffered):
     async def open(cls, host: str, port: int, connect_within: float) -> TcpLink:
         link = cls(host, port)
         loop = asyncio.get_running_loop()
-        transport, _ = await asyncio.wait_for(
-            loop.create_connection(lambda: _TcpProtocol(link), host, port), connect_within
-        )
+        async with asyncio.timeout(connect_within):
+            transport, _ = await loop.create_connection(lambda: _TcpProtocol(link), host, port)
         link._transport = transport
         return link
 

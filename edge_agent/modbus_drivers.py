@@ -112,9 +112,8 @@ class ModbusTcpDriver:
         loop = asyncio.get_running_loop()
         name = f"{self.host}:{self.port}"
         try:
-            _, connected = await asyncio.wait_for(
-                loop.create_connection(lambda: _MbapProtocol(name), self.host, self.port), self.timeout
-            )
+            async with asyncio.timeout(self.timeout):
+                _, connected = await loop.create_connection(lambda: _MbapProtocol(name), self.host, self.port)
         except (OSError, TimeoutError) as error:
             self._delay = self.backoff.after(self._delay)
             self._retry_at = time.monotonic() + self._delay

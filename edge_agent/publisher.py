@@ -161,8 +161,11 @@ class Publisher:
                 self.published += 1
             if not batches:
                 self.wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                # arrives as its timeout fires, and the task then never stops.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self.wake.wait()
 
     async def goodbye(self) -> None:
         """On a clean shutdown: publish what is still pending, then say offline ourselves (the will is only

@@ -672,7 +672,8 @@ class AlertEngine:
             except (sqlite3.Error, OSError) as error:
                 log.error("alert tick failed: %s; trying again in %.0f s", error, interval)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                async with asyncio.timeout(interval):  # not wait_for: it can swallow a cancellation on 3.11
+                    await self._wake.wait()
             self._wake.clear()
 
     # ---- evaluation ----

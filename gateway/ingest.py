@@ -39,13 +39,24 @@ from gateway.metrics import GatewayMetrics, Health
 from gateway.quality_checks import BatchScreen
 from gateway.rollup_engine import RollupEngine
 from gateway.spool import Spool
-from gateway.stores import Store, StoredReading, StoreError
+from gateway.stores import BatchReceipt, Store, StoredReading, StoreError
 from gateway.validation import Rejected, stored_readings, validate_message
 
 log = logging.getLogger(__name__)
 
 
 RECENT_KEYS = 100_000
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted numbers -> (first, last) of each consecutive run."""
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
 
 
 def _moment(ns: int) -> datetime:
@@ -152,7 +163,10 @@ class Ingest:
             try:
                 async with self._client() as client:
                     for kind in (TopicKind.READINGS, TopicKind.STATUS):
-                        await client.subscribe(subscription(kind, self.config.mqtt.sites), qos=1)
+                        topic = subscription(kind, self.config.mqtt.sites)
+                        if kind is TopicKind.READINGS and self.config.mqtt.shared_group is not None:
+                            topic = f"$share/{self.config.mqtt.shared_group}/{topic}"  # split among instances
+                        await client.subscribe(topic, qos=1)
                     log.info("subscribed at %s:%s", self.config.mqtt.host, self.config.mqtt.port)
                     self.connected.set()
                     backoff = 0.5
@@ -173,7 +187,8 @@ class Ingest:
         """Ask agents again for the batches they owe (see gap_repair); runs while connected."""
         while True:
             await asyncio.sleep(self.config.gateway.gap_check_s)
-            for request in await asyncio.to_thread(self.resend_requests_due, time.monotonic()):
+            due = await asyncio.to_thread(self.resend_requests_due, time.monotonic())
+            for request in await self._not_stored_elsewhere(due):
                 log.info(
                     "asking %s/%s to resend batches %s..%s", request.site, request.agent, request.first, request.last
                 )
@@ -181,12 +196,32 @@ class Ingest:
                 await asyncio.to_thread(self.ledger.count_resend_request, request.site, request.agent)
                 self.stats.resend_requests += 1
 
+    async def _not_stored_elsewhere(self, requests: list[ResendRequest]) -> list[ResendRequest]:
+        """With a shared subscription, other instances stored part of each agent's sequence: take what their
+        receipts in the store show into this ledger, and ask only for what no instance has."""
+        if self.config.mqtt.shared_group is None:
+            return requests
+        remaining = []
+        for request in requests:
+            found = await self.store.received_batches(request.site, request.agent, request.first, request.last)
+            if found:
+                received = time.time_ns()
+                batches = [(request.site, request.agent, seq, n, received) for seq, n in sorted(found.items())]
+                await asyncio.to_thread(self.ledger.record_many, batches)
+            missing = [seq for seq in range(request.first, request.last + 1) if seq not in found]
+            for first, last in _runs(missing):
+                remaining.append(request.model_copy(update={"first": first, "last": last}))
+        return remaining
+
     def resend_requests_due(self, now: float) -> list[ResendRequest]:
         """The resend requests to publish now, from the ledger and the agents' last status."""
         cursors = self.ledger.agent_cursors()
         accounts = {(a.site, a.agent): a for a in self.ledger.accounts()}
+        # An offline agent cannot answer; requests would only pile up in its session. It is asked again
+        # once its birth message says it is back.
+        offline = self.ledger.offline_agents()
         requests = []
-        for site, agent in sorted(set(accounts) | set(cursors)):
+        for site, agent in sorted((set(accounts) | set(cursors)) - offline):
             account = accounts.get((site, agent))
             next_seq, oldest_seq, _ = cursors.get((site, agent), (None, None, None))
             what = owed(
@@ -261,7 +296,10 @@ class Ingest:
                     if remaining <= 0:
                         break
                     try:
-                        item = await asyncio.wait_for(self._queue.get(), timeout=remaining)
+                        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a queue item or a
+                        # cancellation that arrives as its timeout fires.
+                        async with asyncio.timeout(remaining):
+                            item = await self._queue.get()
                     except TimeoutError:
                         break
                 group.append(item)
@@ -312,7 +350,7 @@ class Ingest:
                     return await self._write_one_by_one(group)
                 log.warning("store unavailable (%s): spooling to disk until it is back", error)
             else:
-                await self._written(readings)
+                await self._written(readings, [p.batch for p in group])
                 return group
         for pending in group:
             batch = pending.batch
@@ -335,14 +373,18 @@ class Ingest:
                 else:
                     await self._store_rejected(pending.topic, encode_batch(pending.batch), error, pending.received_ns)
                 continue
-            await self._written(readings)
+            await self._written(readings, [pending.batch])
             durable.append(pending)
         return durable
 
-    async def _written(self, readings: list[StoredReading]) -> None:
-        """The store has these readings now: the periods they fall in need their rollups recomputed."""
+    async def _written(self, readings: list[StoredReading], batches: list[Batch]) -> None:
+        """The store has these readings now: their periods need new rollups, and with a shared subscription
+        the other instances need to see the batches' receipts."""
         if self.rollups is not None:
             await self.rollups.note_written(readings)
+        if self.config.mqtt.shared_group is not None:
+            receipts = [BatchReceipt(b.site, b.agent, b.seq, len(b.readings)) for b in batches]
+            await self.store.write_receipts(receipts)
 
     async def _store_rejected(self, topic: str, payload: bytes, error: StoreError, now: int) -> None:
         self.stats.dead_letters += 1
@@ -356,10 +398,12 @@ class Ingest:
             if self.spool.depth == 0:
                 self.drain_wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.drain_wake.wait(), timeout=5.0)
+                    async with asyncio.timeout(5.0):
+                        await self.drain_wake.wait()
                 continue
             rows = await asyncio.to_thread(self.spool.oldest, 100)
-            readings = [r for _, _, payload in rows for r in stored_readings(decode_batch(payload))]
+            batches = [decode_batch(payload) for _, _, payload in rows]
+            readings = [r for batch in batches for r in stored_readings(batch)]
             try:
                 await self.store.write(readings)
             except StoreError as error:
@@ -370,7 +414,7 @@ class Ingest:
                     continue
                 await self._drain_one_by_one(rows)
             else:
-                await self._written(readings)
+                await self._written(readings, batches)
                 await asyncio.to_thread(self.spool.remove, [row_id for row_id, _, _ in rows])
                 backoff = 0.5
                 if self.spool.depth == 0:
@@ -379,7 +423,8 @@ class Ingest:
     async def _drain_one_by_one(self, rows: list[tuple[int, str, bytes]]) -> None:
         """A group the store refused: find the batches it refuses for good and dead-letter only those."""
         for row_id, topic, payload in rows:
-            readings = stored_readings(decode_batch(payload))
+            batch = decode_batch(payload)
+            readings = stored_readings(batch)
             try:
                 await self.store.write(readings)
             except StoreError as error:
@@ -387,5 +432,5 @@ class Ingest:
                     return
                 await self._store_rejected(topic, payload, error, time.time_ns())
             else:
-                await self._written(readings)
+                await self._written(readings, [batch])
             await asyncio.to_thread(self.spool.remove, [row_id])
