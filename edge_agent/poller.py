@@ -160,9 +160,12 @@ class Agent:
                 group.create_task(self.prune_forever())
         finally:
             await self.drivers.close()
-            try:
-                await asyncio.wait_for(self.publisher.goodbye(), timeout=SHUTDOWN_FLUSH_S)
-            except TimeoutError:
+            # Not wait_for: it waits for the cancelled flush to unwind, and an MQTT client that is still
+            # connecting may not; a stop must stay bounded.
+            goodbye = asyncio.create_task(self.publisher.goodbye())
+            done, _ = await asyncio.wait({goodbye}, timeout=SHUTDOWN_FLUSH_S)
+            if not done:
+                goodbye.cancel()
                 log.info("shutdown flush cut off: the rest waits in the outbox, the last will says offline")
             self._final_stats = self.outbox.stats()
             if metrics is not None:
