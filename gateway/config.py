@@ -92,6 +92,12 @@ class MqttSection(_Strict):
     password: SecretStr | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     sites: str = Field(default="+", description="site id to subscribe to, or + for all")
+    shared_group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="MQTT shared subscription group: instances with the same group split the batches between "
+        "them ($share/GROUP/...); they meet in the store (batch receipts) for accounting and gap repair",
+    )
 
 
 class StoreSection(_Strict):

@@ -151,6 +151,12 @@ class Ledger(StateFile):
             rows = self._db.execute("SELECT site, agent, next_seq, oldest_seq, dropped FROM agent_status").fetchall()
         return {(site, agent): (nxt, oldest, dropped) for site, agent, nxt, oldest, dropped in rows}
 
+    def offline_agents(self) -> set[tuple[str, str]]:
+        """Agents whose last status (theirs, or the broker's last will) says offline."""
+        with self._lock:
+            rows = self._db.execute("SELECT site, agent FROM agent_status WHERE state = 'offline'").fetchall()
+        return {(site, agent) for site, agent in rows}
+
     def holes(self, site: str, agent: str) -> list[tuple[int, int]]:
         """Ranges of sequence numbers missing between the batches seen, oldest first."""
         with self._lock:

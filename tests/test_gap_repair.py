@@ -126,3 +126,30 @@ async def test_a_broker_killed_mid_stream_loses_nothing(mqtt_broker: MosquittoSe
     assert (account.batches, account.first_seq, account.last_seq, account.missing) == (sealed, 0, sealed - 1, 0)
     assert stored == expected
     assert agent.publisher.resent > 0 or ingest.stats.resend_requests == 0
+
+
+def test_offline_agents_are_not_asked_until_they_are_back(tmp_path: Path) -> None:
+    """Requests to an offline agent would only pile up in its persistent session; its birth resumes them."""
+    from datetime import UTC, datetime
+
+    from aua_contract import AgentState, AgentStatus
+
+    config = GatewayConfig(
+        gateway=GatewaySection(state=tmp_path / "state.sqlite", gap_grace_s=0, gap_retry_s=1),
+        store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
+    )
+    ledger = Ledger(config.gateway.state)
+    ingest = Ingest(config, open_store(config.store.url), ledger)
+    now = datetime.now(UTC)
+
+    def status(state: AgentState) -> AgentStatus:
+        return AgentStatus(site="s", agent="a", state=state, at=now, next_seq=5, oldest_seq=0, dropped=0)
+
+    ledger.record_many([("s", "a", 0, 1, 0), ("s", "a", 1, 1, 0)])
+    ledger.agent_state(status(AgentState.OFFLINE), 0)
+    assert ingest.resend_requests_due(now=100.0) == []
+    ledger.agent_state(status(AgentState.ONLINE), 0)
+    [request] = ingest.resend_requests_due(now=200.0)
+    assert (request.site, request.agent, request.first, request.last) == ("s", "a", 2, 4)
+    ingest.spool.close()
+    ledger.close()

@@ -57,6 +57,7 @@ async def test_gateway_killed_mid_stream_loses_and_doubles_nothing(
     [ambient] = [s for s in demo_sites() if s.config.agent.site == "pavlodar-ambient"]
     ports = {port: free_port() for port in {i.config.port for i in ambient.instruments}}
     site = relocate(ambient, broker_host=mosquitto.host, broker_port=mosquitto.port, ports=ports, workdir=tmp_path)
+    site.config.agent.id = f"pvl-{uuid.uuid4().hex[:8]}"  # the shared broker keeps other tests' retained status
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""

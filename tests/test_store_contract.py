@@ -21,7 +21,16 @@ from servers import InfluxServer, unique_database_name
 
 from aua_contract import Quality, Reading
 from gateway.rollup import Aggregate, Period
-from gateway.stores import InfluxStore, SqliteStore, Store, StoredReading, StoreError, line_protocol, open_store
+from gateway.stores import (
+    BatchReceipt,
+    InfluxStore,
+    SqliteStore,
+    Store,
+    StoredReading,
+    StoreError,
+    line_protocol,
+    open_store,
+)
 from gateway.stores import influx as influx_module
 from gateway.stores import sqlite as sqlite_module
 from gateway.stores.base import HealthPoint, to_ns
@@ -807,3 +816,18 @@ def test_health_line_protocol() -> None:
     assert line_protocol.format_health_line(point) == (
         f"aua_health,agent=chp-stack1,component=agent,id=gw-1,site=pavlodar-chp batches=2i,online=1i {to_ns(T0)}"
     )
+
+
+# -- batch receipts (where gateways sharing a subscription meet) ------------------------------------------
+
+
+async def test_batch_receipts_answer_which_seqs_any_gateway_stored(store: Store) -> None:
+    await store.write_receipts([])  # a no-op
+    receipts = [BatchReceipt("pvl", "a1", seq, 12) for seq in (0, 1, 2, 5, 9)]
+    await store.write_receipts([*receipts, BatchReceipt("pvl", "a2", 3, 1), BatchReceipt("ekb", "a1", 3, 1)])
+    await store.write_receipts(receipts[:2])  # idempotent
+    assert await store.received_batches("pvl", "a1", 0, 9) == {0: 12, 1: 12, 2: 12, 5: 12, 9: 12}
+    assert await store.received_batches("pvl", "a1", 3, 8) == {5: 12}
+    assert await store.received_batches("pvl", "a1", 10, 20) == {}
+    assert await store.received_batches("pvl", "a2", 0, 100) == {3: 1}
+    assert await store.received_batches("nowhere", "a1", 0, 100) == {}

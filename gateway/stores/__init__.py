@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-from gateway.stores.base import Store, StoredReading, StoreError
+from gateway.stores.base import BatchReceipt, Store, StoredReading, StoreError
 from gateway.stores.influx import InfluxStore, redact_url
 from gateway.stores.sqlite import SqliteStore
 
-__all__ = ["InfluxStore", "SqliteStore", "Store", "StoreError", "StoredReading", "open_store"]
+__all__ = ["BatchReceipt", "InfluxStore", "SqliteStore", "Store", "StoreError", "StoredReading", "open_store"]
 
 _INFLUX_SCHEMES = {"influx": "http", "http": "http", "https": "https"}
 _INFLUX_DEFAULT_PORT = 8086

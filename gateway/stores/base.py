@@ -87,6 +87,21 @@ HEALTH_NOT_APPLICABLE = "-"
 """The `site` and `agent` tag of a gateway's own point (a tag value cannot be empty)."""
 
 
+RECEIPT_MEASUREMENT = "aua_batch"
+"""Batch receipts: tags site, agent; field readings; time = the batch's sequence number (as ns)."""
+
+
+@dataclass(frozen=True)
+class BatchReceipt:
+    """A batch some gateway made durable. Gateways sharing a subscription meet here: a sequence number
+    missing from one instance's ledger is only a gap if no instance has written its receipt."""
+
+    site: str
+    agent: str
+    seq: int
+    readings: int
+
+
 @dataclass(frozen=True)
 class HealthPoint:
     """One sample of a component's accounting: integer fields only, so a field never changes type.
@@ -214,6 +229,14 @@ class Store(Protocol):
         end: datetime | None = None,
     ) -> list[Aggregate]:
         """Rollups of one period matching every given filter, `start` in [start, end), by `aggregate_sort_key`."""
+        ...
+
+    async def write_receipts(self, receipts: Sequence[BatchReceipt]) -> None:
+        """Record batches as durable (idempotent on site, agent, seq)."""
+        ...
+
+    async def received_batches(self, site: str, agent: str, first: int, last: int) -> dict[int, int]:
+        """seq -> readings of an agent's batches first..last that any gateway has recorded."""
         ...
 
     async def write_health(self, points: Sequence[HealthPoint]) -> None:

@@ -25,6 +25,8 @@ from gateway.stores import line_protocol
 from gateway.stores.base import (
     HEALTH_MEASUREMENT,
     HEALTH_TAG_KEYS,
+    RECEIPT_MEASUREMENT,
+    BatchReceipt,
     HealthPoint,
     StoredReading,
     StoreError,
@@ -388,6 +390,33 @@ class InfluxStore:
             except ValueError as error:
                 raise self._error(f"cannot write rollup {aggregate.key}: {error}", retryable=False) from error
         await self._write_lines(lines)
+
+    async def write_receipts(self, receipts: Sequence[BatchReceipt]) -> None:
+        if not receipts:
+            return
+        try:
+            lines = [line_protocol.format_receipt_line(receipt) for receipt in receipts]
+        except ValueError as error:
+            raise self._error(f"cannot write batch receipts: {error}", retryable=False) from error
+        await self._write_lines(lines)
+
+    async def received_batches(self, site: str, agent: str, first: int, last: int) -> dict[int, int]:
+        measurement = quote_identifier(RECEIPT_MEASUREMENT)
+        source = f"{quote_identifier(self.retention_policy)}.{measurement}" if self.retention_policy else measurement
+        statement = (
+            f"SELECT {quote_identifier('readings')} FROM {source} WHERE {quote_identifier('site')} = "
+            f"{quote_string(site)} AND {quote_identifier('agent')} = {quote_string(agent)} "
+            f"AND time >= {first} AND time <= {last}"
+        )
+        text = await self._select(statement)
+        try:
+            return {
+                int(time): int(readings)
+                for series in iter_series(decode_documents(text))
+                for time, readings in series["values"]
+            }
+        except (StatementError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise self._error(f"batch receipt query failed: {error!r}", retryable=False) from error
 
     async def write_health(self, points: Sequence[HealthPoint]) -> None:
         if not points:

@@ -20,7 +20,15 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from gateway.rollup import Aggregate
-from gateway.stores.base import HEALTH_MEASUREMENT, HEALTH_TAG_KEYS, HealthPoint, StoredReading, to_ns
+from gateway.stores.base import (
+    HEALTH_MEASUREMENT,
+    HEALTH_TAG_KEYS,
+    RECEIPT_MEASUREMENT,
+    BatchReceipt,
+    HealthPoint,
+    StoredReading,
+    to_ns,
+)
 
 MEASUREMENT = "reading"
 TAG_KEYS = ("agent", "instrument", "parameter", "site")
@@ -184,3 +192,13 @@ def format_health_line(point: HealthPoint) -> str:
         f"{escape_tag(name, what='field key')}={format_int_field(value)}" for name, value in point.fields.items()
     )
     return f"{escape_measurement(HEALTH_MEASUREMENT)},{tag_set} {fields} {to_ns(point.ts)}"
+
+
+def format_receipt_line(receipt: BatchReceipt) -> str:
+    """A batch receipt: time = seq, so each (site, agent, seq) is one point and a rewrite replaces it."""
+    if receipt.seq < 0 or receipt.readings < 0:
+        raise ValueError(f"batch receipt {receipt} has a negative number")
+    tags = f"agent={escape_tag(receipt.agent, what='tag agent')},site={escape_tag(receipt.site, what='tag site')}"
+    return (
+        f"{escape_measurement(RECEIPT_MEASUREMENT)},{tags} readings={format_int_field(receipt.readings)} {receipt.seq}"
+    )

@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 
 from aua_contract import Quality
 from gateway.rollup import Aggregate, Period
-from gateway.stores.base import HealthPoint, StoredReading, StoreError, from_ns, health_sort_key, to_ns
+from gateway.stores.base import (
+    BatchReceipt,
+    HealthPoint,
+    StoredReading,
+    StoreError,
+    from_ns,
+    health_sort_key,
+    to_ns,
+)
 
 SCHEMA_VERSION = 2
 """Stored in PRAGMA user_version; bump it with a migration when the table changes.
@@ -67,6 +75,13 @@ CREATE TABLE IF NOT EXISTS health (
     PRIMARY KEY (component, id, site, agent, ts_ns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS health_ts ON health (ts_ns);
+CREATE TABLE IF NOT EXISTS batch_receipt (
+    site     TEXT    NOT NULL,
+    agent    TEXT    NOT NULL,
+    seq      INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    PRIMARY KEY (site, agent, seq)
+) WITHOUT ROWID;
 """
 
 _UPSERT = """
@@ -88,6 +103,11 @@ ON CONFLICT (site, period, instrument, parameter, start_ns) DO UPDATE SET
     value = excluded.value, n_valid = excluded.n_valid, n_expected = excluded.n_expected,
     n_maintenance = excluded.n_maintenance, valid = excluded.valid, reason = excluded.reason, unit = excluded.unit,
     substituted = excluded.substituted, method = excluded.method
+"""
+
+_RECEIPT_UPSERT = """
+INSERT INTO batch_receipt (site, agent, seq, readings) VALUES (?, ?, ?, ?)
+ON CONFLICT (site, agent, seq) DO UPDATE SET readings = excluded.readings
 """
 
 _HEALTH_UPSERT = """
@@ -242,6 +262,20 @@ class SqliteStore:
             return
         rows = [_aggregate_row(aggregate) for aggregate in aggregates]
         await self._run(self._write_sync, rows, _AGGREGATE_UPSERT)
+
+    async def write_receipts(self, receipts: Sequence[BatchReceipt]) -> None:
+        if not receipts:
+            return
+        rows = [(r.site, r.agent, r.seq, r.readings) for r in receipts]
+        await self._run(self._write_sync, rows, _RECEIPT_UPSERT)
+
+    async def received_batches(self, site: str, agent: str, first: int, last: int) -> dict[int, int]:
+        rows = await self._run(
+            self._fetch_sync,
+            "SELECT seq, readings FROM batch_receipt WHERE site = ? AND agent = ? AND seq BETWEEN ? AND ?",
+            [site, agent, first, last],
+        )
+        return {int(seq): int(readings) for seq, readings in rows}
 
     async def write_health(self, points: Sequence[HealthPoint]) -> None:
         if not points:
