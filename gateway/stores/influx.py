@@ -11,10 +11,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
@@ -61,6 +61,9 @@ _RETRYABLE_4XX = frozenset({408, 429})
 
 
 # -- pure helpers: InfluxQL text and answer parsing ------------------------------------------------------
+
+
+T = TypeVar("T")
 
 
 def quote_identifier(name: str) -> str:
@@ -261,6 +264,11 @@ def is_retryable_status(status: int) -> bool:
     return status >= 500 or status in _RETRYABLE_4XX
 
 
+def parse_receipts(documents: Iterator[dict[str, Any]]) -> dict[int, int]:
+    """Rows of a batch receipt SELECT (epoch=ns: the time is the seq) -> seq -> readings."""
+    return {int(time): int(readings) for series in iter_series(documents) for time, readings in series["values"]}
+
+
 def select_health_statement(
     *,
     retention_policy: str | None = None,
@@ -408,15 +416,7 @@ class InfluxStore:
             f"{quote_string(site)} AND {quote_identifier('agent')} = {quote_string(agent)} "
             f"AND time >= {first} AND time <= {last}"
         )
-        text = await self._select(statement)
-        try:
-            return {
-                int(time): int(readings)
-                for series in iter_series(decode_documents(text))
-                for time, readings in series["values"]
-            }
-        except (StatementError, ValueError, KeyError, TypeError, IndexError) as error:
-            raise self._error(f"batch receipt query failed: {error!r}", retryable=False) from error
+        return await self._query(statement, parse_receipts, "batch receipt query")
 
     async def write_health(self, points: Sequence[HealthPoint]) -> None:
         if not points:
@@ -435,13 +435,7 @@ class InfluxStore:
         statement = select_health_statement(
             retention_policy=self.retention_policy, component=component, start=start, end=end
         )
-        text = await self._select(statement)
-        try:
-            return parse_health(decode_documents(text))
-        except StatementError as error:
-            raise self._error(f"health query failed: {error}", retryable=False) from error
-        except (ValueError, KeyError, TypeError) as error:
-            raise self._error(f"health query answer not understood: {error!r}", retryable=False) from error
+        return await self._query(statement, parse_health, "health query")
 
     async def query_aggregates(
         self,
@@ -462,13 +456,7 @@ class InfluxStore:
             start=start,
             end=end,
         )
-        text = await self._select(statement)
-        try:
-            return parse_aggregates(decode_documents(text))
-        except StatementError as error:
-            raise self._error(f"rollup query failed: {error}", retryable=False) from error
-        except (ValueError, KeyError, TypeError) as error:
-            raise self._error(f"rollup query answer not understood: {error!r}", retryable=False) from error
+        return await self._query(statement, parse_aggregates, "rollup query")
 
     async def _write_lines(self, lines: list[str]) -> None:
         params = {"db": self.database, "precision": "ns"}
@@ -506,22 +494,21 @@ class InfluxStore:
             start=start,
             end=end,
         )
-        text = await self._select(statement)
-        try:
-            return parse_readings(decode_documents(text))
-        except StatementError as error:
-            raise self._error(f"query failed: {error}", retryable=False) from error
-        except (ValueError, KeyError, TypeError) as error:
-            raise self._error(f"query answer not understood: {error!r}", retryable=False) from error
+        return await self._query(statement, parse_readings, "query")
 
     async def count_by_instrument(self) -> dict[tuple[str, str], int]:
-        text = await self._select(count_statement(retention_policy=self.retention_policy))
+        return await self._query(count_statement(retention_policy=self.retention_policy), parse_counts, "count")
+
+    async def _query(self, statement: str, parse: Callable[[Iterator[dict[str, Any]]], T], what: str) -> T:
+        """Run a SELECT and parse its answer; an error InfluxDB reports, or an answer we cannot read, is a
+        StoreError that is not worth retrying."""
+        text = await self._select(statement)
         try:
-            return parse_counts(decode_documents(text))
+            return parse(decode_documents(text))
         except StatementError as error:
-            raise self._error(f"count failed: {error}", retryable=False) from error
-        except (ValueError, KeyError, TypeError) as error:
-            raise self._error(f"count answer not understood: {error!r}", retryable=False) from error
+            raise self._error(f"{what} failed: {error}", retryable=False) from error
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise self._error(f"{what} answer not understood: {error!r}", retryable=False) from error
 
     def _format(self, reading: StoredReading) -> str:
         try:
