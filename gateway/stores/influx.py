@@ -64,6 +64,7 @@ _RETRYABLE_4XX = frozenset({408, 429})
 
 
 T = TypeVar("T")
+W = TypeVar("W")
 
 
 def quote_identifier(name: str) -> str:
@@ -391,22 +392,12 @@ class InfluxStore:
     async def write_aggregates(self, aggregates: Sequence[Aggregate]) -> None:
         if not aggregates:
             return
-        lines = []
-        for aggregate in aggregates:  # all checked before anything is sent
-            try:
-                lines.append(line_protocol.format_aggregate_line(aggregate))
-            except ValueError as error:
-                raise self._error(f"cannot write rollup {aggregate.key}: {error}", retryable=False) from error
-        await self._write_lines(lines)
+        await self._write_formatted(aggregates, line_protocol.format_aggregate_line, lambda a: f"rollup {a.key}")
 
     async def write_receipts(self, receipts: Sequence[BatchReceipt]) -> None:
         if not receipts:
             return
-        try:
-            lines = [line_protocol.format_receipt_line(receipt) for receipt in receipts]
-        except ValueError as error:
-            raise self._error(f"cannot write batch receipts: {error}", retryable=False) from error
-        await self._write_lines(lines)
+        await self._write_formatted(receipts, line_protocol.format_receipt_line, lambda r: f"batch receipt {r}")
 
     async def received_batches(self, site: str, agent: str, first: int, last: int) -> dict[int, int]:
         measurement = quote_identifier(RECEIPT_MEASUREMENT)
@@ -421,13 +412,7 @@ class InfluxStore:
     async def write_health(self, points: Sequence[HealthPoint]) -> None:
         if not points:
             return
-        lines = []
-        for point in points:  # all checked before anything is sent
-            try:
-                lines.append(line_protocol.format_health_line(point))
-            except ValueError as error:
-                raise self._error(f"cannot write health {point.identity}: {error}", retryable=False) from error
-        await self._write_lines(lines)
+        await self._write_formatted(points, line_protocol.format_health_line, lambda p: f"health {p.identity}")
 
     async def query_health(
         self, *, component: str | None = None, start: datetime | None = None, end: datetime | None = None
@@ -457,6 +442,18 @@ class InfluxStore:
             end=end,
         )
         return await self._query(statement, parse_aggregates, "rollup query")
+
+    async def _write_formatted(
+        self, items: Sequence[W], format_line: Callable[[W], str], describe: Callable[[W], str]
+    ) -> None:
+        """Format every item before anything is sent; one that cannot be written fails the call, naming it."""
+        lines = []
+        for item in items:
+            try:
+                lines.append(format_line(item))
+            except ValueError as error:
+                raise self._error(f"cannot write {describe(item)}: {error}", retryable=False) from error
+        await self._write_lines(lines)
 
     async def _write_lines(self, lines: list[str]) -> None:
         params = {"db": self.database, "precision": "ns"}

@@ -118,6 +118,19 @@ ON CONFLICT (component, id, site, agent, ts_ns) DO UPDATE SET fields = excluded.
 T = TypeVar("T")
 
 
+def _where(
+    equal: dict[str, Any], time_column: str, start: datetime | None, end: datetime | None
+) -> tuple[str, list[Any]]:
+    """A WHERE clause (or "") and its parameters: each non-None `equal` value, and time in [start, end)."""
+    conditions = [f"{column} = ?" for column, wanted in equal.items() if wanted is not None]
+    params: list[Any] = [wanted for wanted in equal.values() if wanted is not None]
+    for bound, operator in ((start, ">="), (end, "<")):
+        if bound is not None:
+            conditions.append(f"{time_column} {operator} ?")
+            params.append(to_ns(bound))
+    return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), params
+
+
 def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
     """In _AGGREGATE_COLUMNS order."""
     return (
@@ -221,19 +234,7 @@ class SqliteStore:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[StoredReading]:
-        conditions: list[str] = []
-        params: list[Any] = []
-        for column, wanted in (("site", site), ("instrument", instrument), ("parameter", parameter)):
-            if wanted is not None:
-                conditions.append(f"{column} = ?")
-                params.append(wanted)
-        if start is not None:
-            conditions.append("ts_ns >= ?")
-            params.append(to_ns(start))
-        if end is not None:
-            conditions.append("ts_ns < ?")
-            params.append(to_ns(end))
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        where, params = _where({"site": site, "instrument": instrument, "parameter": parameter}, "ts_ns", start, end)
         sql = f"SELECT {_COLUMNS} FROM reading {where} ORDER BY ts_ns, instrument, parameter, site, agent"
         rows = await self._run(self._fetch_sync, sql, params)
         return [
@@ -289,18 +290,7 @@ class SqliteStore:
     async def query_health(
         self, *, component: str | None = None, start: datetime | None = None, end: datetime | None = None
     ) -> list[HealthPoint]:
-        conditions: list[str] = []
-        params: list[Any] = []
-        if component is not None:
-            conditions.append("component = ?")
-            params.append(component)
-        if start is not None:
-            conditions.append("ts_ns >= ?")
-            params.append(to_ns(start))
-        if end is not None:
-            conditions.append("ts_ns < ?")
-            params.append(to_ns(end))
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        where, params = _where({"component": component}, "ts_ns", start, end)
         sql = f"SELECT component, id, site, agent, ts_ns, fields FROM health {where}"
         rows = await self._run(self._fetch_sync, sql, params)
         points = [
@@ -320,22 +310,9 @@ class SqliteStore:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[Aggregate]:
-        conditions = ["period = ?"]
-        params: list[Any] = [Period(period).value]
-        for column, wanted in (("site", site), ("instrument", instrument), ("parameter", parameter)):
-            if wanted is not None:
-                conditions.append(f"{column} = ?")
-                params.append(wanted)
-        if start is not None:
-            conditions.append("start_ns >= ?")
-            params.append(to_ns(start))
-        if end is not None:
-            conditions.append("start_ns < ?")
-            params.append(to_ns(end))
-        sql = (
-            f"SELECT {_AGGREGATE_COLUMNS} FROM rollup WHERE {' AND '.join(conditions)} "
-            "ORDER BY start_ns, instrument, parameter, site"
-        )
+        equal = {"period": Period(period).value, "site": site, "instrument": instrument, "parameter": parameter}
+        where, params = _where(equal, "start_ns", start, end)
+        sql = f"SELECT {_AGGREGATE_COLUMNS} FROM rollup {where} ORDER BY start_ns, instrument, parameter, site"
         return [_aggregate_from_row(row) for row in await self._run(self._fetch_sync, sql, params)]
 
     # -- everything below runs on the worker thread --------------------------------------------------
