@@ -78,6 +78,11 @@ NE107 = frozenset(
 """The qualities an instrument's own status bits can give (cems-mrv.md §3); the rest are set by the gateway."""
 
 
+STATUS_BITS_MAX = 63
+"""A block's bits travel as one raw status integer, which stores keep as a signed 64-bit integer (InfluxDB,
+SQLite): a longer status table is split into several blocks."""
+
+
 class StatusBlock(_Strict):
     """Status bits that set the NE107 quality of the values that point at this block.
 
@@ -88,7 +93,7 @@ class StatusBlock(_Strict):
     name: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
     function: Function = Function.DISCRETE
     address: Annotated[int, Field(ge=0, le=65535)]
-    count: Annotated[int, Field(ge=1, le=2000)] = 16
+    count: Annotated[int, Field(ge=1, le=STATUS_BITS_MAX)] = 16
     bits: dict[int, Quality] = Field(default_factory=dict, description="bit index -> quality when the bit is set")
     required: dict[int, Quality] = Field(
         default_factory=dict, description="bit index -> quality when the bit is NOT set (e.g. 'system OK')"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from aua_contract import Quality
+from aua_contract import Quality, Reading
 from edge_agent.decoding import bits_of
 from edge_agent.profiles import NE107, StatusBlock
 from edge_agent.quality import SEVERITY, quality_from_bits, status_word, worst
@@ -139,6 +140,15 @@ def test_status_block_rejects_gateway_side_flags(flag: Quality, table: str) -> N
 def test_status_block_rejects_bits_outside_the_block(index: int) -> None:
     with pytest.raises(ValidationError, match=f"status bit {index} is outside"):
         StatusBlock(name="s", address=0, count=16, bits={index: FAILURE})
+
+
+def test_a_status_block_fits_the_int64_status_word_the_stores_keep() -> None:
+    """63 bits, all set, still make a status a Reading carries; a 64-bit block is refused at the profile."""
+    block = StatusBlock(name="s", address=0, count=63)
+    Reading(instrument="i", parameter="p", value=1.0, unit="u", ts=datetime.now(UTC), status=status_word([True] * 63))
+    assert status_word([True] * block.count) == 2**63 - 1
+    with pytest.raises(ValidationError, match="less than or equal to 63"):
+        StatusBlock(name="s", address=0, count=64)
 
 
 @st.composite

@@ -17,9 +17,9 @@ from edge_agent import mbap
 from edge_agent.sealing import Sample, batch_payload
 
 identifiers = st.from_regex(IDENTIFIER_PATTERN, fullmatch=True)
-times = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-).map(lambda t: t.astimezone(UTC))
+times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)).map(
+    lambda t: t.astimezone(UTC)
+)
 samples = st.builds(
     Sample,
     instrument=identifiers,
@@ -28,7 +28,7 @@ samples = st.builds(
     unit=st.text(min_size=1, max_size=32),
     ts=times,
     quality=st.sampled_from(Quality),
-    status=st.none() | st.integers(0, 2**64),
+    status=st.none() | st.integers(0, 2**63 - 1),  # a status block has at most 63 bits (profiles.py)
 )
 
 
