@@ -223,7 +223,6 @@ class AlertStore(StateFile):
     def __init__(self, path: Path) -> None:
         super().__init__(path, _SCHEMA)
 
-
     # ---- alert states ----
 
     def load(self) -> list[AlertRow]:

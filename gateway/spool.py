@@ -50,4 +50,3 @@ class Spool(StateFile):
         with self._lock:
             removed = self._db.executemany("DELETE FROM spooled WHERE id = ?", [(i,) for i in ids]).rowcount
             self._depth -= removed
-

@@ -124,9 +124,12 @@ async def test_the_agent_publishes_over_tls_with_its_client_certificate(
         key_file=certs / "gateway.key",
     )
     seqs: list[int] = []
-    async with simulator_for_config(loaded), aiomqtt.Client(
-        tls_broker.host, tls_broker.port, identifier=f"sub-{agent_id}", tls_context=tls_context(subscriber)
-    ) as client:
+    async with (
+        simulator_for_config(loaded),
+        aiomqtt.Client(
+            tls_broker.host, tls_broker.port, identifier=f"sub-{agent_id}", tls_context=tls_context(subscriber)
+        ) as client,
+    ):
         await client.subscribe(readings_topic("tls-site", agent_id), qos=1)
         await client.subscribe(status_topic("tls-site", agent_id), qos=1)
         agent = Agent(loaded)

@@ -51,9 +51,7 @@ def stop_polling(agent: Agent) -> None:
     agent.readers.clear()
 
 
-async def test_gateway_killed_mid_stream_loses_and_doubles_nothing(
-    mosquitto: MosquittoServer, tmp_path: Path
-) -> None:
+async def test_gateway_killed_mid_stream_loses_and_doubles_nothing(mosquitto: MosquittoServer, tmp_path: Path) -> None:
     [ambient] = [s for s in demo_sites() if s.config.agent.site == "pavlodar-ambient"]
     ports = {port: free_port() for port in {i.config.port for i in ambient.instruments}}
     site = relocate(ambient, broker_host=mosquitto.host, broker_port=mosquitto.port, ports=ports, workdir=tmp_path)
