@@ -1,7 +1,7 @@
 """Gateway ingest benchmark (issue 5): sustained readings/s stored into a real InfluxDB, next to the raw
 InfluxDB /write ceiling measured in the same run, and sample-to-stored latency at 1,000 readings/s.
 
-Run: .venv/bin/python bench/ingest_throughput.py [--readings 600000]
+Run: .venv/bin/python bench/ingest_throughput.py [--readings 1000000]
 Targets: >= 50 % of the raw ceiling and >= 50,000 readings/s on 2 cores; p99 latency reported.
 Everything runs on loopback (influxd, mosquitto and a publisher process started here) and stops by itself.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import os
 import statistics
 import subprocess
 import sys
@@ -29,17 +30,42 @@ from servers import InfluxServer, MosquittoServer  # noqa: E402
 
 from aua_contract import Batch  # noqa: E402
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection  # noqa: E402
+from gateway.gc_tuning import tune_for_ingest  # noqa: E402
 from gateway.ingest import Ingest  # noqa: E402
 from gateway.ledger import Ledger  # noqa: E402
 from gateway.stores import open_store  # noqa: E402
 
 BATCH_READINGS = 500
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-async def raw_ceiling(influx_url: str, readings: int) -> float:
-    """Points/s of gzip line-protocol writes of 5,000 lines from one client, as the gateway's writes are."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class CpuMeter:
+    """CPU seconds each named process used between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._began = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        self.used = {name: cpu_seconds(pid) - self._began[name] for name, pid in self.pids.items()}
+
+
+async def raw_ceiling(influx: InfluxServer, readings: int) -> tuple[float, dict[str, float]]:
+    """Points/s of gzip line-protocol writes of 5,000 lines from one client, as the gateway's writes are,
+    and the CPU seconds influxd and this client used for them."""
     database = f"ceiling_{uuid.uuid4().hex[:8]}"
-    async with httpx.AsyncClient(base_url=influx_url, timeout=60) as client:
+    assert influx.process is not None
+    meter = CpuMeter({"influxd": influx.process.pid, "client": os.getpid()})
+    async with httpx.AsyncClient(base_url=influx.url, timeout=60) as client:
         await client.post("/query", params={"q": f'CREATE DATABASE "{database}"'})
         bodies = []
         for start in range(0, readings, 5000):
@@ -49,6 +75,7 @@ async def raw_ceiling(influx_url: str, readings: int) -> float:
                 for n in range(start, min(readings, start + 5000))
             ]
             bodies.append(gzip.compress("\n".join(lines).encode(), compresslevel=1))
+        meter.start()
         began = time.perf_counter()
         for body in bodies:
             response = await client.post(
@@ -58,7 +85,9 @@ async def raw_ceiling(influx_url: str, readings: int) -> float:
                 headers={"Content-Encoding": "gzip"},
             )
             response.raise_for_status()
-        return readings / (time.perf_counter() - began)
+        elapsed = time.perf_counter() - began
+        meter.stop()
+        return readings / elapsed, meter.used
 
 
 def start_publisher(
@@ -85,8 +114,10 @@ def start_publisher(
     return process
 
 
-async def gateway_run(influx: InfluxServer, broker: MosquittoServer, workdir: Path, readings: int, rate: float):
-    """Returns (readings/s, latencies of each batch from sample time to durable)."""
+async def gateway_run(
+    influx: InfluxServer, broker: MosquittoServer, workdir: Path, readings: int, rate: float
+) -> tuple[float, list[float], dict[str, float]]:
+    """Returns (readings/s, latencies of each batch from sample time to durable, CPU seconds per process)."""
     site = f"bench{uuid.uuid4().hex[:6]}"
     url = influx.database_url(f"gw_{uuid.uuid4().hex[:8]}")
     config = GatewayConfig(
@@ -110,6 +141,17 @@ async def gateway_run(influx: InfluxServer, broker: MosquittoServer, workdir: Pa
     batches = readings // size
     publisher = start_publisher(broker, site, "a1", batches, size, rate=rate / size if rate else 0)
     assert publisher.stdin is not None
+    assert influx.process is not None
+    assert broker.process is not None
+    meter = CpuMeter(
+        {
+            "gateway": os.getpid(),
+            "influxd": influx.process.pid,
+            "mosquitto": broker.process.pid,
+            "publisher": publisher.pid,
+        }
+    )
+    meter.start()
     began = time.perf_counter()
     publisher.stdin.write("go\n")
     publisher.stdin.flush()
@@ -118,6 +160,7 @@ async def gateway_run(influx: InfluxServer, broker: MosquittoServer, workdir: Pa
         if time.perf_counter() - began > 600:
             raise TimeoutError(f"only {ingest.stats.readings} of {batches * size} readings stored in 600 s")
     elapsed = time.perf_counter() - began
+    meter.stop()
     publisher.wait(timeout=30)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -125,12 +168,12 @@ async def gateway_run(influx: InfluxServer, broker: MosquittoServer, workdir: Pa
     await store.close()
     ledger.close()
     assert counted == batches * size, f"stored {counted}, sent {batches * size}"
-    return batches * size / elapsed, latencies
+    return batches * size / elapsed, latencies, {name: used / elapsed for name, used in meter.used.items()}
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--readings", type=int, default=500_000)
+    parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aua-bench-") as folder:
@@ -140,9 +183,10 @@ async def main() -> None:
         influx.start()
         broker.start()
         try:
-            ceiling = await raw_ceiling(influx.url, args.readings)
-            throughput, _ = await gateway_run(influx, broker, workdir, args.readings, rate=0)
-            _, latencies = await gateway_run(influx, broker, workdir, int(1000 * args.latency_seconds), rate=1000)
+            ceiling, ceiling_cpu = await raw_ceiling(influx, args.readings)
+            tune_for_ingest()  # as `cems-gateway run` does
+            throughput, _, busy = await gateway_run(influx, broker, workdir, args.readings, rate=0)
+            _, latencies, _ = await gateway_run(influx, broker, workdir, int(1000 * args.latency_seconds), rate=1000)
         finally:
             broker.terminate()
             influx.terminate()
@@ -157,6 +201,12 @@ async def main() -> None:
     print(f"{'gateway / ceiling':<52} {throughput / ceiling:>13.0%} {'>= 50 %':>22}")
     print(f"{'latency sample -> stored at 1,000 readings/s, p50':<52} {p50 * 1000:>11.1f} ms")
     print(f"{'latency sample -> stored at 1,000 readings/s, p99':<52} {p99 * 1000:>11.1f} ms")
+    print()
+    print("CPU: microseconds per reading (cores busy during the run)")
+    for name, used in ceiling_cpu.items():
+        print(f"  ceiling run  {name:<12} {used / args.readings * 1e6:>6.2f} us")
+    for name, cores in busy.items():
+        print(f"  gateway run  {name:<12} {cores / throughput * 1e6:>6.2f} us   ({cores:.2f} cores)")
     print("(peers.md: thingsboard-gateway users report ~200 datapoints/s, #1484)")
 
 

@@ -18,6 +18,7 @@ from gateway.alert_state import Phase
 from gateway.alerts import AlertEngine, AlertError, AlertStore
 from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
 from gateway.dashboards import add_dashboard_commands, run_dashboards_command
+from gateway.gc_tuning import tune_for_ingest
 from gateway.health_writer import HealthWriter
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in MRV_COMMANDS:
         return run_mrv_command(config, args)
     if args.command == "run":
+        tune_for_ingest()
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(config))
         return 0

@@ -59,15 +59,19 @@ class GatewaySection(_Strict):
         default=None, pattern=r"^[^\s:]+:\d{1,5}$", description="HOST:PORT for /health and /metrics; unset: off"
     )
     write_max_readings: Annotated[int, Field(ge=1)] = Field(
-        default=5000, description="readings gathered from many batches into one store write"
+        default=20_000,
+        description="readings gathered from many batches into one store write (InfluxDB: sent as concurrent "
+        "requests of 5,000 lines)",
     )
     write_max_delay_s: Annotated[float, Field(ge=0, le=10)] = Field(
         default=0.0,
         description="how long a batch may wait for others to share its store write; 0: group only what is "
         "already queued (under load the queue fills while a write is in flight, so writes grow by themselves)",
     )
-    write_queue_batches: Annotated[int, Field(ge=1)] = Field(
-        default=2000, description="batches waiting for the writer before the MQTT consumer slows down"
+    write_queue_readings: Annotated[int, Field(ge=1)] = Field(
+        default=100_000,
+        description="decoded readings waiting for the writer before the MQTT consumer stops taking more: the "
+        "broker is the buffer beyond that (a deeper queue only costs memory and garbage-collector time)",
     )
     gap_check_s: Annotated[float, Field(gt=0)] = Field(default=5.0, description="how often to look for missing batches")
     gap_grace_s: Annotated[float, Field(ge=0)] = Field(
@@ -77,7 +81,6 @@ class GatewaySection(_Strict):
     health_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=10.0, description="how often to write gateway and per-agent accounting to the store (aua_health)"
     )
-
 
     @property
     def spool_path(self) -> Path:
@@ -398,8 +401,8 @@ class RegistrySection(_Strict):
     )
     parameter: list[ParameterRule] = Field(default_factory=list)
     max_payload_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
-    max_future_s: Annotated[float, Field(ge=0)] = 300.0
-    max_age_days: Annotated[float, Field(gt=0)] = 30.0
+    max_future_s: Annotated[float, Field(ge=0, le=31_536_000)] = 300.0
+    max_age_days: Annotated[float, Field(gt=0, le=36_500)] = 30.0
 
     def rule_for(self, site: str, instrument: str, parameter: str) -> ParameterRule | None:
         """The most specific matching rule (exact instrument beats *, exact site beats *)."""

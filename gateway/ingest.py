@@ -39,8 +39,8 @@ from gateway.metrics import GatewayMetrics, Health
 from gateway.quality_checks import BatchScreen
 from gateway.rollup_engine import RollupEngine
 from gateway.spool import Spool
-from gateway.stores import BatchReceipt, Store, StoredReading, StoreError
-from gateway.validation import Rejected, stored_readings, validate_message
+from gateway.stores import BatchReceipt, Store, StoreError
+from gateway.validation import Rejected, validate_message
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,11 @@ class IngestStats:
     resend_requests: int = 0
 
 
+def _weight(pending: _Pending) -> int:
+    """What a queued batch counts against write_queue_readings (an empty batch still counts one)."""
+    return max(1, len(pending.batch.readings))
+
+
 def _as_bytes(payload: object) -> bytes:
     """paho hands over bytes; anything else is kept as text so a dead letter still shows it."""
     if isinstance(payload, bytes | bytearray):
@@ -115,7 +120,10 @@ class Ingest:
         self._owns_spool = spool is None
         self.spool = spool or Spool(config.gateway.spool_path)
         self.drain_wake = asyncio.Event()
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.gateway.write_queue_batches)
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queued_readings = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self._recent: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
         self.metrics.attach(self)
@@ -182,6 +190,9 @@ class Ingest:
     async def _consume(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             await self.handle(message.topic.value, _as_bytes(message.payload))
+            # Let the loop read the socket (paho acknowledges there, which lets the broker send more) and
+            # run the writer between messages, instead of only once the received queue is empty.
+            await asyncio.sleep(0)
 
     async def _repair_forever(self, client: aiomqtt.Client) -> None:
         """Ask agents again for the batches they owe (see gap_repair); runs while connected."""
@@ -272,7 +283,24 @@ class Ingest:
         screened = self.screen.screen(batch, datetime.now(UTC))
         if screened.refused:
             await self._refuse_readings(topic, batch, screened.refused, now)
-        await self._queue.put(_Pending(batch.model_copy(update={"readings": screened.keep}), topic, now))
+        await self._enqueue(_Pending(batch.model_copy(update={"readings": screened.keep}), topic, now))
+
+    async def _enqueue(self, pending: _Pending) -> None:
+        """Queue a batch for the writer, first waiting while write_queue_readings are already waiting.
+
+        The wait stops this consumer, so the broker holds what comes next (QoS 1 flow control); a batch is
+        always taken once the queue is below the limit, so one batch larger than the limit still passes.
+        """
+        while self._queued_readings >= self.config.gateway.write_queue_readings:
+            self._room.clear()
+            await self._room.wait()
+        self._queued_readings += _weight(pending)
+        self._queue.put_nowait(pending)
+
+    @property
+    def queued_readings(self) -> int:
+        """Readings received and not yet written (a gauge)."""
+        return self._queued_readings
 
     def _remember(self, key: tuple[str, str, int]) -> None:
         """Recent batch keys, so a redelivery is dropped without a ledger lookup (bounded; the ledger decides)."""
@@ -319,8 +347,10 @@ class Ingest:
                     self.on_batch(pending.batch)
                 if self.alerts is not None:
                     await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
-            for _ in group:
+            for pending in group:
+                self._queued_readings -= _weight(pending)
                 self._queue.task_done()
+            self._room.set()
 
     async def flushed(self) -> None:
         """Wait until everything received so far is durable and recorded."""
@@ -341,16 +371,16 @@ class Ingest:
         becomes a dead letter instead.
         """
         if self.spool.depth == 0:
-            readings = [r for p in group for r in stored_readings(p.batch)]
+            batches = [p.batch for p in group]
             try:
                 with self.metrics.write_seconds.time():
-                    await self.store.write(readings)
+                    await self.store.write_batches(batches)
             except StoreError as error:
                 if not error.retryable:
                     return await self._write_one_by_one(group)
                 log.warning("store unavailable (%s): spooling to disk until it is back", error)
             else:
-                await self._written(readings, [p.batch for p in group])
+                await self._written(batches)
                 return group
         for pending in group:
             batch = pending.batch
@@ -364,24 +394,23 @@ class Ingest:
         """A group the store refused: store the batches it accepts, dead-letter the ones it refuses."""
         durable = []
         for pending in group:
-            readings = stored_readings(pending.batch)
             try:
-                await self.store.write(readings)
+                await self.store.write_batches([pending.batch])
             except StoreError as error:
                 if error.retryable:
                     durable += await self._store_or_spool([pending])
                 else:
                     await self._store_rejected(pending.topic, encode_batch(pending.batch), error, pending.received_ns)
                 continue
-            await self._written(readings, [pending.batch])
+            await self._written([pending.batch])
             durable.append(pending)
         return durable
 
-    async def _written(self, readings: list[StoredReading], batches: list[Batch]) -> None:
-        """The store has these readings now: their periods need new rollups, and with a shared subscription
+    async def _written(self, batches: list[Batch]) -> None:
+        """The store has these batches now: their periods need new rollups, and with a shared subscription
         the other instances need to see the batches' receipts."""
         if self.rollups is not None:
-            await self.rollups.note_written(readings)
+            await self.rollups.note_batches(batches)
         if self.config.mqtt.shared_group is not None:
             receipts = [BatchReceipt(b.site, b.agent, b.seq, len(b.readings)) for b in batches]
             await self.store.write_receipts(receipts)
@@ -403,9 +432,8 @@ class Ingest:
                 continue
             rows = await asyncio.to_thread(self.spool.oldest, 100)
             batches = [decode_batch(payload) for _, _, payload in rows]
-            readings = [r for batch in batches for r in stored_readings(batch)]
             try:
-                await self.store.write(readings)
+                await self.store.write_batches(batches)
             except StoreError as error:
                 if error.retryable:
                     self.stats.store_retries += 1
@@ -414,7 +442,7 @@ class Ingest:
                     continue
                 await self._drain_one_by_one(rows)
             else:
-                await self._written(readings, batches)
+                await self._written(batches)
                 await asyncio.to_thread(self.spool.remove, [row_id for row_id, _, _ in rows])
                 backoff = 0.5
                 if self.spool.depth == 0:
@@ -424,13 +452,12 @@ class Ingest:
         """A group the store refused: find the batches it refuses for good and dead-letter only those."""
         for row_id, topic, payload in rows:
             batch = decode_batch(payload)
-            readings = stored_readings(batch)
             try:
-                await self.store.write(readings)
+                await self.store.write_batches([batch])
             except StoreError as error:
                 if error.retryable:
                     return
                 await self._store_rejected(topic, payload, error, time.time_ns())
             else:
-                await self._written(readings, [batch])
+                await self._written([batch])
             await asyncio.to_thread(self.spool.remove, [row_id])

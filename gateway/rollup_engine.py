@@ -1,7 +1,8 @@
 """Keeps the rollups in the store up to date as raw readings arrive, late ones included. I/O around gateway.rollup.
 
-- `note_written(readings)`: after a batch is in the store, mark the (series, UTC hour) pairs it touched
-  dirty. The marks live in the gateway's state SQLite (table `rollup_dirty`), so a restart loses none.
+- `note_written(readings)` / `note_batches(batches)`: after readings are in the store, mark the (series, UTC
+  hour) pairs they touched dirty. The marks live in the gateway's state SQLite (table `rollup_dirty`), so a
+  restart loses none.
 - `process_dirty()`: recompute every dirty hour from the raw readings in the store (its 1-minute and base
   aggregates), then the local days those hours fall in, and the months and years of those days. A mark is
   removed only after its aggregates are written, and only if no newer data marked it again meanwhile
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 
+from aua_contract import Batch
 from gateway.config import GatewayConfig
 from gateway.mrv_config import RuleResolver
 from gateway.rollup import (
@@ -148,6 +150,14 @@ def _hour_floor(ts: datetime) -> datetime:
     return ts.replace(minute=0, second=0, microsecond=0)
 
 
+_HOUR_NS = 3_600_000_000_000
+
+
+def _hour_ns(ns: int) -> int:
+    """The UTC hour a time in ns falls in (as ns): the same hour as _hour_floor, without building datetimes."""
+    return ns - ns % _HOUR_NS
+
+
 def _runs(hours: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
     """Sorted hour starts → [start, end) stretches of consecutive hours, each at most _CHUNK long."""
     runs: list[tuple[datetime, datetime]] = []
@@ -185,7 +195,15 @@ class RollupEngine:
 
     async def note_written(self, readings: Sequence[StoredReading]) -> None:
         """Call after `store.write(readings)` succeeded: marks the hours they fall in for recomputation."""
-        keys = {(r.site, r.instrument, r.parameter, to_ns(_hour_floor(r.ts))) for r in readings}
+        await self._mark({(r.site, r.instrument, r.parameter, _hour_ns(to_ns(r.ts))) for r in readings})
+
+    async def note_batches(self, batches: Sequence[Batch]) -> None:
+        """Call after `store.write_batches(batches)` succeeded (the ingest path; the same marks as note_written)."""
+        await self._mark(
+            {(b.site, r.instrument, r.parameter, _hour_ns(to_ns(r.ts))) for b in batches for r in b.readings}
+        )
+
+    async def _mark(self, keys: set[tuple[str, str, str, int]]) -> None:
         if keys:
             await asyncio.to_thread(self.marks.add, sorted(keys))
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
-from servers import MosquittoServer
+from servers import InfluxServer, MosquittoServer
 
 from aua_contract import Batch, Quality, Reading, encode_batch, readings_topic
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
@@ -17,6 +19,7 @@ from gateway.ledger import Ledger
 from gateway.stores import open_store
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
 
 
 def batch(site: str, agent: str, seq: int) -> Batch:
@@ -131,4 +134,64 @@ async def test_registry_refuses_unknown_agents_and_parameters_and_flags_implausi
     }
     reasons = sorted(letter.reason for letter in ledger.dead_letters())
     assert reasons == [f"agent {site}/a9 is not in the registry", "hg1/hg_total is not in the registry"]
+    ledger.close()
+
+
+async def test_a_stalled_store_holds_the_consumer_at_the_queue_limit_and_loses_nothing(
+    mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db_url: str, tmp_path: Path
+) -> None:
+    """With influxd stopped (SIGSTOP: a write that hangs, not one that fails) the consumer takes batches only
+    until write_queue_readings wait for the writer; the broker keeps the rest, and all arrive once it resumes."""
+    site = f"s{uuid.uuid4().hex[:8]}"
+    config = GatewayConfig(
+        gateway=GatewaySection(
+            id=f"gw-{site}", state=tmp_path / "state.sqlite", write_queue_readings=1000, write_max_readings=300
+        ),
+        mqtt=MqttSection(host=mosquitto.host, port=mosquitto.port, sites=site),
+        store=StoreSection(url=influx_db_url),
+    )
+    store = open_store(config.store.url)
+    await store.open()
+    ledger = Ledger(config.gateway.state)
+    ingest = Ingest(config, store, ledger)
+    task = asyncio.create_task(ingest.run())
+    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
+    now = datetime.now(UTC).replace(microsecond=0)
+    batches = [
+        Batch(
+            site=site,
+            agent="a1",
+            seq=seq,
+            sent_at=now,
+            readings=[
+                Reading(instrument=f"i{n}", parameter="so2", value=n, unit="mg/m³", ts=now - seq * SECOND)
+                for n in range(250)
+            ],
+        )
+        for seq in range(20)
+    ]
+    assert influxdb.process is not None
+    os.kill(influxdb.process.pid, signal.SIGSTOP)
+    try:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
+            for message in batches:
+                await client.publish(readings_topic(site, "a1"), encode_batch(message), qos=1)
+        seen = -1
+        while ingest.stats.messages != seen:  # until the consumer has stopped taking messages
+            seen = ingest.stats.messages
+            await asyncio.sleep(1.0)
+        held, taken = ingest.queued_readings, ingest.stats.messages
+    finally:
+        os.kill(influxdb.process.pid, signal.SIGCONT)
+    assert taken < len(batches)
+    assert 1000 <= held < 1000 + 250  # the writer's group (500) + waiting batches, one batch over at most
+    for _ in range(200):
+        if ingest.stats.readings == 20 * 250:
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert (await store.count_by_instrument()) == {(site, f"i{n}"): 20 for n in range(250)}
+    assert (ingest.queued_readings, ingest.stats.store_retries, ingest.spool.depth) == (0, 0, 0)
+    await store.close()
     ledger.close()

@@ -3,15 +3,19 @@ test_store_contract.py (odd names round-trip through a real server)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from aua_contract import Quality
+from aua_contract import Batch, Quality, Reading
 from gateway.stores.base import StoredReading
 from gateway.stores.line_protocol import (
     escape_measurement,
     escape_tag,
+    format_batch_lines,
     format_float_field,
     format_int_field,
     format_line,
@@ -163,7 +167,7 @@ def test_format_int_field_rejects_out_of_range(value: int) -> None:
     [
         (
             {},
-            'reading,agent=chp-1,instrument=gas-1,parameter=SO2,site=pavlodar quality="ok",status=0i,unit="mg/m³",'
+            'reading,agent=chp-1,instrument=gas-1,parameter=SO2,site=pavlodar quality="ok",unit="mg/m³",status=0i,'
             f"value=412.5 {TS_NS}",
         ),
         (
@@ -172,7 +176,7 @@ def test_format_int_field_rejects_out_of_range(value: int) -> None:
         ),
         (
             {"value": None, "status": 12},
-            'reading,agent=chp-1,instrument=gas-1,parameter=SO2,site=pavlodar quality="ok",status=12i,unit="mg/m³" '
+            'reading,agent=chp-1,instrument=gas-1,parameter=SO2,site=pavlodar quality="ok",unit="mg/m³",status=12i '
             f"{TS_NS}",
         ),
         (
@@ -221,3 +225,44 @@ def test_format_lines_ends_every_line_with_a_newline() -> None:
     assert body.count("\n") == 2
     assert body.endswith("\n")
     assert format_lines([]) == ""
+
+
+batch_readings = st.builds(
+    Reading,
+    instrument=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,8}", fullmatch=True),
+    parameter=st.sampled_from(["SO2", "NOx", "p.1", "a-b"]),
+    value=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    unit=st.text(max_size=6) | st.sampled_from(["mg/m³", 'u"\\', "a b,c=d"]),
+    ts=st.datetimes(min_value=datetime(1600, 1, 1), max_value=datetime(2300, 1, 1), timezones=st.just(UTC)),
+    quality=st.sampled_from(Quality),
+    status=st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(batch_readings, max_size=6))
+def test_batch_lines_are_the_lines_of_its_stored_readings(readings: list[Reading]) -> None:
+    """The ingest path formats contract readings directly; it must write exactly what format_line writes
+    for the same readings as StoredReadings, and refuse exactly what format_line refuses."""
+    batch = Batch(site="pavlodar", agent="chp-1", seq=0, sent_at=TS, readings=readings)
+    try:
+        expected = [format_line(StoredReading.from_reading("pavlodar", "chp-1", r)) for r in readings]
+    except ValueError as error:
+        with pytest.raises(ValueError, match=re.escape(str(error))):
+            format_batch_lines(batch)
+        return
+    assert format_batch_lines(batch) == expected
+
+
+@pytest.mark.parametrize(
+    "ts", [datetime(1677, 9, 21, 0, 12, 43, 145224, tzinfo=UTC), datetime(2262, 4, 11, 23, 47, 16, 854776, tzinfo=UTC)]
+)
+def test_times_influxdb_cannot_hold_are_refused_not_wrapped(ts: datetime) -> None:
+    """Just outside InfluxDB's int64 nanosecond range (cems-mrv.md has no such data; a wrong clock could)."""
+    with pytest.raises(ValueError, match="outside what InfluxDB stores"):
+        format_line(reading(ts=ts))
+
+
+def test_times_at_the_edge_of_influxdbs_range_are_written() -> None:
+    inside = datetime(2262, 4, 11, 23, 47, 16, 854774, tzinfo=UTC)
+    assert format_line(reading(ts=inside)).endswith(" 9223372036854774000")

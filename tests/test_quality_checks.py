@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from aua_contract import Quality
-from gateway.quality_checks import Limits, SeriesState, check, worse
+from aua_contract import Batch, Quality, Reading
+from gateway.config import RegistrySection
+from gateway.quality_checks import BatchScreen, Limits, SeriesState, check, worse
+from gateway.stores.line_protocol import format_batch_lines
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -23,9 +25,7 @@ SO2 = Limits(minimum=0, maximum=5000, max_rate_per_s=100, stuck_samples=3)
         pytest.param(400.0, T0, Quality.FAILURE, None, Quality.FAILURE, id="never better than the instrument said"),
         pytest.param(-5.0, T0, Quality.FAILURE, None, Quality.FAILURE, id="failure outranks out_of_range"),
         pytest.param(400.0, T0, Quality.MAINTENANCE_REQUIRED, None, Quality.MAINTENANCE_REQUIRED, id="kept"),
-        pytest.param(
-            600.0, T0 + S, Quality.OK, SeriesState(400.0, T0, 1), Quality.SPIKE, id="§3 spike: 200/s > 100/s"
-        ),
+        pytest.param(600.0, T0 + S, Quality.OK, SeriesState(400.0, T0, 1), Quality.SPIKE, id="§3 spike: 200/s > 100/s"),
         pytest.param(
             600.0, T0 + 3 * S, Quality.OK, SeriesState(400.0, T0, 1), Quality.OK, id="same change over 3 s is fine"
         ),
@@ -36,7 +36,11 @@ SO2 = Limits(minimum=0, maximum=5000, max_rate_per_s=100, stuck_samples=3)
             400.0, T0 + S, Quality.OK, SeriesState(400.0, T0, 2), Quality.STUCK, id="§3 stuck: third equal value"
         ),
         pytest.param(
-            400.0, T0 + S, Quality.CHECK_FUNCTION, SeriesState(400.0, T0, 5), Quality.CHECK_FUNCTION,
+            400.0,
+            T0 + S,
+            Quality.CHECK_FUNCTION,
+            SeriesState(400.0, T0, 5),
+            Quality.CHECK_FUNCTION,
             id="check_function outranks stuck",
         ),
         pytest.param(400.0, T0 + 10 * 60 * S, Quality.OK, None, Quality.STALE, id="§3 ten minutes in the future"),
@@ -71,3 +75,33 @@ def test_worse_is_the_more_severe_and_symmetric() -> None:
 def test_no_limits_means_only_the_time_check() -> None:
     got, _ = check(1e12, T0, Quality.OK, Limits(), SeriesState(0.0, T0 - S, 99), received=T0)
     assert got is Quality.OK
+
+
+def test_screen_refuses_only_the_readings_a_store_cannot_hold() -> None:
+    """A broken clock (year 2300, 1600) loses those readings to the dead letters with the reason, not their batch;
+    a time a store holds but far from now is kept and flagged stale (§3), in whatever offset it came."""
+    almaty = timezone(timedelta(hours=5))
+
+    def at(parameter: str, ts: datetime) -> Reading:
+        return Reading(instrument="gas-1", parameter=parameter, value=1.0, unit="mg/m³", ts=ts)
+
+    readings = [
+        at("now", T0.astimezone(almaty)),
+        at("y2300", datetime(2300, 1, 1, tzinfo=UTC)),
+        at("y2262", datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=UTC)),
+        at("y1600", datetime(1600, 1, 1, tzinfo=UTC)),
+        at("y1677", datetime(1677, 9, 21, 0, 12, 43, 145225, tzinfo=UTC)),
+        at("y2262-plus-1us", datetime(2262, 4, 11, 23, 47, 16, 854776, tzinfo=UTC)),
+    ]
+    batch = Batch.model_construct(site="pavlodar", agent="chp-1", seq=0, sent_at=T0, readings=readings)
+    screened = BatchScreen(RegistrySection()).screen(batch, received=T0)
+    assert [(r.parameter, r.quality) for r in screened.keep] == [
+        ("now", Quality.OK),
+        ("y2262", Quality.STALE),
+        ("y1677", Quality.STALE),
+    ]
+    assert [r.parameter for r, _ in screened.refused] == ["y2300", "y1600", "y2262-plus-1us"]
+    assert all("outside what the stores hold" in reason for _, reason in screened.refused)
+    assert "gas-1/y2300 at 2300-01-01T00:00:00+00:00" in screened.refused[0][1]
+    lines = format_batch_lines(batch.model_copy(update={"readings": screened.keep}))
+    assert len(lines) == 3  # everything kept can be written

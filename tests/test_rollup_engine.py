@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aua_contract import Quality
+from aua_contract import Batch, Quality, Reading
 from gateway.mrv_config import RollupSection, RuleResolver
 from gateway.rollup import Aggregate, Period
 from gateway.rollup_engine import DirtyMarks, RollupEngine
 from gateway.stores import SqliteStore, Store, StoredReading, open_store
+from gateway.stores.base import from_ns
 
 ALMATY = ZoneInfo("Asia/Almaty")
 T0 = datetime(2024, 5, 1, tzinfo=ALMATY).astimezone(UTC)  # local midnight = 2024-04-30 19:00 UTC
@@ -56,6 +57,31 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def all_aggregates(store: Store) -> dict[Period, list[Aggregate]]:
     return {period: await store.query_aggregates(period=period) for period in Period}
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        T0 + timedelta(minutes=59, seconds=59, microseconds=999_999),
+        T0.astimezone(ALMATY) + timedelta(hours=1),  # a batch brings this to UTC; the mark is the UTC hour
+        datetime(1969, 12, 31, 23, 30, tzinfo=UTC),  # before the epoch: floor, not truncation toward zero
+    ],
+)
+async def test_batches_mark_the_hours_their_readings_mark(tmp_path: Path, ts: datetime) -> None:
+    """note_batches (ingest) computes hours from nanoseconds; it must mark what note_written marks."""
+    store = SqliteStore(tmp_path / "aua.sqlite")
+    readings = [Reading(instrument="gas", parameter=p, value=1.0, unit="mg/m3", ts=ts) for p in ("so2", "nox")]
+    batch = Batch(site="pvl", agent="agent-1", seq=0, sent_at=T0, readings=readings)
+    by_batch = RollupEngine.open(store, tmp_path / "a.sqlite", RULES)
+    by_reading = RollupEngine.open(store, tmp_path / "b.sqlite", RULES)
+    await by_batch.note_batches([batch])
+    await by_reading.note_written([StoredReading.from_reading("pvl", "agent-1", r) for r in readings])
+    marks = [[mark[:4] for mark in engine.marks.take(10)] for engine in (by_batch, by_reading)]
+    assert marks[0] == marks[1]
+    hour = ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    assert {from_ns(mark[3]) for mark in marks[0]} == {hour}
+    by_batch.close()
+    by_reading.close()
 
 
 async def test_new_data_builds_every_level(store: Store, tmp_path: Path) -> None:

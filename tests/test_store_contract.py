@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ports import free_port
 from servers import InfluxServer, unique_database_name
 
-from aua_contract import Quality, Reading
+from aua_contract import Batch, Quality, Reading
 from gateway.rollup import Aggregate, Period
 from gateway.stores import (
     BatchReceipt,
@@ -33,10 +33,11 @@ from gateway.stores import (
 )
 from gateway.stores import influx as influx_module
 from gateway.stores import sqlite as sqlite_module
-from gateway.stores.base import HealthPoint, to_ns
+from gateway.stores.base import HealthPoint, sort_key, to_ns
 from gateway.stores.influx import is_retryable_status, redact_url
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
 
 
 def reading(**changes: object) -> StoredReading:
@@ -92,6 +93,36 @@ async def test_round_trip_of_every_field(store: Store) -> None:
     ]
     await store.write(written)
     assert sorted(await store.query(), key=lambda r: r.parameter) == sorted(written, key=lambda r: r.parameter)
+
+
+async def test_written_batches_are_stored_as_their_readings(store: Store) -> None:
+    """write_batches (the ingest path) stores what `write` stores for the same readings, site and agent from
+    each batch, a non-UTC time as the same instant; an empty batch and no batch are no-ops."""
+    almaty = timezone(timedelta(hours=5))
+    first = Batch(
+        site="pavlodar",
+        agent="chp-1",
+        seq=0,
+        sent_at=T0,
+        readings=[
+            Reading(instrument="gas-1", parameter="SO2", value=412.5, unit="mg/m³", ts=T0, status=0),
+            Reading(instrument="gas-1", parameter="NOx", unit="mg/m³", ts=T0, quality=Quality.FAILURE),
+            Reading(instrument="gas-1", parameter="SO2", value=0.25, unit="mg/m³", ts=(T0 + MINUTE).astimezone(almaty)),
+        ],
+    )
+    second = Batch(
+        site="ekibastuz",
+        agent="amb-2",
+        seq=5,
+        sent_at=T0,
+        readings=[Reading(instrument="hg1", parameter="hg", value=4.9, unit="ng/m³", ts=T0, status=2**62)],
+    )
+    empty = Batch(site="pavlodar", agent="chp-1", seq=1, sent_at=T0, readings=[])
+    await store.write_batches([])
+    await store.write_batches([first, empty, second])
+    expected = [StoredReading.from_reading(b.site, b.agent, r) for b in (first, second) for r in b.readings]
+    assert await store.query() == sorted(expected, key=sort_key)
+    assert (await store.query(site="pavlodar"))[-1].ts == T0 + MINUTE
 
 
 @pytest.mark.parametrize("quality", list(Quality))

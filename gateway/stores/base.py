@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from aua_contract import Quality, Reading
+from aua_contract import Batch, Quality, Reading
 from gateway.rollup import Aggregate, Period
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -159,6 +159,13 @@ def to_ns(ts: datetime) -> int:
     return (ts - EPOCH) // _MICROSECOND * 1000
 
 
+FIRST_STORABLE = datetime(1677, 9, 21, 0, 12, 43, 145225, tzinfo=UTC)
+LAST_STORABLE = datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=UTC)
+"""The first and last microsecond whose time in ns fits a signed 64-bit integer: what InfluxDB and the SQLite
+schema (ts_ns INTEGER) hold. A contract reading may carry any year from 1 to 9999; the gateway refuses the
+readings outside these (a broken clock), not their whole batch."""
+
+
 def from_ns(ns: int) -> datetime:
     """Integer nanoseconds -> aware UTC datetime; datetime holds microseconds, so finer digits are dropped."""
     return EPOCH + timedelta(microseconds=ns // 1000)
@@ -192,6 +199,11 @@ class Store(Protocol):
 
         A failed call may have stored part of the batch (InfluxDB); retrying the whole call repairs that.
         """
+        ...
+
+    async def write_batches(self, batches: Sequence[Batch]) -> None:
+        """`write` of every reading of these batches, with its batch's site and agent: the ingest path, which
+        skips building a StoredReading per reading. A reading the store cannot hold fails the whole call."""
         ...
 
     async def query(

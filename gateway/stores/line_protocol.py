@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from functools import lru_cache
 
+from aua_contract import Batch
 from gateway.rollup import Aggregate
 from gateway.stores.base import (
     HEALTH_MEASUREMENT,
@@ -93,26 +94,54 @@ def format_int_field(value: int) -> str:
     return f"{value}i"
 
 
-def format_line(reading: StoredReading) -> str:
-    """One point, without the trailing newline."""
-    tag_set = (
-        f"agent={escape_tag(reading.agent, what='tag agent')},"
-        f"instrument={escape_tag(reading.instrument, what='tag instrument')},"
-        f"parameter={escape_tag(reading.parameter, what='tag parameter')},"
-        f"site={escape_tag(reading.site, what='tag site')}"
+@lru_cache(maxsize=65_536)
+def _point_head(site: str, agent: str, instrument: str, parameter: str, quality: str, unit: str) -> str:  # noqa: PLR0917 (the cache key)
+    """Measurement, tag set and string fields: the same for nearly every point of a series, so they are
+    escaped and checked once per series instead of once per point (a third of the gateway's ingest CPU)."""
+    return (
+        f"{_MEASUREMENT_ESCAPED},agent={escape_tag(agent, what='tag agent')},"
+        f"instrument={escape_tag(instrument, what='tag instrument')},"
+        f"parameter={escape_tag(parameter, what='tag parameter')},"
+        f"site={escape_tag(site, what='tag site')} "
+        f"quality={format_string_field(str(quality), what='quality')},unit={format_string_field(unit, what='unit')}"
     )
-    fields = f"quality={format_string_field(reading.quality.value, what='quality')}"
-    if reading.status is not None:
-        fields += f",status={format_int_field(reading.status)}"
-    fields += f",unit={format_string_field(reading.unit, what='unit')}"
-    if reading.value is not None:
-        fields += f",value={format_float_field(reading.value)}"
-    return f"{_MEASUREMENT_ESCAPED},{tag_set} {fields} {to_ns(reading.ts)}"
+
+
+def _point(head: str, value: float | None, status: int | None, ns: int) -> str:
+    if not INT64_MIN < ns < INT64_MAX:
+        raise ValueError(f"timestamp {ns} ns is outside what InfluxDB stores (1677-09-21 to 2262-04-11)")
+    if status is not None:
+        head += f",status={format_int_field(status)}"
+    if value is not None:
+        head += f",value={format_float_field(value)}"
+    return f"{head} {ns}"
+
+
+def format_line(reading: StoredReading) -> str:
+    """One point, without the trailing newline. Fields: quality, unit, then status and value when present."""
+    r = reading
+    head = _point_head(r.site, r.agent, r.instrument, r.parameter, r.quality, r.unit)
+    return _point(head, r.value, r.status, to_ns(r.ts))
 
 
 def format_lines(readings: Iterable[StoredReading]) -> str:
     """A request body: one line per reading, each ending in a newline."""
     return "".join(format_line(reading) + "\n" for reading in readings)
+
+
+def format_batch_lines(batch: Batch) -> list[str]:
+    """The points of every reading of a batch, as format_line writes them, without building StoredReadings:
+    the gateway's ingest path."""
+    site, agent = batch.site, batch.agent
+    lines = []
+    last_ts, ns = None, 0
+    for r in batch.readings:
+        if r.ts != last_ts:  # the readings of one poll share a time; converting it costs more than the rest
+            last_ts, ns = r.ts, to_ns(r.ts)
+        lines.append(
+            _point(_point_head(site, agent, r.instrument, r.parameter, r.quality, r.unit), r.value, r.status, ns)
+        )
+    return lines
 
 
 AGGREGATE_MEASUREMENT = "rollup"

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from aua_contract import Quality
+from aua_contract import Batch, Quality
 from gateway.rollup import Aggregate, Period
 from gateway.stores.base import (
     BatchReceipt,
@@ -224,6 +224,15 @@ class SqliteStore:
             for r in readings
         ]
         await self._run(self._write_sync, rows)
+
+    async def write_batches(self, batches: Sequence[Batch]) -> None:
+        rows = [
+            (b.site, r.instrument, r.parameter, b.agent, to_ns(r.ts), r.value, r.unit, r.quality.value, r.status)
+            for b in batches
+            for r in b.readings
+        ]
+        if rows:
+            await self._run(self._write_sync, rows)
 
     async def query(
         self,
