@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from gateway.accounting import accounting_lines
 from gateway.alert_rules import ThresholdRule, format_duration, parse_duration
 from gateway.alert_state import Phase
 from gateway.alerts import AlertEngine, AlertError, AlertStore
@@ -64,13 +65,11 @@ async def _serve(config: GatewayConfig) -> None:
 
 def _accounting(config: GatewayConfig) -> int:
     ledger = Ledger(config.gateway.state)
-    print(f"{'site':<20} {'agent':<20} {'batches':>8} {'readings':>9} {'seqs':>15} {'missing':>8} {'dups':>6}")
-    for account in ledger.accounts():
-        print(
-            f"{account.site:<20} {account.agent:<20} {account.batches:>8} {account.readings:>9} "
-            f"{f'{account.first_seq}..{account.last_seq}':>15} {account.missing:>8} {account.duplicates:>6}"
-        )
-    ledger.close()
+    try:
+        lines = accounting_lines(ledger.accounts(), ledger.owed(), ledger.resend_requests())
+    finally:
+        ledger.close()
+    print("\n".join(lines))
     return 0
 
 

@@ -98,6 +98,8 @@ class HealthWriter:
                     "last_seq": account.last_seq,
                     "missing": account.missing,
                     "duplicates": account.duplicates,
+                    "late": account.late,
+                    "repaired": account.repaired,
                 }
             next_seq, oldest_seq, dropped = cursors.get((site, agent), (None, None, None))
             for name, value in (("next_seq", next_seq), ("oldest_seq", oldest_seq), ("dropped", dropped)):

@@ -32,7 +32,7 @@ from aua_contract import (
 )
 from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig
-from gateway.gap_repair import RepairSchedule, chunks, owed
+from gateway.gap_repair import RepairSchedule, chunks
 from gateway.http_api import HttpApi
 from gateway.ledger import Ledger
 from gateway.metrics import GatewayMetrics, Health
@@ -204,7 +204,9 @@ class Ingest:
                     "asking %s/%s to resend batches %s..%s", request.site, request.agent, request.first, request.last
                 )
                 await client.publish(resend_topic(request.site, request.agent), encode_resend(request), qos=1)
-                await asyncio.to_thread(self.ledger.count_resend_request, request.site, request.agent)
+                await asyncio.to_thread(
+                    self.ledger.count_resend_request, request.site, request.agent, request.first, request.last
+                )
                 self.stats.resend_requests += 1
 
     async def _not_stored_elsewhere(self, requests: list[ResendRequest]) -> list[ResendRequest]:
@@ -218,7 +220,7 @@ class Ingest:
             if found:
                 received = time.time_ns()
                 batches = [(request.site, request.agent, seq, n, received) for seq, n in sorted(found.items())]
-                await asyncio.to_thread(self.ledger.record_many, batches)
+                await asyncio.to_thread(self.ledger.record_many, batches, classify=False)
             missing = [seq for seq in range(request.first, request.last + 1) if seq not in found]
             for first, last in _runs(missing):
                 remaining.append(request.model_copy(update={"first": first, "last": last}))
@@ -226,22 +228,13 @@ class Ingest:
 
     def resend_requests_due(self, now: float) -> list[ResendRequest]:
         """The resend requests to publish now, from the ledger and the agents' last status."""
-        cursors = self.ledger.agent_cursors()
-        accounts = {(a.site, a.agent): a for a in self.ledger.accounts()}
         # An offline agent cannot answer; requests would only pile up in its session. It is asked again
         # once its birth message says it is back.
         offline = self.ledger.offline_agents()
         requests = []
-        for site, agent in sorted((set(accounts) | set(cursors)) - offline):
-            account = accounts.get((site, agent))
-            next_seq, oldest_seq, _ = cursors.get((site, agent), (None, None, None))
-            what = owed(
-                self.ledger.holes(site, agent) if account else [],
-                account.first_seq if account else None,
-                account.last_seq if account else None,
-                next_seq,
-                oldest_seq,
-            )
+        for (site, agent), what in self.ledger.owed().items():
+            if (site, agent) in offline:
+                continue
             for seq_range in self.schedule.due(site, agent, what.requestable, now):
                 for first, last in chunks(seq_range):
                     requests.append(

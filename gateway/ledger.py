@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aua_contract import AgentStatus
+from gateway.gap_repair import Owed, owed
 from gateway.state_file import StateFile
 
 _SCHEMA = """
@@ -19,6 +20,8 @@ CREATE TABLE IF NOT EXISTS batch_seen (
     seq INTEGER NOT NULL,
     readings INTEGER NOT NULL,
     received_ns INTEGER NOT NULL,
+    late INTEGER NOT NULL DEFAULT 0,
+    repaired INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (site, agent, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS duplicate (
@@ -50,7 +53,17 @@ CREATE TABLE IF NOT EXISTS resend_request (
     count INTEGER NOT NULL,
     PRIMARY KEY (site, agent)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resend_range (
+    site TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY (site, agent, first, last)
+) WITHOUT ROWID;
 """
+
+_ADDED_COLUMNS = {"batch_seen": ("late INTEGER NOT NULL DEFAULT 0", "repaired INTEGER NOT NULL DEFAULT 0")}
+"""Columns newer than the first ledger schema: added to a state file that lacks them."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,10 @@ class AgentAccount:
     first_seq: int
     last_seq: int
     duplicates: int
+    late: int = 0
+    """Batches stored after a batch with a higher sequence number (redelivered, reordered or resent)."""
+    repaired: int = 0
+    """Late batches a resend request had asked for: gaps that gap repair filled."""
 
     @property
     def missing(self) -> int:
@@ -80,26 +97,56 @@ class DeadLetter:
 class Ledger(StateFile):
     def __init__(self, path: Path) -> None:
         super().__init__(path, _SCHEMA)
+        with self._lock:
+            for table, columns in _ADDED_COLUMNS.items():
+                present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                for column in columns:
+                    if column.split()[0] not in present:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
-    def record_many(self, batches: list[tuple[str, str, int, int, int]]) -> list[bool]:
-        """Record stored batches (site, agent, seq, readings, received_ns) in one transaction; which were new."""
+    def record_many(self, batches: list[tuple[str, str, int, int, int]], *, classify: bool = True) -> list[bool]:
+        """Record stored batches (site, agent, seq, readings, received_ns) in one transaction; which were new.
+
+        With `classify`, a batch numbered below one already recorded counts as late, and as repaired when a
+        resend request asked for it. Batches learnt from other instances' receipts are recorded without.
+        """
         new = []
+        highest: dict[tuple[str, str], int] = {}
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 for site, agent, seq, readings, received_ns in batches:
+                    late = repaired = False
+                    if classify:
+                        if (site, agent) not in highest:
+                            highest[(site, agent)] = self._highest_seq(site, agent)
+                        late = seq < highest[(site, agent)]
+                        repaired = late and self._was_requested(site, agent, seq)
                     inserted = self._db.execute(
-                        "INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?)",
-                        (site, agent, seq, readings, received_ns),
+                        "INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (site, agent, seq, readings, received_ns, late, repaired),
                     ).rowcount
                     if not inserted:
                         self._count_duplicate(site, agent)
+                    elif classify:
+                        highest[(site, agent)] = max(highest[(site, agent)], seq)
                     new.append(bool(inserted))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return new
+
+    def _highest_seq(self, site: str, agent: str) -> int:
+        row = self._db.execute("SELECT max(seq) FROM batch_seen WHERE site = ? AND agent = ?", (site, agent)).fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def _was_requested(self, site: str, agent: str, seq: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM resend_range WHERE site = ? AND agent = ? AND first <= ? AND last >= ? LIMIT 1",
+            (site, agent, seq, seq),
+        ).fetchone()
+        return row is not None
 
     def count_duplicate(self, site: str, agent: str) -> None:
         with self._lock:
@@ -169,23 +216,49 @@ class Ledger(StateFile):
             ).fetchall()
         return [(int(first), int(last)) for first, last in rows]
 
-    def count_resend_request(self, site: str, agent: str) -> None:
+    def count_resend_request(self, site: str, agent: str, first: int, last: int) -> None:
+        """A resend request for first..last was published (its range marks what arrives for it as repaired)."""
         with self._lock:
+            self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT INTO resend_request VALUES (?, ?, 1) ON CONFLICT (site, agent) DO UPDATE SET count = count + 1",
                 (site, agent),
             )
+            self._db.execute("INSERT OR IGNORE INTO resend_range VALUES (?, ?, ?, ?)", (site, agent, first, last))
+            self._db.execute("COMMIT")
 
     def resend_requests(self) -> dict[tuple[str, str], int]:
         with self._lock:
             rows = self._db.execute("SELECT site, agent, count FROM resend_request").fetchall()
         return {(site, agent): int(count) for site, agent, count in rows}
 
+    def owed(self) -> dict[tuple[str, str], Owed]:
+        """Per agent the ranges it still owes (holes, a tail its status announced, batches from before the
+        first one seen), split into what it can still resend and what it no longer holds."""
+        accounts = {(a.site, a.agent): a for a in self.accounts()}
+        cursors = self.agent_cursors()
+        result = {}
+        for site, agent in sorted(set(accounts) | set(cursors)):
+            account = accounts.get((site, agent))
+            next_seq, oldest_seq, _ = cursors.get((site, agent), (None, None, None))
+            result[(site, agent)] = owed(
+                self.holes(site, agent) if account else [],
+                account.first_seq if account else None,
+                account.last_seq if account else None,
+                next_seq,
+                oldest_seq,
+            )
+        return result
+
     def accounts(self) -> list[AgentAccount]:
         with self._lock:
             rows = self._db.execute(
-                """SELECT b.site, b.agent, count(*), sum(b.readings), min(b.seq), max(b.seq), coalesce(d.count, 0)
+                """SELECT b.site, b.agent, count(*), sum(b.readings), min(b.seq), max(b.seq), coalesce(d.count, 0),
+                          sum(b.late), sum(b.repaired)
                    FROM batch_seen b LEFT JOIN duplicate d ON d.site = b.site AND d.agent = b.agent
                    GROUP BY b.site, b.agent ORDER BY b.site, b.agent"""
             ).fetchall()
-        return [AgentAccount(s, a, int(n), int(r), int(lo), int(hi), int(d)) for s, a, n, r, lo, hi, d in rows]
+        return [
+            AgentAccount(s, a, int(n), int(r), int(lo), int(hi), int(d), int(late), int(repaired))
+            for s, a, n, r, lo, hi, d, late, repaired in rows
+        ]

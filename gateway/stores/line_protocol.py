@@ -185,6 +185,8 @@ HEALTH_AGENT_FIELDS = (
     "last_seq",
     "missing",
     "duplicates",
+    "late",
+    "repaired",
     "resend_requests",
     "next_seq",
     "oldest_seq",
@@ -193,7 +195,8 @@ HEALTH_AGENT_FIELDS = (
     "online",
     "status_age_s",
 )
-"""Per agent, as the gateway's ledger knows it; next_seq, oldest_seq, dropped as the agent last reported them
+"""Per agent, as the gateway's ledger knows it (late: batches stored after a higher-numbered one; repaired: late
+ones a resend request asked for); next_seq, oldest_seq, dropped as the agent last reported them
 (absent until it has), backlog = next_seq - 1 - last_seq (batches sealed by the agent not yet stored), online 0/1."""
 
 HEALTH_GATEWAY_FIELDS = (
