@@ -25,7 +25,6 @@ from edge_agent.driver import Answer
 from edge_agent.instrument_reader import ModbusReader, readings_from_answers, words_by_span
 from edge_agent.modbus_drivers import build_drivers
 from edge_agent.planner import ReadRequest
-from edge_agent.publisher import tls_context
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ async def broker_problem(mqtt: MqttSection, client_id: str, timeout_s: float = 5
     """Connect with the agent's address, TLS and credentials (under another client id, so a running agent's
     session is left alone); None when the broker accepts."""
     try:
-        context = tls_context(mqtt)
+        context = mqtt.tls_context()
     except (OSError, ssl.SSLError) as error:
         return f"mqtt: TLS files cannot be used: {error}"
     if context is not None:
@@ -131,15 +130,7 @@ async def broker_problem(mqtt: MqttSection, client_id: str, timeout_s: float = 5
         if problem is not None:
             return problem
     client = aiomqtt.Client(
-        mqtt.host,
-        mqtt.port,
-        identifier=client_id,
-        clean_session=True,
-        username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password else None,
-        tls_context=context,
-        tls_insecure=True if mqtt.insecure else None,
-        timeout=timeout_s,
+        **mqtt.client_options(client_id) | {"tls_context": context}, clean_session=True, timeout=timeout_s
     )
     try:
         async with asyncio.timeout(timeout_s):

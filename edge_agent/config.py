@@ -6,9 +6,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aua_contract import IDENTIFIER_PATTERN
+from aua_mqtt import BrokerConnection
 from edge_agent.profiles import ConfigError, Profile, describe_validation_error, load_profile, read_toml_text
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
@@ -38,33 +39,8 @@ class AgentSection(_Strict):
     """warn when the wall clock moves this much more or less than the monotonic clock between two polls"""
 
 
-class MqttSection(_Strict):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    client_id: str | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
-    tls: bool = False
-    """TLS to the broker (port 8883 usually); implied by ca_file/cert_file/key_file"""
-    ca_file: Path | None = None
-    """CA certificate(s) that signed the broker's certificate; unset: the system's CA store"""
-    cert_file: Path | None = None
-    """client certificate (PEM) for brokers that authenticate clients by certificate"""
-    key_file: Path | None = None
-    """the client certificate's private key (PEM)"""
-    insecure: bool = False
-    """do not verify the broker's certificate or host name (testing only: anyone can pose as the broker)"""
-
-    @property
-    def use_tls(self) -> bool:
-        return self.tls or self.insecure or any(f is not None for f in (self.ca_file, self.cert_file, self.key_file))
-
-    @model_validator(mode="after")
-    def _key_with_certificate(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (a client certificate needs its private key)")
-        return self
+class MqttSection(BrokerConnection):
+    """[mqtt]: the broker, credentials and TLS (aua_mqtt, the same keys as the gateway's)."""
 
 
 class Transport(StrEnum):
@@ -182,11 +158,7 @@ def load_config(path: Path) -> LoadedConfig:
     base = path.parent
     if not config.agent.outbox.is_absolute():
         config.agent.outbox = base / config.agent.outbox
-    mqtt = config.mqtt
-    for name in ("ca_file", "cert_file", "key_file"):
-        value = getattr(mqtt, name)
-        if value is not None and not value.is_absolute():
-            setattr(mqtt, name, base / value)
+    config.mqtt.resolve_paths(base)
     instruments = []
     for index, section in enumerate(config.instrument):
         profile_path = section.profile if section.profile.is_absolute() else base / section.profile

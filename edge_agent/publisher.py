@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from datetime import UTC, datetime
 
@@ -44,19 +43,6 @@ def status_payload(site: str, agent: str, state: AgentState, outbox: OutboxStats
     )
 
 
-def tls_context(mqtt: MqttSection) -> ssl.SSLContext | None:
-    """The TLS context for the broker connection: system CAs or ca_file, optional client certificate."""
-    if not mqtt.use_tls:
-        return None
-    context = ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
-    if mqtt.cert_file is not None and mqtt.key_file is not None:
-        context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file))
-    if mqtt.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 class Publisher:
     """Keeps an MQTT session up and publishes pending outbox batches in order."""
 
@@ -75,7 +61,6 @@ class Publisher:
         self._resend_topic = resend_topic(site, agent)
         self._topic = readings_topic(site, agent)
         self._status_topic = status_topic(site, agent)
-        self._tls = tls_context(mqtt)
         if mqtt.insecure:
             log.warning("mqtt.insecure = true: the broker's certificate is not verified; use it for tests only")
 
@@ -84,16 +69,9 @@ class Publisher:
             self._status_topic, status_payload(self.site, self.agent, AgentState.OFFLINE), qos=1, retain=True
         )
         return aiomqtt.Client(
-            self.mqtt.host,
-            self.mqtt.port,
-            identifier=self.mqtt.client_id or f"aua-agent-{self.site}-{self.agent}",
+            **self.mqtt.client_options(self.mqtt.client_id or f"aua-agent-{self.site}-{self.agent}"),
             clean_session=False,
-            keepalive=self.mqtt.keepalive,
-            username=self.mqtt.username,
-            password=self.mqtt.password.get_secret_value() if self.mqtt.password else None,
             will=will,
-            tls_context=self._tls,
-            tls_insecure=True if self.mqtt.insecure else None,
         )
 
     async def run(self) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from aua_mqtt import BrokerConnection
 from gateway.alert_rules import (
     AMBIENT_PDK,
     ONE_TIME_MINUTES,
@@ -87,13 +88,10 @@ class GatewaySection(_Strict):
         return self.spool or self.state.with_name(f"{self.state.stem}-spool.sqlite")
 
 
-class MqttSection(_Strict):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    client_id: str | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+class MqttSection(BrokerConnection):
+    """[mqtt]: the broker, credentials and TLS (aua_mqtt, the same keys as an agent's), and what
+    to subscribe to."""
+
     sites: str = Field(default="+", description="site id to subscribe to, or + for all")
     shared_group: str | None = Field(
         default=None,
@@ -461,5 +459,6 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     if config.gateway.spool is not None and not config.gateway.spool.is_absolute():
         config.gateway.spool = base / config.gateway.spool
     config.store.url = resolve_store_url(config.store.url, base)
+    config.mqtt.resolve_paths(base)
     resolve_mrv_paths(config.rollup, config.sources, base)
     return config

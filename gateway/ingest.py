@@ -134,13 +134,7 @@ class Ingest:
     def _client(self) -> aiomqtt.Client:
         mqtt = self.config.mqtt
         return aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            identifier=mqtt.client_id or f"aua-gateway-{self.config.gateway.id}",
-            clean_session=False,
-            keepalive=mqtt.keepalive,
-            username=mqtt.username,
-            password=mqtt.password.get_secret_value() if mqtt.password else None,
+            **mqtt.client_options(mqtt.client_id or f"aua-gateway-{self.config.gateway.id}"), clean_session=False
         )
 
     async def run(self) -> None:

@@ -31,6 +31,7 @@ import aiomqtt
 import apprise
 import httpx
 
+from aua_mqtt import BrokerConnection
 from gateway.alert_rules import format_duration
 from gateway.alert_state import AlertKey, Notice, NoticeKind, Severity
 from gateway.config import AlertNotifySection, MqttSection
@@ -378,35 +379,18 @@ class MqttNotifier:
     current state is `cems-gateway alerts list`; a retained per-alert state topic would be a separate feature.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        identifier: str,
-        username: str | None = None,
-        password: str | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        self.host, self.port = host, port
+    def __init__(self, broker: BrokerConnection, *, identifier: str, timeout: float = 10.0) -> None:
+        self.broker = broker
         self.identifier = identifier
-        self.username, self.password = username, password
         self.timeout = timeout
 
     @property
     def name(self) -> str:
-        return f"mqtt:{self.host}:{self.port}"
+        return f"mqtt:{self.broker.host}:{self.broker.port}"
 
     async def send(self, message: Message) -> None:
         try:
-            async with aiomqtt.Client(
-                self.host,
-                self.port,
-                identifier=self.identifier,
-                username=self.username,
-                password=self.password,
-                timeout=self.timeout,
-            ) as client:
+            async with aiomqtt.Client(**self.broker.client_options(self.identifier), timeout=self.timeout) as client:
                 for notice in message.notices:
                     document = {"v": DOCUMENT_VERSION, "message": message.id, **notice_document(notice)}
                     payload = json.dumps(document, ensure_ascii=False).encode()
@@ -498,15 +482,7 @@ def notifiers_from_config(
     """The channels an `[alerts.notify]` section names (`mqtt` is the gateway's own `[mqtt]` section)."""
     channels: list[Notifier] = [AppriseNotifier(url.get_secret_value(), message_format) for url in notify.apprise]
     if notify.mqtt:
-        channels.append(
-            MqttNotifier(
-                mqtt.host,
-                mqtt.port,
-                identifier=f"aua-alerts-{gateway_id}",
-                username=mqtt.username,
-                password=mqtt.password.get_secret_value() if mqtt.password else None,
-            )
-        )
+        channels.append(MqttNotifier(mqtt, identifier=f"aua-alerts-{gateway_id}"))
     if notify.grafana_url:
         channels.append(
             GrafanaAnnotationNotifier(

@@ -33,6 +33,7 @@ from ports import free_port
 from servers import MosquittoServer
 
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
+from aua_mqtt import BrokerConnection
 from edge_agent.config import load_config
 from edge_agent.quality import quality_from_bits
 from edge_agent.simulator import Incidents, simulator_for_config
@@ -614,7 +615,7 @@ def test_every_channel_is_a_notifier(http_receiver: HttpReceiver) -> None:
     fmt = MessageFormat(UTC)
     channels = [
         AppriseNotifier(json_url(http_receiver), fmt),
-        MqttNotifier("127.0.0.1", 1883, identifier="x"),
+        MqttNotifier(BrokerConnection(), identifier="x"),
         GrafanaAnnotationNotifier(http_receiver.url, fmt),
         ConsoleNotifier(fmt),
     ]

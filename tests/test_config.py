@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,29 @@ def test_gateway_config_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     config = load_gateway_config(path)
     assert config.store.url == f"sqlite://{tmp_path}/data/aua.sqlite"
     assert config.gateway.state == tmp_path / "var/gateway-state.sqlite"
+    path.write_text('[mqtt]\nca_file = "tls/ca.pem"\ncert_file = "/etc/aua/gw.crt"\nkey_file = "gw.key"\n')
+    mqtt = load_gateway_config(path).mqtt
+    assert (mqtt.ca_file, mqtt.cert_file, mqtt.key_file) == (
+        tmp_path / "tls/ca.pem",
+        Path("/etc/aua/gw.crt"),
+        tmp_path / "gw.key",
+    )
+    assert mqtt.use_tls
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('[mqtt]\ncert_file = "gw.crt"\n', "gw.toml: mqtt: Value error, cert_file and key_file go together"),
+        ("[mqtt]\ntls = 2\n", "gw.toml: mqtt.tls"),
+        ('[mqtt]\nca_fil = "ca.pem"\n', "gw.toml: mqtt.ca_fil: Extra inputs are not permitted"),
+    ],
+)
+def test_gateway_tls_settings_are_checked_like_an_agents(tmp_path: Path, body: str, expected: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(body)
+    with pytest.raises(GatewayConfigError, match=re.escape(expected)):
+        load_gateway_config(path)
 
 
 def test_the_shipped_gateway_example_loads() -> None:

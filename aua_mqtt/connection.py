@@ -1,0 +1,73 @@
+"""The broker connection settings ([mqtt] of an agent and of a gateway) and the TLS context they describe."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+
+class BrokerConnection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    tls: bool = False
+    """TLS to the broker (port 8883 usually); implied by ca_file/cert_file/key_file"""
+    ca_file: Path | None = None
+    """CA certificate(s) that signed the broker's certificate; unset: the system's CA store"""
+    cert_file: Path | None = None
+    """client certificate (PEM) for brokers that authenticate clients by certificate"""
+    key_file: Path | None = None
+    """the client certificate's private key (PEM)"""
+    insecure: bool = False
+    """do not verify the broker's certificate or host name (testing only: anyone can pose as the broker)"""
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or self.insecure or any(f is not None for f in (self.ca_file, self.cert_file, self.key_file))
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its private key)")
+        return self
+
+    def resolve_paths(self, base: Path) -> None:
+        """Certificate paths in a config file are relative to its folder, like every other path in it."""
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(self, name)
+            if value is not None and not value.is_absolute():
+                setattr(self, name, base / value)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the connection: system CAs or ca_file, optional client certificate."""
+        if not self.use_tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def client_options(self, identifier: str) -> dict[str, Any]:
+        """Keyword arguments for `aiomqtt.Client`: address, credentials, TLS (certificates read now, so a
+        reconnect picks up renewed ones)."""
+        return {
+            "hostname": self.host,
+            "port": self.port,
+            "identifier": identifier,
+            "keepalive": self.keepalive,
+            "username": self.username,
+            "password": self.password.get_secret_value() if self.password else None,
+            "tls_context": self.tls_context(),
+            "tls_insecure": True if self.insecure else None,
+        }
