@@ -17,12 +17,13 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from agent_site import write_site
+from gateway_run import eventually, running_gateway
 from ports import free_port
 from servers import MosquittoServer, find_binary
 
 from aua_contract import decode_batch, decode_status, readings_topic, status_topic
 from edge_agent.commissioning import broker_problem
-from edge_agent.config import MqttSection, load_config
+from edge_agent.config import LoadedConfig, MqttSection, load_config
 from edge_agent.poller import Agent
 from edge_agent.simulator import simulator_for_config
 from gateway.config import GatewayConfig
@@ -102,25 +103,30 @@ def tls_broker(tmp_path: Path, certs: Path) -> MosquittoServer:
     broker.terminate()
 
 
-async def test_the_agent_publishes_over_tls_with_its_client_certificate(
-    tls_broker: MosquittoServer, certs: Path, tmp_path: Path
-) -> None:
-    device_port = free_port()
+def tls_agent(broker: MosquittoServer, certs: Path, folder: Path) -> LoadedConfig:
+    """An agent site with one simulated mercury analyzer, publishing over TLS with its client certificate."""
     agent_id = f"tls-{uuid.uuid4().hex[:6]}"
-    config = write_site(
-        tmp_path / "site.toml",
-        agent={"site": "tls-site", "id": agent_id, "poll_interval": 0.2, "outbox": str(tmp_path / "o.sqlite")},
+    site_file = write_site(
+        folder / "site.toml",
+        agent={"site": "tls-site", "id": agent_id, "poll_interval": 0.2, "outbox": str(folder / "o.sqlite")},
         mqtt={
-            "host": tls_broker.host,
-            "port": tls_broker.port,
+            "host": broker.host,
+            "port": broker.port,
             "tls": True,
             "ca_file": str(certs / "ca.crt"),
             "cert_file": str(certs / "agent.crt"),
             "key_file": str(certs / "agent.key"),
         },
-        instruments=[{"id": "hg", "profile": "mercury-analyzer", "port": device_port, "device_id": 1}],
+        instruments=[{"id": "hg", "profile": "mercury-analyzer", "port": free_port(), "device_id": 1}],
     )
-    loaded = load_config(config)
+    return load_config(site_file)
+
+
+async def test_the_agent_publishes_over_tls_with_its_client_certificate(
+    tls_broker: MosquittoServer, certs: Path, tmp_path: Path
+) -> None:
+    loaded = tls_agent(tls_broker, certs, tmp_path)
+    agent_id = loaded.config.agent.id
     subscriber = MqttSection(
         host=tls_broker.host,
         port=tls_broker.port,
@@ -204,44 +210,17 @@ async def test_the_gateway_subscribes_over_tls_with_its_client_certificate(
     tls_broker: MosquittoServer, certs: Path, tmp_path: Path
 ) -> None:
     """Agent → TLS broker → gateway → store, both sides with client certificates; every sealed batch stored."""
-    device_port = free_port()
-    agent_id = f"tls-{uuid.uuid4().hex[:6]}"
-    site_file = write_site(
-        tmp_path / "site.toml",
-        agent={"site": "tls-site", "id": agent_id, "poll_interval": 0.2, "outbox": str(tmp_path / "o.sqlite")},
-        mqtt={
-            "host": tls_broker.host,
-            "port": tls_broker.port,
-            "ca_file": str(certs / "ca.crt"),
-            "cert_file": str(certs / "agent.crt"),
-            "key_file": str(certs / "agent.key"),
-        },
-        instruments=[{"id": "hg", "profile": "mercury-analyzer", "port": device_port, "device_id": 1}],
-    )
-    loaded = load_config(site_file)
+    loaded = tls_agent(tls_broker, certs, tmp_path)
+    agent_id = loaded.config.agent.id
     config = gateway_config(tls_broker, certs, tmp_path, "ca.crt")
-    store = open_store(config.store.url)
-    await store.open()
-    ledger = Ledger(config.gateway.state)
-    ingest = Ingest(config, store, ledger)
-    gateway = asyncio.create_task(ingest.run())
-    async with simulator_for_config(loaded):
-        await asyncio.wait_for(ingest.connected.wait(), timeout=10)
-        agent = Agent(loaded)
-        running = asyncio.create_task(agent.run())
-        for _ in range(200):
-            if ingest.stats.batches >= 3:
-                break
-            await asyncio.sleep(0.05)
+    async with running_gateway(config) as ingest, simulator_for_config(loaded):
+        running = asyncio.create_task(Agent(loaded).run())
+        await eventually(lambda: ingest.stats.batches >= 3)
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-    await asyncio.wait_for(ingest.flushed(), timeout=10)
-    gateway.cancel()
-    await asyncio.gather(gateway, return_exceptions=True)
-    [account] = ledger.accounts()
-    stored = sum((await store.count_by_instrument()).values())
-    await store.close()
-    ledger.close()
+        await asyncio.wait_for(ingest.flushed(), timeout=10)
+        [account] = ingest.ledger.accounts()
+        stored = sum((await ingest.store.count_by_instrument()).values())
     assert (account.agent, account.first_seq, account.missing) == (agent_id, 0, 0)
     assert account.batches >= 3
     assert stored == account.readings > 0

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
 import httpx
+from gateway_run import running_gateway
 from servers import MosquittoServer
 
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
-from gateway.ingest import Ingest
-from gateway.ledger import Ledger
-from gateway.stores import open_store
 
 
 async def test_health_and_metrics(mosquitto: MosquittoServer, tmp_path: Path) -> None:
@@ -21,23 +18,13 @@ async def test_health_and_metrics(mosquitto: MosquittoServer, tmp_path: Path) ->
         mqtt=MqttSection(host=mosquitto.host, port=mosquitto.port, sites=f"s{uuid.uuid4().hex[:8]}"),
         store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
     )
-    store = open_store(config.store.url)
-    await store.open()
-    ledger = Ledger(config.gateway.state)
-    ingest = Ingest(config, store, ledger)
-    task = asyncio.create_task(ingest.run())
-    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
-    await ingest.handle("not/ours", b"x")  # one dead letter, counted
-    base = f"http://127.0.0.1:{ingest.http_port}"
-    async with httpx.AsyncClient() as client:
+    async with running_gateway(config) as ingest, httpx.AsyncClient() as client:
+        await ingest.handle("not/ours", b"x")  # one dead letter, counted
+        base = f"http://127.0.0.1:{ingest.http_port}"
         health = await client.get(f"{base}/health")
         metrics = await client.get(f"{base}/metrics")
         missing = await client.get(f"{base}/nothing")
         post = await client.post(f"{base}/health")
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await store.close()
-    ledger.close()
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "broker_connected": True, "spool_depth": 0}
     assert metrics.status_code == 200

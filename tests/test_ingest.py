@@ -10,13 +10,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
+from gateway_run import eventually, running_gateway
 from servers import InfluxServer, MosquittoServer
 
 from aua_contract import Batch, Quality, Reading, encode_batch, readings_topic
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
-from gateway.ingest import Ingest
-from gateway.ledger import Ledger
-from gateway.stores import open_store
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -39,12 +37,6 @@ async def test_bad_input_is_dead_lettered_and_the_stream_goes_on(mosquitto: Mosq
         mqtt=MqttSection(host=mosquitto.host, port=mosquitto.port, sites=site),
         store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
     )
-    store = open_store(config.store.url)
-    await store.open()
-    ledger = Ledger(config.gateway.state)
-    ingest = Ingest(config, store, ledger)
-    task = asyncio.create_task(ingest.run())
-    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
     topic = readings_topic(site, "a1")
     messages = [
         (topic, encode_batch(batch(site, "a1", 0))),
@@ -55,31 +47,26 @@ async def test_bad_input_is_dead_lettered_and_the_stream_goes_on(mosquitto: Mosq
         (f"aua/v1/{site}/a1/status", b"{}"),
         (topic, encode_batch(batch(site, "a1", 1))),
     ]
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
-        for message_topic, payload in messages:
-            await client.publish(message_topic, payload, qos=1)
-    for _ in range(100):
-        if ingest.stats.messages >= len(messages):
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.wait_for(ingest.flushed(), timeout=10)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with running_gateway(config) as ingest:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
+            for message_topic, payload in messages:
+                await client.publish(message_topic, payload, qos=1)
+        await eventually(lambda: ingest.stats.messages >= len(messages))
+        await asyncio.wait_for(ingest.flushed(), timeout=10)
+        stored = await ingest.store.query(site=site)
+        letters = ingest.ledger.dead_letters()
+        [account] = [a for a in ingest.ledger.accounts() if a.site == site]
 
-    stored = await store.query(site=site)
-    await store.close()
     assert [(r.agent, r.value) for r in stored] == [("a1", 4.9), ("a1", 5.9)]
     assert (ingest.stats.batches, ingest.stats.duplicates, ingest.stats.dead_letters) == (2, 1, 4)
-    reasons = [letter.reason for letter in reversed(ledger.dead_letters())]
+    reasons = [letter.reason for letter in reversed(letters)]
     assert "payload is not JSON" in reasons[0]
     assert "unsupported schema version v=99" in reasons[1]
     assert "payload says site" in reasons[2]
     assert "agent 'a2'" in reasons[2]
     assert "status: missing schema version" in reasons[3]
-    assert ledger.dead_letters()[-1].payload == b"not json at all"
-    [account] = [a for a in ledger.accounts() if a.site == site]
+    assert letters[-1].payload == b"not json at all"
     assert (account.batches, account.readings, account.missing, account.duplicates) == (2, 2, 0, 1)
-    ledger.close()
 
 
 async def test_registry_refuses_unknown_agents_and_parameters_and_flags_implausible_values(
@@ -98,13 +85,6 @@ async def test_registry_refuses_unknown_agents_and_parameters_and_flags_implausi
             },
         }
     )
-    store = open_store(config.store.url)
-    await store.open()
-    ledger = Ledger(config.gateway.state)
-    ingest = Ingest(config, store, ledger)
-    task = asyncio.create_task(ingest.run())
-    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
-
     now = datetime.now(UTC).replace(second=0, microsecond=0)  # within the registry's time window
 
     def hg(second: int, value: float, parameter: str = "hg") -> Reading:
@@ -113,28 +93,21 @@ async def test_registry_refuses_unknown_agents_and_parameters_and_flags_implausi
     good = Batch(site=site, agent="a1", seq=0, sent_at=now, readings=[hg(0, 5.0), hg(1, 400.0), hg(2, -1.0)])
     mixed = Batch(site=site, agent="a1", seq=1, sent_at=now, readings=[hg(3, 6.0, "hg_total"), hg(4, 380.0)])
     stranger = Batch(site=site, agent="a9", seq=0, sent_at=now, readings=[hg(5, 5.0)])
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
-        for message in (good, mixed, stranger):
-            await client.publish(readings_topic(site, message.agent), encode_batch(message), qos=1)
-    for _ in range(100):
-        if ingest.stats.messages >= 3:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.wait_for(ingest.flushed(), timeout=10)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-    stored = {(r.parameter, r.ts.second): (r.value, r.quality) for r in await store.query(site=site)}
-    await store.close()
+    async with running_gateway(config) as ingest:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
+            for message in (good, mixed, stranger):
+                await client.publish(readings_topic(site, message.agent), encode_batch(message), qos=1)
+        await eventually(lambda: ingest.stats.messages >= 3)
+        await asyncio.wait_for(ingest.flushed(), timeout=10)
+        stored = {(r.parameter, r.ts.second): (r.value, r.quality) for r in await ingest.store.query(site=site)}
+        reasons = sorted(letter.reason for letter in ingest.ledger.dead_letters())
     assert stored == {
         ("hg", 0): (5.0, Quality.OK),
         ("hg", 1): (400.0, Quality.SPIKE),  # 395 ng/m³ in one second, over the 50/s rule
         ("hg", 2): (-1.0, Quality.OUT_OF_RANGE),
         ("hg", 4): (380.0, Quality.OK),  # 20 ng/m³ in 3 s after the last plausible value
     }
-    reasons = sorted(letter.reason for letter in ledger.dead_letters())
     assert reasons == [f"agent {site}/a9 is not in the registry", "hg1/hg_total is not in the registry"]
-    ledger.close()
 
 
 async def test_a_stalled_store_holds_the_consumer_at_the_queue_limit_and_loses_nothing(
@@ -150,12 +123,6 @@ async def test_a_stalled_store_holds_the_consumer_at_the_queue_limit_and_loses_n
         mqtt=MqttSection(host=mosquitto.host, port=mosquitto.port, sites=site),
         store=StoreSection(url=influx_db_url),
     )
-    store = open_store(config.store.url)
-    await store.open()
-    ledger = Ledger(config.gateway.state)
-    ingest = Ingest(config, store, ledger)
-    task = asyncio.create_task(ingest.run())
-    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
     now = datetime.now(UTC).replace(microsecond=0)
     batches = [
         Batch(
@@ -171,27 +138,21 @@ async def test_a_stalled_store_holds_the_consumer_at_the_queue_limit_and_loses_n
         for seq in range(20)
     ]
     assert influxdb.process is not None
-    os.kill(influxdb.process.pid, signal.SIGSTOP)
-    try:
-        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
-            for message in batches:
-                await client.publish(readings_topic(site, "a1"), encode_batch(message), qos=1)
-        seen = -1
-        while ingest.stats.messages != seen:  # until the consumer has stopped taking messages
-            seen = ingest.stats.messages
-            await asyncio.sleep(1.0)
-        held, taken = ingest.queued_readings, ingest.stats.messages
-    finally:
-        os.kill(influxdb.process.pid, signal.SIGCONT)
-    assert taken < len(batches)
-    assert 1000 <= held < 1000 + 250  # the writer's group (500) + waiting batches, one batch over at most
-    for _ in range(200):
-        if ingest.stats.readings == 20 * 250:
-            break
-        await asyncio.sleep(0.05)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    assert (await store.count_by_instrument()) == {(site, f"i{n}"): 20 for n in range(250)}
+    async with running_gateway(config) as ingest:
+        os.kill(influxdb.process.pid, signal.SIGSTOP)
+        try:
+            async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
+                for message in batches:
+                    await client.publish(readings_topic(site, "a1"), encode_batch(message), qos=1)
+            seen = -1
+            while ingest.stats.messages != seen:  # until the consumer has stopped taking messages
+                seen = ingest.stats.messages
+                await asyncio.sleep(1.0)
+            held, taken = ingest.queued_readings, ingest.stats.messages
+        finally:
+            os.kill(influxdb.process.pid, signal.SIGCONT)
+        assert taken < len(batches)
+        assert 1000 <= held < 1000 + 250  # the writer's group (500) + waiting batches, one batch over at most
+        await eventually(lambda: ingest.stats.readings == 20 * 250)
+        assert (await ingest.store.count_by_instrument()) == {(site, f"i{n}"): 20 for n in range(250)}
     assert (ingest.queued_readings, ingest.stats.store_retries, ingest.spool.depth) == (0, 0, 0)
-    await store.close()
-    ledger.close()
