@@ -10,7 +10,7 @@ from gateway.ledger import AgentAccount
 
 HEADER = (
     f"{'site':<20} {'agent':<20} {'batches':>8} {'readings':>9} {'seqs':>15} {'dups':>6} {'late':>6} "
-    f"{'repaired':>8} {'resends':>7} {'missing':>8} {'lost':>6}"
+    f"{'repaired':>8} {'reused':>6} {'resends':>7} {'missing':>8} {'lost':>6}"
 )
 
 
@@ -37,12 +37,12 @@ def accounting_lines(
         account = by_agent.get((site, agent))
         what = owed.get((site, agent), nothing)
         if account is None:
-            counts = f"{0:>8} {0:>9} {'-':>15} {0:>6} {0:>6} {0:>8}"
+            counts = f"{0:>8} {0:>9} {'-':>15} {0:>6} {0:>6} {0:>8} {0:>6}"
         else:
             seqs = f"{account.first_seq}..{account.last_seq}"
             counts = (
                 f"{account.batches:>8} {account.readings:>9} {seqs:>15} {account.duplicates:>6} "
-                f"{account.late:>6} {account.repaired:>8}"
+                f"{account.late:>6} {account.repaired:>8} {account.reused:>6}"
             )
         lines.append(
             f"{site:<20} {agent:<20} {counts} {resends.get((site, agent), 0):>7} "
@@ -50,6 +50,12 @@ def accounting_lines(
         )
         if what.requestable:
             details.append(f"{site}/{agent} still missing (gap repair asks again): {format_ranges(what.requestable)}")
+        if account is not None and account.reused:
+            details.append(
+                f"{site}/{agent} sent {account.reused} batches under sequence numbers it had used before (last: "
+                f"{account.last_reused_seq}): its outbox was replaced or another agent has its id; their readings "
+                "are stored, but its accounting is unreliable until it gets a new agent id"
+            )
         if what.unrecoverable:
             details.append(
                 f"{site}/{agent} lost (no longer in the agent's outbox): {format_ranges(what.unrecoverable)}"

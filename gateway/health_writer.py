@@ -63,6 +63,7 @@ class HealthWriter:
             "batches": stats.batches,
             "readings": stats.readings,
             "duplicates": stats.duplicates,
+            "reused": stats.reused,
             "dead_letters": stats.dead_letters,
             "store_retries": stats.store_retries,
             "resend_requests": stats.resend_requests,
@@ -100,6 +101,7 @@ class HealthWriter:
                     "duplicates": account.duplicates,
                     "late": account.late,
                     "repaired": account.repaired,
+                    "reused": account.reused,
                 }
             next_seq, oldest_seq, dropped = cursors.get((site, agent), (None, None, None))
             for name, value in (("next_seq", next_seq), ("oldest_seq", oldest_seq), ("dropped", dropped)):

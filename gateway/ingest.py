@@ -34,12 +34,13 @@ from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig
 from gateway.gap_repair import RepairSchedule, chunks
 from gateway.http_api import HttpApi
-from gateway.ledger import Ledger
+from gateway.ledger import Arrival, Ledger, Recorded
 from gateway.metrics import GatewayMetrics, Health
 from gateway.quality_checks import BatchScreen
 from gateway.rollup_engine import RollupEngine
 from gateway.spool import Spool
 from gateway.stores import BatchReceipt, Store, StoreError
+from gateway.stores.base import to_ns
 from gateway.validation import Rejected, validate_message
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,15 @@ class IngestStats:
     batches: int = 0
     readings: int = 0
     duplicates: int = 0
+    reused: int = 0
     dead_letters: int = 0
     store_retries: int = 0
     resend_requests: int = 0
+
+
+def _arrival(pending: _Pending) -> Arrival:
+    batch = pending.batch
+    return Arrival(batch.site, batch.agent, batch.seq, len(batch.readings), pending.received_ns, to_ns(batch.sent_at))
 
 
 def _weight(pending: _Pending) -> int:
@@ -124,7 +131,8 @@ class Ingest:
         self._queued_readings = 0
         self._room = asyncio.Event()
         self._room.set()
-        self._recent: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str, int], datetime] = OrderedDict()
+        self._reuse_reported: set[tuple[str, str]] = set()
         self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
         self.metrics.attach(self)
 
@@ -262,11 +270,11 @@ class Ingest:
             return
         batch = result
         key = (batch.site, batch.agent, batch.seq)
-        if key in self._recent:
+        if self._recent.get(key) == batch.sent_at:  # the same batch again (another sealing time is not: REUSED)
             self.stats.duplicates += 1
             await asyncio.to_thread(self.ledger.count_duplicate, batch.site, batch.agent)
             return
-        self._remember(key)
+        self._remember(key, batch.sent_at)
         screened = self.screen.screen(batch, datetime.now(UTC))
         if screened.refused:
             await self._refuse_readings(topic, batch, screened.refused, now)
@@ -289,9 +297,10 @@ class Ingest:
         """Readings received and not yet written (a gauge)."""
         return self._queued_readings
 
-    def _remember(self, key: tuple[str, str, int]) -> None:
-        """Recent batch keys, so a redelivery is dropped without a ledger lookup (bounded; the ledger decides)."""
-        self._recent[key] = None
+    def _remember(self, key: tuple[str, str, int], sent_at: datetime) -> None:
+        """Recent batch keys and sealing times, so a redelivery is dropped without a ledger lookup (bounded;
+        the ledger decides)."""
+        self._recent[key] = sent_at
         if len(self._recent) > RECENT_KEYS:
             self._recent.popitem(last=False)
 
@@ -320,15 +329,15 @@ class Ingest:
                 group.append(item)
                 readings += len(item.batch.readings)
             durable = await self._store_or_spool(group)
-            new = await asyncio.to_thread(
-                self.ledger.record_many,
-                [(p.batch.site, p.batch.agent, p.batch.seq, len(p.batch.readings), p.received_ns) for p in durable],
-            )
-            for pending, is_new in zip(durable, new, strict=True):
-                if not is_new:
+            outcomes = await asyncio.to_thread(self.ledger.record_many, [_arrival(p) for p in durable])
+            for pending, outcome in zip(durable, outcomes, strict=True):
+                if outcome is Recorded.DUPLICATE:
                     self.stats.duplicates += 1
                     continue
-                self.stats.batches += 1
+                if outcome is Recorded.REUSED:
+                    self._report_reuse(pending.batch)
+                else:
+                    self.stats.batches += 1
                 self.stats.readings += len(pending.batch.readings)
                 if self.on_batch is not None:
                     self.on_batch(pending.batch)
@@ -338,6 +347,25 @@ class Ingest:
                 self._queued_readings -= _weight(pending)
                 self._queue.task_done()
             self._room.set()
+
+    def _report_reuse(self, batch: Batch) -> None:
+        """Its readings are stored like any others; say loudly (once per agent and run) why the ledger
+        cannot account for it."""
+        self.stats.reused += 1
+        if (batch.site, batch.agent) in self._reuse_reported:
+            return
+        self._reuse_reported.add((batch.site, batch.agent))
+        log.error(
+            "agent %s/%s sent batch %d sealed at %s, but a batch %d sealed at another time was stored before: "
+            "its outbox was replaced (reinstall, new disk) and its sequence restarted, or another agent uses "
+            "its id. Its readings are stored; its accounting and gap repair stay unreliable until it gets a "
+            "new agent id (docs/gateway.md).",
+            batch.site,
+            batch.agent,
+            batch.seq,
+            batch.sent_at.isoformat(),
+            batch.seq,
+        )
 
     async def flushed(self) -> None:
         """Wait until everything received so far is durable and recorded."""

@@ -6,8 +6,11 @@ batch is processed again on redelivery (store writes are idempotent) rather than
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from aua_contract import AgentStatus
 from gateway.gap_repair import Owed, owed
@@ -22,7 +25,15 @@ CREATE TABLE IF NOT EXISTS batch_seen (
     received_ns INTEGER NOT NULL,
     late INTEGER NOT NULL DEFAULT 0,
     repaired INTEGER NOT NULL DEFAULT 0,
+    sent_ns INTEGER,
     PRIMARY KEY (site, agent, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seq_reuse (
+    site TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (site, agent)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS duplicate (
     site TEXT NOT NULL,
@@ -62,7 +73,9 @@ CREATE TABLE IF NOT EXISTS resend_range (
 ) WITHOUT ROWID;
 """
 
-_ADDED_COLUMNS = {"batch_seen": ("late INTEGER NOT NULL DEFAULT 0", "repaired INTEGER NOT NULL DEFAULT 0")}
+_ADDED_COLUMNS = {
+    "batch_seen": ("late INTEGER NOT NULL DEFAULT 0", "repaired INTEGER NOT NULL DEFAULT 0", "sent_ns INTEGER")
+}
 """Columns newer than the first ledger schema: added to a state file that lacks them."""
 
 
@@ -79,11 +92,36 @@ class AgentAccount:
     """Batches stored after a batch with a higher sequence number (redelivered, reordered or resent)."""
     repaired: int = 0
     """Late batches a resend request had asked for: gaps that gap repair filled."""
+    reused: int = 0
+    """Batches under a sequence number the agent had used for another batch (see Recorded.REUSED)."""
+    last_reused_seq: int | None = None
 
     @property
     def missing(self) -> int:
         """Sequence numbers between the first and last seen that never arrived."""
         return self.last_seq - self.first_seq + 1 - self.batches
+
+
+class Arrival(NamedTuple):
+    """A batch made durable: what the ledger records of it. `sent_ns` is the agent's sealing time (absent for
+    batches known only from another instance's receipt)."""
+
+    site: str
+    agent: str
+    seq: int
+    readings: int
+    received_ns: int
+    sent_ns: int | None = None
+
+
+class Recorded(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    """The same batch again (a redelivery or a resend): same sequence number, same sealing time."""
+    REUSED = "reused"
+    """Another batch under a sequence number already recorded: same number, other sealing time. The agent's
+    outbox was replaced (a reinstall, a new disk) and its sequence restarted, or two agents share an id.
+    Its readings are new data and are kept; the ledger keeps the first batch's entry."""
 
 
 @dataclass(frozen=True)
@@ -104,18 +142,22 @@ class Ledger(StateFile):
                     if column.split()[0] not in present:
                         self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
-    def record_many(self, batches: list[tuple[str, str, int, int, int]], *, classify: bool = True) -> list[bool]:
-        """Record stored batches (site, agent, seq, readings, received_ns) in one transaction; which were new.
+    def record_many(
+        self, batches: Sequence[tuple[str, str, int, int, int] | Arrival], *, classify: bool = True
+    ) -> list[Recorded]:
+        """Record stored batches (Arrival, or its first five fields) in one transaction, saying of each whether
+        it was new, a duplicate, or a reused sequence number.
 
         With `classify`, a batch numbered below one already recorded counts as late, and as repaired when a
         resend request asked for it. Batches learnt from other instances' receipts are recorded without.
         """
-        new = []
+        outcomes = []
         highest: dict[tuple[str, str], int] = {}
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                for site, agent, seq, readings, received_ns in batches:
+                for row in batches:
+                    site, agent, seq, readings, received_ns, sent_ns = Arrival(*row)
                     late = repaired = False
                     if classify:
                         if (site, agent) not in highest:
@@ -123,19 +165,37 @@ class Ledger(StateFile):
                         late = seq < highest[(site, agent)]
                         repaired = late and self._was_requested(site, agent, seq)
                     inserted = self._db.execute(
-                        "INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (site, agent, seq, readings, received_ns, late, repaired),
+                        "INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (site, agent, seq, readings, received_ns, late, repaired, sent_ns),
                     ).rowcount
-                    if not inserted:
+                    if inserted:
+                        outcomes.append(Recorded.NEW)
+                        if classify:
+                            highest[(site, agent)] = max(highest[(site, agent)], seq)
+                    elif self._sealed_otherwise(site, agent, seq, sent_ns):
+                        outcomes.append(Recorded.REUSED)
+                        self._db.execute(
+                            """INSERT INTO seq_reuse VALUES (?, ?, 1, ?) ON CONFLICT (site, agent)
+                               DO UPDATE SET count = count + 1, last_seq = excluded.last_seq""",
+                            (site, agent, seq),
+                        )
+                    else:
+                        outcomes.append(Recorded.DUPLICATE)
                         self._count_duplicate(site, agent)
-                    elif classify:
-                        highest[(site, agent)] = max(highest[(site, agent)], seq)
-                    new.append(bool(inserted))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return new
+        return outcomes
+
+    def _sealed_otherwise(self, site: str, agent: str, seq: int, sent_ns: int | None) -> bool:
+        """Whether the batch recorded under this number was sealed at another time than this one."""
+        if sent_ns is None:
+            return False
+        row = self._db.execute(
+            "SELECT sent_ns FROM batch_seen WHERE site = ? AND agent = ? AND seq = ?", (site, agent, seq)
+        ).fetchone()
+        return row is not None and row[0] is not None and row[0] != sent_ns
 
     def _highest_seq(self, site: str, agent: str) -> int:
         row = self._db.execute("SELECT max(seq) FROM batch_seen WHERE site = ? AND agent = ?", (site, agent)).fetchone()
@@ -254,11 +314,13 @@ class Ledger(StateFile):
         with self._lock:
             rows = self._db.execute(
                 """SELECT b.site, b.agent, count(*), sum(b.readings), min(b.seq), max(b.seq), coalesce(d.count, 0),
-                          sum(b.late), sum(b.repaired)
-                   FROM batch_seen b LEFT JOIN duplicate d ON d.site = b.site AND d.agent = b.agent
+                          sum(b.late), sum(b.repaired), coalesce(u.count, 0), u.last_seq
+                   FROM batch_seen b
+                   LEFT JOIN duplicate d ON d.site = b.site AND d.agent = b.agent
+                   LEFT JOIN seq_reuse u ON u.site = b.site AND u.agent = b.agent
                    GROUP BY b.site, b.agent ORDER BY b.site, b.agent"""
             ).fetchall()
         return [
-            AgentAccount(s, a, int(n), int(r), int(lo), int(hi), int(d), int(late), int(repaired))
-            for s, a, n, r, lo, hi, d, late, repaired in rows
+            AgentAccount(s, a, int(n), int(r), int(lo), int(hi), int(d), int(late), int(repaired), int(u), last_u)
+            for s, a, n, r, lo, hi, d, late, repaired, u, last_u in rows
         ]

@@ -31,6 +31,7 @@ class _IngestCollector(Collector):
             ("aua_gateway_batches", stats.batches, "batches made durable (store or spool)"),
             ("aua_gateway_readings", stats.readings, "readings made durable"),
             ("aua_gateway_duplicates", stats.duplicates, "batches dropped as already received"),
+            ("aua_gateway_reused_sequence", stats.reused, "batches under a sequence number used before (stored)"),
             ("aua_gateway_dead_letters", stats.dead_letters, "messages or readings kept as dead letters"),
             ("aua_gateway_store_retries", stats.store_retries, "store writes retried"),
             ("aua_gateway_resend_requests", stats.resend_requests, "resend requests sent to agents"),

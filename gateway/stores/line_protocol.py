@@ -187,6 +187,7 @@ HEALTH_AGENT_FIELDS = (
     "duplicates",
     "late",
     "repaired",
+    "reused",
     "resend_requests",
     "next_seq",
     "oldest_seq",
@@ -196,7 +197,8 @@ HEALTH_AGENT_FIELDS = (
     "status_age_s",
 )
 """Per agent, as the gateway's ledger knows it (late: batches stored after a higher-numbered one; repaired: late
-ones a resend request asked for); next_seq, oldest_seq, dropped as the agent last reported them
+ones a resend request asked for; reused: batches under a sequence number used before, see ledger.Recorded);
+next_seq, oldest_seq, dropped as the agent last reported them
 (absent until it has), backlog = next_seq - 1 - last_seq (batches sealed by the agent not yet stored), online 0/1."""
 
 HEALTH_GATEWAY_FIELDS = (
@@ -204,6 +206,7 @@ HEALTH_GATEWAY_FIELDS = (
     "batches",
     "readings",
     "duplicates",
+    "reused",
     "dead_letters",
     "store_retries",
     "resend_requests",
