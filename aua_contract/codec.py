@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -28,7 +28,8 @@ def encode_resend(request: ResendRequest) -> bytes:
     return request.model_dump_json(exclude_none=True).encode()
 
 
-def _load(payload: bytes, what: str) -> dict[str, Any]:
+def _load(payload: bytes, what: str) -> None:
+    """The checks before the model's: JSON, an object, a schema version this side reads."""
     try:
         document = json.loads(payload)
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer literal over 4300 digits
@@ -42,12 +43,13 @@ def _load(payload: bytes, what: str) -> dict[str, Any]:
     version = document["v"]
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise ContractError(f"{what}: unsupported schema version v={version!r} (this side reads v={SCHEMA_VERSION})")
-    return document
 
 
-def _validate(model: type[M], document: dict[str, Any], what: str) -> M:
+def _decode(model: type[M], payload: bytes, what: str) -> M:
+    """Strict, as on the fast path: numbers must be JSON numbers and times strings (the models are strict)."""
+    _load(payload, what)
     try:
-        return model.model_validate(document)
+        return model.model_validate_json(payload)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
@@ -69,15 +71,15 @@ def decode_batch(payload: bytes) -> Batch:
     try:
         wire = _WireBatch.model_validate_json(payload)
     except ValidationError:
-        return _validate(Batch, _load(payload, "batch"), "batch")
+        return _decode(Batch, payload, "batch")
     return Batch.model_construct(
         v=SCHEMA_VERSION, site=wire.site, agent=wire.agent, seq=wire.seq, sent_at=wire.sent_at, readings=wire.readings
     )
 
 
 def decode_status(payload: bytes) -> AgentStatus:
-    return _validate(AgentStatus, _load(payload, "status"), "status")
+    return _decode(AgentStatus, payload, "status")
 
 
 def decode_resend(payload: bytes) -> ResendRequest:
-    return _validate(ResendRequest, _load(payload, "resend request"), "resend request")
+    return _decode(ResendRequest, payload, "resend request")

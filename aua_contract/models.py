@@ -75,7 +75,7 @@ class Reading(BaseModel):
     a Batch brings its readings' times to UTC once per batch.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     instrument: Identifier
     parameter: Identifier
@@ -89,7 +89,7 @@ class Reading(BaseModel):
 class Batch(BaseModel):
     """One MQTT message: readings from one agent, numbered by a per-agent sequence that survives restarts."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     v: Literal[1] = SCHEMA_VERSION
     site: Identifier
@@ -124,7 +124,7 @@ class AgentState(StrEnum):
 class AgentStatus(BaseModel):
     """The retained birth/last-will message on an agent's status topic."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     v: Literal[1] = SCHEMA_VERSION
     site: Identifier
@@ -149,7 +149,7 @@ MAX_RESEND_SPAN = 100_000
 class ResendRequest(BaseModel):
     """The gateway asks an agent to publish batches first..last again from its outbox (gap repair)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     v: Literal[1] = SCHEMA_VERSION
     site: Identifier

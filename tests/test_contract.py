@@ -270,10 +270,19 @@ BATCH_REJECTIONS: list[Any] = [
         ["readings.0.value", "finite"],
         id="value-minus-Infinity-literal",
     ),
-    pytest.param(_raw(_with_reading(value="NaN")), ["readings.0.value", "finite"], id="value-NaN-string"),
+    pytest.param(_raw(_with_reading(value="NaN")), ["readings.0.value", "valid number"], id="value-NaN-string"),
+    # Strict: a number is a JSON number, a time a string; nothing is coerced (a CEMS record is evidence).
+    pytest.param(_raw(_with_reading(value="12.5")), ["readings.0.value", "valid number"], id="value-as-string"),
+    pytest.param(_raw(_with_reading(value=True)), ["readings.0.value", "valid number"], id="value-as-boolean"),
+    pytest.param(_raw(_with_reading(status="3")), ["readings.0.status", "valid integer"], id="status-as-string"),
+    pytest.param(_raw(_with_reading(status=3.0)), ["readings.0.status", "valid integer"], id="status-as-float"),
+    pytest.param(_raw(_with_reading(ts=1700000000)), ["readings.0.ts", "valid datetime"], id="ts-as-number"),
+    pytest.param(_raw(_valid_batch_document() | {"seq": "7"}), ["seq", "valid integer"], id="seq-as-string"),
     pytest.param(_raw(_with_reading(value=1e308 * 10)), ["readings.0.value", "finite"], id="value-overflow"),
     pytest.param(
-        _raw(_valid_batch_document()).replace(b'"seq": 7', b'"seq": NaN'), ["seq", "finite"], id="seq-NaN-literal"
+        _raw(_valid_batch_document()).replace(b'"seq": 7', b'"seq": NaN'),
+        ["seq", "valid integer"],
+        id="seq-NaN-literal",
     ),
     pytest.param(
         _raw(_valid_batch_document()).replace(b'"sent_at": "2025-01-01T12:00:05Z"', b'"sent_at": NaN'),
@@ -286,7 +295,7 @@ BATCH_REJECTIONS: list[Any] = [
     pytest.param(_raw(_with_reading(extra=1)), ["readings.0.extra", "Extra inputs"], id="extra-reading-field"),
     pytest.param(_raw(_with_reading(unit="x" * 33)), ["readings.0.unit", "32"], id="unit-too-long"),
     pytest.param(_raw(_with_reading(quality="bad")), ["readings.0.quality"], id="unknown-quality"),
-    pytest.param(_raw(_valid_batch_document() | {"readings": {}}), ["readings", "list"], id="readings-not-a-list"),
+    pytest.param(_raw(_valid_batch_document() | {"readings": {}}), ["readings", "array"], id="readings-not-a-list"),
     pytest.param(
         _raw(
             _valid_batch_document()
