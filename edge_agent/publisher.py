@@ -35,11 +35,17 @@ __version__ = "0.1.0"
 
 def status_payload(site: str, agent: str, state: AgentState, outbox: OutboxStats | None = None) -> bytes:
     """Birth, will and periodic status; with the outbox counters the gateway needs to see what it is owed."""
-    counters = {}
-    if outbox is not None:
-        counters = {"next_seq": outbox.next_seq, "oldest_seq": outbox.oldest_seq, "dropped": outbox.dropped}
     return encode_status(
-        AgentStatus(site=site, agent=agent, state=state, at=datetime.now(UTC), version=__version__, **counters)
+        AgentStatus(
+            site=site,
+            agent=agent,
+            state=state,
+            at=datetime.now(UTC),
+            version=__version__,
+            next_seq=outbox.next_seq if outbox else None,
+            oldest_seq=outbox.oldest_seq if outbox else None,
+            dropped=outbox.dropped if outbox else None,
+        )
     )
 
 
