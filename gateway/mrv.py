@@ -150,6 +150,20 @@ def ppm_to_mg_m3(ppm: float, species: str) -> float:
         raise StandardisationError(f"no ppm → mg/m³ factor for {species!r} (known: {known})") from None
 
 
+CI_PERCENT_DEFAULTS: Final[Mapping[str, float]] = {
+    "co": 10.0,
+    "so2": 20.0,
+    "nox": 20.0,
+    "no2": 20.0,
+    "dust": 30.0,
+    "toc": 30.0,
+    "hcl": 40.0,
+    "hf": 40.0,
+}
+"""95 % confidence intervals as % of the ELV (cems-mrv.md §3, IED Annex V/VI: combustion plants CO 10, SO2 20,
+NOx 20, dust 30; waste incineration adds TOC 30, HCl 40, HF 40), by species or parameter name, lower case."""
+
+
 def confidence_interval(elv: float, ci_percent: float) -> float:
     """The 95 % confidence interval as an absolute value: a percentage of the ELV (§3)."""
     return elv * ci_percent / 100

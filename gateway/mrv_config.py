@@ -63,6 +63,7 @@ class RuleSetConfig(_Strict):
     long_min_capture: Annotated[float, Field(gt=0, le=1)] | None = None
     year_max_invalid_days: Annotated[int, Field(ge=0)] | None = None
     exclude_maintenance: bool | None = None
+    sample_interval_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     citation: str | None = None
 
     @field_validator("based_on")
@@ -94,6 +95,28 @@ class ReportsSection(_Strict):
         return url
 
 
+class SeriesRules(_Strict):
+    """Rules for series no [[source]] names (an ambient station, an instrument with a slow cycle): a whole
+    site, one of its instruments, or one parameter of it. The most specific entry wins."""
+
+    site: Identifier
+    instrument: Identifier | None = None
+    parameter: Identifier | None = None
+    rule_set: str
+    time_zone: str | None = Field(default=None, description="local calendar; default: [rollup] time_zone")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str | None) -> str | None:
+        return None if name is None else _check_time_zone(name)
+
+    @model_validator(mode="after")
+    def _parameter_needs_instrument(self) -> Self:
+        if self.parameter is not None and self.instrument is None:
+            raise ValueError("a parameter is named together with its instrument")
+        return self
+
+
 class RollupSection(_Strict):
     """Rollups (1m, base period, 1d, 1mo, 1y) for every stored series; [[source]] sets a stack's own rules."""
 
@@ -104,7 +127,18 @@ class RollupSection(_Strict):
         default=60.0, description="seconds between two passes over the periods new data made dirty"
     )
     rule_sets: dict[Identifier, RuleSetConfig] = Field(default_factory=dict)
+    series: list[SeriesRules] = Field(default_factory=list)
     reports: ReportsSection = Field(default_factory=ReportsSection)
+
+    @model_validator(mode="after")
+    def _series_rule_sets_exist(self) -> Self:
+        known = set(RULE_SETS) | set(self.rule_sets)
+        for index, entry in enumerate(self.series):
+            if entry.rule_set not in known:
+                raise ValueError(
+                    f"series[{index}].rule_set: unknown rule set {entry.rule_set!r} (known: {', '.join(sorted(known))})"
+                )
+        return self
 
     @field_validator("time_zone")
     @classmethod
@@ -155,14 +189,22 @@ class PollutantConfig(ChannelConfig):
         default=None, description="emission limit value, mg/Nm3 dry at the reference O2"
     )
     elv_period: Literal["30m", "1h", "1d"] = Field(default="1d", description="averaging period of the ELV")
-    ci_percent: Annotated[float, Field(ge=0, le=100)] = Field(
-        default=0.0, description="95 % confidence interval as % of the ELV (§3: SO2 20, NOx 20, CO 10, dust 30)"
+    ci_percent: Annotated[float, Field(ge=0, le=100)] | None = Field(
+        default=None,
+        description="95 % confidence interval as % of the ELV; default by species (§3, mrv.CI_PERCENT_DEFAULTS)",
     )
     o2_correction: bool = Field(default=True, description="correct to the reference O2 before the limit check")
 
     @property
     def label(self) -> str:
         return self.name or self.parameter.upper()
+
+    @property
+    def confidence_percent(self) -> float | None:
+        """ci_percent, or §3's default for the species; None when neither says (an error with an ELV)."""
+        if self.ci_percent is not None:
+            return self.ci_percent
+        return mrv.CI_PERCENT_DEFAULTS.get((self.species or self.parameter).lower())
 
 
 _DEFAULT_LOOKBACK = {"nox": 2160, "no": 2160, "no2": 2160}
@@ -228,7 +270,8 @@ class SourceConfig(_Strict):
         method = channel.substitution or self.substitution
         default_low = role in ("o2", "h2o") and method is Method.PART75  # §4: moisture and O2 mirror rules
         conservative = channel.conservative or ("low" if default_low else "high")
-        lookback = channel.lookback_hours or (2160 if role == "flow" else _DEFAULT_LOOKBACK.get(channel.parameter, 720))
+        species = (getattr(channel, "species", None) or channel.parameter).lower()
+        lookback = channel.lookback_hours or (2160 if role == "flow" else _DEFAULT_LOOKBACK.get(species, 720))
         return SubstitutionSpec(
             method=method,
             conservative=conservative,
@@ -250,6 +293,12 @@ class SourceConfig(_Strict):
         limited = [p for p in self.pollutant if p.elv is not None and p.o2_correction]
         if limited and self.o2_reference is None:
             problems.append(f"pollutant {limited[0].label} has an elv: set reference_o2 or fuel")
+        for pollutant in self.pollutant:
+            if pollutant.elv is not None and pollutant.confidence_percent is None:
+                problems.append(
+                    f"pollutant {pollutant.label} has an elv but §3 gives no default confidence interval for "
+                    f"{(pollutant.species or pollutant.parameter).lower()!r}: set ci_percent"
+                )
         if limited and self.o2 is None:
             problems.append(f"pollutant {limited[0].label} is O2-corrected for its limit: set [source.o2]")
         for role, channel in self.channels().items():
@@ -327,7 +376,11 @@ def check_sources(rollup: RollupSection, sources: Sequence[SourceConfig]) -> Non
         bases = {rule_sets[name].base for name in names}
         if len(bases) > 1:
             problems.append(f"{where}: all channels need the same base period, rule sets give {sorted(bases)}")
-        if source.substitution is Method.PART75 and any(rule_sets[n].base is not Period.HOUR for n in names):
+        part75 = source.substitution is Method.PART75 or any(
+            c.substitution is Method.PART75 for c in source.channels().values()
+        )
+        if part75 and any(rule_sets[n].base is not Period.HOUR for n in names):
+            # its gap lengths, 8,760-hour availability window and lookbacks count hours (§4)
             problems.append(f"{where}: Part 75 substitution needs hourly base periods")
         base = rule_sets[source.rule_set].base
         problems += [
@@ -371,17 +424,28 @@ class RuleResolver:
     default: tuple[RuleSet, ZoneInfo]
     by_instrument: dict[tuple[str, str], tuple[RuleSet, ZoneInfo]] = field(default_factory=dict)
     by_series: dict[tuple[str, str, str], tuple[RuleSet, ZoneInfo]] = field(default_factory=dict)
+    by_site: dict[str, tuple[RuleSet, ZoneInfo]] = field(default_factory=dict)
 
     def __call__(self, site: str, instrument: str, parameter: str) -> tuple[RuleSet, ZoneInfo]:
         found = self.by_series.get((site, instrument, parameter))
         if found is None:
-            found = self.by_instrument.get((site, instrument), self.default)
+            found = self.by_instrument.get((site, instrument))
+        if found is None:
+            found = self.by_site.get(site, self.default)
         return found
 
     @classmethod
     def from_config(cls, rollup: RollupSection, sources: Sequence[SourceConfig]) -> RuleResolver:
         rule_sets = rollup.resolved_rule_sets()
         resolver = cls((rule_sets[rollup.rule_set], ZoneInfo(rollup.time_zone)))
+        for entry in rollup.series:  # [[source]] entries below override these
+            chosen = (rule_sets[entry.rule_set], ZoneInfo(entry.time_zone or rollup.time_zone))
+            if entry.instrument is None:
+                resolver.by_site[entry.site] = chosen
+            elif entry.parameter is None:
+                resolver.by_instrument[(entry.site, entry.instrument)] = chosen
+            else:
+                resolver.by_series[(entry.site, entry.instrument, entry.parameter)] = chosen
         for source in sources:
             zone = source.zone
             for channel in source.channels().values():
@@ -417,7 +481,7 @@ def source_input(source: SourceConfig, rule_sets: dict[str, RuleSet]) -> SourceI
                 substitution=source.substitution_spec(role) if role in mass_roles else None,
                 elv=pollutant.elv if pollutant else None,
                 elv_period=pollutant.elv_period if pollutant else "1d",
-                ci_percent=pollutant.ci_percent if pollutant else 0.0,
+                ci_percent=(pollutant.confidence_percent or 0.0) if pollutant else 0.0,
                 o2_correction=pollutant.o2_correction if pollutant else False,
             )
         )

@@ -171,12 +171,21 @@ class RuleSet:
     """more invalid days than this in a year: the year is flagged (the operator must act)"""
     exclude_maintenance: bool = False
     """capture is counted without the periods lost to calibration/maintenance (ambient, 2008/50/EC Annex I)"""
+    sample_interval_s: float = 60.0
+    """the measuring cycle of the series: a base period expects one sample per cycle (§3: "enough of its
+    samples"), e.g. 12 an hour from a Tekran-class mercury analyzer's 5-minute cycle; 60 s or less: one a minute"""
 
     def __post_init__(self) -> None:
         if self.base not in BASE_PERIODS:
             raise ValueError(f"rule set {self.name!r}: base must be 30m or 1h, not {self.base}")
         if self.base_rule is BaseRule.QUADRANTS and self.base is not Period.HOUR:
             raise ValueError(f"rule set {self.name!r}: the quadrant rule (Part 75) needs hourly base periods")
+        cycle = timedelta(seconds=self.sample_interval_s)
+        if not timedelta(0) < cycle <= base_duration(self.base) or base_duration(self.base) % max(cycle, _MINUTE):
+            raise ValueError(
+                f"rule set {self.name!r}: sample_interval_s {self.sample_interval_s:g} must divide the "
+                f"{self.base} base period"
+            )
         for name in ("minute_min_fraction", "base_min_capture", "day_min_capture", "long_min_capture"):
             fraction = getattr(self, name)
             if fraction is not None and not 0 < fraction <= 1:
@@ -430,7 +439,8 @@ def _quadrant_verdict(start: datetime, valid_starts: list[datetime], maintenance
 def _base_from_subs(
     series: tuple[str, str, str], start: datetime, subs: Sequence[_Sub], unit: str, rules: RuleSet
 ) -> Aggregate:
-    expected = int(base_duration(rules.base) / _MINUTE)
+    cycle = timedelta(seconds=rules.sample_interval_s)
+    expected = int(base_duration(rules.base) / max(cycle, _MINUTE))
     valid_values = [value for _, value, valid, _ in subs if valid and value is not None]
     n_maintenance = sum(1 for _, _, valid, maintenance in subs if maintenance and not valid)
     n_valid = len(valid_values)
@@ -438,7 +448,12 @@ def _base_from_subs(
         ok, reason = _quadrant_verdict(start, [s for s, _, valid, _ in subs if valid], n_maintenance > 0)
     else:
         ok, reason = _capture_verdict(
-            n_valid, expected, n_maintenance, fraction=rules.base_min_capture, rules=rules, unit_name="minutes"
+            n_valid,
+            expected,
+            n_maintenance,
+            fraction=rules.base_min_capture,
+            rules=rules,
+            unit_name="minutes" if cycle <= _MINUTE else f"{cycle.total_seconds():g}-second samples",
         )
     site, instrument, parameter = series
     return Aggregate(

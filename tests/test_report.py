@@ -11,6 +11,7 @@ import asyncio
 import csv
 import dataclasses
 import json
+import re
 import statistics
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -25,8 +26,8 @@ from pydantic import ValidationError
 
 from aua_contract import Quality
 from gateway.cli import main as gateway_main
-from gateway.config import GatewayConfig, load_gateway_config
-from gateway.mrv_config import SourceConfig
+from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
+from gateway.mrv_config import RuleResolver, SourceConfig
 from gateway.report import MrvReport
 from gateway.report_files import (
     SCHEMA_PATH,
@@ -540,6 +541,13 @@ def test_cli_recompute_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
             "co2 and o2 both name stack1-gas/co2",
         ),
         (('fuel = "solid"', 'fuel = "coal"'), "source.0.fuel: Input should be"),
+        (
+            (
+                'parameter = "so2"\nname = "SO2"\nunit = "mg/m3"\nelv = 600\nci_percent = 20',
+                'parameter = "hg"\nunit = "mg/m3"\nelv = 0.05',
+            ),
+            "pollutant HG has an elv but §3 gives no default confidence interval for 'hg': set ci_percent",
+        ),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
 )
@@ -582,3 +590,120 @@ def test_substitution_defaults_follow_the_domain_reference() -> None:
     assert source.substitution_spec("pollutant:nox").lookback_hours == 2160
     assert source.substitution_spec("h2o").conservative == "low"
     assert source.substitution_spec("pollutant:so2").conservative == "high"
+
+
+def test_series_outside_any_source_get_their_rules_from_rollup_series() -> None:
+    """An ambient station near Pavlodar is no stack: its series take the ambient rules (§3), and its mercury
+    analyzer, measuring every 5 minutes, a rule set expecting 12 samples an hour. Most specific entry wins;
+    a [[source]] channel wins over all."""
+    config = GatewayConfig.model_validate(
+        {
+            "rollup": {
+                "rule_set": "ied-lcp",
+                "rule_sets": {"ambient-hg": {"based_on": "ambient", "sample_interval_s": 300}},
+                "series": [
+                    {"site": "pavlodar-ambient", "rule_set": "ambient", "time_zone": "Asia/Almaty"},
+                    {"site": "pavlodar-ambient", "instrument": "pvl1-hg", "rule_set": "ambient-hg"},
+                    {"site": "pavlodar-ambient", "instrument": "pvl1-gas", "parameter": "o3", "rule_set": "mrr"},
+                ],
+            }
+        }
+    )
+    resolve = RuleResolver.from_config(config.rollup, config.sources)
+    chosen = {
+        key: (rules.name, str(zone))
+        for key, (rules, zone) in {
+            "gas": resolve("pavlodar-ambient", "pvl1-gas", "so2"),
+            "hg": resolve("pavlodar-ambient", "pvl1-hg", "hg"),
+            "o3": resolve("pavlodar-ambient", "pvl1-gas", "o3"),
+            "elsewhere": resolve("pavlodar-chp", "stack1-gas", "so2"),
+        }.items()
+    }
+    assert chosen == {
+        "gas": ("ambient", "Asia/Almaty"),
+        "hg": ("ambient-hg", "UTC"),
+        "o3": ("mrr", "UTC"),
+        "elsewhere": ("ied-lcp", "UTC"),
+    }
+    assert resolve("pavlodar-ambient", "pvl1-hg", "hg")[0].sample_interval_s == 300
+
+
+@pytest.mark.parametrize(
+    ("rollup", "message"),
+    [
+        ({"series": [{"site": "s", "rule_set": "nope"}]}, "series[0].rule_set: unknown rule set 'nope'"),
+        ({"series": [{"site": "s", "parameter": "hg", "rule_set": "ambient"}]}, "named together with its instrument"),
+        ({"rule_sets": {"x": {"based_on": "ambient", "sample_interval_s": 420}}}, "must divide the 1h base period"),
+        ({"rule_sets": {"x": {"sample_interval_s": 0}}}, "rule_sets.x.sample_interval_s"),
+    ],
+    ids=["unknown-rule-set", "parameter-without-instrument", "cycle-not-dividing-the-hour", "cycle-zero"],
+)
+def test_rollup_series_errors_name_the_key(tmp_path: Path, rollup: dict[str, object], message: str) -> None:
+    path = tmp_path / "gw.toml"
+    lines = []
+    for entry in rollup.get("series", []):  # type: ignore[attr-defined]
+        lines.append("[[rollup.series]]")
+        lines += [f'{key} = "{value}"' for key, value in entry.items()]
+    for name, fields in rollup.get("rule_sets", {}).items():  # type: ignore[attr-defined]
+        lines.append(f"[rollup.rule_sets.{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(GatewayConfigError, match=re.escape(message)):
+        load_gateway_config(path)
+
+
+def test_confidence_intervals_default_to_the_domain_reference(tmp_path: Path) -> None:
+    """§3 (IED Annex V/VI): validated value = measured − CI as % of the ELV; CO 10, SO2 20, NOx 20, dust 30,
+    TOC 30, HCl 40, HF 40 unless the source says otherwise (an explicit 0 included)."""
+    source = SourceConfig.model_validate(
+        {
+            "id": "a",
+            "site": "s",
+            "fuel": "waste",
+            "flow": {"instrument": "f", "parameter": "flow", "unit": "Nm3/h"},
+            "o2": {"instrument": "g", "parameter": "o2", "unit": "%vol"},
+            "pollutant": [
+                {"instrument": "g", "parameter": name, "unit": "mg/m3", "elv": 10.0}
+                for name in ("co", "so2", "nox", "dust", "toc", "hcl", "hf")
+            ]
+            + [
+                {"instrument": "g", "parameter": "nox_mg", "species": "NOx", "unit": "mg/m3", "elv": 10.0},
+                {
+                    "instrument": "g",
+                    "parameter": "co_x",
+                    "species": "co",
+                    "unit": "mg/m3",
+                    "elv": 10.0,
+                    "ci_percent": 0,
+                },
+            ],
+        }
+    )
+    got = {p.parameter: p.confidence_percent for p in source.pollutant}
+    assert got == {"co": 10, "so2": 20, "nox": 20, "dust": 30, "toc": 30, "hcl": 40, "hf": 40, "nox_mg": 20, "co_x": 0}
+
+
+@pytest.mark.parametrize(
+    ("parameter", "species", "hours"), [("NOx", None, 2160), ("nox_mg", "NOx", 2160), ("SO2", None, 720)]
+)
+def test_part75_lookback_follows_the_species_whatever_its_case(parameter: str, species: str | None, hours: int) -> None:
+    """§4: 2,160 quality-assured hours for NOx (and flow), 720 for SO2, whatever the parameter is called."""
+    pollutant = {"instrument": "g", "parameter": parameter, "unit": "mg/m3", "max_potential": 1}
+    if species:
+        pollutant["species"] = species
+    flow = {"instrument": "f", "parameter": "flow", "unit": "Nm3/h", "max_potential": 1}
+    source = SourceConfig.model_validate(
+        {"id": "a", "site": "s", "substitution": "part75", "flow": flow, "pollutant": [pollutant]}
+    )
+    assert source.substitution_spec(f"pollutant:{parameter}").lookback_hours == hours
+
+
+def test_part75_substitution_of_one_channel_needs_hourly_periods(tmp_path: Path) -> None:
+    """§4: Part 75 counts hours (gap length, the 8,760-hour availability window, lookbacks); on half-hourly
+    (waste incineration) data one channel's Part 75 method would halve them all."""
+    source = SOURCE.replace('fuel = "solid"', 'fuel = "solid"\nrule_set = "ied-wi"').replace(
+        'name = "SO2"\n', 'name = "SO2"\nsubstitution = "part75"\nmax_potential = 2000\n'
+    )
+    path = write_config(tmp_path, "sqlite:///x.sqlite", source=source)
+    with pytest.raises(GatewayConfigError, match=r"source.0 \(stack1\): Part 75 substitution needs hourly base"):
+        load_gateway_config(path)

@@ -214,6 +214,37 @@ def test_invalid_period_keeps_its_partial_mean_but_says_invalid() -> None:
     assert (got.valid, got.value, got.n_valid) == (False, 5.0, 10)
 
 
+HG_CYCLE = AMBIENT.with_changes(name="ambient-hg", sample_interval_s=300)
+
+
+@pytest.mark.parametrize(
+    ("samples", "valid", "n_expected", "reason"),
+    [
+        (12, True, 12, ""),
+        (9, True, 12, ""),
+        (8, False, 12, "8 of 12 300-second samples valid (< 75 %)"),
+    ],
+    ids=["§3 12 of 12 five-minute Hg samples", "§3 9 of 12 = 75 % valid", "§3 8 of 12 invalid"],
+)
+def test_an_hour_expects_one_sample_per_measuring_cycle(
+    samples: int, valid: bool, n_expected: int, reason: str
+) -> None:
+    """§3 "valid if enough of its samples are valid": a Tekran-class Hg analyzer measures every 5 minutes, so
+    an hour has 12 samples, not 60 minutes; with the default one-a-minute cycle the same data fails."""
+    raw = [sample(T0 + timedelta(minutes=5 * n), 4.9) for n in range(samples)]
+    [got] = base_aggregates(minute_aggregates(raw), HG_CYCLE)
+    assert (got.valid, got.n_valid, got.n_expected) == (valid, samples, n_expected)
+    assert got.reason.startswith(reason)
+    [per_minute] = base_aggregates(minute_aggregates(raw), AMBIENT)
+    assert (per_minute.valid, per_minute.n_expected) == (False, 60)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 420.0, 7200.0])
+def test_a_measuring_cycle_must_divide_the_base_period(seconds: float) -> None:
+    with pytest.raises(ValueError, match="must divide"):
+        AMBIENT.with_changes(sample_interval_s=seconds)
+
+
 def test_rule_sets_are_data_and_checked() -> None:
     custom = IED.with_changes(name="mine", base_min_capture=0.8)
     assert custom.base_min_capture == 0.8
