@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
+from http_receiver import http_receiver  # noqa: F401 (a fixture for every test module)
 from hypothesis import HealthCheck, settings
 from servers import InfluxServer, MosquittoServer, ServerError, unique_database_name
 
