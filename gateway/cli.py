@@ -26,15 +26,18 @@ from gateway.ledger import Ledger
 from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
 from gateway.rollup_engine import RollupEngine
+from gateway.state_feed import StateFeed
 from gateway.stores import open_store
 
 
-async def _serve_all(ingest: Ingest, feed: ReportFeed | None) -> None:
+async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateFeed | None) -> None:
     async with asyncio.TaskGroup() as group:
         group.create_task(ingest.run())
         group.create_task(HealthWriter(ingest, ingest.store).run())
         if feed is not None:
             group.create_task(feed.run())
+        if state_feed is not None:
+            group.create_task(state_feed.run())
 
 
 async def _serve(config: GatewayConfig) -> None:
@@ -45,7 +48,9 @@ async def _serve(config: GatewayConfig) -> None:
     alerts = AlertEngine.from_config(config) if config.alerts is not None else None
     rollups = RollupEngine.from_config(config, store)
     feed = ReportFeed(config, store, engine=rollups) if config.rollup.reports.schedule else None
-    task = asyncio.create_task(_serve_all(Ingest(config, store, ledger, alerts=alerts, rollups=rollups), feed))
+    state_feed = StateFeed(config, store) if config.state_feed is not None else None
+    ingest = Ingest(config, store, ledger, alerts=alerts, rollups=rollups)
+    task = asyncio.create_task(_serve_all(ingest, feed, state_feed))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
@@ -60,6 +65,8 @@ async def _serve(config: GatewayConfig) -> None:
             alerts.close()
         if feed is not None:
             feed.close()
+        if state_feed is not None:
+            state_feed.close()
         rollups.close()
 
 

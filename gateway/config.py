@@ -414,6 +414,41 @@ class RegistrySection(_Strict):
         return None if best is None else best[1]
 
 
+SERIES_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class StateFeedSection(_Strict):
+    """The real-time feed to the state system (cems-mrv.md §1: Kazakhstan's АСМ sends data in real time to
+    the national environmental data bank; interval and format are set by Order No. 208, not verified
+    here, so both are configuration). Every completed average of `period` is POSTed as JSON once, and
+    again, as a new revision, if late data changes it within `correction_hours`."""
+
+    url: str = Field(description="POST endpoint of the state system (or of the operator's relay to it)")
+    token: SecretStr | None = Field(default=None, description="sent as 'Authorization: Bearer TOKEN'")
+    period: Literal["1m", "30m", "1h", "1d"] = Field(default="1h", description="which averages are sent")
+    interval_s: Annotated[float, Field(gt=0, le=86400)] = Field(default=60.0, description="how often to send")
+    delay_s: Annotated[float, Field(ge=0, le=86400)] = Field(
+        default=120.0, description="a period is sent this long after it ends (rollups and late data first)"
+    )
+    correction_hours: Annotated[float, Field(gt=0, le=24 * 31)] = Field(
+        default=24.0, description="averages recomputed within this window are sent again as a new revision"
+    )
+    max_values: Annotated[int, Field(ge=1, le=100_000)] = Field(default=1000, description="values per POST")
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    codes: dict[Annotated[str, Field(pattern=SERIES_KEY)], str] = Field(
+        default_factory=dict,
+        description="SITE/INSTRUMENT/PARAMETER -> the code the state system knows the series by",
+    )
+    only_coded: bool = Field(default=False, description="send only the series that have a code")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url {url!r} must start with http:// or https://")
+        return url
+
+
 class GatewayConfig(_Strict):
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
@@ -422,6 +457,7 @@ class GatewayConfig(_Strict):
     alerts: AlertsSection | None = Field(default=None, description="threshold and data alerts; absent: none")
     rollup: RollupSection = Field(default_factory=RollupSection, description="rollups, rule sets, reports")
     sources: list[SourceConfig] = Field(default_factory=list, alias="source", description="[[source]]: MRV stacks")
+    state_feed: StateFeedSection | None = Field(default=None, description="real-time feed to the state system")
 
     @model_validator(mode="after")
     def _sources_fit_rollup(self) -> GatewayConfig:

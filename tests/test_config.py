@@ -129,3 +129,13 @@ def test_gateway_tls_settings_are_checked_like_an_agents(tmp_path: Path, body: s
 def test_the_shipped_gateway_example_loads() -> None:
     config = load_gateway_config(Path(__file__).parent.parent / "config" / "gateway.toml")
     assert config.store.url.startswith("sqlite:///")
+
+
+def test_the_shipped_state_feed_example_loads_when_uncommented(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "config" / "gateway.toml").read_text()
+    block = text[text.index("# [state_feed]") :]
+    path = tmp_path / "gw.toml"
+    path.write_text("\n".join(line.removeprefix("# ") for line in block.splitlines()) + "\n")
+    feed = load_gateway_config(path).state_feed
+    assert feed is not None
+    assert (feed.period, feed.codes["pavlodar-chp/stack1-gas/so2"]) == ("1h", "0330")
