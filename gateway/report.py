@@ -164,6 +164,11 @@ class ExceedanceEvent(_Model):
     unit: str
 
 
+REFUSED = "refused: "
+"""The reason prefix of a limit period whose value could not be standardised."""
+REFUSED_EXAMPLES = 5
+
+
 class PollutantLimit(_Model):
     pollutant: str
     elv: float
@@ -173,6 +178,12 @@ class PollutantLimit(_Model):
     valid_periods: int
     exceedances: int
     max_validated: float | None
+    refused_periods: int = Field(
+        default=0,
+        description="base periods whose value could not be brought to the limit's basis (O2 at the guard, "
+        "moisture ≥ 100 %, …): flagged and not judged, never divided blindly (cems-mrv.md §2)",
+    )
+    refused_examples: list[str] = Field(default_factory=list, description="the first few, with the reason")
 
 
 class MaintenancePeriod(_Model):
@@ -406,7 +417,7 @@ def _limit_series(
                     )
                 value = mrv.validated_value(concentration, channel.elv, channel.ci_percent)
             except mrv.StandardisationError as error:
-                reason = str(error)
+                reason = f"{REFUSED}{error}"
         series.append(
             Aggregate(
                 source.site,
@@ -626,6 +637,12 @@ def build_report_with_rows(
         )
 
     limits, events = _limits(source, points, grid)
+    warnings.extend(
+        f"{refusal.pollutant}: {refusal.refused_periods} periods not judged against the limit because their value "
+        f"cannot be standardised (cems-mrv.md §2), e.g. {refusal.refused_examples[0]}"
+        for refusal in limits
+        if refusal.refused_periods
+    )
     substituted = [
         run
         for c in source.channels
@@ -765,6 +782,7 @@ def _limits(
         judged = [(s, e, a.value if a.valid else None) for s, e, a in periods]
         found = mrv.exceedances(judged, channel.elv)
         values = [v for _, _, v in judged if v is not None]
+        refused = [a for a in hourly if a.reason.startswith(REFUSED)]
         limits.append(
             PollutantLimit(
                 pollutant=channel.name,
@@ -775,6 +793,11 @@ def _limits(
                 valid_periods=len(values),
                 exceedances=len(found),
                 max_validated=max(values) if values else None,
+                refused_periods=len(refused),
+                refused_examples=[
+                    f"{a.start.isoformat().replace('+00:00', 'Z')}: {a.reason.removeprefix(REFUSED)}"
+                    for a in refused[:REFUSED_EXAMPLES]
+                ],
             )
         )
         events += [

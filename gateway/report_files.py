@@ -640,7 +640,17 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
     )
     pdf.heading("Emission limits (validated values: O2-corrected, confidence interval subtracted)")
     pdf.grid(
-        ["pollutant", "ELV mg/Nm³", "averaging", "CI %", "CI mg/Nm³", "valid periods", "exceedances", "max validated"],
+        [
+            "pollutant",
+            "ELV mg/Nm³",
+            "averaging",
+            "CI %",
+            "CI mg/Nm³",
+            "valid periods",
+            "not judged",
+            "exceedances",
+            "max validated",
+        ],
         [
             [
                 x.pollutant,
@@ -649,6 +659,7 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
                 _number(x.ci_percent, 0),
                 _number(x.confidence_interval, 1),
                 x.valid_periods,
+                x.refused_periods,
                 x.exceedances,
                 _number(x.max_validated, 1),
             ]

@@ -45,6 +45,7 @@ from gateway.stores import Store, StoredReading, open_store
 ROOT = Path(__file__).resolve().parent.parent
 ALMATY = ZoneInfo("Asia/Almaty")
 MAY_1 = datetime(2024, 5, 1, tzinfo=ALMATY).astimezone(UTC)
+HOUR = timedelta(hours=1)
 SITE = "pavlodar-chp"
 
 SOURCE = """
@@ -707,3 +708,32 @@ def test_part75_substitution_of_one_channel_needs_hourly_periods(tmp_path: Path)
     path = write_config(tmp_path, "sqlite:///x.sqlite", source=source)
     with pytest.raises(GatewayConfigError, match=r"source.0 \(stack1\): Part 75 substitution needs hourly base"):
         load_gateway_config(path)
+
+
+async def test_hours_the_o2_guard_refuses_are_flagged_not_judged(tmp_path: Path) -> None:
+    """§2: at O2 near 21 % the correction factor explodes; "flag such values, never divide blindly". Three
+    hours at 20 % O2 are listed as not judged (with the reason) and the report warns, instead of quietly
+    dropping out of the limit check."""
+    path = write_config(tmp_path, f"sqlite://{tmp_path / 'aua.sqlite'}")
+    config = load_gateway_config(path)
+    rows = [
+        dataclasses.replace(r, value=20.0)
+        if r.parameter == "o2" and MAY_1 + 12 * HOUR <= r.ts < MAY_1 + 15 * HOUR
+        else r
+        for r in stack_readings(days=1)
+    ]
+    async with open_store(config.store.url) as store:
+        await store.write(rows)
+        engine = RollupEngine.from_config(config, store)
+        await engine.recompute(MAY_1, MAY_1 + timedelta(days=1))
+        engine.close()
+        produced = await produce_report(
+            config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC)
+        )
+    so2 = next(limit for limit in produced.report.limits if limit.pollutant == "SO2")
+    assert so2.refused_periods == 3
+    assert so2.refused_examples[0].startswith((MAY_1 + 12 * HOUR).isoformat().replace("+00:00", "Z"))
+    assert "O2" in so2.refused_examples[0]
+    assert any("SO2: 3 periods not judged against the limit" in w for w in produced.report.warnings)
+    dust = next(limit for limit in produced.report.limits if limit.pollutant == "Dust")
+    assert dust.refused_periods == 3  # dust is O2-corrected for its limit too
