@@ -190,8 +190,10 @@ class StateFeed:
         """Send every due average; stop at the first failed POST (what it carried is due again next time)."""
         settings = self.settings
         now = self.now()
-        window_start = now - timedelta(hours=settings.correction_hours)
         period = Period(settings.period)
+        # Periods that ended within the correction window; a (local, up to 25-hour) day starts a day earlier.
+        longest = timedelta(hours=25) if period is Period.DAY else base_duration(period)
+        window_start = now - timedelta(hours=settings.correction_hours) - longest
         aggregates = await self.store.query_aggregates(period=period, start=window_start, end=now)
         sent = await asyncio.to_thread(self.sent.since, period.value, window_start)
         due = due_values(

@@ -143,3 +143,31 @@ async def test_the_feed_sends_each_average_once_and_corrections_as_revisions(
     finally:
         feed.close()
         await store.close()
+
+
+async def test_daily_values_are_sent_once_the_local_day_is_over(tmp_path: Path, http_receiver: HttpReceiver) -> None:
+    """A 1d average starts at local midnight (19:00 UTC for Almaty) and is sent after that day ends, even with
+    a correction window no longer than a day."""
+    day_start = datetime(2026, 11, 30, 19, 0, tzinfo=UTC)
+    config = GatewayConfig.model_validate(
+        {
+            "gateway": {"id": "gw-pvl", "state": str(tmp_path / "state.sqlite")},
+            "store": {"url": f"sqlite://{tmp_path / 'aua.sqlite'}"},
+            "rollup": {"time_zone": "Asia/Almaty"},
+            "state_feed": {"url": http_receiver.url, "period": "1d", "delay_s": 60, "correction_hours": 24},
+        }
+    )
+    store = open_store(config.store.url)
+    await store.open()
+    await store.write_aggregates([Aggregate("s", "hg1", "hg", Period.DAY, day_start, 4.9, 24, 24, True, unit="ng/m3")])
+    now = [day_start + timedelta(days=1)]
+    feed = StateFeed(config, store, now=lambda: now[0])
+    try:
+        assert (await feed.tick()).sent == 0  # the day has just ended: not yet (delay_s)
+        now[0] += timedelta(minutes=2)
+        assert (await feed.tick()).sent == 1
+        [value] = http_receiver.requests[0].json()["values"]
+        assert (value["start"], value["end"], value["value"]) == ("2026-11-30T19:00:00Z", "2026-12-01T19:00:00Z", 4.9)
+    finally:
+        feed.close()
+        await store.close()
