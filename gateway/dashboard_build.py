@@ -296,12 +296,14 @@ def stack_detail() -> dict[str, Any]:
                 _target(
                     "A",
                     f'SELECT "value" AS "mean", "valid", "n_valid" AS "valid minutes", "n_expected" AS "expected", '
-                    f'"n_maintenance" AS "maintenance", "reason", "substituted", "unit" FROM {hour}',
+                    f'"n_maintenance" AS "maintenance", "n_flagged" AS "flagged minutes", "reason", "substituted", '
+                    f'"unit" FROM {hour}',
                     table=True,
                 )
             ],
             grid=(12, 8, 12, 8),
-            description="Hour validity follows the source's rule set (ied-lcp: ≥ 75 % valid minutes).",
+            description="Hour validity follows the source's rule set (ied-lcp: ≥ 2/3 valid minutes); flagged "
+            "minutes are valid ones whose samples were used but flagged (maintenance required, out of spec).",
         ),
         _panel(
             "timeseries",

@@ -121,6 +121,11 @@ class Availability(_Model):
     availability_percent: float = Field(description="valid / expected × 100 (§4)")
     capture_excluding_maintenance_percent: float
     invalid_days: int = Field(description="local days invalid under the rule set (missing days included)")
+    flagged_periods: int = Field(
+        default=0,
+        description="valid periods whose mean includes used-but-flagged values (maintenance_required, "
+        "out_of_specification, …: cems-mrv.md §3)",
+    )
 
 
 class Total(_Model):
@@ -762,6 +767,7 @@ def _availability(
         availability_percent=round(availability_percent(points), 4),
         capture_excluding_maintenance_percent=round(100 * valid / basis, 4) if basis else 0.0,
         invalid_days=_invalid_days(present, channel.rules, source.zone, start, end),
+        flagged_periods=sum(1 for a in present if a.valid and a.n_flagged > 0),
     )
 
 

@@ -618,6 +618,7 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
             "invalid",
             "missing",
             "substituted",
+            "flagged",
             "availability %",
             "invalid days",
         ],
@@ -632,6 +633,7 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
                 a.invalid_periods,
                 a.missing_periods,
                 a.substituted_periods,
+                a.flagged_periods,
                 f"{a.availability_percent:.2f}",
                 a.invalid_days,
             ]

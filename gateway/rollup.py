@@ -128,6 +128,9 @@ class Aggregate:
     unit: str = ""
     substituted: bool = False
     method: str = ""
+    n_flagged: int = 0
+    """of the n_valid parts, those whose value carries a usable-but-flagged quality (maintenance_required,
+    out_of_specification, spike, …: cems-mrv.md §3 "used but flagged"), so the flag survives averaging"""
 
     @property
     def key(self) -> tuple[str, str, str, Period, datetime]:
@@ -313,8 +316,8 @@ def _mean(values: Sequence[float]) -> float | None:
 _USABLE: Final = frozenset(quality for quality in Quality if quality.usable)
 
 _SampleKey = tuple[str, str, str, datetime]
-_MinuteStat = tuple[float | None, int, int, int, bool, str, str]
-"""value, n_valid, n_total, n_check, valid, reason, unit"""
+_MinuteStat = tuple[float | None, int, int, int, bool, str, str, int]
+"""value, n_valid, n_total, n_check, valid, reason, unit, n_flagged"""
 
 
 def _by_ts(sample: RawSample) -> datetime:
@@ -352,28 +355,31 @@ def _minute_stat(samples: list[RawSample], min_fraction: float) -> _MinuteStat:
     if len(samples) == 1:  # the common case with 1-minute raw data
         only = samples[0]
         if only.quality in _USABLE and only.value is not None:
-            return (only.value, 1, 1, 0, True, "", only.unit)
+            return (only.value, 1, 1, 0, True, "", only.unit, 0 if only.quality is Quality.OK else 1)
         check = 1 if only.quality is Quality.CHECK_FUNCTION else 0
         problem = only.quality.value if only.value is not None or only.quality not in _USABLE else "no value"
-        return (None, 0, 1, check, False, f"no usable sample (1 {problem})", only.unit)
+        return (None, 0, 1, check, False, f"no usable sample (1 {problem})", only.unit, 0)
     units = {sample.unit for sample in samples}
     unit = min(units)
-    values = [s.value for s in samples if s.quality in _USABLE and s.value is not None]
+    usable = [s for s in samples if s.quality in _USABLE and s.value is not None]
+    values = [s.value for s in usable if s.value is not None]
+    n_flagged = sum(1 for s in usable if s.quality is not Quality.OK)
     n_total = len(samples)
     n_check = sum(1 for s in samples if s.quality is Quality.CHECK_FUNCTION)
     if len(units) > 1:
-        return (None, 0, n_total, n_check, False, f"samples in different units: {', '.join(sorted(units))}", unit)
+        problem = f"samples in different units: {', '.join(sorted(units))}"
+        return (None, 0, n_total, n_check, False, problem, unit, 0)
     value = _mean(values)
     if not values:
         problems = Counter(
             s.quality.value if s.value is not None or s.quality not in _USABLE else "no value" for s in samples
         )
         detail = ", ".join(f"{count} {name}" for name, count in sorted(problems.items()))
-        return (None, 0, n_total, n_check, False, f"no usable sample ({detail})", unit)
+        return (None, 0, n_total, n_check, False, f"no usable sample ({detail})", unit, 0)
     if not _enough(len(values), n_total, min_fraction):
         reason = f"{len(values)} of {n_total} samples usable (< {_percent(min_fraction)})"
-        return (value, len(values), n_total, n_check, False, reason, unit)
-    return (value, len(values), n_total, n_check, True, "", unit)
+        return (value, len(values), n_total, n_check, False, reason, unit, n_flagged)
+    return (value, len(values), n_total, n_check, True, "", unit, n_flagged)
 
 
 def minute_aggregates(samples: Iterable[RawSample], *, min_fraction: float = 0.5) -> list[Aggregate]:
@@ -384,7 +390,7 @@ def minute_aggregates(samples: Iterable[RawSample], *, min_fraction: float = 0.5
     """
     result = []
     for (site, instrument, parameter, start), group in _group_minutes(samples):
-        value, n_valid, n_total, n_check, valid, reason, unit = _minute_stat(group, min_fraction)
+        value, n_valid, n_total, n_check, valid, reason, unit, n_flagged = _minute_stat(group, min_fraction)
         result.append(
             Aggregate(
                 site,
@@ -399,6 +405,7 @@ def minute_aggregates(samples: Iterable[RawSample], *, min_fraction: float = 0.5
                 reason,
                 n_check,
                 unit,
+                n_flagged=n_flagged,
             )
         )
     return result
@@ -406,8 +413,8 @@ def minute_aggregates(samples: Iterable[RawSample], *, min_fraction: float = 0.5
 
 # -- base period (hour or half-hour) from minutes ------------------------------------------------------------
 
-_Sub = tuple[datetime, float | None, bool, bool]
-"""a sub-period as the level above sees it: start, value, valid, in maintenance"""
+_Sub = tuple[datetime, float | None, bool, bool, bool]
+"""a sub-period as the level above sees it: start, value, valid, in maintenance, flagged"""
 
 
 def _capture_verdict(
@@ -441,11 +448,12 @@ def _base_from_subs(
 ) -> Aggregate:
     cycle = timedelta(seconds=rules.sample_interval_s)
     expected = int(base_duration(rules.base) / max(cycle, _MINUTE))
-    valid_values = [value for _, value, valid, _ in subs if valid and value is not None]
-    n_maintenance = sum(1 for _, _, valid, maintenance in subs if maintenance and not valid)
+    valid_values = [value for _, value, valid, _, _ in subs if valid and value is not None]
+    n_maintenance = sum(1 for _, _, valid, maintenance, _ in subs if maintenance and not valid)
+    n_flagged = sum(1 for _, value, valid, _, flagged in subs if valid and value is not None and flagged)
     n_valid = len(valid_values)
     if rules.base_rule is BaseRule.QUADRANTS:
-        ok, reason = _quadrant_verdict(start, [s for s, _, valid, _ in subs if valid], n_maintenance > 0)
+        ok, reason = _quadrant_verdict(start, [s for s, _, valid, _, _ in subs if valid], n_maintenance > 0)
     else:
         ok, reason = _capture_verdict(
             n_valid,
@@ -469,6 +477,7 @@ def _base_from_subs(
         reason,
         n_maintenance,
         unit,
+        n_flagged=n_flagged,
     )
 
 
@@ -481,7 +490,7 @@ def base_aggregates(minutes: Iterable[Aggregate], rules: RuleSet) -> list[Aggreg
         groups[(minute.series, floor_base(minute.start, rules.base))].append(minute)
     result = []
     for (series, start), group in sorted(groups.items()):
-        subs = [(m.start, m.value, m.valid, m.in_maintenance) for m in group]
+        subs = [(m.start, m.value, m.valid, m.in_maintenance, m.n_flagged > 0) for m in group]
         result.append(_base_from_subs(series, start, subs, _unit_of(group), rules))
     return result
 
@@ -498,14 +507,14 @@ def base_aggregates_from_samples(samples: Iterable[RawSample], rules: RuleSet) -
     series: tuple[str, str, str] | None = None
     period_start = period_end = datetime.min.replace(tzinfo=UTC)
     for (site, instrument, parameter, start), group in _group_minutes(samples):  # in series, then time order
-        value, _, _, n_check, valid, _, unit = _minute_stat(group, rules.minute_min_fraction)
+        value, _, _, n_check, valid, _, unit, n_flagged = _minute_stat(group, rules.minute_min_fraction)
         here = (site, instrument, parameter)
         if here != series or not period_start <= start < period_end:  # floor_base only once per base period
             if series is not None:
                 result.append(_base_from_subs(series, period_start, subs, min(units), rules))
             series, period_start, subs, units = here, floor_base(start, rules.base), [], []
             period_end = period_start + step
-        subs.append((start, value, valid, not valid and n_check > 0))
+        subs.append((start, value, valid, not valid and n_check > 0, n_flagged > 0))
         units.append(unit)
     if series is not None:
         result.append(_base_from_subs(series, period_start, subs, min(units), rules))
@@ -532,9 +541,11 @@ def _calendar_aggregate(
     if period is Period.DAY:
         weighted = [(a.value, 1) for a in parts if a.valid and a.value is not None]
         n_maintenance = sum(1 for a in parts if a.in_maintenance)
+        n_flagged = sum(1 for a in parts if a.valid and a.value is not None and a.n_flagged > 0)
     else:
         weighted = [(a.value, a.n_valid) for a in parts if a.value is not None and a.n_valid > 0]
         n_maintenance = sum(a.n_maintenance for a in parts)
+        n_flagged = sum(a.n_flagged for a in parts if a.value is not None and a.n_valid > 0)
     n_valid = sum(weight for _, weight in weighted)
     value = math.fsum(v * w for v, w in weighted) / n_valid if n_valid else None
     ok, reason = _calendar_verdict(
@@ -554,6 +565,7 @@ def _calendar_aggregate(
         reason,
         n_maintenance,
         _unit_of(parts),
+        n_flagged=n_flagged,
     )
 
 

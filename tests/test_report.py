@@ -737,3 +737,27 @@ async def test_hours_the_o2_guard_refuses_are_flagged_not_judged(tmp_path: Path)
     assert any("SO2: 3 periods not judged against the limit" in w for w in produced.report.warnings)
     dust = next(limit for limit in produced.report.limits if limit.pollutant == "Dust")
     assert dust.refused_periods == 3  # dust is O2-corrected for its limit too
+
+
+async def test_used_but_flagged_values_are_counted_in_the_report(tmp_path: Path) -> None:
+    """§3: out_of_specification values are used but flagged; the report says in how many valid hours."""
+    path = write_config(tmp_path, f"sqlite://{tmp_path / 'aua.sqlite'}")
+    config = load_gateway_config(path)
+    flagged_hours = {3, 4}
+    rows = [
+        dataclasses.replace(r, quality=Quality.OUT_OF_SPECIFICATION)
+        if r.parameter == "so2" and (r.ts - MAY_1) // HOUR in flagged_hours and r.ts.minute < 5
+        else r
+        for r in stack_readings(days=1)
+    ]
+    async with open_store(config.store.url) as store:
+        await store.write(rows)
+        engine = RollupEngine.from_config(config, store)
+        await engine.recompute(MAY_1, MAY_1 + timedelta(days=1))
+        engine.close()
+        produced = await produce_report(
+            config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC)
+        )
+    availability = {a.name: a for a in produced.report.availability}
+    assert availability["SO2"].flagged_periods == len(flagged_hours)
+    assert availability["O2"].flagged_periods == 0

@@ -214,6 +214,42 @@ def test_invalid_period_keeps_its_partial_mean_but_says_invalid() -> None:
     assert (got.valid, got.value, got.n_valid) == (False, 5.0, 10)
 
 
+MR = Quality.MAINTENANCE_REQUIRED
+OOS = Quality.OUT_OF_SPECIFICATION
+
+
+@pytest.mark.parametrize(
+    ("qualities", "n_valid", "n_flagged"),
+    [
+        ([Quality.OK], 1, 0),
+        ([MR], 1, 1),
+        ([Quality.OK, MR, OOS, Quality.OK], 4, 2),
+        ([Quality.SPIKE, Quality.CHECK_FUNCTION], 1, 1),  # spike is used but flagged; check_function is excluded
+        ([Quality.FAILURE, Quality.CHECK_FUNCTION], 0, 0),
+    ],
+    ids=["ok", "one flagged", "two of four flagged", "a spike beside a calibration", "nothing usable"],
+)
+def test_a_minute_counts_its_used_but_flagged_samples(qualities: list[Quality], n_valid: int, n_flagged: int) -> None:
+    """§3: maintenance_required and out_of_specification values are used but flagged; the flag survives."""
+    raw = [sample(T0 + timedelta(seconds=10 * n), 5.0, quality) for n, quality in enumerate(qualities)]
+    [got] = minute_aggregates(raw)
+    assert (got.n_valid, got.n_flagged) == (n_valid, n_flagged)
+
+
+def test_flags_are_carried_from_minutes_to_the_year() -> None:
+    """Each level counts its valid parts that carry a flag: minutes in an hour, hours in a day, and the
+    days' hours in a month; invalid parts carry nothing (their values are not in the mean)."""
+    raw = [sample(T0 + timedelta(minutes=m), 5.0, MR if m < 10 else Quality.OK) for m in range(60)]
+    raw += [sample(T0 + timedelta(hours=1, minutes=m), 5.0, MR) for m in range(30)]  # an invalid hour (30/60)
+    raw += [sample(T0 + timedelta(hours=h, minutes=m), 5.0) for h in range(2, 24) for m in range(60)]
+    hours = base_aggregates(minute_aggregates(raw), IED)
+    assert [(h.valid, h.n_flagged) for h in hours[:3]] == [(True, 10), (False, 30), (True, 0)]
+    [day] = day_aggregates(hours, IED, UTC)
+    assert (day.valid, day.n_valid, day.n_flagged) == (True, 23, 1)
+    [month] = month_aggregates([day], IED, UTC)
+    assert (month.n_valid, month.n_flagged) == (23, 1)
+
+
 HG_CYCLE = AMBIENT.with_changes(name="ambient-hg", sample_interval_s=300)
 
 

@@ -667,6 +667,7 @@ async def test_aggregates_round_trip_every_field(store: Store) -> None:
         aggregate(parameter="nox", value=None, n_valid=0, valid=False, reason="no valid minutes (60 in maintenance)"),
         aggregate(parameter="co", value=1e-300, n_valid=1, valid=False, reason='1 of 60 minutes valid "< 66.7 %"'),
         aggregate(parameter="dust", n_maintenance=20, unit="", reason="", value=-0.25),
+        aggregate(parameter="o2", n_flagged=17),  # §3 used-but-flagged minutes, carried into the hour
         aggregate(parameter="flow", substituted=True, method="EU MRR Art. 45: mean + 2σ", valid=False, unit="Nm3/h"),
     ]
     await store.write_aggregates(written)
@@ -781,8 +782,34 @@ async def test_sqlite_version_1_file_gains_the_rollup_table(tmp_path: Path) -> N
         await store.write_aggregates([aggregate()])
         assert await store.query_aggregates(period=Period.HOUR) == [aggregate()]
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 3
     connection.close()
+
+
+async def test_sqlite_version_2_rollups_gain_n_flagged(tmp_path: Path) -> None:
+    """A rollup table from before n_flagged keeps its rows (n_flagged 0) and stores the new field."""
+    path = f"{tmp_path}/v2.sqlite"
+    async with SqliteStore(path) as store:
+        pass
+    with sqlite3.connect(path) as connection:  # turn it into a version-2 file: the table without the column
+        connection.execute("DROP TABLE rollup")
+        connection.execute(
+            "CREATE TABLE rollup (site TEXT NOT NULL, instrument TEXT NOT NULL, parameter TEXT NOT NULL, "
+            "period TEXT NOT NULL, start_ns INTEGER NOT NULL, value REAL, n_valid INTEGER NOT NULL, "
+            "n_expected INTEGER NOT NULL, n_maintenance INTEGER NOT NULL, valid INTEGER NOT NULL, "
+            "reason TEXT NOT NULL, unit TEXT NOT NULL, substituted INTEGER NOT NULL, method TEXT NOT NULL, "
+            "PRIMARY KEY (site, period, instrument, parameter, start_ns)) WITHOUT ROWID"
+        )
+        connection.execute(
+            "INSERT INTO rollup VALUES ('pavlodar', 'gas-1', 'so2', '1h', ?, 412.5, 58, 60, 0, 1, '', 'mg/m³', 0, '')",
+            (to_ns(T0),),
+        )
+        connection.execute("PRAGMA user_version = 2")
+    connection.close()
+    async with SqliteStore(path) as store:
+        assert await store.query_aggregates(period=Period.HOUR) == [aggregate()]
+        await store.write_aggregates([aggregate(start=T0 + timedelta(hours=1), n_flagged=3)])
+        assert [a.n_flagged for a in await store.query_aggregates(period=Period.HOUR)] == [0, 3]
 
 
 # -- health points (aua_health) --------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ _AGGREGATE_FIELDS = (
     "unit",
     "substituted",
     "method",
+    "n_flagged",
 )
 _RETRYABLE_4XX = frozenset({408, 429})
 
@@ -230,6 +231,7 @@ def parse_aggregates(documents: Iterator[dict[str, Any]]) -> list[Aggregate]:
                     unit=row.get("unit") or "",
                     substituted=bool(row["substituted"]),
                     method=row.get("method") or "",
+                    n_flagged=int(row.get("n_flagged") or 0),  # absent in points written before it existed
                 )
             )
     aggregates.sort(key=aggregate_sort_key)

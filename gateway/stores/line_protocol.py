@@ -147,9 +147,9 @@ def format_batch_lines(batch: Batch) -> list[str]:
 AGGREGATE_MEASUREMENT = "rollup"
 AGGREGATE_TAG_KEYS = ("instrument", "parameter", "period", "site")
 """Rollups: measurement `rollup`; tags instrument, parameter, period (1m, 30m, 1h, 1d, 1mo, 1y), site; fields
-method, n_expected, n_maintenance, n_valid, reason, substituted, unit, valid and value (omitted when n_valid is
-0, so a reader ignores `value` then: InfluxDB merges fields, an older value may remain); time = period start.
-Every field but `value` is always written, so a rewrite leaves no stale field behind."""
+method, n_expected, n_flagged, n_maintenance, n_valid, reason, substituted, unit, valid and value (omitted when
+n_valid is 0, so a reader ignores `value` then: InfluxDB merges fields, an older value may remain); time = period
+start. Every field but `value` is always written, so a rewrite leaves no stale field behind."""
 
 
 def format_aggregate_line(aggregate: Aggregate) -> str:
@@ -164,6 +164,7 @@ def format_aggregate_line(aggregate: Aggregate) -> str:
     fields = (
         f"method={format_string_field(a.method, what='method')},"
         f"n_expected={format_int_field(a.n_expected)},"
+        f"n_flagged={format_int_field(a.n_flagged)},"
         f"n_maintenance={format_int_field(a.n_maintenance)},"
         f"n_valid={format_int_field(a.n_valid)},"
         f"reason={format_string_field(a.reason, what='reason')},"

@@ -28,9 +28,10 @@ from gateway.stores.base import (
     to_ns,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Stored in PRAGMA user_version; bump it with a migration when the table changes.
 1: readings. 2: rollups (table `rollup`); a version-1 file gains the table when opened (CREATE IF NOT EXISTS).
+3: rollup.n_flagged (added to an older table when opened, 0 for the rows already there).
 The `health` table (aua_health points) is added the same way, without a version bump: older gateways ignore it."""
 
 _SCHEMA = """
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS rollup (
     unit          TEXT    NOT NULL,
     substituted   INTEGER NOT NULL,  -- 0/1
     method        TEXT    NOT NULL,
+    n_flagged     INTEGER NOT NULL DEFAULT 0,  -- valid parts carrying a used-but-flagged quality
     PRIMARY KEY (site, period, instrument, parameter, start_ns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rollup_start ON rollup (period, start_ns);
@@ -95,14 +97,14 @@ _COLUMNS = "site, agent, instrument, parameter, ts_ns, value, unit, quality, sta
 
 _AGGREGATE_COLUMNS = (
     "site, instrument, parameter, period, start_ns, value, n_valid, n_expected, n_maintenance, valid, reason, unit, "
-    "substituted, method"
+    "substituted, method, n_flagged"
 )
 _AGGREGATE_UPSERT = f"""
-INSERT INTO rollup ({_AGGREGATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO rollup ({_AGGREGATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (site, period, instrument, parameter, start_ns) DO UPDATE SET
     value = excluded.value, n_valid = excluded.n_valid, n_expected = excluded.n_expected,
     n_maintenance = excluded.n_maintenance, valid = excluded.valid, reason = excluded.reason, unit = excluded.unit,
-    substituted = excluded.substituted, method = excluded.method
+    substituted = excluded.substituted, method = excluded.method, n_flagged = excluded.n_flagged
 """
 
 _RECEIPT_UPSERT = """
@@ -148,12 +150,13 @@ def _aggregate_row(a: Aggregate) -> tuple[Any, ...]:
         a.unit,
         int(a.substituted),
         a.method,
+        a.n_flagged,
     )
 
 
 def _aggregate_from_row(row: tuple[Any, ...]) -> Aggregate:
     site, instrument, parameter, period, start_ns, value, n_valid, n_expected = row[:8]
-    n_maintenance, valid, reason, unit, substituted, method = row[8:]
+    n_maintenance, valid, reason, unit, substituted, method, n_flagged = row[8:]
     return Aggregate(
         site=site,
         instrument=instrument,
@@ -169,6 +172,7 @@ def _aggregate_from_row(row: tuple[Any, ...]) -> Aggregate:
         unit=unit,
         substituted=bool(substituted),
         method=method,
+        n_flagged=n_flagged,
     )
 
 
@@ -346,7 +350,11 @@ class SqliteStore:
             # FULL: a commit survives power loss, since the gateway tells agents a batch is safe after it.
             connection.execute("PRAGMA synchronous = FULL")
             self._check_schema_version(connection.execute("PRAGMA user_version").fetchone()[0])
-            connection.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            connection.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(rollup)")}
+            if "n_flagged" not in columns:  # a version-2 file
+                connection.execute("ALTER TABLE rollup ADD COLUMN n_flagged INTEGER NOT NULL DEFAULT 0")
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             connection.close()
             raise
