@@ -31,6 +31,7 @@ from gateway.mrv_config import RuleResolver, SourceConfig
 from gateway.report import MrvReport
 from gateway.report_files import (
     SCHEMA_PATH,
+    ProducedReport,
     ReportError,
     ReportFeed,
     find_unicode_font,
@@ -710,26 +711,28 @@ def test_part75_substitution_of_one_channel_needs_hourly_periods(tmp_path: Path)
         load_gateway_config(path)
 
 
+async def may_report(folder: Path, rows: list[StoredReading]) -> ProducedReport:
+    """May 2024's report of stack1 (the commented config's source) from these readings, on SQLite."""
+    config = load_gateway_config(write_config(folder, f"sqlite://{folder / 'aua.sqlite'}"))
+    async with open_store(config.store.url) as store:
+        await store.write(rows)
+        engine = RollupEngine.from_config(config, store)
+        await engine.recompute(MAY_1, MAY_1 + timedelta(days=1))
+        engine.close()
+        return await produce_report(config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC))
+
+
 async def test_hours_the_o2_guard_refuses_are_flagged_not_judged(tmp_path: Path) -> None:
     """§2: at O2 near 21 % the correction factor explodes; "flag such values, never divide blindly". Three
     hours at 20 % O2 are listed as not judged (with the reason) and the report warns, instead of quietly
     dropping out of the limit check."""
-    path = write_config(tmp_path, f"sqlite://{tmp_path / 'aua.sqlite'}")
-    config = load_gateway_config(path)
     rows = [
         dataclasses.replace(r, value=20.0)
         if r.parameter == "o2" and MAY_1 + 12 * HOUR <= r.ts < MAY_1 + 15 * HOUR
         else r
         for r in stack_readings(days=1)
     ]
-    async with open_store(config.store.url) as store:
-        await store.write(rows)
-        engine = RollupEngine.from_config(config, store)
-        await engine.recompute(MAY_1, MAY_1 + timedelta(days=1))
-        engine.close()
-        produced = await produce_report(
-            config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC)
-        )
+    produced = await may_report(tmp_path, rows)
     so2 = next(limit for limit in produced.report.limits if limit.pollutant == "SO2")
     assert so2.refused_periods == 3
     assert so2.refused_examples[0].startswith((MAY_1 + 12 * HOUR).isoformat().replace("+00:00", "Z"))
@@ -741,8 +744,6 @@ async def test_hours_the_o2_guard_refuses_are_flagged_not_judged(tmp_path: Path)
 
 async def test_used_but_flagged_values_are_counted_in_the_report(tmp_path: Path) -> None:
     """§3: out_of_specification values are used but flagged; the report says in how many valid hours."""
-    path = write_config(tmp_path, f"sqlite://{tmp_path / 'aua.sqlite'}")
-    config = load_gateway_config(path)
     flagged_hours = {3, 4}
     rows = [
         dataclasses.replace(r, quality=Quality.OUT_OF_SPECIFICATION)
@@ -750,14 +751,7 @@ async def test_used_but_flagged_values_are_counted_in_the_report(tmp_path: Path)
         else r
         for r in stack_readings(days=1)
     ]
-    async with open_store(config.store.url) as store:
-        await store.write(rows)
-        engine = RollupEngine.from_config(config, store)
-        await engine.recompute(MAY_1, MAY_1 + timedelta(days=1))
-        engine.close()
-        produced = await produce_report(
-            config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC)
-        )
+    produced = await may_report(tmp_path, rows)
     availability = {a.name: a for a in produced.report.availability}
     assert availability["SO2"].flagged_periods == len(flagged_hours)
     assert availability["O2"].flagged_periods == 0
