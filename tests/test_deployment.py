@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +80,16 @@ def test_compose_mounts_exist_and_images_are_the_intended_ones() -> None:
     assert dockerfile.startswith("#")
     assert "FROM python:3.11-slim" in dockerfile
     assert "uv sync --frozen" in dockerfile
+
+
+def test_the_image_copies_every_package_the_project_ships() -> None:
+    """No Docker engine here to build it; at least the Dockerfile must copy each package pyproject.toml builds
+    (aua_mqtt was once missing)."""
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
+        "packages"
+    ]
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    assert [p for p in packages if f"COPY {p} ./{p}" not in dockerfile] == []
 
 
 def test_influxdb_init_script_maps_the_v1_database() -> None:
