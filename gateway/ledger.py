@@ -280,12 +280,17 @@ class Ledger(StateFile):
         """A resend request for first..last was published (its range marks what arrives for it as repaired)."""
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT INTO resend_request VALUES (?, ?, 1) ON CONFLICT (site, agent) DO UPDATE SET count = count + 1",
-                (site, agent),
-            )
-            self._db.execute("INSERT OR IGNORE INTO resend_range VALUES (?, ?, ?, ?)", (site, agent, first, last))
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute(
+                    "INSERT INTO resend_request VALUES (?, ?, 1) "
+                    "ON CONFLICT (site, agent) DO UPDATE SET count = count + 1",
+                    (site, agent),
+                )
+                self._db.execute("INSERT OR IGNORE INTO resend_range VALUES (?, ?, ?, ?)", (site, agent, first, last))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def resend_requests(self) -> dict[tuple[str, str], int]:
         with self._lock:
