@@ -58,9 +58,9 @@ class BrokerConnection(BaseModel):
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def client_options(self, identifier: str) -> dict[str, Any]:
-        """Keyword arguments for `aiomqtt.Client`: address, credentials, TLS (certificates read now, so a
-        reconnect picks up renewed ones)."""
+    def client_options(self, identifier: str, *, tls_context: ssl.SSLContext | None = None) -> dict[str, Any]:
+        """Keyword arguments for `aiomqtt.Client`: address, credentials, TLS. Certificates are read now (so a
+        reconnect picks up renewed ones) unless the caller passes the context it already built."""
         return {
             "hostname": self.host,
             "port": self.port,
@@ -68,6 +68,6 @@ class BrokerConnection(BaseModel):
             "keepalive": self.keepalive,
             "username": self.username,
             "password": self.password.get_secret_value() if self.password else None,
-            "tls_context": self.tls_context(),
+            "tls_context": tls_context or self.tls_context(),
             "tls_insecure": True if self.insecure else None,
         }

@@ -130,7 +130,7 @@ async def broker_problem(mqtt: MqttSection, client_id: str, timeout_s: float = 5
         if problem is not None:
             return problem
     client = aiomqtt.Client(
-        **mqtt.client_options(client_id) | {"tls_context": context}, clean_session=True, timeout=timeout_s
+        **mqtt.client_options(client_id, tls_context=context), clean_session=True, timeout=timeout_s
     )
     try:
         async with asyncio.timeout(timeout_s):
