@@ -169,9 +169,8 @@ class ExceedanceEvent(_Model):
     unit: str
 
 
-REFUSED = "refused: "
-"""The reason prefix of a limit period whose value could not be standardised."""
 REFUSED_EXAMPLES = 5
+"""How many periods refused by standardisation a limit names (with the reason)."""
 
 
 class PollutantLimit(_Model):
@@ -384,8 +383,9 @@ def _limit_series(
     channel: ChannelInput,
     points: Mapping[str, list[Point]],
     grid: _Grid,
-) -> list[Aggregate]:
-    """Validated values (§3) per base period, from measured valid data only; invalid with a reason otherwise."""
+) -> tuple[list[Aggregate], list[Aggregate]]:
+    """Validated values (§3) per base period, from measured valid data only; invalid with a reason otherwise.
+    Also the periods whose value could not be standardised (§2: flagged, not judged)."""
     assert channel.elv is not None
     needs = [channel.role]
     if channel.o2_correction:
@@ -395,6 +395,7 @@ def _limit_series(
     if channel.basis.actual_conditions:
         needs += ["temperature", "pressure"]
     series: list[Aggregate] = []
+    refused: list[int] = []
     for index, start in enumerate(grid.starts):
         inputs = {role: points[role][index] for role in needs}
         bad = [role for role, p in inputs.items() if not p.valid]
@@ -422,7 +423,8 @@ def _limit_series(
                     )
                 value = mrv.validated_value(concentration, channel.elv, channel.ci_percent)
             except mrv.StandardisationError as error:
-                reason = f"{REFUSED}{error}"
+                reason = str(error)
+                refused.append(len(series))
         series.append(
             Aggregate(
                 source.site,
@@ -438,7 +440,7 @@ def _limit_series(
                 unit="mg/Nm3",
             )
         )
-    return series
+    return series, [series[index] for index in refused]
 
 
 def _runs(channel: ChannelInput, filled: Sequence[FilledPeriod], grid: _Grid, zone: tzinfo) -> list[SubstitutedRun]:
@@ -779,7 +781,7 @@ def _limits(
     for channel in source.channels:
         if channel.elv is None:
             continue
-        hourly = _limit_series(source, channel, points, grid)
+        hourly, refused = _limit_series(source, channel, points, grid)
         if channel.elv_period == Period.DAY.value:
             days = day_aggregates(hourly, channel.rules, source.zone)
             periods = [(d.start, day_bounds(local_date(d.start, source.zone), source.zone)[1], d) for d in days]
@@ -788,7 +790,6 @@ def _limits(
         judged = [(s, e, a.value if a.valid else None) for s, e, a in periods]
         found = mrv.exceedances(judged, channel.elv)
         values = [v for _, _, v in judged if v is not None]
-        refused = [a for a in hourly if a.reason.startswith(REFUSED)]
         limits.append(
             PollutantLimit(
                 pollutant=channel.name,
@@ -801,8 +802,7 @@ def _limits(
                 max_validated=max(values) if values else None,
                 refused_periods=len(refused),
                 refused_examples=[
-                    f"{a.start.isoformat().replace('+00:00', 'Z')}: {a.reason.removeprefix(REFUSED)}"
-                    for a in refused[:REFUSED_EXAMPLES]
+                    f"{a.start.isoformat().replace('+00:00', 'Z')}: {a.reason}" for a in refused[:REFUSED_EXAMPLES]
                 ],
             )
         )
