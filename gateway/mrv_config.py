@@ -181,6 +181,12 @@ class ChannelConfig(_Strict):
     def basis(self, species: str | None = None) -> mrv.Basis:
         return mrv.Basis(self.unit, wet=self.wet, actual_conditions=self.conditions == "actual", species=species)
 
+    @property
+    def species_key(self) -> str:
+        """What the tables of §2–§4 (ppm factors, CI defaults, lookbacks) know it by: the species, else the
+        parameter, lower case."""
+        return self.parameter.lower()
+
 
 class PollutantConfig(ChannelConfig):
     name: str | None = Field(default=None, description="as the report shows it, e.g. 'SO2'")
@@ -200,11 +206,15 @@ class PollutantConfig(ChannelConfig):
         return self.name or self.parameter.upper()
 
     @property
+    def species_key(self) -> str:
+        return (self.species or self.parameter).lower()
+
+    @property
     def confidence_percent(self) -> float | None:
         """ci_percent, or §3's default for the species; None when neither says (an error with an ELV)."""
         if self.ci_percent is not None:
             return self.ci_percent
-        return mrv.CI_PERCENT_DEFAULTS.get((self.species or self.parameter).lower())
+        return mrv.CI_PERCENT_DEFAULTS.get(self.species_key)
 
 
 _DEFAULT_LOOKBACK = {"nox": 2160, "no": 2160, "no2": 2160}
@@ -270,8 +280,9 @@ class SourceConfig(_Strict):
         method = channel.substitution or self.substitution
         default_low = role in ("o2", "h2o") and method is Method.PART75  # §4: moisture and O2 mirror rules
         conservative = channel.conservative or ("low" if default_low else "high")
-        species = (getattr(channel, "species", None) or channel.parameter).lower()
-        lookback = channel.lookback_hours or (2160 if role == "flow" else _DEFAULT_LOOKBACK.get(species, 720))
+        lookback = channel.lookback_hours or (
+            2160 if role == "flow" else _DEFAULT_LOOKBACK.get(channel.species_key, 720)
+        )
         return SubstitutionSpec(
             method=method,
             conservative=conservative,
@@ -297,7 +308,7 @@ class SourceConfig(_Strict):
             if pollutant.elv is not None and pollutant.confidence_percent is None:
                 problems.append(
                     f"pollutant {pollutant.label} has an elv but §3 gives no default confidence interval for "
-                    f"{(pollutant.species or pollutant.parameter).lower()!r}: set ci_percent"
+                    f"{pollutant.species_key!r}: set ci_percent"
                 )
         if limited and self.o2 is None:
             problems.append(f"pollutant {limited[0].label} is O2-corrected for its limit: set [source.o2]")
@@ -335,7 +346,7 @@ class SourceConfig(_Strict):
         for pollutant in self.pollutant:
             where = f"pollutant {pollutant.label}"
             if pollutant.unit in mrv.VOLUME_RATIO_UNITS:
-                species = (pollutant.species or pollutant.parameter).lower()
+                species = pollutant.species_key
                 if species not in mrv.PPM_TO_MG_M3:
                     problems.append(f"{where}.species: no ppm factor for {species!r} ({', '.join(mrv.PPM_TO_MG_M3)})")
             elif pollutant.unit not in mrv.CONCENTRATION_UNITS:
@@ -467,7 +478,7 @@ def source_input(source: SourceConfig, rule_sets: dict[str, RuleSet]) -> SourceI
         pollutant = channel if isinstance(channel, PollutantConfig) else None
         species = None
         if pollutant is not None:
-            species = (pollutant.species or pollutant.parameter).lower()
+            species = pollutant.species_key
         elif role == "co2":
             species = "co2"
         channels.append(
