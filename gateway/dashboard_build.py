@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gateway.alert_rules import AMBIENT_PDK, MOLAR_MASS_G_PER_MOL, MOLAR_VOLUME_0C_L
+from gateway.rollup import Period
 from gateway.stores.base import HEALTH_MEASUREMENT
 from gateway.stores.line_protocol import AGGREGATE_MEASUREMENT, MEASUREMENT
 
@@ -46,6 +47,7 @@ STATIONS: Final = {
 """Where each ambient site stands (WGS 84). Add a station here and rebuild the dashboards."""
 
 HG_LIMIT_NG_M3: Final = 300.0
+
 RED: Final = "red"
 ORANGE: Final = "orange"
 GREEN: Final = "green"
@@ -255,6 +257,8 @@ def stack_detail() -> dict[str, Any]:
     minute = f'"{AGGREGATE_MEASUREMENT}" WHERE {where} AND "period" = \'1m\' AND $timeFilter'
     hour = f'"{AGGREGATE_MEASUREMENT}" WHERE {where} AND "period" = \'1h\' AND $timeFilter'
     site_minute = '"site" =~ /^$site$/ AND "period" = \'1m\' AND $timeFilter'
+    per_pixel = "GROUP BY time($__interval) fill(none)"
+    """Every 1-minute sample when zoomed in; over a year ~1,000 means instead of 525,600 points per series."""
     headroom = 21 - REFERENCE_O2
     join = {"id": "joinByField", "options": {"byField": "Time", "mode": "outer"}}
 
@@ -276,18 +280,33 @@ def stack_detail() -> dict[str, Any]:
         _panel(
             "timeseries",
             "Raw readings",
-            [_target("A", f'SELECT "value" FROM "{MEASUREMENT}" WHERE {where} AND $timeFilter', alias="raw")],
+            [
+                _target(
+                    "A",
+                    f'SELECT mean("value") AS "mean", min("value") AS "min", max("value") AS "max" '
+                    f'FROM "{MEASUREMENT}" WHERE {where} AND $timeFilter GROUP BY time($__interval) fill(none)',
+                    alias="raw $col",
+                )
+            ],
             grid=(0, 0, 24, 8),
+            description="Every sample when zoomed in; zoomed out, the mean and the envelope (min, max) per "
+            "pixel, so a year-long range sends Grafana ~1,000 points, not millions. Raw data are kept for the "
+            "store's raw retention; older periods live in the 1-minute and hourly panels.",
         ),
         _panel(
             "timeseries",
             "1-minute means and their coverage",
             [
-                _target("A", f'SELECT "value" FROM {minute}', alias="1-minute mean"),
-                _target("B", f'SELECT "n_valid" * 100 / "n_expected" FROM {minute}', alias="coverage %"),
+                _target("A", f'SELECT mean("value") FROM {minute} {per_pixel}', alias="1-minute mean"),
+                _target(
+                    "B",
+                    f'SELECT sum("n_valid") * 100 / sum("n_expected") FROM {minute} {per_pixel}',
+                    alias="coverage %",
+                ),
             ],
             grid=(0, 8, 12, 8),
-            description="Coverage = usable samples / samples received in the minute; a minute is valid at ≥ 50 %.",
+            description="Coverage = usable samples / samples received; a minute is valid at ≥ 50 %. Zoomed out, "
+            "each point is the mean of the minutes under one pixel.",
         ),
         _panel(
             "table",
@@ -309,10 +328,11 @@ def stack_detail() -> dict[str, Any]:
             "timeseries",
             f"O2-corrected to {REFERENCE_O2:g} % (1-minute)",
             [
-                _target("A", f'SELECT "value" FROM {minute}', alias="measured"),
+                _target("A", f'SELECT mean("value") FROM {minute} {per_pixel}', alias="measured"),
                 _target(
                     "B",
-                    f'SELECT "value" FROM "{AGGREGATE_MEASUREMENT}" WHERE {site_minute} AND "parameter" = \'o2\'',
+                    f'SELECT mean("value") FROM "{AGGREGATE_MEASUREMENT}" WHERE {site_minute} '
+                    f"AND \"parameter\" = 'o2' {per_pixel}",
                     alias="o2",
                 ),
             ],
@@ -331,10 +351,11 @@ def stack_detail() -> dict[str, Any]:
             "timeseries",
             "Mass rate (1-minute)",
             [
-                _target("A", f'SELECT "value" FROM {minute}', alias="measured"),
+                _target("A", f'SELECT mean("value") FROM {minute} {per_pixel}', alias="measured"),
                 _target(
                     "B",
-                    f'SELECT "value" FROM "{AGGREGATE_MEASUREMENT}" WHERE {site_minute} AND "parameter" = \'flow\'',
+                    f'SELECT mean("value") FROM "{AGGREGATE_MEASUREMENT}" WHERE {site_minute} '
+                    f"AND \"parameter\" = 'flow' {per_pixel}",
                     alias="flow",
                 ),
             ],
@@ -357,26 +378,29 @@ def ambient_network() -> dict[str, Any]:
     where = '"site" =~ /^$site$/ AND $timeFilter'
     group = 'GROUP BY time($__interval), "instrument" fill(none)'
 
+    def minute_means(parameter: str, factor: float = 1.0) -> str:
+        """The mean of the 1-minute rollups per interval: a year-long range reads 525,600 points per series,
+        not the 31.5 million raw samples of a 1 s analyzer (which the raw retention has dropped anyway)."""
+        scaled = f" * {factor:g}" if factor != 1.0 else ""
+        return (
+            f'SELECT mean("value"){scaled} FROM "{AGGREGATE_MEASUREMENT}" WHERE "parameter" = \'{parameter}\' '
+            f"AND \"period\" = '{Period.MINUTE}' AND {where} {group}"
+        )
+
     def converted(parameter: str, factor: float, title: str) -> dict[str, Any]:
         one_time, daily = _limit(parameter)
         thresholds, custom = _limit_lines((None, GREEN), (daily, ORANGE), (one_time, RED))
         return _panel(
             "timeseries",
             title,
-            [
-                _target(
-                    "A",
-                    f'SELECT mean("value") * {factor:g} FROM "{MEASUREMENT}" WHERE "parameter" = \'{parameter}\' '
-                    f"AND {where} {group}",
-                    alias=f"{parameter} mg/m³",
-                )
-            ],
+            [_target("A", minute_means(parameter, factor), alias=f"{parameter} mg/m³")],
             grid=(0, 0, 12, 8),
             unit="conc. mg/m³",
             thresholds=thresholds,
             custom=custom,
-            description=f"Converted in the query (× {factor:g}). Lines: daily-mean ПДК {daily:g} (orange), "
-            f"one-time ПДК {one_time:g} mg/m³ (red), cems-mrv.md §5. The one-time ПДК applies to a 20–30 minute "
+            description=f"1-minute means, converted in the query (× {factor:g}). Lines: daily-mean ПДК "
+            f"{daily:g} (orange), one-time ПДК {one_time:g} mg/m³ (red), hygienic standards of Order ҚР ДСМ-70 "
+            "(2 Aug 2022). The one-time ПДК applies to a 20–30 minute "
             "mean, the daily one to the calendar day's mean.",
         )
 
@@ -424,13 +448,7 @@ def ambient_network() -> dict[str, Any]:
         _panel(
             "timeseries",
             "Gaseous mercury (ng/m³)",
-            [
-                _target(
-                    "A",
-                    f'SELECT mean("value") FROM "{MEASUREMENT}" WHERE "parameter" = \'hg\' AND {where} {group}',
-                    alias="hg",
-                )
-            ],
+            [_target("A", minute_means("hg"), alias="hg")],
             grid=(12, 0, 12, 12),
             unit="ng/m³",
             thresholds=hg_thresholds,
@@ -445,11 +463,7 @@ def ambient_network() -> dict[str, Any]:
             "timeseries",
             "Wind",
             [
-                _target(
-                    "A",
-                    f'SELECT mean("value") FROM "{MEASUREMENT}" WHERE "parameter" = \'wind_speed\' AND {where} {group}',
-                    alias="speed m/s",
-                ),
+                _target("A", minute_means("wind_speed"), alias="speed m/s"),
                 _target(
                     "B",
                     f'SELECT last("value") FROM "{MEASUREMENT}" WHERE "parameter" = \'wind_dir\' AND {where} {group}',
@@ -457,7 +471,9 @@ def ambient_network() -> dict[str, Any]:
                 ),
             ],
             grid=(0, 20, 24, 8),
-            description="Direction the wind comes from, degrees clockwise from north (right axis).",
+            description="Speed: 1-minute means. Direction the wind comes from, degrees clockwise from north "
+            "(right axis): the last raw sample per interval, since an arithmetic mean of directions is wrong "
+            "across north (350° and 10° average to 180°).",
         ),
     ]
     # lay the four converted panels out two by two below the map
@@ -492,13 +508,13 @@ def data_quality() -> dict[str, Any]:
             [
                 _target(
                     "A",
-                    f'SELECT count("quality") FROM "{MEASUREMENT}" WHERE "site" =~ /^$site$/ AND $timeFilter '
-                    'GROUP BY time($__interval), "instrument" fill(0)',
+                    f'SELECT sum("n_expected") FROM {minutes} GROUP BY time($__interval), "instrument" fill(0)',
                     alias="$tag_instrument",
                 )
             ],
             grid=(12, 0, 12, 8),
-            description="A drop to 0 is a gap: the instrument, the agent or the link stopped.",
+            description="Samples received per interval, from the 1-minute rollups (so a year-long range stays "
+            "fast). A drop to 0 is a gap: the instrument, the agent or the link stopped.",
         ),
         _panel(
             "timeseries",
