@@ -1,0 +1,321 @@
+"""Soak: the whole chain at a steady rate for a long run, one row a minute, failing if anything trends (issue 12).
+
+simulator (N Modbus TCP devices x 30 float32 tags, values changing every second) -> `edge-agent run` ->
+mosquitto -> `cems-gateway run` (SQLite store, rollups, alerts, health writer), each its own process, all on
+loopback. Every `--sample` seconds one row: readings the gateway made durable per second (its /metrics counter,
+so what was stored, not what was sent), CPU of the agent and of the gateway (% of one core), RSS of the whole
+process tree, the agent's cycle overruns, the gateway's missing batches and every state file's size (with its
+WAL). At the end each series gets a least-squares slope over the rows after `--warmup`, as % of its mean per
+hour; the run fails when CPU or RSS rise, throughput falls, or a file still grows once its bound is reached
+(files are judged on the second half of the run), beyond `--tolerance` % per hour.
+
+The clock is not accelerated: the agent's poll and the gateway's rollup and pruning timers run on wall time. To
+reach the bounds sooner the run gives the agent a small outbox (`--outbox-batches`) and a short retention.
+
+Run: .venv/bin/python bench/soak.py [--minutes 60] [--devices 20]   (20 devices x 30 tags = 600 readings/s)
+Stops by itself; everything it starts is ended on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TAGS = 30
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def tree(pid: int) -> list[int]:
+    """The process and all its descendants (from /proc/*/stat parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def rss_mb(pids: list[int]) -> float:
+    total_kb = 0
+    for pid in pids:
+        try:
+            total_kb += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total_kb / 1024
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text -> metric name -> sum over its labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and line[0] != "#":
+            name = re.split(r"[{ ]", line, maxsplit=1)[0]
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def size_mb(path: Path) -> float:
+    """A SQLite file with its WAL and shared-memory files."""
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file()) / 1e6
+
+
+def write_configs(folder: Path, args: argparse.Namespace, ports: dict[str, int], device_ports: list[int]) -> None:
+    profile = ['[profile]\nname = "soak-30-floats"\nbyte_order = "ABCD"\n']
+    profile += [
+        f'[[tag]]\nname = "t{i:02d}"\nfunction = "input"\naddress = {2 * i}\ntype = "float32"\nunit = "mg/m3"\n'
+        for i in range(TAGS)
+    ]
+    (folder / "profile.toml").write_text("\n".join(profile))
+    site = [
+        f'[agent]\nsite = "soak"\nid = "soak-agent"\npoll_interval = 1.0\noutbox = "{folder / "outbox.sqlite"}"\n'
+        f"metrics_port = {ports['agent_metrics']}\noutbox_max_batches = {args.outbox_batches}\n"
+        f"outbox_retention_s = {args.outbox_retention_s}\noutbox_prune_interval_s = 10\n",
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {ports["broker"]}\n',
+    ]
+    site += [
+        f'[[instrument]]\nid = "dev{n:03d}"\nprofile = "profile.toml"\nport = {port}\ndevice_id = 1\n'
+        for n, port in enumerate(device_ports)
+    ]
+    (folder / "site.toml").write_text("\n".join(site))
+    (folder / "gateway.toml").write_text(
+        f'[gateway]\nid = "soak-gateway"\nstate = "{folder / "gateway-state.sqlite"}"\n'
+        f'http = "127.0.0.1:{ports["gateway_http"]}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {ports["broker"]}\n'
+        '[store]\nurl = "sqlite://store.sqlite"\n'  # relative: the gateway runs in the folder
+        f'[rollup]\nrule_set = "ied-lcp"\ntime_zone = "Asia/Almaty"\ninterval = {args.rollup_interval}\n'
+        f'[rollup.reports]\ndirectory = "{folder / "reports"}"\n'
+    )
+    (folder / "mosquitto.conf").write_text(
+        f"listener {ports['broker']} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 1000\n"
+    )
+
+
+def mosquitto_binary() -> str:
+    for folder in (*os.environ.get("PATH", "").split(":"), "/usr/sbin", "/usr/local/sbin"):
+        candidate = Path(folder) / "mosquitto"
+        if candidate.exists():
+            return str(candidate)
+    raise SystemExit("mosquitto not found: scripts/test installs it (apt-get install mosquitto)")
+
+
+@dataclass
+class Row:
+    minute: float
+    stored_per_s: float
+    agent_cpu: float
+    gateway_cpu: float
+    rss_mb: float
+    overruns: float
+    missing: float
+    files: dict[str, float] = field(default_factory=dict)
+
+
+def slope_per_hour(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (minutes), as % of the mean of ys per hour; 0 for a flat or empty series."""
+    if len(xs) < 3:
+        return 0.0
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    denominator = sum((x - mean_x) ** 2 for x in xs)
+    if not denominator or not mean_y:
+        return 0.0
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / denominator
+    return 100 * slope * 60 / abs(mean_y)
+
+
+def trends(rows: list[Row], warmup: int) -> dict[str, float]:
+    steady = rows[warmup:]
+    xs = [row.minute for row in steady]
+    found = {
+        "stored/s": slope_per_hour(xs, [row.stored_per_s for row in steady]),
+        "agent CPU": slope_per_hour(xs, [row.agent_cpu for row in steady]),
+        "gateway CPU": slope_per_hour(xs, [row.gateway_cpu for row in steady]),
+        "RSS": slope_per_hour(xs, [row.rss_mb for row in steady]),
+    }
+    second_half = steady[len(steady) // 2 :]
+    for name in steady[0].files if steady else ():
+        found[f"{name} MB"] = slope_per_hour(
+            [row.minute for row in second_half], [row.files[name] for row in second_half]
+        )
+    return found
+
+
+def verdicts(found: dict[str, float], tolerance: float) -> list[str]:
+    """What trends the wrong way beyond the tolerance: throughput down, anything else up."""
+    bad = []
+    for name, slope in found.items():
+        wrong = -slope if name == "stored/s" else slope
+        if wrong > tolerance:
+            bad.append(f"{name}: {slope:+.1f} %/h")
+    return bad
+
+
+def run(args: argparse.Namespace, folder: Path) -> list[Row]:
+    ports = dict(zip(("broker", "agent_metrics", "gateway_http"), free_ports(3), strict=True))
+    device_ports = free_ports(args.devices)
+    write_configs(folder, args, ports, device_ports)
+    log = (folder / "soak.log").open("ab")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=folder, start_new_session=True)
+        started.append(process)
+        return process
+
+    rows: list[Row] = []
+    try:
+        start([mosquitto_binary(), "-c", str(folder / "mosquitto.conf")])
+        start([sys.executable, "-m", "edge_agent.simulator", "--tick", "1", str(folder / "site.toml")])
+        gateway = start([str(BIN / "cems-gateway"), "run", str(folder / "gateway.toml")])
+        time.sleep(3)
+        agent = start([str(BIN / "edge-agent"), "run", str(folder / "site.toml")])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                scrape(ports["agent_metrics"])
+                scrape(ports["gateway_http"])
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"agent or gateway did not come up; see {folder / 'soak.log'}") from None
+                time.sleep(0.5)
+        files = {
+            "outbox": folder / "outbox.sqlite",
+            "gateway state": folder / "gateway-state.sqlite",
+            "store": folder / "store.sqlite",
+        }
+        header = f"{'min':>4} {'stored/s':>9} {'agent CPU%':>10} {'gw CPU%':>8} {'RSS MB':>7} {'overruns':>8} "
+        header += f"{'missing':>8} " + " ".join(f"{name + ' MB':>16}" for name in files)
+        print(header, flush=True)
+        began = time.monotonic()
+        previous = (time.monotonic(), scrape(ports["gateway_http"]), scrape(ports["agent_metrics"]))
+        agent_cpu_before, gateway_cpu_before = cpu_seconds(tree(agent.pid)), cpu_seconds(tree(gateway.pid))
+        while time.monotonic() - began < args.minutes * 60:
+            time.sleep(args.sample)
+            for process in started:
+                if process.poll() is not None:
+                    raise SystemExit(f"{process.args[0]} exited with {process.returncode}; see {folder / 'soak.log'}")
+            now, gw, ag = time.monotonic(), scrape(ports["gateway_http"]), scrape(ports["agent_metrics"])
+            elapsed = now - previous[0]
+            agent_cpu, gateway_cpu = cpu_seconds(tree(agent.pid)), cpu_seconds(tree(gateway.pid))
+            everything = [pid for process in started for pid in tree(process.pid)]
+            row = Row(
+                minute=(now - began) / 60,
+                stored_per_s=(gw["aua_gateway_readings_total"] - previous[1]["aua_gateway_readings_total"]) / elapsed,
+                agent_cpu=100 * (agent_cpu - agent_cpu_before) / elapsed,
+                gateway_cpu=100 * (gateway_cpu - gateway_cpu_before) / elapsed,
+                rss_mb=rss_mb(everything),
+                overruns=ag.get("aua_agent_cycle_overruns_total", 0)
+                - previous[2].get("aua_agent_cycle_overruns_total", 0),
+                missing=gw.get("aua_gateway_missing_batches", 0),
+                files={name: size_mb(path) for name, path in files.items()},
+            )
+            rows.append(row)
+            previous = (now, gw, ag)
+            agent_cpu_before, gateway_cpu_before = agent_cpu, gateway_cpu
+            print(
+                f"{row.minute:>4.1f} {row.stored_per_s:>9.0f} {row.agent_cpu:>10.1f} {row.gateway_cpu:>8.1f} "
+                f"{row.rss_mb:>7.0f} {row.overruns:>8.0f} {row.missing:>8.0f} "
+                + " ".join(f"{row.files[name]:>16.1f}" for name in files),
+                flush=True,
+            )
+    finally:
+        for process in reversed(started):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in reversed(started):
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        log.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=60.0, help="how long to run (default 60)")
+    parser.add_argument("--devices", type=int, default=20, help="simulated devices of 30 tags (default 20)")
+    parser.add_argument("--sample", type=float, default=60.0, help="seconds per row (default 60)")
+    parser.add_argument("--warmup", type=int, default=2, help="rows left out of the trends (default 2)")
+    parser.add_argument("--tolerance", type=float, default=10.0, help="allowed trend, %% of the mean per hour")
+    parser.add_argument("--rollup-interval", type=float, default=60.0, help="gateway [rollup] interval, s")
+    parser.add_argument("--outbox-batches", type=int, default=600, help="agent outbox_max_batches (default 600)")
+    parser.add_argument("--outbox-retention-s", type=float, default=300.0, help="agent outbox_retention_s")
+    parser.add_argument("--keep", type=Path, help="keep the run's files in this folder")
+    args = parser.parse_args(argv)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        rows = run(args, args.keep.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="aua-soak-") as folder:
+            rows = run(args, Path(folder))
+    if len(rows) <= args.warmup + 2:
+        print("too few rows for a trend: run longer or sample more often")
+        return 1
+    found = trends(rows, args.warmup)
+    load = os.getloadavg()
+    print(f"\ntrends after {args.warmup} warm-up rows, % of the mean per hour (load average {load[0]:.1f}):")
+    for name, slope in found.items():
+        print(f"  {name:<20} {slope:+8.1f}")
+    bad = verdicts(found, args.tolerance)
+    stored = sorted(row.stored_per_s for row in rows[args.warmup :])
+    print(
+        f"stored/s median {stored[len(stored) // 2]:.0f} (min {stored[0]:.0f}, max {stored[-1]:.0f}) of "
+        f"{args.devices * TAGS} read per second; overruns {sum(row.overruns for row in rows):.0f}"
+    )
+    if bad or not math.isfinite(sum(found.values())):
+        print("FAIL: " + "; ".join(bad))
+        return 1
+    print(f"PASS: nothing trends beyond {args.tolerance:g} %/h")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
