@@ -802,6 +802,19 @@ async def test_influx_marks_stay_within_their_bound(influx_db_url: str) -> None:
         assert store.marks_forgotten == 2
 
 
+async def test_influx_gateways_sharing_the_writes_learn_the_marks_on_every_write(influx_db_url: str) -> None:
+    """With a shared subscription another instance writes the same agent's newer readings: `series_marks=0`
+    asks the store before each write, so a replay this instance has not seen still becomes a revision."""
+    async with open_store(influx_db_url) as one, open_store(f"{influx_db_url}?series_marks=0") as other:
+        assert isinstance(other, InfluxStore)
+        assert other.series_marks == 0
+        await other.write([reading(ts=T0, value=1.0)])
+        await one.write([reading(ts=T0 + MINUTE, value=2.0)])  # the other instance's batch
+        await other.write([reading(ts=T0 + MINUTE, value=3.0)])  # a replay with other content
+        assert [r.value for r in await one.query()] == [1.0, 2.0]
+        assert [r.reading.value for r in await one.query_revisions()] == [3.0]
+
+
 async def test_influx_query_of_a_dropped_database_is_a_clear_error(influx_db_url: str) -> None:
     base, database = influx_db_url.rsplit("/", 1)
     async with InfluxStore(base, database) as store:

@@ -540,6 +540,8 @@ class InfluxStore:
             raise ValueError(f"InfluxDB {redact_url(url)}: database name must not be empty")
         if token is not None and username is not None:
             raise ValueError(f"InfluxDB {redact_url(url)}: give a token or a username/password, not both")
+        if series_marks < 0:
+            raise ValueError(f"InfluxDB {redact_url(url)}: series_marks must be 0 or more, got {series_marks}")
         parts = urlsplit(url)
         if parts.username is not None and username is None:
             username = unquote(parts.username)
