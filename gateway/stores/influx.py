@@ -84,7 +84,6 @@ _REVISION_FIELDS = (
 )
 _ALL_TIME = "time >= -9223372036854775806 AND time <= 9223372036854775806"
 """InfluxDB's whole time range: without a time condition an aggregate stops at now()."""
-_NO_MARK = line_protocol.INT64_MIN - 1
 _SUSPECT_SPAN_NS = 3_600_000_000_000
 """Readings at or before their mark are looked up in stretches of at most an hour: a query's answer stays
 small however far apart the replayed times are."""
@@ -637,25 +636,16 @@ class InfluxStore:
         lines: list[str] = []
         marks: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
         suspects: list[tuple[int, Any, int]] = []
-        point = line_protocol.format_reading_line
         for index, group in enumerate(groups):
-            site, agent = group.site, group.agent
-            series_marks = marks.get((site, agent))
+            key = (group.site, group.agent)
+            series_marks = marks.get(key)
             if series_marks is None:
-                series_marks = marks[(site, agent)] = dict(self._marks.get((site, agent), {}))
-            last_ts, ns = None, 0
+                series_marks = marks[key] = dict(self._marks.get(key, {}))
             try:
-                for r in group.readings:
-                    if r.ts != last_ts:  # the readings of one poll share a time; converting it costs
-                        last_ts, ns = r.ts, to_ns(r.ts)
-                    series = (r.instrument, r.parameter)
-                    if ns > series_marks.get(series, _NO_MARK):
-                        series_marks[series] = ns
-                        lines.append(point(site, agent, r, ns))
-                    else:
-                        suspects.append((index, r, ns))
+                others = line_protocol.format_newer_lines(group.site, group.agent, group.readings, series_marks, lines)
             except ValueError as error:
                 raise self._error(f"cannot write {group.describe()}: {error}", retryable=False) from error
+            suspects += [(index, r, ns) for r, ns in others]
         return lines, marks, suspects
 
     async def _settle(self, groups: list[_Group], suspects: list[tuple[int, Any, int]]) -> tuple[list[str], int]:

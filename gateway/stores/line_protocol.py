@@ -16,7 +16,7 @@ distinct series) and a tag value ending in a backslash (it would escape the deli
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from aua_contract import Batch, Reading
@@ -133,6 +133,35 @@ def format_lines(readings: Iterable[StoredReading]) -> str:
 def format_reading_line(site: str, agent: str, r: Reading | StoredReading, ns: int) -> str:
     """One point of a reading whose site, agent and time in ns are given (the write-once path's)."""
     return _point(_point_head(site, agent, r.instrument, r.parameter, r.quality, r.unit), r.value, r.status, ns)
+
+
+def format_newer_lines(
+    site: str,
+    agent: str,
+    readings: Sequence[Reading] | Sequence[StoredReading],
+    marks: dict[tuple[str, str], int],
+    lines: list[str],
+) -> list[tuple[Reading | StoredReading, int]]:
+    """The write-once fast path: appends to `lines` the points of the readings newer than their series'
+    high-water mark in `marks` ((instrument, parameter) -> ns), moving the marks; returns the others with their
+    time in ns (they need a look-up). The loop of format_batch_lines plus one dict look-up per reading."""
+    others: list[tuple[Reading | StoredReading, int]] = []
+    append, get, head = lines.append, marks.get, _point_head
+    last_ts, ns = None, 0
+    for r in readings:
+        if r.ts != last_ts:  # the readings of one poll share a time; converting it costs more than the rest
+            last_ts, ns = r.ts, to_ns(r.ts)
+        series = (r.instrument, r.parameter)
+        if ns > get(series, NO_MARK):
+            marks[series] = ns
+            append(_point(head(site, agent, r.instrument, r.parameter, r.quality, r.unit), r.value, r.status, ns))
+        else:
+            others.append((r, ns))
+    return others
+
+
+NO_MARK = INT64_MIN - 1
+"""Lower than any time a point can have: the mark of a series with nothing stored."""
 
 
 def format_batch_lines(batch: Batch) -> list[str]:
