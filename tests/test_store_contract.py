@@ -34,7 +34,7 @@ from gateway.stores import (
 )
 from gateway.stores import influx as influx_module
 from gateway.stores import sqlite as sqlite_module
-from gateway.stores.base import HealthPoint, RevisionCount, RevisionError, RevisionState, sort_key, to_ns
+from gateway.stores.base import HealthPoint, RevisionCount, RevisionError, RevisionState, revision_id, sort_key, to_ns
 from gateway.stores.influx import is_retryable_status, redact_url
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -1134,3 +1134,31 @@ async def test_batch_receipts_answer_which_seqs_any_gateway_stored(store: Store)
     assert await store.received_batches("pvl", "a1", 10, 20) == {}
     assert await store.received_batches("pvl", "a2", 0, 100) == {3: 1}
     assert await store.received_batches("nowhere", "a1", 0, 100) == {}
+
+
+def test_a_revision_id_depends_on_identity_and_content_only() -> None:
+    identity = ("pavlodar", "chp-1", "gas-1", "SO2", to_ns(T0))
+    content = (3.0, "mg/m³", "ok", None)
+    assert revision_id(identity, content) == revision_id(identity, (3, "mg/m³", Quality.OK, None))
+    assert revision_id(identity, content) != revision_id(identity, (3.0, "mg/m³", "ok", 0))
+    assert revision_id(identity, content) != revision_id((*identity[:4], identity[4] + 1000), content)
+    assert len(revision_id(identity, content)) == 16
+
+
+@pytest.mark.parametrize(
+    ("times", "stretches"),
+    [
+        ([], []),
+        ([5], [(5, 5)]),
+        ([0, 10, 3_600_000_000_000], [(0, 3_600_000_000_000)]),
+        ([0, 3_600_000_000_001], [(0, 0), (3_600_000_000_001, 3_600_000_000_001)]),
+        (
+            [0, 1, 2_000_000_000_000, 4_000_000_000_000, 4_000_000_000_001],
+            [(0, 2_000_000_000_000), (4_000_000_000_000, 4_000_000_000_001)],
+        ),
+    ],
+)
+def test_readings_to_look_up_are_queried_in_stretches_of_an_hour_at_most(
+    times: list[int], stretches: list[tuple[int, int]]
+) -> None:
+    assert influx_module.suspect_stretches(times) == stretches

@@ -156,7 +156,8 @@ def not_pending(revision: Revision) -> str:
 def revision_id(identity: tuple[str, str, str, str, int], content: Content) -> str:
     """A revision's id where the store has no counter (InfluxDB): the same content for the same identity is the
     same revision, so a retried write records it once. 16 hex digits of sha256."""
-    text = repr((identity, content))
+    value, unit, quality, status = content
+    text = repr((identity, (None if value is None else float(value), unit, str(quality), status)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
