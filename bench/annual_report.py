@@ -181,10 +181,8 @@ async def main(days: int, workdir: Path) -> None:
     late_day = first_day + timedelta(days=min(165, days - 1))  # mid-June
     late_hour = (late_day + timedelta(hours=10)).astimezone(UTC)
     so2 = ("stack1-gas", "so2")
-    late = [
-        StoredReading(SITE, "chp-stack1", *so2, late_hour + timedelta(minutes=m), 900.0, "mg/m3", Quality.OK)
-        for m in range(60)
-    ]
+    late_ts = [late_hour + timedelta(minutes=m, seconds=30) for m in range(60)]  # between the stored ones: new
+    late = [StoredReading(SITE, "chp-stack1", *so2, ts, 900.0, "mg/m3", Quality.OK) for ts in late_ts]
     await store.write(late)
     began = time.perf_counter()
     await engine.note_written(late)

@@ -25,9 +25,10 @@ from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
+from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
-from gateway.stores import open_store
+from gateway.stores import StoreError, open_store
 
 
 async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateFeed | None) -> None:
@@ -76,6 +77,10 @@ def _accounting(config: GatewayConfig) -> int:
         lines = accounting_lines(ledger.accounts(), ledger.owed(), ledger.resend_requests())
     finally:
         ledger.close()
+    try:
+        lines += revision_count_lines(sorted(revision_counts(config).items()))
+    except StoreError as error:
+        lines.append(f"revisions: not counted, the store is unavailable ({error})")
     print("\n".join(lines))
     return 0
 
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("config", type=Path)
     add_mrv_commands(commands)
     add_dashboard_commands(commands)
+    add_revision_commands(commands)
     alerts = commands.add_parser("alerts", help="alert state, acknowledgements, silences, rules").add_subparsers(
         dest="alerts_command", required=True
     )
@@ -323,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return _alerts_command(config, args)
     if args.command == "dashboards":
         return run_dashboards_command(config, args)
+    if args.command == "revisions":
+        return run_revisions_command(config, args)
     if args.command in MRV_COMMANDS:
         return run_mrv_command(config, args)
     if args.command == "run":

@@ -49,14 +49,19 @@ __all__ = [
     "REPORT_SCHEMA_VERSION",
     "ChannelInput",
     "MrvReport",
+    "RevisionAudit",
+    "RevisionEntry",
     "build_report",
     "build_report_with_rows",
     "config_hash",
+    "revision_audit",
 ]
 
 REPORT_SCHEMA_VERSION: Final = 1
 OUT_OF_SERVICE_HOURS: Final = 5 * 24
 """§4 (EU MRR Art. 45): equipment out of service for more than five consecutive days must be reported."""
+REVISIONS_LISTED: Final = 1000
+"""Revisions listed in a report; more are counted only (`cems-gateway revisions list` shows them all)."""
 TOTALS_TOLERANCE_T: Final = 1e-6
 """Reproducibility: recomputed and reported totals may differ by at most 1 g (float summation order)."""
 
@@ -211,6 +216,43 @@ class Reproducibility(_Model):
     matches: bool
 
 
+class RevisionEntry(_Model):
+    """Other content received for a stored raw reading of the source (write-once: the original is what the
+    figures use unless an operator approved the revision)."""
+
+    id: str
+    agent: str
+    instrument: str
+    parameter: str
+    ts_utc: datetime = Field(description="the reading's sample time")
+    value: float | None
+    unit: str
+    quality: str
+    status: int | None
+    state: Literal["pending", "approved", "superseded"] = Field(
+        description="pending: kept beside the original, not used; approved: an operator made it the value used; "
+        "superseded: was the value used until an approved revision replaced it"
+    )
+    batch_seq: int | None = Field(description="the agent's batch that carried it (null: not known)")
+    batch_sent_at: datetime | None
+    received_at: datetime | None = Field(description="when the gateway received it")
+    decided_by: str
+    decided_why: str
+    decided_at: datetime | None
+    superseded_by: str = Field(description="id of the revision that replaced it")
+
+
+class RevisionAudit(_Model):
+    """Revisions of the source's raw readings in the period: counted by state, the first ones listed."""
+
+    pending: int = 0
+    approved: int = 0
+    superseded: int = 0
+    listed: list[RevisionEntry] = Field(
+        default_factory=list, description=f"in time order, at most {REVISIONS_LISTED} (the counts have them all)"
+    )
+
+
 class MrvReport(_Model):
     """Annual or monthly MRV report of one emission source (cems-mrv.md §7)."""
 
@@ -231,6 +273,9 @@ class MrvReport(_Model):
     maintenance: list[MaintenancePeriod]
     warnings: list[str]
     reproducibility: Reproducibility | None = None
+    revisions: RevisionAudit = Field(
+        default_factory=RevisionAudit, description="audit: other content received for stored raw readings"
+    )
 
 
 # -- inputs --------------------------------------------------------------------------------------------------
@@ -575,10 +620,12 @@ def build_report(
     config: ConfigRecord,
     generated_at: datetime,
     reproducibility: Reproducibility | None = None,
+    revisions: Sequence[RevisionEntry] = (),
 ) -> MrvReport:
     """The report of `source` for a year (month None) or a month, from its base-period aggregates by role.
 
     `history`: base aggregates before the period, by role (Part 75 PMA and lookback; up to 8,760 hours).
+    `revisions`: those of the source's raw readings in the period, for the audit section.
     """
     report, _, _ = build_report_with_rows(
         source,
@@ -589,6 +636,7 @@ def build_report(
         config=config,
         generated_at=generated_at,
         reproducibility=reproducibility,
+        revisions=revisions,
         rows=False,
     )
     return report
@@ -604,6 +652,7 @@ def build_report_with_rows(
     config: ConfigRecord,
     generated_at: datetime,
     reproducibility: Reproducibility | None = None,
+    revisions: Sequence[RevisionEntry] = (),
     rows: bool = True,
 ) -> tuple[MrvReport, list[str], list[list[object]]]:
     """The report, and the base-period table a verifier checks (every channel's value, validity, substitution
@@ -661,6 +710,12 @@ def build_report_with_rows(
         warnings.append("the period has not ended yet: figures are provisional")
     if month is not None:
         warnings.append("monthly report: substitutes use this month's data only (provisional; the year decides)")
+    audit = revision_audit(revisions)
+    if audit.pending:
+        warnings.append(
+            f"{audit.pending} raw readings of this period were sent again with other content and await review "
+            "(`cems-gateway revisions list`): the figures use the values first stored"
+        )
     report = MrvReport(
         generated_at=generated_at,
         site=source.site,
@@ -694,11 +749,23 @@ def build_report_with_rows(
         maintenance=_maintenance(source, by_start, grid),
         warnings=warnings,
         reproducibility=reproducibility,
+        revisions=audit,
     )
     if not rows:
         return report, [], []
     header, table = _hourly_table(source, grid, points, filled, mass)
     return report, header, table
+
+
+def revision_audit(revisions: Sequence[RevisionEntry]) -> RevisionAudit:
+    """Counts by state, and the first REVISIONS_LISTED in time order."""
+    ordered = sorted(revisions, key=lambda r: (r.ts_utc, r.instrument, r.parameter, r.agent, r.id))
+    return RevisionAudit(
+        pending=sum(r.state == "pending" for r in revisions),
+        approved=sum(r.state == "approved" for r in revisions),
+        superseded=sum(r.state == "superseded" for r in revisions),
+        listed=ordered[:REVISIONS_LISTED],
+    )
 
 
 def _method(channel: ChannelInput) -> MethodEntry:

@@ -46,6 +46,7 @@ from gateway.report import (
     ConfigRecord,
     MrvReport,
     Reproducibility,
+    RevisionEntry,
     SourceInput,
     build_report,
     build_report_with_rows,
@@ -57,6 +58,7 @@ from gateway.rollup import Aggregate, base_aggregates_from_samples, month_bounds
 from gateway.rollup_engine import RollupEngine
 from gateway.state_file import StateFile
 from gateway.stores import Store, StoredReading, StoreError, open_store
+from gateway.stores.base import Revision
 
 __all__ = [
     "SCHEMA_PATH",
@@ -304,6 +306,12 @@ async def produce_report(
     canonical = canonical_config(source, inputs)
     record = ConfigRecord(sha256=config_hash(canonical), canonical=canonical)
     generated_at = (now or datetime.now(UTC)).astimezone(UTC)
+    channels = {(c.instrument, c.parameter) for c in inputs.channels}
+    revisions = [
+        _revision_entry(r)
+        for r in await store.query_revisions(site=inputs.site, start=start, end=end)
+        if (r.reading.instrument, r.reading.parameter) in channels
+    ]
     report, header, rows = build_report_with_rows(
         inputs,
         year=year,
@@ -312,6 +320,7 @@ async def produce_report(
         history=history,
         config=record,
         generated_at=generated_at,
+        revisions=revisions,
     )
     if check_raw:
         if workers is None:
@@ -343,6 +352,29 @@ async def produce_report(
             )
         report = report.model_copy(update={"reproducibility": check, "warnings": warnings})
     return ProducedReport(report, header, rows)
+
+
+def _revision_entry(revision: Revision) -> RevisionEntry:
+    r = revision.reading
+    return RevisionEntry(
+        id=revision.id,
+        agent=r.agent,
+        instrument=r.instrument,
+        parameter=r.parameter,
+        ts_utc=r.ts,
+        value=r.value,
+        unit=r.unit,
+        quality=r.quality.value,
+        status=r.status,
+        state=revision.state.value,
+        batch_seq=revision.batch_seq,
+        batch_sent_at=revision.batch_sent_at,
+        received_at=revision.received_at,
+        decided_by=revision.decided_by,
+        decided_why=revision.decided_why,
+        decided_at=revision.decided_at,
+        superseded_by=revision.superseded_by,
+    )
 
 
 # -- files ---------------------------------------------------------------------------------------------------
@@ -381,6 +413,7 @@ def _sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]
         "exceedances": _table(report.exceedances),
         "substituted": _table(report.substituted),
         "maintenance": _table(report.maintenance),
+        "revisions": _table(report.revisions.listed),
     }
 
 
@@ -416,6 +449,8 @@ def _summary_rows(report: MrvReport) -> list[tuple[str, object]]:
             ("periods differing", check.periods_differing),
             ("largest total difference (t)", check.max_difference_t),
         ]
+    audit = report.revisions
+    rows += [("raw readings revised: pending review", audit.pending), ("revisions approved", audit.approved)]
     return rows
 
 
@@ -721,6 +756,29 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
             f"{check.periods_differing} differ; largest total difference {check.max_difference_t:g} t "
             f"(tolerance {check.tolerance_t:g} t)."
         )
+    pdf.heading("Revisions of raw readings")
+    audit = report.revisions
+    pdf.line_text(
+        f"{audit.pending} pending review (not used), {audit.approved} approved by an operator (used), "
+        f"{audit.superseded} superseded (values replaced by an approved revision, kept)."
+    )
+    if audit.listed:
+        pdf.grid(
+            ["id", "state", "time (UTC)", "instrument/parameter", "value", "batch", "decided by: why"],
+            [
+                [
+                    r.id,
+                    r.state,
+                    r.ts_utc.strftime("%Y-%m-%d %H:%M:%S"),
+                    f"{r.instrument}/{r.parameter}",
+                    f"{'-' if r.value is None else f'{r.value:g}'} {r.unit} {r.quality}",
+                    "-" if r.batch_seq is None else str(r.batch_seq),
+                    f"{r.decided_by}: {r.decided_why}" if r.decided_by else "",
+                ]
+                for r in audit.listed[:_PDF_ROWS]
+            ],
+        )
+        _more(pdf, len(audit.listed))
     pdf.heading("Warnings")
     for warning in report.warnings or ["none"]:
         pdf.line_text(f"• {warning}" if pdf.unicode else f"- {warning}")

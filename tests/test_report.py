@@ -28,7 +28,7 @@ from aua_contract import Quality
 from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
 from gateway.mrv_config import RuleResolver, SourceConfig
-from gateway.report import MrvReport
+from gateway.report import MrvReport, RevisionAudit
 from gateway.report_files import (
     SCHEMA_PATH,
     ProducedReport,
@@ -240,6 +240,7 @@ async def test_report_files_are_written_and_readable(
             "stack1-2024-05.pdf",
             *(f"stack1-2024-05-{n}.csv" for n in ("totals", "availability", "limits", "exceedances", "substituted")),
             "stack1-2024-05-maintenance.csv",
+            "stack1-2024-05-revisions.csv",
             "stack1-2024-05-hourly.csv",
         ]
     )
@@ -255,7 +256,8 @@ async def test_report_files_are_written_and_readable(
     assert "EU MRR Art. 45" in hourly[10]["SO2 method"]
     workbook = load_workbook(tmp_path / "out" / "stack1-2024-05.xlsx", read_only=True)
     assert workbook.sheetnames == [
-        "Summary", "Totals", "Availability", "Limits", "Exceedances", "Substituted", "Maintenance", "Hourly", "Config",
+        "Summary", "Totals", "Availability", "Limits", "Exceedances", "Substituted", "Maintenance", "Revisions",
+        "Hourly", "Config",
     ]  # fmt: skip
     totals = list(workbook["Totals"].iter_rows(values_only=True))
     assert totals[0][:2] == ("name", "parameter")
@@ -266,6 +268,53 @@ async def test_report_files_are_written_and_readable(
     # scripts/test installs fonts-dejavu-core: the PDF embeds DejaVu for the Cyrillic name
     assert find_unicode_font() is not None
     assert b"DejaVu" in pdf
+
+
+async def test_revisions_of_the_period_are_in_the_audit_section(loaded: tuple[GatewayConfig, Store, Path]) -> None:
+    """Other content sent for stored raw readings of the source (issue 13): counted and listed, the figures
+    unchanged while pending; an approved one is used from then on, the original listed as superseded."""
+    config, store, _ = loaded
+    now = datetime(2024, 6, 2, tzinfo=UTC)
+    before = await produce_report(config, store, "stack1", year=2024, month=5, now=now)
+    assert before.report.revisions == RevisionAudit()
+    ts = MAY_1 + timedelta(hours=3)
+    other = [
+        StoredReading(SITE, "chp-stack1", "stack1-gas", "so2", ts, 9999.0, "mg/m3", Quality.OK),
+        StoredReading(SITE, "chp-stack1", "stack1-gas", "so2", ts - timedelta(days=1), 1.0, "mg/m3", Quality.OK),
+        StoredReading(SITE, "chp-stack1", "stack1-gas", "so2", ts + timedelta(minutes=1), 400.0, "mg/m3", Quality.OK),
+    ]
+    await store.write(other)  # one revision in May, one reading in April (not of this period), one the same
+    produced = await produce_report(config, store, "stack1", year=2024, month=5, now=now)
+    audit = produced.report.revisions
+    assert (audit.pending, audit.approved, audit.superseded) == (1, 0, 0)
+    [entry] = audit.listed
+    assert (entry.instrument, entry.parameter, entry.ts_utc, entry.value, entry.state) == (
+        "stack1-gas",
+        "so2",
+        ts,
+        9999.0,
+        "pending",
+    )
+    assert produced.report.totals == before.report.totals
+    assert any("1 raw readings of this period were sent again" in w for w in produced.report.warnings)
+    assert produced.report.reproducibility is not None
+    assert produced.report.reproducibility.matches
+
+    approval = await store.approve_revision(entry.id, by="alice", why="lab recheck", at=now)
+    engine = RollupEngine.from_config(config, store)
+    await engine.note_written([approval.revision.reading])
+    await engine.process_dirty()
+    engine.close()
+    approved = await produce_report(config, store, "stack1", year=2024, month=5, now=now)
+    audit = approved.report.revisions
+    assert (audit.pending, audit.approved, audit.superseded) == (0, 1, 1)
+    assert {(e.value, e.state, e.decided_by) for e in audit.listed} == {
+        (9999.0, "approved", "alice"),
+        (400.0, "superseded", "alice"),
+    }
+    assert approved.report.totals[0].measured_t > before.report.totals[0].measured_t  # the approved value is used
+    assert approved.report.reproducibility is not None
+    assert approved.report.reproducibility.matches
 
 
 async def test_reproducibility_check_catches_stale_rollups(loaded: tuple[GatewayConfig, Store, Path]) -> None:

@@ -6,6 +6,7 @@ Backend-specific behaviour (errors, URLs, schema version) is tested at the end o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -33,11 +34,12 @@ from gateway.stores import (
 )
 from gateway.stores import influx as influx_module
 from gateway.stores import sqlite as sqlite_module
-from gateway.stores.base import HealthPoint, sort_key, to_ns
+from gateway.stores.base import HealthPoint, RevisionCount, RevisionError, RevisionState, revision_id, sort_key, to_ns
 from gateway.stores.influx import is_retryable_status, redact_url
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
 
 
 def reading(**changes: object) -> StoredReading:
@@ -54,6 +56,23 @@ def reading(**changes: object) -> StoredReading:
     }
     fields.update(changes)
     return StoredReading(**fields)  # type: ignore[arg-type]
+
+
+def batch(seq: int, readings: list[StoredReading], *, sent: datetime = T0) -> Batch:
+    """A batch of pavlodar/chp-1 carrying these readings (their site and agent must be that)."""
+    contract = [
+        Reading(
+            instrument=r.instrument,
+            parameter=r.parameter,
+            value=r.value,
+            unit=r.unit,
+            ts=r.ts,
+            quality=r.quality,
+            status=r.status,
+        )
+        for r in readings
+    ]
+    return Batch(site="pavlodar", agent="chp-1", seq=seq, sent_at=sent, readings=contract)
 
 
 @pytest.fixture(params=["sqlite", "influx"])
@@ -161,34 +180,198 @@ async def test_identifiers_needing_escapes_round_trip(store: Store, names: dict[
     assert await store.query(site=names["site"], instrument=names["instrument"]) == [written]
 
 
-async def test_rewrite_of_an_identity_keeps_one_row_and_the_last_value(store: Store) -> None:
-    first = reading(value=1.0, unit="mg/m³", quality=Quality.OK, status=0)
-    second = reading(value=2.0, unit="g/m³", quality=Quality.SPIKE, status=7)
-    await store.write([first])
-    await store.write([second])
-    await store.write([second])
-    assert await store.query() == [second]
+# -- write-once: the same reading again is a no-op, other content a revision beside the original -------------
+
+
+async def test_the_same_reading_again_is_a_no_op(store: Store) -> None:
+    original = reading(value=1.0, unit="mg/m³", quality=Quality.OK, status=0)
+    await store.write([original])
+    await store.write([original])
+    await store.write([original, original])
+    await store.write_batches([batch(0, [original])])
+    assert await store.query() == [original]
     assert await store.count_by_instrument() == {("pavlodar", "gas-1"): 1}
+    assert await store.query_revisions() == []
+    assert await store.revision_counts() == {}
+    assert store.revisions_recorded == 0
 
 
-async def test_rewrite_within_one_batch_keeps_the_last(store: Store) -> None:
-    await store.write([reading(value=1.0), reading(value=3.0)])
-    assert [r.value for r in await store.query()] == [3.0]
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"value": 2.0},
+        {"quality": Quality.SPIKE},
+        {"status": 7},
+        {"unit": "g/m³"},
+        {"value": None, "status": None, "quality": Quality.FAILURE},
+    ],
+    ids=["value", "quality", "status", "unit", "value-none"],
+)
+async def test_other_content_is_a_revision_and_the_original_stays(store: Store, change: dict[str, object]) -> None:
+    original = reading(value=1.0, status=5)
+    other = reading(**{"value": 1.0, "status": 5, **change})
+    await store.write([original])
+    await store.write([other])
+    await store.write([other])  # the same revision again: kept once
+    assert await store.query() == [original]
+    assert await store.count_by_instrument() == {("pavlodar", "gas-1"): 1}
+    [revision] = await store.query_revisions()
+    assert revision.reading == other
+    assert revision.state is RevisionState.PENDING
+    assert (revision.batch_seq, revision.batch_sent_at, revision.decided_by) == (None, None, "")
+    assert await store.revision_counts() == {("pavlodar", "chp-1"): RevisionCount(pending=1)}
+    assert store.revisions_recorded == 1
 
 
-async def test_rewrite_with_value_none(store: Store) -> None:
-    """SQLite replaces the row; InfluxDB merges fields and cannot store null, so the old value stays.
+async def test_a_revision_from_a_batch_records_the_batch_and_when_it_came(store: Store) -> None:
+    """A reused sequence number or a replay: the batch's seq and sent_at, and the time it was stored."""
+    original = reading(value=1.0)
+    await store.write_batches([batch(0, [original])])
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    await store.write_batches(
+        [batch(7, [reading(value=2.0), reading(parameter="NOx", ts=T0 + MINUTE)], sent=T0 + HOUR)]
+    )
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    assert await store.query(parameter="SO2") == [original]
+    [revision] = await store.query_revisions()
+    assert revision.reading == reading(value=2.0)
+    assert (revision.batch_seq, revision.batch_sent_at) == (7, T0 + HOUR)
+    assert revision.received_at is not None
+    assert before <= revision.received_at <= after
 
-    Documented in gateway/stores/influx.py; this pins it so a change is noticed.
-    """
+
+async def test_other_content_within_one_call_keeps_the_first(store: Store) -> None:
+    await store.write([reading(value=1.0), reading(value=3.0), reading(value=1.0)])
+    assert [r.value for r in await store.query()] == [1.0]
+    assert [r.reading.value for r in await store.query_revisions()] == [3.0]
+    await store.write_batches([batch(1, [reading(ts=T0 + MINUTE, value=4.0), reading(ts=T0 + MINUTE, value=5.0)])])
+    assert [r.value for r in await store.query()] == [1.0, 4.0]
+    assert [r.reading.value for r in await store.query_revisions()] == [3.0, 5.0]
+
+
+async def test_older_readings_not_stored_yet_are_stored(store: Store) -> None:
+    """Late data and gap repair: older than the newest stored reading of the series, but new identities."""
+    await store.write([reading(ts=T0 + 10 * MINUTE, value=10.0)])
+    six_years = T0 - timedelta(days=6 * 365)
+    await store.write([reading(ts=T0, value=0.0), reading(ts=six_years, value=-6.0)])
+    await store.write([reading(ts=six_years, value=-7.0)])  # and a replay of that old one with another value
+    assert [(r.ts, r.value) for r in await store.query()] == [(six_years, -6.0), (T0, 0.0), (T0 + 10 * MINUTE, 10.0)]
+    assert [(r.reading.ts, r.reading.value) for r in await store.query_revisions()] == [(six_years, -7.0)]
+
+
+async def test_the_same_instant_in_another_zone_is_the_same_reading(store: Store) -> None:
+    almaty = timezone(timedelta(hours=5))
+    await store.write([reading(ts=T0.astimezone(almaty))])
+    await store.write([reading(ts=T0)])
+    await store.write([reading(ts=T0.astimezone(almaty), value=9.0)])
+    assert [(r.ts, r.value) for r in await store.query()] == [(T0, 412.5)]
+    assert [(r.reading.ts, r.reading.value) for r in await store.query_revisions()] == [(T0, 9.0)]
+
+
+async def test_approving_a_revision_makes_it_the_stored_value_and_keeps_the_original(store: Store) -> None:
+    original = reading(value=1.0)
+    corrected = reading(value=2.0, quality=Quality.SUBSTITUTED)
+    await store.write([original])
+    await store.write_batches([batch(3, [corrected])])
+    [pending] = await store.query_revisions(state=RevisionState.PENDING)
+    approval = await store.approve_revision(pending.id, by="alice", why="lab recheck", at=T0 + HOUR)
+    assert approval.replaced == original
+    assert approval.revision.reading == corrected
+    assert await store.query() == [corrected]
+    by_state = {r.state: r for r in await store.query_revisions()}
+    assert set(by_state) == {RevisionState.APPROVED, RevisionState.SUPERSEDED}
+    approved, superseded = by_state[RevisionState.APPROVED], by_state[RevisionState.SUPERSEDED]
+    assert approved.id == pending.id
+    assert approved.batch_seq == 3
+    assert (approved.decided_by, approved.decided_why, approved.decided_at) == ("alice", "lab recheck", T0 + HOUR)
+    assert superseded.reading == original
+    assert (superseded.superseded_by, superseded.decided_by) == (pending.id, "alice")
+    assert await store.revision_counts() == {("pavlodar", "chp-1"): RevisionCount(approved=1, superseded=1)}
+    with pytest.raises(RevisionError, match=f"revision {pending.id} is approved by alice"):
+        await store.approve_revision(pending.id, by="bob", why="again", at=T0 + HOUR)
+    with pytest.raises(RevisionError, match="no revision"):
+        await store.approve_revision("999999", by="bob", why="", at=T0 + HOUR)
+    await store.write([original, corrected])  # both are known: nothing new
+    assert len(await store.query_revisions()) == 2
+    assert await store.query() == [corrected]
+
+
+async def test_approving_a_revision_without_value_or_status(store: Store) -> None:
+    """InfluxDB merges fields: the approved point must not keep the value and status it lacks."""
     await store.write([reading(value=1.0, status=5)])
     await store.write([reading(value=None, status=None, quality=Quality.FAILURE)])
-    [stored] = await store.query()
-    assert stored.quality is Quality.FAILURE
-    if store.kind == "influx":
-        assert (stored.value, stored.status) == (1.0, 5)
-    else:
-        assert (stored.value, stored.status) == (None, None)
+    [pending] = await store.query_revisions()
+    await store.approve_revision(pending.id, by="alice", why="analyser failed", at=T0 + HOUR)
+    assert await store.query() == [reading(value=None, status=None, quality=Quality.FAILURE)]
+
+
+async def test_a_second_approval_supersedes_the_first_and_keeps_its_record(store: Store) -> None:
+    a, b, c = reading(value=1.0), reading(value=2.0), reading(value=3.0)
+    await store.write([a])
+    await store.write([b])
+    await store.write([c])
+    ids = {r.reading.value: r.id for r in await store.query_revisions()}
+    await store.approve_revision(ids[2.0], by="alice", why="first", at=T0 + HOUR)
+    await store.approve_revision(ids[3.0], by="bob", why="second", at=T0 + 2 * HOUR)
+    assert await store.query() == [c]
+    revisions = {r.reading.value: r for r in await store.query_revisions()}
+    assert {value: r.state for value, r in revisions.items()} == {
+        1.0: RevisionState.SUPERSEDED,
+        2.0: RevisionState.SUPERSEDED,
+        3.0: RevisionState.APPROVED,
+    }
+    assert (revisions[2.0].decided_by, revisions[2.0].superseded_by) == ("alice", ids[3.0])
+    assert (revisions[1.0].decided_by, revisions[1.0].superseded_by) == ("alice", ids[2.0])
+    assert revisions[3.0].decided_by == "bob"
+
+
+async def test_revisions_survive_close_and_reopen(store_url: str) -> None:
+    """A restarted gateway knows what is stored: a replay after it is still compared, never overwrites."""
+    first = open_store(store_url)
+    await first.open()
+    await first.write_batches([batch(0, [reading(value=1.0), reading(ts=T0 + MINUTE, value=1.5)])])
+    await first.write_batches([batch(0, [reading(value=2.0)], sent=T0 + HOUR)])
+    await first.close()
+    second = open_store(store_url)
+    await second.open()
+    try:
+        [revision] = await second.query_revisions()
+        assert (revision.reading.value, revision.batch_seq, revision.batch_sent_at) == (2.0, 0, T0 + HOUR)
+        await second.write_batches([batch(0, [reading(value=2.0), reading(ts=T0 + MINUTE, value=9.0)], sent=T0)])
+        assert [r.value for r in await second.query()] == [1.0, 1.5]
+        assert sorted(r.reading.value or 0 for r in await second.query_revisions()) == [2.0, 9.0]
+        await second.approve_revision(revision.id, by="alice", why="after a restart", at=T0 + HOUR)
+        assert [r.value for r in await second.query()] == [2.0, 1.5]
+    finally:
+        await second.close()
+
+
+async def test_revision_queries_filter_and_count_per_agent(store: Store) -> None:
+    rows = [
+        reading(site=site, agent=agent, ts=T0 + timedelta(minutes=minute), value=1.0)
+        for site, agent in (("pavlodar", "chp-1"), ("pavlodar", "chp-2"), ("ekibastuz", "amb-1"))
+        for minute in range(3)
+    ]
+    await store.write(rows)
+    await store.write([dataclasses.replace(r, value=2.0) for r in rows if r.agent != "chp-2" or r.ts == T0])
+    assert await store.revision_counts() == {
+        ("pavlodar", "chp-1"): RevisionCount(pending=3),
+        ("pavlodar", "chp-2"): RevisionCount(pending=1),
+        ("ekibastuz", "amb-1"): RevisionCount(pending=3),
+    }
+    assert await store.revision_counts(site="pavlodar", start=T0 + MINUTE, end=T0 + 3 * MINUTE) == {
+        ("pavlodar", "chp-1"): RevisionCount(pending=2)
+    }
+    assert [r.reading.agent for r in await store.query_revisions(site="pavlodar")] == [
+        "chp-1",
+        "chp-2",
+        "chp-1",
+        "chp-1",
+    ]
+    found = await store.query_revisions(agent="amb-1", start=T0 + MINUTE, end=T0 + 2 * MINUTE)
+    assert [(r.reading.agent, r.reading.ts) for r in found] == [("amb-1", T0 + MINUTE)]
+    assert await store.query_revisions(instrument="nope") == []
+    assert await store.query_revisions(state=RevisionState.APPROVED) == []
 
 
 @pytest.mark.parametrize("differs_in", ["site", "agent", "instrument", "parameter"])
@@ -220,13 +403,6 @@ async def test_timestamps_keep_microseconds(store: Store, ts: datetime) -> None:
     [stored] = await store.query()
     assert stored.ts == ts
     assert stored.ts.tzinfo is UTC
-
-
-async def test_non_utc_input_is_the_same_instant(store: Store) -> None:
-    almaty = timezone(timedelta(hours=5))
-    await store.write([reading(ts=T0.astimezone(almaty))])
-    await store.write([reading(ts=T0, value=9.0)])  # the same identity
-    assert [(r.ts, r.value) for r in await store.query()] == [(T0, 9.0)]
 
 
 async def test_query_filters(store: Store) -> None:
@@ -313,6 +489,10 @@ async def test_ten_thousand_readings_in_one_write(store: Store) -> None:
     stored = await store.query()
     assert len(stored) == 10_000
     assert sorted(stored, key=lambda r: r.value or 0) == rows
+    assert await store.query_revisions() == []
+    await store.write([dataclasses.replace(r, value=(r.value or 0) + 0.5) for r in rows[4_000:5_500]])
+    assert sorted(await store.query(), key=lambda r: r.value or 0) == rows
+    assert await store.revision_counts() == {("pavlodar", "chp-1"): RevisionCount(pending=1_500)}
 
 
 async def test_data_survives_close_and_reopen(store_url: str) -> None:
@@ -496,12 +676,12 @@ async def test_influx_outage_during_writes_is_retryable_and_recovers(tmp_path: P
             await store.write([reading(value=1.0)])
             server.kill()
             with pytest.raises(StoreError) as caught:
-                await store.write([reading(value=2.0)])
+                await store.write([reading(ts=T0 + MINUTE, value=2.0)])
             assert caught.value.retryable is True
             assert server.url in str(caught.value)
             server.start()
-            await store.write([reading(value=2.0)])
-            assert [r.value for r in await store.query()] == [2.0]
+            await store.write([reading(ts=T0 + MINUTE, value=2.0)])
+            assert [r.value for r in await store.query()] == [1.0, 2.0]
     finally:
         server.terminate()
 
@@ -570,6 +750,71 @@ async def test_influx_unwritable_reading_is_rejected_before_anything_is_sent(inf
         assert await store.query() == []  # the good reading in the same call was not written either
 
 
+async def test_sqlite_version_3_file_gains_revisions_and_keeps_its_readings(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite"
+    async with SqliteStore(path) as store:
+        await store.write([reading(value=1.0)])
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE reading_revision")
+        connection.execute("PRAGMA user_version = 3")
+    connection.close()
+    async with SqliteStore(path) as store:
+        await store.write([reading(value=2.0)])
+        assert [r.value for r in await store.query()] == [1.0]
+        assert [r.reading.value for r in await store.query_revisions()] == [2.0]
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 4
+    connection.close()
+
+
+async def test_influx_writes_of_newer_readings_ask_the_store_nothing(influx_db_url: str) -> None:
+    """The ingest path's cost: once an agent's high-water marks are known, readings newer than them are
+    written without a query, however many; only a replay of older ones is looked up (one query per stretch)."""
+    queries: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        if request.url.path == "/query":
+            queries.append(request.url.params.get("q", ""))
+
+    async with InfluxStore(*influx_db_url.rsplit("/", 1)) as store:
+        assert store._client is not None
+        store._client.event_hooks["request"].append(count)
+        minute = [reading(parameter=f"p{n}", ts=T0, value=float(n)) for n in range(50)]
+        await store.write_batches([batch(0, minute)])
+        assert len(queries) == 1  # learning the agent's marks
+        for seq in range(1, 21):
+            later = [dataclasses.replace(r, ts=T0 + seq * MINUTE) for r in minute]
+            await store.write_batches([batch(seq, later)])
+        assert len(queries) == 1
+        await store.write_batches([batch(21, [dataclasses.replace(r, value=-1.0) for r in minute])])
+        assert len(queries) == 3  # the replayed minute: its readings and its revisions, one query each
+        assert store.revisions_recorded == 50
+        assert len(await store.query()) == 21 * 50
+
+
+async def test_influx_marks_stay_within_their_bound(influx_db_url: str) -> None:
+    async with InfluxStore(*influx_db_url.rsplit("/", 1), series_marks=10) as store:
+        for agent in ("a1", "a2", "a3"):
+            await store.write([reading(agent=agent, parameter=f"p{n}", value=1.0) for n in range(4)])
+        assert store.marks_forgotten == 1
+        await store.write([reading(agent="a1", parameter="p0", value=2.0)])  # learned again: still a revision
+        assert [r.reading.agent for r in await store.query_revisions()] == ["a1"]
+        assert store.marks_forgotten == 2
+
+
+async def test_influx_gateways_sharing_the_writes_learn_the_marks_on_every_write(influx_db_url: str) -> None:
+    """With a shared subscription another instance writes the same agent's newer readings: `series_marks=0`
+    asks the store before each write, so a replay this instance has not seen still becomes a revision."""
+    async with open_store(influx_db_url) as one, open_store(f"{influx_db_url}?series_marks=0") as other:
+        assert isinstance(other, InfluxStore)
+        assert other.series_marks == 0
+        await other.write([reading(ts=T0, value=1.0)])
+        await one.write([reading(ts=T0 + MINUTE, value=2.0)])  # the other instance's batch
+        await other.write([reading(ts=T0 + MINUTE, value=3.0)])  # a replay with other content
+        assert [r.value for r in await one.query()] == [1.0, 2.0]
+        assert [r.reading.value for r in await one.query_revisions()] == [3.0]
+
+
 async def test_influx_query_of_a_dropped_database_is_a_clear_error(influx_db_url: str) -> None:
     base, database = influx_db_url.rsplit("/", 1)
     async with InfluxStore(base, database) as store:
@@ -578,8 +823,8 @@ async def test_influx_query_of_a_dropped_database_is_a_clear_error(influx_db_url
         with pytest.raises(StoreError, match="database not found") as caught:
             await store.query()
         assert caught.value.retryable is False
-        with pytest.raises(StoreError, match="HTTP 404: database not found") as caught:
-            await store.write([reading()])
+        with pytest.raises(StoreError, match="database not found") as caught:
+            await store.write([reading()])  # a write first asks the store for its series' newest times
         assert caught.value.retryable is False
 
 
@@ -782,7 +1027,7 @@ async def test_sqlite_version_1_file_gains_the_rollup_table(tmp_path: Path) -> N
         await store.write_aggregates([aggregate()])
         assert await store.query_aggregates(period=Period.HOUR) == [aggregate()]
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 3
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 4
     connection.close()
 
 
@@ -889,3 +1134,31 @@ async def test_batch_receipts_answer_which_seqs_any_gateway_stored(store: Store)
     assert await store.received_batches("pvl", "a1", 10, 20) == {}
     assert await store.received_batches("pvl", "a2", 0, 100) == {3: 1}
     assert await store.received_batches("nowhere", "a1", 0, 100) == {}
+
+
+def test_a_revision_id_depends_on_identity_and_content_only() -> None:
+    identity = ("pavlodar", "chp-1", "gas-1", "SO2", to_ns(T0))
+    content = (3.0, "mg/m³", "ok", None)
+    assert revision_id(identity, content) == revision_id(identity, (3, "mg/m³", Quality.OK, None))
+    assert revision_id(identity, content) != revision_id(identity, (3.0, "mg/m³", "ok", 0))
+    assert revision_id(identity, content) != revision_id((*identity[:4], identity[4] + 1000), content)
+    assert len(revision_id(identity, content)) == 16
+
+
+@pytest.mark.parametrize(
+    ("times", "stretches"),
+    [
+        ([], []),
+        ([5], [(5, 5)]),
+        ([0, 10, 3_600_000_000_000], [(0, 3_600_000_000_000)]),
+        ([0, 3_600_000_000_001], [(0, 0), (3_600_000_000_001, 3_600_000_000_001)]),
+        (
+            [0, 1, 2_000_000_000_000, 4_000_000_000_000, 4_000_000_000_001],
+            [(0, 2_000_000_000_000), (4_000_000_000_000, 4_000_000_000_001)],
+        ),
+    ],
+)
+def test_readings_to_look_up_are_queried_in_stretches_of_an_hour_at_most(
+    times: list[int], stretches: list[tuple[int, int]]
+) -> None:
+    assert influx_module.suspect_stretches(times) == stretches

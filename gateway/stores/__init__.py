@@ -9,14 +9,14 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from gateway.stores.base import BatchReceipt, Store, StoredReading, StoreError
-from gateway.stores.influx import InfluxStore, redact_url
+from gateway.stores.influx import SERIES_MARKS, InfluxStore, redact_url
 from gateway.stores.sqlite import SqliteStore
 
 __all__ = ["BatchReceipt", "InfluxStore", "SqliteStore", "Store", "StoreError", "StoredReading", "open_store"]
 
 _INFLUX_SCHEMES = {"influx": "http", "http": "http", "https": "https"}
 _INFLUX_DEFAULT_PORT = 8086
-_INFLUX_OPTIONS = frozenset({"token", "rp", "timeout"})
+_INFLUX_OPTIONS = frozenset({"token", "rp", "timeout", "series_marks"})
 _USAGE = "expected sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH, a file path, or influx|http|https://HOST:PORT/DB"
 
 
@@ -27,7 +27,8 @@ def open_store(url_or_path: str | Path) -> Store:
       `sqlite:///var/lib/aua.db` is absolute and `sqlite://aua.db` relative; `sqlite://:memory:` works.
     - `influx://HOST[:PORT]/DB` (plain HTTP, port 8086 by default) or `http(s)://HOST:PORT[/PREFIX]/DB`:
       InfluxStore. `USER:PASSWORD@` in the URL for InfluxDB 1.x auth; `?token=` for 2.x/3.x;
-      `?rp=` for a retention policy; `?timeout=` seconds.
+      `?rp=` for a retention policy; `?timeout=` seconds; `?series_marks=` the bound of the write-once
+      high-water marks (0: learn them from the store on every write, for gateways sharing a subscription).
     """
     if isinstance(url_or_path, Path):
         return SqliteStore(url_or_path)
@@ -59,10 +60,12 @@ def _influx_store(url: str, http_scheme: str) -> InfluxStore:
     options = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
     unknown = sorted(set(options) - _INFLUX_OPTIONS)
     if unknown:
-        raise ValueError(f"store URL {shown!r}: unknown option(s) {', '.join(unknown)} (known: token, rp, timeout)")
+        known = ", ".join(sorted(_INFLUX_OPTIONS))
+        raise ValueError(f"store URL {shown!r}: unknown option(s) {', '.join(unknown)} (known: {known})")
     try:
         port = parts.port
         timeout = float(options.get("timeout", 10))
+        series_marks = int(options.get("series_marks", SERIES_MARKS))
     except ValueError as error:
         raise ValueError(f"store URL {shown!r}: {error}") from None
     if port is None and parts.scheme.lower() == "influx":
@@ -77,6 +80,7 @@ def _influx_store(url: str, http_scheme: str) -> InfluxStore:
         token=options.get("token") or None,
         retention_policy=options.get("rp") or None,
         timeout=timeout,
+        series_marks=series_marks,
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -29,11 +31,16 @@ class StoreError(Exception):
         self.status = status
 
 
+Content = tuple[float | None, str, str, int | None]
+"""What a reading says, as compared for write-once: (value, unit, quality as text, status)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredReading:
     """One reading as stored: a contract Reading plus the site and agent it came from.
 
-    Identity is (site, agent, instrument, parameter, ts): writing the same identity again replaces it.
+    Identity is (site, agent, instrument, parameter, ts); content is (value, unit, quality, status). A stored
+    reading is write-once: the same content again is a no-op, other content becomes a `Revision` beside it.
     """
 
     site: str
@@ -62,6 +69,10 @@ class StoredReading:
     def identity(self) -> tuple[str, str, str, str, datetime]:
         return (self.site, self.agent, self.instrument, self.parameter, self.ts)
 
+    @property
+    def content(self) -> Content:
+        return (self.value, self.unit, self.quality.value, self.status)
+
     @classmethod
     def from_reading(cls, site: str, agent: str, reading: Reading) -> StoredReading:
         return cls(
@@ -75,6 +86,85 @@ class StoredReading:
             quality=reading.quality,
             status=reading.status,
         )
+
+
+class RevisionState(StrEnum):
+    """Where a revision stands. Only an operator moves it (`cems-gateway revisions approve`)."""
+
+    PENDING = "pending"
+    """Received for a reading already stored, kept beside it; the stored original is what everything uses."""
+    APPROVED = "approved"
+    """An operator made it the stored value (who, why and when are recorded)."""
+    SUPERSEDED = "superseded"
+    """Was the stored value until an approved revision replaced it: the original, kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """Other content for an already stored reading identity, with where it came from.
+
+    `batch_seq`/`batch_sent_at` name the batch that carried it (None when it was not written from a batch, or
+    for a superseded original whose batch the store never knew); `received_at` is when the gateway stored it.
+    `decided_*` record the operator decision that approved it (or, for a superseded value never approved
+    itself, the approval that replaced it); `superseded_by` is the id of the revision that replaced it.
+    """
+
+    id: str
+    reading: StoredReading
+    state: RevisionState
+    received_at: datetime | None = None
+    batch_seq: int | None = None
+    batch_sent_at: datetime | None = None
+    decided_by: str = ""
+    decided_why: str = ""
+    decided_at: datetime | None = None
+    superseded_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """What `approve_revision` did: `revision` is now the stored value; `replaced` was (None: nothing was stored)."""
+
+    revision: Revision
+    replaced: StoredReading | None
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionCount:
+    """Revisions of one agent's readings, by state."""
+
+    pending: int = 0
+    approved: int = 0
+    superseded: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.approved + self.superseded
+
+
+class RevisionError(LookupError):
+    """An approval that cannot be done: no such revision, or it is not pending (says which and why)."""
+
+
+def not_pending(revision: Revision) -> str:
+    """Why an approval of a revision that is not pending is refused."""
+    decided = f" by {revision.decided_by}" if revision.decided_by else ""
+    when = f" at {revision.decided_at.isoformat()}" if revision.decided_at else ""
+    return f"revision {revision.id} is {revision.state.value}{decided}{when}: only a pending revision can be approved"
+
+
+def revision_id(identity: tuple[str, str, str, str, int], content: Content) -> str:
+    """A revision's id where the store has no counter (InfluxDB): the same content for the same identity is the
+    same revision, so a retried write records it once. 16 hex digits of sha256."""
+    value, unit, quality, status = content
+    text = repr((identity, (None if value is None else float(value), unit, str(quality), status)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def revision_sort_key(revision: Revision) -> tuple[datetime, str, str, str, str, str]:
+    """The order query_revisions returns: the reading's time, instrument, parameter, site, agent, then id."""
+    r = revision.reading
+    return (r.ts, r.instrument, r.parameter, r.site, r.agent, revision.id)
 
 
 HEALTH_MEASUREMENT = "aua_health"
@@ -173,7 +263,10 @@ def from_ns(ns: int) -> datetime:
 
 @runtime_checkable
 class Store(Protocol):
-    """Where the gateway keeps readings. Writes are idempotent so a redelivered batch is harmless."""
+    """Where the gateway keeps readings. Raw readings are write-once: writing the same reading again is a no-op
+    (a redelivered batch is harmless), and other content for a stored identity is kept as a pending `Revision`
+    beside the original, which stays what queries (rollups, reports, dashboards) return until an operator
+    approves the revision (design.md: raw data of a regulated emitter are write-once)."""
 
     @property
     def kind(self) -> str:
@@ -195,15 +288,49 @@ class Store(Protocol):
     ) -> None: ...
 
     async def write(self, readings: Sequence[StoredReading]) -> None:
-        """Insert or replace by identity (last value wins).
+        """Insert new identities; the same content again is a no-op; other content for a stored identity (or
+        for one earlier in the same call) is recorded once as a pending revision, without batch provenance.
 
-        A failed call may have stored part of the batch (InfluxDB); retrying the whole call repairs that.
+        A failed call may have stored part of the batch (InfluxDB); retrying the whole call repairs that and
+        records no revision twice.
         """
         ...
 
     async def write_batches(self, batches: Sequence[Batch]) -> None:
         """`write` of every reading of these batches, with its batch's site and agent: the ingest path, which
-        skips building a StoredReading per reading. A reading the store cannot hold fails the whole call."""
+        skips building a StoredReading per reading. A revision records the batch's seq and sent_at. A reading
+        the store cannot hold fails the whole call."""
+        ...
+
+    @property
+    def revisions_recorded(self) -> int:
+        """Revisions this store object recorded since it was made (a counter for /metrics)."""
+        ...
+
+    async def query_revisions(
+        self,
+        *,
+        site: str | None = None,
+        agent: str | None = None,
+        instrument: str | None = None,
+        parameter: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        state: RevisionState | None = None,
+    ) -> list[Revision]:
+        """Revisions matching every given filter, the reading's time in [start, end), by `revision_sort_key`."""
+        ...
+
+    async def revision_counts(
+        self, *, site: str | None = None, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[tuple[str, str], RevisionCount]:
+        """(site, agent) -> revisions by state, of readings with time in [start, end)."""
+        ...
+
+    async def approve_revision(self, revision_id: str, *, by: str, why: str, at: datetime) -> Approval:
+        """Make a pending revision the stored value: the value stored until now is kept as a superseded revision
+        (nothing is lost), the revision is marked approved with who, why and when. RevisionError if there is no
+        such revision or it is not pending. The caller marks the rollups of the reading's hour for recompute."""
         ...
 
     async def query(

@@ -1,39 +1,60 @@
 """InfluxDB store over the HTTP v1 API only (/write, /query), which InfluxDB 1.x serves natively and 2.x/3.x
 serve as a compatibility layer, so one small client covers all three without a vendor SDK.
 
-Known difference from SQLite: InfluxDB merges the fields of a point written twice, and a field cannot be
-null, so rewriting an identity with value=None (or status=None) keeps the value (status) written before.
-Every other field follows "last write wins".
+Readings are write-once (base.Store) without a query per reading: per series the store keeps a high-water
+mark, the latest time stored (learned with one query per agent on first sight, then kept up to date; a bounded
+map, the least recently written agents forgotten first). A reading newer than its series' mark cannot exist
+yet and is written straight away; only readings at or before it (resends, replays, reused sequence numbers) are
+looked up, with one query per agent and hour of them per call. The marks assume this store object is the only
+writer of its agents' readings; gateways sharing a subscription each learn them from the store, so a reading
+another instance stored after that can be overwritten by a same-identity reading this one has not seen (rare:
+both would have to carry one identity with different content at the same moment).
+
+InfluxDB merges the fields of a point written twice, and a field cannot be null: approving a revision without
+a value (or status) that the stored point has deletes the point before writing the revision's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 import logging
+import time
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from aua_contract import Batch, Quality
+from aua_contract import Batch, Quality, Reading
 from gateway.rollup import Aggregate, Period
 from gateway.stores import line_protocol
 from gateway.stores.base import (
     HEALTH_MEASUREMENT,
     HEALTH_TAG_KEYS,
     RECEIPT_MEASUREMENT,
+    Approval,
     BatchReceipt,
+    Content,
     HealthPoint,
+    Revision,
+    RevisionCount,
+    RevisionError,
+    RevisionState,
     StoredReading,
     StoreError,
     aggregate_sort_key,
     from_ns,
     health_sort_key,
+    not_pending,
+    revision_id,
+    revision_sort_key,
     sort_key,
     to_ns,
 )
@@ -46,7 +67,27 @@ WRITE_BATCH_LINES = 5_000
 QUERY_CHUNK_SIZE = 10_000
 """Rows per chunk of a chunked /query answer, so large results stream instead of hitting row limits."""
 
+SERIES_MARKS = 100_000
+"""Default bound of the high-water-mark map, in series (about 100 bytes each)."""
+
 _FIELDS = ("value", "unit", "quality", "status")
+_REVISION_FIELDS = (
+    *_FIELDS,
+    "state",
+    "seq",
+    "sent_at",
+    "received",
+    "decided_by",
+    "decided_why",
+    "decided_at",
+    "superseded_by",
+)
+_ALL_TIME = "time >= -9223372036854775806 AND time <= 9223372036854775806"
+"""InfluxDB's whole time range: without a time condition an aggregate stops at now()."""
+_SUSPECT_SPAN_NS = 3_600_000_000_000
+"""Readings at or before their mark are looked up in stretches of at most an hour: a query's answer stays
+small however far apart the replayed times are."""
+_SERIES_PER_QUERY = 100
 _AGGREGATE_FIELDS = (
     "value",
     "n_valid",
@@ -60,6 +101,7 @@ _AGGREGATE_FIELDS = (
     "n_flagged",
 )
 _RETRYABLE_4XX = frozenset({408, 429})
+_MICROSECOND = timedelta(microseconds=1)
 
 
 # -- pure helpers: InfluxQL text and answer parsing ------------------------------------------------------
@@ -248,6 +290,26 @@ def parse_counts(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], i
     return counts
 
 
+def parse_marks(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Rows of a last() query grouped by instrument and parameter (epoch=ns) -> (instrument, parameter) -> ns."""
+    marks = {}
+    for series in iter_series(documents):
+        tags = series.get("tags", {})
+        for values in series.get("values", []):
+            marks[(tags["instrument"], tags["parameter"])] = int(values[0])
+    return marks
+
+
+def parse_counts_by_agent(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for series in iter_series(documents):
+        tags = series.get("tags", {})
+        index = series["columns"].index("count")
+        total = sum(int(values[index] or 0) for values in series.get("values", []))
+        counts[(tags.get("site", ""), tags.get("agent", ""))] = total
+    return counts
+
+
 def error_text(response: httpx.Response) -> str:
     """InfluxDB's own words: the JSON `error`, else the X-Influxdb-Error header, else the body."""
     try:
@@ -318,6 +380,143 @@ def parse_health(documents: Iterator[dict[str, Any]]) -> list[HealthPoint]:
     return points
 
 
+def _source(measurement: str, retention_policy: str | None) -> str:
+    quoted = quote_identifier(measurement)
+    return f"{quote_identifier(retention_policy)}.{quoted}" if retention_policy else quoted
+
+
+def _tag_conditions(tags: Mapping[str, str | None]) -> list[str]:
+    return [f"{quote_identifier(tag)} = {quote_string(wanted)}" for tag, wanted in tags.items() if wanted is not None]
+
+
+def select_revisions_statement(
+    *,
+    retention_policy: str | None = None,
+    tags: Mapping[str, str | None],
+    state: RevisionState | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> str:
+    """The InfluxQL for `InfluxStore.query_revisions` (measurement `reading_revision`)."""
+    columns = [quote_identifier(name) for name in (*_REVISION_FIELDS, *line_protocol.REVISION_TAG_KEYS)]
+    conditions = _tag_conditions(tags)
+    if state is not None:
+        conditions.append(f'"state" = {quote_string(RevisionState(state).value)}')
+    conditions.append(f"time >= {to_ns(start)}" if start is not None else "time >= -9223372036854775806")
+    conditions.append(f"time < {to_ns(end)}" if end is not None else "time <= 9223372036854775806")
+    source = _source(line_protocol.REVISION_MEASUREMENT, retention_policy)
+    return f"SELECT {', '.join(columns)} FROM {source} WHERE {' AND '.join(conditions)}"
+
+
+def parse_revisions(documents: Iterator[dict[str, Any]]) -> list[Revision]:
+    """Rows of `select_revisions_statement` (epoch=ns) -> Revisions by `revision_sort_key`."""
+    revisions = []
+    for series in iter_series(documents):
+        columns = series["columns"]
+        for values in series.get("values", []):
+            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
+
+            def moment(name: str, row: Mapping[str, Any] = row) -> datetime | None:
+                return None if row.get(name) is None else from_ns(int(row[name]))
+
+            value, status, seq = row.get("value"), row.get("status"), row.get("seq")
+            revisions.append(
+                Revision(
+                    id=row["id"],
+                    reading=StoredReading(
+                        site=row["site"],
+                        agent=row["agent"],
+                        instrument=row["instrument"],
+                        parameter=row["parameter"],
+                        ts=from_ns(int(row["time"])),
+                        value=None if value is None else float(value),
+                        unit=row.get("unit") or "",
+                        quality=Quality(row["quality"]),
+                        status=None if status is None else int(status),
+                    ),
+                    state=RevisionState(row["state"]),
+                    received_at=moment("received"),
+                    batch_seq=None if seq is None else int(seq),
+                    batch_sent_at=moment("sent_at"),
+                    decided_by=row.get("decided_by") or "",
+                    decided_why=row.get("decided_why") or "",
+                    decided_at=moment("decided_at"),
+                    superseded_by=row.get("superseded_by") or "",
+                )
+            )
+    revisions.sort(key=revision_sort_key)
+    return revisions
+
+
+Identity = tuple[str, str, str, str, int]
+"""site, agent, instrument, parameter, time in ns"""
+
+
+def parse_contents(documents: Iterator[dict[str, Any]]) -> list[tuple[Identity, Content]]:
+    """Rows of `_contents_statement` (epoch=ns) -> (identity, content) pairs."""
+    found = []
+    for series in iter_series(documents):
+        columns = series["columns"]
+        for values in series.get("values", []):
+            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
+            value, status = row.get("value"), row.get("status")
+            identity = (row["site"], row["agent"], row["instrument"], row["parameter"], int(row["time"]))
+            content = (
+                None if value is None else float(value),
+                row.get("unit") or "",
+                row["quality"],
+                None if status is None else int(status),
+            )
+            found.append((identity, content))
+    return found
+
+
+def _contents_statement(
+    source: str, agent_key: tuple[str, str], series: Sequence[tuple[str, str]], lo: int, hi: int
+) -> str:
+    """Content and identity of the points of some series of one agent with time in [lo, hi]."""
+    columns = [quote_identifier(name) for name in (*_FIELDS, *line_protocol.TAG_KEYS)]
+    which = " OR ".join(
+        f'("instrument" = {quote_string(instrument)} AND "parameter" = {quote_string(parameter)})'
+        for instrument, parameter in series
+    )
+    site, agent = agent_key
+    return (
+        f"SELECT {', '.join(columns)} FROM {source} WHERE "
+        f'"site" = {quote_string(site)} AND "agent" = {quote_string(agent)} AND ({which}) '
+        f"AND time >= {lo} AND time <= {hi}"
+    )
+
+
+def suspect_stretches(times: Sequence[int], span: int = _SUSPECT_SPAN_NS) -> list[tuple[int, int]]:
+    """Sorted times -> [lo, hi] stretches, each at most `span` long, covering them all."""
+    stretches: list[tuple[int, int]] = []
+    for ns in times:
+        if stretches and ns - stretches[-1][0] <= span:
+            stretches[-1] = (stretches[-1][0], ns)
+        else:
+            stretches.append((ns, ns))
+    return stretches
+
+
+def _content(r: Reading | StoredReading) -> Content:
+    return (r.value, r.unit, r.quality.value, r.status)
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Readings of one agent to write together, and the batch they came in (seq None: not from a batch)."""
+
+    site: str
+    agent: str
+    seq: int | None
+    sent_ns: int | None
+    readings: Sequence[Reading] | Sequence[StoredReading]
+
+    def describe(self) -> str:
+        return f"batch {self.seq} of {self.site}/{self.agent}" if self.seq is not None else f"{self.site}/{self.agent}"
+
+
 # -- the store: I/O ----------------------------------------------------------------------------------------
 
 
@@ -334,11 +533,14 @@ class InfluxStore:
         token: str | None = None,
         retention_policy: str | None = None,
         timeout: float = 10,
+        series_marks: int = SERIES_MARKS,
     ) -> None:
         if not database:
             raise ValueError(f"InfluxDB {redact_url(url)}: database name must not be empty")
         if token is not None and username is not None:
             raise ValueError(f"InfluxDB {redact_url(url)}: give a token or a username/password, not both")
+        if series_marks < 0:
+            raise ValueError(f"InfluxDB {redact_url(url)}: series_marks must be 0 or more, got {series_marks}")
         parts = urlsplit(url)
         if parts.username is not None and username is None:
             username = unquote(parts.username)
@@ -351,6 +553,13 @@ class InfluxStore:
         self._password = password
         self._token = token
         self._client: httpx.AsyncClient | None = None
+        self.series_marks = series_marks
+        self.marks_forgotten = 0
+        """Agents whose marks were dropped to stay within `series_marks` (learned again when they write)."""
+        self._marks: OrderedDict[tuple[str, str], dict[tuple[str, str], int]] = OrderedDict()
+        self._marked_series = 0
+        self._write_lock = asyncio.Lock()
+        self._revisions_recorded = 0
 
     @property
     def kind(self) -> str:
@@ -387,21 +596,297 @@ class InfluxStore:
             await client.aclose()
 
     async def write(self, readings: Sequence[StoredReading]) -> None:
-        if not readings:
-            return
-        lines = [self._format(reading) for reading in readings]  # all checked before anything is sent
-        await self._write_lines(lines)
+        by_agent: dict[tuple[str, str], list[StoredReading]] = defaultdict(list)
+        for reading in readings:
+            by_agent[(reading.site, reading.agent)].append(reading)
+        await self._write_once([_Group(site, agent, None, None, rows) for (site, agent), rows in by_agent.items()])
 
     async def write_batches(self, batches: Sequence[Batch]) -> None:
+        await self._write_once(
+            [_Group(b.site, b.agent, b.seq, to_ns(b.sent_at), b.readings) for b in batches if b.readings]
+        )
+
+    @property
+    def revisions_recorded(self) -> int:
+        return self._revisions_recorded
+
+    async def _write_once(self, groups: list[_Group]) -> None:
+        """Readings newer than their series' mark are written; the others are looked up and written only if
+        absent, skipped if the same, kept as a revision if different. Every line is formatted (checked) before
+        anything is written; the marks move only once everything is written."""
+        if not groups:
+            return
+        async with self._write_lock:
+            await self._learn_marks({(group.site, group.agent) for group in groups})
+            lines, marks, suspects = self._newer_than_marks(groups)
+            recorded = 0
+            if suspects:
+                more, recorded = await self._settle(groups, suspects)
+                lines += more
+            if lines:
+                await self._write_lines(lines)
+            self._keep_marks(marks)
+            self._revisions_recorded += recorded
+
+    def _newer_than_marks(
+        self, groups: list[_Group]
+    ) -> tuple[list[str], dict[tuple[str, str], dict[tuple[str, str], int]], list[tuple[int, Any, int]]]:
+        """The fast path: lines of the readings newer than their series' mark, the marks they move to, and
+        the other readings (suspects) as (group index, reading, ns)."""
         lines: list[str] = []
-        for batch in batches:  # all checked before anything is sent
+        marks: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+        suspects: list[tuple[int, Any, int]] = []
+        for index, group in enumerate(groups):
+            key = (group.site, group.agent)
+            series_marks = marks.get(key)
+            if series_marks is None:
+                series_marks = marks[key] = dict(self._marks.get(key, {}))
             try:
-                lines += line_protocol.format_batch_lines(batch)
+                others = line_protocol.format_newer_lines(group.site, group.agent, group.readings, series_marks, lines)
             except ValueError as error:
-                where = f"batch {batch.seq} of {batch.site}/{batch.agent}"
-                raise self._error(f"cannot write {where}: {error}", retryable=False) from error
-        if lines:
-            await self._write_lines(lines)
+                raise self._error(f"cannot write {group.describe()}: {error}", retryable=False) from error
+            suspects += [(index, r, ns) for r, ns in others]
+        return lines, marks, suspects
+
+    async def _settle(self, groups: list[_Group], suspects: list[tuple[int, Any, int]]) -> tuple[list[str], int]:
+        """Lines for readings at or before their mark: absent ones as readings, different ones as revisions
+        (once per identity and content). Compared with the store and with this call's earlier readings."""
+        received = from_ns(time.time_ns())
+        wanted: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+        suspect_ids = set()
+        for index, r, _ in suspects:
+            wanted[(groups[index].site, groups[index].agent)].add((r.instrument, r.parameter))
+            suspect_ids.add(id(r))
+        current: dict[Identity, Content] = {}
+        for group in groups:  # this call's new readings of those series come first
+            series = wanted.get((group.site, group.agent))
+            if series:
+                for r in group.readings:
+                    if id(r) not in suspect_ids and (r.instrument, r.parameter) in series:
+                        identity = (group.site, group.agent, r.instrument, r.parameter, to_ns(r.ts))
+                        current.setdefault(identity, _content(r))
+        stored, kept = await self._stored_contents(groups, suspects)
+        for identity, content in stored.items():
+            current.setdefault(identity, content)
+        lines: list[str] = []
+        recorded = 0
+        for index, r, ns in suspects:
+            group = groups[index]
+            identity = (group.site, group.agent, r.instrument, r.parameter, ns)
+            content = _content(r)
+            was = current.get(identity)
+            try:
+                if was is None:
+                    current[identity] = content
+                    lines.append(line_protocol.format_reading_line(group.site, group.agent, r, ns))
+                    continue
+                if was == content or content in kept[identity]:
+                    continue
+                kept[identity].add(content)
+                revision = Revision(
+                    id=revision_id(identity, content),
+                    reading=StoredReading(
+                        site=group.site,
+                        agent=group.agent,
+                        instrument=r.instrument,
+                        parameter=r.parameter,
+                        ts=r.ts,
+                        value=r.value,
+                        unit=r.unit,
+                        quality=r.quality,
+                        status=r.status,
+                    ),
+                    state=RevisionState.PENDING,
+                    received_at=received,
+                    batch_seq=group.seq,
+                    batch_sent_at=None if group.sent_ns is None else from_ns(group.sent_ns),
+                )
+                lines.append(line_protocol.format_revision_line(revision))
+            except ValueError as error:
+                raise self._error(f"cannot write {group.describe()}: {error}", retryable=False) from error
+            recorded += 1
+        return lines, recorded
+
+    async def _stored_contents(
+        self, groups: list[_Group], suspects: list[tuple[int, Any, int]]
+    ) -> tuple[dict[Identity, Content], defaultdict[Identity, set[Content]]]:
+        """What the store holds at the suspects' identities: the readings, and the revisions' contents."""
+        times: dict[tuple[str, str], list[tuple[int, tuple[str, str]]]] = defaultdict(list)
+        for index, r, ns in suspects:
+            times[(groups[index].site, groups[index].agent)].append((ns, (r.instrument, r.parameter)))
+        statements: list[tuple[str, str]] = []
+        for (site, agent), items in times.items():
+            items.sort()
+            for lo, hi in suspect_stretches([ns for ns, _ in items]):
+                series = sorted({s for ns, s in items if lo <= ns <= hi})
+                for first in range(0, len(series), _SERIES_PER_QUERY):
+                    part = series[first : first + _SERIES_PER_QUERY]
+                    for measurement in (line_protocol.MEASUREMENT, line_protocol.REVISION_MEASUREMENT):
+                        source = _source(measurement, self.retention_policy)
+                        statement = _contents_statement(source, (site, agent), part, lo, hi)
+                        statements.append((measurement, statement))
+        answers = await asyncio.gather(
+            *(self._query(statement, parse_contents, "stored readings query") for _, statement in statements)
+        )
+        stored: dict[Identity, Content] = {}
+        kept: defaultdict[Identity, set[Content]] = defaultdict(set)
+        for (measurement, _), found in zip(statements, answers, strict=True):
+            for identity, content in found:
+                if measurement == line_protocol.MEASUREMENT:
+                    stored[identity] = content
+                else:
+                    kept[identity].add(content)
+        return stored, kept
+
+    async def _learn_marks(self, agents: set[tuple[str, str]]) -> None:
+        """The marks of agents not in the map, from the store: the time of each series' last point."""
+        unknown = sorted(agents - self._marks.keys())
+        learned = await asyncio.gather(*(self._stored_marks(site, agent) for site, agent in unknown))
+        for key, marks in zip(unknown, learned, strict=True):
+            self._marks[key] = marks
+            self._marked_series += len(marks)
+
+    async def _stored_marks(self, site: str, agent: str) -> dict[tuple[str, str], int]:
+        statement = (
+            f'SELECT last("quality") FROM {_measurement(self.retention_policy)} WHERE "site" = {quote_string(site)} '
+            f'AND "agent" = {quote_string(agent)} AND {_ALL_TIME} GROUP BY "instrument", "parameter"'
+        )
+        return await self._query(statement, parse_marks, "high-water mark query")
+
+    def _keep_marks(self, marks: dict[tuple[str, str], dict[tuple[str, str], int]]) -> None:
+        """Everything was written: the marks move, those agents become the most recently used, and the least
+        recently used are forgotten beyond `series_marks`."""
+        for key, series_marks in marks.items():
+            old = self._marks.pop(key, None)
+            self._marked_series += len(series_marks) - (len(old) if old is not None else 0)
+            self._marks[key] = series_marks
+        while self._marked_series > self.series_marks and self._marks:
+            _, forgotten = self._marks.popitem(last=False)
+            self._marked_series -= len(forgotten)
+            self.marks_forgotten += 1
+
+    async def query_revisions(
+        self,
+        *,
+        site: str | None = None,
+        agent: str | None = None,
+        instrument: str | None = None,
+        parameter: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        state: RevisionState | None = None,
+    ) -> list[Revision]:
+        statement = select_revisions_statement(
+            retention_policy=self.retention_policy,
+            tags={"site": site, "agent": agent, "instrument": instrument, "parameter": parameter},
+            state=state,
+            start=start,
+            end=end,
+        )
+        return await self._query(statement, parse_revisions, "revision query")
+
+    async def revision_counts(
+        self, *, site: str | None = None, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[tuple[str, str], RevisionCount]:
+        counts: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+        for state in RevisionState:
+            conditions = [*_tag_conditions({"site": site}), f'"state" = {quote_string(state.value)}']
+            conditions.append(f"time >= {to_ns(start)}" if start is not None else "time >= -9223372036854775806")
+            conditions.append(f"time < {to_ns(end)}" if end is not None else "time <= 9223372036854775806")
+            statement = (
+                f'SELECT count("quality") FROM {_source(line_protocol.REVISION_MEASUREMENT, self.retention_policy)} '
+                f'WHERE {" AND ".join(conditions)} GROUP BY "site", "agent"'
+            )
+            for (site_, agent), count in (
+                await self._query(statement, parse_counts_by_agent, "revision count")
+            ).items():
+                counts[(site_, agent)][state.value] = count
+        return {key: RevisionCount(**by_state) for key, by_state in counts.items()}
+
+    async def approve_revision(self, revision_id: str, *, by: str, why: str, at: datetime) -> Approval:
+        """The old value is recorded first, then the point rewritten, then the revision marked approved: an
+        approval cut short leaves the revision pending and can be run again (every step repeats harmlessly)."""
+        async with self._write_lock:
+            statement = select_revisions_statement(retention_policy=self.retention_policy, tags={"id": revision_id})
+            found = await self._query(statement, parse_revisions, "revision query")
+            if not found:
+                raise RevisionError(f"no revision {revision_id!r} in {self!r}")
+            revision = found[0]
+            if revision.state is not RevisionState.PENDING:
+                raise RevisionError(not_pending(revision))
+            r = revision.reading
+            stored = [
+                s
+                for s in await self.query(
+                    site=r.site, instrument=r.instrument, parameter=r.parameter, start=r.ts, end=r.ts + _MICROSECOND
+                )
+                if s.agent == r.agent and s.ts == r.ts
+            ]
+            replaced = stored[0] if stored else None
+            if replaced is not None:
+                await self._write_lines([await self._superseded_line(replaced, revision, by=by, why=why, at=at)])
+                if (r.value is None and replaced.value is not None) or (
+                    r.status is None and replaced.status is not None
+                ):
+                    await self._delete_point(r)
+            approved = dataclasses.replace(
+                revision, state=RevisionState.APPROVED, decided_by=by, decided_why=why, decided_at=at
+            )
+            await self._write_lines([line_protocol.format_line(r)])
+            await self._write_lines([line_protocol.format_revision_state_line(approved)])
+            return Approval(approved, replaced)
+
+    async def _superseded_line(
+        self, replaced: StoredReading, by_revision: Revision, *, by: str, why: str, at: datetime
+    ) -> str:
+        """The stored value as a superseded revision: a new point, or a state change of the revision it was."""
+        ns = to_ns(replaced.ts)
+        identity = (replaced.site, replaced.agent, replaced.instrument, replaced.parameter, ns)
+        number = revision_id(identity, replaced.content)
+        statement = select_revisions_statement(retention_policy=self.retention_policy, tags={"id": number})
+        earlier = await self._query(statement, parse_revisions, "revision query")
+        if earlier:  # a value approved before: keep who approved it then, say what replaced it
+            was = earlier[0]
+            decided = {} if was.decided_at is not None else {"decided_by": by, "decided_why": why, "decided_at": at}
+            changed = dataclasses.replace(
+                was,
+                state=RevisionState.SUPERSEDED,
+                superseded_by=by_revision.id,
+                **decided,  # type: ignore[arg-type]
+            )
+            return line_protocol.format_revision_state_line(changed)
+        original = Revision(
+            id=number,
+            reading=replaced,
+            state=RevisionState.SUPERSEDED,
+            decided_by=by,
+            decided_why=why,
+            decided_at=at,
+            superseded_by=by_revision.id,
+        )
+        return line_protocol.format_revision_line(original)
+
+    async def _delete_point(self, reading: StoredReading) -> None:
+        ns = to_ns(reading.ts)
+        conditions = _tag_conditions(
+            {
+                "site": reading.site,
+                "agent": reading.agent,
+                "instrument": reading.instrument,
+                "parameter": reading.parameter,
+            }
+        )
+        statement = (
+            f"DELETE FROM {quote_identifier(line_protocol.MEASUREMENT)} WHERE {' AND '.join(conditions)} "
+            f"AND time >= {ns} AND time <= {ns}"
+        )
+        response = await self._send("delete", "POST", "/query", params={"db": self.database}, data={"q": statement})
+        if response.status_code != 200:
+            self._fail("delete", response)
+        try:
+            list(iter_series(decode_documents(response.text)))
+        except StatementError as error:
+            raise self._error(f"delete failed: {error}", retryable=False) from error
 
     async def write_aggregates(self, aggregates: Sequence[Aggregate]) -> None:
         if not aggregates:
@@ -530,12 +1015,6 @@ class InfluxStore:
             raise self._error(f"{what} failed: {error}", retryable=False) from error
         except (ValueError, KeyError, TypeError, IndexError) as error:
             raise self._error(f"{what} answer not understood: {error!r}", retryable=False) from error
-
-    def _format(self, reading: StoredReading) -> str:
-        try:
-            return line_protocol.format_line(reading)
-        except ValueError as error:
-            raise self._error(f"cannot write {reading.identity}: {error}", retryable=False) from error
 
     async def _create_database(self) -> None:
         response = await self._send(

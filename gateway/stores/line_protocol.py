@@ -16,10 +16,10 @@ distinct series) and a tag value ending in a backslash (it would escape the deli
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from aua_contract import Batch
+from aua_contract import Batch, Reading
 from gateway.rollup import Aggregate
 from gateway.stores.base import (
     HEALTH_MEASUREMENT,
@@ -27,6 +27,7 @@ from gateway.stores.base import (
     RECEIPT_MEASUREMENT,
     BatchReceipt,
     HealthPoint,
+    Revision,
     StoredReading,
     to_ns,
 )
@@ -129,6 +130,40 @@ def format_lines(readings: Iterable[StoredReading]) -> str:
     return "".join(format_line(reading) + "\n" for reading in readings)
 
 
+def format_reading_line(site: str, agent: str, r: Reading | StoredReading, ns: int) -> str:
+    """One point of a reading whose site, agent and time in ns are given (the write-once path's)."""
+    return _point(_point_head(site, agent, r.instrument, r.parameter, r.quality, r.unit), r.value, r.status, ns)
+
+
+def format_newer_lines(
+    site: str,
+    agent: str,
+    readings: Sequence[Reading] | Sequence[StoredReading],
+    marks: dict[tuple[str, str], int],
+    lines: list[str],
+) -> list[tuple[Reading | StoredReading, int]]:
+    """The write-once fast path: appends to `lines` the points of the readings newer than their series'
+    high-water mark in `marks` ((instrument, parameter) -> ns), moving the marks; returns the others with their
+    time in ns (they need a look-up). The loop of format_batch_lines plus one dict look-up per reading."""
+    others: list[tuple[Reading | StoredReading, int]] = []
+    append, get, head = lines.append, marks.get, _point_head
+    last_ts, ns = None, 0
+    for r in readings:
+        if r.ts != last_ts:  # the readings of one poll share a time; converting it costs more than the rest
+            last_ts, ns = r.ts, to_ns(r.ts)
+        series = (r.instrument, r.parameter)
+        if ns > get(series, NO_MARK):
+            marks[series] = ns
+            append(_point(head(site, agent, r.instrument, r.parameter, r.quality, r.unit), r.value, r.status, ns))
+        else:
+            others.append((r, ns))
+    return others
+
+
+NO_MARK = INT64_MIN - 1
+"""Lower than any time a point can have: the mark of a series with nothing stored."""
+
+
 def format_batch_lines(batch: Batch) -> list[str]:
     """The points of every reading of a batch, as format_line writes them, without building StoredReadings:
     the gateway's ingest path."""
@@ -142,6 +177,62 @@ def format_batch_lines(batch: Batch) -> list[str]:
             _point(_point_head(site, agent, r.instrument, r.parameter, r.quality, r.unit), r.value, r.status, ns)
         )
     return lines
+
+
+REVISION_MEASUREMENT = "reading_revision"
+REVISION_TAG_KEYS = ("agent", "id", "instrument", "parameter", "site")
+"""Revisions (base.Revision): measurement `reading_revision`; tags agent, id (base.revision_id), instrument,
+parameter, site; fields quality, unit, state (strings), value (float) and status (integer) when present, seq,
+sent_at (ns) and received (ns) when known (integers), decided_by, decided_why (strings), decided_at (ns) and
+superseded_by (string) once decided; time = the reading's time. A state change rewrites only the fields it sets
+(InfluxDB merges them into the point)."""
+
+
+def format_revision_line(revision: Revision) -> str:
+    """One revision point, every field it has, without the trailing newline."""
+    r = revision.reading
+    fields = [
+        f"quality={format_string_field(r.quality.value, what='quality')}",
+        f"unit={format_string_field(r.unit, what='unit')}",
+        f"state={format_string_field(revision.state.value)}",
+    ]
+    for name, number in (
+        ("seq", revision.batch_seq),
+        ("sent_at", None if revision.batch_sent_at is None else to_ns(revision.batch_sent_at)),
+        ("received", None if revision.received_at is None else to_ns(revision.received_at)),
+    ):
+        if number is not None:
+            fields.append(f"{name}={format_int_field(number)}")
+    fields += _decision_fields(revision)
+    return _point(f"{_revision_series(revision)} {','.join(fields)}", r.value, r.status, to_ns(r.ts))
+
+
+def format_revision_state_line(revision: Revision) -> str:
+    """Only the state and decision fields of a revision point (merged into the point InfluxDB has)."""
+    fields = [f"state={format_string_field(revision.state.value)}", *_decision_fields(revision)]
+    return f"{_revision_series(revision)} {','.join(fields)} {to_ns(revision.reading.ts)}"
+
+
+def _revision_series(revision: Revision) -> str:
+    r = revision.reading
+    tags = ",".join(
+        f"{key}={escape_tag(value, what=f'tag {key}')}"
+        for key, value in zip(REVISION_TAG_KEYS, (r.agent, revision.id, r.instrument, r.parameter, r.site), strict=True)
+    )
+    return f"{REVISION_MEASUREMENT},{tags}"
+
+
+def _decision_fields(revision: Revision) -> list[str]:
+    fields = []
+    if revision.decided_at is not None:
+        fields += [
+            f"decided_by={format_string_field(revision.decided_by, what='decided_by')}",
+            f"decided_why={format_string_field(revision.decided_why, what='decided_why')}",
+            f"decided_at={format_int_field(to_ns(revision.decided_at))}",
+        ]
+    if revision.superseded_by:
+        fields.append(f"superseded_by={format_string_field(revision.superseded_by, what='superseded_by')}")
+    return fields
 
 
 AGGREGATE_MEASUREMENT = "rollup"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -16,22 +17,31 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from aua_contract import Batch, Quality
+from aua_contract import Batch, Quality, Reading
 from gateway.rollup import Aggregate, Period
 from gateway.stores.base import (
+    Approval,
     BatchReceipt,
     HealthPoint,
+    Revision,
+    RevisionCount,
+    RevisionError,
+    RevisionState,
     StoredReading,
     StoreError,
     from_ns,
     health_sort_key,
+    not_pending,
+    revision_sort_key,
     to_ns,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Stored in PRAGMA user_version; bump it with a migration when the table changes.
 1: readings. 2: rollups (table `rollup`); a version-1 file gains the table when opened (CREATE IF NOT EXISTS).
 3: rollup.n_flagged (added to an older table when opened, 0 for the rows already there).
+4: readings are write-once, other content goes to `reading_revision` (added when opened); an older gateway,
+which would overwrite readings, refuses the file.
 The `health` table (aua_health points) is added the same way, without a version bump: older gateways ignore it."""
 
 _SCHEMA = """
@@ -77,6 +87,28 @@ CREATE TABLE IF NOT EXISTS health (
     PRIMARY KEY (component, id, site, agent, ts_ns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS health_ts ON health (ts_ns);
+CREATE TABLE IF NOT EXISTS reading_revision (
+    id            INTEGER PRIMARY KEY,
+    site          TEXT    NOT NULL,
+    instrument    TEXT    NOT NULL,
+    parameter     TEXT    NOT NULL,
+    agent         TEXT    NOT NULL,
+    ts_ns         INTEGER NOT NULL,  -- the reading's time
+    value         REAL,
+    unit          TEXT    NOT NULL,
+    quality       TEXT    NOT NULL,
+    status        INTEGER,
+    state         TEXT    NOT NULL,  -- pending | approved | superseded
+    batch_seq     INTEGER,           -- the batch that carried it (NULL: not written from a batch)
+    batch_sent_ns INTEGER,
+    received_ns   INTEGER,           -- when the gateway stored it
+    decided_by    TEXT    NOT NULL DEFAULT '',
+    decided_why   TEXT    NOT NULL DEFAULT '',
+    decided_ns    INTEGER,
+    superseded_by TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS reading_revision_identity ON reading_revision (site, instrument, parameter, agent, ts_ns);
+CREATE INDEX IF NOT EXISTS reading_revision_ts ON reading_revision (ts_ns);
 CREATE TABLE IF NOT EXISTS batch_receipt (
     site     TEXT    NOT NULL,
     agent    TEXT    NOT NULL,
@@ -86,12 +118,31 @@ CREATE TABLE IF NOT EXISTS batch_receipt (
 ) WITHOUT ROWID;
 """
 
-_UPSERT = """
+_INSERT_NEW = """
 INSERT INTO reading (site, instrument, parameter, agent, ts_ns, value, unit, quality, status)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (site, instrument, parameter, agent, ts_ns) DO UPDATE SET
-    value = excluded.value, unit = excluded.unit, quality = excluded.quality, status = excluded.status
+ON CONFLICT (site, instrument, parameter, agent, ts_ns) DO NOTHING
 """
+_IDENTITY = "site = ? AND instrument = ? AND parameter = ? AND agent = ? AND ts_ns = ?"
+_STORED_CONTENT = f"SELECT value, unit, quality, status FROM reading WHERE {_IDENTITY}"
+_SAME_REVISION = (
+    f"SELECT id FROM reading_revision WHERE {_IDENTITY} AND value IS ? AND unit = ? AND quality = ? AND status IS ?"
+)
+_REVISION_COLUMNS = (
+    "id, site, instrument, parameter, agent, ts_ns, value, unit, quality, status, state, batch_seq, batch_sent_ns, "
+    "received_ns, decided_by, decided_why, decided_ns, superseded_by"
+)
+_INSERT_REVISION = """
+INSERT INTO reading_revision (site, instrument, parameter, agent, ts_ns, value, unit, quality, status, state,
+    batch_seq, batch_sent_ns, received_ns, decided_by, decided_why, decided_ns, superseded_by)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+ReadingRow = tuple[str, str, str, str, int, float | None, str, str, int | None]
+"""In reading's primary-key-then-content order: site, instrument, parameter, agent, ts_ns, value, unit, quality,
+status."""
+Provenance = tuple[int | None, int | None]
+"""The batch's seq and sent_at in ns (None, None: written without a batch)."""
 
 _COLUMNS = "site, agent, instrument, parameter, ts_ns, value, unit, quality, status"
 
@@ -176,6 +227,43 @@ def _aggregate_from_row(row: tuple[Any, ...]) -> Aggregate:
     )
 
 
+def _row(site: str, agent: str, r: Reading) -> ReadingRow:
+    return (site, r.instrument, r.parameter, agent, to_ns(r.ts), r.value, r.unit, r.quality.value, r.status)
+
+
+def _reading_from_row(row: tuple[Any, ...]) -> StoredReading:
+    """site, instrument, parameter, agent, ts_ns, value, unit, quality, status -> StoredReading."""
+    site, instrument, parameter, agent, ts_ns, value, unit, quality, status = row
+    return StoredReading(
+        site=site,
+        agent=agent,
+        instrument=instrument,
+        parameter=parameter,
+        ts=from_ns(ts_ns),
+        value=value,
+        unit=unit,
+        quality=Quality(quality),
+        status=status,
+    )
+
+
+def _revision_from_row(row: tuple[Any, ...]) -> Revision:
+    """A row in _REVISION_COLUMNS order -> Revision."""
+    number, *reading, state, seq, sent_ns, received_ns, by, why, decided_ns, superseded_by = row
+    return Revision(
+        id=str(number),
+        reading=_reading_from_row(tuple(reading)),
+        state=RevisionState(state),
+        received_at=None if received_ns is None else from_ns(received_ns),
+        batch_seq=seq,
+        batch_sent_at=None if sent_ns is None else from_ns(sent_ns),
+        decided_by=by,
+        decided_why=why,
+        decided_at=None if decided_ns is None else from_ns(decided_ns),
+        superseded_by=superseded_by,
+    )
+
+
 class SqliteStore:
     """Readings in one SQLite file (WAL mode), or in memory for ":memory:"."""
 
@@ -183,6 +271,7 @@ class SqliteStore:
         self.path = str(path)
         self._connection: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._revisions_recorded = 0
 
     @property
     def kind(self) -> str:
@@ -223,20 +312,63 @@ class SqliteStore:
     async def write(self, readings: Sequence[StoredReading]) -> None:
         if not readings:
             return
-        rows = [
+        rows: list[ReadingRow] = [
             (r.site, r.instrument, r.parameter, r.agent, to_ns(r.ts), r.value, r.unit, r.quality.value, r.status)
             for r in readings
         ]
-        await self._run(self._write_sync, rows)
+        await self._run(self._write_once_sync, [(rows, (None, None))], time.time_ns())
 
     async def write_batches(self, batches: Sequence[Batch]) -> None:
-        rows = [
-            (b.site, r.instrument, r.parameter, b.agent, to_ns(r.ts), r.value, r.unit, r.quality.value, r.status)
-            for b in batches
-            for r in b.readings
+        groups: list[tuple[list[ReadingRow], Provenance]] = [
+            ([_row(b.site, b.agent, r) for r in b.readings], (b.seq, to_ns(b.sent_at))) for b in batches if b.readings
         ]
-        if rows:
-            await self._run(self._write_sync, rows)
+        if groups:
+            await self._run(self._write_once_sync, groups, time.time_ns())
+
+    @property
+    def revisions_recorded(self) -> int:
+        return self._revisions_recorded
+
+    async def query_revisions(
+        self,
+        *,
+        site: str | None = None,
+        agent: str | None = None,
+        instrument: str | None = None,
+        parameter: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        state: RevisionState | None = None,
+    ) -> list[Revision]:
+        equal = {
+            "site": site,
+            "agent": agent,
+            "instrument": instrument,
+            "parameter": parameter,
+            "state": None if state is None else RevisionState(state).value,
+        }
+        where, params = _where(equal, "ts_ns", start, end)
+        rows = await self._run(self._fetch_sync, f"SELECT {_REVISION_COLUMNS} FROM reading_revision {where}", params)
+        revisions = [_revision_from_row(row) for row in rows]
+        revisions.sort(key=revision_sort_key)
+        return revisions
+
+    async def revision_counts(
+        self, *, site: str | None = None, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[tuple[str, str], RevisionCount]:
+        where, params = _where({"site": site}, "ts_ns", start, end)
+        sql = f"SELECT site, agent, state, count(*) FROM reading_revision {where} GROUP BY site, agent, state"
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        for site_, agent, state, count in await self._run(self._fetch_sync, sql, params):
+            counts.setdefault((site_, agent), {})[state] = int(count)
+        return {key: RevisionCount(**by_state) for key, by_state in counts.items()}
+
+    async def approve_revision(self, revision_id: str, *, by: str, why: str, at: datetime) -> Approval:
+        try:
+            number = int(revision_id)
+        except ValueError:
+            raise RevisionError(f"no revision {revision_id!r} in {self!r} (its revision ids are numbers)") from None
+        return await self._run(self._approve_sync, number, by, why, to_ns(at))
 
     async def query(
         self,
@@ -372,7 +504,95 @@ class SqliteStore:
             self._connection.close()
             self._connection = None
 
-    def _write_sync(self, rows: list[tuple[Any, ...]], statement: str = _UPSERT) -> None:
+    def _write_once_sync(self, groups: list[tuple[list[ReadingRow], Provenance]], received_ns: int) -> None:
+        """One transaction: new identities inserted, conflicting rows compared (only for a group where the
+        insert skipped a row, so the usual all-new batch costs no lookup) and recorded as revisions."""
+        connection = self._connection
+        assert connection is not None
+        recorded = 0
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for rows, provenance in groups:
+                before = connection.total_changes
+                connection.executemany(_INSERT_NEW, rows)
+                if connection.total_changes - before < len(rows):
+                    recorded += self._revise_sync(rows, provenance, received_ns)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        self._revisions_recorded += recorded
+
+    def _revise_sync(self, rows: list[ReadingRow], provenance: Provenance, received_ns: int) -> int:
+        """Rows some of which were already stored: each whose content differs from the stored one, and from
+        every revision already kept for its identity, becomes a pending revision. Returns how many."""
+        assert self._connection is not None
+        execute = self._connection.execute
+        recorded = 0
+        for row in rows:
+            identity, content = row[:5], row[5:]
+            stored = execute(_STORED_CONTENT, identity).fetchone()
+            if stored is None or tuple(stored) == content:
+                continue
+            if execute(_SAME_REVISION, (*identity, *content)).fetchone() is not None:
+                continue
+            execute(_INSERT_REVISION, (*row, RevisionState.PENDING.value, *provenance, received_ns, "", "", None, ""))
+            recorded += 1
+        return recorded
+
+    def _approve_sync(self, number: int, by: str, why: str, at_ns: int) -> Approval:
+        """In one transaction: the stored value becomes a superseded revision, the revision the stored value."""
+        connection = self._connection
+        assert connection is not None
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            approval = self._approve_in_transaction(connection, number, by, why, at_ns)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return approval
+
+    def _approve_in_transaction(
+        self, connection: sqlite3.Connection, number: int, by: str, why: str, at_ns: int
+    ) -> Approval:
+        select = f"SELECT {_REVISION_COLUMNS} FROM reading_revision WHERE id = ?"
+        found = connection.execute(select, (number,)).fetchone()
+        if found is None:
+            raise RevisionError(f"no revision {number} in {self!r}")
+        revision = _revision_from_row(found)
+        if revision.state is not RevisionState.PENDING:
+            raise RevisionError(not_pending(revision))
+        identity, content = tuple(found[1:6]), tuple(found[6:10])
+        stored = connection.execute(_STORED_CONTENT, identity).fetchone()
+        replaced = None
+        if stored is None:  # the original is gone (raw-data retention): the revision is all there is
+            connection.execute(_INSERT_NEW, (*identity, *content))
+        else:
+            replaced = _reading_from_row((*identity, *stored))
+            same = connection.execute(_SAME_REVISION, (*identity, *stored)).fetchone()
+            if same is None:
+                superseded = (RevisionState.SUPERSEDED.value, None, None, None, by, why, at_ns, str(number))
+                connection.execute(_INSERT_REVISION, (*identity, *stored, *superseded))
+            else:  # a value approved before: keep who approved it then, say what replaced it
+                connection.execute(
+                    "UPDATE reading_revision SET state = ?, superseded_by = ?, "
+                    "decided_by = CASE WHEN decided_ns IS NULL THEN ? ELSE decided_by END, "
+                    "decided_why = CASE WHEN decided_ns IS NULL THEN ? ELSE decided_why END, "
+                    "decided_ns = coalesce(decided_ns, ?) WHERE id = ?",
+                    (RevisionState.SUPERSEDED.value, str(number), by, why, at_ns, same[0]),
+                )
+            connection.execute(
+                f"UPDATE reading SET value = ?, unit = ?, quality = ?, status = ? WHERE {_IDENTITY}",
+                (*content, *identity),
+            )
+        connection.execute(
+            "UPDATE reading_revision SET state = ?, decided_by = ?, decided_why = ?, decided_ns = ? WHERE id = ?",
+            (RevisionState.APPROVED.value, by, why, at_ns, number),
+        )
+        return Approval(_revision_from_row(connection.execute(select, (number,)).fetchone()), replaced)
+
+    def _write_sync(self, rows: list[tuple[Any, ...]], statement: str) -> None:
         """One transaction per call: a batch is stored whole or not at all."""
         assert self._connection is not None
         self._connection.execute("BEGIN IMMEDIATE")
