@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,24 +160,32 @@ class Outbox:
 
     def append(self, make_payload: Callable[[int], bytes], created_ns: int) -> int:
         """Reserve the next sequence number, build the payload with it, and store both in one transaction."""
+        return self.append_many([make_payload], created_ns)[0]
+
+    def append_many(self, makers: Sequence[Callable[[int], bytes]], created_ns: int) -> list[int]:
+        """Several batches (one poll cycle's) numbered in order and stored in one transaction: one fsync, and
+        either all of them are on disk or none."""
         with self._lock, self._transaction():
             before = self._counters()
             after = dict(before)
-            seq = before["next_seq"]
-            payload = make_payload(seq)
-            self._db.execute(
-                "INSERT INTO batch (seq, created_ns, payload) VALUES (?, ?, ?)", (seq, created_ns, payload)
-            )
-            self._db.execute("INSERT INTO unsent (seq, size) VALUES (?, ?)", (seq, len(payload)))
-            if after["stored"] == 0:
-                after["oldest_seq"] = seq
-            after["next_seq"] += 1
-            after["stored"] += 1
-            after["pending"] += 1
-            after["bytes"] += len(payload)
-            self._evict(after, EVICT_STEP_ROWS)
+            sequences = []
+            for make_payload in makers:
+                seq = after["next_seq"]
+                payload = make_payload(seq)
+                self._db.execute(
+                    "INSERT INTO batch (seq, created_ns, payload) VALUES (?, ?, ?)", (seq, created_ns, payload)
+                )
+                self._db.execute("INSERT INTO unsent (seq, size) VALUES (?, ?)", (seq, len(payload)))
+                if after["stored"] == 0:
+                    after["oldest_seq"] = seq
+                after["next_seq"] += 1
+                after["stored"] += 1
+                after["pending"] += 1
+                after["bytes"] += len(payload)
+                self._evict(after, EVICT_STEP_ROWS)
+                sequences.append(seq)
             self._save(before, after)
-            return seq
+            return sequences
 
     def _over(self, counters: dict[str, int]) -> bool:
         return counters["stored"] > self.max_batches or counters["bytes"] > self.max_bytes
@@ -216,14 +224,32 @@ class Outbox:
 
     def mark_acked(self, seq: int, acked_ns: int) -> None:
         """The broker has the batch: keep it for resends only (moves a small row; the payload stays put)."""
-        with self._lock, self._transaction():
-            row = self._db.execute("SELECT size FROM unsent WHERE seq = ?", (_clamp(seq),)).fetchone()
-            if row is None:
-                return
-            before = self._counters()
-            self._db.execute("DELETE FROM unsent WHERE seq = ?", (seq,))
-            self._db.execute("INSERT INTO acked (seq, size, acked_ns) VALUES (?, ?, ?)", (seq, row[0], acked_ns))
-            self._save(before, {**before, "pending": before["pending"] - 1})
+        self.mark_acked_many([seq], acked_ns)
+
+    def mark_acked_many(self, sequences: Sequence[int], acked_ns: int) -> None:
+        """Acknowledge several batches in one transaction. Not synced to disk on its own (synchronous=NORMAL for
+        this commit): a power cut may forget the last acknowledgements, and those batches are sent again, which
+        the gateway counts as duplicates; the next append's sync makes them durable too."""
+        if not sequences:
+            return
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction():
+                    before = self._counters()
+                    moved = 0
+                    for seq in sequences:
+                        row = self._db.execute("SELECT size FROM unsent WHERE seq = ?", (_clamp(seq),)).fetchone()
+                        if row is None:
+                            continue
+                        self._db.execute("DELETE FROM unsent WHERE seq = ?", (seq,))
+                        self._db.execute(
+                            "INSERT INTO acked (seq, size, acked_ns) VALUES (?, ?, ?)", (seq, row[0], acked_ns)
+                        )
+                        moved += 1
+                    self._save(before, {**before, "pending": before["pending"] - moved})
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def get(self, first: int, last: int, limit: int | None = None) -> list[tuple[int, bytes]]:
         """Stored batches with first <= seq <= last, oldest first; at most `limit` (a page of a resend)."""

@@ -80,19 +80,20 @@ class Agent:
         return self._final_stats or self.outbox.stats()
 
     def seal(self, readings: Sequence[ReadingLike]) -> list[int]:
-        """Store readings as numbered batches (at most batch_max_readings each); returns their sequence numbers."""
+        """Store readings as numbered batches (at most batch_max_readings each), all in one outbox transaction;
+        returns their sequence numbers."""
         size = self.config.agent.batch_max_readings
         site, agent = self.config.agent.site, self.config.agent.id
-        sequences = []
+        sent_at = datetime.now(UTC)
+        makers = []
         for start in range(0, len(readings), size):
             chunk = readings[start : start + size]
-            sent_at = datetime.now(UTC)
 
-            def payload(seq: int, chunk: Sequence[ReadingLike] = chunk, sent_at: datetime = sent_at) -> bytes:
+            def payload(seq: int, chunk: Sequence[ReadingLike] = chunk) -> bytes:
                 return batch_payload(site, agent, seq, sent_at, chunk)
 
-            sequences.append(self.outbox.append(payload, time.time_ns()))
-        return sequences
+            makers.append(payload)
+        return self.outbox.append_many(makers, time.time_ns())
 
     async def poll_once(self) -> list[Sample]:
         results = await asyncio.gather(*(reader.poll() for reader in self.readers), return_exceptions=True)

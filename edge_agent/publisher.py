@@ -40,6 +40,9 @@ RESEND_PAGE = 20
 DRAIN_PAGE = 200
 """Pending batches read from the outbox at a time."""
 
+ACK_GROUP = 20
+"""Most PUBACKed batches marked acknowledged in one outbox transaction."""
+
 
 def status_payload(site: str, agent: str, state: AgentState, outbox: OutboxStats | None = None) -> bytes:
     """Birth, will and periodic status; with the outbox counters the gateway needs to see what it is owed."""
@@ -203,10 +206,7 @@ class Publisher:
     async def _drain_forever(self, client: aiomqtt.Client) -> None:
         while True:
             batches = await asyncio.to_thread(self.outbox.pending, DRAIN_PAGE)
-            for seq, payload in batches:
-                await client.publish(self._topic, payload, qos=1)
-                await asyncio.to_thread(self.outbox.mark_acked, seq, time.time_ns())
-                self.published += 1
+            await self._publish(client, batches)
             if not batches:
                 self.wake.clear()
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
@@ -215,16 +215,29 @@ class Publisher:
                     async with asyncio.timeout(1.0):
                         await self.wake.wait()
 
+    async def _publish(self, client: aiomqtt.Client, batches: list[tuple[int, bytes]]) -> None:
+        """Publish in order, each awaiting its PUBACK; mark what the broker took as acknowledged, a few at a time
+        (one transaction each), also when the connection breaks halfway."""
+        taken: list[int] = []
+        try:
+            for seq, payload in batches:
+                await client.publish(self._topic, payload, qos=1)
+                taken.append(seq)
+                self.published += 1
+                if len(taken) >= ACK_GROUP:
+                    await asyncio.to_thread(self.outbox.mark_acked_many, taken, time.time_ns())
+                    taken = []
+        finally:
+            if taken:
+                await asyncio.to_thread(self.outbox.mark_acked_many, taken, time.time_ns())
+
     async def goodbye(self) -> None:
         """On a clean shutdown: publish what is still pending, then say offline ourselves (the will is only
         for unclean exits). Whatever a deadline around this cuts off stays in the outbox for the next start."""
         try:
             async with self._client() as client:
                 while batches := await asyncio.to_thread(self.outbox.pending, DRAIN_PAGE):
-                    for seq, payload in batches:
-                        await client.publish(self._topic, payload, qos=1)
-                        await asyncio.to_thread(self.outbox.mark_acked, seq, time.time_ns())
-                        self.published += 1
+                    await self._publish(client, batches)
                 stats = await asyncio.to_thread(self.outbox.stats)
                 await client.publish(
                     self._status_topic,
