@@ -1,16 +1,19 @@
 """Agent tags per CPU-second with an empty outbox and with the outbox full at its byte bound, same run, same way.
 
-    .venv/bin/python bench/edge_agent_outbox.py [--instruments 500] [--window 10] [--repeats 3]
+    .venv/bin/python bench/edge_agent_outbox.py [--instruments 200] [--window 8] [--repeats 3] [--max-bytes N]
 
 Issue 12's steady-state target: at 500 instruments x 30 tags the agent with its outbox full (every append
 evicts the oldest batches) does within 10 % of its tags per CPU-second with an empty outbox. One mosquitto and
-one simulator (`python -m edge_agent.simulator`, 500 Modbus TCP ports) run throughout; the agent
+one simulator (`python -m edge_agent.simulator`, a Modbus TCP port per instrument) run throughout; the agent
 (`edge-agent run`, its own process) is started for each measurement, alternately on a fresh outbox and on
-one filled to the default `outbox_max_bytes` before the first run (bulk insert of acknowledged batches of the
-size the agent seals, then opened by the agent as an older file would be: counters from one count). After
+one filled to its `outbox_max_bytes` before the first run (bulk insert of acknowledged batches of the size the
+agent seals, then opened by the agent as an older file would be: counters from one count). After
 warm-up the agent's CPU (all threads, /proc schedstat) is taken over the window; cycles from its /metrics.
-Prints each run, then the median and spread per mode. Bounded: about (10 + window) s per run plus the fill
-(1 GiB: ~30 s on a loaded machine; `--max-bytes` sets a smaller bound in both modes' configs).
+Prints each run, then the median and spread per mode. The defaults (200 instruments, a 256 MiB bound) keep a run
+near 2 minutes on a shared 2-core machine, where 500 instruments overran their cycles whatever the outbox held;
+`--instruments 500 --max-bytes 1073741824` is the full-size run (the default bound; the fill alone takes 6-30 s).
+Each operation's cost does not depend on the outbox's size (tests/test_outbox.py counts it), so the smaller bound
+measures the same steady state: every append evicts.
 """
 
 from __future__ import annotations
@@ -95,12 +98,8 @@ def measure(config: Path, metrics_port: int, window: float, log: Path) -> dict[s
             after = scrape(metrics_port)
             rss, _ = memory_mb(agent.pid)
         finally:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(20)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait(5)
+            agent.kill()  # nothing to flush for a bench, and the outbox survives kill -9 by design
+            agent.wait(10)
     cycles = after["aua_agent_cycles_total"] - before["aua_agent_cycles_total"]
     instruments = sum(1 for line in config.read_text().splitlines() if line == "[[instrument]]")
     return {
@@ -116,10 +115,12 @@ def measure(config: Path, metrics_port: int, window: float, log: Path) -> dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instruments", type=int, default=500)
-    parser.add_argument("--window", type=float, default=10.0, help="seconds measured per run (default 10)")
+    parser.add_argument("--instruments", type=int, default=200)
+    parser.add_argument("--window", type=float, default=8.0, help="seconds measured per run (default 8)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-bytes", type=int, default=AgentSection.model_fields["outbox_max_bytes"].default)
+    parser.add_argument(
+        "--max-bytes", type=int, default=256 << 20, help="outbox_max_bytes in both modes' configs (default 256 MiB)"
+    )
     options = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped bench still stops its children
     with tempfile.TemporaryDirectory() as temporary:
@@ -190,7 +191,10 @@ def main() -> int:
                     process.kill()
                     process.wait(5)
             if any(r["overruns"] for runs in results.values() for r in runs):
-                print(f"some cycles overran; the end of the log:\n{log.read_text()[-2000:]}")
+                print(
+                    "some cycles overran:\n"
+                    + "\n".join(line for line in log.read_text().splitlines() if "edge_agent" in line)
+                )
     medians = {mode: statistics.median(r["tags_per_cpu_s"] for r in runs) for mode, runs in results.items()}
     print(
         f"\n{options.instruments} instruments x {TAGS} tags,"
