@@ -289,11 +289,6 @@ class Outbox:
                 time.sleep(pause_s)
         return removed
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database and cut it back to WAL_LIMIT_BYTES (PASSIVE: never waits for a reader)."""
-        with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
     def stats(self) -> OutboxStats:
         with self._lock:
             counters = self._counters()
