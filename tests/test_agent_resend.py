@@ -104,7 +104,8 @@ async def test_a_flood_of_overlapping_requests_republishes_each_batch_once_withi
         requests = [request(site, agent, 0, 299)] + [request(site, agent, first, first + 49) for first in range(1, 200)]
         requests[7] = b"{not json"
         requests[8] = request(site, "other", 0, 10)
-        requests[9] = request(site, agent, 2**64, 2**64 + 5)
+        requests[9] = request(site, agent, 2**64, 2**64 + 5)  # the contract may refuse it, or it is not held
+        requests[10] = request(site, agent, 10_000, 10_005)  # not sealed yet
         for payload in requests:
             await gateway.publish(resend_topic(site, agent), payload, qos=1)
         for _ in range(100):
@@ -121,7 +122,9 @@ async def test_a_flood_of_overlapping_requests_republishes_each_batch_once_withi
     outbox.close()
     outcomes = publisher.resend_requests
     assert sum(outcomes.values()) == len(requests)
-    assert (outcomes[Outcome.MALFORMED], outcomes[Outcome.FOREIGN], outcomes[Outcome.NOT_HELD]) == (1, 1, 1)
+    assert outcomes[Outcome.FOREIGN] == 1
+    assert outcomes[Outcome.MALFORMED] + outcomes[Outcome.NOT_HELD] == 3
+    assert outcomes[Outcome.NOT_HELD] >= 1
     assert outcomes[Outcome.LIMITED] >= 1  # the first: 300 asked, 100 queued
     assert outcomes[Outcome.COALESCED] >= 1
     assert outcomes[Outcome.REFUSED] >= 1
