@@ -25,8 +25,20 @@ if TYPE_CHECKING:
 
 
 class AgentCollector(Collector):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, server: MetricsServer | None = None) -> None:
         self.agent = agent
+        self.server = server
+
+    def server_counts(self) -> dict[str, int]:
+        server = self.server
+        if server is None:
+            return {}
+        return {
+            "served": server.served,
+            "bad_request": server.bad_requests,
+            "timeout": server.timed_out,
+            "evicted": server.evicted,
+        }
 
     def collect(self) -> Iterator[Metric]:
         agent = self.agent
@@ -106,6 +118,14 @@ class AgentCollector(Collector):
         queued = GaugeMetricFamily("aua_agent_resend_queued", "Batches waiting to be republished on request")
         queued.add_metric([], publisher.resend_queue.queued)
         yield queued
+        served = CounterMetricFamily(
+            "aua_agent_metrics_requests",
+            "Requests to this endpoint by how they ended (evicted: closed for a newer connection past the cap)",
+            labels=["outcome"],
+        )
+        for ending, value in self.server_counts().items():
+            served.add_metric([ending], value)
+        yield served
         connected = GaugeMetricFamily("aua_agent_mqtt_connected", "1 while connected to the broker")
         connected.add_metric([], 1 if publisher.connected else 0)
         yield connected
@@ -149,7 +169,7 @@ class MetricsServer:
         self.timeout_s = timeout_s
         self.max_connections = max_connections
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(AgentCollector(agent))
+        self.registry.register(AgentCollector(agent, self))
         self.served = 0
         self.evicted = 0
         self.timed_out = 0

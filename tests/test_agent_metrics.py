@@ -68,6 +68,10 @@ async def test_slow_and_idle_connections_take_no_threads_and_a_scrape_still_answ
         assert "aua_agent_outbox_bytes 0.0" in response.text
         assert threading.active_count() <= threads
         assert server.evicted >= 300 - 16
+        assert (
+            f'aua_agent_metrics_requests_total{{outcome="evicted"}} {server.evicted}.0'
+            in (await scrape(server.port)).text
+        )
         for _, writer in slow:
             writer.close()
     finally:
