@@ -312,4 +312,14 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is not None:
+            self._db.execute("ROLLBACK")
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            # a COMMIT that failed (disk full, I/O error) may leave the transaction open: end it, so the next
+            # BEGIN does not fail for a reason that is long gone
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
