@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import ssl
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from edge_agent.config import Instrument, LoadedConfig, MqttSection, Transport
 from edge_agent.driver import Answer
 from edge_agent.instrument_reader import ModbusReader, readings_from_answers, words_by_span
 from edge_agent.modbus_drivers import build_drivers
+from edge_agent.outbox import FILE_OVERHEAD, WAL_LIMIT_BYTES
 from edge_agent.planner import ReadRequest
 
 
@@ -75,6 +77,14 @@ def static_problems(loaded: LoadedConfig) -> list[str]:
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is None or not os.access(existing, os.W_OK):
         problems.append(f"agent.outbox: cannot create or write {outbox} (folder {existing} is not writable)")
+    else:
+        problem = disk_problem(
+            loaded.config.agent.outbox_max_bytes,
+            shutil.disk_usage(existing).free,
+            sum(path.stat().st_size for path in folder.glob(f"{outbox.name}*") if path.is_file()),
+        )
+        if problem is not None:
+            problems.append(f"agent.outbox_max_bytes: {problem} on the disk holding {existing}")
     mqtt = loaded.config.mqtt
     for name in ("ca_file", "cert_file", "key_file"):
         path: Path | None = getattr(mqtt, name)
@@ -85,6 +95,19 @@ def static_problems(loaded: LoadedConfig) -> list[str]:
         if section.transport is Transport.RTU and section.serial_port and not Path(section.serial_port).exists():
             problems.append(f"instrument.{index}.serial_port ({section.id}): {section.serial_port} does not exist")
     return problems
+
+
+def disk_problem(max_bytes: int, free: int, held: int) -> str | None:
+    """Whether a disk with `free` bytes, beside the `held` bytes the outbox files take already, can hold an
+    outbox at its byte bound (payload bytes plus page overhead plus the WAL). Pure."""
+    needed = int(max_bytes * FILE_OVERHEAD) + WAL_LIMIT_BYTES
+    if free + held >= needed:
+        return None
+    mib = 1 << 20
+    return (
+        f"an outbox of {max_bytes / mib:,.0f} MiB needs about {needed / mib:,.0f} MiB, but only"
+        f" {(free + held) / mib:,.0f} MiB are free (lower outbox_max_bytes or give it a bigger disk)"
+    )
 
 
 async def tls_problem(mqtt: MqttSection, context: ssl.SSLContext, timeout_s: float) -> str | None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from aua_contract import IDENTIFIER_PATTERN
 from aua_mqtt import BrokerConnection
 from edge_agent.profiles import ConfigError, Profile, describe_validation_error, load_profile, read_toml_text
+from edge_agent.resend import ResendLimits
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 
@@ -29,6 +30,16 @@ class AgentSection(_Strict):
     """bound of the outbox: past it the oldest batches go (acknowledged ones first; unsent ones counted as dropped)"""
     outbox_retention_s: Annotated[float, Field(ge=0)] = 7 * 86400
     """acknowledged batches stay this long for the gateway's resend requests"""
+    outbox_max_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
+    """bound of the outbox in payload bytes (the file is about 5 % more, plus up to 8 MiB of WAL)"""
+    resend_max_batches: Annotated[int, Field(ge=1, le=100_000)] = ResendLimits.max_per_request
+    """most batches one resend request republishes; gap repair asks again for the rest"""
+    resend_max_queued: Annotated[int, Field(ge=1)] = ResendLimits.max_queued
+    """most batches waiting to be republished; requests beyond are refused (and counted)"""
+    resend_rate: Annotated[float, Field(gt=0, le=100_000)] = ResendLimits.rate
+    """batches per second republished on resend requests, sustained (token bucket)"""
+    resend_burst: Annotated[int, Field(ge=1, le=100_000)] = ResendLimits.burst
+    """batches republished at once before resend_rate applies"""
     outbox_prune_interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
     status_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     """how often the retained status (with the outbox counters) is published"""
@@ -37,6 +48,10 @@ class AgentSection(_Strict):
     metrics_host: str = "127.0.0.1"
     clock_jump_s: Annotated[float, Field(gt=0)] = 2.0
     """warn when the wall clock moves this much more or less than the monotonic clock between two polls"""
+
+    @property
+    def resend_limits(self) -> ResendLimits:
+        return ResendLimits(self.resend_max_batches, self.resend_max_queued, self.resend_rate, self.resend_burst)
 
 
 class MqttSection(BrokerConnection):

@@ -26,6 +26,10 @@ SHUTDOWN_FLUSH_S = 5.0
 """How long a clean stop may spend publishing what is still pending before it gives up (systemd waits 90 s)."""
 
 
+PRUNE_PAUSE_S = 0.005
+"""Pause between two pruning transactions: the lock is free for an append in between."""
+
+
 def next_tick(now: float, interval: float) -> float:
     """The next wall-clock multiple of the interval, so polls stay on a fixed grid and never drift."""
     return (now // interval + 1) * interval
@@ -49,9 +53,19 @@ class Agent:
         agent = self.config.agent
         self.drivers = build_drivers(loaded.instruments, policy=policy)
         self.readers = [ModbusReader(i, self.drivers.by_instrument[i.id]) for i in loaded.instruments]
-        self.outbox = Outbox(agent.outbox, max_batches=agent.outbox_max_batches, retention_s=agent.outbox_retention_s)
+        self.outbox = Outbox(
+            agent.outbox,
+            max_batches=agent.outbox_max_batches,
+            max_bytes=agent.outbox_max_bytes,
+            retention_s=agent.outbox_retention_s,
+        )
         self.publisher = Publisher(
-            self.config.mqtt, agent.site, agent.id, self.outbox, status_interval_s=agent.status_interval_s
+            self.config.mqtt,
+            agent.site,
+            agent.id,
+            self.outbox,
+            status_interval_s=agent.status_interval_s,
+            resend=agent.resend_limits,
         )
         self.cycles = 0
         self.overruns = 0
@@ -66,19 +80,20 @@ class Agent:
         return self._final_stats or self.outbox.stats()
 
     def seal(self, readings: Sequence[ReadingLike]) -> list[int]:
-        """Store readings as numbered batches (at most batch_max_readings each); returns their sequence numbers."""
+        """Store readings as numbered batches (at most batch_max_readings each), all in one outbox transaction;
+        returns their sequence numbers."""
         size = self.config.agent.batch_max_readings
         site, agent = self.config.agent.site, self.config.agent.id
-        sequences = []
+        sent_at = datetime.now(UTC)
+        makers = []
         for start in range(0, len(readings), size):
             chunk = readings[start : start + size]
-            sent_at = datetime.now(UTC)
 
-            def payload(seq: int, chunk: Sequence[ReadingLike] = chunk, sent_at: datetime = sent_at) -> bytes:
+            def payload(seq: int, chunk: Sequence[ReadingLike] = chunk) -> bytes:
                 return batch_payload(site, agent, seq, sent_at, chunk)
 
-            sequences.append(self.outbox.append(payload, time.time_ns()))
-        return sequences
+            makers.append(payload)
+        return self.outbox.append_many(makers, time.time_ns())
 
     async def poll_once(self) -> list[Sample]:
         results = await asyncio.gather(*(reader.poll() for reader in self.readers), return_exceptions=True)
@@ -128,14 +143,17 @@ class Agent:
                     )
 
     def prune_once(self) -> None:
-        """Forget acknowledged batches past retention; report unsent batches a full outbox had to drop."""
-        self.pruned += self.outbox.prune(time.time_ns())
+        """Forget acknowledged batches past retention; report unsent batches a full outbox had to drop.
+
+        In small transactions with a pause between them, so a poll's append never waits behind a large delete."""
+        self.pruned += self.outbox.prune(time.time_ns(), pause_s=PRUNE_PAUSE_S)
         dropped = self.outbox.stats().dropped
         if dropped > self._dropped_seen:
             log.error(
-                "outbox full (outbox_max_batches %d): %d unsent batches dropped since the last check, %d in all;"
-                " the gateway sees them as lost (status topic 'dropped')",
+                "outbox full (outbox_max_batches %d) or at outbox_max_bytes %d: %d unsent batches dropped since"
+                " the last check, %d in all; the gateway sees them as lost (status topic 'dropped')",
                 self.outbox.max_batches,
+                self.outbox.max_bytes,
                 dropped - self._dropped_seen,
                 dropped,
             )
@@ -150,9 +168,10 @@ class Agent:
         """Poll and publish until cancelled; on cancel close the clients and the outbox."""
         metrics = None
         if self.config.agent.metrics_port is not None:
-            from edge_agent.metrics import serve_metrics  # noqa: PLC0415 - prometheus only when asked for
+            from edge_agent.metrics import MetricsServer  # noqa: PLC0415 - prometheus only when asked for
 
-            metrics = serve_metrics(self, self.config.agent.metrics_host, self.config.agent.metrics_port)
+            metrics = MetricsServer(self, self.config.agent.metrics_host, self.config.agent.metrics_port)
+            await metrics.start()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.poll_forever())
@@ -169,6 +188,5 @@ class Agent:
                 log.info("shutdown flush cut off: the rest waits in the outbox, the last will says offline")
             self._final_stats = self.outbox.stats()
             if metrics is not None:
-                metrics.shutdown()
-                metrics.server_close()
+                await metrics.close()
             self.outbox.close()

@@ -28,13 +28,23 @@ SAMPLE = """\
   outbox = "/var/lib/aua/outbox.sqlite"
   ## Most readings in one MQTT message (1 ... 10000).
   # batch_max_readings = 1000
-  ## Bound of the outbox in batches (one batch per poll cycle with up to batch_max_readings readings).
-  ## Past it the oldest acknowledged batches go first; if it is full of unsent ones, the oldest unsent
-  ## are dropped, counted and reported (status topic `dropped`, metric aua_agent_outbox_dropped).
-  ## 1,000,000 batches at 1 s is 11 days of outage.
+  ## Bounds of the outbox: batches, payload bytes, and age of acknowledged batches. Past a bound the
+  ## oldest acknowledged batches go first; if it is full of unsent ones, the oldest unsent are dropped,
+  ## counted and reported (status topic `dropped`, metric aua_agent_outbox_dropped).
+  ## Size the byte bound to the disk: the file is about 5 % larger, plus up to 8 MiB of WAL, and stays
+  ## that size once full (`edge-agent check` says when the disk cannot hold it). A reading is about
+  ## 125 bytes: one 30-tag analyzer at 1 s fills 1 GiB in 3 days, 500 of them in 9 minutes.
+  # outbox_max_bytes = 1073741824
   # outbox_max_batches = 1000000
   ## Seconds acknowledged batches are kept so the gateway can ask for them again (gap repair).
   # outbox_retention_s = 604800
+  ## Resend requests from the gateway: at most this many batches per request (the gateway asks again
+  ## for the rest), this many waiting in all (requests beyond are refused and counted), republished at
+  ## resend_rate batches per second after a burst of resend_burst. Overlapping requests are merged.
+  # resend_max_batches = 10000
+  # resend_max_queued = 20000
+  # resend_rate = 50.0
+  # resend_burst = 1000
   ## Seconds between two prunings of the outbox (retention, overflow report).
   # outbox_prune_interval_s = 60.0
   ## Seconds between two retained status messages (online, next_seq, oldest_seq, dropped).

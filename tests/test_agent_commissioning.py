@@ -11,7 +11,7 @@ from ports import free_port
 from servers import MosquittoServer
 
 from edge_agent.cli import main as agent_main
-from edge_agent.commissioning import Row, check, format_raw, table
+from edge_agent.commissioning import Row, check, disk_problem, format_raw, static_problems, table
 from edge_agent.config import load_config
 from edge_agent.simulator import Incidents, simulator_for_config
 
@@ -91,3 +91,30 @@ def test_check_cli_exits_non_zero_and_plan_explains(tmp_path: Path, capsys: pyte
     out = capsys.readouterr().out
     assert "apart from the previous request: 28 unused registers between them > max_gap 10" in out
     assert out.rstrip().endswith("total: 6 requests per poll cycle for 16 spans (one request per span would be 16)")
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "free", "held", "fits"),
+    [
+        (1 << 30, 2 << 30, 0, True),
+        (1 << 30, 1 << 30, 0, False),  # pages and WAL need more than the payload bound
+        (1 << 30, 100 << 20, 1100 << 20, True),  # already full: the file's own bytes count
+        (100 << 20, 119 << 20, 0, True),
+        (100 << 20, 110 << 20, 0, False),
+    ],
+)
+def test_disk_problem(max_bytes: int, free: int, held: int, fits: bool) -> None:
+    assert (disk_problem(max_bytes, free, held) is None) is fits
+
+
+def test_check_says_when_the_disk_cannot_hold_the_outbox(tmp_path: Path) -> None:
+    config = write_site(
+        tmp_path / "site.toml",
+        agent={"site": "s", "id": "a1", "outbox": str(tmp_path / "o.sqlite"), "outbox_max_bytes": 1 << 60},
+        mqtt={"host": "127.0.0.1", "port": 1883},
+        instruments=[{"id": "hg", "profile": "mercury-analyzer", "port": 5020, "device_id": 1}],
+    )
+    problems = static_problems(load_config(config))
+    assert len(problems) == 1
+    assert problems[0].startswith("agent.outbox_max_bytes: an outbox of 1,099,511,627,776 MiB needs about")
+    assert f"on the disk holding {tmp_path}" in problems[0]
