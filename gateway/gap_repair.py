@@ -9,6 +9,7 @@ shared subscription) and then again at most every `retry_s` until it is filled.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aua_contract.models import MAX_RESEND_SPAN
@@ -56,9 +57,41 @@ def owed(
 
 
 def chunks(seq_range: SeqRange, span: int = MAX_RESEND_SPAN) -> list[SeqRange]:
-    """Split a range into pieces a single resend request may carry."""
+    """Split a range into pieces a single resend request may carry (all of them: for bounded input only;
+    the repair loop uses `plan_requests`)."""
     first, last = seq_range
     return [(start, min(last, start + span - 1)) for start in range(first, last + 1, span)]
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """The resend requests to publish in one check, and how many owed batches wait for a later one."""
+
+    requests: list[SeqRange]
+    not_asked: int
+
+
+def plan_requests(
+    ranges: Iterable[SeqRange], *, max_requests: int, max_batches: int, span: int = MAX_RESEND_SPAN
+) -> RequestPlan:
+    """Cut the ranges due into at most `max_requests` requests of at most `span` batches each, asking for at most
+    `max_batches` in all, oldest first. Work and memory follow the number of requests, never a range's span:
+    an agent announcing `next_seq` 10**13 costs one bounded plan, not 10**8 requests."""
+    if max_requests < 1 or max_batches < 1 or span < 1:
+        raise ValueError(f"max_requests, max_batches and span must be positive, not {max_requests, max_batches, span}")
+    requests: list[SeqRange] = []
+    budget = max_batches
+    not_asked = 0
+    for first, last in ranges:
+        start = first
+        while start <= last and len(requests) < max_requests and budget > 0:
+            end = min(last, start + span - 1, start + budget - 1)
+            requests.append((start, end))
+            budget -= end - start + 1
+            start = end + 1
+        if start <= last:
+            not_asked += last - start + 1
+    return RequestPlan(requests, not_asked)
 
 
 @dataclass
