@@ -442,7 +442,9 @@ class Ingest:
         self.stats.refused_batches += 1
         log.error("store rejected a batch from %s: %s", topic, error)
         await asyncio.to_thread(self.ledger.dead_letter, topic, f"store rejected: {error}", encode_batch(batch), now)
-        await asyncio.to_thread(self.ledger.record_refused, batch.site, batch.agent, batch.seq, now)
+        await asyncio.to_thread(
+            self.ledger.record_refused, batch.site, batch.agent, batch.seq, now, to_ns(batch.sent_at)
+        )
 
     async def drain_spool_forever(self) -> None:
         """Move spooled batches into the store, oldest first, backing off while it is still down."""

@@ -310,13 +310,14 @@ class Ledger(StateFile):
                 raise
         return outcomes
 
-    def record_refused(self, site: str, agent: str, seq: int, received_ns: int) -> bool:
+    def record_refused(self, site: str, agent: str, seq: int, received_ns: int, sent_ns: int | None = None) -> bool:
         """A batch the store refuses for good (kept as a dead letter): accounted as refused, not missing, so gap
         repair does not ask for it forever. False if the sequence number was already recorded."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                outcome = self._record(Arrival(site, agent, seq, 0, received_ns), classify=False, refused=True)
+                arrival = Arrival(site, agent, seq, 0, received_ns, sent_ns)
+                outcome = self._record(arrival, classify=False, refused=True)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -335,7 +336,8 @@ class Ledger(StateFile):
         site, agent, seq, readings, received_ns, sent_ns = arrival
         before = self._run_at_or_before(site, agent, seq)
         if before is not None and before.last >= seq:
-            return self._again(arrival, before)
+            # a refusal of a batch already recorded (spooled, then refused on draining) changes nothing
+            return Recorded.DUPLICATE if refused else self._again(arrival, before)
         highest = self._highest_seq(site, agent)
         late = classify and seq < highest
         repaired = late and self._was_requested(site, agent, seq)
@@ -371,7 +373,7 @@ class Ledger(StateFile):
                refused = refused + excluded.refused""",
             (site, agent, 0 if refused else 1, readings, int(late), int(repaired), int(refused)),
         )
-        if not refused and seq > max(highest, seq) - self.bounds.detail_batches:
+        if seq > max(highest, seq) - self.bounds.detail_batches:
             self._db.execute(
                 "INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (site, agent, seq, readings, received_ns, late, repaired, sent_ns),
