@@ -345,6 +345,12 @@ class AlertsSection(_Strict):
     remind_every: Duration = Field(default=timedelta(0), description="repeat unacknowledged firing alerts; 0: never")
     notify: AlertNotifySection = Field(default_factory=AlertNotifySection)
     rules: dict[str, AlertRuleSection] = Field(default_factory=dict)
+    history_keep: Duration = Field(
+        default=timedelta(days=90), description="alert history (notices, messages, deliveries) kept this long"
+    )
+    history_max_notices: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
+        default=100_000, description="and at most this many notices (queued ones always stay)"
+    )
 
     @model_validator(mode="before")
     @classmethod

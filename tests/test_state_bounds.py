@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from aua_contract import Batch, Reading, encode_batch, readings_topic
 from gateway.accounting import accounting_lines
+from gateway.alert_state import AlertKey, Dispatch, Notice, NoticeKind, Severity
+from gateway.alerts import AlertStore, NoticeWrite
 from gateway.config import GatewayConfig, GatewaySection, LedgerSection, StoreSection
 from gateway.ingest import Ingest
 from gateway.ledger import AgentAccount, Arrival, Ledger, Recorded
@@ -396,3 +398,50 @@ def test_ranges_account_exactly_what_a_row_per_batch_did(ops: list[tuple[Any, ..
         assert ledger.holes("s", agent, limit=2) == holes[:2]
     assert ledger.accounts() == expected
     ledger.close()
+
+
+# -- alert history -------------------------------------------------------------------------------------------------
+
+
+def a_notice(alert_id: int, kind: NoticeKind, at: datetime) -> Notice:
+    return Notice(
+        alert_id=alert_id, kind=kind, key=AlertKey("hg", "s", "a", "hg1", "hg"), severity=Severity.WARNING,
+        title="mercury", episode=1, at=at, since=at, value=1.0, peak=1.0, limit=0.5, unit="ng/m³",
+        comparison="above", measure="instant value", detail="",
+    )  # fmt: skip
+
+
+def test_alert_history_is_pruned_by_age_and_count_keeping_what_is_still_needed(tmp_path: Path) -> None:
+    """Notices told and delivered long ago go, with their messages and deliveries; a queued notice, a delivery
+    still being retried and its message stay, whatever their age; beyond max_notices the oldest told go."""
+    store = AlertStore(tmp_path / "state.sqlite", keep=timedelta(days=1), max_notices=100)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    [alert_id] = store.ensure_ids([AlertKey("hg", "s", "a", "hg1", "hg")], t0).values()
+
+    def notices(count: int, at: datetime, *, send: bool = True) -> None:
+        writes = [NoticeWrite(alert_id, a_notice(alert_id, NoticeKind.FIRING, at), "g", at, send)] * count
+        store.commit([], writes, at)
+
+    notices(300, t0)
+    told = [q.notice_id for q in store.queued()][:250]
+    dispatches = [Dispatch(tuple(told[:200]), ("g",)), Dispatch(tuple(told[200:]), ("g",))]
+    delivered, retried = store.create_messages(dispatches, ["hook"], t0)
+    store.delivered(delivered, "hook", t0)
+    store.failed(retried, "hook", "down", next_at=t0 + timedelta(days=9), abandon_at=None)
+    notices(40, t0, send=False)  # suppressed (silenced): history only
+
+    later = t0 + timedelta(days=2)
+    while store.prune(later, step=50):
+        pass
+    rows = dict(store._db.execute("SELECT status, count(*) FROM alert_notice GROUP BY status").fetchall())
+    assert rows == {"queued": 50, "sent": 50}  # the 50 of the message still being tried stay, and the queued
+    assert [d.message_id for d in store.deliveries()] == [retried]
+    assert store.message(retried).notices  # its message can still be sent
+    assert store.pruned == 200 + 40 + 2  # told notices, suppressed ones, the delivered message and its delivery
+    notices(150, later)  # recent, but more than max_notices: the oldest told ones beyond the newest 100 go
+    store.delivered(retried, "hook", later)
+    while store.prune(later, step=50):
+        pass
+    assert store._db.execute("SELECT count(*) FROM alert_notice WHERE status != 'queued'").fetchone() == (0,)
+    assert len(store.queued()) == 200  # queued notices are never pruned (the engine still has to tell them)
+    store.close()
