@@ -27,6 +27,7 @@ from gateway.alerts import AlertStore, NoticeWrite
 from gateway.config import GatewayConfig, GatewaySection, LedgerSection, StoreSection
 from gateway.ingest import Ingest
 from gateway.ledger import AgentAccount, Arrival, Ledger, Recorded
+from gateway.report_files import _FeedState
 from gateway.stores import open_store
 
 DAY_NS = 86_400 * 10**9
@@ -445,3 +446,18 @@ def test_alert_history_is_pruned_by_age_and_count_keeping_what_is_still_needed(t
     assert store._db.execute("SELECT count(*) FROM alert_notice WHERE status != 'queued'").fetchone() == (0,)
     assert len(store.queued()) == 200  # queued notices are never pruned (the engine still has to tell them)
     store.close()
+
+
+def test_report_feed_state_keeps_only_the_periods_the_feed_still_looks_at(tmp_path: Path) -> None:
+    """The feed consults only the last month and the last year: rows of periods two calendar years back go."""
+    state = _FeedState(tmp_path / "state.sqlite")
+    for year in range(2015, 2027):
+        state.written("stack-1", f"{year}", f"/r/{year}.json")
+        for month in range(1, 13):
+            state.written("stack-1", f"{year}-{month:02d}", f"/r/{year}-{month:02d}.json")
+    assert state.forget_before("2024") == 9 * 13
+    assert state.get("stack-1", "2023-12") is None
+    assert state.get("stack-1", "2024") == ("/r/2024.json", None)
+    assert state.get("stack-1", "2024-01") is not None
+    assert state._db.execute("SELECT count(*) FROM report_feed").fetchone() == (3 * 13,)
+    state.close()
