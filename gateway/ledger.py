@@ -13,6 +13,7 @@ letters are bounded by rows, bytes and age ([ledger] in the gateway config).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ from gateway.config import LedgerSection
 from gateway.gap_repair import Owed, SeqRange, owed
 from gateway.state_file import StateFile
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batch_seen (
+log = logging.getLogger(__name__)
+
+_BATCH_SEEN = """
+CREATE TABLE IF NOT EXISTS {name} (
     site TEXT NOT NULL,
     agent TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -38,7 +41,12 @@ CREATE TABLE IF NOT EXISTS batch_seen (
     sent_ns INTEGER,
     PRIMARY KEY (site, agent, seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seq_run (
+"""
+_BATCH_SEEN_COLUMNS = "site, agent, seq, readings, received_ns, late, repaired, sent_ns"
+
+_SCHEMA = (
+    _BATCH_SEEN.format(name="batch_seen")
+    + """CREATE TABLE IF NOT EXISTS seq_run (
     site TEXT NOT NULL,
     agent TEXT NOT NULL,
     first INTEGER NOT NULL,
@@ -110,6 +118,7 @@ CREATE TABLE IF NOT EXISTS resend_range (
     PRIMARY KEY (site, agent, first, last)
 ) WITHOUT ROWID;
 """
+)
 
 _ADDED_COLUMNS = {
     "batch_seen": ("late INTEGER NOT NULL DEFAULT 0", "repaired INTEGER NOT NULL DEFAULT 0", "sent_ns INTEGER"),
@@ -118,7 +127,8 @@ _ADDED_COLUMNS = {
 """Columns newer than the first ledger schema: added to a state file that lacks them."""
 
 _VERSION = 1
-"""PRAGMA user_version of a ledger with sequence ranges; 0: one batch_seen row per batch forever."""
+"""`ledger_version` in ledger_counter: 1, sequence ranges; absent, one batch_seen row per batch forever. (Not
+PRAGMA user_version: the state file is shared by several users, each with its own tables.)"""
 
 _MAX_SEQ = 2**63 - 1
 _MAX_TOPIC_CHARS = 1024
@@ -220,8 +230,8 @@ class Ledger(StateFile):
                 for column in columns:
                     if column.split()[0] not in present:
                         self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-            (version,) = self._db.execute("PRAGMA user_version").fetchone()
-            if version < _VERSION:
+            row = self._db.execute("SELECT value FROM ledger_counter WHERE name = 'ledger_version'").fetchone()
+            if row is None or row[0] < _VERSION:
                 self._upgrade()
 
     def _upgrade(self) -> None:
@@ -229,6 +239,9 @@ class Ledger(StateFile):
         then keep only the detail window of batch_seen, and count the dead letters it already holds."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            (rows,) = self._db.execute("SELECT count(*) FROM batch_seen").fetchone()
+            if rows:
+                log.info("ledger: folding %d batch rows into sequence ranges (once; may take a while)", rows)
             self._db.execute(
                 """INSERT INTO seq_run
                    SELECT site, agent, min(seq), max(seq), sum(readings), sum(late), sum(repaired), 0, max(sent_ns)
@@ -241,25 +254,36 @@ class Ledger(StateFile):
                    SELECT site, agent, sum(last - first + 1), sum(readings), sum(late), sum(repaired), 0
                    FROM seq_run GROUP BY site, agent"""
             )
-            pruned = self._db.execute(
-                """DELETE FROM batch_seen WHERE received_ns < ? OR seq <= (
-                       SELECT max(last) FROM seq_run r WHERE r.site = batch_seen.site AND r.agent = batch_seen.agent
-                   ) - ?""",
-                (time.time_ns() - self._detail_age_ns(), self.bounds.detail_batches),
-            ).rowcount
-            rows, nbytes = self._db.execute(
+            pruned = rows - self._keep_detail_window()
+            letters, nbytes = self._db.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter"
             ).fetchone()
             for name in COUNTERS:
                 self._db.execute("INSERT OR IGNORE INTO ledger_counter VALUES (?, 0)", (name,))
-            self._add("dead_letter_rows", rows)
+            self._add("dead_letter_rows", letters)
             self._add("dead_letter_bytes", nbytes)
             self._add("batch_detail_pruned", pruned)
-            self._db.execute(f"PRAGMA user_version = {_VERSION}")
+            self._db.execute("INSERT OR REPLACE INTO ledger_counter VALUES ('ledger_version', ?)", (_VERSION,))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def _keep_detail_window(self) -> int:
+        """Copy the detail window out of batch_seen and drop the rest with the table (far faster than deleting
+        millions of rows one by one). Returns the rows kept."""
+        self._db.execute(_BATCH_SEEN.format(name="batch_seen_window"))
+        since = time.time_ns() - self._detail_age_ns()
+        kept = 0
+        for site, agent in self._db.execute("SELECT site, agent FROM agent_total").fetchall():
+            kept += self._db.execute(
+                f"INSERT INTO batch_seen_window SELECT {_BATCH_SEEN_COLUMNS} FROM batch_seen "
+                "WHERE site = ? AND agent = ? AND seq > ? AND received_ns >= ?",
+                (site, agent, self._highest_seq(site, agent) - self.bounds.detail_batches, since),
+            ).rowcount
+        self._db.execute("DROP TABLE batch_seen")
+        self._db.execute("ALTER TABLE batch_seen_window RENAME TO batch_seen")
+        return kept
 
     def _detail_age_ns(self) -> int:
         return int(self.bounds.detail_days * 86_400e9)
