@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from itertools import pairwise
 from pathlib import Path
@@ -215,6 +215,26 @@ class _Run(NamedTuple):
     max_sent_ns: int | None
 
 
+@dataclass
+class _Tail:
+    """An agent's highest run, extended in memory by the in-order batches of one `record_many` call."""
+
+    first: int
+    last: int
+    max_sent_ns: int | None
+    batches: int = 0
+    readings: int = 0
+    detail: list[tuple[str, str, int, int, int, int | None]] = field(default_factory=list)
+
+    def extend(self, arrival: Arrival) -> None:
+        site, agent, seq, readings, received_ns, sent_ns = arrival
+        self.last = seq
+        self.max_sent_ns = _latest(self.max_sent_ns, sent_ns)
+        self.batches += 1
+        self.readings += readings
+        self.detail.append((site, agent, seq, readings, received_ns, sent_ns))
+
+
 def _latest(*values: int | None) -> int | None:
     present = [v for v in values if v is not None]
     return max(present) if present else None
@@ -319,11 +339,22 @@ class Ledger(StateFile):
             self._db.execute("BEGIN")
             try:
                 touched: dict[tuple[str, str], int] = {}
+                tails: dict[tuple[str, str], _Tail | None] = {}
                 for row in batches:
                     arrival = Arrival(*row)
-                    outcomes.append(self._record(arrival, classify=classify, refused=False))
                     key = (arrival.site, arrival.agent)
                     touched[key] = max(touched.get(key, arrival.received_ns), arrival.received_ns)
+                    if key not in tails:
+                        tails[key] = self._load_tail(*key)
+                    tail = tails[key]
+                    if tail is not None and arrival.seq == tail.last + 1:
+                        tail.extend(arrival)  # the common case: the next number, after everything recorded
+                        outcomes.append(Recorded.NEW)
+                        continue
+                    self._flush_tail(key, tails.pop(key))
+                    outcomes.append(self._record(arrival, classify=classify, refused=False))
+                for key, tail in tails.items():
+                    self._flush_tail(key, tail)
                 for (site, agent), now_ns in touched.items():
                     self._prune_detail(site, agent, now_ns, 2 * len(batches) + 8)
                 if touched:
@@ -333,6 +364,30 @@ class Ledger(StateFile):
                 self._db.execute("ROLLBACK")
                 raise
         return outcomes
+
+    def _load_tail(self, site: str, agent: str) -> _Tail | None:
+        row = self._db.execute(
+            "SELECT first, last, max_sent_ns FROM seq_run WHERE site = ? AND agent = ? ORDER BY first DESC LIMIT 1",
+            (site, agent),
+        ).fetchone()
+        return None if row is None else _Tail(*row)
+
+    def _flush_tail(self, key: tuple[str, str], tail: _Tail | None) -> None:
+        """Write what in-order batches added to an agent's highest run: one update per agent and call."""
+        if tail is None or not tail.batches:
+            return
+        site, agent = key
+        self._db.execute(
+            "UPDATE seq_run SET last = ?, readings = readings + ?, max_sent_ns = ? "
+            "WHERE site = ? AND agent = ? AND first = ?",
+            (tail.last, tail.readings, tail.max_sent_ns, site, agent, tail.first),
+        )
+        self._db.execute(
+            """INSERT INTO agent_total VALUES (?, ?, ?, ?, 0, 0, 0) ON CONFLICT (site, agent) DO UPDATE SET
+               batches = batches + excluded.batches, readings = readings + excluded.readings""",
+            (site, agent, tail.batches, tail.readings),
+        )
+        self._db.executemany("INSERT OR IGNORE INTO batch_seen VALUES (?, ?, ?, ?, ?, 0, 0, ?)", tail.detail)
 
     def record_refused(self, site: str, agent: str, seq: int, received_ns: int, sent_ns: int | None = None) -> bool:
         """A batch the store refuses for good (kept as a dead letter): accounted as refused, not missing, so gap
