@@ -461,3 +461,26 @@ def test_report_feed_state_keeps_only_the_periods_the_feed_still_looks_at(tmp_pa
     assert state.get("stack-1", "2024-01") is not None
     assert state._db.execute("SELECT count(*) FROM report_feed").fetchone() == (3 * 13,)
     state.close()
+
+
+def test_the_alert_history_file_is_steady_once_at_its_bounds(tmp_path: Path) -> None:
+    """Day after day of notices told and delivered, pruned as the engine's tick does: the file stops growing."""
+    path = tmp_path / "state.sqlite"
+    store = AlertStore(path, keep=timedelta(days=3), max_notices=100_000)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    [alert_id] = store.ensure_ids([AlertKey("hg", "s", "a", "hg1", "hg")], t0).values()
+    sizes = []
+    for day in range(30):
+        now = t0 + timedelta(days=day)
+        writes = [NoticeWrite(alert_id, a_notice(alert_id, NoticeKind.FIRING, now), "g", now, True)] * 200
+        store.commit([], writes, now)
+        [message] = store.create_messages([Dispatch(tuple(q.notice_id for q in store.queued()), ("g",))], ["h"], now)
+        store.delivered(message, "h", now)
+        for _ in range(4):  # one prune per tick: a few ticks a day are plenty
+            store.prune(now, step=500)
+        if day >= 10:
+            store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            sizes.append(path.stat().st_size)
+    assert max(sizes) == min(sizes), sizes
+    assert store._db.execute("SELECT count(*) FROM alert_notice").fetchone()[0] <= 4 * 200
+    store.close()
