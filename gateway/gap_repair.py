@@ -105,6 +105,42 @@ class RepairSchedule:
 
     def due(self, site: str, agent: str, ranges: list[SeqRange], now: float) -> list[SeqRange]:
         """The ranges to request now. A range is known by its first number, which stays put as it fills."""
+        result = self._waited(site, agent, ranges, now)
+        for first, _ in result:
+            self._requested[(site, agent, first)] = now
+        return result
+
+    def plan(
+        self,
+        site: str,
+        agent: str,
+        ranges: list[SeqRange],
+        now: float,
+        *,
+        max_requests: int,
+        max_batches: int,
+        span: int = MAX_RESEND_SPAN,
+    ) -> RequestPlan:
+        """`due` and `plan_requests` in one: the requests to publish now, within the bounds. Only the ranges
+        actually asked for wait `retry_s`; those the bounds did not reach stay due, so ranges that never fill
+        (an agent that cannot answer) do not starve the ones after them."""
+        requests: list[SeqRange] = []
+        not_asked = 0
+        for first, last in self._waited(site, agent, ranges, now):
+            budget = max_batches - sum(end - start + 1 for start, end in requests)
+            if len(requests) >= max_requests or budget < 1:
+                not_asked += last - first + 1
+                continue
+            part = plan_requests(
+                [(first, last)], max_requests=max_requests - len(requests), max_batches=budget, span=span
+            )
+            self._requested[(site, agent, first)] = now
+            requests += part.requests
+            not_asked += part.not_asked
+        return RequestPlan(requests, not_asked)
+
+    def _waited(self, site: str, agent: str, ranges: list[SeqRange], now: float) -> list[SeqRange]:
+        """The ranges past their grace period and their retry interval (forgetting the ranges now filled)."""
         keys = {(site, agent, first) for first, _ in ranges}
         for key in [k for k in self._noticed if k[:2] == (site, agent) and k not in keys]:
             self._noticed.pop(key, None)
@@ -117,6 +153,5 @@ class RepairSchedule:
                 continue
             if now - self._requested.get(key, -float("inf")) < self.retry_s:
                 continue
-            self._requested[key] = now
             result.append((first, last))
         return result

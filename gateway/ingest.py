@@ -32,7 +32,7 @@ from aua_contract import (
 )
 from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig
-from gateway.gap_repair import RepairSchedule, plan_requests
+from gateway.gap_repair import RepairSchedule
 from gateway.http_api import HttpApi
 from gateway.ledger import Arrival, Ledger, Recorded
 from gateway.metrics import GatewayMetrics, Health
@@ -241,8 +241,14 @@ class Ingest:
         for (site, agent), what in self.ledger.owed(max_ranges=bounds.gap_max_ranges).items():
             if (site, agent) in offline:
                 continue
-            due = self.schedule.due(site, agent, what.requestable, now)
-            plan = plan_requests(due, max_requests=bounds.resend_max_requests, max_batches=bounds.resend_max_batches)
+            plan = self.schedule.plan(
+                site,
+                agent,
+                what.requestable,
+                now,
+                max_requests=bounds.resend_max_requests,
+                max_batches=bounds.resend_max_batches,
+            )
             self.stats.resend_not_asked += plan.not_asked
             for first, last in plan.requests:
                 requests.append(

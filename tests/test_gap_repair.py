@@ -127,6 +127,24 @@ def test_resend_plans_are_bounded_whatever_the_span(
     )
 
 
+def test_ranges_beyond_the_bounds_stay_due_so_none_starves() -> None:
+    """Only the ranges actually asked for wait retry_s: with two requests per check, holes that never fill
+    (an agent that cannot answer them) do not keep the holes after them from being asked."""
+    schedule = RepairSchedule(grace_s=0, retry_s=30)
+    holes = [(0, 0), (2, 2), (4, 4), (6, 6)]
+
+    def plan(now: float) -> RequestPlan:
+        return schedule.plan("s", "a", holes, now, max_requests=2, max_batches=1_000)
+
+    assert plan(0) == RequestPlan([(0, 0), (2, 2)], 2)
+    assert plan(1) == RequestPlan([(4, 4), (6, 6)], 0)
+    assert plan(2) == RequestPlan([], 0)
+    assert plan(30) == RequestPlan([(0, 0), (2, 2)], 0)
+    assert plan(31) == RequestPlan([(4, 4), (6, 6)], 0)
+    huge = schedule.plan("s", "b", [(0, 10**13)], 0, max_requests=3, max_batches=150_000)
+    assert huge == RequestPlan([(0, 99_999), (100_000, 149_999)], 10**13 + 1 - 150_000)
+
+
 @pytest.mark.parametrize("next_seq", [10**10, 10**13, 2**63 - 1])
 def test_a_huge_next_seq_costs_a_bounded_number_of_requests(tmp_path: Path, next_seq: int) -> None:
     """An agent (buggy or hostile) announces next_seq 1e13: gap repair asks for the first
