@@ -82,7 +82,7 @@ class IngestStats:
     store_retries: int = 0
     resend_requests: int = 0
     resend_not_asked: int = 0
-    """Owed batches left for a later check by the [ledger] resend bounds (summed over checks)."""
+    """Owed batches the last gap check left for later ([ledger] resend bounds): a gauge."""
     refused_batches: int = 0
 
 
@@ -238,6 +238,7 @@ class Ingest:
         offline = self.ledger.offline_agents()
         bounds = self.config.ledger
         requests = []
+        not_asked = 0
         for (site, agent), what in self.ledger.owed(max_ranges=bounds.gap_max_ranges).items():
             if (site, agent) in offline:
                 continue
@@ -249,7 +250,7 @@ class Ingest:
                 max_requests=bounds.resend_max_requests,
                 max_batches=bounds.resend_max_batches,
             )
-            self.stats.resend_not_asked += plan.not_asked
+            not_asked += plan.not_asked
             for first, last in plan.requests:
                 requests.append(
                     ResendRequest(
@@ -261,6 +262,7 @@ class Ingest:
                         at=datetime.now(UTC),
                     )
                 )
+        self.stats.resend_not_asked = not_asked
         return requests
 
     async def handle(self, topic: str, payload: bytes) -> None:

@@ -54,8 +54,8 @@ class _IngestCollector(Collector):
 def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
     """What the [ledger] bounds hold and drop (gateway/ledger.py), and what gap repair left for later."""
     stats = ingest.stats
-    yield CounterMetricFamily(
-        "aua_gateway_resend_not_asked", "owed batches left for a later gap check", value=stats.resend_not_asked
+    yield GaugeMetricFamily(
+        "aua_gateway_resend_not_asked", "owed batches the last gap check left for later", value=stats.resend_not_asked
     )
     yield CounterMetricFamily(
         "aua_gateway_refused_batches", "batches the store refused for good", value=stats.refused_batches

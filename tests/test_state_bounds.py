@@ -302,6 +302,10 @@ async def test_a_batch_the_store_refuses_is_recorded_refused_and_not_asked_again
     assert letter.reason.startswith("store rejected")
     lines = accounting_lines(ledger.accounts(), ledger.owed(), ledger.resend_requests(), ledger.counters())
     assert lines[-1] == "s/a 1 batches refused by the store for good (dead letters, not asked for again)"
+    exposition = ingest.metrics.exposition().decode()
+    for line in ("aua_gateway_refused_batches_total 1.0", "aua_gateway_dead_letter_rows 1.0"):
+        assert line in exposition.splitlines()
+    assert "aua_gateway_dead_letters_pruned_total 0.0" in exposition.splitlines()
     ingest.spool.close()
     ledger.close()
 
