@@ -100,6 +100,8 @@ HISTORY_KEEP = timedelta(days=90)
 """Alert history (notices told, messages, deliveries, past acknowledgements, ended silences) kept this long."""
 HISTORY_MAX_NOTICES = 100_000
 """...and at most this many notices, whatever their age."""
+PRUNE_EVERY = timedelta(minutes=1)
+"""How often the history is pruned (a step each time; finding what to prune reads the notices once)."""
 GIVE_UP_AFTER = timedelta(hours=24)
 """A delivery still failing a day after its message was made is abandoned (and logged as an error)."""
 
@@ -594,6 +596,7 @@ class AlertEngine:
         self._wake = asyncio.Event()
         self._started: datetime | None = None
         self._flushed_at: datetime | None = None
+        self._pruned_at: datetime | None = None
         self._alerts: dict[AlertKey, _Alert] = {}
         self._evaluators: dict[AlertKey, ThresholdEvaluator | StuckEvaluator] = {}
         self._series_rules: dict[tuple[str, str, str, str], list[SeriesRule]] = {}
@@ -714,7 +717,9 @@ class AlertEngine:
             await self._commit(told, now, flush=True)
             await asyncio.to_thread(self._make_messages, now)
         await self.deliver(now)
-        await asyncio.to_thread(self.store.prune, now)
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            await asyncio.to_thread(self.store.prune, now)
 
     async def run(
         self, *, interval: float = 1.0, clock: Callable[[], datetime] = _utc_now

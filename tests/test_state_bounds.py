@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from aua_contract import Batch, Reading, encode_batch, readings_topic
 from gateway.accounting import accounting_lines
 from gateway.alert_state import AlertKey, Dispatch, Notice, NoticeKind, Severity
-from gateway.alerts import AlertStore, NoticeWrite
+from gateway.alerts import AlertEngine, AlertStore, NoticeWrite
 from gateway.config import GatewayConfig, GatewaySection, LedgerSection, StoreSection
 from gateway.ingest import Ingest
 from gateway.ledger import AgentAccount, Arrival, Ledger, Recorded
@@ -488,3 +488,16 @@ def test_the_alert_history_file_is_steady_once_at_its_bounds(tmp_path: Path) -> 
     assert max(sizes) == min(sizes), sizes
     assert store._db.execute("SELECT count(*) FROM alert_notice").fetchone()[0] <= 4 * 200
     store.close()
+
+
+async def test_the_alert_engine_prunes_its_history_as_it_ticks(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "state.sqlite", keep=timedelta(days=1))
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    [alert_id] = store.ensure_ids([AlertKey("hg", "s", "a", "hg1", "hg")], t0).values()
+    store.commit([], [NoticeWrite(alert_id, a_notice(alert_id, NoticeKind.FIRING, t0), "g", t0, False)] * 10, t0)
+    engine = AlertEngine([], store)
+    await engine.tick(t0 + timedelta(hours=1))
+    assert store.pruned == 0  # a day is kept
+    await engine.tick(t0 + timedelta(days=2))
+    assert store.pruned == 10
+    engine.close()
