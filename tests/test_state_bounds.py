@@ -501,3 +501,20 @@ async def test_the_alert_engine_prunes_its_history_as_it_ticks(tmp_path: Path) -
     await engine.tick(t0 + timedelta(days=2))
     assert store.pruned == 10
     engine.close()
+
+
+def test_sequence_numbers_at_the_top_of_int64_are_recorded_and_accounted(tmp_path: Path) -> None:
+    """The contract admits any int64 sequence number: the ledger's range arithmetic must not overflow SQLite."""
+    top = 2**63 - 1
+    ledger = Ledger(tmp_path / "state.sqlite")
+    assert ledger.record_many([("s", "a", 0, 1, 0), ("s", "a", top - 2, 1, 0), ("s", "a", top, 1, 0)]) == [
+        Recorded.NEW
+    ] * 3  # fmt: skip
+    assert ledger.record_many([("s", "a", top - 1, 1, 0)]) == [Recorded.NEW]
+    assert ledger.record_many([("s", "a", top, 1, 0)]) == [Recorded.DUPLICATE]
+    assert ledger.holes("s", "a") == [(1, top - 3)]
+    assert ledger.holes("s", "a", from_seq=top, limit=5) == []
+    [account] = ledger.accounts()
+    assert (account.batches, account.first_seq, account.last_seq, account.missing) == (4, 0, top, top - 3)
+    assert ledger.record_refused("s", "b", top, 0)
+    ledger.close()
