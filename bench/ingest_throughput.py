@@ -3,6 +3,12 @@ InfluxDB /write ceiling measured in the same run, and sample-to-stored latency a
 
 Run: .venv/bin/python bench/ingest_throughput.py [--readings 1000000]
 Targets: >= 50 % of the raw ceiling and >= 50,000 readings/s on 2 cores; p99 latency reported.
+
+`--ledger` (issue 12) compares, in one run, the gateway at an empty ledger with the gateway at a ledger holding
+a year of 1 s batches for four agents (bulk-inserted as the ledger keeps them: sequence ranges with an hourly
+hole, a full per-batch detail window, dead letters at their bound), in small batches so that per-batch ledger
+work shows, fed in-process (the broker and a publisher would bound it first). Target: the year within 10 % of
+the empty ledger's readings/s.
 Everything runs on loopback (influxd, mosquitto and a publisher process started here) and stops by itself.
 """
 
@@ -12,24 +18,27 @@ import argparse
 import asyncio
 import gzip
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _publisher import make_batch  # noqa: E402
 from servers import InfluxServer, MosquittoServer  # noqa: E402
 
-from aua_contract import Batch  # noqa: E402
-from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection  # noqa: E402
+from aua_contract import Batch, readings_topic  # noqa: E402
+from gateway.config import GatewayConfig, GatewaySection, LedgerSection, MqttSection, StoreSection  # noqa: E402
 from gateway.gc_tuning import tune_for_ingest  # noqa: E402
 from gateway.ingest import Ingest  # noqa: E402
 from gateway.ledger import Ledger  # noqa: E402
@@ -90,6 +99,54 @@ async def raw_ceiling(influx: InfluxServer, readings: int) -> tuple[float, dict[
         return readings / elapsed, meter.used
 
 
+YEAR_OF_BATCHES = 365 * 86_400
+"""A year of one batch a second: the sequence number an agent with a year of history has reached."""
+
+
+def prefill_year_of_history(path: Path, site: str, agents: list[str]) -> None:
+    """Bulk-insert a year of ledger for `agents` as the ledger keeps it at steady state: one sequence run per hour
+    (an hourly hole: lost, the agent's outbox no longer has it), running totals, the per-batch detail window
+    full, resend ranges, dead letters at their row bound, the agents' last status."""
+    bounds = LedgerSection()
+    Ledger(path, bounds).close()  # the schema, at the current version
+    now = time.time_ns()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    for agent in agents:
+        runs = [
+            ("s", agent, start + 1 if start else 0, min(start + 3599, YEAR_OF_BATCHES - 1))
+            for start in range(0, YEAR_OF_BATCHES, 3600)
+        ]
+        db.executemany(
+            "INSERT INTO seq_run VALUES (?, ?, ?, ?, ?, 0, 0, 0, ?)",
+            [(site, agent, first, last, 30 * (last - first + 1), last * 10**9) for _, _, first, last in runs],
+        )
+        batches = sum(last - first + 1 for _, _, first, last in runs)
+        db.execute("INSERT INTO agent_total VALUES (?, ?, ?, ?, 0, 0, 0)", (site, agent, batches, 30 * batches))
+        window = range(YEAR_OF_BATCHES - bounds.detail_batches, YEAR_OF_BATCHES)
+        db.executemany(
+            "INSERT INTO batch_seen VALUES (?, ?, ?, 30, ?, 0, 0, ?)",
+            [(site, agent, seq, now, seq * 10**9) for seq in window if seq % 3600],
+        )
+        db.executemany(
+            "INSERT INTO resend_range VALUES (?, ?, ?, ?)", [(site, agent, n * 3600, n * 3600) for n in range(8)]
+        )
+        db.execute(
+            "INSERT INTO agent_status VALUES (?, ?, 'online', ?, ?, ?, 0)",
+            (site, agent, now, YEAR_OF_BATCHES, YEAR_OF_BATCHES - 1000),
+        )
+    db.executemany(
+        "INSERT INTO dead_letter (received_ns, topic, reason, payload, size, sha256) VALUES (?, ?, ?, ?, 1024, '')",
+        [(now, f"aua/v1/{site}/a9/readings", "bench", b"x" * 1024)] * bounds.dead_letter_max_rows,
+    )
+    db.execute("UPDATE ledger_counter SET value = ? WHERE name = 'dead_letter_rows'", (bounds.dead_letter_max_rows,))
+    db.execute(
+        "UPDATE ledger_counter SET value = ? WHERE name = 'dead_letter_bytes'", (1024 * bounds.dead_letter_max_rows,)
+    )
+    db.execute("COMMIT")
+    db.close()
+
+
 def start_publisher(
     broker: MosquittoServer, site: str, agent: str, batches: int, size: int, *, rate: float = 0
 ) -> subprocess.Popen[str]:
@@ -115,7 +172,11 @@ def start_publisher(
 
 
 async def gateway_run(
-    influx: InfluxServer, broker: MosquittoServer, workdir: Path, readings: int, rate: float
+    influx: InfluxServer,
+    broker: MosquittoServer,
+    workdir: Path,
+    readings: int,
+    rate: float,
 ) -> tuple[float, list[float], dict[str, float]]:
     """Returns (readings/s, latencies of each batch from sample time to durable, CPU seconds per process)."""
     site = f"bench{uuid.uuid4().hex[:6]}"
@@ -175,7 +236,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--ledger", action="store_true", help="only: empty ledger vs a year of history")
+    parser.add_argument("--batch-readings", type=int, default=20, help="with --ledger: readings per batch")
+    parser.add_argument("--ledger-batches", type=int, default=10_000, help="with --ledger: batches per run")
     args = parser.parse_args()
+    if args.ledger:
+        await ledger_comparison(args.ledger_batches * args.batch_readings, args.batch_readings)
+        return
     with tempfile.TemporaryDirectory(prefix="aua-bench-") as folder:
         workdir = Path(folder)
         influx = InfluxServer(workdir / "influxd")
@@ -208,6 +275,76 @@ async def main() -> None:
     for name, cores in busy.items():
         print(f"  gateway run  {name:<12} {cores / throughput * 1e6:>6.2f} us   ({cores:.2f} cores)")
     print("(peers.md: thingsboard-gateway users report ~200 datapoints/s, #1484)")
+
+
+async def ledger_run(
+    influx: InfluxServer, workdir: Path, batches: int, size: int, *, year: bool
+) -> tuple[float, float]:
+    """The gateway's own pipeline (validate, queue, store in InfluxDB, record in the ledger) fed in-process, so
+    neither the broker nor the publisher bounds it: (readings/s, gateway CPU seconds per batch)."""
+    site = f"bench{uuid.uuid4().hex[:6]}"
+    url = influx.database_url(f"gw_{uuid.uuid4().hex[:8]}")
+    config = GatewayConfig(
+        gateway=GatewaySection(id=f"gw-{site}", state=workdir / f"{site}.sqlite"),
+        store=StoreSection(url=url),
+    )
+    if year:
+        prefill_year_of_history(config.gateway.state, site, ["a1", "a2", "a3", "a4"])
+    store = open_store(url)
+    await store.open()
+    ledger = Ledger(config.gateway.state)
+    ingest = Ingest(config, store, ledger)
+    first = YEAR_OF_BATCHES if year else 0
+    start = datetime.now(UTC) - timedelta(seconds=batches)
+    topic = readings_topic(site, "a1")
+    payloads = [make_batch(site, "a1", first + n, size, start + timedelta(seconds=n)) for n in range(batches)]
+    writer = asyncio.create_task(ingest.write_forever())
+    cpu = time.process_time()
+    began = time.perf_counter()
+    for payload in payloads:
+        await ingest.handle(topic, payload)
+    await ingest.flushed()
+    elapsed = time.perf_counter() - began
+    cpu = time.process_time() - cpu  # this process: the gateway, and the ledger's thread
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    [account] = [a for a in ledger.accounts() if a.agent == "a1"]
+    assert account.last_seq == first + batches - 1
+    assert ingest.stats.batches == batches
+    ingest.spool.close()
+    ledger.close()
+    await store.close()
+    return batches * size / elapsed, cpu / batches
+
+
+async def ledger_comparison(readings: int, batch_readings: int) -> None:
+    """Empty ledger, a year of ledger, twice each alternating (to see the loaded machine's drift), one run."""
+    batches = readings // batch_readings
+    with tempfile.TemporaryDirectory(prefix="aua-bench-") as folder:
+        workdir = Path(folder)
+        influx = InfluxServer(workdir / "influxd")
+        influx.start()
+        results = []
+        try:
+            tune_for_ingest()
+            for year in (False, True, False, True):
+                throughput, cpu_per_batch = await ledger_run(influx, workdir, batches, batch_readings, year=year)
+                results.append((year, throughput, cpu_per_batch))
+        finally:
+            influx.terminate()
+    print()
+    print(f"{batches:,} batches of {batch_readings} readings, fed in-process into a real InfluxDB")
+    print(f"{'ledger':<18} {'readings/s':>12} {'batches/s':>10} {'gateway CPU per batch':>22}")
+    for year, throughput, cpu_per_batch in results:
+        name = "a year, 4 agents" if year else "empty"
+        print(f"{name:<18} {throughput:>12,.0f} {throughput / batch_readings:>10,.0f} {cpu_per_batch * 1e6:>19.0f} us")
+    empty = statistics.mean(t for year, t, _ in results if not year)
+    full = statistics.mean(t for year, t, _ in results if year)
+    print(f"a year / empty, readings/s: {full / empty:.0%} (target: >= 90 %)")
+    cpu_empty = statistics.mean(c for year, _, c in results if not year)
+    cpu_full = statistics.mean(c for year, _, c in results if year)
+    print(f"a year / empty, gateway CPU per batch: {cpu_full / cpu_empty:.0%} (target: <= 110 %; steadier than")
+    print("readings/s on a shared machine, where the wall clock also measures the other processes)")
 
 
 if __name__ == "__main__":

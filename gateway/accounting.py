@@ -26,9 +26,13 @@ def format_ranges(ranges: Sequence[SeqRange], *, limit: int = 20) -> str:
 
 
 def accounting_lines(
-    accounts: Sequence[AgentAccount], owed: Mapping[tuple[str, str], Owed], resends: Mapping[tuple[str, str], int]
+    accounts: Sequence[AgentAccount],
+    owed: Mapping[tuple[str, str], Owed],
+    resends: Mapping[tuple[str, str], int],
+    counters: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """The table, then one line per agent with ranges still missing (resendable) or lost for good."""
+    """The table, then one line per agent with ranges still missing (resendable), refused by the store or lost
+    for good, then what the ledger's bounds dropped (`Ledger.counters()`), if anything."""
     by_agent = {(a.site, a.agent): a for a in accounts}
     nothing = Owed([], [])
     lines = [HEADER]
@@ -56,8 +60,20 @@ def accounting_lines(
                 f"{account.last_reused_seq}): its outbox was replaced or another agent has its id; their readings "
                 "are stored, but its accounting is unreliable until it gets a new agent id"
             )
+        if account is not None and account.refused:
+            details.append(
+                f"{site}/{agent} {account.refused} batches refused by the store for good (dead letters, not asked "
+                "for again)"
+            )
         if what.unrecoverable:
             details.append(
                 f"{site}/{agent} lost (no longer in the agent's outbox): {format_ranges(what.unrecoverable)}"
             )
+    counters = counters or {}
+    if counters.get("dead_letters_pruned") or counters.get("dead_letters_truncated"):
+        details.append(
+            f"dead letters: {counters.get('dead_letter_rows', 0)} kept ({counters.get('dead_letter_bytes', 0)} "
+            f"bytes of payload), {counters.get('dead_letters_pruned', 0)} pruned by the [ledger] bounds, "
+            f"{counters.get('dead_letters_truncated', 0)} kept truncated"
+        )
     return lines + details

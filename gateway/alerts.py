@@ -96,6 +96,12 @@ RETRY_FIRST = timedelta(seconds=5)
 RETRY_MAX = timedelta(minutes=10)
 FLUSH_EVERY = timedelta(seconds=10)
 """How often the last value and peak of pending/firing alerts are written (phase changes are written at once)."""
+HISTORY_KEEP = timedelta(days=90)
+"""Alert history (notices told, messages, deliveries, past acknowledgements, ended silences) kept this long."""
+HISTORY_MAX_NOTICES = 100_000
+"""...and at most this many notices, whatever their age."""
+PRUNE_EVERY = timedelta(minutes=1)
+"""How often the history is pruned (a step each time; finding what to prune reads the notices once)."""
 GIVE_UP_AFTER = timedelta(hours=24)
 """A delivery still failing a day after its message was made is abandoned (and logged as an error)."""
 
@@ -124,6 +130,7 @@ CREATE TABLE IF NOT EXISTS alert_notice (
     message_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS alert_notice_status ON alert_notice (status);
+CREATE INDEX IF NOT EXISTS alert_notice_message ON alert_notice (message_id);
 CREATE TABLE IF NOT EXISTS alert_message (
     id INTEGER PRIMARY KEY,
     created_ns INTEGER NOT NULL
@@ -220,8 +227,57 @@ class AlertStore(StateFile):
     acknowledgements (tables the engine reads, never rewrites), so the two never overwrite each other.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep: timedelta = HISTORY_KEEP, max_notices: int = HISTORY_MAX_NOTICES) -> None:
         super().__init__(path, _SCHEMA)
+        self.keep = keep
+        self.max_notices = max_notices
+        self.pruned = 0
+        """History rows (notices, messages, deliveries, acknowledgements, ended silences) pruned by this store."""
+
+    def prune(self, now: datetime, *, step: int = 500) -> int:
+        """Drop, at most `step` rows of each kind at a time, the history nothing needs any more: notices told
+        (or suppressed) before `keep` or beyond the newest `max_notices`, their messages and deliveries once
+        delivered or abandoned, acknowledgements of past episodes, silences ended before `keep`. Queued notices,
+        deliveries still being tried, and the current episode's acknowledgement stay."""
+        cutoff = _ns(now - self.keep)
+        pending = (
+            "SELECT 1 FROM alert_delivery d "
+            "WHERE d.message_id = {} AND d.delivered_ns IS NULL AND d.abandoned_ns IS NULL"
+        )
+        with self._lock, self._db:
+            (top,) = self._db.execute("SELECT coalesce(max(id), 0) FROM alert_notice").fetchone()
+            pruned = self._db.execute(
+                f"""DELETE FROM alert_notice WHERE id IN (
+                       SELECT n.id FROM alert_notice n WHERE n.status != 'queued'
+                       AND (n.queued_ns < ? OR n.id <= ?) AND NOT EXISTS ({pending.format("n.message_id")})
+                       ORDER BY n.id LIMIT ?)""",
+                (cutoff, top - self.max_notices, step),
+            ).rowcount
+            done = f"""SELECT m.id FROM alert_message m WHERE m.created_ns < ? AND NOT EXISTS ({pending.format("m.id")})
+                       AND NOT EXISTS (SELECT 1 FROM alert_notice n WHERE n.message_id = m.id) ORDER BY m.id LIMIT ?"""
+            pruned += self._db.execute(
+                f"DELETE FROM alert_delivery WHERE message_id IN ({done})", (cutoff, step)
+            ).rowcount
+            pruned += self._db.execute(
+                """DELETE FROM alert_message WHERE id IN (
+                       SELECT m.id FROM alert_message m WHERE m.created_ns < ?
+                       AND NOT EXISTS (SELECT 1 FROM alert_delivery d WHERE d.message_id = m.id)
+                       AND NOT EXISTS (SELECT 1 FROM alert_notice n WHERE n.message_id = m.id)
+                       ORDER BY m.id LIMIT ?)""",
+                (cutoff, step),
+            ).rowcount
+            pruned += self._db.execute(
+                """DELETE FROM alert_ack WHERE rowid IN (
+                       SELECT k.rowid FROM alert_ack k WHERE k.at_ns < ? AND NOT EXISTS (
+                           SELECT 1 FROM alert a WHERE a.id = k.alert_id AND a.episode = k.episode) LIMIT ?)""",
+                (cutoff, step),
+            ).rowcount
+            pruned += self._db.execute(
+                "DELETE FROM alert_silence WHERE id IN (SELECT id FROM alert_silence WHERE ends_ns < ? LIMIT ?)",
+                (cutoff, step),
+            ).rowcount
+        self.pruned += pruned
+        return pruned
 
     # ---- alert states ----
 
@@ -540,6 +596,7 @@ class AlertEngine:
         self._wake = asyncio.Event()
         self._started: datetime | None = None
         self._flushed_at: datetime | None = None
+        self._pruned_at: datetime | None = None
         self._alerts: dict[AlertKey, _Alert] = {}
         self._evaluators: dict[AlertKey, ThresholdEvaluator | StuckEvaluator] = {}
         self._series_rules: dict[tuple[str, str, str, str], list[SeriesRule]] = {}
@@ -577,7 +634,7 @@ class AlertEngine:
             )
         return cls(
             alerts.effective_rules() if alerts.enabled else [],
-            AlertStore(config.gateway.state),
+            AlertStore(config.gateway.state, keep=alerts.history_keep, max_notices=alerts.history_max_notices),
             notifiers,
             tz=tz,
             policy=alerts.delivery_policy(),
@@ -660,6 +717,9 @@ class AlertEngine:
             await self._commit(told, now, flush=True)
             await asyncio.to_thread(self._make_messages, now)
         await self.deliver(now)
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            await asyncio.to_thread(self.store.prune, now)
 
     async def run(
         self, *, interval: float = 1.0, clock: Callable[[], datetime] = _utc_now

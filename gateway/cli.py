@@ -45,7 +45,7 @@ async def _serve(config: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM, then stop cleanly: what was stored is recorded, the rest comes back by gap repair."""
     store = open_store(config.store.url)
     await store.open()
-    ledger = Ledger(config.gateway.state)
+    ledger = Ledger(config.gateway.state, config.ledger)
     alerts = AlertEngine.from_config(config) if config.alerts is not None else None
     rollups = RollupEngine.from_config(config, store)
     feed = ReportFeed(config, store, engine=rollups) if config.rollup.reports.schedule else None
@@ -72,9 +72,9 @@ async def _serve(config: GatewayConfig) -> None:
 
 
 def _accounting(config: GatewayConfig) -> int:
-    ledger = Ledger(config.gateway.state)
+    ledger = Ledger(config.gateway.state, config.ledger)
     try:
-        lines = accounting_lines(ledger.accounts(), ledger.owed(), ledger.resend_requests())
+        lines = accounting_lines(ledger.accounts(), ledger.owed(), ledger.resend_requests(), ledger.counters())
     finally:
         ledger.close()
     try:
@@ -86,10 +86,11 @@ def _accounting(config: GatewayConfig) -> int:
 
 
 def _dead_letters(config: GatewayConfig) -> int:
-    ledger = Ledger(config.gateway.state)
+    ledger = Ledger(config.gateway.state, config.ledger)
     for letter in ledger.dead_letters():
         when = datetime.fromtimestamp(letter.received_ns / 1e9, UTC).isoformat(timespec="seconds")
-        print(f"{when} {letter.topic}: {letter.reason} ({len(letter.payload)} bytes)")
+        kept = f", first {len(letter.payload)} kept, sha256 {letter.sha256}" if letter.truncated else ""
+        print(f"{when} {letter.topic}: {letter.reason} ({letter.size} bytes{kept})")
     ledger.close()
     return 0
 

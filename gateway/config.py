@@ -88,6 +88,38 @@ class GatewaySection(_Strict):
         return self.spool or self.state.with_name(f"{self.state.stem}-spool.sqlite")
 
 
+class LedgerSection(_Strict):
+    """[ledger]: bounds of the gateway's own state file (gateway/ledger.py), so it stops growing once full."""
+
+    detail_batches: Annotated[int, Field(ge=1, le=100_000_000)] = Field(
+        default=100_000,
+        description="per agent, the last this many sequence numbers keep per-batch detail (sealing time, to tell "
+        "a redelivery from a reused sequence number); older batches are kept only as sequence ranges with counts",
+    )
+    detail_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        default=7.0, description="per-batch detail is also dropped once older than this"
+    )
+    gap_max_ranges: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=1_000, description="per agent and check, the missing ranges gap repair looks at (oldest first)"
+    )
+    resend_max_requests: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=20, description="per agent and check, the resend requests published at most"
+    )
+    resend_max_batches: Annotated[int, Field(ge=1, le=10**9)] = Field(
+        default=200_000, description="per agent and check, the batches asked for at most (the rest waits)"
+    )
+    dead_letter_payload_bytes: Annotated[int, Field(ge=0, le=64 * 1024 * 1024)] = Field(
+        default=64 * 1024, description="bytes of each dead letter's payload kept (its size and SHA-256 always are)"
+    )
+    dead_letter_max_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    dead_letter_max_bytes: Annotated[int, Field(ge=1024, le=2**40)] = Field(
+        default=64 * 1024 * 1024, description="payload bytes kept over all dead letters"
+    )
+    dead_letter_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        default=30.0, description="dead letters older than this are pruned (oldest first, a few at a time)"
+    )
+
+
 class MqttSection(BrokerConnection):
     """[mqtt]: the broker, credentials and TLS (aua_mqtt, the same keys as an agent's), and what
     to subscribe to."""
@@ -313,6 +345,12 @@ class AlertsSection(_Strict):
     remind_every: Duration = Field(default=timedelta(0), description="repeat unacknowledged firing alerts; 0: never")
     notify: AlertNotifySection = Field(default_factory=AlertNotifySection)
     rules: dict[str, AlertRuleSection] = Field(default_factory=dict)
+    history_keep: Duration = Field(
+        default=timedelta(days=90), description="alert history (notices, messages, deliveries) kept this long"
+    )
+    history_max_notices: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
+        default=100_000, description="and at most this many notices (queued ones always stay)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -452,6 +490,7 @@ class StateFeedSection(_Strict):
 class GatewayConfig(_Strict):
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
+    ledger: LedgerSection = Field(default_factory=LedgerSection, description="bounds of the gateway's state file")
     store: StoreSection = Field(default_factory=StoreSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
     alerts: AlertsSection | None = Field(default=None, description="threshold and data alerts; absent: none")

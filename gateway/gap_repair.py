@@ -9,6 +9,7 @@ shared subscription) and then again at most every `retry_s` until it is filled.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aua_contract.models import MAX_RESEND_SPAN
@@ -56,9 +57,41 @@ def owed(
 
 
 def chunks(seq_range: SeqRange, span: int = MAX_RESEND_SPAN) -> list[SeqRange]:
-    """Split a range into pieces a single resend request may carry."""
+    """Split a range into pieces a single resend request may carry (all of them: for bounded input only;
+    the repair loop uses `plan_requests`)."""
     first, last = seq_range
     return [(start, min(last, start + span - 1)) for start in range(first, last + 1, span)]
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """The resend requests to publish in one check, and how many owed batches wait for a later one."""
+
+    requests: list[SeqRange]
+    not_asked: int
+
+
+def plan_requests(
+    ranges: Iterable[SeqRange], *, max_requests: int, max_batches: int, span: int = MAX_RESEND_SPAN
+) -> RequestPlan:
+    """Cut the ranges due into at most `max_requests` requests of at most `span` batches each, asking for at most
+    `max_batches` in all, oldest first. Work and memory follow the number of requests, never a range's span:
+    an agent announcing `next_seq` 10**13 costs one bounded plan, not 10**8 requests."""
+    if max_requests < 1 or max_batches < 1 or span < 1:
+        raise ValueError(f"max_requests, max_batches and span must be positive, not {max_requests, max_batches, span}")
+    requests: list[SeqRange] = []
+    budget = max_batches
+    not_asked = 0
+    for first, last in ranges:
+        start = first
+        while start <= last and len(requests) < max_requests and budget > 0:
+            end = min(last, start + span - 1, start + budget - 1)
+            requests.append((start, end))
+            budget -= end - start + 1
+            start = end + 1
+        if start <= last:
+            not_asked += last - start + 1
+    return RequestPlan(requests, not_asked)
 
 
 @dataclass
@@ -72,6 +105,42 @@ class RepairSchedule:
 
     def due(self, site: str, agent: str, ranges: list[SeqRange], now: float) -> list[SeqRange]:
         """The ranges to request now. A range is known by its first number, which stays put as it fills."""
+        result = self._waited(site, agent, ranges, now)
+        for first, _ in result:
+            self._requested[(site, agent, first)] = now
+        return result
+
+    def plan(
+        self,
+        site: str,
+        agent: str,
+        ranges: list[SeqRange],
+        now: float,
+        *,
+        max_requests: int,
+        max_batches: int,
+        span: int = MAX_RESEND_SPAN,
+    ) -> RequestPlan:
+        """`due` and `plan_requests` in one: the requests to publish now, within the bounds. Only the ranges
+        actually asked for wait `retry_s`; those the bounds did not reach stay due, so ranges that never fill
+        (an agent that cannot answer) do not starve the ones after them."""
+        requests: list[SeqRange] = []
+        not_asked = 0
+        for first, last in self._waited(site, agent, ranges, now):
+            budget = max_batches - sum(end - start + 1 for start, end in requests)
+            if len(requests) >= max_requests or budget < 1:
+                not_asked += last - first + 1
+                continue
+            part = plan_requests(
+                [(first, last)], max_requests=max_requests - len(requests), max_batches=budget, span=span
+            )
+            self._requested[(site, agent, first)] = now
+            requests += part.requests
+            not_asked += part.not_asked
+        return RequestPlan(requests, not_asked)
+
+    def _waited(self, site: str, agent: str, ranges: list[SeqRange], now: float) -> list[SeqRange]:
+        """The ranges past their grace period and their retry interval (forgetting the ranges now filled)."""
         keys = {(site, agent, first) for first, _ in ranges}
         for key in [k for k in self._noticed if k[:2] == (site, agent) and k not in keys]:
             self._noticed.pop(key, None)
@@ -84,6 +153,5 @@ class RepairSchedule:
                 continue
             if now - self._requested.get(key, -float("inf")) < self.retry_s:
                 continue
-            self._requested[key] = now
             result.append((first, last))
         return result

@@ -32,7 +32,7 @@ from aua_contract import (
 )
 from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig
-from gateway.gap_repair import RepairSchedule, chunks
+from gateway.gap_repair import RepairSchedule
 from gateway.http_api import HttpApi
 from gateway.ledger import Arrival, Ledger, Recorded
 from gateway.metrics import GatewayMetrics, Health
@@ -81,6 +81,9 @@ class IngestStats:
     dead_letters: int = 0
     store_retries: int = 0
     resend_requests: int = 0
+    resend_not_asked: int = 0
+    """Owed batches the last gap check left for later ([ledger] resend bounds): a gauge."""
+    refused_batches: int = 0
 
 
 def _arrival(pending: _Pending) -> Arrival:
@@ -233,22 +236,33 @@ class Ingest:
         # An offline agent cannot answer; requests would only pile up in its session. It is asked again
         # once its birth message says it is back.
         offline = self.ledger.offline_agents()
+        bounds = self.config.ledger
         requests = []
-        for (site, agent), what in self.ledger.owed().items():
+        not_asked = 0
+        for (site, agent), what in self.ledger.owed(max_ranges=bounds.gap_max_ranges).items():
             if (site, agent) in offline:
                 continue
-            for seq_range in self.schedule.due(site, agent, what.requestable, now):
-                for first, last in chunks(seq_range):
-                    requests.append(
-                        ResendRequest(
-                            site=site,
-                            agent=agent,
-                            first=first,
-                            last=last,
-                            requested_by=self.config.gateway.id,
-                            at=datetime.now(UTC),
-                        )
+            plan = self.schedule.plan(
+                site,
+                agent,
+                what.requestable,
+                now,
+                max_requests=bounds.resend_max_requests,
+                max_batches=bounds.resend_max_batches,
+            )
+            not_asked += plan.not_asked
+            for first, last in plan.requests:
+                requests.append(
+                    ResendRequest(
+                        site=site,
+                        agent=agent,
+                        first=first,
+                        last=last,
+                        requested_by=self.config.gateway.id,
+                        at=datetime.now(UTC),
                     )
+                )
+        self.stats.resend_not_asked = not_asked
         return requests
 
     async def handle(self, topic: str, payload: bytes) -> None:
@@ -415,7 +429,7 @@ class Ingest:
                 if error.retryable:
                     durable += await self._store_or_spool([pending])
                 else:
-                    await self._store_rejected(pending.topic, encode_batch(pending.batch), error, pending.received_ns)
+                    await self._store_rejected(pending.topic, pending.batch, error, pending.received_ns)
                 continue
             await self._written([pending.batch])
             durable.append(pending)
@@ -430,10 +444,15 @@ class Ingest:
             receipts = [BatchReceipt(b.site, b.agent, b.seq, len(b.readings)) for b in batches]
             await self.store.write_receipts(receipts)
 
-    async def _store_rejected(self, topic: str, payload: bytes, error: StoreError, now: int) -> None:
+    async def _store_rejected(self, topic: str, batch: Batch, error: StoreError, now: int) -> None:
+        """A dead letter, and recorded as refused so gap repair does not ask for the batch again."""
         self.stats.dead_letters += 1
+        self.stats.refused_batches += 1
         log.error("store rejected a batch from %s: %s", topic, error)
-        await asyncio.to_thread(self.ledger.dead_letter, topic, f"store rejected: {error}", payload, now)
+        await asyncio.to_thread(self.ledger.dead_letter, topic, f"store rejected: {error}", encode_batch(batch), now)
+        await asyncio.to_thread(
+            self.ledger.record_refused, batch.site, batch.agent, batch.seq, now, to_ns(batch.sent_at)
+        )
 
     async def drain_spool_forever(self) -> None:
         """Move spooled batches into the store, oldest first, backing off while it is still down."""
@@ -472,7 +491,7 @@ class Ingest:
             except StoreError as error:
                 if error.retryable:
                     return
-                await self._store_rejected(topic, payload, error, time.time_ns())
+                await self._store_rejected(topic, batch, error, time.time_ns())
             else:
                 await self._written([batch])
             await asyncio.to_thread(self.spool.remove, [row_id])

@@ -48,6 +48,30 @@ class _IngestCollector(Collector):
         for account in self.ingest.ledger.accounts():
             missing.add_metric([account.site, account.agent], account.missing)
         yield missing
+        yield from _ledger_bounds(self.ingest)
+
+
+def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
+    """What the [ledger] bounds hold and drop (gateway/ledger.py), and what gap repair left for later."""
+    stats = ingest.stats
+    yield GaugeMetricFamily(
+        "aua_gateway_resend_not_asked", "owed batches the last gap check left for later", value=stats.resend_not_asked
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_refused_batches", "batches the store refused for good", value=stats.refused_batches
+    )
+    counters = ingest.ledger.counters()
+    yield GaugeMetricFamily("aua_gateway_dead_letter_rows", "dead letters kept", value=counters["dead_letter_rows"])
+    yield GaugeMetricFamily(
+        "aua_gateway_dead_letter_bytes", "dead-letter payload bytes kept", value=counters["dead_letter_bytes"]
+    )
+    for name, text in (
+        ("dead_letters_pruned", "dead letters pruned by rows, bytes or age"),
+        ("dead_letters_truncated", "dead letters kept with their payload cut"),
+        ("batch_detail_pruned", "per-batch ledger detail dropped beyond its window (ranges kept)"),
+        ("resend_ranges_pruned", "filled resend ranges dropped"),
+    ):
+        yield CounterMetricFamily(f"aua_gateway_{name}", text, value=counters[name])
 
 
 class GatewayMetrics:

@@ -835,6 +835,10 @@ CREATE TABLE IF NOT EXISTS report_feed (
 """
 
 
+REPORT_FEED_KEEP_YEARS = 2
+"""Rows of `report_feed` kept for periods of this many calendar years back (the feed needs only last year's)."""
+
+
 @dataclass(frozen=True)
 class FeedEvent:
     source: str
@@ -861,6 +865,12 @@ class _FeedState(StateFile):
                 "INSERT OR REPLACE INTO report_feed (source, period, json_path, written_ns) VALUES (?, ?, ?, ?)",
                 (source, period, json_path, time.time_ns()),
             )
+
+    def forget_before(self, period: str) -> int:
+        """Drop the rows of periods before `period` (a year, "2024"): the feed only ever looks at the last month
+        and the last year, so older rows are history nobody reads (the report files themselves stay)."""
+        with self._lock:
+            return int(self._db.execute("DELETE FROM report_feed WHERE period < ?", (period,)).rowcount)
 
     def posted(self, source: str, period: str, *, error: str = "") -> None:
         with self._lock:
@@ -930,6 +940,7 @@ class ReportFeed:
                     state = (str(path), None)
                 if settings.post_url and state[1] is None:
                     events.append(await self._post(source.id, label, Path(state[0])))
+        await asyncio.to_thread(self.state.forget_before, f"{now.year - REPORT_FEED_KEEP_YEARS}")
         return events
 
     async def run(self, *, interval: float = 300.0) -> None:

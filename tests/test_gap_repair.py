@@ -15,8 +15,8 @@ from aua_demo.sites import demo_sites, relocate
 from edge_agent.outbox import Outbox
 from edge_agent.poller import Agent
 from edge_agent.simulator import simulator_for_config
-from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
-from gateway.gap_repair import Owed, RepairSchedule, chunks, owed
+from gateway.config import GatewayConfig, GatewaySection, LedgerSection, MqttSection, StoreSection
+from gateway.gap_repair import Owed, RepairSchedule, RequestPlan, chunks, owed, plan_requests
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.stores import open_store
@@ -68,6 +68,125 @@ def test_a_hole_that_shrinks_from_the_end_keeps_its_place_in_the_schedule() -> N
 def test_long_ranges_are_split_into_requests_of_bounded_span() -> None:
     assert chunks((0, 9), span=4) == [(0, 3), (4, 7), (8, 9)]
     assert chunks((5, 5), span=4) == [(5, 5)]
+
+
+BIG = 10**13
+TOP = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("ranges", "max_requests", "max_batches", "expected"),
+    [
+        pytest.param([(0, 9)], 5, 1_000, RequestPlan([(0, 9)], 0), id="small: one request"),
+        pytest.param(
+            [(0, 10**10 - 1)],
+            3,
+            10**9,
+            RequestPlan([(0, 99_999), (100_000, 199_999), (200_000, 299_999)], 10**10 - 300_000),
+            id="next_seq 1e10: three requests, the rest counted",
+        ),
+        pytest.param(
+            [(0, BIG - 1)],
+            20,
+            250_000,
+            RequestPlan([(0, 99_999), (100_000, 199_999), (200_000, 249_999)], BIG - 250_000),
+            id="next_seq 1e13: the batch budget ends the plan",
+        ),
+        pytest.param([(TOP - 5, TOP)], 20, 10**9, RequestPlan([(TOP - 5, TOP)], 0), id="at the top of int64"),
+        pytest.param(
+            [(0, TOP)],
+            2,
+            10**9,
+            RequestPlan([(0, 99_999), (100_000, 199_999)], TOP + 1 - 200_000),
+            id="the whole int64 range",
+        ),
+        pytest.param(
+            [(3, 4), (10, 19), (BIG, 2 * BIG)],
+            3,
+            8,
+            RequestPlan([(3, 4), (10, 15)], 4 + BIG + 1),
+            id="budget shared by ranges, oldest first",
+        ),
+        pytest.param(
+            [(i, i) for i in range(0, 200, 2)],
+            10,
+            10**6,
+            RequestPlan([(i, i) for i in range(0, 20, 2)], 90),
+            id="many single holes",
+        ),
+    ],
+)
+def test_resend_plans_are_bounded_whatever_the_span(
+    ranges: list[tuple[int, int]], max_requests: int, max_batches: int, expected: RequestPlan
+) -> None:
+    plan = plan_requests(ranges, max_requests=max_requests, max_batches=max_batches)
+    assert plan == expected
+    assert len(plan.requests) <= max_requests
+    assert sum(last - first + 1 for first, last in plan.requests) + plan.not_asked == sum(
+        last - first + 1 for first, last in ranges
+    )
+
+
+def test_ranges_beyond_the_bounds_stay_due_so_none_starves() -> None:
+    """Only the ranges actually asked for wait retry_s: with two requests per check, holes that never fill
+    (an agent that cannot answer them) do not keep the holes after them from being asked."""
+    schedule = RepairSchedule(grace_s=0, retry_s=30)
+    holes = [(0, 0), (2, 2), (4, 4), (6, 6)]
+
+    def plan(now: float) -> RequestPlan:
+        return schedule.plan("s", "a", holes, now, max_requests=2, max_batches=1_000)
+
+    assert plan(0) == RequestPlan([(0, 0), (2, 2)], 2)
+    assert plan(1) == RequestPlan([(4, 4), (6, 6)], 0)
+    assert plan(2) == RequestPlan([], 0)
+    assert plan(30) == RequestPlan([(0, 0), (2, 2)], 0)
+    assert plan(31) == RequestPlan([(4, 4), (6, 6)], 0)
+    huge = schedule.plan("s", "b", [(0, 10**13)], 0, max_requests=3, max_batches=150_000)
+    assert huge == RequestPlan([(0, 99_999), (100_000, 149_999)], 10**13 + 1 - 150_000)
+
+
+@pytest.mark.parametrize("next_seq", [10**10, 10**13, 2**63 - 1])
+def test_a_huge_next_seq_costs_a_bounded_number_of_requests(tmp_path: Path, next_seq: int) -> None:
+    """An agent (buggy or hostile) announces next_seq 1e13: gap repair asks for the first
+    resend_max_batches of it in at most resend_max_requests requests and counts the rest as not asked,
+    instead of building 10**8 requests and running out of memory."""
+    from datetime import UTC, datetime
+
+    from aua_contract import AgentState, AgentStatus
+
+    config = GatewayConfig(
+        gateway=GatewaySection(state=tmp_path / "state.sqlite", gap_grace_s=0, gap_retry_s=1),
+        ledger=LedgerSection(resend_max_requests=4, resend_max_batches=250_000),
+        store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
+    )
+    ledger = Ledger(config.gateway.state, config.ledger)
+    ingest = Ingest(config, open_store(config.store.url), ledger)
+    ledger.record_many([("s", "a", 0, 1, 0), ("s", "a", 1, 1, 0)])
+    status = AgentStatus(
+        site="s", agent="a", state=AgentState.ONLINE, at=datetime.now(UTC), next_seq=next_seq, oldest_seq=0
+    )
+    ledger.agent_state(status, 0)
+    requests = ingest.resend_requests_due(now=100.0)
+    assert [(r.first, r.last) for r in requests] == [(2, 100_001), (100_002, 200_001), (200_002, 250_001)]
+    assert ingest.stats.resend_not_asked == next_seq - 250_002
+    [account] = ledger.accounts()
+    assert account.missing == 0  # the tail is owed, not a hole between seen batches
+    ingest.spool.close()
+    ledger.close()
+
+
+def test_gap_repair_looks_at_a_bounded_number_of_holes(tmp_path: Path) -> None:
+    """An agent that skips every other number leaves one hole per batch: gap repair reads only the first
+    gap_max_ranges of them from the agent's oldest held batch on; accounting still lists them all."""
+    ledger = Ledger(tmp_path / "state.sqlite")
+    ledger.record_many([("s", "a", seq, 1, 0) for seq in range(0, 20_000, 2)])
+    assert len(ledger.holes("s", "a")) == 9_999
+    assert ledger.holes("s", "a", limit=3) == [(1, 1), (3, 3), (5, 5)]
+    assert ledger.holes("s", "a", from_seq=1001, limit=3) == [(1001, 1001), (1003, 1003), (1005, 1005)]
+    assert ledger.holes("s", "a", from_seq=1002, limit=2) == [(1003, 1003), (1005, 1005)]
+    assert len(ledger.owed(max_ranges=5)[("s", "a")].requestable) == 5
+    assert len(ledger.owed()[("s", "a")].requestable) == 9_999
+    ledger.close()
 
 
 async def test_a_broker_killed_mid_stream_loses_nothing(mqtt_broker: MosquittoServer, tmp_path: Path) -> None:
