@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,11 +15,14 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from aua_contract import IDENTIFIER_PATTERN
 from aua_mqtt import BrokerConnection
+from aua_ops import ConfigError, ConfigFile, describe_validation_error, read_toml_text
 from gateway.alert_rules import (
     AMBIENT_PDK,
     ONE_TIME_MINUTES,
@@ -39,11 +41,12 @@ from gateway.alert_rules import (
     parse_duration,
 )
 from gateway.alert_state import DeliveryPolicy, Severity
-from gateway.mrv_config import RollupSection, SourceConfig, check_sources, resolve_mrv_paths
+from gateway.mrv_config import RollupSection, SourceConfig, check_sources, resolve_mrv_paths, source_problems
+from gateway.stores import open_store
 
 
-class GatewayConfigError(ValueError):
-    """A gateway config that cannot be used; the message names the file and the key."""
+class GatewayConfigError(ConfigError):
+    """A gateway config that cannot be used; one line per problem: FILE:LINE: KEY: what."""
 
 
 class _Strict(BaseModel):
@@ -58,6 +61,11 @@ class GatewaySection(_Strict):
     )
     http: str | None = Field(
         default=None, pattern=r"^[^\s:]+:\d{1,5}$", description="HOST:PORT for /health and /metrics; unset: off"
+    )
+    create_dirs: bool = Field(
+        default=False,
+        description="create missing folders of state, spool and a SQLite store at start; off: a missing folder "
+        "(often a typo, which would start an empty ledger) stops the start with the key's line",
     )
     write_max_readings: Annotated[int, Field(ge=1)] = Field(
         default=20_000,
@@ -83,16 +91,34 @@ class GatewaySection(_Strict):
         default=10.0, description="how often to write gateway and per-agent accounting to the store (aua_health)"
     )
 
+    @field_validator("http")
+    @classmethod
+    def _port_in_range(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"port of {value!r} must be 1 ... 65535")
+        return value
+
     @property
     def spool_path(self) -> Path:
         return self.spool or self.state.with_name(f"{self.state.stem}-spool.sqlite")
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        if self.http is None:
+            return None
+        host, port = self.http.rsplit(":", 1)
+        return host, int(port)
 
 
 class MqttSection(BrokerConnection):
     """[mqtt]: the broker, credentials and TLS (aua_mqtt, the same keys as an agent's), and what
     to subscribe to."""
 
-    sites: str = Field(default="+", description="site id to subscribe to, or + for all")
+    sites: str = Field(
+        default="+",
+        pattern=rf"^(\+|{IDENTIFIER_PATTERN.strip('^$')})$",
+        description="site id to subscribe to, or + for all",
+    )
     shared_group: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -103,6 +129,12 @@ class MqttSection(BrokerConnection):
 
 class StoreSection(_Strict):
     url: str = Field(default="sqlite:///var/aua.sqlite", description="sqlite:///PATH or influx://HOST:PORT/DB")
+
+    @field_validator("url")
+    @classmethod
+    def _known_store(cls, url: str) -> str:
+        open_store(url)  # builds, connects to nothing: a ValueError names what is wrong (no password in it)
+        return url
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,8 +492,9 @@ class GatewayConfig(_Strict):
     state_feed: StateFeedSection | None = Field(default=None, description="real-time feed to the state system")
 
     @model_validator(mode="after")
-    def _sources_fit_rollup(self) -> GatewayConfig:
-        check_sources(self.rollup, self.sources)
+    def _sources_fit_rollup(self, info: ValidationInfo) -> GatewayConfig:
+        if not (info.context or {}).get("sources_checked_by_caller"):
+            check_sources(self.rollup, self.sources)
         return self
 
 
@@ -474,21 +507,19 @@ def resolve_store_url(url: str, base: Path) -> str:
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
+    """Read and validate; every problem is one line, FILE:LINE: KEY: what (GatewayConfigError)."""
+    document, text = read_toml_text(path, GatewayConfigError)
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise GatewayConfigError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise GatewayConfigError(f"{path}: not valid TOML: {error}") from None
-    try:
-        config = GatewayConfig.model_validate(document)
+        config = GatewayConfig.model_validate(document, context={"sources_checked_by_caller": True})
     except ValidationError as error:
-        lines = [
-            f"{path}: {'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
-            for item in error.errors(include_url=False)
-        ]
-        raise GatewayConfigError("\n".join(lines)) from None
+        raise GatewayConfigError(describe_validation_error(error, str(path), text)) from None
+    located = ConfigFile(path, text)
+    problems = [
+        f"{located.path}{f':{line}' if (line := located.line(at)) else ''}: {what}"
+        for at, what in source_problems(config.rollup, config.sources)
+    ]
+    if problems:
+        raise GatewayConfigError("\n".join(problems))
     base = path.parent
     if not config.gateway.state.is_absolute():
         config.gateway.state = base / config.gateway.state

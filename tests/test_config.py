@@ -89,7 +89,7 @@ def test_agent_cli_validate_and_plan(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_gateway_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "gw.toml"
     path.write_text('[mqtt]\nport = "one"\n')
-    with pytest.raises(GatewayConfigError, match=r"gw.toml: mqtt.port"):
+    with pytest.raises(GatewayConfigError, match=r"gw.toml:2: mqtt.port"):
         load_gateway_config(path)
     assert gateway_main(["accounting", str(path)]) == 1
     assert "mqtt.port" in capsys.readouterr().err
@@ -114,9 +114,9 @@ def test_gateway_config_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ('[mqtt]\ncert_file = "gw.crt"\n', "gw.toml: mqtt: Value error, cert_file and key_file go together"),
-        ("[mqtt]\ntls = 2\n", "gw.toml: mqtt.tls"),
-        ('[mqtt]\nca_fil = "ca.pem"\n', "gw.toml: mqtt.ca_fil: Extra inputs are not permitted"),
+        ('[mqtt]\ncert_file = "gw.crt"\n', "gw.toml:1: mqtt: Value error, cert_file and key_file go together"),
+        ("[mqtt]\ntls = 2\n", "gw.toml:2: mqtt.tls"),
+        ('[mqtt]\nca_fil = "ca.pem"\n', "gw.toml:2: mqtt.ca_fil: Extra inputs are not permitted"),
     ],
 )
 def test_gateway_tls_settings_are_checked_like_an_agents(tmp_path: Path, body: str, expected: str) -> None:
