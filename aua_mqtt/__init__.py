@@ -5,5 +5,6 @@ the pure wire contract (aua_contract), this is an I/O edge: it loads the certifi
 """
 
 from aua_mqtt.connection import BrokerConnection
+from aua_mqtt.probe import broker_problem
 
-__all__ = ["BrokerConnection"]
+__all__ = ["BrokerConnection", "broker_problem"]

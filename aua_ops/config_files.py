@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from aua_ops.redaction import redact_text
 from aua_ops.toml_lines import key_lines, line_of
 
 Location = Sequence[str | int]
@@ -83,5 +84,6 @@ def describe_validation_error(error: ValidationError, source: str, text: str | N
     text, its line: `site.toml:54: instrument.0.port: Input should be ...`."""
     located = ConfigFile(Path(source), text)
     return "\n".join(
-        located.problem(item["loc"], " ".join(item["msg"].split())) for item in error.errors(include_url=False)
+        located.problem(item["loc"], redact_text(" ".join(item["msg"].split())))
+        for item in error.errors(include_url=False)
     )

@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from pydantic import BaseModel, SecretStr
 
 MASK = "***"
 
@@ -87,3 +89,31 @@ def install_secret_filter(secrets: Iterable[str] = ()) -> SecretFilter:
                 if secret_filter not in handler.filters:
                     handler.addFilter(secret_filter)
     return secret_filter
+
+
+def secrets_of(model: BaseModel) -> set[str]:
+    """Every secret a config holds: SecretStr values, and URLs that carry credentials (whole, and their
+    password), found by walking the model, so a new secret key is covered without listing it here."""
+    found: set[str] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, SecretStr):
+            found.add(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and "://" in value and redact_url(value) != value:
+            found.add(value)
+            password = urlsplit(value).password
+            if password:
+                found.add(password)
+                found.add(unquote(password))
+
+    walk(model)
+    return {secret for secret in found if len(secret) >= _MIN_SECRET}

@@ -26,6 +26,9 @@ SAMPLE = """\
   ## Store-and-forward queue on local disk: every reading lands here before it is sent, and waits
   ## here while the broker is unreachable. Survives kill -9 and power loss.
   outbox = "/var/lib/aua/outbox.sqlite"
+  ## Create the outbox's folder at start if it is missing. Off: a missing folder (often a typo, which would
+  ## start an empty outbox elsewhere) stops `run` with the line of `outbox`.
+  # create_dirs = false
   ## Most readings in one MQTT message (1 ... 10000).
   # batch_max_readings = 1000
   ## Bound of the outbox in batches (one batch per poll cycle with up to batch_max_readings readings).

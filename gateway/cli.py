@@ -8,11 +8,14 @@ import contextlib
 import getpass
 import logging
 import signal
+import ssl
 import sys
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from aua_ops import ConfigFile, install_secret_filter, secrets_of
+from gateway import preflight
 from gateway.accounting import accounting_lines
 from gateway.alert_rules import ThresholdRule, format_duration, parse_duration
 from gateway.alert_state import Phase
@@ -27,7 +30,7 @@ from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_fro
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
-from gateway.stores import open_store
+from gateway.stores import StoreError, open_store
 
 
 async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateFeed | None) -> None:
@@ -68,6 +71,34 @@ async def _serve(config: GatewayConfig) -> None:
         if state_feed is not None:
             state_feed.close()
         rollups.close()
+
+
+async def _check(config: GatewayConfig, path: Path, *, servers: bool) -> int:
+    found = await preflight.findings(config, ConfigFile.read(path), servers=servers)
+    for line in found.errors:
+        print(line)
+    for line in found.warnings:
+        print(f"{line} [warning]")
+    if not found.errors:
+        print(f"{path}: ok{f', {len(found.warnings)} warnings' if found.warnings else ''}")
+    return 1 if found.errors else 0
+
+
+def _run(config: GatewayConfig, path: Path) -> int:
+    """Refuse to start on what `check` calls an error, each one line; then serve until stopped."""
+    found = preflight.static_findings(config, ConfigFile.read(path))
+    if found.errors:
+        print("\n".join(found.errors), file=sys.stderr)
+        return 1
+    preflight.create_folders(config)
+    tune_for_ingest()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(config))
+    except (OSError, ssl.SSLError, StoreError) as error:  # found after the checks (a port taken since): one line
+        print(f"{path}: cannot run: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _accounting(config: GatewayConfig) -> int:
@@ -273,12 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "subscribe, validate and store until stopped"),
+        ("check", "find config and start-up problems before `run` does: files, folders, ports, broker, store"),
         ("accounting", "per agent: batches received, sequence range, missing, duplicates"),
         ("dead-letters", "the most recent rejected messages and why"),
         ("summary", "readings stored per instrument"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("config", type=Path)
+        if name == "check":
+            command.add_argument(
+                "--no-servers",
+                action="store_true",
+                help="do not contact the broker or the store (a login to the broker under the gateway's user "
+                "takes over a running gateway's session when the broker binds client ids to usernames)",
+            )
     add_mrv_commands(commands)
     add_dashboard_commands(commands)
     alerts = commands.add_parser("alerts", help="alert state, acknowledgements, silences, rules").add_subparsers(
@@ -314,11 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    secret_filter = install_secret_filter()
     try:
         config = load_gateway_config(args.config)
     except GatewayConfigError as error:
-        print(f"config error:\n{error}", file=sys.stderr)
+        print(error, file=sys.stderr)  # one line per problem: FILE:LINE: KEY: what
         return 1
+    secret_filter.add_secrets(secrets_of(config))
+    if args.command == "check":
+        return asyncio.run(_check(config, args.config, servers=not args.no_servers))
     if args.command == "alerts":
         return _alerts_command(config, args)
     if args.command == "dashboards":
@@ -326,10 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in MRV_COMMANDS:
         return run_mrv_command(config, args)
     if args.command == "run":
-        tune_for_ingest()
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(config))
-        return 0
+        return _run(config, args.config)
     if args.command == "accounting":
         return _accounting(config)
     if args.command == "dead-letters":

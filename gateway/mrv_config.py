@@ -365,9 +365,6 @@ class SourceConfig(_Strict):
 Location = tuple[str | int, ...]
 
 
-Location = tuple[str | int, ...]
-
-
 def check_sources(rollup: RollupSection, sources: Sequence[SourceConfig]) -> None:
     """Cross-checks between [rollup] and the [[source]] tables; raises ValueError naming the key."""
     problems = [what for _, what in source_problems(rollup, sources)]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from aua_ops import ConfigError
 from edge_agent.cli import main as agent_main
 from edge_agent.config import load_config
-from edge_agent.profiles import ConfigError
 from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfigError, load_gateway_config
 
