@@ -55,9 +55,11 @@ async def broker_problem(mqtt: BrokerConnection, client_id: str, timeout_s: floa
         problem = await tls_problem(mqtt, context, timeout_s)
         if problem is not None:
             return problem
-    client = aiomqtt.Client(
-        **mqtt.client_options(client_id, tls_context=context), clean_session=True, timeout=timeout_s
-    )
+    try:
+        options = mqtt.client_options(client_id, tls_context=context)
+    except (OSError, ValueError) as error:
+        return f"mqtt: password_file: {error}"
+    client = aiomqtt.Client(**options, clean_session=True, timeout=timeout_s)
     try:
         async with asyncio.timeout(timeout_s):
             async with client:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, SecretStr
@@ -91,9 +92,17 @@ def install_secret_filter(secrets: Iterable[str] = ()) -> SecretFilter:
     return secret_filter
 
 
+def _first_line(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()[:1]
+    except (OSError, UnicodeDecodeError):
+        return []  # the start-up checks say why
+
+
 def secrets_of(model: BaseModel) -> set[str]:
-    """Every secret a config holds: SecretStr values, and URLs that carry credentials (whole, and their
-    password), found by walking the model, so a new secret key is covered without listing it here."""
+    """Every secret a config holds: SecretStr values, the contents of *password_file/*token_file keys, and URLs
+    that carry credentials (whole, and their password), found by walking the model, so a new secret key is
+    covered without listing it here."""
     found: set[str] = set()
 
     def walk(value: object) -> None:
@@ -101,7 +110,11 @@ def secrets_of(model: BaseModel) -> set[str]:
             found.add(value.get_secret_value())
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
-                walk(getattr(value, name))
+                field = getattr(value, name)
+                if name.endswith("_file") and ("password" in name or "token" in name) and field is not None:
+                    found.update(_first_line(Path(field)))
+                else:
+                    walk(field)
         elif isinstance(value, dict):
             for item in value.values():
                 walk(item)

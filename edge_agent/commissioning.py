@@ -80,6 +80,9 @@ def static_problems(loaded: LoadedConfig, *, serial_ports: bool = True) -> list[
         if path is not None and not path.is_file():
             problems.append(located.problem(("mqtt", name), f"{path} does not exist"))
             missing = True
+    password = mqtt.password_problem()
+    if password is not None:
+        problems.append(located.problem(("mqtt", "password_file"), password))
     if not missing:
         try:
             mqtt.tls_context()

@@ -56,9 +56,11 @@ SAMPLE = """\
   port = 1883
   ## MQTT client id, unique per broker; unset gives "aua-agent-<site>-<id>".
   # client_id = "aua-agent-pavlodar-chp-chp-stack1"
-  ## Credentials, if the broker requires them.
-  # username = "chp-stack1"
-  # password = "change-me"
+  ## Credentials, if the broker requires them (the shipped broker ACL wants username = "SITE/AGENT").
+  # username = "pavlodar-chp/chp-stack1"
+  ## The password, or (better) a file holding it; a password starting with change-me is refused.
+  # password = "..."
+  # password_file = "/etc/aua/mqtt-password"
   ## Seconds between keepalive pings (5 ... 3600); the broker declares the agent offline after 1.5x this.
   # keepalive = 30
   ## TLS: on with tls = true, or as soon as one of the files below is set.

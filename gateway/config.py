@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -21,7 +22,7 @@ from pydantic import (
 )
 
 from aua_contract import IDENTIFIER_PATTERN
-from aua_mqtt import BrokerConnection
+from aua_mqtt import BrokerConnection, is_placeholder
 from aua_ops import ConfigError, ConfigFile, describe_validation_error, read_toml_text
 from gateway.alert_rules import (
     AMBIENT_PDK,
@@ -129,12 +130,43 @@ class MqttSection(BrokerConnection):
 
 class StoreSection(_Strict):
     url: str = Field(default="sqlite:///var/aua.sqlite", description="sqlite:///PATH or influx://HOST:PORT/DB")
+    password_file: Path | None = Field(
+        default=None,
+        description="InfluxDB v1 password from this file (first line), for the user named in the URL "
+        "(influx://USER@HOST/DB): a secret mounted by the deployment instead of a password in the config",
+    )
 
     @field_validator("url")
     @classmethod
     def _known_store(cls, url: str) -> str:
         open_store(url)  # builds, connects to nothing: a ValueError names what is wrong (no password in it)
+        password = urlsplit(url).password
+        if password is not None and is_placeholder(unquote(password)):
+            raise ValueError(
+                "the URL's password is a placeholder from the shipped examples: set a real one "
+                "(the compose stack: python3 deploy/init-secrets.py)"
+            )
         return url
+
+    def with_password_file(self) -> str | None:
+        """The URL with the password from `password_file` in it; a problem (one line) when it cannot be."""
+        if self.password_file is None:
+            return None
+        parts = urlsplit(self.url)
+        if parts.username is None or parts.password is not None:
+            return "needs a URL with a user and no password (influx://USER@HOST:PORT/DB)"
+        try:
+            lines = self.password_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            return f"cannot read {self.password_file}: {getattr(error, 'strerror', None) or error}"
+        if not lines or not lines[0]:
+            return f"{self.password_file} is empty"
+        if is_placeholder(lines[0]):
+            return f"{self.password_file} holds a placeholder password: set a real one"
+        self.url = parts._replace(
+            netloc=f"{parts.username}:{quote(lines[0], safe='')}@{parts.netloc.split('@', 1)[1]}"
+        ).geturl()
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -526,6 +558,12 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     if config.gateway.spool is not None and not config.gateway.spool.is_absolute():
         config.gateway.spool = base / config.gateway.spool
     config.store.url = resolve_store_url(config.store.url, base)
+    if config.store.password_file is not None:
+        if not config.store.password_file.is_absolute():
+            config.store.password_file = base / config.store.password_file
+        problem = config.store.with_password_file()
+        if problem is not None:
+            raise GatewayConfigError(located.problem(("store", "password_file"), problem))
     config.mqtt.resolve_paths(base)
     resolve_mrv_paths(config.rollup, config.sources, base)
     return config

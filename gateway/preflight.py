@@ -59,6 +59,9 @@ def static_findings(config: GatewayConfig, located: ConfigFile) -> Findings:
         if tls_file is not None and not tls_file.is_file():
             findings.errors.append(located.problem(("mqtt", name), f"{tls_file} does not exist"))
             missing = True
+    password = mqtt.password_problem()
+    if password is not None:
+        findings.errors.append(located.problem(("mqtt", "password_file"), password))
     if not missing:
         try:
             mqtt.tls_context()
