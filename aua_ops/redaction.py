@@ -100,9 +100,9 @@ def _first_line(path: Path) -> list[str]:
 
 
 def secrets_of(model: BaseModel) -> set[str]:
-    """Every secret a config holds: SecretStr values, the contents of *password_file/*token_file keys, and URLs
-    that carry credentials (whole, and their password), found by walking the model, so a new secret key is
-    covered without listing it here."""
+    """Every secret a config holds: SecretStr values (notifier URLs whole: their tokens may sit in host or path),
+    the contents of *password_file/*token_file keys, and the passwords of URLs, found by walking the model, so a
+    new secret key is covered without listing it here."""
     found: set[str] = set()
 
     def walk(value: object) -> None:
@@ -122,7 +122,7 @@ def secrets_of(model: BaseModel) -> set[str]:
             for item in value:
                 walk(item)
         elif isinstance(value, str) and "://" in value and redact_url(value) != value:
-            found.add(value)
+            # a plain URL keeps its host and path in logs: its password goes (and userinfo and ?token= by pattern)
             password = urlsplit(value).password
             if password:
                 found.add(password)

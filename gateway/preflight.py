@@ -32,7 +32,8 @@ class Findings:
 def _data_files(config: GatewayConfig) -> Iterator[tuple[Location, Path]]:
     """The files the gateway writes, with the key that names each."""
     yield ("gateway", "state"), config.gateway.state
-    yield ("gateway", "spool") if config.gateway.spool else ("gateway", "state"), config.gateway.spool_path
+    if config.gateway.spool is not None:  # by default it is next to the state: the same folder, one problem
+        yield ("gateway", "spool"), config.gateway.spool_path
     store = open_store(config.store.url)
     if isinstance(store, SqliteStore) and store.path != ":memory:":
         yield ("store", "url"), Path(store.path)
@@ -82,10 +83,10 @@ async def store_problem(config: GatewayConfig, timeout_s: float) -> str | None:
         return None
     try:
         async with asyncio.timeout(timeout_s):
-            await store.open()
-            await store.ensure_database()
+            await store.open(tolerate_down=False)
     except (StoreError, TimeoutError) as error:
-        return f"InfluxDB {store.url} does not answer: {error or 'timeout'} (the gateway spools until it does)"
+        problem = str(error) or f"InfluxDB {store.url}: no answer within {timeout_s:g} s"
+        return f"{problem} (the gateway spools until it does)"
     finally:
         with contextlib.suppress(StoreError):
             await store.close()

@@ -369,11 +369,12 @@ class InfluxStore:
     ) -> None:
         await self.close()
 
-    async def open(self) -> None:
+    async def open(self, *, tolerate_down: bool = True) -> None:
         """Connect and create the database; a 4xx there (no admin right, InfluxDB 2/3 DBRP) is only logged.
 
-        InfluxDB down (or unreachable) is not an error here: the gateway starts and spools (docs/gateway.md),
-        and the database is created before the first write that reaches it."""
+        InfluxDB down (or unreachable) is not an error here unless `tolerate_down` is off (start-up checks):
+        the gateway starts and spools (docs/gateway.md), and the database is created before the first write
+        that reaches it."""
         if self._client is not None:
             return
         headers = {"Authorization": f"Token {self._token}"} if self._token else {}
@@ -382,7 +383,7 @@ class InfluxStore:
         try:
             await self.ensure_database()
         except StoreError as error:
-            if not error.retryable:
+            if not error.retryable or not tolerate_down:
                 await self.close()
                 raise
             log.warning("InfluxDB %s does not answer at start (%s): spooling until it does", self.url, error)
