@@ -96,6 +96,7 @@ def _run(config: GatewayConfig, path: Path) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(config))
     except (OSError, ssl.SSLError, StoreError) as error:  # found after the checks (a port taken since): one line
+        logging.getLogger(__name__).debug("stopped by", exc_info=True)  # the traceback, with -v only
         print(f"{path}: cannot run: {error}", file=sys.stderr)
         return 1
     return 0

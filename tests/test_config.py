@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from paho.mqtt import publish
 from ports import free_port
+from servers import InfluxServer, MosquittoServer, unique_database_name
 
+from aua_contract import Batch, Reading, encode_batch, readings_topic
 from aua_ops import ConfigError
 from edge_agent.cli import main as agent_main
 from edge_agent.config import load_config
 from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfigError, load_gateway_config
+from gateway.stores import open_store
 
 PROFILE = """
 [profile]
@@ -274,3 +282,91 @@ def test_unreachable_broker_and_store_are_warnings_in_check(tmp_path: Path, caps
     assert "spools" in lines[1]
     assert lines[2:] == [f"{path}: ok, 2 warnings"]
     assert "S3cret-pw" not in "\n".join(lines)
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, within_s: float = 60) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def test_the_gateway_starts_with_influxdb_down_spools_and_drains(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """docs/gateway.md promises spooling while the store is down; that holds at start-up too."""
+    influxd = InfluxServer(tmp_path / "influxd")  # not started yet
+    url = influxd.database_url(unique_database_name("down_at_start"))
+    config = tmp_path / "gw.toml"
+    agent = f"a-{tmp_path.name[-8:]}"
+    config.write_text(
+        f'[gateway]\nstate = "state.sqlite"\nid = "gw-{agent}"\n'
+        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\nsites = "down-at-start"\n'
+        f'[store]\nurl = "{url}?timeout=2"\n'
+    )
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(lambda: "subscribed at" in log.read_text(), process, log)
+        assert "does not answer at start" in log.read_text()
+        now = datetime.now(UTC).replace(microsecond=0)
+        reading = Reading(instrument="hg1", parameter="hg", value=4.9, unit="ng/m3", ts=now)
+        payload = encode_batch(Batch(site="down-at-start", agent=agent, seq=0, sent_at=now, readings=[reading]))
+        publish.single(
+            readings_topic("down-at-start", agent), payload, qos=1, hostname=mosquitto.host, port=mosquitto.port
+        )
+        wait_for(lambda: "spooling to disk" in log.read_text(), process, log)
+        influxd.start()
+        wait_for(lambda: "spool drained" in log.read_text(), process, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    try:
+        assert code == 0, log.read_text()
+
+        async def stored() -> dict[tuple[str, str], int]:
+            async with open_store(url) as store:
+                return await store.count_by_instrument()
+
+        assert asyncio.run(stored()) == {("down-at-start", "hg1"): 1}
+    finally:
+        influxd.terminate()
+
+
+AGENT_MISTAKES = [
+    ("ca-file", '[mqtt]\nca_file = "missing-ca.pem"\n', "ca_file =", "mqtt.ca_file", "missing-ca.pem does not exist"),
+    ("outbox-folder", 'outbox = "nowhere/outbox.sqlite"\n', "outbox =", "agent.outbox", "does not exist"),
+    ("metrics-port", "metrics_port = {port}\n", "metrics_port =", "agent.metrics_port", "the port is in use"),
+    ("password-file", '[mqtt]\npassword_file = "nope"\n', "password_file =", "mqtt.password_file", "cannot read"),
+]
+
+
+@pytest.mark.parametrize("case", [case[1:] for case in AGENT_MISTAKES], ids=[c[0] for c in AGENT_MISTAKES])
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_each_agent_start_up_mistake_is_one_line_in_check_and_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], port_in_use: int, command: str, case: tuple[str, ...]
+) -> None:
+    addition, needle, key, what = case
+    addition = addition.replace("{port}", str(port_in_use))
+    outbox = 'outbox = "outbox.sqlite"\n'
+    if addition.startswith("["):  # a table of its own, after the rest
+        body = GOOD.replace('id = "a1"\n', f'id = "a1"\n{outbox}') + addition
+    else:  # a key of [agent]
+        body = GOOD.replace('id = "a1"\n', f'id = "a1"\n{addition if "outbox" in addition else outbox + addition}')
+    path = write_site(tmp_path, body)
+    argv = ["check", str(path), "--no-broker"] if command == "check" else ["run", str(path)]
+    assert agent_main(argv) == 1
+    captured = capsys.readouterr()
+    expected = f"{path}:{line_of_text(body, needle)}: {key}: "
+    if command == "run":  # run prints only the problem, on stderr
+        [line] = captured.err.splitlines()
+        assert line.startswith(expected), line
+        assert what in line
+        assert captured.out == ""
+    else:  # check lists it among the problems (the unreachable instrument is one too)
+        [line] = [row.removeprefix("  - ") for row in captured.out.splitlines() if row.startswith(f"  - {path}:")]
+        assert line.startswith(expected), line
+        assert what in line
+    assert not (tmp_path / "nowhere").exists()
