@@ -8,6 +8,7 @@ receiver records) and httpx logs every request's URL at INFO. None of the secret
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
@@ -15,10 +16,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from http_receiver import HttpReceiver
 from ports import free_port
 from servers import MosquittoServer
 
+from aua_ops import SecretFilter, redact_text, secrets_of
+from gateway.config import load_gateway_config
 from gateway.rollup import Aggregate, Period
 from gateway.stores import open_store
 
@@ -82,3 +86,42 @@ def test_no_secret_in_any_log_line_of_a_real_gateway_run_at_debug(
     assert " DEBUG " in text
     # ... and no secret is in any of them
     assert [secret for secret in SECRETS if secret in text] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'HTTP Request: POST http://u:pw@h:8086/write?db=aua&token=abc&precision=ns "HTTP/1.1 204"',
+            'HTTP Request: POST http://***@h:8086/write?db=aua&token=***&precision=ns "HTTP/1.1 204"',
+        ),
+        ("mailtos://me:app-pw@smtp.example.com?to=x", "mailtos://***@smtp.example.com?to=x"),
+        ("https://h/x?api_key=k1&sig=s2&page=3", "https://h/x?api_key=***&sig=***&page=3"),
+        ("login failed: password=hunter22 for user x", "login failed: password=*** for user x"),
+        ("series_key=abc monkey=5 n=3", "series_key=abc monkey=5 n=3"),  # not secrets: left alone
+        ("influx://aua-gateway@influxdb:8086/aua", "influx://***@influxdb:8086/aua"),
+    ],
+)
+def test_redact_text(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_secrets_of_a_config_and_the_filter_on_messages_and_tracebacks(tmp_path: Path) -> None:
+    password_file = tmp_path / "mqtt-password"
+    password_file.write_text("From-A-File-99\n")
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'[mqtt]\npassword_file = "{password_file}"\n[store]\nurl = "influx://u:Url-Pass-77@h:8086/db"\n'
+        '[alerts.notify]\napprise = ["tgram://123456:BotToken/42"]\ngrafana_token = "glsa_Grafana-Tok"\n'
+    )
+    secrets = secrets_of(load_gateway_config(config))
+    assert {"From-A-File-99", "Url-Pass-77", "tgram://123456:BotToken/42", "glsa_Grafana-Tok"} <= secrets
+    secret_filter = SecretFilter(secrets)
+    error = RuntimeError("connect to tgram://123456:BotToken/42 failed with glsa_Grafana-Tok")
+    exc_info = (RuntimeError, error, None)
+    record = logging.LogRecord("x", logging.ERROR, "f", 1, "sent %s", ("From-A-File-99",), exc_info)
+    assert secret_filter.filter(record)
+    shown = logging.Formatter().format(record)
+    assert "sent ***" in shown
+    assert "RuntimeError: connect to *** failed with ***" in shown
+    assert [s for s in secrets if s in shown] == []
