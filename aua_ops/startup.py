@@ -1,4 +1,4 @@
-"""Start-up checks both programs make before opening anything: can a database file be written at a path,
+"""Start-up checks both programs make before opening anything: can a SQLite database be written at a path,
 can a port be listened on. Each answer is what is wrong, in words, or None; the caller adds file, line and key."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sqlite3
 from pathlib import Path
 
 
@@ -28,6 +29,22 @@ def path_problem(path: Path, *, create_dirs: bool, create_key: str) -> str | Non
         return f"folder {folder} is not writable"
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         return f"{path} is not writable"
+    if path.exists():
+        return _not_sqlite(path)
+    return None
+
+
+def _not_sqlite(path: Path) -> str | None:
+    """An existing file must be a SQLite database (a config pointing at another file would be overwritten or
+    fail on the first write); opened read-only, nothing is changed."""
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        return f"{path} is not a SQLite database ({error})"
     return None
 
 

@@ -190,6 +190,7 @@ GATEWAY_MISTAKES = [
         "does not exist",
     ),
     ("state-in-a-file", '[gateway]\nstate = "afile/state.sqlite"\n', "state =", "gateway.state", "is not a folder"),
+    ("state-not-sqlite", '[gateway]\nstate = "afile"\n', "state =", "gateway.state", "is not a SQLite database"),
     ("state-is-a-folder", '[gateway]\nstate = "afolder"\n', "state =", "gateway.state", "afolder is a folder"),
     ("spool", '[gateway]\nspool = "nowhere/spool.sqlite"\n', "spool =", "gateway.spool", "does not exist"),
     ("sqlite-store", '[store]\nurl = "sqlite:///nowhere/aua.sqlite"\n', "url =", "store.url", "does not exist"),
@@ -206,7 +207,7 @@ def test_each_gateway_mistake_is_one_line_in_check_and_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], port_in_use: int, command: str, case: tuple[str, ...]
 ) -> None:
     text, needle, key, what = case
-    (tmp_path / "afile").write_text("")
+    (tmp_path / "afile").write_text("a notes file, not a database\n")
     (tmp_path / "afolder").mkdir()
     if "state =" not in text:  # the default state folder (var/) does not exist here: a mistake of its own
         text = '[gateway]\nstate = "state.sqlite"\n' + text.removeprefix("[gateway]\n")
