@@ -5,6 +5,6 @@ the pure wire contract (aua_contract), this is an I/O edge: it loads the certifi
 """
 
 from aua_mqtt.connection import BrokerConnection, is_placeholder
-from aua_mqtt.probe import broker_problem
+from aua_mqtt.probe import broker_problem, reach_problem
 
-__all__ = ["BrokerConnection", "broker_problem", "is_placeholder"]
+__all__ = ["BrokerConnection", "broker_problem", "is_placeholder", "reach_problem"]

@@ -72,3 +72,23 @@ async def broker_problem(mqtt: BrokerConnection, client_id: str, timeout_s: floa
     except aiomqtt.MqttError as error:
         return f"mqtt: {mqtt.host}:{mqtt.port}: {error}"
     return None
+
+
+async def reach_problem(mqtt: BrokerConnection, timeout_s: float = 5.0) -> str | None:
+    """Does the broker's address answer (a TCP connection, and the TLS handshake when TLS is on)? No MQTT login:
+    a broker that binds client ids to usernames would hand a login the session of a running client."""
+    try:
+        context = mqtt.tls_context()
+    except (OSError, ssl.SSLError) as error:
+        return f"mqtt: TLS files cannot be used: {error}"
+    if context is not None:
+        return await tls_problem(mqtt, context, timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(mqtt.host, mqtt.port)
+    except (OSError, TimeoutError) as error:
+        return f"mqtt: cannot reach {mqtt.host}:{mqtt.port}: {error or 'timeout'}"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None

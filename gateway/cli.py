@@ -73,14 +73,15 @@ async def _serve(config: GatewayConfig) -> None:
         rollups.close()
 
 
-async def _check(config: GatewayConfig, path: Path, *, servers: bool) -> int:
-    found = await preflight.findings(config, ConfigFile.read(path), servers=servers)
+async def _check(config: GatewayConfig, path: Path, *, servers: bool, login: bool) -> int:
+    found = await preflight.findings(config, ConfigFile.read(path), servers=servers, login=login)
     for line in found.errors:
         print(line)
     for line in found.warnings:
         print(f"{line} [warning]")
     if not found.errors:
-        print(f"{path}: ok{f', {len(found.warnings)} warnings' if found.warnings else ''}")
+        count = len(found.warnings)
+        print(f"{path}: ok{f', {count} warning' if count else ''}{'s' if count > 1 else ''}")
     return 1 if found.errors else 0
 
 
@@ -313,11 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=text)
         command.add_argument("config", type=Path)
         if name == "check":
+            command.add_argument("--no-servers", action="store_true", help="do not contact the broker or the store")
             command.add_argument(
-                "--no-servers",
+                "--login",
                 action="store_true",
-                help="do not contact the broker or the store (a login to the broker under the gateway's user "
-                "takes over a running gateway's session when the broker binds client ids to usernames)",
+                help="also log in to the broker with the gateway's credentials; only while the gateway is stopped: "
+                "a broker that binds client ids to usernames hands the login the running gateway's session",
             )
     add_mrv_commands(commands)
     add_dashboard_commands(commands)
@@ -362,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     secret_filter.add_secrets(secrets_of(config))
     if args.command == "check":
-        return asyncio.run(_check(config, args.config, servers=not args.no_servers))
+        return asyncio.run(_check(config, args.config, servers=not args.no_servers, login=args.login))
     if args.command == "alerts":
         return _alerts_command(config, args)
     if args.command == "dashboards":

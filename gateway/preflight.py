@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aua_mqtt import broker_problem
+from aua_mqtt import broker_problem, reach_problem
 from aua_ops import ConfigFile, bind_problem, path_problem
 from gateway.config import GatewayConfig
 from gateway.stores import InfluxStore, SqliteStore, StoreError, open_store
@@ -93,12 +93,18 @@ async def store_problem(config: GatewayConfig, timeout_s: float) -> str | None:
     return None
 
 
-async def findings(config: GatewayConfig, located: ConfigFile, *, servers: bool = True) -> Findings:
-    """Static checks, then (with `servers`) whether the broker and the store answer now."""
+async def findings(
+    config: GatewayConfig, located: ConfigFile, *, servers: bool = True, login: bool = False
+) -> Findings:
+    """Static checks, then (with `servers`) whether the broker and the store answer now; with `login`, an MQTT
+    login with the gateway's credentials too (under a broker that binds client ids to usernames it takes over,
+    and with its clean session discards, a running gateway's session: only before `run`)."""
     found = static_findings(config, located)
     if servers:
-        identifier = f"{config.mqtt.client_id or config.gateway.id}-check"
-        broker = await broker_problem(config.mqtt, identifier)
+        if login:
+            broker = await broker_problem(config.mqtt, f"{config.mqtt.client_id or config.gateway.id}-check")
+        else:
+            broker = await reach_problem(config.mqtt)
         if broker is not None:
             found.warnings.append(
                 located.problem(("mqtt",), f"{broker.removeprefix('mqtt: ')} (the gateway retries until it connects)")

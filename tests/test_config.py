@@ -277,7 +277,7 @@ def test_unreachable_broker_and_store_are_warnings_in_check(tmp_path: Path, caps
     path.write_text(text)
     code, lines = gateway_lines(capsys, "check", str(path))
     assert code == 0
-    assert lines[0].startswith(f"{path}:{line_of_text(text, '[mqtt]')}: mqtt: 127.0.0.1:{broker}: ")
+    assert lines[0].startswith(f"{path}:{line_of_text(text, '[mqtt]')}: mqtt: cannot reach 127.0.0.1:{broker}: ")
     assert lines[0].endswith("[warning]")
     assert lines[1].startswith(f"{path}:{line_of_text(text, 'url =')}: store.url: InfluxDB http://127.0.0.1:{influx}")
     assert "spools" in lines[1]

@@ -27,6 +27,7 @@ from servers import find_binary, port_open
 from aua_contract import readings_topic, resend_topic, status_topic
 from aua_ops import ConfigError
 from edge_agent.config import load_config
+from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfigError, load_gateway_config
 from gateway.stores import InfluxStore, open_store
 
@@ -430,3 +431,27 @@ def test_a_wrong_password_is_refused(secured_broker: tuple[int, Path]) -> None:
         assert getattr(client.result, "is_failure", False), client.result
     finally:
         client.close()
+
+
+def test_gateway_check_logs_in_only_when_asked(
+    secured_broker: tuple[int, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port, root = secured_broker
+    password = tmp_path / "mqtt-password"
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'[gateway]\nstate = "state.sqlite"\n[mqtt]\nport = {port}\nusername = "aua-gateway"\n'
+        f'password_file = "{password}"\n[store]\nurl = "sqlite:///aua.sqlite"\n'
+    )
+    password.write_text("wrong-password\n")
+    assert gateway_main(["check", str(config)]) == 0  # reached: no login, so the wrong password goes unnoticed
+    assert capsys.readouterr().out.splitlines() == [f"{config}: ok"]
+    assert gateway_main(["check", str(config), "--login"]) == 0  # a warning: the gateway would retry
+    [warning, ok] = capsys.readouterr().out.splitlines()
+    assert warning.startswith(f"{config}:3: mqtt: 127.0.0.1:{port}: ")
+    assert warning.endswith("Not authorized (the gateway retries until it connects) [warning]")
+    assert "wrong-password" not in warning
+    assert ok == f"{config}: ok, 1 warning"
+    password.write_text(mqtt_password(root, "aua-gateway") + "\n")
+    assert gateway_main(["check", str(config), "--login"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{config}: ok"]
