@@ -30,7 +30,7 @@ from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_fro
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
-from gateway.stores import StoreError, open_store
+from gateway.stores import InfluxStore, StoreError, open_store
 
 
 async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateFeed | None) -> None:
@@ -46,7 +46,10 @@ async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateF
 async def _serve(config: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM, then stop cleanly: what was stored is recorded, the rest comes back by gap repair."""
     store = open_store(config.store.url)
-    await store.open()
+    if isinstance(store, InfluxStore):
+        await store.open(tolerate_down=True)  # InfluxDB down at start: spool until it answers
+    else:
+        await store.open()
     ledger = Ledger(config.gateway.state)
     alerts = AlertEngine.from_config(config) if config.alerts is not None else None
     rollups = RollupEngine.from_config(config, store)

@@ -95,8 +95,8 @@ class GatewaySection(_Strict):
     @field_validator("http")
     @classmethod
     def _port_in_range(cls, value: str | None) -> str | None:
-        if value is not None and not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
-            raise ValueError(f"port of {value!r} must be 1 ... 65535")
+        if value is not None and not 0 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"port of {value!r} must be 0 (any free port) ... 65535")
         return value
 
     @property

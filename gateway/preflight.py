@@ -83,7 +83,7 @@ async def store_problem(config: GatewayConfig, timeout_s: float) -> str | None:
         return None
     try:
         async with asyncio.timeout(timeout_s):
-            await store.open(tolerate_down=False)
+            await store.open()
     except (StoreError, TimeoutError) as error:
         problem = str(error) or f"InfluxDB {store.url}: no answer within {timeout_s:g} s"
         return f"{problem} (the gateway spools until it does)"

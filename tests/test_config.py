@@ -177,7 +177,13 @@ def port_in_use() -> Iterator[int]:
 
 GATEWAY_MISTAKES = [
     # (id, config text, the key's text on its line (None: the file itself), key, what the line says)
-    ("port-range", '[gateway]\nhttp = "127.0.0.1:70000"\n', "http =", "gateway.http", "must be 1 ... 65535"),
+    (
+        "port-range",
+        '[gateway]\nhttp = "127.0.0.1:70000"\n',
+        "http =",
+        "gateway.http",
+        "must be 0 (any free port) ... 65535",
+    ),
     ("port-in-use", '[gateway]\nhttp = "127.0.0.1:{port}"\n', "http =", "gateway.http", "the port is in use"),
     ("bad-host", '[gateway]\nhttp = "no-such-host.invalid:9108"\n', "http =", "gateway.http", "unknown host"),
     ("sites", '[mqtt]\nsites = "a/b"\n', "sites =", "mqtt.sites", "String should match pattern"),

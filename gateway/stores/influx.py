@@ -369,12 +369,11 @@ class InfluxStore:
     ) -> None:
         await self.close()
 
-    async def open(self, *, tolerate_down: bool = True) -> None:
+    async def open(self, *, tolerate_down: bool = False) -> None:
         """Connect and create the database; a 4xx there (no admin right, InfluxDB 2/3 DBRP) is only logged.
 
-        InfluxDB down (or unreachable) is not an error here unless `tolerate_down` is off (start-up checks):
-        the gateway starts and spools (docs/gateway.md), and the database is created before the first write
-        that reaches it."""
+        With `tolerate_down` (the gateway's `run`), InfluxDB down or unreachable is not an error: the gateway
+        starts and spools (docs/gateway.md), and the database is created before the first write that reaches it."""
         if self._client is not None:
             return
         headers = {"Authorization": f"Token {self._token}"} if self._token else {}
