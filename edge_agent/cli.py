@@ -13,12 +13,12 @@ import ssl
 import sys
 from pathlib import Path
 
+from aua_ops import ConfigError, secrets_of
 from edge_agent import logs
-from edge_agent.commissioning import check
+from edge_agent.commissioning import check, static_problems
 from edge_agent.config import InstrumentSection, LoadedConfig, Transport, load_config
 from edge_agent.planner import explain, plan, spans_of
 from edge_agent.poller import Agent
-from edge_agent.profiles import ConfigError
 from edge_agent.sample_config import SAMPLE
 
 
@@ -58,7 +58,7 @@ async def _run_until_signalled(loaded: LoadedConfig) -> int:
     try:
         agent = Agent(loaded)
     except (OSError, ssl.SSLError) as error:
-        print(f"cannot start: {error}", file=sys.stderr)
+        print(f"{loaded.path}: cannot start: {error}", file=sys.stderr)
         return 1
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
@@ -71,7 +71,16 @@ async def _run_until_signalled(loaded: LoadedConfig) -> int:
 
 
 def _run(path: Path) -> int:
-    return asyncio.run(_run_until_signalled(load_config(path)))
+    """Refuse to start on a problem `check` would name (outbox folder, TLS files, metrics port), one line each."""
+    loaded = load_config(path)
+    problems = static_problems(loaded, serial_ports=False)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    if loaded.config.agent.create_dirs:
+        loaded.config.agent.outbox.parent.mkdir(parents=True, exist_ok=True)
+    logs.add_secrets(secrets_of(loaded.config))
+    return asyncio.run(_run_until_signalled(loaded))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         loaded = load_config(args.config)
+        logs.add_secrets(secrets_of(loaded.config))
         if args.command == "plan":
             return print_plan(loaded)
         if args.command == "check":
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok, {len(loaded.instruments)} instruments")
         return 0
     except ConfigError as error:
-        print(f"config error:\n{error}", file=sys.stderr)
+        print(error, file=sys.stderr)  # one line per problem: FILE:LINE: KEY: what
         return 1
 
 

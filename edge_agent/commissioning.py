@@ -7,9 +7,6 @@ broker accepts the agent's credentials. Any problem makes the exit status non-ze
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import shutil
 import ssl
 import sys
@@ -18,10 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-import aiomqtt
-
 from aua_contract import Quality, Reading
-from edge_agent.config import Instrument, LoadedConfig, MqttSection, Transport
+from aua_mqtt import broker_problem
+from aua_ops import ConfigFile, bind_problem, path_problem
+from edge_agent.config import Instrument, LoadedConfig, Transport
 from edge_agent.driver import Answer
 from edge_agent.instrument_reader import ModbusReader, readings_from_answers, words_by_span
 from edge_agent.modbus_drivers import build_drivers
@@ -69,31 +66,60 @@ def table(rows: list[Row]) -> str:
     )
 
 
-def static_problems(loaded: LoadedConfig) -> list[str]:
-    """What can be checked without talking to anything: files, folders, serial ports."""
+def static_problems(loaded: LoadedConfig, *, serial_ports: bool = True) -> list[str]:
+    """What can be checked without talking to anything: files, folders, TLS files, the metrics port, serial
+    ports (`run` skips those: an adapter may be plugged in later). One line each: FILE:LINE: KEY: what."""
+    located = ConfigFile.read(loaded.path)
     problems = []
-    outbox = loaded.config.agent.outbox
-    folder = outbox.parent
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is None or not os.access(existing, os.W_OK):
-        problems.append(f"agent.outbox: cannot create or write {outbox} (folder {existing} is not writable)")
+    agent = loaded.config.agent
+    outbox = path_problem(agent.outbox, create_dirs=agent.create_dirs, create_key="agent.create_dirs")
+    if outbox is not None:
+        problems.append(located.problem(("agent", "outbox"), outbox))
     else:
-        problem = disk_problem(
-            loaded.config.agent.outbox_max_bytes,
-            shutil.disk_usage(existing).free,
-            sum(path.stat().st_size for path in folder.glob(f"{outbox.name}*") if path.is_file()),
-        )
-        if problem is not None:
-            problems.append(f"agent.outbox_max_bytes: {problem} on the disk holding {existing}")
+        folder = agent.outbox.parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None:
+            problem = disk_problem(
+                agent.outbox_max_bytes,
+                shutil.disk_usage(existing).free,
+                sum(path.stat().st_size for path in folder.glob(f"{agent.outbox.name}*") if path.is_file()),
+            )
+            if problem is not None:
+                problems.append(
+                    located.problem(("agent", "outbox_max_bytes"), f"{problem} on the disk holding {existing}")
+                )
     mqtt = loaded.config.mqtt
+    missing = False
     for name in ("ca_file", "cert_file", "key_file"):
         path: Path | None = getattr(mqtt, name)
         if path is not None and not path.is_file():
-            problems.append(f"mqtt.{name}: {path} does not exist")
+            problems.append(located.problem(("mqtt", name), f"{path} does not exist"))
+            missing = True
+    password = mqtt.password_problem()
+    if password is not None:
+        problems.append(located.problem(("mqtt", "password_file"), password))
+    if not missing:
+        try:
+            mqtt.tls_context()
+        except (OSError, ssl.SSLError) as error:
+            problems.append(located.problem(("mqtt",), f"TLS files cannot be used: {error}"))
+    if agent.metrics_port is not None:
+        taken = bind_problem(agent.metrics_host, agent.metrics_port)
+        if taken is not None:
+            problems.append(located.problem(("agent", "metrics_port"), taken))
     for index, instrument in enumerate(loaded.instruments):
         section = instrument.config
-        if section.transport is Transport.RTU and section.serial_port and not Path(section.serial_port).exists():
-            problems.append(f"instrument.{index}.serial_port ({section.id}): {section.serial_port} does not exist")
+        if (
+            serial_ports
+            and section.transport is Transport.RTU
+            and section.serial_port
+            and not Path(section.serial_port).exists()
+        ):
+            problems.append(
+                located.problem(
+                    ("instrument", index, "serial_port"), f"({section.id}) {section.serial_port} does not exist"
+                )
+            )
     return problems
 
 
@@ -108,65 +134,6 @@ def disk_problem(max_bytes: int, free: int, held: int) -> str | None:
         f"an outbox of {max_bytes / mib:,.0f} MiB needs about {needed / mib:,.0f} MiB, but only"
         f" {(free + held) / mib:,.0f} MiB are free (lower outbox_max_bytes or give it a bigger disk)"
     )
-
-
-async def tls_problem(mqtt: MqttSection, context: ssl.SSLContext, timeout_s: float) -> str | None:
-    """A TLS handshake of our own first, so a wrong CA or a refused client certificate gets its own message.
-
-    With TLS 1.3 a broker refuses a client certificate only after the handshake, with an alert: it shows on the
-    first read. A broker that accepted waits for our MQTT CONNECT, so a short read timeout means fine.
-    """
-    where = f"{mqtt.host}:{mqtt.port}"
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(
-                mqtt.host, mqtt.port, ssl=context, server_hostname=None if mqtt.insecure else mqtt.host
-            )
-    except ssl.SSLError as error:
-        return f"mqtt: TLS with {where} failed: {error.reason or error}"
-    except (OSError, TimeoutError) as error:
-        return f"mqtt: cannot reach {where}: {error or 'timeout'}"
-    try:
-        async with asyncio.timeout(0.5):
-            await reader.read(1)
-    except TimeoutError:
-        pass
-    except (ssl.SSLError, OSError) as error:
-        reason = getattr(error, "reason", None) or error
-        return f"mqtt: {where} refused the TLS session: {reason} (client certificate missing or not trusted?)"
-    finally:
-        writer.close()
-        with contextlib.suppress(ssl.SSLError, OSError):
-            await writer.wait_closed()
-    return None
-
-
-async def broker_problem(mqtt: MqttSection, client_id: str, timeout_s: float = 5.0) -> str | None:
-    """Connect with the agent's address, TLS and credentials (under another client id, so a running agent's
-    session is left alone); None when the broker accepts."""
-    try:
-        context = mqtt.tls_context()
-    except (OSError, ssl.SSLError) as error:
-        return f"mqtt: TLS files cannot be used: {error}"
-    if context is not None:
-        problem = await tls_problem(mqtt, context, timeout_s)
-        if problem is not None:
-            return problem
-    client = aiomqtt.Client(
-        **mqtt.client_options(client_id, tls_context=context), clean_session=True, timeout=timeout_s
-    )
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with client:
-                pass
-    except TimeoutError:
-        return (
-            f"mqtt: no MQTT answer from {mqtt.host}:{mqtt.port} within {timeout_s:.0f} s"
-            " (a TLS port spoken to in plain MQTT looks like this)"
-        )
-    except aiomqtt.MqttError as error:
-        return f"mqtt: {mqtt.host}:{mqtt.port}: {error}"
-    return None
 
 
 async def check(loaded: LoadedConfig, *, broker: bool = True, out: TextIO | None = None) -> int:
@@ -200,7 +167,7 @@ async def check(loaded: LoadedConfig, *, broker: bool = True, out: TextIO | None
             scheme = "mqtts" if config.mqtt.use_tls else "mqtt"
             print(f"\nbroker {scheme}://{config.mqtt.host}:{config.mqtt.port}: connected", file=out)
         else:
-            problems.append(problem)
+            problems.append(ConfigFile.read(loaded.path).problem(("mqtt",), problem.removeprefix("mqtt: ")))
     if problems:
         print(f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''}:", file=out)
         for problem in problems:

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aua_contract import IDENTIFIER_PATTERN
 from aua_mqtt import BrokerConnection
-from edge_agent.profiles import ConfigError, Profile, describe_validation_error, load_profile, read_toml_text
+from aua_ops import ConfigError, describe_validation_error, read_toml_text
+from edge_agent.profiles import Profile, load_profile
 from edge_agent.resend import ResendLimits
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
@@ -25,6 +26,8 @@ class AgentSection(_Strict):
     id: Identifier
     poll_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
     outbox: Path = Path("var/agent-outbox.sqlite")
+    create_dirs: bool = False
+    """create the outbox's folder at start if missing; off: a missing folder (often a typo) stops the start"""
     batch_max_readings: Annotated[int, Field(ge=1, le=10_000)] = 1000
     outbox_max_batches: Annotated[int, Field(ge=10)] = 1_000_000
     """bound of the outbox: past it the oldest batches go (acknowledged ones first; unsent ones counted as dropped)"""

@@ -6,7 +6,6 @@ Adding an instrument means adding a TOML file, not code.
 
 from __future__ import annotations
 
-import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
@@ -14,8 +13,8 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aua_contract import IDENTIFIER_PATTERN, Quality
+from aua_ops import ConfigError, describe_validation_error, read_toml_text
 from edge_agent.decoding import ByteOrder, DataType
-from edge_agent.toml_lines import key_lines, line_of
 
 
 class Function(StrEnum):
@@ -153,36 +152,6 @@ class Profile(_Strict):
 
     def tag_named(self, name: str) -> Tag:
         return next(tag for tag in self.tag if tag.name == name)
-
-
-class ConfigError(ValueError):
-    """A config or profile file that cannot be used; the message names the file and the key."""
-
-
-def describe_validation_error(error: ValidationError, source: str, text: str | None = None) -> str:
-    """One line per problem, each naming the dotted key path (tag.3.address) in `source` and, given the file's
-    text, its line: `site.toml:54: instrument.0.port: Input should be ...`."""
-    lines = []
-    found = key_lines(text) if text is not None else {}
-    for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        line = line_of(found, item["loc"])
-        lines.append(f"{source}{f':{line}' if line else ''}: {key}: {item['msg']}")
-    return "\n".join(lines)
-
-
-def read_toml_text(path: Path) -> tuple[dict[str, object], str]:
-    """The parsed document and its text (for line numbers in error messages)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read: {error}") from None
-    try:
-        return tomllib.loads(text), text
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
 
 
 def read_toml(path: Path) -> dict[str, object]:

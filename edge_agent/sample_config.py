@@ -26,6 +26,9 @@ SAMPLE = """\
   ## Store-and-forward queue on local disk: every reading lands here before it is sent, and waits
   ## here while the broker is unreachable. Survives kill -9 and power loss.
   outbox = "/var/lib/aua/outbox.sqlite"
+  ## Create the outbox's folder at start if it is missing. Off: a missing folder (often a typo, which would
+  ## start an empty outbox elsewhere) stops `run` with the line of `outbox`.
+  # create_dirs = false
   ## Most readings in one MQTT message (1 ... 10000).
   # batch_max_readings = 1000
   ## Bounds of the outbox: batches, payload bytes, and age of acknowledged batches. Past a bound the
@@ -63,9 +66,11 @@ SAMPLE = """\
   port = 1883
   ## MQTT client id, unique per broker; unset gives "aua-agent-<site>-<id>".
   # client_id = "aua-agent-pavlodar-chp-chp-stack1"
-  ## Credentials, if the broker requires them.
-  # username = "chp-stack1"
-  # password = "change-me"
+  ## Credentials, if the broker requires them (the shipped broker ACL wants username = "SITE/AGENT").
+  # username = "pavlodar-chp/chp-stack1"
+  ## The password, or (better) a file holding it; a password starting with change-me is refused.
+  # password = "..."
+  # password_file = "/etc/aua/mqtt-password"
   ## Seconds between keepalive pings (5 ... 3600); the broker declares the agent offline after 1.5x this.
   # keepalive = 30
   ## TLS: on with tls = true, or as soon as one of the files below is set.

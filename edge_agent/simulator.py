@@ -40,10 +40,11 @@ from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simdevice import SimAction
 
 from aua_contract import Quality
+from aua_ops import ConfigError
 from edge_agent.config import LoadedConfig, load_config
 from edge_agent.decoding import ByteOrder, DataType, decode_registers, encode_value, scale_value
 from edge_agent.planner import spans_of
-from edge_agent.profiles import ConfigError, Function, Profile, StatusBlock, Tag
+from edge_agent.profiles import Function, Profile, StatusBlock, Tag
 from edge_agent.quality import status_word
 from edge_agent.rtu import REQUEST_FRAME_SIZE, frame_size
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
+from aua_ops import redact_text
 from gateway.alert_rules import (
     ClockSkewRule,
     FailureRule,
@@ -463,7 +464,7 @@ class AlertStore(StateFile):
             self._db.execute(
                 "UPDATE alert_delivery SET attempts = attempts + 1, error = ?, next_ns = ?, abandoned_ns = ? "
                 "WHERE message_id = ? AND notifier = ?",
-                (error, _ns(next_at), _ns(abandon_at), message_id, notifier),
+                (redact_text(error), _ns(next_at), _ns(abandon_at), message_id, notifier),
             )
 
     # ---- silences and acknowledgements (also written by the CLI) ----

@@ -8,11 +8,14 @@ import contextlib
 import getpass
 import logging
 import signal
+import ssl
 import sys
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from aua_ops import ConfigFile, install_secret_filter, secrets_of
+from gateway import preflight
 from gateway.accounting import accounting_lines
 from gateway.alert_rules import ThresholdRule, format_duration, parse_duration
 from gateway.alert_state import Phase
@@ -28,7 +31,7 @@ from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run
 from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
-from gateway.stores import StoreError, open_store
+from gateway.stores import InfluxStore, StoreError, open_store
 
 
 async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateFeed | None) -> None:
@@ -44,7 +47,10 @@ async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateF
 async def _serve(config: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM, then stop cleanly: what was stored is recorded, the rest comes back by gap repair."""
     store = open_store(config.store.url)
-    await store.open()
+    if isinstance(store, InfluxStore):
+        await store.open(tolerate_down=True)  # InfluxDB down at start: spool until it answers
+    else:
+        await store.open()
     ledger = Ledger(config.gateway.state, config.ledger)
     alerts = AlertEngine.from_config(config) if config.alerts is not None else None
     rollups = RollupEngine.from_config(config, store)
@@ -69,6 +75,36 @@ async def _serve(config: GatewayConfig) -> None:
         if state_feed is not None:
             state_feed.close()
         rollups.close()
+
+
+async def _check(config: GatewayConfig, path: Path, *, servers: bool, login: bool) -> int:
+    found = await preflight.findings(config, ConfigFile.read(path), servers=servers, login=login)
+    for line in found.errors:
+        print(line)
+    for line in found.warnings:
+        print(f"{line} [warning]")
+    if not found.errors:
+        count = len(found.warnings)
+        print(f"{path}: ok{f', {count} warning' if count else ''}{'s' if count > 1 else ''}")
+    return 1 if found.errors else 0
+
+
+def _run(config: GatewayConfig, path: Path) -> int:
+    """Refuse to start on what `check` calls an error, each one line; then serve until stopped."""
+    found = preflight.static_findings(config, ConfigFile.read(path))
+    if found.errors:
+        print("\n".join(found.errors), file=sys.stderr)
+        return 1
+    preflight.create_folders(config)
+    tune_for_ingest()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(config))
+    except (OSError, ssl.SSLError, StoreError) as error:  # found after the checks (a port taken since): one line
+        logging.getLogger(__name__).debug("stopped by", exc_info=True)  # the traceback, with -v only
+        print(f"{path}: cannot run: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _accounting(config: GatewayConfig) -> int:
@@ -279,12 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "subscribe, validate and store until stopped"),
+        ("check", "find config and start-up problems before `run` does: files, folders, ports, broker, store"),
         ("accounting", "per agent: batches received, sequence range, missing, duplicates"),
         ("dead-letters", "the most recent rejected messages and why"),
         ("summary", "readings stored per instrument"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("config", type=Path)
+        if name == "check":
+            command.add_argument("--no-servers", action="store_true", help="do not contact the broker or the store")
+            command.add_argument(
+                "--login",
+                action="store_true",
+                help="also log in to the broker with the gateway's credentials; only while the gateway is stopped: "
+                "a broker that binds client ids to usernames hands the login the running gateway's session",
+            )
     add_mrv_commands(commands)
     add_dashboard_commands(commands)
     add_revision_commands(commands)
@@ -321,11 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    secret_filter = install_secret_filter()
     try:
         config = load_gateway_config(args.config)
     except GatewayConfigError as error:
-        print(f"config error:\n{error}", file=sys.stderr)
+        print(error, file=sys.stderr)  # one line per problem: FILE:LINE: KEY: what
         return 1
+    secret_filter.add_secrets(secrets_of(config))
+    if args.command == "check":
+        return asyncio.run(_check(config, args.config, servers=not args.no_servers, login=args.login))
     if args.command == "alerts":
         return _alerts_command(config, args)
     if args.command == "dashboards":
@@ -335,10 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in MRV_COMMANDS:
         return run_mrv_command(config, args)
     if args.command == "run":
-        tune_for_ingest()
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(config))
-        return 0
+        return _run(config, args.config)
     if args.command == "accounting":
         return _accounting(config)
     if args.command == "dead-letters":

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -16,11 +16,14 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from aua_mqtt import BrokerConnection
+from aua_contract import IDENTIFIER_PATTERN
+from aua_mqtt import BrokerConnection, is_placeholder
+from aua_ops import ConfigError, ConfigFile, describe_validation_error, read_toml_text
 from gateway.alert_rules import (
     AMBIENT_PDK,
     ONE_TIME_MINUTES,
@@ -39,11 +42,12 @@ from gateway.alert_rules import (
     parse_duration,
 )
 from gateway.alert_state import DeliveryPolicy, Severity
-from gateway.mrv_config import RollupSection, SourceConfig, check_sources, resolve_mrv_paths
+from gateway.mrv_config import RollupSection, SourceConfig, check_sources, resolve_mrv_paths, source_problems
+from gateway.stores import open_store
 
 
-class GatewayConfigError(ValueError):
-    """A gateway config that cannot be used; the message names the file and the key."""
+class GatewayConfigError(ConfigError):
+    """A gateway config that cannot be used; one line per problem: FILE:LINE: KEY: what."""
 
 
 class _Strict(BaseModel):
@@ -58,6 +62,11 @@ class GatewaySection(_Strict):
     )
     http: str | None = Field(
         default=None, pattern=r"^[^\s:]+:\d{1,5}$", description="HOST:PORT for /health and /metrics; unset: off"
+    )
+    create_dirs: bool = Field(
+        default=False,
+        description="create missing folders of state, spool and a SQLite store at start; off: a missing folder "
+        "(often a typo, which would start an empty ledger) stops the start with the key's line",
     )
     write_max_readings: Annotated[int, Field(ge=1)] = Field(
         default=20_000,
@@ -83,9 +92,23 @@ class GatewaySection(_Strict):
         default=10.0, description="how often to write gateway and per-agent accounting to the store (aua_health)"
     )
 
+    @field_validator("http")
+    @classmethod
+    def _port_in_range(cls, value: str | None) -> str | None:
+        if value is not None and not 0 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"port of {value!r} must be 0 (any free port) ... 65535")
+        return value
+
     @property
     def spool_path(self) -> Path:
         return self.spool or self.state.with_name(f"{self.state.stem}-spool.sqlite")
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        if self.http is None:
+            return None
+        host, port = self.http.rsplit(":", 1)
+        return host, int(port)
 
 
 class LedgerSection(_Strict):
@@ -124,7 +147,11 @@ class MqttSection(BrokerConnection):
     """[mqtt]: the broker, credentials and TLS (aua_mqtt, the same keys as an agent's), and what
     to subscribe to."""
 
-    sites: str = Field(default="+", description="site id to subscribe to, or + for all")
+    sites: str = Field(
+        default="+",
+        pattern=rf"^(\+|{IDENTIFIER_PATTERN.strip('^$')})$",
+        description="site id to subscribe to, or + for all",
+    )
     shared_group: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -135,6 +162,43 @@ class MqttSection(BrokerConnection):
 
 class StoreSection(_Strict):
     url: str = Field(default="sqlite:///var/aua.sqlite", description="sqlite:///PATH or influx://HOST:PORT/DB")
+    password_file: Path | None = Field(
+        default=None,
+        description="InfluxDB v1 password from this file (first line), for the user named in the URL "
+        "(influx://USER@HOST/DB): a secret mounted by the deployment instead of a password in the config",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_store(cls, url: str) -> str:
+        open_store(url)  # builds, connects to nothing: a ValueError names what is wrong (no password in it)
+        password = urlsplit(url).password
+        if password is not None and is_placeholder(unquote(password)):
+            raise ValueError(
+                "the URL's password is a placeholder from the shipped examples: set a real one "
+                "(the compose stack: python3 deploy/init-secrets.py)"
+            )
+        return url
+
+    def with_password_file(self) -> str | None:
+        """The URL with the password from `password_file` in it; a problem (one line) when it cannot be."""
+        if self.password_file is None:
+            return None
+        parts = urlsplit(self.url)
+        if parts.username is None or parts.password is not None:
+            return "needs a URL with a user and no password (influx://USER@HOST:PORT/DB)"
+        try:
+            lines = self.password_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            return f"cannot read {self.password_file}: {getattr(error, 'strerror', None) or error}"
+        if not lines or not lines[0]:
+            return f"{self.password_file} is empty"
+        if is_placeholder(lines[0]):
+            return f"{self.password_file} holds a placeholder password: set a real one"
+        self.url = parts._replace(
+            netloc=f"{parts.username}:{quote(lines[0], safe='')}@{parts.netloc.split('@', 1)[1]}"
+        ).geturl()
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -499,8 +563,9 @@ class GatewayConfig(_Strict):
     state_feed: StateFeedSection | None = Field(default=None, description="real-time feed to the state system")
 
     @model_validator(mode="after")
-    def _sources_fit_rollup(self) -> GatewayConfig:
-        check_sources(self.rollup, self.sources)
+    def _sources_fit_rollup(self, info: ValidationInfo) -> GatewayConfig:
+        if not (info.context or {}).get("sources_checked_by_caller"):
+            check_sources(self.rollup, self.sources)
         return self
 
 
@@ -513,27 +578,31 @@ def resolve_store_url(url: str, base: Path) -> str:
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
+    """Read and validate; every problem is one line, FILE:LINE: KEY: what (GatewayConfigError)."""
+    document, text = read_toml_text(path, GatewayConfigError)
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise GatewayConfigError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise GatewayConfigError(f"{path}: not valid TOML: {error}") from None
-    try:
-        config = GatewayConfig.model_validate(document)
+        config = GatewayConfig.model_validate(document, context={"sources_checked_by_caller": True})
     except ValidationError as error:
-        lines = [
-            f"{path}: {'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
-            for item in error.errors(include_url=False)
-        ]
-        raise GatewayConfigError("\n".join(lines)) from None
+        raise GatewayConfigError(describe_validation_error(error, str(path), text)) from None
+    located = ConfigFile(path, text)
+    problems = [
+        f"{located.path}{f':{line}' if (line := located.line(at)) else ''}: {what}"
+        for at, what in source_problems(config.rollup, config.sources)
+    ]
+    if problems:
+        raise GatewayConfigError("\n".join(problems))
     base = path.parent
     if not config.gateway.state.is_absolute():
         config.gateway.state = base / config.gateway.state
     if config.gateway.spool is not None and not config.gateway.spool.is_absolute():
         config.gateway.spool = base / config.gateway.spool
     config.store.url = resolve_store_url(config.store.url, base)
+    if config.store.password_file is not None:
+        if not config.store.password_file.is_absolute():
+            config.store.password_file = base / config.store.password_file
+        problem = config.store.with_password_file()
+        if problem is not None:
+            raise GatewayConfigError(located.problem(("store", "password_file"), problem))
     config.mqtt.resolve_paths(base)
     resolve_mrv_paths(config.rollup, config.sources, base)
     return config

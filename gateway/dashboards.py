@@ -23,6 +23,7 @@ from typing import Any
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
+from aua_ops import redact_text, redact_url
 from gateway.config import GatewayConfig
 from gateway.dashboard_build import DATASOURCE_UID, DEFAULT_DIR, FOLDER
 
@@ -164,9 +165,9 @@ def run_dashboards_command(config: GatewayConfig, args: argparse.Namespace) -> i
     try:
         pushed = push(url, token, directory=args.dir, folder_uid=args.folder_uid)
     except DashboardPushError as error:
-        print(error, file=sys.stderr)
+        print(redact_text(str(error)), file=sys.stderr)
         return 1
     for item in pushed:
         version = "" if item.version is None else f" (version {item.version})"
-        print(f"pushed {item.uid:<22} {item.title}{version} {url.rstrip('/')}{item.url}")
+        print(f"pushed {item.uid:<22} {item.title}{version} {redact_url(url.rstrip('/'))}{item.url}")
     return 0

@@ -362,45 +362,70 @@ class SourceConfig(_Strict):
         return problems
 
 
+Location = tuple[str | int, ...]
+
+
 def check_sources(rollup: RollupSection, sources: Sequence[SourceConfig]) -> None:
     """Cross-checks between [rollup] and the [[source]] tables; raises ValueError naming the key."""
-    rule_sets = rollup.resolved_rule_sets()
-    problems = []
+    problems = [what for _, what in source_problems(rollup, sources)]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def source_problems(rollup: RollupSection, sources: Sequence[SourceConfig]) -> list[tuple[Location, str]]:
+    """Cross-checks between [rollup] and the [[source]] tables: (where in the file, the problem naming its
+    key), so the loader can give each problem its line."""
+    try:
+        rule_sets = rollup.resolved_rule_sets()
+    except ValueError as error:  # a custom rule set its own checks refuse
+        return [(("rollup", "rule_sets"), f"rollup.rule_sets: {error}")]
+    problems: list[tuple[Location, str]] = []
     if rollup.rule_set not in rule_sets:
-        problems.append(f"rollup.rule_set: unknown rule set {rollup.rule_set!r} ({', '.join(rule_sets)})")
+        problems.append(
+            (("rollup", "rule_set"), f"rollup.rule_set: unknown rule set {rollup.rule_set!r} ({', '.join(rule_sets)})")
+        )
     seen_ids: set[str] = set()
     owner: dict[tuple[str, str], str] = {}
     for index, source in enumerate(sources):
+        at: Location = ("source", index)
         where = f"source.{index} ({source.id})"
         if source.id in seen_ids:
-            problems.append(f"{where}: duplicate source id")
+            problems.append(((*at, "id"), f"{where}: duplicate source id"))
         seen_ids.add(source.id)
         for instrument in sorted(source.instruments()):
             other = owner.setdefault((source.site, instrument), source.id)
             if other != source.id:
-                problems.append(f"{where}: instrument {instrument} already belongs to source {other}")
+                problems.append((at, f"{where}: instrument {instrument} already belongs to source {other}"))
         names = {source.rule_set} | {c.rule_set for c in source.channels().values() if c.rule_set}
         unknown = sorted(names - set(rule_sets))
         if unknown:
-            problems.append(f"{where}.rule_set: unknown rule set(s) {', '.join(unknown)} ({', '.join(rule_sets)})")
+            problems.append(
+                (
+                    (*at, "rule_set"),
+                    f"{where}.rule_set: unknown rule set(s) {', '.join(unknown)} ({', '.join(rule_sets)})",
+                )
+            )
             continue
         bases = {rule_sets[name].base for name in names}
         if len(bases) > 1:
-            problems.append(f"{where}: all channels need the same base period, rule sets give {sorted(bases)}")
+            problems.append((at, f"{where}: all channels need the same base period, rule sets give {sorted(bases)}"))
         part75 = source.substitution is Method.PART75 or any(
             c.substitution is Method.PART75 for c in source.channels().values()
         )
         if part75 and any(rule_sets[n].base is not Period.HOUR for n in names):
             # its gap lengths, 8,760-hour availability window and lookbacks count hours (§4)
-            problems.append(f"{where}: Part 75 substitution needs hourly base periods")
+            problems.append((at, f"{where}: Part 75 substitution needs hourly base periods"))
         base = rule_sets[source.rule_set].base
         problems += [
-            f"{where}.pollutant {p.label}.elv_period: {p.elv_period} is neither the base period ({base.value}) nor 1d"
-            for p in source.pollutant
+            (
+                (*at, "pollutant", number, "elv_period"),
+                f"{where}.pollutant {p.label}.elv_period: {p.elv_period} is neither the base period ({base.value}) "
+                "nor 1d",
+            )
+            for number, p in enumerate(source.pollutant)
             if p.elv is not None and p.elv_period not in (base.value, Period.DAY.value)
         ]
-    if problems:
-        raise ValueError("; ".join(problems))
+    return problems
 
 
 def find_source(sources: Sequence[SourceConfig], source_id: str) -> SourceConfig:

@@ -32,6 +32,7 @@ import apprise
 import httpx
 
 from aua_mqtt import BrokerConnection
+from aua_ops import redact_url
 from gateway.alert_rules import format_duration
 from gateway.alert_state import AlertKey, Notice, NoticeKind, Severity
 from gateway.config import AlertNotifySection, MqttSection
@@ -427,7 +428,7 @@ class GrafanaAnnotationNotifier:
 
     @property
     def name(self) -> str:
-        return f"grafana:{self.base_url}"
+        return f"grafana:{redact_url(self.base_url)}"
 
     def annotation(self, notice: Notice) -> dict[str, Any]:
         tags = ["aua", "alert", notice.kind.value, notice.key.rule, notice.key.site, notice.severity.value]

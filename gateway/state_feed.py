@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from aua_ops import redact_text, redact_url
 from gateway.config import GatewayConfig, StateFeedSection
 from gateway.mrv_config import RuleResolver
 from gateway.rollup import Aggregate, Period, base_duration, day_bounds, local_date
@@ -244,7 +245,7 @@ class StateFeed:
             async with httpx.AsyncClient(timeout=self.settings.timeout_s, transport=self.transport) as client:
                 response = await client.post(self.settings.url, json=document, headers=headers)
         except httpx.HTTPError as error:
-            return f"POST {self.settings.url} failed: {type(error).__name__}: {error}"
+            return f"POST {redact_url(self.settings.url)} failed: {type(error).__name__}: {redact_text(str(error))}"
         if not 200 <= response.status_code < 300:
-            return f"POST {self.settings.url} answered HTTP {response.status_code}: {response.text[:200]}"
+            return f"POST {redact_url(self.settings.url)} answered HTTP {response.status_code}: {response.text[:200]}"
         return None

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from aua_ops import ConfigError
+from aua_ops.toml_lines import key_lines, line_of
 from edge_agent.cli import main as agent_main
 from edge_agent.config import AgentSection, InstrumentSection, MqttSection, Transport, load_config
-from edge_agent.profiles import ConfigError
 from edge_agent.sample_config import SAMPLE
-from edge_agent.toml_lines import key_lines, line_of
 
 CONFIG = Path(__file__).parent.parent / "config"
 

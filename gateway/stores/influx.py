@@ -560,6 +560,7 @@ class InfluxStore:
         self._marked_series = 0
         self._write_lock = asyncio.Lock()
         self._revisions_recorded = 0
+        self._database_ready = False
 
     @property
     def kind(self) -> str:
@@ -577,18 +578,32 @@ class InfluxStore:
     ) -> None:
         await self.close()
 
-    async def open(self) -> None:
-        """Connect and create the database; a 4xx there (no admin right, InfluxDB 2/3 DBRP) is only logged."""
+    async def open(self, *, tolerate_down: bool = False) -> None:
+        """Connect and create the database; a 4xx there (no admin right, InfluxDB 2/3 DBRP) is only logged.
+
+        With `tolerate_down` (the gateway's `run`), InfluxDB down or unreachable is not an error: the gateway
+        starts and spools (docs/gateway.md), and the database is created before the first write that reaches it."""
         if self._client is not None:
             return
         headers = {"Authorization": f"Token {self._token}"} if self._token else {}
         auth = httpx.BasicAuth(self._username, self._password or "") if self._username is not None else None
         self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout, headers=headers, auth=auth)
         try:
-            await self._create_database()
+            await self.ensure_database()
+        except StoreError as error:
+            if not error.retryable or not tolerate_down:
+                await self.close()
+                raise
+            log.warning("InfluxDB %s does not answer at start (%s): spooling until it does", self.url, error)
         except BaseException:
             await self.close()
             raise
+
+    async def ensure_database(self) -> None:
+        """Create the database unless done already; a StoreError (retryable) while InfluxDB does not answer."""
+        if not self._database_ready:
+            await self._create_database()
+            self._database_ready = True
 
     async def close(self) -> None:
         if self._client is not None:
@@ -958,6 +973,7 @@ class InfluxStore:
         """POST the lines in requests of WRITE_BATCH_LINES, all at once: influxd ingests concurrent requests
         on several cores, and the next request need not wait for the previous one's answer. The first
         failure (in line order) is raised after every request has ended, so a retry repeats a known set."""
+        await self.ensure_database()
         params = {"db": self.database, "precision": "ns"}
         if self.retention_policy:
             params["rp"] = self.retention_policy
