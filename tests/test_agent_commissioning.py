@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -116,5 +117,8 @@ def test_check_says_when_the_disk_cannot_hold_the_outbox(tmp_path: Path) -> None
     )
     problems = static_problems(load_config(config))
     assert len(problems) == 1
-    assert problems[0].startswith("agent.outbox_max_bytes: an outbox of 1,099,511,627,776 MiB needs about")
+    assert re.match(
+        rf"{re.escape(str(config))}:\d+: agent.outbox_max_bytes: an outbox of 1,099,511,627,776 MiB needs about",
+        problems[0],
+    ), problems[0]
     assert f"on the disk holding {tmp_path}" in problems[0]

@@ -1024,6 +1024,7 @@ class InfluxStore:
     async def _query(self, statement: str, parse: Callable[[Iterator[dict[str, Any]]], T], what: str) -> T:
         """Run a SELECT and parse its answer; an error InfluxDB reports, or an answer we cannot read, is a
         StoreError that is not worth retrying."""
+        await self.ensure_database()  # after a start with InfluxDB down, the first SELECT may come before a write
         text = await self._select(statement)
         try:
             return parse(decode_documents(text))
