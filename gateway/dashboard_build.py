@@ -486,20 +486,25 @@ def ambient_network() -> dict[str, Any]:
 def data_quality() -> dict[str, Any]:
     site = _variable("site", SITE_QUERY, STACK_SITE, "Site")
     minutes = f'"{AGGREGATE_MEASUREMENT}" WHERE "site" =~ /^$site$/ AND "period" = \'1m\' AND $timeFilter'
+    hours = f'"{AGGREGATE_MEASUREMENT}" WHERE "site" =~ /^$site$/ AND "period" = \'1h\' AND $timeFilter'
+    """Totals over the whole range read hours: a year is 8,760 points per series instead of 525,600 minutes."""
     panels = [
         _panel(
             "bargauge",
-            "Data availability per instrument (usable samples, %)",
+            "Data availability per instrument (valid minutes, %)",
             [
                 _target(
                     "A",
-                    f'SELECT sum("n_valid") * 100 / sum("n_expected") FROM {minutes} GROUP BY "instrument"',
+                    f'SELECT sum("n_valid") * 100 / sum("n_expected") FROM {hours} GROUP BY "instrument"',
                     alias="$tag_instrument",
                 )
             ],
             grid=(0, 0, 12, 8),
             unit="percent",
             thresholds=_thresholds((None, RED), (75, ORANGE), (90, GREEN)),
+            description="Valid minutes out of the minutes of the hours in range, from the hourly rollups (so a "
+            "year-long range reads 8,760 points per series). The hour in progress counts as a whole hour, so a "
+            "short range reads low until that hour is over.",
             options={"reduceOptions": {"calcs": ["mean"]}, "orientation": "horizontal"},
         ),
         _panel(
@@ -530,12 +535,12 @@ def data_quality() -> dict[str, Any]:
         ),
         _panel(
             "table",
-            "Minutes per instrument: valid and total",
+            "Hours per instrument: valid minutes of expected",
             [
                 _target(
                     "A",
-                    f'SELECT count("n_valid") AS "minutes", sum("n_valid") AS "usable samples", '
-                    f'sum("n_expected") AS "samples" FROM {minutes} GROUP BY "instrument", "parameter"',
+                    f'SELECT count("n_valid") AS "hours", sum("n_valid") AS "valid minutes", '
+                    f'sum("n_expected") AS "expected minutes" FROM {hours} GROUP BY "instrument", "parameter"',
                     table=True,
                 )
             ],
