@@ -154,7 +154,10 @@ class Ledger(StateFile):
         outcomes = []
         highest: dict[tuple[str, str], int] = {}
         with self._lock:
-            self._db.execute("BEGIN")
+            # IMMEDIATE: a deferred transaction that reads, then writes fails at once with "database is locked"
+            # when another user of the state file (rollup marks, alert states) committed in between (found by
+            # tests/test_hostile_input.py: it ended the gateway); IMMEDIATE waits for the lock instead.
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 for row in batches:
                     site, agent, seq, readings, received_ns, sent_ns = Arrival(*row)
