@@ -41,6 +41,7 @@ from aua_contract import (
     resend_topic,
     status_topic,
 )
+from aua_contract.codec import _decode, _WireBatch
 from aua_contract.models import (
     EARLIEST_TIME,
     LATEST_TIME,
@@ -680,3 +681,29 @@ def test_the_model_refuses_what_the_wire_refuses(changes: dict[str, Any], field:
     """The agent builds readings in Python (Sample.to_reading): the same bounds hold there."""
     with pytest.raises(ValidationError, match=field):
         _reading(**changes)
+
+
+bound_values = (
+    st.sampled_from(
+        [2**63, MAX_INT64, 1.0000000000000002e15, MAX_ABS_VALUE, -1.79e308, "mg\n", "mg\x00", "\u2028", "x" * 33]
+    )
+    | st.sampled_from(
+        ["2262-01-01T00:00:00Z", "2262-01-01T00:00:00.000001Z", "1678-01-01T00:00:00Z", "1677-12-31T23:59:59Z"]
+    )
+    | st.sampled_from(["2261-12-31T23:30:00-01:00", "2262-01-01T00:30:00+01:00", 1.0, True, None])
+)
+
+
+@FUZZ
+@given(st.data(), odd_values | bound_values)
+def test_the_fast_path_accepts_nothing_the_full_decode_refuses(data: st.DataObject, value: object) -> None:
+    """decode_batch returns what pydantic's JSON fast path accepts; it must enforce every rule the full decode
+    (JSON parse, schema version, the model) enforces, or a bound would hold on one path only."""
+    valid = _valid_batch_document()
+    path = data.draw(st.sampled_from(_paths(valid)))
+    payload = json.dumps(_replace(valid, path, value)).replace(json.dumps(_HUGE_INTEGER), "9" * 5000).encode()
+    try:
+        fast = _WireBatch.model_validate_json(payload)
+    except ValidationError:
+        return
+    assert _decode(Batch, payload, "batch").model_dump() == fast.model_dump()
