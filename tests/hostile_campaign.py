@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -446,13 +446,28 @@ class GatewayProcess:
             self.process.wait()
 
 
-async def publish(broker: tuple[str, int], messages: Iterable[Message], client_id: str) -> float:
-    """Publish in order, QoS 1, each awaited; returns the seconds it took."""
+async def publish(
+    broker: tuple[str, int],
+    messages: Sequence[Message],
+    client_id: str,
+    *,
+    gate: Callable[[int], Awaitable[None]] | None = None,
+) -> float:
+    """Publish in order, QoS 1, each awaited; returns the seconds it took. Every GATE_EVERY messages,
+    `gate(index)` may hold the publisher back (mosquitto drops what a slow subscriber's queue cannot take:
+    `max_queued_messages`, 1000 by default, which the test broker keeps)."""
     began = time.monotonic()
     async with aiomqtt.Client(broker[0], broker[1], identifier=client_id, max_queued_outgoing_messages=0) as client:
-        for message in messages:
+        for index, message in enumerate(messages):
+            if gate is not None and index % GATE_EVERY == 0:
+                await gate(index)
             await client.publish(message.topic, message.payload, qos=1, retain=message.retain)
     return time.monotonic() - began
+
+
+GATE_EVERY = 100
+MAX_LAG = 600
+"""Messages the gateway may be behind the publisher: well inside mosquitto's default queue of 1000."""
 
 
 async def until(condition: Callable[[], Any], within_s: float, what: str) -> None:
@@ -542,7 +557,16 @@ async def run(
     try:
         await gateway.subscribed()
         began = time.monotonic()
-        publishing = asyncio.create_task(publish(broker, campaign.messages, "hostile-publisher"))
+        delivered_before = [0]
+        for message in campaign.messages:
+            delivered_before.append(delivered_before[-1] + delivered(message.topic, campaign.site))
+
+        async def gate(index: int) -> None:
+            while (await gateway.metrics()).get("aua_gateway_messages", 0) < delivered_before[index] - MAX_LAG:
+                assert gateway.alive, f"the gateway died:\n{gateway.text()[-4000:]}"
+                await asyncio.sleep(0.05)
+
+        publishing = asyncio.create_task(publish(broker, campaign.messages, "hostile-publisher", gate=gate))
 
         async def watch_health() -> None:
             while True:
