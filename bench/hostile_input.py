@@ -44,7 +44,8 @@ def checks(outcome: Outcome) -> list[str]:
     return problems
 
 
-async def one_round(number: int, messages: int, store: str, seed: int, workdir: Path) -> tuple[Outcome, list[str]]:
+async def one_round(number: int, args: argparse.Namespace, workdir: Path) -> tuple[Outcome, list[str]]:
+    messages, store, seed, generated = args.messages, args.store, args.seed, args.generated
     broker = MosquittoServer(workdir / "mosquitto")
     broker.start()
     influx = None
@@ -56,7 +57,7 @@ async def one_round(number: int, messages: int, store: str, seed: int, workdir: 
         else:
             store_url = f"sqlite://{workdir}/aua.sqlite"
         began = time.monotonic()
-        campaign = build(f"hostile{number}", messages, seed=seed + number)
+        campaign = build(f"hostile{number}", messages, seed=seed + number, generated=min(generated, messages // 8))
         print(
             f"round {number}: built {len(campaign.messages):,} messages in {time.monotonic() - began:.1f} s", flush=True
         )
@@ -91,6 +92,12 @@ async def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=0.0, help="repeat rounds until this much time has passed")
     parser.add_argument("--seed", type=int, default=13, help="hypothesis and shuffle seed of round 0")
+    parser.add_argument(
+        "--generated",
+        type=int,
+        default=5000,
+        help="hypothesis messages a round (~5 ms each to generate; default 5,000)",
+    )
     args = parser.parse_args()
     header = (
         f"{'round':>5} {'messages':>9} {'received':>9} {'dead':>9} {'readings':>9} {'publish s':>9} "
@@ -103,7 +110,7 @@ async def main() -> int:
     while number < args.rounds or time.monotonic() - began < args.minutes * 60:
         with tempfile.TemporaryDirectory(prefix="aua-hostile-") as directory:
             try:
-                outcome, problems = await one_round(number, args.messages, args.store, args.seed, Path(directory))
+                outcome, problems = await one_round(number, args, Path(directory))
             except Exception:  # a round that could not finish is a failed round, reported, not a crash
                 traceback.print_exc()
                 failed = True
