@@ -13,8 +13,13 @@ from aua_contract.codec import (
     encode_status,
 )
 from aua_contract.models import (
+    EARLIEST_TIME,
     IDENTIFIER_PATTERN,
+    LATEST_TIME,
+    MAX_ABS_VALUE,
+    MAX_INT64,
     SCHEMA_VERSION,
+    TEXT_PATTERN,
     AgentState,
     AgentStatus,
     Batch,
@@ -34,8 +39,13 @@ from aua_contract.topics import (
 )
 
 __all__ = [
+    "EARLIEST_TIME",
     "IDENTIFIER_PATTERN",
+    "LATEST_TIME",
+    "MAX_ABS_VALUE",
+    "MAX_INT64",
     "SCHEMA_VERSION",
+    "TEXT_PATTERN",
     "TOPIC_ROOT",
     "AgentState",
     "AgentStatus",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
-from aua_contract.models import SCHEMA_VERSION, AgentStatus, Batch, ResendRequest
+from aua_contract.models import SCHEMA_VERSION, TEXT_PATTERN, AgentStatus, Batch, ResendRequest
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -52,12 +53,19 @@ def _decode(model: type[M], payload: bytes, what: str) -> M:
         return model.model_validate_json(payload)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
+            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {_message(item)}"
             for item in error.errors(include_url=False)[:5]
         )
         more = error.error_count() - 5
         suffix = f" (+{more} more)" if more > 0 else ""
         raise ContractError(f"{what}: {problems}{suffix}") from None
+
+
+def _message(item: Mapping[str, Any]) -> str:
+    """pydantic's message, except for free text, where a bare regular expression would hide what is wrong."""
+    if item["type"] == "string_pattern_mismatch" and (item.get("ctx") or {}).get("pattern") == TEXT_PATTERN:
+        return "must not contain control characters (NUL, CR, LF, tab, DEL, C1) or line separators"
+    return str(item["msg"])
 
 
 class _WireBatch(Batch):

@@ -19,6 +19,24 @@ IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 MAX_READINGS_PER_BATCH = 10_000
 
+MAX_INT64: Final = 2**63 - 1
+"""The largest integer SQLite and InfluxDB hold: every count and sequence number on the wire stays at or below it."""
+
+EARLIEST_TIME: Final = datetime(1678, 1, 1, tzinfo=UTC)
+LATEST_TIME: Final = datetime(2262, 1, 1, tzinfo=UTC)
+"""Every time on the wire lies in [EARLIEST_TIME, LATEST_TIME]: inside what a signed 64-bit count of nanoseconds
+since 1970 holds (1677-09-21T00:12:44Z .. 2262-04-11T23:47:16Z), the time type of InfluxDB and of the SQLite
+store, with whole years of margin. A time outside it is a broken clock, refused where it is decoded."""
+
+MAX_ABS_VALUE: Final = 1e15
+"""The largest magnitude a reading's value may have. No instrument reading comes near it (a flow of 10^7 m³/h, an
+energy counter of 10^12 Wh), and the sum of a year of one-second readings at this bound (3.2e22) is still far
+from float overflow, so averages and totals over them stay finite."""
+
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+"""Free text (units, versions): no control characters (NUL, CR, LF, tab, DEL, C1) and no Unicode line
+separators, which break line protocol, log lines and CSV exports."""
+
 
 class Quality(StrEnum):
     """Per-value quality: NAMUR NE107 status plus gateway-side checks (cems-mrv.md §3)."""
@@ -59,12 +77,31 @@ def _utc(value: datetime) -> datetime:
         raise ValueError(f"timestamp {value.isoformat()} is outside the range of UTC dates") from None
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+_TIME_RANGE: Final = f"{EARLIEST_TIME:%Y-%m-%d} .. {LATEST_TIME:%Y-%m-%d} UTC"
+
+
+def _utc_in_range(value: datetime) -> datetime:
+    value = _utc(value)
+    if not EARLIEST_TIME <= value <= LATEST_TIME:
+        raise ValueError(f"timestamp {value.isoformat()} is outside {_TIME_RANGE} (what the stores hold)")
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc_in_range)]
+"""A batch's or message's own time (one per message, so checked in Python): any offset, brought to UTC, inside
+the stores' range."""
+SampleTime = Annotated[AwareDatetime, Field(ge=EARLIEST_TIME, le=LATEST_TIME)]
+"""A reading's time: aware and inside the stores' range, both checked inside pydantic-core (per reading)."""
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-"""NaN and infinity are not measurements; checked inside pydantic-core, not by a Python validator per value."""
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Value = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+"""NaN and infinity are not measurements, nor is anything beyond MAX_ABS_VALUE; checked inside pydantic-core,
+not by a Python validator per value."""
+Int64 = Annotated[int, Field(ge=-(2**63), le=MAX_INT64)]
 """What SQLite and InfluxDB integers hold."""
+Count = Annotated[int, Field(ge=0, le=MAX_INT64)]
+"""Sequence numbers and counts: never negative, never beyond what the stores' integers hold."""
+Unit = Annotated[str, Field(max_length=32, pattern=TEXT_PATTERN)]
+Version = Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)]
 
 
 class Reading(BaseModel):
@@ -79,9 +116,9 @@ class Reading(BaseModel):
 
     instrument: Identifier
     parameter: Identifier
-    value: FiniteFloat | None = Field(default=None, description="engineering value; None (omitted) if the read failed")
-    unit: Annotated[str, Field(max_length=32)]
-    ts: AwareDatetime = Field(description="sample time, UTC (any offset is accepted; a Batch converts it)")
+    value: Value | None = Field(default=None, description="engineering value; None (omitted) if the read failed")
+    unit: Unit
+    ts: SampleTime = Field(description="sample time, UTC (any offset is accepted; a Batch converts it)")
     quality: Quality = Quality.OK
     status: Int64 | None = Field(default=None, description="raw status word(s) the quality came from")
 
@@ -94,7 +131,7 @@ class Batch(BaseModel):
     v: Literal[1] = SCHEMA_VERSION
     site: Identifier
     agent: Identifier
-    seq: Annotated[int, Field(ge=0)]
+    seq: Count
     sent_at: UtcDatetime
     readings: Annotated[list[Reading], Field(max_length=MAX_READINGS_PER_BATCH)]
 
@@ -131,14 +168,12 @@ class AgentStatus(BaseModel):
     agent: Identifier
     state: AgentState
     at: UtcDatetime | None = None
-    version: str | None = None
-    next_seq: Annotated[int, Field(ge=0)] | None = Field(
-        default=None, description="the sequence number the agent's next batch will get"
-    )
-    oldest_seq: Annotated[int, Field(ge=0)] | None = Field(
+    version: Version | None = None
+    next_seq: Count | None = Field(default=None, description="the sequence number the agent's next batch will get")
+    oldest_seq: Count | None = Field(
         default=None, description="the oldest batch still in the agent's outbox; older ones cannot be resent"
     )
-    dropped: Annotated[int, Field(ge=0)] | None = Field(
+    dropped: Count | None = Field(
         default=None, description="batches the agent's full outbox dropped unsent, since it was created"
     )
 
@@ -154,8 +189,8 @@ class ResendRequest(BaseModel):
     v: Literal[1] = SCHEMA_VERSION
     site: Identifier
     agent: Identifier
-    first: Annotated[int, Field(ge=0)]
-    last: Annotated[int, Field(ge=0)]
+    first: Count
+    last: Count
     requested_by: Identifier
     at: UtcDatetime | None = None
 

@@ -9,14 +9,13 @@ and the next plan reads around it, so every other tag keeps flowing.
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from aua_contract import Quality, Reading
+from aua_contract import MAX_ABS_VALUE, Quality, Reading
 from edge_agent.config import Instrument
 from edge_agent.decoding import struct_layout
 from edge_agent.driver import Answer, DeviceException, DriverError, InstrumentDriver
@@ -115,7 +114,8 @@ def _decode_answer(
             values[span.name] = None
             continue
         value = raw * codec.scale + codec.offset if codec.scale != 1 or codec.offset else float(raw)
-        values[span.name] = value if math.isfinite(value) else None
+        # NaN, infinity and magnitudes past the contract's bound (a float32 register left at 3.4e38) are no reading.
+        values[span.name] = value if -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE else None
 
 
 def readings_from_answers(
@@ -175,7 +175,12 @@ def samples_from_answers(
         quality = Quality.OK if value is not None else Quality.FAILURE
         status: int | None = None
         if codec.name in values and value is None:
-            log.warning("%s.%s: the registers decode to no number (NaN or infinity)", instrument_id, codec.name)
+            log.warning(
+                "%s.%s: the registers decode to no measurement (NaN, infinity or beyond ±%g)",
+                instrument_id,
+                codec.name,
+                MAX_ABS_VALUE,
+            )
         if codec.status is not None and value is not None:
             from_block = block_quality[codec.status]
             if from_block is None:

@@ -12,7 +12,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from aua_contract import IDENTIFIER_PATTERN, Quality
+from aua_contract import IDENTIFIER_PATTERN, TEXT_PATTERN, Quality
 from aua_ops import ConfigError, describe_validation_error, read_toml_text
 from edge_agent.decoding import ByteOrder, DataType
 
@@ -57,7 +57,7 @@ class Tag(_Strict):
     byte_order: ByteOrder | None = None
     scale: float = Field(default=1.0, description="multiplier, never 0 (value x 10^-n for scaled integers)")
     offset: float = 0.0
-    unit: Annotated[str, Field(min_length=1, max_length=32)]
+    unit: Annotated[str, Field(min_length=1, max_length=32, pattern=TEXT_PATTERN)]  # what the contract carries
     status: str | None = Field(default=None, description="name of the status block giving this value's quality")
 
     @model_validator(mode="after")

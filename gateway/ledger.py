@@ -336,7 +336,10 @@ class Ledger(StateFile):
         """
         outcomes = []
         with self._lock:
-            self._db.execute("BEGIN")
+            # IMMEDIATE: a deferred transaction that reads, then writes fails at once with "database is locked"
+            # when another user of the state file (rollup marks, alert states) committed in between (found by
+            # tests/test_hostile_input.py: it ended the gateway); IMMEDIATE waits for the lock instead.
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 touched: dict[tuple[str, str], int] = {}
                 tails: dict[tuple[str, str], _Tail | None] = {}

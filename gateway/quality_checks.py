@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 
 from aua_contract import Batch, Quality, Reading
 from gateway.config import RegistrySection
-from gateway.stores.base import FIRST_STORABLE, LAST_STORABLE
 
 # Worst first wins. Excluded-from-averages flags rank above the usable ones.
 SEVERITY: dict[Quality, int] = {
@@ -97,9 +96,6 @@ def check(
     return quality, SeriesState(value, ts, repeats)
 
 
-UNSTORABLE = "time outside what the stores hold (1677-09-21 to 2262-04-11 UTC)"
-
-
 @dataclass(frozen=True)
 class Screened:
     """A batch after the checks: readings to store (flags applied) and readings refused with the reason."""
@@ -133,9 +129,8 @@ class BatchScreen:
     def screen(self, batch: Batch, received: datetime) -> Screened:
         keep: list[Reading] = []
         refused: list[tuple[Reading, str]] = []
-        # The fast path below takes only plausible times, never ones a store cannot hold.
-        earliest = max(received - self.window.max_age, FIRST_STORABLE)
-        latest = min(received + self.window.max_future, LAST_STORABLE)
+        # Times a store cannot hold never get here: the contract refuses them (aua_contract.EARLIEST_TIME).
+        earliest, latest = received - self.window.max_age, received + self.window.max_future
         if batch.readings:
             # In the readings' own time zone object: comparing datetimes that share one is ~7x cheaper.
             zone = batch.readings[0].ts.tzinfo
@@ -147,11 +142,6 @@ class BatchScreen:
                 continue
             if limits == NO_LIMITS and earliest <= reading.ts <= latest:
                 keep.append(reading)  # nothing to check and nothing to remember: the common case, kept cheap
-                continue
-            if not FIRST_STORABLE <= reading.ts <= LAST_STORABLE:
-                refused.append(
-                    (reading, f"{reading.instrument}/{reading.parameter} at {reading.ts.isoformat()}: {UNSTORABLE}")
-                )
                 continue
             key = (batch.site, reading.instrument, reading.parameter)
             quality, state = check(

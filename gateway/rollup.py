@@ -15,8 +15,9 @@ Levels and what each counts (`n_valid` / `n_expected`):
 
 A period's `value` is the mean of its valid sub-values (each valid minute, hour, … weighs the same; month and
 year means weigh each day by its valid hours, so they equal the mean of the valid hours). It is kept when the
-period itself is invalid (too few valid sub-values) and is None only when nothing was valid: read `valid`.
-Means use math.fsum, so the order samples arrive in cannot change a result.
+period itself is invalid (too few valid sub-values) and is None when nothing was valid or the mean is no finite
+number (the reason says so): read `valid`. Means use math.fsum, so the order samples arrive in cannot change a
+result, and no finite input makes a rollup raise.
 
 Minutes and base periods are aligned in UTC; days, months and years follow the site's local calendar (a
 ZoneInfo), so a local day can have 23 or 25 hours (Asia/Almaty had 25 on 2024-02-29 when it moved to UTC+5).
@@ -307,7 +308,46 @@ def _percent(fraction: float) -> str:
 
 
 def _mean(values: Sequence[float]) -> float | None:
-    return math.fsum(values) / len(values) if values else None
+    """The mean of `values`, exact to rounding and independent of their order; None when there are none or it is
+    no finite number. Never raises."""
+    if not values:
+        return None
+    try:
+        mean = math.fsum(values) / len(values)
+    except (OverflowError, ValueError):
+        mean = math.nan
+    return mean if math.isfinite(mean) else _scaled_mean([(value, 1) for value in values], len(values))
+
+
+def _weighted_mean(pairs: Sequence[tuple[float, int]], total_weight: int) -> float | None:
+    """Σ value·weight / total_weight; None when it is no finite number. Never raises."""
+    try:
+        mean = math.fsum(value * weight for value, weight in pairs) / total_weight
+    except (OverflowError, ValueError):
+        mean = math.nan
+    return mean if math.isfinite(mean) else _scaled_mean(pairs, total_weight)
+
+
+def _scaled_mean(pairs: Sequence[tuple[float, int]], total_weight: int) -> float | None:
+    """The mean again, each value scaled down by a power of two first: finite whenever the mean is.
+
+    The contract bounds values (|value| ≤ 1e15), so sums stay finite; a store may still hold older values near
+    ±1.8e308, whose sum overflows (fsum raises OverflowError, or ValueError for inf − inf). An exception here
+    would end the gateway on every restart (rollup marks are durable); a mean that is still no finite number
+    (a NaN, an infinity in the data) makes the caller's average invalid with a reason instead.
+    """
+    shift = total_weight.bit_length() + 1  # scaling by 2**-shift is exact and keeps Σ|value|·weight ≤ max/2
+    try:
+        mean = math.ldexp(
+            math.fsum(math.ldexp(value, -shift) * weight for value, weight in pairs) / total_weight, shift
+        )
+    except (OverflowError, ValueError):
+        return None
+    return mean if math.isfinite(mean) else None
+
+
+def _no_finite_mean(count: int, what: str) -> str:
+    return f"the mean of {count} {what} is no finite number"
 
 
 # -- 1 minute from raw samples -------------------------------------------------------------------------------
@@ -370,6 +410,8 @@ def _minute_stat(samples: list[RawSample], min_fraction: float) -> _MinuteStat:
         problem = f"samples in different units: {', '.join(sorted(units))}"
         return (None, 0, n_total, n_check, False, problem, unit, 0)
     value = _mean(values)
+    if values and value is None:
+        return (None, len(values), n_total, n_check, False, _no_finite_mean(len(values), "samples"), unit, n_flagged)
     if not values:
         problems = Counter(
             s.quality.value if s.value is not None or s.quality not in _USABLE else "no value" for s in samples
@@ -463,6 +505,9 @@ def _base_from_subs(
             rules=rules,
             unit_name="minutes" if cycle <= _MINUTE else f"{cycle.total_seconds():g}-second samples",
         )
+    value = _mean(valid_values)
+    if valid_values and value is None:
+        ok, reason = False, _no_finite_mean(n_valid, "valid sub-periods")
     site, instrument, parameter = series
     return Aggregate(
         site,
@@ -470,7 +515,7 @@ def _base_from_subs(
         parameter,
         rules.base,
         start,
-        _mean(valid_values),
+        value,
         n_valid,
         expected,
         ok,
@@ -547,10 +592,12 @@ def _calendar_aggregate(
         n_maintenance = sum(a.n_maintenance for a in parts)
         n_flagged = sum(a.n_flagged for a in parts if a.value is not None and a.n_valid > 0)
     n_valid = sum(weight for _, weight in weighted)
-    value = math.fsum(v * w for v, w in weighted) / n_valid if n_valid else None
+    value = _weighted_mean(weighted, n_valid) if n_valid else None
     ok, reason = _calendar_verdict(
         period, n_valid=n_valid, expected=expected, n_maintenance=n_maintenance, parts=parts, bounds=bounds, rules=rules
     )
+    if n_valid and value is None:
+        ok, reason = False, _no_finite_mean(n_valid, "valid base periods")
     site, instrument, parameter = series
     return Aggregate(
         site,

@@ -29,7 +29,7 @@ def validate_message(
 ) -> Batch | AgentStatus | Rejected:
     """`agents`, when not empty, lists the SITE/AGENT pairs allowed to publish (the registry)."""
     parts = parse_topic(topic)
-    if parts is None:
+    if parts is None or parts.kind is TopicKind.RESEND:  # resend requests go from gateways to agents only
         return Rejected(f"topic {topic!r} is not an aua/v1/SITE/AGENT/(readings|status) topic")
     if max_bytes is not None and len(payload) > max_bytes:
         return Rejected(f"payload of {len(payload)} bytes is over the {max_bytes}-byte limit")

@@ -41,7 +41,15 @@ from aua_contract import (
     resend_topic,
     status_topic,
 )
-from aua_contract.models import MAX_READINGS_PER_BATCH, MAX_RESEND_SPAN
+from aua_contract.codec import _decode, _WireBatch
+from aua_contract.models import (
+    EARLIEST_TIME,
+    LATEST_TIME,
+    MAX_ABS_VALUE,
+    MAX_INT64,
+    MAX_READINGS_PER_BATCH,
+    MAX_RESEND_SPAN,
+)
 from aua_contract.topics import subscription
 
 FUZZ = settings(max_examples=150, deadline=None)
@@ -52,14 +60,18 @@ identifiers = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True)
 offsets = st.builds(
     timezone, st.timedeltas(min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59))
 )
-aware_times = st.datetimes(
-    min_value=datetime(1900, 1, 2), max_value=datetime(2999, 12, 30), timezones=st.just(UTC) | offsets
+aware_times = st.datetimes(  # a day inside the contract's range, whatever the offset
+    min_value=datetime(1678, 1, 2), max_value=datetime(2261, 12, 30), timezones=st.just(UTC) | offsets
 )
 extreme_floats = st.sampled_from(
-    [sys.float_info.max, -sys.float_info.max, sys.float_info.min, 5e-324, -5e-324, -0.0, 0.0, 1e-300, 2.0**53 + 2]
+    [MAX_ABS_VALUE, -MAX_ABS_VALUE, sys.float_info.min, 5e-324, -5e-324, -0.0, 0.0, 1e-300, MAX_ABS_VALUE - 0.125]
 )
-values = st.none() | st.floats(allow_nan=False, allow_infinity=False) | extreme_floats
-units = st.text(max_size=32) | st.sampled_from(["mg/Nm³", "µg/m³", "°C", "m³/h", "ppm·m", "мг/м³", "Nm³/h 🔥", ""])
+values = st.none() | st.floats(min_value=-MAX_ABS_VALUE, max_value=MAX_ABS_VALUE) | extreme_floats
+printable = st.characters(exclude_categories=("Cc", "Cs"), exclude_characters="\u2028\u2029")
+units = st.text(printable, max_size=32) | st.sampled_from(
+    ["mg/Nm³", "µg/m³", "°C", "m³/h", "ppm·m", "мг/м³", "Nm³/h 🔥", ""]
+)
+counts = st.integers(min_value=0, max_value=MAX_INT64)
 
 readings = st.builds(
     Reading,
@@ -75,7 +87,7 @@ batches = st.builds(
     Batch,
     site=identifiers,
     agent=identifiers,
-    seq=st.integers(min_value=0, max_value=2**63),
+    seq=counts,
     sent_at=aware_times,
     readings=st.lists(readings, max_size=5),
 )
@@ -85,7 +97,10 @@ statuses = st.builds(
     agent=identifiers,
     state=st.sampled_from(AgentState),
     at=st.none() | aware_times,
-    version=st.none() | st.text(max_size=40),
+    version=st.none() | st.text(printable, max_size=64),
+    next_seq=st.none() | counts,
+    oldest_seq=st.none() | counts,
+    dropped=st.none() | counts,
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
@@ -214,6 +229,19 @@ def _raw(document: dict[str, Any]) -> bytes:
     return json.dumps(document).encode()
 
 
+TIME_RANGE = "outside 1678-01-01 .. 2262-01-01 UTC"
+OUT_OF_RANGE_TIMES = [
+    "1677-12-31T23:59:59.999999Z",
+    "1678-01-01T00:30:00+01:00",  # 1677-12-31T23:30Z
+    "2262-01-01T00:00:00.000001Z",
+    "2261-12-31T23:30:00-01:00",  # 2262-01-01T00:30Z
+    "2262-04-11T23:47:17Z",  # past what a signed 64-bit count of nanoseconds holds
+    "1677-09-21T00:12:43Z",
+    "1000-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+]
+CONTROL_TEXTS = ["a\x00b", "mg\r\n", "\n", "a\tb", "\x7f", "\x85", "\x9f", "a\u2028b", "\u2029", "\x1b[31m"]
+
 BAD_IDENTIFIERS = ["a/b", "a+b", "+", "#", "a#", "a b", " a", "", "-a", ".a", "a" * 65, "é", "a\n", "a\x00", "a/+/#"]
 
 BATCH_REJECTIONS: list[Any] = [
@@ -252,7 +280,7 @@ BATCH_REJECTIONS: list[Any] = [
         id="sent_at-before-year-1-in-utc",
     ),
     pytest.param(
-        _raw(_with_reading(ts="9999-12-31T23:59:59-01:00")), ["readings.0.ts", "outside the range"], id="ts-after-9999"
+        _raw(_with_reading(ts="9999-12-31T23:59:59-01:00")), ["readings.0.ts", "2262-01-01"], id="ts-after-9999"
     ),
     # json.loads accepts the non-JSON literals NaN/Infinity: they must still never become a measurement.
     pytest.param(
@@ -304,6 +332,27 @@ BATCH_REJECTIONS: list[Any] = [
         ["readings", str(MAX_READINGS_PER_BATCH)],
         id="too-many-readings",
     ),
+    # Bounds (issue 13): what the stores hold, decided where a message is decoded, never at the store.
+    *(
+        pytest.param(_raw(_valid_batch_document() | {"seq": bad}), ["seq", str(MAX_INT64)], id=f"seq={bad}")
+        for bad in (2**63, 2**64, 10**30)
+    ),
+    *(
+        pytest.param(_raw(_valid_batch_document() | {"sent_at": bad}), ["sent_at", TIME_RANGE], id=f"sent_at={bad}")
+        for bad in OUT_OF_RANGE_TIMES
+    ),
+    *(
+        pytest.param(_raw(_with_reading(ts=bad)), ["readings.0.ts", "than or equal to"], id=f"ts={bad}")
+        for bad in OUT_OF_RANGE_TIMES
+    ),
+    *(
+        pytest.param(_raw(_with_reading(value=bad)), ["readings.0.value", "1000000000000000"], id=f"value={bad!r}")
+        for bad in (1.0000000000000002e15, -1.0000000000000002e15, 1e16, 1.79e308, -1.79e308, 10**20)
+    ),
+    *(
+        pytest.param(_raw(_with_reading(unit=bad)), ["readings.0.unit", "control characters"], id=f"unit={bad!r}")
+        for bad in CONTROL_TEXTS
+    ),
     *(
         pytest.param(_raw(_valid_batch_document() | {field: bad}), [field, "pattern"], id=f"{field}={bad!r}")
         for field in ("site", "agent")
@@ -344,6 +393,22 @@ STATUS_REJECTIONS: list[Any] = [
         _raw(_valid_status_document() | {"at": "0001-01-01T00:30:00+01:00"}), ["at", "outside the range"], id="at-range"
     ),
     pytest.param(_raw(_valid_status_document() | {"extra": 1}), ["extra"], id="extra-field"),
+    *(
+        pytest.param(_raw(_valid_status_document() | {field: bad}), [field, str(MAX_INT64)], id=f"{field}={bad}")
+        for field in ("next_seq", "oldest_seq", "dropped")
+        for bad in (2**63, 10**30)
+    ),
+    *(
+        pytest.param(_raw(_valid_status_document() | {"at": bad}), ["at", TIME_RANGE], id=f"at={bad}")
+        for bad in OUT_OF_RANGE_TIMES
+    ),
+    *(
+        pytest.param(
+            _raw(_valid_status_document() | {"version": bad}), ["version", "control characters"], id=f"v={bad!r}"
+        )
+        for bad in CONTROL_TEXTS
+    ),
+    pytest.param(_raw(_valid_status_document() | {"version": "1" * 65}), ["version", "64"], id="version-too-long"),
     *(
         pytest.param(_raw(_valid_status_document() | {field: bad}), [field, "pattern"], id=f"{field}={bad!r}")
         for field in ("site", "agent")
@@ -554,3 +619,91 @@ def test_resend_request_ranges_are_checked(first: int, last: int, message: str) 
     payload = json.dumps({"v": 1, "site": "pvl", "agent": "a1", "first": first, "last": last, "requested_by": "g"})
     with pytest.raises(ContractError, match=re.escape(message)):
         decode_resend(payload.encode())
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "message"),
+    [(2**63, 2**63, "first: Input should be less than or equal to 9223372036854775807"), (MAX_INT64, 2**63, "last")],
+)
+def test_resend_request_numbers_are_bounded(first: int, last: int, message: str) -> None:
+    """A resend request naming batches past int64 would crash the agent's outbox (SQLite OverflowError)."""
+    payload = json.dumps({"v": 1, "site": "pvl", "agent": "a1", "first": first, "last": last, "requested_by": "g"})
+    with pytest.raises(ContractError, match=re.escape(message)):
+        decode_resend(payload.encode())
+    document = json.loads(payload) | {"first": 0, "last": 0, "at": "2262-01-01T00:00:00.000001Z"}
+    with pytest.raises(
+        ContractError, match=re.escape(f"at: Value error, timestamp 2262-01-01T00:00:00.000001+00:00 is {TIME_RANGE}")
+    ):
+        decode_resend(json.dumps(document).encode())
+
+
+# -- bounds: the largest and smallest accepted values pass both decode paths ---------------------------------
+
+
+def test_values_at_the_bounds_are_carried() -> None:
+    """Exactly at each bound is valid, on the wire and through the model (the agent's and the gateway's paths)."""
+    readings = [
+        _reading(value=MAX_ABS_VALUE, ts=LATEST_TIME),
+        _reading(parameter="nox", value=-MAX_ABS_VALUE, ts=EARLIEST_TIME),
+        _reading(parameter="co", value=5e-324, unit="Nm³/h 🔥", status=MAX_INT64),
+        # An offset time just inside the range, whose local date is outside it: the UTC instant decides.
+        _reading(parameter="o2", ts=datetime(2262, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))),
+    ]
+    batch = Batch(site="s", agent="a", seq=MAX_INT64, sent_at=LATEST_TIME, readings=readings)
+    assert decode_batch(encode_batch(batch)) == batch
+    assert decode_batch(encode_batch(batch)).readings[3].ts == datetime(2261, 12, 31, 23, 30, tzinfo=UTC)
+    status = AgentStatus(
+        site="s",
+        agent="a",
+        state=AgentState.ONLINE,
+        at=EARLIEST_TIME,
+        version="1.2.3.dev45+g0123456789ab.d20261207 — ok",
+        next_seq=MAX_INT64,
+        oldest_seq=MAX_INT64,
+        dropped=MAX_INT64,
+    )
+    assert decode_status(encode_status(status)) == status
+    request = ResendRequest(site="s", agent="a", first=MAX_INT64, last=MAX_INT64, requested_by="g", at=LATEST_TIME)
+    assert decode_resend(encode_resend(request)) == request
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"value": 1e16}, "value"),
+        ({"value": -1.79e308}, "value"),
+        ({"unit": "mg\n"}, "unit"),
+        ({"ts": datetime(1677, 12, 31, tzinfo=UTC)}, "ts"),
+        ({"ts": datetime(2262, 1, 2, tzinfo=UTC)}, "ts"),
+    ],
+)
+def test_the_model_refuses_what_the_wire_refuses(changes: dict[str, Any], field: str) -> None:
+    """The agent builds readings in Python (Sample.to_reading): the same bounds hold there."""
+    with pytest.raises(ValidationError, match=field):
+        _reading(**changes)
+
+
+bound_values = (
+    st.sampled_from(
+        [2**63, MAX_INT64, 1.0000000000000002e15, MAX_ABS_VALUE, -1.79e308, "mg\n", "mg\x00", "\u2028", "x" * 33]
+    )
+    | st.sampled_from(
+        ["2262-01-01T00:00:00Z", "2262-01-01T00:00:00.000001Z", "1678-01-01T00:00:00Z", "1677-12-31T23:59:59Z"]
+    )
+    | st.sampled_from(["2261-12-31T23:30:00-01:00", "2262-01-01T00:30:00+01:00", 1.0, True, None])
+)
+
+
+@FUZZ
+@given(st.data(), odd_values | bound_values)
+def test_the_fast_path_accepts_nothing_the_full_decode_refuses(data: st.DataObject, value: object) -> None:
+    """decode_batch returns what pydantic's JSON fast path accepts; it must enforce every rule the full decode
+    (JSON parse, schema version, the model) enforces, or a bound would hold on one path only."""
+    valid = _valid_batch_document()
+    path = data.draw(st.sampled_from(_paths(valid)))
+    payload = json.dumps(_replace(valid, path, value)).replace(json.dumps(_HUGE_INTEGER), "9" * 5000).encode()
+    try:
+        fast = _WireBatch.model_validate_json(payload)
+    except ValidationError:
+        return
+    assert _decode(Batch, payload, "batch").model_dump() == fast.model_dump()

@@ -83,3 +83,18 @@ def test_registers_that_decode_to_nan_fail_that_tag_only() -> None:
     got = read({"input": [0x0000, 0x7FC0, 0x0001], "holding": [0, 0], "discrete": OK_BITS})
     assert got["so2"] == (None, Quality.FAILURE, None)
     assert got["temp"] == (0.1, Quality.OK, None)
+
+
+def test_registers_beyond_the_contracts_bound_fail_that_tag_only() -> None:
+    """A float32 at 3.4e38 (an uninitialised register) is finite but no measurement: the contract refuses any
+    |value| > MAX_ABS_VALUE, so publishing it would lose the whole batch at the gateway."""
+    for word_lo, word_hi, expected in [
+        (0xFFFF, 0x7F7F, None),  # 3.4028235e38, CDAB: low word first
+        (0xFFFF, 0xFF7F, None),  # -3.4028235e38
+        (0xA5A6, 0x5863, None),  # 1.0012e15: just past the bound
+        (0x0000, 0x5800, 562949953421312.0),  # 2^49, inside
+    ]:
+        got = read({"input": [word_lo, word_hi, 0x0001], "holding": [0, 0], "discrete": OK_BITS})
+        assert got["so2"][0] == expected
+        assert got["so2"][1] == (Quality.FAILURE if expected is None else Quality.OK)
+        assert got["temp"] == (0.1, Quality.OK, None)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aua_contract import Batch, Quality, Reading
+from aua_contract import EARLIEST_TIME, LATEST_TIME, MAX_ABS_VALUE, Batch, Quality, Reading
 from gateway.stores.base import StoredReading
 from gateway.stores.line_protocol import (
     escape_measurement,
@@ -231,9 +231,12 @@ batch_readings = st.builds(
     Reading,
     instrument=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,8}", fullmatch=True),
     parameter=st.sampled_from(["SO2", "NOx", "p.1", "a-b"]),
-    value=st.none() | st.floats(allow_nan=False, allow_infinity=False),
-    unit=st.text(max_size=6) | st.sampled_from(["mg/m³", 'u"\\', "a b,c=d"]),
-    ts=st.datetimes(min_value=datetime(1600, 1, 1), max_value=datetime(2300, 1, 1), timezones=st.just(UTC)),
+    value=st.none() | st.floats(min_value=-MAX_ABS_VALUE, max_value=MAX_ABS_VALUE),
+    unit=st.text(st.characters(exclude_categories=("Cc", "Cs"), exclude_characters="\u2028\u2029"), max_size=6)
+    | st.sampled_from(["mg/m³", 'u"\\', "a b,c=d"]),
+    ts=st.datetimes(
+        min_value=EARLIEST_TIME.replace(tzinfo=None), max_value=LATEST_TIME.replace(tzinfo=None), timezones=st.just(UTC)
+    ),
     quality=st.sampled_from(Quality),
     status=st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -460,3 +461,79 @@ def test_property_recomputing_is_idempotent_and_chunk_independent(
     ]
     assert sorted(by_hour, key=lambda a: a.key) == whole
     assert base_aggregates(minute_aggregates(samples), IED) == whole
+
+
+# -- no finite input makes a rollup raise (issue 13: a durable rollup mark re-raised on every restart) ---------
+
+BIG = sys.float_info.max  # 1.7976931348623157e308
+
+
+@pytest.mark.parametrize(
+    ("values", "expected", "reason"),
+    [
+        pytest.param([1.79e308, 1e300], (1.79e308 + 1e300) / 2, "", id="sum-overflows-mean-finite"),
+        pytest.param([BIG, BIG, BIG], BIG, "", id="three-times-the-largest-float"),
+        pytest.param([BIG, -BIG, BIG], BIG / 3, "", id="fsum-intermediate-overflow"),
+        pytest.param([-BIG, -1e308], -BIG / 2 - 1e308 / 2, "", id="negative-overflow"),
+        pytest.param([math.nan, 1.0], None, "the mean of 2 samples is no finite number", id="nan-in-the-data"),
+        pytest.param([math.inf, -math.inf], None, "the mean of 2 samples is no finite number", id="inf-minus-inf"),
+        pytest.param([math.inf, 1.0], None, "the mean of 2 samples is no finite number", id="inf"),
+        pytest.param([2.0, 4.0], 3.0, "", id="ordinary"),
+    ],
+)
+def test_minute_means_never_raise(values: list[float], expected: float | None, reason: str) -> None:
+    """Values beyond the contract's bound can still be in a store from before it: averaged or refused, never raised."""
+    (got,) = minute_aggregates([sample(T0 + timedelta(seconds=i), v) for i, v in enumerate(values)])
+    assert got.reason == reason
+    assert got.valid is (expected is not None)
+    if expected is None:
+        assert got.value is None
+        assert got.n_valid == len(values)
+    else:
+        assert got.value == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("values", "valid", "reason"),
+    [
+        pytest.param([BIG] * 60, True, "", id="an-hour-at-the-largest-float"),
+        pytest.param([BIG, -BIG] * 30, True, "", id="alternating"),
+        pytest.param([math.nan] + [1.0] * 59, False, "the mean of 60 valid sub-periods is no finite number", id="nan"),
+    ],
+)
+def test_base_day_month_and_year_means_never_raise(values: list[float], valid: bool, reason: str) -> None:
+    """Every level up: the hour from its minutes, the day from its hours, month and year weighted by valid hours."""
+    minutes = [minute(i, v) for i, v in enumerate(values)]
+    hours = base_aggregates(minutes, IED)
+    assert [(h.valid, h.reason) for h in hours] == [(valid, reason)]
+    assert hours == base_aggregates_from_samples([sample(m.start, m.value) for m in minutes], IED)
+    day = [hour(h, hours[0].value if valid else 1.0) for h in range(24)]
+    (got_day,) = day_aggregates(day, IED, UTC)
+    for aggregate in [got_day, *month_aggregates([got_day], IED, UTC), *year_aggregates([got_day], IED, UTC)]:
+        assert aggregate.value is not None
+        assert math.isfinite(aggregate.value)
+        assert "no finite number" not in aggregate.reason
+
+
+def test_a_day_of_hours_at_the_largest_float_is_averaged() -> None:
+    """The month weighs each day by its valid hours: value × 24 overflows, the scaled mean does not."""
+    days = day_aggregates([hour(h, BIG) for h in range(24)], IED, UTC)
+    assert days[0].value == BIG
+    (month,) = month_aggregates(days, IED, UTC)
+    assert month.value == pytest.approx(BIG, rel=1e-15)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=120))
+def test_property_no_finite_values_make_any_level_raise(values: list[float]) -> None:
+    """Any finite floats, one a second for two minutes and one a minute for two hours: every level computes,
+    and every value it gives is finite (or None with a reason)."""
+    samples = [sample(T0 + timedelta(seconds=i), v) for i, v in enumerate(values)]
+    spread = [sample(T0 + timedelta(minutes=i), v) for i, v in enumerate(values)]
+    minutes = minute_aggregates(samples) + minute_aggregates(spread)
+    hours = base_aggregates(minute_aggregates(spread), IED) + base_aggregates_from_samples(samples, PART75)
+    days = day_aggregates(base_aggregates(minute_aggregates(spread), IED), IED, ALMATY)
+    longer = month_aggregates(days, IED, ALMATY) + year_aggregates(days, IED, ALMATY)
+    for aggregate in minutes + hours + days + longer:
+        assert aggregate.value is None or math.isfinite(aggregate.value)
+        assert aggregate.value is not None or not aggregate.valid

@@ -12,7 +12,7 @@ from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.bit_message import ReadDiscreteInputsRequest
 from pymodbus.pdu.register_message import ReadInputRegistersRequest
 
-from aua_contract import IDENTIFIER_PATTERN, Batch, Quality, decode_batch, encode_batch
+from aua_contract import IDENTIFIER_PATTERN, MAX_ABS_VALUE, Batch, Quality, decode_batch, encode_batch
 from edge_agent import mbap
 from edge_agent.sealing import Sample, batch_payload
 
@@ -24,8 +24,12 @@ samples = st.builds(
     Sample,
     instrument=identifiers,
     parameter=identifiers,
-    value=st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53).map(float),
-    unit=st.text(min_size=1, max_size=32),
+    value=st.none()
+    | st.floats(min_value=-MAX_ABS_VALUE, max_value=MAX_ABS_VALUE)
+    | st.integers(-(2**49), 2**49).map(float),  # the contract's bound: |value| <= 1e15
+    unit=st.text(
+        st.characters(exclude_categories=("Cc", "Cs"), exclude_characters="\u2028\u2029"), min_size=1, max_size=32
+    ),
     ts=times,
     quality=st.sampled_from(Quality),
     status=st.none() | st.integers(0, 2**63 - 1),  # a status block has at most 63 bits (profiles.py)

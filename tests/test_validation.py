@@ -55,6 +55,47 @@ def test_a_status_message_passes() -> None:
         ("aua/v1/pvl/a2/readings", encode_batch(batch()), "payload says site 'pvl' agent 'a1'"),
         ("aua/v1/ekb/a1/readings", encode_batch(batch()), "topic of site 'ekb'"),
         ("aua/v1/pvl/a1/status", encode_batch(batch()), "status:"),
+        ("aua/v1/pvl/a1/resend", encode_status(AgentStatus(site="pvl", agent="a1", state=AgentState.ONLINE)), "topic"),
+        # Bounds (issue 13): each of these crashed a store write, the ledger or the rollups before the contract
+        # refused it; now the whole message is one dead letter naming the field.
+        ("aua/v1/pvl/a1/readings", encode_batch(batch()).replace(b'"seq":7', b'"seq":9223372036854775808'), "seq"),
+        *(
+            (
+                "aua/v1/pvl/a1/readings",
+                encode_batch(batch()).replace(b'"sent_at":"2026-12-01T06:00:00Z"', b'"sent_at":"%s"' % bad),
+                "sent_at",
+            )
+            for bad in (b"2262-04-11T23:47:17Z", b"1600-01-01T00:00:00Z", b"2300-01-01T00:00:00Z")
+        ),
+        *(
+            (
+                "aua/v1/pvl/a1/readings",
+                encode_batch(batch()).replace(b'"ts":"2026-12-01T06:00:00Z"', b'"ts":"%s"' % bad, 1),
+                "readings.0.ts",
+            )
+            for bad in (b"2262-04-11T23:47:17Z", b"1600-01-01T00:00:00Z", b"2300-01-01T00:00:00Z")
+        ),
+        (
+            "aua/v1/pvl/a1/readings",
+            encode_batch(batch()).replace(b'"value":4.9', b'"value":1.79e308'),
+            "readings.0.value",
+        ),
+        ("aua/v1/pvl/a1/readings", encode_batch(batch()).replace(b'"ng/m\xc2\xb3"', b'"ng\\u0000"'), "readings.0.unit"),
+        ("aua/v1/pvl/a1/readings", encode_batch(batch()).replace(b'"degC"', b'"degC\\r\\n"'), "readings.1.unit"),
+        *(
+            (
+                "aua/v1/pvl/a1/status",
+                b'{"v":1,"site":"pvl","agent":"a1","state":"online","%s":9223372036854775808}' % field,
+                field.decode(),
+            )
+            for field in (b"next_seq", b"oldest_seq", b"dropped")
+        ),
+        (
+            "aua/v1/pvl/a1/status",
+            b'{"v":1,"site":"pvl","agent":"a1","state":"online","at":"2263-01-01T00:00:00Z"}',
+            "at",
+        ),
+        ("aua/v1/pvl/a1/status", b'{"v":1,"site":"pvl","agent":"a1","state":"online","version":"1\\n2"}', "version"),
     ],
 )
 def test_bad_messages_are_rejected_with_a_reason(topic: str, payload: bytes, reason: str) -> None:
