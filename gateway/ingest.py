@@ -270,8 +270,7 @@ class Ingest:
                         group.create_task(self._consume(client, acks))
                         group.create_task(self._repair_forever(client))
             except* aiomqtt.MqttError as errors:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
+                if self.supervisor.stopping:  # (not Task.cancelling(): a 3.11 TaskGroup leaves it raised)
                     raise  # a disconnect error while stopping must not turn the stop into a reconnect
                 log.warning("MQTT: %s; reconnecting in %.1f s", errors.exceptions[0], backoff)
             finally:

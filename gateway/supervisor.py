@@ -61,6 +61,11 @@ class Supervisor:
             error = asyncio.CancelledError("cancelled from outside the supervisor")
         self._failed.set_result(TaskFailed(name, error))
 
+    @property
+    def stopping(self) -> bool:
+        """True once stop() began: tasks are being cancelled on purpose."""
+        return self._stopping
+
     @contextlib.contextmanager
     def working(self, name: str) -> Iterator[None]:
         """Mark one unit of work of task `name` (e.g. a store write); one that outlasts stall_s is a stall."""
