@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_run import running_gateway
-from servers import MosquittoServer
+from gateway_run import eventually, running_gateway
+from servers import InfluxServer, MosquittoServer
 
 from aua_contract import Batch, Reading, encode_batch, readings_topic
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
@@ -190,3 +192,34 @@ async def test_connections_beyond_the_cap_are_refused_until_one_closes() -> None
     assert status_of(refused) == 503
     assert api.refused["too many connections"] == 1  # (the idle ones, closed unsent, count as incomplete)
     assert status_of(served) == 200
+
+
+async def test_health_names_a_stalled_writer_and_recovers(
+    mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db_url: str, tmp_path: Path
+) -> None:
+    """influxd stopped (SIGSTOP): the store write hangs, and after stall_s /health says which task is stuck."""
+    site = f"s{uuid.uuid4().hex[:8]}"
+    config = GatewayConfig(
+        gateway=GatewaySection(id=f"gw-{site}", state=tmp_path / "state.sqlite", http="127.0.0.1:0", stall_s=0.5),
+        mqtt=MqttSection(host=mosquitto.host, port=mosquitto.port, sites=site),
+        store=StoreSection(url=f"{influx_db_url}?timeout=60"),
+    )
+    reading = Reading(instrument="i", parameter="so2", value=1.0, unit="mg/m³", ts=datetime.now(UTC))
+    batch = Batch(site=site, agent="a1", seq=0, sent_at=reading.ts, readings=[reading])
+    assert influxdb.process is not None
+    async with running_gateway(config) as ingest, httpx.AsyncClient() as client:
+        url = f"http://127.0.0.1:{ingest.http_port}/health"
+        os.kill(influxdb.process.pid, signal.SIGSTOP)
+        try:
+            await ingest.handle(readings_topic(site, "a1"), encode_batch(batch))
+            await eventually(lambda: ingest.supervisor.liveness()["write"] != "running")
+            stalled = await client.get(url)
+        finally:
+            os.kill(influxdb.process.pid, signal.SIGCONT)
+        await asyncio.wait_for(ingest.flushed(), timeout=60)
+        recovered = await client.get(url)
+    assert stalled.status_code == 503
+    assert stalled.json()["status"] == "failing"
+    assert stalled.json()["tasks"]["write"].startswith("stalled: one unit of work has run for")
+    assert stalled.json()["tasks"]["consume"] == "running"
+    assert (recovered.status_code, recovered.json()["status"]) == (200, "ok")
