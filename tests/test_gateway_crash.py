@@ -1,7 +1,8 @@
-"""The gateway killed with kill -9 mid-stream and started again: every batch stored exactly once.
+"""The gateway killed with kill -9 (or failing) mid-stream and started again: every batch stored exactly once.
 
-Messages aiomqtt had acknowledged but the dead gateway had not stored come back by gap repair; the
-persistent session holds what the broker received meanwhile.
+The gateway acknowledges a message only once its batch is durable, so what a dead gateway held comes back
+from the broker (its persistent session), like what the broker received meanwhile; gap repair asks the
+agents for anything else.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import aiomqtt
 import httpx
+import pytest
 from ports import free_port
 from servers import InfluxServer, MosquittoServer
 
@@ -210,12 +212,14 @@ async def stored_readings(store_url: str, site: str) -> dict[str, int]:
         await store.close()
 
 
-async def test_batches_held_unacknowledged_by_a_killed_gateway_come_back_from_the_broker(
-    mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db_url: str, tmp_path: Path
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
+async def test_batches_held_unacknowledged_by_a_stopped_gateway_come_back_from_the_broker(
+    stop: signal.Signals, mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db_url: str, tmp_path: Path
 ) -> None:
-    """InfluxDB stopped (SIGSTOP: writes hang), batches arrive, the gateway is killed -9 holding them: they were
-    never acknowledged, so the broker redelivers them to the restarted gateway (no agent here could answer a
-    resend request), and every reading is stored exactly once."""
+    """InfluxDB stopped (SIGSTOP: writes hang), batches arrive, the gateway is killed -9 (or stopped with
+    SIGTERM, which must end it although a write hangs) holding them: they were never acknowledged, so the
+    broker redelivers them to the restarted gateway (no agent here could answer a resend request), and every
+    reading is stored exactly once."""
     site = f"s{uuid.uuid4().hex[:8]}"
     http_port = free_port()
     store_url = f"{influx_db_url}?timeout=120"  # the write to the stopped InfluxDB hangs, it does not fail
@@ -234,8 +238,8 @@ async def test_batches_held_unacknowledged_by_a_killed_gateway_come_back_from_th
                     break
                 await asyncio.sleep(0.1)
             held = await metric(http_port, "aua_gateway_unacknowledged_messages")
-            os.kill(gateway.pid, signal.SIGKILL)
-            gateway.wait()
+            gateway.send_signal(stop)
+            code = await asyncio.to_thread(gateway.wait, 40)
         finally:
             os.kill(influxdb.process.pid, signal.SIGCONT)
         gateway = start_gateway(config, log)
@@ -247,6 +251,7 @@ async def test_batches_held_unacknowledged_by_a_killed_gateway_come_back_from_th
         if gateway.poll() is None:
             gateway.kill()
     assert held == len(batches), "the gateway held every batch unacknowledged while the store hung"
+    assert code == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
     assert account == (len(batches), 0, 0)
     assert await stored_readings(influx_db_url, site) == {f"i{n}": len(batches) for n in range(READINGS_PER_BATCH)}
     assert "Traceback" not in log_text(log)
