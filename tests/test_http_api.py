@@ -4,6 +4,7 @@ over raw sockets against the responder itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -125,7 +126,14 @@ async def exchange(port: int, request: bytes, *, read_timeout: float = 10.0) -> 
         async with asyncio.timeout(read_timeout):
             return await reader.read()
     finally:
-        writer.close()
+        await closed(writer)
+
+
+async def closed(writer: asyncio.StreamWriter) -> None:
+    """Close and wait, so no transport outlives the test's event loop."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 def status_of(answer: bytes) -> int:
@@ -155,7 +163,7 @@ async def test_oversized_and_malformed_requests_get_an_answer_and_no_traceback(
             writer.write(request_bytes)
             writer.write_eof()
             answer = await reader.read()
-            writer.close()
+            await closed(writer)
         else:
             answer = await exchange(port, request_bytes)
         healthy = await exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -183,7 +191,7 @@ async def test_connections_beyond_the_cap_are_refused_until_one_closes() -> None
         assert api.open_connections == 3
         refused = await exchange(port, b"GET /health HTTP/1.1\r\n\r\n")
         for _, writer in idle:
-            writer.close()
+            await closed(writer)
         for _ in range(100):
             if api.open_connections == 0:
                 break
