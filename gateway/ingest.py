@@ -283,8 +283,8 @@ class Ingest:
         async for message in client.messages:
             ack = acks.arrived(message.mid, message.qos)
             await self.handle(message.topic.value, _as_bytes(message.payload), ack)
-            # Let the loop read the socket (paho acknowledges there, which lets the broker send more) and
-            # run the writer between messages, instead of only once the received queue is empty.
+            # Let the loop read the socket and send the acknowledgements the writer settled (which lets the
+            # broker send more), and run the writer between messages, not only once the queue is empty.
             await asyncio.sleep(0)
 
     async def _repair_forever(self, client: aiomqtt.Client) -> None:
