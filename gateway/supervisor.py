@@ -82,7 +82,8 @@ class Supervisor:
         for name, task in self._tasks.items():
             if task.done():
                 error = None if task.cancelled() else task.exception()
-                states[name] = "stopped" if self._stopping else f"failed: {TaskFailed(name, error).args[0]}"
+                what = "ended" if error is None else describe(error)
+                states[name] = "stopped" if self._stopping else f"failed: {what}"
                 continue
             since = self._busy_since.get(name)
             if since is not None and now - since > self.stall_s:
