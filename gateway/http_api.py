@@ -16,6 +16,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from gateway.metrics import Health
 
@@ -87,6 +88,9 @@ class HttpApi:
         self.max_connections = max_connections
         self.timeout_s = timeout_s
         self.server: asyncio.Server | None = None
+        # One thread of its own: scrapes wait for each other, never for (or instead of) the ingest's
+        # ledger and spool calls on the default executor.
+        self._render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
         self.open_connections = 0
         self.refused: Counter[str] = Counter()
 
@@ -109,7 +113,7 @@ class HttpApi:
             return self.route_health()
         if path == "/metrics":
             # In a thread: the collectors read the ledger (SQLite), which must not stop the event loop.
-            body = await asyncio.to_thread(self.metrics)
+            body = await asyncio.get_running_loop().run_in_executor(self._render, self.metrics)
             return 200, "text/plain; version=0.0.4; charset=utf-8", body
         return 404, "text/plain", b"not found: try /health or /metrics\n"
 
@@ -196,3 +200,4 @@ class HttpApi:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.timeout_s):
                     await self.server.wait_closed()
+        self._render.shutdown(wait=False, cancel_futures=True)
