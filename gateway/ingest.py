@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 
 RECENT_KEYS = 100_000
+REUSE_REPORTS = 10_000
+"""Agents whose reused sequence numbers are logged (once each); past that they are only counted."""
 
 
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:
@@ -460,8 +462,8 @@ class Ingest:
         """Its readings are stored like any others; say loudly (once per agent and run) why the ledger
         cannot account for it."""
         self.stats.reused += 1
-        if (batch.site, batch.agent) in self._reuse_reported:
-            return
+        if (batch.site, batch.agent) in self._reuse_reported or len(self._reuse_reported) >= REUSE_REPORTS:
+            return  # (beyond REUSE_REPORTS agents only counted: the set must not grow with invented names)
         self._reuse_reported.add((batch.site, batch.agent))
         log.error(
             "agent %s/%s sent batch %d sealed at %s, but a batch %d sealed at another time was stored before: "
