@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import signal
 import ssl
 import sys
+import threading
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -32,20 +34,67 @@ from gateway.revisions_cli import add_revision_commands, revision_count_lines, r
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
 from gateway.stores import InfluxStore, StoreError, open_store
+from gateway.supervisor import Supervisor, TaskFailed, describe
+
+log = logging.getLogger("gateway.cli")  # not __main__ under `python -m gateway.cli`
+
+STOP_DEADLINE_S = 30.0
+"""After a stop begins (signal or failed task), the process ends within this long whatever hangs."""
 
 
-async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateFeed | None) -> None:
-    async with asyncio.TaskGroup() as group:
-        group.create_task(ingest.run())
-        group.create_task(HealthWriter(ingest, ingest.store).run())
-        if feed is not None:
-            group.create_task(feed.run())
-        if state_feed is not None:
-            group.create_task(state_feed.run())
+class _Stopper:
+    """SIGTERM/SIGINT: cancel the gateway (a clean stop, exit 0). Whatever starts a stop also starts a
+    deadline after which the process exits anyway, and a second signal exits at once: a task or thread
+    that does not stop can delay the exit, never prevent it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[int]) -> None:
+        self.loop = loop
+        self.main = main
+        self.code: int | None = None
+
+    def install(self) -> None:
+        # signal.signal, not loop.add_signal_handler: the handler runs whenever the main thread runs
+        # Python code, so a stop is started even while the loop is busy.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.code is not None:
+            log.error("%s again while stopping: exiting now", signal.Signals(signum).name)
+            _exit_now(self.code)
+        log.info("stopping (%s)", signal.Signals(signum).name)
+        self.begin(0)
+        self.loop.call_soon_threadsafe(self.main.cancel)
+
+    def begin(self, code: int) -> None:
+        """Start the deadline (once); `code` is the exit status if it expires."""
+        if self.code is not None:
+            return
+        self.code = code
+        timer = threading.Timer(STOP_DEADLINE_S, self._deadline)
+        timer.daemon = True
+        timer.start()
+
+    def _deadline(self) -> None:
+        log.error("gateway did not stop within %.0f s: exiting anyway", STOP_DEADLINE_S)
+        _exit_now(self.code if self.code is not None else 1)
 
 
-async def _serve(config: GatewayConfig) -> None:
-    """Run until SIGINT/SIGTERM, then stop cleanly: what was stored is recorded, the rest comes back by gap repair."""
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    os._exit(code)
+
+
+async def _serve(config: GatewayConfig) -> int:
+    """Run until SIGINT/SIGTERM (exit 0) or until a background task fails (one log line, exit 1).
+
+    A clean stop records what was stored; the broker redelivers what was not acknowledged, and gap repair
+    asks the agents for anything else.
+    """
+    main = asyncio.current_task()
+    assert main is not None
+    stopper = _Stopper(asyncio.get_running_loop(), main)
+    stopper.install()
     store = open_store(config.store.url)
     if isinstance(store, InfluxStore):
         await store.open(tolerate_down=True)  # InfluxDB down at start: spool until it answers
@@ -56,25 +105,38 @@ async def _serve(config: GatewayConfig) -> None:
     rollups = RollupEngine.from_config(config, store)
     feed = ReportFeed(config, store, engine=rollups) if config.rollup.reports.schedule else None
     state_feed = StateFeed(config, store) if config.state_feed is not None else None
-    ingest = Ingest(config, store, ledger, alerts=alerts, rollups=rollups)
-    task = asyncio.create_task(_serve_all(ingest, feed, state_feed))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+    supervisor = Supervisor(stall_s=config.gateway.stall_s)
+    ingest = Ingest(config, store, ledger, alerts=alerts, rollups=rollups, supervisor=supervisor)
+    supervisor.start("health-writer", HealthWriter(ingest, store).run())
+    if feed is not None:
+        supervisor.start("report-feed", feed.run())
+    if state_feed is not None:
+        supervisor.start("state-feed", state_feed.run())
+    code = 0
     try:
-        await task
+        await ingest.run()
     except asyncio.CancelledError:
-        logging.getLogger(__name__).info("stopping")
+        log.info("stopped")
+    except TaskFailed as failure:
+        stopper.begin(1)
+        code = 1
+        log.error("gateway stopping: %s", failure)
+        if failure.error is not None:
+            log.debug("traceback of the failed task", exc_info=failure.error)
     finally:
-        await store.close()
-        ledger.close()
-        if alerts is not None:
-            alerts.close()
-        if feed is not None:
-            feed.close()
+        closes = [("store", store.close), ("ledger", ledger.close), ("rollups", rollups.close)]
+        closes += [(name, obj.close) for name, obj in (("alerts", alerts), ("report feed", feed)) if obj is not None]
         if state_feed is not None:
-            state_feed.close()
-        rollups.close()
+            closes.append(("state feed", state_feed.close))
+        for name, close in closes:
+            try:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception as error:  # a failed close must not hide why the gateway stopped
+                log.error("closing the %s failed: %s", name, describe(error))
+                code = code or 1
+    return code
 
 
 async def _check(config: GatewayConfig, path: Path, *, servers: bool, login: bool) -> int:
@@ -98,10 +160,10 @@ def _run(config: GatewayConfig, path: Path) -> int:
     preflight.create_folders(config)
     tune_for_ingest()
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(config))
+        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # a signal before _serve ran
+            return asyncio.run(_serve(config))
     except (OSError, ssl.SSLError, StoreError) as error:  # found after the checks (a port taken since): one line
-        logging.getLogger(__name__).debug("stopped by", exc_info=True)  # the traceback, with -v only
+        log.debug("stopped by", exc_info=True)  # the traceback, with -v only
         print(f"{path}: cannot run: {error}", file=sys.stderr)
         return 1
     return 0

@@ -91,6 +91,14 @@ class GatewaySection(_Strict):
     health_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=10.0, description="how often to write gateway and per-agent accounting to the store (aua_health)"
     )
+    metrics_max_agents: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        default=1000,
+        description="agents with labels of their own in /metrics when [registry] agents is empty; the rest are "
+        'summed under agent="_other" and counted (aua_gateway_metrics_agents_folded)',
+    )
+    stall_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        default=120.0, description="a store write (or spool write) running longer than this is a stall in /health"
+    )
 
     @field_validator("http")
     @classmethod
@@ -503,6 +511,11 @@ class RegistrySection(_Strict):
     max_payload_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     max_future_s: Annotated[float, Field(ge=0, le=31_536_000)] = 300.0
     max_age_days: Annotated[float, Field(gt=0, le=36_500)] = 30.0
+    screen_cache_series: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=100_000,
+        description="series whose last value is kept for the stuck and spike checks; the least recently seen "
+        "is forgotten first (counted: aua_gateway_screen_cache_evictions)",
+    )
 
     def rule_for(self, site: str, instrument: str, parameter: str) -> ParameterRule | None:
         """The most specific matching rule (exact instrument beats *, exact site beats *)."""

@@ -1,8 +1,11 @@
 """Subscribe, validate, store, account. Never crashes on input and never blocks the stream on one message.
 
-aiomqtt acknowledges a QoS 1 message before the application has stored it (shared/notes/environment.md),
-so PUBACK timing is not relied on: the ledger records (agent, seq) only after the store write, and
-duplicates from redelivery or replay are dropped by that key.
+A QoS 1 message is acknowledged (PUBACK) only once what it carries is durable: its batch stored or
+spooled, or its dead letter or status recorded. paho acknowledges on arrival by default and aiomqtt's
+incoming queue is unbounded, so the gateway turns on paho's manual acknowledgement: the broker's
+per-client inflight window (mosquitto `max_inflight_messages`) then bounds what the gateway holds, and
+what a crashed gateway held is redelivered to the restarted one. The ledger still records (agent, seq)
+only after the store write and drops duplicates from redelivery or replay by that key.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,12 +44,15 @@ from gateway.rollup_engine import RollupEngine
 from gateway.spool import Spool
 from gateway.stores import BatchReceipt, Store, StoreError
 from gateway.stores.base import to_ns
+from gateway.supervisor import Supervisor
 from gateway.validation import Rejected, validate_message
 
 log = logging.getLogger(__name__)
 
 
 RECENT_KEYS = 100_000
+REUSE_REPORTS = 10_000
+"""Agents whose reused sequence numbers are logged (once each); past that they are only counted."""
 
 
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:
@@ -64,11 +70,77 @@ def _moment(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
+class _Ack:
+    """One received message's place in its connection's acknowledgement order."""
+
+    __slots__ = ("done", "mid", "qos", "window")
+
+    def __init__(self, window: AckWindow | None, mid: int, qos: int) -> None:
+        self.window = window
+        self.mid = mid
+        self.qos = qos
+        self.done = False
+
+    def settle(self) -> None:
+        """What the message carries is durable (or recorded as refused): it may be acknowledged."""
+        if not self.done:
+            self.done = True
+            if self.window is not None:
+                self.window.flush()
+
+
+NO_ACK = _Ack(None, 0, 0)
+"""For messages handed to `handle` directly (tests, tools): nothing to acknowledge."""
+
+
+class AckWindow:
+    """PUBACKs for one MQTT connection, sent in the order the messages arrived (MQTT 3.1.1 §4.6.0 and
+    5.0 §4.6: a receiver sends PUBACKs in the order of the PUBLISHes), each once its message is settled.
+
+    A message held back (its batch waiting for the store) holds back the acknowledgements after it, so
+    the broker's inflight window fills and it stops sending: that is the flow control. After a
+    reconnect the old window is closed and its messages come again (same session, not acknowledged).
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._paho = client._client  # aiomqtt 2.5 exposes no acknowledgement; its paho client has ack()
+        self._order: deque[_Ack] = deque()
+        self.closed = False
+        self.sent = 0
+
+    def arrived(self, mid: int, qos: int) -> _Ack:
+        if qos == 0:
+            return NO_ACK  # nothing to acknowledge
+        ack = _Ack(self, mid, qos)
+        self._order.append(ack)
+        return ack
+
+    def flush(self) -> None:
+        order = self._order
+        while order and order[0].done:
+            ack = order.popleft()
+            if not self.closed:
+                self._paho.ack(ack.mid, ack.qos)
+                self.sent += 1
+
+    @property
+    def waiting(self) -> int:
+        """Messages received on this connection and not yet acknowledged."""
+        return len(self._order)
+
+
+def manual_ack(client: aiomqtt.Client) -> AckWindow:
+    """Switch `client` (before connecting) to acknowledging only what the gateway settles."""
+    client._client.manual_ack_set(True)
+    return AckWindow(client)
+
+
 @dataclass(frozen=True)
 class _Pending:
     batch: Batch
     topic: str
     received_ns: int
+    acks: list[_Ack]
 
 
 @dataclass
@@ -114,6 +186,7 @@ class Ingest:
         spool: Spool | None = None,
         alerts: AlertEngine | None = None,
         rollups: RollupEngine | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -135,12 +208,17 @@ class Ingest:
         self._room = asyncio.Event()
         self._room.set()
         self._recent: OrderedDict[tuple[str, str, int], datetime] = OrderedDict()
+        self._in_queue: dict[tuple[str, str, int], _Pending] = {}
+        self.acks: AckWindow | None = None
+        self.supervisor = supervisor or Supervisor(stall_s=config.gateway.stall_s)
         self._reuse_reported: set[tuple[str, str]] = set()
         self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
         self.metrics.attach(self)
 
     def health(self) -> Health:
-        return Health(broker_connected=self.connected.is_set(), spool_depth=self.spool.depth)
+        return Health(
+            broker_connected=self.connected.is_set(), spool_depth=self.spool.depth, tasks=self.supervisor.liveness()
+        )
 
     def _client(self) -> aiomqtt.Client:
         mqtt = self.config.mqtt
@@ -149,22 +227,29 @@ class Ingest:
         )
 
     async def run(self) -> None:
-        """Consume and drain the spool (and serve /health, /metrics when configured) until cancelled."""
+        """Consume and drain the spool (and serve /health, /metrics when configured) until cancelled.
+
+        Runs its tasks, and any the caller started on the same supervisor, until one fails: then every
+        task is stopped and `TaskFailed` says which one failed and why.
+        """
         api = HttpApi(self.health, self.metrics.exposition)
+        self.metrics.attach_http(api)
+        supervisor = self.supervisor
         try:
             if self.config.gateway.http is not None:
                 host, _, port = self.config.gateway.http.rpartition(":")
                 self.http_port = await api.start(host, int(port))
                 log.info("serving /health and /metrics on %s:%s", host, self.http_port)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self.consume_forever())
-                group.create_task(self.write_forever())
-                group.create_task(self.drain_spool_forever())
-                if self.alerts is not None:
-                    group.create_task(self.alerts.run())
-                if self.rollups is not None:
-                    group.create_task(self.rollups.run())
+            supervisor.start("consume", self.consume_forever())
+            supervisor.start("write", self.write_forever())
+            supervisor.start("drain-spool", self.drain_spool_forever())
+            if self.alerts is not None:
+                supervisor.start("alerts", self.alerts.run())
+            if self.rollups is not None:
+                supervisor.start("rollups", self.rollups.run())
+            await supervisor.run()
         finally:
+            await supervisor.stop()
             await api.stop()
             if self._owns_spool:
                 self.spool.close()
@@ -173,8 +258,10 @@ class Ingest:
         """Consume until cancelled, reconnecting with backoff when the broker goes away."""
         backoff = 0.5
         while True:
+            client = self._client()
+            acks = manual_ack(client)
             try:
-                async with self._client() as client:
+                async with client:
                     for kind in (TopicKind.READINGS, TopicKind.STATUS):
                         topic = subscription(kind, self.config.mqtt.sites)
                         if kind is TopicKind.READINGS and self.config.mqtt.shared_group is not None:
@@ -182,21 +269,27 @@ class Ingest:
                         await client.subscribe(topic, qos=1)
                     log.info("subscribed at %s:%s", self.config.mqtt.host, self.config.mqtt.port)
                     self.connected.set()
+                    self.acks = acks
                     backoff = 0.5
                     async with asyncio.TaskGroup() as group:
-                        group.create_task(self._consume(client))
+                        group.create_task(self._consume(client, acks))
                         group.create_task(self._repair_forever(client))
             except* aiomqtt.MqttError as errors:
+                if self.supervisor.stopping:  # (not Task.cancelling(): a 3.11 TaskGroup leaves it raised)
+                    raise  # a disconnect error while stopping must not turn the stop into a reconnect
                 log.warning("MQTT: %s; reconnecting in %.1f s", errors.exceptions[0], backoff)
+            finally:
+                acks.closed = True  # its messages come again on the next connection (persistent session)
             self.connected.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _consume(self, client: aiomqtt.Client, acks: AckWindow) -> None:
         async for message in client.messages:
-            await self.handle(message.topic.value, _as_bytes(message.payload))
-            # Let the loop read the socket (paho acknowledges there, which lets the broker send more) and
-            # run the writer between messages, instead of only once the received queue is empty.
+            ack = acks.arrived(message.mid, message.qos)
+            await self.handle(message.topic.value, _as_bytes(message.payload), ack)
+            # Let the loop read the socket and send the acknowledgements the writer settled (which lets the
+            # broker send more), and run the writer between messages, not only once the queue is empty.
             await asyncio.sleep(0)
 
     async def _repair_forever(self, client: aiomqtt.Client) -> None:
@@ -265,8 +358,9 @@ class Ingest:
         self.stats.resend_not_asked = not_asked
         return requests
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        """Process one message; every outcome is stored, counted or dead-lettered."""
+    async def handle(self, topic: str, payload: bytes, ack: _Ack = NO_ACK) -> None:
+        """Process one message; every outcome is stored, counted or dead-lettered, and `ack` settled once
+        that outcome is durable."""
         self.stats.messages += 1
         now = time.time_ns()
         registry = self.config.registry
@@ -275,10 +369,12 @@ class Ingest:
             self.stats.dead_letters += 1
             log.warning("dead letter from %s: %s", topic, result.reason)
             await asyncio.to_thread(self.ledger.dead_letter, topic, result.reason, payload, now)
+            ack.settle()
             return
         if isinstance(result, AgentStatus):
             log.info("agent %s/%s is %s", result.site, result.agent, result.state)
             await asyncio.to_thread(self.ledger.agent_state, result, now)
+            ack.settle()
             if self.alerts is not None:
                 await self.alerts.on_status(result, _moment(now))
             return
@@ -287,12 +383,17 @@ class Ingest:
         if self._recent.get(key) == batch.sent_at:  # the same batch again (another sealing time is not: REUSED)
             self.stats.duplicates += 1
             await asyncio.to_thread(self.ledger.count_duplicate, batch.site, batch.agent)
+            waiting = self._in_queue.get(key)
+            if waiting is not None:
+                waiting.acks.append(ack)  # redelivered while its first copy waits: acknowledged with it
+            else:
+                ack.settle()
             return
         self._remember(key, batch.sent_at)
         screened = self.screen.screen(batch, datetime.now(UTC))
         if screened.refused:
             await self._refuse_readings(topic, batch, screened.refused, now)
-        await self._enqueue(_Pending(batch.model_copy(update={"readings": screened.keep}), topic, now))
+        await self._enqueue(_Pending(batch.model_copy(update={"readings": screened.keep}), topic, now, [ack]))
 
     async def _enqueue(self, pending: _Pending) -> None:
         """Queue a batch for the writer, first waiting while write_queue_readings are already waiting.
@@ -304,6 +405,8 @@ class Ingest:
             self._room.clear()
             await self._room.wait()
         self._queued_readings += _weight(pending)
+        batch = pending.batch
+        self._in_queue[batch.site, batch.agent, batch.seq] = pending
         self._queue.put_nowait(pending)
 
     @property
@@ -342,8 +445,9 @@ class Ingest:
                         break
                 group.append(item)
                 readings += len(item.batch.readings)
-            durable = await self._store_or_spool(group)
-            outcomes = await asyncio.to_thread(self.ledger.record_many, [_arrival(p) for p in durable])
+            with self.supervisor.working("write"):
+                durable = await self._store_or_spool(group)
+                outcomes = await asyncio.to_thread(self.ledger.record_many, [_arrival(p) for p in durable])
             for pending, outcome in zip(durable, outcomes, strict=True):
                 if outcome is Recorded.DUPLICATE:
                     self.stats.duplicates += 1
@@ -358,6 +462,12 @@ class Ingest:
                 if self.alerts is not None:
                     await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
             for pending in group:
+                # Stored, spooled or (refused by the store) a dead letter: the broker may forget it now.
+                for ack in pending.acks:
+                    ack.settle()
+                batch = pending.batch
+                if self._in_queue.get((batch.site, batch.agent, batch.seq)) is pending:
+                    del self._in_queue[batch.site, batch.agent, batch.seq]
                 self._queued_readings -= _weight(pending)
                 self._queue.task_done()
             self._room.set()
@@ -366,8 +476,8 @@ class Ingest:
         """Its readings are stored like any others; say loudly (once per agent and run) why the ledger
         cannot account for it."""
         self.stats.reused += 1
-        if (batch.site, batch.agent) in self._reuse_reported:
-            return
+        if (batch.site, batch.agent) in self._reuse_reported or len(self._reuse_reported) >= REUSE_REPORTS:
+            return  # (beyond REUSE_REPORTS agents only counted: the set must not grow with invented names)
         self._reuse_reported.add((batch.site, batch.agent))
         log.error(
             "agent %s/%s sent batch %d sealed at %s, but a batch %d sealed at another time was stored before: "

@@ -1,13 +1,15 @@
 """The gateway's Prometheus metrics and health, read from the live ingest at scrape time.
 
 Counters come from IngestStats and the ledger when Prometheus asks, so the hot path only increments
-plain integers; write latency is the one histogram observed on the path itself.
+plain integers; write latency is the one histogram observed on the path itself. Per-agent label sets
+are bounded (`[gateway] metrics_max_agents`, or only the registry's agents when it lists them): anyone
+who can publish can invent names, and a scrape must not grow with every name ever seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -15,7 +17,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from gateway.http_api import HttpApi
     from gateway.ingest import Ingest
+    from gateway.ledger import AgentAccount
+
+OTHER = "_other"
+"""site and agent label of the one series that sums the agents beyond the label limit."""
 
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -42,13 +49,57 @@ class _IngestCollector(Collector):
         yield GaugeMetricFamily(
             "aua_gateway_broker_connected", "1 while subscribed", value=float(self.ingest.connected.is_set())
         )
-        missing = GaugeMetricFamily(
-            "aua_gateway_missing_batches", "sequence numbers not (yet) received, per agent", labels=["site", "agent"]
+        screen = self.ingest.screen
+        yield CounterMetricFamily(
+            "aua_gateway_screen_cache_evictions",
+            "series whose stuck/spike history was dropped ([registry] screen_cache_series)",
+            value=screen.evictions,
         )
-        for account in self.ingest.ledger.accounts():
+        yield GaugeMetricFamily("aua_gateway_screen_cache_series", "series with stuck/spike history", value=len(screen))
+        acks = self.ingest.acks
+        yield GaugeMetricFamily(
+            "aua_gateway_unacknowledged_messages",
+            "messages received and not yet durable, so not acknowledged to the broker",
+            value=0 if acks is None else acks.waiting,
+        )
+        labelled, folded = _bounded_accounts(self.ingest)
+        missing = GaugeMetricFamily(
+            "aua_gateway_missing_batches",
+            f"sequence numbers not (yet) received, per agent (agents beyond the label limit: {OTHER})",
+            labels=["site", "agent"],
+        )
+        for account in labelled:
             missing.add_metric([account.site, account.agent], account.missing)
+        if folded:
+            missing.add_metric([OTHER, OTHER], sum(account.missing for account in folded))
         yield missing
+        yield GaugeMetricFamily(
+            "aua_gateway_metrics_agents_folded",
+            f"agents without labels of their own in /metrics, summed under agent={OTHER!r} "
+            "([gateway] metrics_max_agents, or not in [registry] agents)",
+            value=len(folded),
+        )
+        for api in self.ingest.metrics.http_apis:
+            refused = CounterMetricFamily(
+                "aua_gateway_http_refused", "HTTP requests answered with an error or dropped", labels=["reason"]
+            )
+            for reason, count in sorted(api.refused.items()):
+                refused.add_metric([reason], count)
+            yield refused
         yield from _ledger_bounds(self.ingest)
+
+
+def _bounded_accounts(ingest: Ingest) -> tuple[list[AgentAccount], list[AgentAccount]]:
+    """The accounts that get labels of their own, and the rest. Registered agents when the registry lists
+    them (a bound the operator chose), else the first metrics_max_agents in the ledger's order."""
+    accounts = ingest.ledger.accounts()
+    registered = ingest.config.registry.agents
+    if registered:
+        names = frozenset(registered)
+        labelled = [a for a in accounts if f"{a.site}/{a.agent}" in names]
+        return labelled, [a for a in accounts if f"{a.site}/{a.agent}" not in names]
+    limit = ingest.config.gateway.metrics_max_agents
+    return accounts[:limit], accounts[limit:]
 
 
 def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
@@ -78,6 +129,7 @@ class GatewayMetrics:
     """One registry per gateway (not the global one), so several gateways in a process stay apart."""
 
     def __init__(self) -> None:
+        self.http_apis: list[HttpApi] = []
         self.registry = CollectorRegistry()
         self.write_seconds = Histogram(
             "aua_gateway_store_write_seconds", "store write latency", registry=self.registry, buckets=WRITE_BUCKETS
@@ -85,6 +137,10 @@ class GatewayMetrics:
 
     def attach(self, ingest: Ingest) -> None:
         self.registry.register(_IngestCollector(ingest))
+
+    def attach_http(self, api: HttpApi) -> None:
+        """Count what this HTTP server refused (oversized, slow, too many connections)."""
+        self.http_apis = [api]
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -94,8 +150,12 @@ class GatewayMetrics:
 class Health:
     broker_connected: bool
     spool_depth: int
+    tasks: dict[str, str] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
-        """ok, or degraded while the broker is away or batches wait for the store (nothing is lost either way)."""
+        """failing when a task is dead or stalled (the process is about to stop, or should be restarted);
+        else ok, or degraded while the broker is away or batches wait for the store (nothing is lost)."""
+        if any(state != "running" for state in self.tasks.values()):
+            return "failing"
         return "ok" if self.broker_connected and self.spool_depth == 0 else "degraded"

@@ -7,6 +7,7 @@ state per series instead of keeping it itself.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -105,26 +106,52 @@ class Screened:
 
 
 class BatchScreen:
-    """Applies the registry's rules to each batch, remembering each series' last value for stuck/spike."""
+    """Applies the registry's rules to each batch, remembering each series' last value for stuck/spike.
+
+    Series names come from the publishers, so both per-series caches are bounded by
+    `[registry] screen_cache_series`, least recently seen first out (counted in `evictions`). A series
+    forgotten and seen again is judged without its history once: its next value cannot be a spike or
+    the continuation of a stuck run.
+    """
 
     def __init__(self, registry: RegistrySection) -> None:
         self.registry = registry
         self.window = TimeWindow(
             max_future=timedelta(seconds=registry.max_future_s), max_age=timedelta(days=registry.max_age_days)
         )
-        self._states: dict[tuple[str, str, str], SeriesState] = {}
-        self._limits: dict[tuple[str, str, str], Limits | None] = {}
+        self.capacity = registry.screen_cache_series
+        self.evictions = 0
+        self._states: OrderedDict[tuple[str, str, str], SeriesState] = OrderedDict()
+        self._limits: OrderedDict[tuple[str, str, str], Limits | None] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Series with a remembered last value."""
+        return len(self._states)
 
     def limits_for(self, site: str, instrument: str, parameter: str) -> Limits | None:
         """The series' limits (None: unknown to a registry that wants to know it); looked up once per series."""
         key = (site, instrument, parameter)
-        if key not in self._limits:
-            rule = self.registry.rule_for(site, instrument, parameter)
-            if rule is None:
-                self._limits[key] = None if self.registry.known_parameters_only else NO_LIMITS
-            else:
-                self._limits[key] = Limits(rule.min, rule.max, rule.max_rate_per_s, rule.stuck_samples)
-        return self._limits[key]
+        cache = self._limits
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        rule = self.registry.rule_for(site, instrument, parameter)
+        if rule is None:
+            limits = None if self.registry.known_parameters_only else NO_LIMITS
+        else:
+            limits = Limits(rule.min, rule.max, rule.max_rate_per_s, rule.stuck_samples)
+        cache[key] = limits
+        if len(cache) > self.capacity:
+            cache.popitem(last=False)  # a rule lookup again later, nothing lost: not counted
+        return limits
+
+    def _remember(self, key: tuple[str, str, str], state: SeriesState) -> None:
+        states = self._states
+        states[key] = state
+        states.move_to_end(key)
+        if len(states) > self.capacity:
+            states.popitem(last=False)
+            self.evictions += 1
 
     def screen(self, batch: Batch, received: datetime) -> Screened:
         keep: list[Reading] = []
@@ -154,6 +181,6 @@ class BatchScreen:
                 window=self.window,
             )
             if state is not None:
-                self._states[key] = state
+                self._remember(key, state)
             keep.append(reading if quality is reading.quality else reading.model_copy(update={"quality": quality}))
         return Screened(keep, refused)

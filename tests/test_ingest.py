@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiomqtt
 from gateway_run import eventually, running_gateway
-from servers import InfluxServer, MosquittoServer
+from servers import MQTT_INFLIGHT, InfluxServer, MosquittoServer
 
 from aua_contract import Batch, Quality, Reading, encode_batch, readings_topic
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
@@ -156,3 +156,46 @@ async def test_a_stalled_store_holds_the_consumer_at_the_queue_limit_and_loses_n
         await eventually(lambda: ingest.stats.readings == 20 * 250)
         assert (await ingest.store.count_by_instrument()) == {(site, f"i{n}"): 20 for n in range(250)}
     assert (ingest.queued_readings, ingest.stats.store_retries, ingest.spool.depth) == (0, 0, 0)
+
+
+class SmallWindowBroker(MosquittoServer):
+    """mosquitto sending a client at most 5 unacknowledged QoS 1 messages."""
+
+    def config_text(self) -> str:
+        return super().config_text().replace(f"max_inflight_messages {MQTT_INFLIGHT}", "max_inflight_messages 5")
+
+
+async def test_the_broker_window_bounds_what_the_gateway_holds_while_the_store_hangs(
+    influxdb: InfluxServer, influx_db_url: str, tmp_path: Path
+) -> None:
+    """Acknowledged only once durable: with the store hanging, the gateway holds exactly the broker's in-flight
+    window (not everything published, as when paho acknowledged on arrival), and the rest follows once the
+    store is back."""
+    broker = SmallWindowBroker(tmp_path / "mosquitto")
+    broker.start()
+    site = f"s{uuid.uuid4().hex[:8]}"
+    config = GatewayConfig(
+        gateway=GatewaySection(id=f"gw-{site}", state=tmp_path / "state.sqlite", write_max_readings=1),
+        mqtt=MqttSection(host=broker.host, port=broker.port, sites=site),
+        store=StoreSection(url=f"{influx_db_url}?timeout=60"),
+    )
+    assert influxdb.process is not None
+    try:
+        async with running_gateway(config) as ingest:
+            os.kill(influxdb.process.pid, signal.SIGSTOP)
+            try:
+                async with aiomqtt.Client(broker.host, broker.port, identifier=f"pub-{site}") as client:
+                    for seq in range(30):
+                        await client.publish(readings_topic(site, "a1"), encode_batch(batch(site, "a1", seq)), qos=1)
+                await eventually(lambda: ingest.stats.messages >= 5)
+                await asyncio.sleep(1.0)  # time for more to arrive, if anything let them
+                held, taken = ingest.acks.waiting if ingest.acks else -1, ingest.stats.messages
+            finally:
+                os.kill(influxdb.process.pid, signal.SIGCONT)
+            await eventually(lambda: ingest.stats.batches == 30, within_s=60)
+            stored = len(await ingest.store.query(site=site))
+            left = ingest.acks.waiting if ingest.acks else -1
+    finally:
+        broker.terminate()
+    assert (held, taken) == (5, 5)
+    assert (stored, left) == (30, 0)

@@ -96,3 +96,27 @@ def test_screen_keeps_any_time_the_contract_accepts_and_flags_far_ones_stale() -
         ]
         assert screened.refused == []
         assert len(format_batch_lines(batch.model_copy(update={"readings": screened.keep}))) == 3
+
+
+def test_the_series_cache_is_bounded_least_recently_seen_first_and_counts_what_it_forgets() -> None:
+    """Publishers name the series, so the stuck/spike history per series is an LRU of screen_cache_series."""
+    registry = RegistrySection.model_validate(
+        {"parameter": [{"parameter": "so2", "stuck_samples": 2}], "screen_cache_series": 2}
+    )
+    screen = BatchScreen(registry)
+
+    def seen(instrument: str, second: int) -> Quality:
+        reading = Reading(instrument=instrument, parameter="so2", value=7.0, unit="mg/m³", ts=T0 + second * S)
+        batch = Batch(site="s", agent="a", seq=second, sent_at=T0 + second * S, readings=[reading])
+        [kept] = screen.screen(batch, received=T0 + second * S).keep
+        return kept.quality
+
+    assert [seen("i1", 0), seen("i2", 1), seen("i1", 2)] == [Quality.OK, Quality.OK, Quality.STUCK]
+    assert seen("i3", 3) is Quality.OK  # i2 (least recently seen) is forgotten, not i1
+    assert (len(screen), screen.evictions) == (2, 1)
+    assert seen("i1", 4) is Quality.STUCK  # i1's history survived
+    assert seen("i2", 5) is Quality.OK  # i2 starts again without history: its repeat is not judged stuck
+    assert (len(screen), screen.evictions) == (2, 2)
+    for n in range(1000):
+        seen(f"x{n}", 6 + n)
+    assert (len(screen), screen.evictions) == (2, 1002)
