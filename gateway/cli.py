@@ -25,6 +25,7 @@ from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
+from gateway.retention import retention_settings
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
 from gateway.stores import open_store
@@ -42,7 +43,7 @@ async def _serve_all(ingest: Ingest, feed: ReportFeed | None, state_feed: StateF
 
 async def _serve(config: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM, then stop cleanly: what was stored is recorded, the rest comes back by gap repair."""
-    store = open_store(config.store.url)
+    store = open_store(config.store.url, retention=retention_settings(config.store))
     await store.open()
     ledger = Ledger(config.gateway.state)
     alerts = AlertEngine.from_config(config) if config.alerts is not None else None

@@ -103,6 +103,13 @@ class MqttSection(BrokerConnection):
 
 class StoreSection(_Strict):
     url: str = Field(default="sqlite:///var/aua.sqlite", description="sqlite:///PATH or influx://HOST:PORT/DB")
+    raw_retention_days: Annotated[float, Field(ge=1 / 24, le=36_500)] | None = Field(
+        default=None,
+        description="raw readings kept this many days (rollups stay); unset: forever (gateway/retention.py)",
+    )
+    rollup_retention_days: Annotated[float, Field(ge=1 / 24, le=36_500)] | None = Field(
+        default=3653.0, description="rollups kept this many days; 10 years: EU MRR 2018/2066 Art. 67(1)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

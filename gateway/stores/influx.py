@@ -13,7 +13,7 @@ import gzip
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -23,6 +23,7 @@ import httpx
 from aua_contract import Batch, Quality
 from gateway.rollup import Aggregate, Period
 from gateway.stores import line_protocol
+from gateway.stores import retention as retention_rules
 from gateway.stores.base import (
     HEALTH_MEASUREMENT,
     HEALTH_TAG_KEYS,
@@ -149,6 +150,17 @@ def count_statement(*, retention_policy: str | None = None) -> str:
 def _measurement(retention_policy: str | None) -> str:
     measurement = quote_identifier(line_protocol.MEASUREMENT)
     return f"{quote_identifier(retention_policy)}.{measurement}" if retention_policy else measurement
+
+
+def parse_policies(documents: Iterator[dict[str, Any]]) -> dict[str, timedelta | None]:
+    """SHOW RETENTION POLICIES → name → duration (None: infinite)."""
+    policies: dict[str, timedelta | None] = {}
+    for series in iter_series(documents):
+        columns = series["columns"]
+        for values in series.get("values", []):
+            row = dict(zip(columns, values, strict=True))
+            policies[str(row["name"])] = retention_rules.parse_duration(str(row["duration"]))
+    return policies
 
 
 def decode_documents(text: str) -> Iterator[dict[str, Any]]:
@@ -334,6 +346,7 @@ class InfluxStore:
         token: str | None = None,
         retention_policy: str | None = None,
         timeout: float = 10,
+        retention: retention_rules.RetentionSettings | None = None,
     ) -> None:
         if not database:
             raise ValueError(f"InfluxDB {redact_url(url)}: database name must not be empty")
@@ -347,6 +360,12 @@ class InfluxStore:
         self.database = database
         self.retention_policy = retention_policy
         self.timeout = timeout
+        self.retention = retention
+        self.raw_policy = retention_policy
+        """where readings are written and read: RAW_POLICY once it exists (gateway.stores.retention)"""
+        self.rollup_policy = retention_policy
+        self.raw_retention: timedelta | None = None
+        """the raw policy's duration; None: raw readings are kept forever"""
         self._username = username
         self._password = password
         self._token = token
@@ -377,6 +396,7 @@ class InfluxStore:
         self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout, headers=headers, auth=auth)
         try:
             await self._create_database()
+            await self._use_retention_policies()
         except BaseException:
             await self.close()
             raise
@@ -390,7 +410,7 @@ class InfluxStore:
         if not readings:
             return
         lines = [self._format(reading) for reading in readings]  # all checked before anything is sent
-        await self._write_lines(lines)
+        await self._write_lines(lines, self.raw_policy)
 
     async def write_batches(self, batches: Sequence[Batch]) -> None:
         lines: list[str] = []
@@ -401,12 +421,14 @@ class InfluxStore:
                 where = f"batch {batch.seq} of {batch.site}/{batch.agent}"
                 raise self._error(f"cannot write {where}: {error}", retryable=False) from error
         if lines:
-            await self._write_lines(lines)
+            await self._write_lines(lines, self.raw_policy)
 
     async def write_aggregates(self, aggregates: Sequence[Aggregate]) -> None:
         if not aggregates:
             return
-        await self._write_formatted(aggregates, line_protocol.format_aggregate_line, lambda a: f"rollup {a.key}")
+        await self._write_formatted(
+            aggregates, line_protocol.format_aggregate_line, lambda a: f"rollup {a.key}", self.rollup_policy
+        )
 
     async def write_receipts(self, receipts: Sequence[BatchReceipt]) -> None:
         if not receipts:
@@ -448,7 +470,7 @@ class InfluxStore:
     ) -> list[Aggregate]:
         statement = select_aggregates_statement(
             period=period,
-            retention_policy=self.retention_policy,
+            retention_policy=self.rollup_policy,
             site=site,
             instrument=instrument,
             parameter=parameter,
@@ -458,7 +480,11 @@ class InfluxStore:
         return await self._query(statement, parse_aggregates, "rollup query")
 
     async def _write_formatted(
-        self, items: Sequence[W], format_line: Callable[[W], str], describe: Callable[[W], str]
+        self,
+        items: Sequence[W],
+        format_line: Callable[[W], str],
+        describe: Callable[[W], str],
+        policy: str | None = None,
     ) -> None:
         """Format every item before anything is sent; one that cannot be written fails the call, naming it."""
         lines = []
@@ -467,15 +493,15 @@ class InfluxStore:
                 lines.append(format_line(item))
             except ValueError as error:
                 raise self._error(f"cannot write {describe(item)}: {error}", retryable=False) from error
-        await self._write_lines(lines)
+        await self._write_lines(lines, policy or self.retention_policy)
 
-    async def _write_lines(self, lines: list[str]) -> None:
+    async def _write_lines(self, lines: list[str], policy: str | None) -> None:
         """POST the lines in requests of WRITE_BATCH_LINES, all at once: influxd ingests concurrent requests
         on several cores, and the next request need not wait for the previous one's answer. The first
         failure (in line order) is raised after every request has ended, so a retry repeats a known set."""
         params = {"db": self.database, "precision": "ns"}
-        if self.retention_policy:
-            params["rp"] = self.retention_policy
+        if policy:
+            params["rp"] = policy
         # Level 1: readings' line protocol still shrinks ~30x (measured), for a fraction of level 9's CPU.
         bodies = [
             gzip.compress("".join(line + "\n" for line in lines[first : first + WRITE_BATCH_LINES]).encode(), 1)
@@ -508,7 +534,7 @@ class InfluxStore:
         end: datetime | None = None,
     ) -> list[StoredReading]:
         statement = select_statement(
-            retention_policy=self.retention_policy,
+            retention_policy=self.raw_policy,
             site=site,
             instrument=instrument,
             parameter=parameter,
@@ -518,7 +544,7 @@ class InfluxStore:
         return await self._query(statement, parse_readings, "query")
 
     async def count_by_instrument(self) -> dict[tuple[str, str], int]:
-        return await self._query(count_statement(retention_policy=self.retention_policy), parse_counts, "count")
+        return await self._query(count_statement(retention_policy=self.raw_policy), parse_counts, "count")
 
     async def _query(self, statement: str, parse: Callable[[Iterator[dict[str, Any]]], T], what: str) -> T:
         """Run a SELECT and parse its answer; an error InfluxDB reports, or an answer we cannot read, is a
@@ -558,6 +584,46 @@ class InfluxStore:
                 self.database,
                 problem,
             )
+
+    async def _use_retention_policies(self) -> None:
+        """Raw readings and rollups in their own retention policies (gateway.stores.retention): created or
+        altered here when raw retention is configured, and used whenever both exist, so every program that
+        opens this database (reports, recomputation) reads where the gateway writes."""
+        show = f"SHOW RETENTION POLICIES ON {quote_identifier(self.database)}"
+        try:
+            existing = await self._query(show, parse_policies, "show retention policies")
+            if self.retention is not None and self.retention.raw_days is not None:
+                statements = retention_rules.policy_statements(self.database, existing, self.retention)
+                for statement in statements:
+                    response = await self._send("create retention policy", "POST", "/query", data={"q": statement})
+                    if response.status_code != 200:
+                        self._fail("create retention policy", response)
+                    list(iter_series(decode_documents(response.text)))
+                    log.info("InfluxDB %s: %s", self.url, statement)
+                if statements:
+                    existing = await self._query(show, parse_policies, "show retention policies")
+        except (StoreError, StatementError) as error:
+            if isinstance(error, StoreError) and error.retryable:
+                raise
+            if self.retention is None or self.retention.raw_days is None:
+                log.warning("InfluxDB %s: cannot list retention policies (%s); using the default one", self.url, error)
+                return
+            # InfluxDB 2.x/3.x: buckets mapped to these names by DBRP mappings (docs/deployment.md)
+            log.warning(
+                "InfluxDB %s: cannot list or create retention policies (%s); writing to %s and %s, which must "
+                "exist (InfluxDB 2.x/3.x: DBRP mappings, docs/deployment.md)",
+                self.url,
+                error,
+                retention_rules.RAW_POLICY,
+                retention_rules.ROLLUP_POLICY,
+            )
+            existing = {
+                retention_rules.RAW_POLICY: timedelta(days=self.retention.raw_days),
+                retention_rules.ROLLUP_POLICY: None,
+            }
+        if retention_rules.RAW_POLICY in existing and retention_rules.ROLLUP_POLICY in existing:
+            self.raw_policy, self.rollup_policy = retention_rules.RAW_POLICY, retention_rules.ROLLUP_POLICY
+            self.raw_retention = existing[retention_rules.RAW_POLICY]
 
     async def _select(self, statement: str) -> str:
         params = {
