@@ -606,7 +606,7 @@ class InfluxStore:
             if isinstance(error, StoreError) and error.retryable:
                 raise
             if self.retention is None or self.retention.raw_days is None:
-                log.warning("InfluxDB %s: cannot list retention policies (%s); using the default one", self.url, error)
+                log.info("InfluxDB %s: cannot list retention policies (%s); using the default one", self.url, error)
                 return
             # InfluxDB 2.x/3.x: buckets mapped to these names by DBRP mappings (docs/deployment.md)
             log.warning(
