@@ -454,6 +454,9 @@ class RollupEngine:
                     await self.retention.prune_due(keep_from=await self._oldest_needed())
             except StoreError as error:
                 log.warning("rollups: store unavailable (%s); retrying in %.0f s", error, self.interval)
+            except Exception:  # a bug here must not stop ingest (this task runs in its task group)
+                log.exception("rollups: pass failed; trying again in %.0f s", self.interval)
+                full = False
             if not full:
                 await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
 
