@@ -590,28 +590,19 @@ class InfluxStore:
         altered here when raw retention is configured, and used whenever both exist, so every program that
         opens this database (reports, recomputation) reads where the gateway writes."""
         show = f"SHOW RETENTION POLICIES ON {quote_identifier(self.database)}"
+        wanted = self.retention is not None and self.retention.raw_days is not None
         try:
             existing = await self._query(show, parse_policies, "show retention policies")
-            if self.retention is not None and self.retention.raw_days is not None:
-                statements = retention_rules.policy_statements(self.database, existing, self.retention)
-                for statement in statements:
-                    response = await self._send("create retention policy", "POST", "/query", data={"q": statement})
-                    if response.status_code != 200:
-                        self._fail("create retention policy", response)
-                    list(iter_series(decode_documents(response.text)))
-                    log.info("InfluxDB %s: %s", self.url, statement)
-                if statements:
-                    existing = await self._query(show, parse_policies, "show retention policies")
-        except (StoreError, StatementError) as error:
-            if isinstance(error, StoreError) and error.retryable:
+        except StoreError as error:
+            if error.retryable:
                 raise
             if self.retention is None or self.retention.raw_days is None:
                 log.info("InfluxDB %s: cannot list retention policies (%s); using the default one", self.url, error)
                 return
             # InfluxDB 2.x/3.x: buckets mapped to these names by DBRP mappings (docs/deployment.md)
             log.warning(
-                "InfluxDB %s: cannot list or create retention policies (%s); writing to %s and %s, which must "
-                "exist (InfluxDB 2.x/3.x: DBRP mappings, docs/deployment.md)",
+                "InfluxDB %s: cannot list retention policies (%s); writing to %s and %s, which must exist "
+                "(InfluxDB 2.x/3.x: DBRP mappings, docs/deployment.md)",
                 self.url,
                 error,
                 retention_rules.RAW_POLICY,
@@ -621,6 +612,27 @@ class InfluxStore:
                 retention_rules.RAW_POLICY: timedelta(days=self.retention.raw_days),
                 retention_rules.ROLLUP_POLICY: None,
             }
+            wanted = False
+        if wanted and self.retention is not None:
+            try:
+                for statement in retention_rules.policy_statements(self.database, existing, self.retention):
+                    response = await self._send("create retention policy", "POST", "/query", data={"q": statement})
+                    if response.status_code != 200:
+                        self._fail("create retention policy", response)
+                    list(iter_series(decode_documents(response.text)))
+                    log.info("InfluxDB %s: %s", self.url, statement)
+            except (StoreError, StatementError) as error:
+                if isinstance(error, StoreError) and error.retryable:
+                    raise
+                log.warning(
+                    "InfluxDB %s: cannot create or alter retention policies %s/%s (%s: an admin user can, or create "
+                    "them yourself); raw readings and rollups go where the existing policies say",
+                    self.url,
+                    retention_rules.RAW_POLICY,
+                    retention_rules.ROLLUP_POLICY,
+                    error,
+                )
+            existing = await self._query(show, parse_policies, "show retention policies")
         if retention_rules.RAW_POLICY in existing and retention_rules.ROLLUP_POLICY in existing:
             self.raw_policy, self.rollup_policy = retention_rules.RAW_POLICY, retention_rules.ROLLUP_POLICY
             self.raw_retention = existing[retention_rules.RAW_POLICY]
