@@ -302,16 +302,21 @@ async def test_raw_read_per_pass_does_not_grow_through_the_hour(tmp_path: Path) 
         engine.close()
 
 
-async def test_hours_built_from_stored_minutes_equal_hours_from_raw(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rule_set", ["ied-lcp", "ied-wi"])  # hourly and half-hourly base periods
+async def test_hours_built_from_stored_minutes_equal_hours_from_raw(tmp_path: Path, rule_set: str) -> None:
     """A pass per minute of data gives the same rollups as one recomputation from raw at the end."""
+    rules = RuleResolver.from_config(RollupSection(rule_set=rule_set, time_zone="Asia/Almaty"), [])
     async with SqliteStore(tmp_path / "aua.sqlite") as store:
-        engine = RollupEngine(store, DirtyMarks(tmp_path / "state.sqlite"), RULES)
+        engine = RollupEngine(store, DirtyMarks(tmp_path / "state.sqlite"), rules)
         for index in range(90):
             rows = minutes_of(T0 + timedelta(minutes=index), 1, 10.0 + index * 0.37, every=7)
             await store.write(rows)
             await engine.note_written(rows)
             await engine.process_dirty()
         incremental = await all_aggregates(store)
+        assert len(incremental[Period.HALF_HOUR if rule_set == "ied-wi" else Period.HOUR]) == (
+            3 if rule_set == "ied-wi" else 2
+        )
         await engine.recompute(T0, T0 + timedelta(hours=2))
         assert await all_aggregates(store) == incremental
         engine.close()
