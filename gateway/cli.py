@@ -30,6 +30,7 @@ from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
+from gateway.retention import retention_settings
 from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
@@ -95,7 +96,7 @@ async def _serve(config: GatewayConfig) -> int:
     assert main is not None
     stopper = _Stopper(asyncio.get_running_loop(), main)
     stopper.install()
-    store = open_store(config.store.url)
+    store = open_store(config.store.url, retention=retention_settings(config.store))
     if isinstance(store, InfluxStore):
         await store.open(tolerate_down=True)  # InfluxDB down at start: spool until it answers
     else:

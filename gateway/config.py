@@ -175,6 +175,13 @@ class StoreSection(_Strict):
         description="InfluxDB v1 password from this file (first line), for the user named in the URL "
         "(influx://USER@HOST/DB): a secret mounted by the deployment instead of a password in the config",
     )
+    raw_retention_days: Annotated[float, Field(ge=1 / 24, le=36_500)] | None = Field(
+        default=None,
+        description="raw readings kept this many days (rollups stay); unset: forever (gateway/retention.py)",
+    )
+    rollup_retention_days: Annotated[float, Field(ge=1 / 24, le=36_500)] | None = Field(
+        default=3653.0, description="rollups kept this many days; 10 years: EU MRR 2018/2066 Art. 67(1)"
+    )
 
     @field_validator("url")
     @classmethod

@@ -214,6 +214,12 @@ class Reproducibility(_Model):
     max_difference_t: float
     tolerance_t: float
     matches: bool
+    raw_expired_before: datetime | None = Field(
+        default=None,
+        description="raw readings before this time (UTC) had expired ([store] raw_retention_days): the base "
+        "periods before it enter the recomputed totals as stored, unchecked",
+    )
+    note: str = Field(default="", description="what the check could and could not recompute, in words")
 
 
 class RevisionEntry(_Model):

@@ -54,11 +54,12 @@ from gateway.report import (
     config_hash,
     totals_difference,
 )
+from gateway.retention import raw_kept_from
 from gateway.rollup import Aggregate, base_aggregates_from_samples, month_bounds, year_bounds
 from gateway.rollup_engine import RollupEngine
 from gateway.state_file import StateFile
 from gateway.stores import Store, StoredReading, StoreError, open_store
-from gateway.stores.base import Revision
+from gateway.stores.base import Revision, from_ns
 
 __all__ = [
     "SCHEMA_PATH",
@@ -326,12 +327,23 @@ async def produce_report(
         if workers is None:
             workers = 1 if month is not None else min(2, os.cpu_count() or 1)
         url = None if ":memory:" in config.store.url else config.store.url
-        fresh, raw_count = await _recompute_from_raw(store, url, inputs, start, end, workers=workers)
+        # Raw data past its retention are gone (or going): those periods' stored rollups are the record.
+        kept_from = await raw_kept_from(store, generated_at)
+        check_start = start if kept_from is None else min(max(start, kept_from), end)
+        fresh, raw_count = await _recompute_from_raw(store, url, inputs, check_start, end, workers=workers)
+        checked = {role: [a for a in items if a.start >= check_start] for role, items in aggregates.items()}
+        compared, differing = _differing(checked, fresh)
+        note = ""
+        if check_start > start:
+            for role, items in aggregates.items():
+                fresh[role] = [a for a in items if a.start < check_start] + fresh.get(role, [])
+            note = f"raw data expired before {_z(check_start)}; totals from stored rollups for the " + (
+                "whole period" if check_start >= end else "periods before it, recomputed from raw data after it"
+            )
         recomputed = build_report(
             inputs, year=year, month=month, aggregates=fresh, history=history, config=record, generated_at=generated_at
         )
         totals = {t.name: t.total_t for t in recomputed.totals}
-        compared, differing = _differing(aggregates, fresh)
         difference = totals_difference(report.totals, totals)
         check = Reproducibility(
             method="base-period rollups recomputed from the stored raw readings with the same rules; totals rebuilt "
@@ -343,6 +355,8 @@ async def produce_report(
             max_difference_t=difference,
             tolerance_t=TOTALS_TOLERANCE_T,
             matches=difference <= TOTALS_TOLERANCE_T and differing == 0,
+            raw_expired_before=check_start if check_start > start else None,
+            note=note,
         )
         warnings = list(report.warnings)
         if not check.matches:
@@ -375,6 +389,10 @@ def _revision_entry(revision: Revision) -> RevisionEntry:
         decided_at=revision.decided_at,
         superseded_by=revision.superseded_by,
     )
+
+
+def _z(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # -- files ---------------------------------------------------------------------------------------------------
@@ -449,6 +467,8 @@ def _summary_rows(report: MrvReport) -> list[tuple[str, object]]:
             ("periods differing", check.periods_differing),
             ("largest total difference (t)", check.max_difference_t),
         ]
+        if check.note:
+            rows.append(("raw-data check", check.note))
     audit = report.revisions
     rows += [("raw readings revised: pending review", audit.pending), ("revisions approved", audit.approved)]
     return rows
@@ -754,7 +774,7 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
         pdf.line_text(
             f"{verdict}: {check.method}. {check.raw_readings} raw readings, {check.periods_compared} periods compared, "
             f"{check.periods_differing} differ; largest total difference {check.max_difference_t:g} t "
-            f"(tolerance {check.tolerance_t:g} t)."
+            f"(tolerance {check.tolerance_t:g} t)." + (f" {check.note}." if check.note else "")
         )
     pdf.heading("Revisions of raw readings")
     audit = report.revisions
@@ -956,8 +976,7 @@ class ReportFeed:
         zone = source.zone
         start, end = month_bounds(year, month, zone) if month else year_bounds(year, zone)
         if self.engine is not None:  # late data first, so the report sees every reading stored so far
-            while await self.engine.pending():
-                await self.engine.process_dirty()
+            await self.engine.catch_up()
         probe = await self.store.query_aggregates(
             period=source_input(source, self.config.rollup.resolved_rule_sets()).base,
             site=source.site,
@@ -1012,6 +1031,9 @@ def add_mrv_commands(commands: Any) -> None:
     status = rollup_commands.add_parser("status", help="hours waiting to be recomputed; process them with --process")
     status.add_argument("config", type=Path)
     status.add_argument("--process", action="store_true", help="recompute the pending hours now")
+    status.add_argument(
+        "--retry", action="store_true", help="put the set-aside series (their rollup failed) back, then process"
+    )
     report = commands.add_parser("report", help="MRV report of a source: CSV, JSON, XLSX and PDF")
     report.add_argument("config", type=Path)
     report.add_argument("--source", required=True, help="[[source]] id")
@@ -1045,9 +1067,16 @@ async def _rollup_command(config: GatewayConfig, args: argparse.Namespace) -> in
             return 0
         pending = await engine.pending()
         print(f"{pending} (series, hour) pairs waiting for recomputation")
-        if args.process:
-            while await engine.pending():
-                print((await engine.process_dirty()).summary())
+        for site, instrument, parameter, hour_ns, _, error in engine.marks.set_aside_marks():
+            print(f"set aside: {site}/{instrument}/{parameter} hour {from_ns(hour_ns).isoformat()}: {error}")
+        if args.retry:
+            print(f"{await engine.release_set_aside()} set-aside (series, hour) pairs put back")
+        if args.process or args.retry:
+            while True:  # every pass covers all marks present when it starts: only a full pass needs another
+                stats = await engine.process_dirty()
+                print(stats.summary())
+                if not stats.full:
+                    break
         return 0
     finally:
         engine.close()
@@ -1059,8 +1088,7 @@ async def _report_command(config: GatewayConfig, args: argparse.Namespace) -> in
     await store.open()
     engine = RollupEngine.from_config(config, store)
     try:
-        while await engine.pending():  # pending rollups first, so the report sees every reading stored so far
-            await engine.process_dirty()
+        await engine.catch_up()  # pending rollups first, so the report sees every reading stored so far
         produced = await produce_report(
             config, store, args.source, year=args.year, month=args.month, check_raw=not args.no_raw_check
         )

@@ -7,10 +7,15 @@ recomputes only the hour, day, month and year it falls in, and `recompute` is id
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
+import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -19,8 +24,8 @@ from hypothesis import strategies as st
 
 from aua_contract import Batch, Quality, Reading
 from gateway.mrv_config import RollupSection, RuleResolver
-from gateway.rollup import Aggregate, Period
-from gateway.rollup_engine import DirtyMarks, RollupEngine
+from gateway.rollup import Aggregate, Period, RuleSet
+from gateway.rollup_engine import ALL_MINUTES, DirtyMarks, RollupEngine
 from gateway.stores import SqliteStore, Store, StoredReading, open_store
 from gateway.stores.base import from_ns
 
@@ -132,12 +137,12 @@ async def test_late_data_recomputes_only_the_periods_it_touches(store: Store, tm
     assert stats.days == {(T0 + timedelta(days=1)).astimezone(ALMATY).date()}
     assert stats.months == {(2024, 5)}
     assert stats.years == {2024}
-    assert stats.raw_read == 60  # that hour's readings, nothing else
+    assert stats.raw_read == 30  # the late minutes' readings, nothing else (the hour's other 30 minutes are stored)
     assert stats.raw_first is not None
     assert stats.raw_first >= late_hour
     assert stats.raw_last is not None
     assert stats.raw_last < late_hour + timedelta(hours=1)
-    assert dict(stats.written) == {Period.MINUTE: 60, Period.HOUR: 1, Period.DAY: 1, Period.MONTH: 1, Period.YEAR: 1}
+    assert dict(stats.written) == {Period.MINUTE: 30, Period.HOUR: 1, Period.DAY: 1, Period.MONTH: 1, Period.YEAR: 1}
     [after] = await store.query_aggregates(period=Period.HOUR, start=late_hour, end=late_hour + timedelta(hours=1))
     assert (after.n_valid, after.valid) == (60, True)
     [day] = await store.query_aggregates(period=Period.DAY, start=T0 + timedelta(days=1), end=T0 + timedelta(days=2))
@@ -233,3 +238,199 @@ def test_property_arrival_order_and_pass_timing_do_not_change_rollups(
     shuffled = rows[:]
     random.Random(seed).shuffle(shuffled)
     assert asyncio.run(scenario(shuffled, batches, passes)) == asyncio.run(scenario(rows, 1, [True]))
+
+
+# -- steady state: work per pass, one pass per interval (issue 12) -------------------------------------------
+
+
+class CountingStore:
+    """The real store, counting the raw readings and aggregates its queries return (the engine's reads)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.raw_read = 0
+        self.aggregates_read = 0
+
+    async def query(self, **filters: Any) -> list[StoredReading]:
+        found = await self.inner.query(**filters)
+        self.raw_read += len(found)
+        return found
+
+    async def query_aggregates(self, **filters: Any) -> list[Aggregate]:
+        found = await self.inner.query_aggregates(**filters)
+        self.aggregates_read += len(found)
+        return found
+
+    async def write_aggregates(self, aggregates: list[Aggregate]) -> None:
+        await self.inner.write_aggregates(aggregates)
+
+
+def second_batch(start: datetime, seconds: int, parameters: list[str], seq: int) -> Batch:
+    """One reading per parameter per second, like an analyzer polled at 1 s."""
+    readings = [
+        Reading(instrument="gas", parameter=p, value=50.0 + s % 11, unit="mg/m3", ts=start + timedelta(seconds=s))
+        for s in range(seconds)
+        for p in parameters
+    ]
+    return Batch(site="pvl", agent="agent-1", seq=seq, sent_at=start, readings=readings)
+
+
+async def test_raw_read_per_pass_does_not_grow_through_the_hour(tmp_path: Path) -> None:
+    """At a constant arrival rate a pass reads the raw readings of the minutes that got new data, not the hour
+    so far: the old engine read the whole hour every pass (251,520 readings at 600/s late in the hour)."""
+    parameters = [f"p{i}" for i in range(5)]
+    async with SqliteStore(tmp_path / "aua.sqlite") as real:
+        counting = CountingStore(real)
+        engine = RollupEngine(counting, DirtyMarks(tmp_path / "state.sqlite"), RULES)  # type: ignore[arg-type]
+        start = T0 + timedelta(seconds=20)  # passes fall mid-minute: each touches two minutes
+        per_pass = []
+        for index in range(150):  # two and a half hours, one pass per 60 s of data
+            batch = second_batch(start + timedelta(seconds=60 * index), 60, parameters, index)
+            await real.write_batches([batch])
+            await engine.note_batches([batch])
+            before = counting.raw_read
+            stats = await engine.process_dirty()
+            assert stats.raw_read == counting.raw_read - before
+            assert engine.counters.last_pass_raw_read == stats.raw_read
+            per_pass.append(stats.raw_read)
+        arrived = 60 * len(parameters)
+        # the minute finished in this pass (all 60 s) plus the 20 s of the next one
+        assert set(per_pass[1:]) == {80 * len(parameters)}
+        assert max(per_pass) <= 2 * arrived
+        [hour] = await real.query_aggregates(period=Period.HOUR, parameter="p0", start=T0, end=T0 + timedelta(hours=1))
+        assert (hour.n_valid, hour.valid) == (60, True)
+        engine.close()
+
+
+@pytest.mark.parametrize("rule_set", ["ied-lcp", "ied-wi"])  # hourly and half-hourly base periods
+async def test_hours_built_from_stored_minutes_equal_hours_from_raw(tmp_path: Path, rule_set: str) -> None:
+    """A pass per minute of data gives the same rollups as one recomputation from raw at the end."""
+    rules = RuleResolver.from_config(RollupSection(rule_set=rule_set, time_zone="Asia/Almaty"), [])
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        engine = RollupEngine(store, DirtyMarks(tmp_path / "state.sqlite"), rules)
+        for index in range(90):
+            rows = minutes_of(T0 + timedelta(minutes=index), 1, 10.0 + index * 0.37, every=7)
+            await store.write(rows)
+            await engine.note_written(rows)
+            await engine.process_dirty()
+        incremental = await all_aggregates(store)
+        assert len(incremental[Period.HALF_HOUR if rule_set == "ied-wi" else Period.HOUR]) == (
+            3 if rule_set == "ied-wi" else 2
+        )
+        await engine.recompute(T0, T0 + timedelta(hours=2))
+        assert await all_aggregates(store) == incremental
+        engine.close()
+
+
+async def test_run_makes_one_pass_per_interval_while_data_keeps_coming(tmp_path: Path) -> None:
+    """The old loop ran passes back to back while any mark was pending, i.e. always under live ingest."""
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        engine = RollupEngine(store, DirtyMarks(tmp_path / "state.sqlite"), RULES, interval=3600)
+        rows = minutes_of(T0, 1)
+        await store.write(rows)
+        await engine.note_written(rows)
+        task = asyncio.create_task(engine.run())
+        try:
+            for _ in range(1000):  # the first pass starts at once
+                if engine.counters.passes:
+                    break
+                await asyncio.sleep(0.01)
+            for index in range(1, 20):
+                rows = minutes_of(T0 + timedelta(minutes=index), 1)
+                await store.write(rows)
+                await engine.note_written(rows)
+                await asyncio.sleep(0.01)
+            assert await engine.pending() > 0  # data arrived after the first pass, and waits for the next
+            assert engine.counters.passes == 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        engine.close()
+
+
+def test_marks_of_an_older_state_file_mean_whole_hours(tmp_path: Path) -> None:
+    """A state file written before minute masks: its hour marks recompute every minute of the hour."""
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE rollup_dirty (site TEXT NOT NULL, instrument TEXT NOT NULL, parameter TEXT NOT NULL, "
+            "hour_ns INTEGER NOT NULL, version INTEGER NOT NULL, "
+            "PRIMARY KEY (site, instrument, parameter, hour_ns)) WITHOUT ROWID"
+        )
+        old.execute("INSERT INTO rollup_dirty VALUES ('s', 'i', 'p', 3600000000000, 4)")
+    old.close()
+    marks = DirtyMarks(path)
+    assert marks.take(10) == [("s", "i", "p", 3_600_000_000_000, 4, ALL_MINUTES)]
+    marks.add([("s", "i", "p", 3_600_000_000_000 + 61_000_000_000)])
+    assert marks.take(10) == [("s", "i", "p", 3_600_000_000_000, 5, ALL_MINUTES)]
+    marks.close()
+
+
+async def test_catch_up_ends_while_data_keeps_arriving(tmp_path: Path) -> None:
+    """A report first rolls up what is stored; with live ingest `while pending()` never ended."""
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        engine = RollupEngine(store, DirtyMarks(tmp_path / "state.sqlite"), RULES)
+        rows = minutes_of(T0, 120)
+        await store.write(rows)
+        await engine.note_written(rows)
+        await engine.catch_up()
+        assert await engine.pending() == 0
+        assert len(await store.query_aggregates(period=Period.HOUR)) == 2
+        engine.close()
+
+
+# -- poison isolation ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokenForOneSeries(RuleResolver):
+    """A rule lookup that fails for one series: any exception inside one series' rollup behaves alike."""
+
+    broken: tuple[str, str, str] = ("pvl", "gas", "nox")
+
+    def __call__(self, site: str, instrument: str, parameter: str) -> tuple[RuleSet, ZoneInfo]:
+        if (site, instrument, parameter) == self.broken:
+            raise ArithmeticError("intermediate overflow in fsum")
+        return super().__call__(site, instrument, parameter)
+
+
+async def test_a_failing_series_is_set_aside_and_the_others_roll_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = BrokenForOneSeries(RULES.default)
+    state = tmp_path / "state.sqlite"
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        engine = RollupEngine(store, DirtyMarks(state), broken)
+        rows = [r for p in ("so2", "nox") for r in [replace(x, parameter=p) for x in minutes_of(T0, 120)]]
+        await store.write(rows)
+        await engine.note_written(rows)
+        with caplog.at_level(logging.ERROR, logger="gateway.rollup_engine"):
+            stats = await engine.process_dirty()
+            again = await engine.process_dirty()  # nothing retried in a loop
+        assert stats.set_aside == {("pvl", "gas", "nox")}
+        assert engine.counters.set_aside == 1
+        assert again.raw_read == 0
+        assert again.set_aside == set()
+        logged = [r for r in caplog.records if "pvl/gas/nox" in r.getMessage()]
+        assert len(logged) == 1
+        assert "2 hour(s)" in logged[0].getMessage()
+        assert "intermediate overflow" in logged[0].getMessage()
+        hours = await store.query_aggregates(period=Period.HOUR)
+        assert {(h.parameter, h.n_valid) for h in hours} == {("so2", 60)}
+        assert await engine.pending() == 0
+        engine.close()
+
+        restarted = RollupEngine(store, DirtyMarks(state), broken)  # marks are durable: no crash loop
+        assert await restarted.pending() == 0
+        assert {m[:3] for m in restarted.marks.set_aside_marks()} == {("pvl", "gas", "nox")}
+        assert (await restarted.process_dirty()).raw_read == 0
+        restarted.close()
+
+        fixed = RollupEngine(store, DirtyMarks(state), RULES)  # after a fix, the set-aside marks are retried
+        assert await fixed.release_set_aside() == 2
+        await fixed.process_dirty()
+        hours = await store.query_aggregates(period=Period.HOUR)
+        assert {(h.parameter, h.n_valid) for h in hours} == {("so2", 60), ("nox", 60)}
+        assert fixed.marks.set_aside_marks() == []
+        fixed.close()

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from gateway.stores.base import BatchReceipt, Store, StoredReading, StoreError
 from gateway.stores.influx import SERIES_MARKS, InfluxStore, redact_url
+from gateway.stores.retention import RetentionSettings
 from gateway.stores.sqlite import SqliteStore
 
 __all__ = ["BatchReceipt", "InfluxStore", "SqliteStore", "Store", "StoreError", "StoredReading", "open_store"]
@@ -20,7 +21,7 @@ _INFLUX_OPTIONS = frozenset({"token", "rp", "timeout", "series_marks"})
 _USAGE = "expected sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH, a file path, or influx|http|https://HOST:PORT/DB"
 
 
-def open_store(url_or_path: str | Path) -> Store:
+def open_store(url_or_path: str | Path, *, retention: RetentionSettings | None = None) -> Store:
     """Build (not yet open) the store a URL or path names.
 
     - a plain path, or `sqlite://` + path: SqliteStore. Everything after `sqlite://` is the path, so
@@ -29,6 +30,9 @@ def open_store(url_or_path: str | Path) -> Store:
       InfluxStore. `USER:PASSWORD@` in the URL for InfluxDB 1.x auth; `?token=` for 2.x/3.x;
       `?rp=` for a retention policy; `?timeout=` seconds; `?series_marks=` the bound of the write-once
       high-water marks (0: learn them from the store on every write, for gateways sharing a subscription).
+
+    `retention`: InfluxDB creates its raw/rollup retention policies from it at open (gateway.stores.retention);
+    SQLite is pruned by gateway.retention instead.
     """
     if isinstance(url_or_path, Path):
         return SqliteStore(url_or_path)
@@ -43,11 +47,11 @@ def open_store(url_or_path: str | Path) -> Store:
             raise ValueError(f"store URL {url_or_path!r} has no path: {_USAGE}")
         return SqliteStore(path)
     if scheme in _INFLUX_SCHEMES:
-        return _influx_store(url_or_path, _INFLUX_SCHEMES[scheme])
+        return _influx_store(url_or_path, _INFLUX_SCHEMES[scheme], retention)
     raise ValueError(f"unknown store URL {_redact(url_or_path)!r}: {_USAGE}")
 
 
-def _influx_store(url: str, http_scheme: str) -> InfluxStore:
+def _influx_store(url: str, http_scheme: str, retention: RetentionSettings | None = None) -> InfluxStore:
     shown = _redact(url)
     parts = urlsplit(url)
     if not parts.hostname:
@@ -81,6 +85,7 @@ def _influx_store(url: str, http_scheme: str) -> InfluxStore:
         retention_policy=options.get("rp") or None,
         timeout=timeout,
         series_marks=series_marks,
+        retention=retention,
     )
 
 

@@ -35,6 +35,7 @@ import httpx
 from aua_contract import Batch, Quality, Reading
 from gateway.rollup import Aggregate, Period
 from gateway.stores import line_protocol
+from gateway.stores import retention as retention_rules
 from gateway.stores.base import (
     HEALTH_MEASUREMENT,
     HEALTH_TAG_KEYS,
@@ -181,6 +182,17 @@ def select_aggregates_statement(
     measurement = quote_identifier(line_protocol.AGGREGATE_MEASUREMENT)
     source = f"{quote_identifier(retention_policy)}.{measurement}" if retention_policy else measurement
     return f"SELECT {', '.join(columns)} FROM {source} WHERE {' AND '.join(conditions)}"
+
+
+def parse_policies(documents: Iterator[dict[str, Any]]) -> dict[str, timedelta | None]:
+    """SHOW RETENTION POLICIES → name → duration (None: infinite)."""
+    policies: dict[str, timedelta | None] = {}
+    for series in iter_series(documents):
+        columns = series["columns"]
+        for values in series.get("values", []):
+            row = dict(zip(columns, values, strict=True))
+            policies[str(row["name"])] = retention_rules.parse_duration(str(row["duration"]))
+    return policies
 
 
 def count_statement(*, retention_policy: str | None = None) -> str:
@@ -534,6 +546,7 @@ class InfluxStore:
         retention_policy: str | None = None,
         timeout: float = 10,
         series_marks: int = SERIES_MARKS,
+        retention: retention_rules.RetentionSettings | None = None,
     ) -> None:
         if not database:
             raise ValueError(f"InfluxDB {redact_url(url)}: database name must not be empty")
@@ -561,6 +574,12 @@ class InfluxStore:
         self._write_lock = asyncio.Lock()
         self._revisions_recorded = 0
         self._database_ready = False
+        self.retention = retention
+        self.raw_policy = retention_policy
+        """where readings are written and read: RAW_POLICY once it exists (gateway.stores.retention)"""
+        self.rollup_policy = retention_policy
+        self.raw_retention: timedelta | None = None
+        """the raw policy's duration; None: raw readings are kept forever"""
 
     @property
     def kind(self) -> str:
@@ -603,7 +622,64 @@ class InfluxStore:
         """Create the database unless done already; a StoreError (retryable) while InfluxDB does not answer."""
         if not self._database_ready:
             await self._create_database()
-            self._database_ready = True
+            self._database_ready = True  # before the policies: their SHOW goes through _query, which calls this
+            try:
+                await self._use_retention_policies()
+            except BaseException:
+                self._database_ready = False
+                raise
+
+    async def _use_retention_policies(self) -> None:
+        """Raw readings and rollups in their own retention policies (gateway.stores.retention): created or
+        altered here when raw retention is configured, and used whenever both exist, so every program that
+        opens this database (reports, recomputation) reads where the gateway writes."""
+        show = f"SHOW RETENTION POLICIES ON {quote_identifier(self.database)}"
+        wanted = self.retention is not None and self.retention.raw_days is not None
+        try:
+            existing = await self._query(show, parse_policies, "show retention policies")
+        except StoreError as error:
+            if error.retryable:
+                raise
+            if self.retention is None or self.retention.raw_days is None:
+                log.info("InfluxDB %s: cannot list retention policies (%s); using the default one", self.url, error)
+                return
+            # InfluxDB 2.x/3.x: buckets mapped to these names by DBRP mappings (docs/deployment.md)
+            log.warning(
+                "InfluxDB %s: cannot list retention policies (%s); writing to %s and %s, which must exist "
+                "(InfluxDB 2.x/3.x: DBRP mappings, docs/deployment.md)",
+                self.url,
+                error,
+                retention_rules.RAW_POLICY,
+                retention_rules.ROLLUP_POLICY,
+            )
+            existing = {
+                retention_rules.RAW_POLICY: timedelta(days=self.retention.raw_days),
+                retention_rules.ROLLUP_POLICY: None,
+            }
+            wanted = False
+        if wanted and self.retention is not None:
+            try:
+                for statement in retention_rules.policy_statements(self.database, existing, self.retention):
+                    response = await self._send("create retention policy", "POST", "/query", data={"q": statement})
+                    if response.status_code != 200:
+                        self._fail("create retention policy", response)
+                    list(iter_series(decode_documents(response.text)))
+                    log.info("InfluxDB %s: %s", self.url, statement)
+            except (StoreError, StatementError) as error:
+                if isinstance(error, StoreError) and error.retryable:
+                    raise
+                log.warning(
+                    "InfluxDB %s: cannot create or alter retention policies %s/%s (%s: an admin user can, or create "
+                    "them yourself); raw readings and rollups go where the existing policies say",
+                    self.url,
+                    retention_rules.RAW_POLICY,
+                    retention_rules.ROLLUP_POLICY,
+                    error,
+                )
+            existing = await self._query(show, parse_policies, "show retention policies")
+        if retention_rules.RAW_POLICY in existing and retention_rules.ROLLUP_POLICY in existing:
+            self.raw_policy, self.rollup_policy = retention_rules.RAW_POLICY, retention_rules.ROLLUP_POLICY
+            self.raw_retention = existing[retention_rules.RAW_POLICY]
 
     async def close(self) -> None:
         if self._client is not None:
@@ -639,7 +715,7 @@ class InfluxStore:
                 more, recorded = await self._settle(groups, suspects)
                 lines += more
             if lines:
-                await self._write_lines(lines)
+                await self._write_lines(lines, self.raw_policy)
             self._keep_marks(marks)
             self._revisions_recorded += recorded
 
@@ -737,7 +813,7 @@ class InfluxStore:
                 for first in range(0, len(series), _SERIES_PER_QUERY):
                     part = series[first : first + _SERIES_PER_QUERY]
                     for measurement in (line_protocol.MEASUREMENT, line_protocol.REVISION_MEASUREMENT):
-                        source = _source(measurement, self.retention_policy)
+                        source = _source(measurement, self.raw_policy)
                         statement = _contents_statement(source, (site, agent), part, lo, hi)
                         statements.append((measurement, statement))
         answers = await asyncio.gather(
@@ -763,7 +839,7 @@ class InfluxStore:
 
     async def _stored_marks(self, site: str, agent: str) -> dict[tuple[str, str], int]:
         statement = (
-            f'SELECT last("quality") FROM {_measurement(self.retention_policy)} WHERE "site" = {quote_string(site)} '
+            f'SELECT last("quality") FROM {_measurement(self.raw_policy)} WHERE "site" = {quote_string(site)} '
             f'AND "agent" = {quote_string(agent)} AND {_ALL_TIME} GROUP BY "instrument", "parameter"'
         )
         return await self._query(statement, parse_marks, "high-water mark query")
@@ -792,7 +868,7 @@ class InfluxStore:
         state: RevisionState | None = None,
     ) -> list[Revision]:
         statement = select_revisions_statement(
-            retention_policy=self.retention_policy,
+            retention_policy=self.raw_policy,
             tags={"site": site, "agent": agent, "instrument": instrument, "parameter": parameter},
             state=state,
             start=start,
@@ -809,7 +885,7 @@ class InfluxStore:
             conditions.append(f"time >= {to_ns(start)}" if start is not None else "time >= -9223372036854775806")
             conditions.append(f"time < {to_ns(end)}" if end is not None else "time <= 9223372036854775806")
             statement = (
-                f'SELECT count("quality") FROM {_source(line_protocol.REVISION_MEASUREMENT, self.retention_policy)} '
+                f'SELECT count("quality") FROM {_source(line_protocol.REVISION_MEASUREMENT, self.raw_policy)} '
                 f'WHERE {" AND ".join(conditions)} GROUP BY "site", "agent"'
             )
             for (site_, agent), count in (
@@ -822,7 +898,7 @@ class InfluxStore:
         """The old value is recorded first, then the point rewritten, then the revision marked approved: an
         approval cut short leaves the revision pending and can be run again (every step repeats harmlessly)."""
         async with self._write_lock:
-            statement = select_revisions_statement(retention_policy=self.retention_policy, tags={"id": revision_id})
+            statement = select_revisions_statement(retention_policy=self.raw_policy, tags={"id": revision_id})
             found = await self._query(statement, parse_revisions, "revision query")
             if not found:
                 raise RevisionError(f"no revision {revision_id!r} in {self!r}")
@@ -839,7 +915,9 @@ class InfluxStore:
             ]
             replaced = stored[0] if stored else None
             if replaced is not None:
-                await self._write_lines([await self._superseded_line(replaced, revision, by=by, why=why, at=at)])
+                await self._write_lines(
+                    [await self._superseded_line(replaced, revision, by=by, why=why, at=at)], self.raw_policy
+                )
                 if (r.value is None and replaced.value is not None) or (
                     r.status is None and replaced.status is not None
                 ):
@@ -847,8 +925,8 @@ class InfluxStore:
             approved = dataclasses.replace(
                 revision, state=RevisionState.APPROVED, decided_by=by, decided_why=why, decided_at=at
             )
-            await self._write_lines([line_protocol.format_line(r)])
-            await self._write_lines([line_protocol.format_revision_state_line(approved)])
+            await self._write_lines([line_protocol.format_line(r)], self.raw_policy)
+            await self._write_lines([line_protocol.format_revision_state_line(approved)], self.raw_policy)
             return Approval(approved, replaced)
 
     async def _superseded_line(
@@ -858,7 +936,7 @@ class InfluxStore:
         ns = to_ns(replaced.ts)
         identity = (replaced.site, replaced.agent, replaced.instrument, replaced.parameter, ns)
         number = revision_id(identity, replaced.content)
-        statement = select_revisions_statement(retention_policy=self.retention_policy, tags={"id": number})
+        statement = select_revisions_statement(retention_policy=self.raw_policy, tags={"id": number})
         earlier = await self._query(statement, parse_revisions, "revision query")
         if earlier:  # a value approved before: keep who approved it then, say what replaced it
             was = earlier[0]
@@ -906,7 +984,9 @@ class InfluxStore:
     async def write_aggregates(self, aggregates: Sequence[Aggregate]) -> None:
         if not aggregates:
             return
-        await self._write_formatted(aggregates, line_protocol.format_aggregate_line, lambda a: f"rollup {a.key}")
+        await self._write_formatted(
+            aggregates, line_protocol.format_aggregate_line, lambda a: f"rollup {a.key}", self.rollup_policy
+        )
 
     async def write_receipts(self, receipts: Sequence[BatchReceipt]) -> None:
         if not receipts:
@@ -948,7 +1028,7 @@ class InfluxStore:
     ) -> list[Aggregate]:
         statement = select_aggregates_statement(
             period=period,
-            retention_policy=self.retention_policy,
+            retention_policy=self.rollup_policy,
             site=site,
             instrument=instrument,
             parameter=parameter,
@@ -958,7 +1038,11 @@ class InfluxStore:
         return await self._query(statement, parse_aggregates, "rollup query")
 
     async def _write_formatted(
-        self, items: Sequence[W], format_line: Callable[[W], str], describe: Callable[[W], str]
+        self,
+        items: Sequence[W],
+        format_line: Callable[[W], str],
+        describe: Callable[[W], str],
+        policy: str | None = None,
     ) -> None:
         """Format every item before anything is sent; one that cannot be written fails the call, naming it."""
         lines = []
@@ -967,16 +1051,16 @@ class InfluxStore:
                 lines.append(format_line(item))
             except ValueError as error:
                 raise self._error(f"cannot write {describe(item)}: {error}", retryable=False) from error
-        await self._write_lines(lines)
+        await self._write_lines(lines, policy or self.retention_policy)
 
-    async def _write_lines(self, lines: list[str]) -> None:
+    async def _write_lines(self, lines: list[str], policy: str | None) -> None:
         """POST the lines in requests of WRITE_BATCH_LINES, all at once: influxd ingests concurrent requests
         on several cores, and the next request need not wait for the previous one's answer. The first
         failure (in line order) is raised after every request has ended, so a retry repeats a known set."""
         await self.ensure_database()
         params = {"db": self.database, "precision": "ns"}
-        if self.retention_policy:
-            params["rp"] = self.retention_policy
+        if policy:
+            params["rp"] = policy
         # Level 1: readings' line protocol still shrinks ~30x (measured), for a fraction of level 9's CPU.
         bodies = [
             gzip.compress("".join(line + "\n" for line in lines[first : first + WRITE_BATCH_LINES]).encode(), 1)
@@ -1009,7 +1093,7 @@ class InfluxStore:
         end: datetime | None = None,
     ) -> list[StoredReading]:
         statement = select_statement(
-            retention_policy=self.retention_policy,
+            retention_policy=self.raw_policy,
             site=site,
             instrument=instrument,
             parameter=parameter,
@@ -1019,7 +1103,7 @@ class InfluxStore:
         return await self._query(statement, parse_readings, "query")
 
     async def count_by_instrument(self) -> dict[tuple[str, str], int]:
-        return await self._query(count_statement(retention_policy=self.retention_policy), parse_counts, "count")
+        return await self._query(count_statement(retention_policy=self.raw_policy), parse_counts, "count")
 
     async def _query(self, statement: str, parse: Callable[[Iterator[dict[str, Any]]], T], what: str) -> T:
         """Run a SELECT and parse its answer; an error InfluxDB reports, or an answer we cannot read, is a

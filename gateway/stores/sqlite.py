@@ -460,6 +460,11 @@ class SqliteStore:
         sql = f"SELECT {_AGGREGATE_COLUMNS} FROM rollup {where} ORDER BY start_ns, instrument, parameter, site"
         return [_aggregate_from_row(row) for row in await self._run(self._fetch_sync, sql, params)]
 
+    async def run_on_connection(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """`function(connection)` on the store's thread: maintenance such as retention pruning
+        (gateway.stores.retention), with no second writer on the file."""
+        return await self._run(self._call_sync, function)
+
     # -- everything below runs on the worker thread --------------------------------------------------
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
@@ -602,6 +607,10 @@ class SqliteStore:
             self._connection.execute("ROLLBACK")
             raise
         self._connection.execute("COMMIT")
+
+    def _call_sync(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._connection is not None
+        return function(self._connection)
 
     def _fetch_sync(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         assert self._connection is not None
