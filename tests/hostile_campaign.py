@@ -44,6 +44,7 @@ from aua_contract import (
 )
 from aua_contract.models import MAX_READINGS_PER_BATCH
 from gateway.stores import StoredReading, open_store
+from gateway.stores.base import RevisionCount
 from gateway.validation import Rejected, validate_message
 
 GOOD_AGENTS = ("good-1", "good-2", "good-3")
@@ -70,6 +71,8 @@ class Campaign:
     expected: dict[tuple[str, str, str, datetime], float | None] = field(default_factory=dict)
     """(agent, instrument, parameter, ts) -> value of every valid reading of the good agents"""
     next_seq: dict[str, int] = field(default_factory=dict)
+    revisions: dict[str, int] = field(default_factory=dict)
+    """agent -> readings sent again with other content (each must be kept as one revision, never stored)"""
 
     def received(self) -> list[Message]:
         """The messages the gateway's subscriptions deliver (aua/v1/SITE/+/readings|status)."""
@@ -140,6 +143,31 @@ def good_batch(
         campaign.expected[(agent, reading.instrument, reading.parameter, ts)] = value
     batch = Batch(site=campaign.site, agent=agent, seq=seq, sent_at=ts, readings=readings)
     return Message(readings_topic(campaign.site, agent), encode_batch(batch))
+
+
+def rewrites(campaign: Campaign, originals: Sequence[Message], rng: random.Random) -> list[Message]:
+    """Other content for readings already sent, as a buggy or hostile agent with good credentials would send it:
+    the same sequence number sealed again later, and an old sample time under a new sequence number. Raw
+    readings are write-once: each must leave the original stored and one revision beside it."""
+    messages = []
+    for index, original in enumerate(originals):
+        batch = Batch.model_validate_json(original.payload)
+        readings = [
+            r.model_copy(update={"value": 7.0 if r.value != 7.0 else 8.0, "quality": Quality.OK})
+            for r in batch.readings
+        ]
+        if index % 2:  # the same seq, sealed again a second later
+            seq, kind = batch.seq, "rewrite: same seq"
+        else:  # a new seq carrying old sample times
+            seq, kind = campaign.next_seq[batch.agent], "rewrite: old ts, new seq"
+            campaign.next_seq[batch.agent] = seq + 1
+        again = Batch(
+            site=batch.site, agent=batch.agent, seq=seq, sent_at=batch.sent_at + timedelta(seconds=1), readings=readings
+        )
+        campaign.revisions[batch.agent] = campaign.revisions.get(batch.agent, 0) + len(readings)
+        messages.append(Message(original.topic, encode_batch(again), kind=kind))
+    rng.shuffle(messages)
+    return messages
 
 
 # -- the known classes ------------------------------------------------------------------------------------------
@@ -341,6 +369,8 @@ def build(site: str, total: int, *, seed: int | None = None, generated: int | No
     rng.shuffle(rest)
     in_sequence = iter(valid)
     campaign.messages = retained + [next(in_sequence) if m.kind == "valid" else m for m in rest]
+    # Last, so every original is stored first: other content for 20 readings-batches already sent.
+    campaign.messages += rewrites(campaign, rng.sample(valid[:-1], min(20, len(valid) - 1)), rng)
     return campaign
 
 
@@ -485,6 +515,15 @@ async def stored_readings(store_url: str, site: str) -> list[StoredReading]:
     await store.open()
     try:
         return await store.query(site=site)
+    finally:
+        await store.close()
+
+
+async def revision_counts(store_url: str, site: str) -> dict[tuple[str, str], RevisionCount]:
+    store = open_store(store_url)
+    await store.open()
+    try:
+        return await store.revision_counts(site=site)
     finally:
         await store.close()
 

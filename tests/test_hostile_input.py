@@ -14,7 +14,7 @@ import functools
 from pathlib import Path
 
 import pytest
-from hostile_campaign import GOOD_AGENTS, Campaign, build, check_stored, run, stored_readings
+from hostile_campaign import GOOD_AGENTS, Campaign, build, check_stored, revision_counts, run, stored_readings
 from servers import InfluxServer, MosquittoServer
 
 from gateway.ledger import Ledger
@@ -60,7 +60,9 @@ async def test_no_message_crashes_the_gateway(mqtt_broker: MosquittoServer, stor
     assert outcome.restart_messages >= outcome.retained > 20
     assert outcome.restart_dead_letters == outcome.restart_messages
 
-    check_stored(campaign, await stored_readings(store_url, site))
+    check_stored(campaign, await stored_readings(store_url, site))  # the originals, not the rewrites
+    counts = await revision_counts(store_url, site)
+    assert {agent: counts[(site, agent)].pending for agent in campaign.revisions} == campaign.revisions
     ledger = Ledger(tmp_path / "state.sqlite")
     try:
         accounts = {a.agent: a for a in ledger.accounts() if a.site == site and a.agent in GOOD_AGENTS}

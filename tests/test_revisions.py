@@ -130,7 +130,7 @@ async def test_a_reused_sequence_and_an_old_replay_leave_the_original_and_a_revi
         await store.close()
     marks = DirtyMarks(config.gateway.state)
     try:
-        hours = {(s, i, p, h) for s, i, p, h, _ in marks.take(1000) if s == site}
+        hours = {(s, i, p, h) for s, i, p, h, *_ in marks.take(1000) if s == site}
     finally:
         marks.close()
     t0_ns = to_ns(t0)
