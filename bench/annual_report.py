@@ -48,7 +48,7 @@ CONFIG = """
 [gateway]
 state = "state.sqlite"
 [store]
-url = "sqlite:///aua.sqlite"
+url = "sqlite://aua.sqlite"
 [rollup]
 time_zone = "Asia/Almaty"
 [rollup.reports]

@@ -169,7 +169,10 @@ class MqttSection(BrokerConnection):
 
 
 class StoreSection(_Strict):
-    url: str = Field(default="sqlite:///var/aua.sqlite", description="sqlite:///PATH or influx://HOST:PORT/DB")
+    url: str = Field(
+        default="sqlite://var/aua.sqlite",
+        description="sqlite:///ABSOLUTE/PATH, sqlite://PATH relative to this file, or influx://HOST:PORT/DB",
+    )
     password_file: Path | None = Field(
         default=None,
         description="InfluxDB v1 password from this file (first line), for the user named in the URL "
@@ -590,10 +593,13 @@ class GatewayConfig(_Strict):
 
 
 def resolve_store_url(url: str, base: Path) -> str:
-    """Relative SQLite paths are relative to the config file, like every other path in it."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
-        return prefix + str((base / url[len(prefix) :]).resolve()).lstrip("/")
+    """A relative SQLite path (`sqlite://aua.sqlite`) is relative to the config file, like every other path in
+    it; `sqlite:///var/lib/aua/aua.sqlite` is absolute, as `open_store` reads it everywhere else. (Until
+    2026-12 a config file read `sqlite:///x` as relative: one URL meant two files.)"""
+    prefix = "sqlite://"
+    path = url[len(prefix) :] if url.startswith(prefix) else None
+    if path and not path.startswith("/") and path != ":memory:":
+        return prefix + str((base / path).resolve())
     return url
 
 

@@ -378,9 +378,7 @@ def build(site: str, total: int, *, seed: int | None = None, generated: int | No
 
 
 def gateway_config(workdir: Path, *, broker: tuple[str, int], store_url: str, site: str, http_port: int) -> Path:
-    """A SQLite store must be a file in `workdir` (a config file's sqlite:/// paths are relative to it)."""
-    if store_url.startswith("sqlite://"):
-        store_url = f"sqlite:///{Path(store_url.removeprefix('sqlite://')).relative_to(workdir)}"
+    """The gateway's config file in `workdir`, its state and spool beside it."""
     config = workdir / "gateway.toml"
     config.write_text(
         f"""

@@ -110,10 +110,20 @@ def test_gateway_config_errors_name_the_key(tmp_path: Path, capsys: pytest.Captu
 
 def test_gateway_config_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
-    path.write_text('[store]\nurl = "sqlite:///data/aua.sqlite"\n')
+    path.write_text('[store]\nurl = "sqlite://data/aua.sqlite"\n')
     config = load_gateway_config(path)
     assert config.store.url == f"sqlite://{tmp_path}/data/aua.sqlite"
     assert config.gateway.state == tmp_path / "var/gateway-state.sqlite"
+    path.write_text("[gateway]\n")
+    assert load_gateway_config(path).store.url == f"sqlite://{tmp_path}/var/aua.sqlite"  # the default, beside state
+
+
+@pytest.mark.parametrize("url", ["sqlite:///var/lib/aua/aua.sqlite", "sqlite://:memory:", "influx://h:8086/aua"])
+def test_a_store_url_in_a_config_file_means_what_open_store_reads(tmp_path: Path, url: str) -> None:
+    """sqlite:///PATH is absolute in a config file too (it once meant a file under the config's folder)."""
+    path = tmp_path / "gw.toml"
+    path.write_text(f'[store]\nurl = "{url}"\n')
+    assert load_gateway_config(path).store.url == url
     path.write_text('[mqtt]\nca_file = "tls/ca.pem"\ncert_file = "/etc/aua/gw.crt"\nkey_file = "gw.key"\n')
     mqtt = load_gateway_config(path).mqtt
     assert (mqtt.ca_file, mqtt.cert_file, mqtt.key_file) == (
@@ -199,7 +209,7 @@ GATEWAY_MISTAKES = [
     ("state-not-sqlite", '[gateway]\nstate = "afile"\n', "state =", "gateway.state", "is not a SQLite database"),
     ("state-is-a-folder", '[gateway]\nstate = "afolder"\n', "state =", "gateway.state", "afolder is a folder"),
     ("spool", '[gateway]\nspool = "nowhere/spool.sqlite"\n', "spool =", "gateway.spool", "does not exist"),
-    ("sqlite-store", '[store]\nurl = "sqlite:///nowhere/aua.sqlite"\n', "url =", "store.url", "does not exist"),
+    ("sqlite-store", '[store]\nurl = "sqlite://nowhere/aua.sqlite"\n', "url =", "store.url", "does not exist"),
     ("ca-file", '[mqtt]\nca_file = "missing-ca.pem"\n', "ca_file =", "mqtt.ca_file", "does not exist"),
     ("password-file", '[mqtt]\npassword_file = "missing"\n', "password_file =", "mqtt.password_file", "cannot read"),
     ("placeholder", '[mqtt]\npassword = "change-me"\n', "password =", "mqtt.password", "placeholder"),
@@ -219,7 +229,7 @@ def test_each_gateway_mistake_is_one_line_in_check_and_run(
         text = '[gateway]\nstate = "state.sqlite"\n' + text.removeprefix("[gateway]\n")
     text = text.replace("{port}", str(port_in_use))
     if "[store]" not in text:
-        text += '[store]\nurl = "sqlite:///aua.sqlite"\n'
+        text += '[store]\nurl = "sqlite://aua.sqlite"\n'
     path = tmp_path / "gw.toml"
     path.write_text(text)
     code, lines = gateway_lines(capsys, command, str(path), *(["--no-servers"] if command == "check" else []))
@@ -260,7 +270,7 @@ def test_an_unreadable_gateway_config_is_one_line(tmp_path: Path, content: bytes
 def test_create_dirs_creates_the_folders_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "gw.toml"
     path.write_text(
-        '[gateway]\nstate = "new/state.sqlite"\ncreate_dirs = true\n[store]\nurl = "sqlite:///new/a.sqlite"\n'
+        '[gateway]\nstate = "new/state.sqlite"\ncreate_dirs = true\n[store]\nurl = "sqlite://new/a.sqlite"\n'
     )
     code, lines = gateway_lines(capsys, "check", str(path), "--no-servers")
     assert (code, lines) == (0, [f"{path}: ok"])

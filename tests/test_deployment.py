@@ -441,7 +441,7 @@ def test_gateway_check_logs_in_only_when_asked(
     config = tmp_path / "gw.toml"
     config.write_text(
         f'[gateway]\nstate = "state.sqlite"\n[mqtt]\nport = {port}\nusername = "aua-gateway"\n'
-        f'password_file = "{password}"\n[store]\nurl = "sqlite:///aua.sqlite"\n'
+        f'password_file = "{password}"\n[store]\nurl = "sqlite://aua.sqlite"\n'
     )
     password.write_text("wrong-password\n")
     assert gateway_main(["check", str(config)]) == 0  # reached: no login, so the wrong password goes unnoticed

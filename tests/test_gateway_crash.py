@@ -82,7 +82,7 @@ host = "{mosquitto.host}"
 port = {mosquitto.port}
 
 [store]
-url = "sqlite:///aua.sqlite"
+url = "sqlite://aua.sqlite"
 """
     )
     log = tmp_path / "gateway.log"
@@ -133,7 +133,9 @@ url = "sqlite:///aua.sqlite"
 READINGS_PER_BATCH = 200
 
 
-def gateway_config(path: Path, *, broker: MosquittoServer, store_url: str, http_port: int) -> Path:
+def gateway_config(path: Path, *, broker: MosquittoServer, store_url: str, http_port: int, site: str) -> Path:
+    """Subscribed to its own site only: the shared broker holds other tests' retained statuses, which would
+    count as messages taken."""
     path.write_text(
         f"""
 [gateway]
@@ -145,6 +147,7 @@ gap_check_s = 3600
 [mqtt]
 host = "{broker.host}"
 port = {broker.port}
+sites = "{site}"
 
 [store]
 url = "{store_url}"
@@ -223,7 +226,9 @@ async def test_batches_held_unacknowledged_by_a_stopped_gateway_come_back_from_t
     site = f"s{uuid.uuid4().hex[:8]}"
     http_port = free_port()
     store_url = f"{influx_db_url}?timeout=120"  # the write to the stopped InfluxDB hangs, it does not fail
-    config = gateway_config(tmp_path / "gateway.toml", broker=mosquitto, store_url=store_url, http_port=http_port)
+    config = gateway_config(
+        tmp_path / "gateway.toml", broker=mosquitto, store_url=store_url, http_port=http_port, site=site
+    )
     log = tmp_path / "gateway.log"
     batches = numbered_batches(site, 12)
     assert influxdb.process is not None
@@ -269,7 +274,9 @@ async def test_a_failed_task_stops_the_gateway_with_one_line_and_loses_nothing(
         site = f"s{uuid.uuid4().hex[:8]}"
         http_port = free_port()
         store_url = influx.database_url(f"crash_{uuid.uuid4().hex[:8]}")
-        config = gateway_config(tmp_path / "gateway.toml", broker=mosquitto, store_url=store_url, http_port=http_port)
+        config = gateway_config(
+            tmp_path / "gateway.toml", broker=mosquitto, store_url=store_url, http_port=http_port, site=site
+        )
         log = tmp_path / "gateway.log"
         batches = numbered_batches(site, 60)
         gateway = start_gateway(config, log, file_size_limit=1_000_000)

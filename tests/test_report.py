@@ -339,7 +339,7 @@ async def test_annual_report_for_the_commented_example_source(tmp_path: Path) ->
     uncommented = "\n".join(line[2:] if line.startswith("# ") else "" for line in block.splitlines())
     uncommented = uncommented.replace('"pavlodar-chp.toml"', f'"{ROOT / "config" / "pavlodar-chp.toml"}"')
     uncommented = uncommented.replace('directory = "../var/reports"', f'directory = "{tmp_path}"')
-    head = head.replace('url = "sqlite:///../var/aua.sqlite"', f'url = "sqlite://{tmp_path / "aua.sqlite"}"')
+    head = head.replace('url = "sqlite://../var/aua.sqlite"', f'url = "sqlite://{tmp_path / "aua.sqlite"}"')
     head = head.replace('state = "../var/gateway-state.sqlite"', f'state = "{tmp_path / "state.sqlite"}"')
     path = tmp_path / "gateway.toml"
     path.write_text(head + uncommented, encoding="utf-8")
@@ -605,7 +605,7 @@ def test_cli_recompute_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_source_config_errors_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:
     source = SOURCE.replace(*change)
     assert source != SOURCE
-    path = write_config(tmp_path, "sqlite:///x.sqlite", source=source)
+    path = write_config(tmp_path, "sqlite://x.sqlite", source=source)
     with pytest.raises(Exception, match=message.replace("[", "\\[").replace("(", "\\(").replace(")", "\\)")):
         load_gateway_config(path)
 
@@ -755,7 +755,7 @@ def test_part75_substitution_of_one_channel_needs_hourly_periods(tmp_path: Path)
     source = SOURCE.replace('fuel = "solid"', 'fuel = "solid"\nrule_set = "ied-wi"').replace(
         'name = "SO2"\n', 'name = "SO2"\nsubstitution = "part75"\nmax_potential = 2000\n'
     )
-    path = write_config(tmp_path, "sqlite:///x.sqlite", source=source)
+    path = write_config(tmp_path, "sqlite://x.sqlite", source=source)
     with pytest.raises(GatewayConfigError, match=r"source.0 \(stack1\): Part 75 substitution needs hourly base"):
         load_gateway_config(path)
 
