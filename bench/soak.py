@@ -10,7 +10,9 @@ hour; the run fails when CPU or RSS rise, throughput falls, or a file still grow
 (files are judged on the second half of the run), beyond `--tolerance` % per hour.
 
 The clock is not accelerated: the agent's poll and the gateway's rollup and pruning timers run on wall time. To
-reach the bounds sooner the run gives the agent a small outbox (`--outbox-batches`) and a short retention.
+reach the bounds sooner the run sets them small: the agent's outbox (`--outbox-mb`, `--outbox-batches`,
+`--outbox-retention-s`), the gateway's per-batch ledger window (`--ledger-detail`) and its raw retention
+(`--raw-retention-h`, at least the one hour the config allows: the store reaches its bound after that long).
 
 Run: .venv/bin/python bench/soak.py [--minutes 60] [--devices 20]   (20 devices x 30 tags = 600 readings/s)
 Stops by itself; everything it starts is ended on the way out.
@@ -115,6 +117,7 @@ def write_configs(folder: Path, args: argparse.Namespace, ports: dict[str, int],
     site = [
         f'[agent]\nsite = "soak"\nid = "soak-agent"\npoll_interval = 1.0\noutbox = "{folder / "outbox.sqlite"}"\n'
         f"metrics_port = {ports['agent_metrics']}\noutbox_max_batches = {args.outbox_batches}\n"
+        f"outbox_max_bytes = {args.outbox_mb << 20}\n"
         f"outbox_retention_s = {args.outbox_retention_s}\noutbox_prune_interval_s = 10\n",
         f'[mqtt]\nhost = "127.0.0.1"\nport = {ports["broker"]}\n',
     ]
@@ -128,6 +131,8 @@ def write_configs(folder: Path, args: argparse.Namespace, ports: dict[str, int],
         f'http = "127.0.0.1:{ports["gateway_http"]}"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {ports["broker"]}\n'
         '[store]\nurl = "sqlite://store.sqlite"\n'  # relative: the gateway runs in the folder
+        f"raw_retention_days = {args.raw_retention_h / 24}\n"
+        f"[ledger]\ndetail_batches = {args.ledger_detail}\n"
         f'[rollup]\nrule_set = "ied-lcp"\ntime_zone = "Asia/Almaty"\ninterval = {args.rollup_interval}\n'
         f'[rollup.reports]\ndirectory = "{folder / "reports"}"\n'
     )
@@ -288,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollup-interval", type=float, default=60.0, help="gateway [rollup] interval, s")
     parser.add_argument("--outbox-batches", type=int, default=600, help="agent outbox_max_batches (default 600)")
     parser.add_argument("--outbox-retention-s", type=float, default=300.0, help="agent outbox_retention_s")
+    parser.add_argument("--outbox-mb", type=int, default=32, help="agent outbox_max_bytes in MiB (default 32)")
+    parser.add_argument("--raw-retention-h", type=float, default=1.0, help="gateway raw retention, hours (min 1)")
+    parser.add_argument("--ledger-detail", type=int, default=1000, help="gateway [ledger] detail_batches")
     parser.add_argument("--keep", type=Path, help="keep the run's files in this folder")
     args = parser.parse_args(argv)
     if args.keep:
