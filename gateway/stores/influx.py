@@ -292,14 +292,23 @@ def parse_aggregates(documents: Iterator[dict[str, Any]]) -> list[Aggregate]:
     return aggregates
 
 
-def parse_counts(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = {}
-    for series in iter_series(documents):
-        tags = series.get("tags", {})
-        index = series["columns"].index("count")
-        total = sum(int(values[index] or 0) for values in series.get("values", []))
-        counts[(tags.get("site", ""), tags.get("instrument", ""))] = total
-    return counts
+def _counts_by(tag: str) -> Callable[[Iterator[dict[str, Any]]], dict[tuple[str, str], int]]:
+    """A parser of count() rows grouped by "site" and `tag` -> (site, tag value) -> total."""
+
+    def parse(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for series in iter_series(documents):
+            tags = series.get("tags", {})
+            index = series["columns"].index("count")
+            total = sum(int(values[index] or 0) for values in series.get("values", []))
+            counts[(tags.get("site", ""), tags.get(tag, ""))] = total
+        return counts
+
+    return parse
+
+
+parse_counts = _counts_by("instrument")
+parse_counts_by_agent = _counts_by("agent")
 
 
 def parse_marks(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -310,16 +319,6 @@ def parse_marks(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], in
         for values in series.get("values", []):
             marks[(tags["instrument"], tags["parameter"])] = int(values[0])
     return marks
-
-
-def parse_counts_by_agent(documents: Iterator[dict[str, Any]]) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = {}
-    for series in iter_series(documents):
-        tags = series.get("tags", {})
-        index = series["columns"].index("count")
-        total = sum(int(values[index] or 0) for values in series.get("values", []))
-        counts[(tags.get("site", ""), tags.get("agent", ""))] = total
-    return counts
 
 
 def error_text(response: httpx.Response) -> str:
