@@ -1162,3 +1162,27 @@ def test_readings_to_look_up_are_queried_in_stretches_of_an_hour_at_most(
     times: list[int], stretches: list[tuple[int, int]]
 ) -> None:
     assert influx_module.suspect_stretches(times) == stretches
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ("site = 's' AND instrument = 'i' AND ts_ns >= 0 AND ts_ns < 60", "reading_series_ts"),
+        ("site = 's' AND instrument = 'i' AND parameter = 'p' AND ts_ns >= 0 AND ts_ns < 60", None),
+        ("ts_ns < 60", "reading_ts"),
+    ],
+)
+async def test_sqlite_reads_a_time_range_through_an_index_whatever_the_table_holds(
+    tmp_path: Path, where: str, index: str | None
+) -> None:
+    """The rollup engine asks for one instrument's minutes, retention for everything before a time: each query
+    must be bounded by its time range in an index (a year of raw data is ~10^9 rows), never scan a series."""
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        plan = await store.run_on_connection(
+            lambda db: " ".join(
+                row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM reading WHERE {where}")
+            )
+        )
+    assert "ts_ns>?" in plan.replace(" ", "") or "ts_ns<?" in plan.replace(" ", ""), plan
+    if index is not None:
+        assert f"INDEX {index}" in plan, plan

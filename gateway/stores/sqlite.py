@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS reading (
     PRIMARY KEY (site, instrument, parameter, agent, ts_ns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reading_ts ON reading (ts_ns);
+-- The rollup engine reads one instrument's dirty minutes (site, instrument, time range): through the primary
+-- key that scanned every reading the instrument ever sent, a cost growing with the table (found by the soak).
+CREATE INDEX IF NOT EXISTS reading_series_ts ON reading (site, instrument, ts_ns);
 CREATE TABLE IF NOT EXISTS rollup (
     site          TEXT    NOT NULL,
     instrument    TEXT    NOT NULL,
