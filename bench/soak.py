@@ -283,6 +283,10 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
     return rows
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=60.0, help="how long to run (default 60)")
@@ -298,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ledger-detail", type=int, default=1000, help="gateway [ledger] detail_batches")
     parser.add_argument("--keep", type=Path, help="keep the run's files in this folder")
     args = parser.parse_args(argv)
+    # SIGTERM (and SIGINT, which a shell ignores for background jobs) end the run through `finally`, so the
+    # programs it started are stopped too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupted)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         rows = run(args, args.keep.resolve())
