@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -1165,24 +1166,30 @@ def test_readings_to_look_up_are_queried_in_stretches_of_an_hour_at_most(
 
 
 @pytest.mark.parametrize(
-    ("where", "index"),
+    ("table", "where", "index"),
     [
-        ("site = 's' AND instrument = 'i' AND ts_ns >= 0 AND ts_ns < 60", "reading_series_ts"),
-        ("site = 's' AND instrument = 'i' AND parameter = 'p' AND ts_ns >= 0 AND ts_ns < 60", None),
-        ("ts_ns < 60", "reading_ts"),
+        ("reading", "site = 's' AND instrument = 'i' AND ts_ns >= 0 AND ts_ns < 60", "reading_series_ts"),
+        ("reading", "site = 's' AND instrument = 'i' AND parameter = 'p' AND ts_ns >= 0 AND ts_ns < 60", None),
+        ("reading", "ts_ns < 60", "reading_ts"),
+        (
+            "rollup",
+            "site = 's' AND period = '1m' AND instrument = 'i' AND start_ns >= 0 AND start_ns < 60",
+            "rollup_series",
+        ),
     ],
 )
 async def test_sqlite_reads_a_time_range_through_an_index_whatever_the_table_holds(
-    tmp_path: Path, where: str, index: str | None
+    tmp_path: Path, table: str, where: str, index: str | None
 ) -> None:
-    """The rollup engine asks for one instrument's minutes, retention for everything before a time: each query
-    must be bounded by its time range in an index (a year of raw data is ~10^9 rows), never scan a series."""
+    """The rollup engine asks for one instrument's raw minutes and its stored minutes of an hour, retention for
+    everything before a time: each query must be bounded by its time range in an index (a year of raw data is
+    ~10^9 rows), never scan a series' whole history or every series' period."""
     async with SqliteStore(tmp_path / "aua.sqlite") as store:
         plan = await store.run_on_connection(
             lambda db: " ".join(
-                row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM reading WHERE {where}")
+                row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE {where}")
             )
         )
-    assert "ts_ns>?" in plan.replace(" ", "") or "ts_ns<?" in plan.replace(" ", ""), plan
+    assert re.search(r"(ts_ns|start_ns)[<>]\?", plan.replace(" ", "")), plan
     if index is not None:
         assert f"INDEX {index}" in plan, plan

@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS rollup (
     PRIMARY KEY (site, period, instrument, parameter, start_ns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rollup_start ON rollup (period, start_ns);
+-- One instrument's minutes of an hour (the rollup engine builds the hour from them): through rollup_start that
+-- read the minutes of every series in the hour, 20 times too many at 20 instruments.
+CREATE INDEX IF NOT EXISTS rollup_series ON rollup (site, period, instrument, start_ns);
 CREATE TABLE IF NOT EXISTS health (
     component TEXT    NOT NULL,  -- gateway | agent
     id        TEXT    NOT NULL,  -- the gateway that wrote the point
