@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS rollup_dirty (
     hour_ns    INTEGER NOT NULL,  -- UTC hour start, ns since the Unix epoch
     version    INTEGER NOT NULL,  -- bumped by every batch that touches the hour again
     minutes    INTEGER NOT NULL DEFAULT {ALL_MINUTES},  -- bit m set: minute m of the hour has new data
+    taking     INTEGER NOT NULL DEFAULT 0,  -- minutes a pass took and has not finished (redone after a crash)
     PRIMARY KEY (site, instrument, parameter, hour_ns)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup_set_aside (
@@ -97,6 +98,9 @@ SetAside = tuple[str, str, str, int, int, str]
 """site, instrument, parameter, hour_ns, minutes, error"""
 
 
+_MARK_KEY = "site = ? AND instrument = ? AND parameter = ? AND hour_ns = ?"
+
+
 def _bits(mask: int) -> list[int]:
     """The minutes (0..59) whose bit is set."""
     return [minute for minute in range(60) if mask >> minute & 1]
@@ -114,6 +118,8 @@ class DirtyMarks(StateFile):
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(rollup_dirty)")}
             if "minutes" not in columns:  # a state file from before minute masks: its marks mean whole hours
                 self._db.execute(f"ALTER TABLE rollup_dirty ADD COLUMN minutes INTEGER NOT NULL DEFAULT {ALL_MINUTES}")
+            if "taking" not in columns:
+                self._db.execute("ALTER TABLE rollup_dirty ADD COLUMN taking INTEGER NOT NULL DEFAULT 0")
 
     def add(self, keys: Iterable[tuple[str, str, str, int]]) -> None:
         """Mark (site, instrument, parameter, ns): the minute each time in ns falls in."""
@@ -139,23 +145,43 @@ class DirtyMarks(StateFile):
             self._db.execute("COMMIT")
 
     def take(self, limit: int) -> list[Mark]:
-        """Up to `limit` marks, oldest hours first (they stay until `done` or `set_aside`)."""
+        """Up to `limit` marks, oldest hours first, with the minutes to redo: those marked since the last pass
+        and those a pass took without finishing. The taken minutes move out of `minutes`, so data arriving
+        during the pass marks only its own minutes for the next one; they stay in `taking` until `done` (or
+        `set_aside`), so a pass cut short by a crash is redone."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT site, instrument, parameter, hour_ns, version, minutes FROM rollup_dirty "
-                "ORDER BY hour_ns LIMIT ?",
-                (limit,),
-            ).fetchall()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT site, instrument, parameter, hour_ns, version, minutes | taking FROM rollup_dirty "
+                    "ORDER BY hour_ns LIMIT ?",
+                    (limit,),
+                ).fetchall()
+                self._db.executemany(
+                    f"UPDATE rollup_dirty SET taking = taking | minutes, minutes = 0 WHERE {_MARK_KEY}",
+                    [row[:4] for row in rows],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
         return [(str(s), str(i), str(p), int(h), int(v), int(m)) for s, i, p, h, v, m in rows]
 
     def done(self, marks: Iterable[Mark]) -> None:
-        """Remove marks that were not touched again since `take` (same version)."""
+        """The taken minutes are rolled up: forget them, and the mark once nothing new arrived meanwhile."""
         with self._lock:
-            self._db.executemany(
-                "DELETE FROM rollup_dirty WHERE site = ? AND instrument = ? AND parameter = ? AND hour_ns = ? "
-                "AND version = ?",
-                [mark[:5] for mark in marks],
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._finish([mark[:4] for mark in marks])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _finish(self, keys: list[tuple[str, str, str, int]]) -> None:
+        """Inside a transaction: the taken minutes of these marks are dealt with."""
+        self._db.executemany(f"UPDATE rollup_dirty SET taking = 0 WHERE {_MARK_KEY}", keys)
+        self._db.executemany(f"DELETE FROM rollup_dirty WHERE {_MARK_KEY} AND minutes = 0", keys)
 
     def set_aside(self, marks: Iterable[tuple[Mark, str]], now_ns: int) -> None:
         """Move marks whose rollup failed out of the way, each with its error (merged with earlier ones)."""
@@ -169,11 +195,7 @@ class DirtyMarks(StateFile):
                     "minutes = minutes | excluded.minutes, error = excluded.error, at_ns = excluded.at_ns",
                     [(*mark[:4], mark[5], error, now_ns) for mark, error in rows],
                 )
-                self._db.executemany(
-                    "DELETE FROM rollup_dirty WHERE site = ? AND instrument = ? AND parameter = ? AND hour_ns = ? "
-                    "AND version = ?",
-                    [mark[:5] for mark, _ in rows],
-                )
+                self._finish([mark[:4] for mark, _ in rows])
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise

@@ -177,6 +177,31 @@ def test_a_mark_added_while_processing_is_kept(tmp_path: Path) -> None:
     marks.close()
 
 
+def test_minutes_a_pass_took_are_not_taken_again_while_data_keeps_arriving(tmp_path: Path) -> None:
+    """At a steady rate every batch touches the current hour while a pass runs. A pass must take only the
+    minutes marked since the previous one (the soak found every pass re-reading the whole hour so far, since a
+    mark bumped during the pass was kept whole), and minutes a pass took but never finished (a crash) are
+    taken again."""
+    marks = DirtyMarks(tmp_path / "state.sqlite")
+    minute = 60 * 10**9
+    marks.add([("s", "i", "p", 0)])
+    [taken] = marks.take(10)
+    assert taken[5] == 0b1
+    marks.add([("s", "i", "p", minute)])  # arrives during the pass
+    marks.done([taken])
+    [taken] = marks.take(10)
+    assert taken[5] == 0b10  # only the new minute, not minute 0 again
+    marks.add([("s", "i", "p", 2 * minute)])
+    marks.close()  # the pass dies before `done`
+    marks = DirtyMarks(tmp_path / "state.sqlite")
+    [taken] = marks.take(10)
+    assert taken[5] == 0b110  # the unfinished minute and the new one
+    marks.done([taken])
+    assert marks.take(10) == []
+    assert marks.count() == 0
+    marks.close()
+
+
 async def test_recompute_is_idempotent_and_equals_incremental(store: Store, tmp_path: Path) -> None:
     engine = RollupEngine.open(store, tmp_path / "state.sqlite", RULES)
     rows = minutes_of(T0 + timedelta(hours=22), 4 * 60, every=30) + [
