@@ -184,14 +184,19 @@ def select_aggregates_statement(
     return f"SELECT {', '.join(columns)} FROM {source} WHERE {' AND '.join(conditions)}"
 
 
-def parse_policies(documents: Iterator[dict[str, Any]]) -> dict[str, timedelta | None]:
-    """SHOW RETENTION POLICIES → name → duration (None: infinite)."""
-    policies: dict[str, timedelta | None] = {}
+def iter_rows(documents: Iterator[dict[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    """Every row of every series of every statement result, as column -> value."""
     for series in iter_series(documents):
         columns = series["columns"]
         for values in series.get("values", []):
-            row = dict(zip(columns, values, strict=True))
-            policies[str(row["name"])] = retention_rules.parse_duration(str(row["duration"]))
+            yield dict(zip(columns, values, strict=True))
+
+
+def parse_policies(documents: Iterator[dict[str, Any]]) -> dict[str, timedelta | None]:
+    """SHOW RETENTION POLICIES → name → duration (None: infinite)."""
+    policies: dict[str, timedelta | None] = {}
+    for row in iter_rows(documents):
+        policies[str(row["name"])] = retention_rules.parse_duration(str(row["duration"]))
     return policies
 
 
@@ -238,24 +243,21 @@ def iter_series(documents: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]
 def parse_readings(documents: Iterator[dict[str, Any]]) -> list[StoredReading]:
     """Rows of `select_statement` (queried with epoch=ns) -> StoredReadings in the store's order."""
     readings = []
-    for series in iter_series(documents):
-        columns = series["columns"]
-        for values in series.get("values", []):
-            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
-            value, status = row.get("value"), row.get("status")
-            readings.append(
-                StoredReading(
-                    site=row["site"],
-                    agent=row["agent"],
-                    instrument=row["instrument"],
-                    parameter=row["parameter"],
-                    ts=from_ns(int(row["time"])),
-                    value=None if value is None else float(value),
-                    unit=row.get("unit") or "",
-                    quality=Quality(row["quality"]),
-                    status=None if status is None else int(status),
-                )
+    for row in iter_rows(documents):
+        value, status = row.get("value"), row.get("status")
+        readings.append(
+            StoredReading(
+                site=row["site"],
+                agent=row["agent"],
+                instrument=row["instrument"],
+                parameter=row["parameter"],
+                ts=from_ns(int(row["time"])),
+                value=None if value is None else float(value),
+                unit=row.get("unit") or "",
+                quality=Quality(row["quality"]),
+                status=None if status is None else int(status),
             )
+        )
     readings.sort(key=sort_key)
     return readings
 
@@ -263,31 +265,28 @@ def parse_readings(documents: Iterator[dict[str, Any]]) -> list[StoredReading]:
 def parse_aggregates(documents: Iterator[dict[str, Any]]) -> list[Aggregate]:
     """Rows of `select_aggregates_statement` (queried with epoch=ns) -> Aggregates in the store's order."""
     aggregates = []
-    for series in iter_series(documents):
-        columns = series["columns"]
-        for values in series.get("values", []):
-            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
-            n_valid = int(row["n_valid"])
-            value = row.get("value")
-            aggregates.append(
-                Aggregate(
-                    site=row["site"],
-                    instrument=row["instrument"],
-                    parameter=row["parameter"],
-                    period=Period(row["period"]),
-                    start=from_ns(int(row["time"])),
-                    value=float(value) if value is not None and n_valid else None,
-                    n_valid=n_valid,
-                    n_expected=int(row["n_expected"]),
-                    valid=bool(row["valid"]),
-                    reason=row.get("reason") or "",
-                    n_maintenance=int(row["n_maintenance"]),
-                    unit=row.get("unit") or "",
-                    substituted=bool(row["substituted"]),
-                    method=row.get("method") or "",
-                    n_flagged=int(row.get("n_flagged") or 0),  # absent in points written before it existed
-                )
+    for row in iter_rows(documents):
+        n_valid = int(row["n_valid"])
+        value = row.get("value")
+        aggregates.append(
+            Aggregate(
+                site=row["site"],
+                instrument=row["instrument"],
+                parameter=row["parameter"],
+                period=Period(row["period"]),
+                start=from_ns(int(row["time"])),
+                value=float(value) if value is not None and n_valid else None,
+                n_valid=n_valid,
+                n_expected=int(row["n_expected"]),
+                valid=bool(row["valid"]),
+                reason=row.get("reason") or "",
+                n_maintenance=int(row["n_maintenance"]),
+                unit=row.get("unit") or "",
+                substituted=bool(row["substituted"]),
+                method=row.get("method") or "",
+                n_flagged=int(row.get("n_flagged") or 0),  # absent in points written before it existed
             )
+        )
     aggregates.sort(key=aggregate_sort_key)
     return aggregates
 
@@ -368,25 +367,22 @@ def select_health_statement(
 def parse_health(documents: Iterator[dict[str, Any]]) -> list[HealthPoint]:
     """Rows of `select_health_statement` (queried with epoch=ns) -> HealthPoints; null columns are absent fields."""
     points = []
-    for series in iter_series(documents):
-        columns = series["columns"]
-        for values in series.get("values", []):
-            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
-            fields = {
-                name: int(value)
-                for name, value in row.items()
-                if name != "time" and name not in HEALTH_TAG_KEYS and value is not None
-            }
-            points.append(
-                HealthPoint(
-                    component=row["component"],
-                    id=row["id"],
-                    site=row["site"],
-                    agent=row["agent"],
-                    ts=from_ns(int(row["time"])),
-                    fields=fields,
-                )
+    for row in iter_rows(documents):
+        fields = {
+            name: int(value)
+            for name, value in row.items()
+            if name != "time" and name not in HEALTH_TAG_KEYS and value is not None
+        }
+        points.append(
+            HealthPoint(
+                component=row["component"],
+                id=row["id"],
+                site=row["site"],
+                agent=row["agent"],
+                ts=from_ns(int(row["time"])),
+                fields=fields,
             )
+        )
     points.sort(key=health_sort_key)
     return points
 
@@ -422,39 +418,36 @@ def select_revisions_statement(
 def parse_revisions(documents: Iterator[dict[str, Any]]) -> list[Revision]:
     """Rows of `select_revisions_statement` (epoch=ns) -> Revisions by `revision_sort_key`."""
     revisions = []
-    for series in iter_series(documents):
-        columns = series["columns"]
-        for values in series.get("values", []):
-            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
+    for row in iter_rows(documents):
 
-            def moment(name: str, row: Mapping[str, Any] = row) -> datetime | None:
-                return None if row.get(name) is None else from_ns(int(row[name]))
+        def moment(name: str, row: Mapping[str, Any] = row) -> datetime | None:
+            return None if row.get(name) is None else from_ns(int(row[name]))
 
-            value, status, seq = row.get("value"), row.get("status"), row.get("seq")
-            revisions.append(
-                Revision(
-                    id=row["id"],
-                    reading=StoredReading(
-                        site=row["site"],
-                        agent=row["agent"],
-                        instrument=row["instrument"],
-                        parameter=row["parameter"],
-                        ts=from_ns(int(row["time"])),
-                        value=None if value is None else float(value),
-                        unit=row.get("unit") or "",
-                        quality=Quality(row["quality"]),
-                        status=None if status is None else int(status),
-                    ),
-                    state=RevisionState(row["state"]),
-                    received_at=moment("received"),
-                    batch_seq=None if seq is None else int(seq),
-                    batch_sent_at=moment("sent_at"),
-                    decided_by=row.get("decided_by") or "",
-                    decided_why=row.get("decided_why") or "",
-                    decided_at=moment("decided_at"),
-                    superseded_by=row.get("superseded_by") or "",
-                )
+        value, status, seq = row.get("value"), row.get("status"), row.get("seq")
+        revisions.append(
+            Revision(
+                id=row["id"],
+                reading=StoredReading(
+                    site=row["site"],
+                    agent=row["agent"],
+                    instrument=row["instrument"],
+                    parameter=row["parameter"],
+                    ts=from_ns(int(row["time"])),
+                    value=None if value is None else float(value),
+                    unit=row.get("unit") or "",
+                    quality=Quality(row["quality"]),
+                    status=None if status is None else int(status),
+                ),
+                state=RevisionState(row["state"]),
+                received_at=moment("received"),
+                batch_seq=None if seq is None else int(seq),
+                batch_sent_at=moment("sent_at"),
+                decided_by=row.get("decided_by") or "",
+                decided_why=row.get("decided_why") or "",
+                decided_at=moment("decided_at"),
+                superseded_by=row.get("superseded_by") or "",
             )
+        )
     revisions.sort(key=revision_sort_key)
     return revisions
 
@@ -466,19 +459,16 @@ Identity = tuple[str, str, str, str, int]
 def parse_contents(documents: Iterator[dict[str, Any]]) -> list[tuple[Identity, Content]]:
     """Rows of `_contents_statement` (epoch=ns) -> (identity, content) pairs."""
     found = []
-    for series in iter_series(documents):
-        columns = series["columns"]
-        for values in series.get("values", []):
-            row: Mapping[str, Any] = dict(zip(columns, values, strict=True))
-            value, status = row.get("value"), row.get("status")
-            identity = (row["site"], row["agent"], row["instrument"], row["parameter"], int(row["time"]))
-            content = (
-                None if value is None else float(value),
-                row.get("unit") or "",
-                row["quality"],
-                None if status is None else int(status),
-            )
-            found.append((identity, content))
+    for row in iter_rows(documents):
+        value, status = row.get("value"), row.get("status")
+        identity = (row["site"], row["agent"], row["instrument"], row["parameter"], int(row["time"]))
+        content = (
+            None if value is None else float(value),
+            row.get("unit") or "",
+            row["quality"],
+            None if status is None else int(status),
+        )
+        found.append((identity, content))
     return found
 
 
