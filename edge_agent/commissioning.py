@@ -50,7 +50,7 @@ def tag_rows(instrument: Instrument, answers: dict[ReadRequest, Answer | None], 
     words = words_by_span(answers)
     rows = []
     for reading in readings:
-        value = "-" if reading.value is None else f"{reading.value:.6g}"
+        value = "-" if reading.value is None else repr(reading.value)  # all of it: what is published
         quality = reading.quality.value + (f" (status {reading.status:#x})" if reading.status is not None else "")
         raw = format_raw(words.get(reading.parameter))
         rows.append(Row(instrument.id, reading.parameter, raw, value, reading.unit, quality))
