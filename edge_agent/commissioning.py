@@ -69,7 +69,7 @@ def table(rows: list[Row]) -> str:
 def static_problems(loaded: LoadedConfig, *, serial_ports: bool = True) -> list[str]:
     """What can be checked without talking to anything: files, folders, TLS files, the metrics port, serial
     ports (`run` skips those: an adapter may be plugged in later). One line each: FILE:LINE: KEY: what."""
-    located = ConfigFile.read(loaded.path)
+    located = ConfigFile.read(loaded.path, named=True)
     problems = []
     agent = loaded.config.agent
     outbox = path_problem(agent.outbox, create_dirs=agent.create_dirs, create_key="agent.create_dirs")
@@ -167,7 +167,7 @@ async def check(loaded: LoadedConfig, *, broker: bool = True, out: TextIO | None
             scheme = "mqtts" if config.mqtt.use_tls else "mqtt"
             print(f"\nbroker {scheme}://{config.mqtt.host}:{config.mqtt.port}: connected", file=out)
         else:
-            problems.append(ConfigFile.read(loaded.path).problem(("mqtt",), problem.removeprefix("mqtt: ")))
+            problems.append(ConfigFile.read(loaded.path, named=True).problem(("mqtt",), problem.removeprefix("mqtt: ")))
     if problems:
         print(f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''}:", file=out)
         for problem in problems:
