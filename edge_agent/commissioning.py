@@ -149,7 +149,12 @@ async def check(loaded: LoadedConfig, *, broker: bool = True, out: TextIO | None
             answers, stamps = await reader.read_plan()
             readings = readings_from_answers(instrument, answers, datetime.now(UTC), stamps)
             rows += tag_rows(instrument, answers, readings)
-            failed = [r.parameter for r in readings if r.quality is Quality.FAILURE]
+            # A tag the device refuses is one problem, said below; not also "no good value".
+            failed = [
+                r.parameter
+                for r in readings
+                if r.quality is Quality.FAILURE and r.parameter not in reader.stats.isolated
+            ]
             if failed:
                 why = f": {reader.stats.last_error}" if reader.stats.last_error else ""
                 problems.append(

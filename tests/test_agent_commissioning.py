@@ -14,7 +14,7 @@ from servers import MosquittoServer
 from edge_agent.cli import main as agent_main
 from edge_agent.commissioning import Row, check, disk_problem, format_raw, static_problems, table
 from edge_agent.config import load_config
-from edge_agent.simulator import Incidents, simulator_for_config
+from edge_agent.simulator import Incidents, Quirks, simulator_for_config
 
 
 def site(tmp_path: Path, broker_port: int, device_port: int, **extra: object) -> Path:
@@ -81,6 +81,20 @@ async def test_check_lists_every_problem_and_fails(tmp_path: Path) -> None:
     assert "no good value for dust" in problems
     assert "mqtt: cannot reach" in problems or "mqtt: 127.0.0.1" in problems
     assert "hg (" not in problems
+
+
+async def test_a_refused_tag_is_one_problem(tmp_path: Path) -> None:
+    """The device refuses air_pressure (input register 3): check says so once, not also "no good value"."""
+    loaded = load_config(site(tmp_path, free_port(), free_port()))
+    out = io.StringIO()
+    quirks = {"met": Quirks(refuse=frozenset({3}))}
+    async with simulator_for_config(loaded, incidents=Incidents.none(), clock=lambda: 1.8e9, quirks=quirks):
+        status = await check(loaded, broker=False, out=out)
+    text = out.getvalue()
+    assert status == 1, text
+    assert text.split("\n1 problem:\n")[1].splitlines() == [
+        "  - met: the device refuses tag air_pressure (illegal data address)"
+    ]
 
 
 def test_check_cli_exits_non_zero_and_plan_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
