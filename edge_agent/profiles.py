@@ -41,25 +41,57 @@ class _Strict(BaseModel):
 
 
 class ProfileInfo(_Strict):
-    name: str
-    vendor: str | None = None
-    model: str | None = None
-    byte_order: ByteOrder = ByteOrder.ABCD
+    """[profile]: what instrument the map is for, where it comes from, and the byte order of its values."""
+
+    name: str = Field(description="the profile's name; by convention the file's name without .toml")
+    vendor: str | None = Field(default=None, description="manufacturer, as on the instrument's plate")
+    model: str | None = Field(default=None, description="instrument model or model family")
+    byte_order: ByteOrder = Field(
+        default=ByteOrder.ABCD,
+        description="order of the bytes of multi-register values, for every tag that does not set its own:"
+        " ABCD big-endian (Modbus's own), CDAB words swapped, BADC bytes swapped in each word, DCBA both",
+    )
     verified: bool = Field(default=False, description="register numbers checked against the vendor manual")
-    notes: str | None = None
+    notes: str | None = Field(
+        default=None, description="where the register map comes from (manual, version); say 'not verified' if not"
+    )
 
 
 class Tag(_Strict):
-    """One measured value: where it is, how to decode it, what unit it is in."""
+    """[[tag]]: one measured value: where it is, how to decode it, what unit it is in."""
 
-    name: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
-    function: Function = Function.INPUT
-    address: Annotated[int, Field(ge=0, le=65535)]
-    type: DataType = DataType.FLOAT32
-    byte_order: ByteOrder | None = None
-    scale: float = Field(default=1.0, description="multiplier, never 0 (value x 10^-n for scaled integers)")
-    offset: float = 0.0
-    unit: Annotated[str, Field(min_length=1, max_length=32, pattern=TEXT_PATTERN)]  # what the contract carries
+    name: Annotated[
+        str, Field(pattern=IDENTIFIER_PATTERN, description="the parameter's name in readings (so2, flow, ...)")
+    ]
+    function: Function = Field(
+        default=Function.INPUT,
+        description="Modbus table: input (FC04), holding (FC03), discrete (FC02) or coil (FC01)",
+    )
+    address: Annotated[
+        int, Field(ge=0, le=65535, description="0-based protocol address (register 30001 in a manual is input 0)")
+    ]
+    type: DataType = Field(
+        default=DataType.FLOAT32,
+        description="int16, uint16, int32, uint32, int64, uint64, float32, float64 (registers), bool (coil/discrete)",
+    )
+    byte_order: ByteOrder | None = Field(
+        default=None, description="this tag's byte order when it differs from [profile] byte_order"
+    )
+    scale: float = Field(
+        default=1.0,
+        description="multiplier, never 0 (0.1 for a value sent as value x 10); applied exactly in decimal:"
+        " 1013 x 0.1 is 101.3",
+    )
+    offset: float = Field(default=0.0, description="added after scaling: value = raw x scale + offset")
+    unit: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=32,
+            pattern=TEXT_PATTERN,
+            description="engineering unit as the readings carry it (mg/m3, %, degC, m/s, ...)",
+        ),
+    ]
     status: str | None = Field(default=None, description="name of the status block giving this value's quality")
     overlaps: list[str] = Field(
         default_factory=list,
@@ -80,7 +112,7 @@ class Tag(_Strict):
 NE107 = frozenset(
     {Quality.OK, Quality.MAINTENANCE_REQUIRED, Quality.OUT_OF_SPECIFICATION, Quality.CHECK_FUNCTION, Quality.FAILURE}
 )
-"""The qualities an instrument's own status bits can give (cems-mrv.md §3); the rest are set by the gateway."""
+"""The qualities an instrument's own status bits can give (NAMUR NE 107); the rest are set by the gateway."""
 
 
 STATUS_BITS_MAX = 63
@@ -89,16 +121,28 @@ SQLite): a longer status table is split into several blocks."""
 
 
 class StatusBlock(_Strict):
-    """Status bits that set the NE107 quality of the values that point at this block.
+    """[[status]]: status bits that set the NE107 quality of the values that point at this block.
 
     For bit tables (coil/discrete) bit i is the input at address + i; for registers (uint16 words read
     from address on, `count` of them) bit i is bit i % 16 of word i // 16, least significant first.
     """
 
-    name: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
-    function: Function = Function.DISCRETE
-    address: Annotated[int, Field(ge=0, le=65535)]
-    count: Annotated[int, Field(ge=1, le=STATUS_BITS_MAX)] = 16
+    name: Annotated[
+        str, Field(pattern=IDENTIFIER_PATTERN, description="the block's name, which tags give as their status")
+    ]
+    function: Function = Field(
+        default=Function.DISCRETE,
+        description="discrete or coil: one bit per address; input or holding: 16 bits per register",
+    )
+    address: Annotated[int, Field(ge=0, le=65535, description="0-based protocol address of the first bit/register")]
+    count: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=STATUS_BITS_MAX,
+            description="how many bits the block has (read as count inputs, or ceil(count / 16) registers)",
+        ),
+    ] = 16
     bits: dict[int, Quality] = Field(default_factory=dict, description="bit index -> quality when the bit is set")
     required: dict[int, Quality] = Field(
         default_factory=dict, description="bit index -> quality when the bit is NOT set (e.g. 'system OK')"
@@ -121,21 +165,26 @@ class StatusBlock(_Strict):
             if quality not in NE107:
                 raise ValueError(
                     f"status bit {index} maps to {quality.value!r}, a gateway-side flag; instrument status bits map"
-                    f" to NE107 qualities only ({', '.join(sorted(NE107))}), cems-mrv.md §3"
+                    f" to NAMUR NE 107 qualities only ({', '.join(sorted(NE107))})"
                 )
         return self
 
 
 class Vector(_Strict):
-    """Raw registers -> expected engineering value; the tests check every profile's vectors."""
+    """[[vector]]: raw registers -> expected engineering value, checked whenever the profile is loaded."""
 
-    tag: str
-    registers: list[int]
-    expect: float
-    note: str | None = None
+    tag: str = Field(description="name of the tag the vector decodes")
+    registers: list[int] = Field(description="the registers as the device sends them (as many as the tag's type has)")
+    expect: float = Field(
+        description="the engineering value they mean, compared exactly (a float32 vector may name the decimal whose"
+        " nearest float32 the registers hold)"
+    )
+    note: str | None = Field(default=None, description="how the vector was computed, for the next reader")
 
 
 class Profile(_Strict):
+    """A device profile file."""
+
     profile: ProfileInfo
     tag: list[Tag] = Field(min_length=1)
     status: list[StatusBlock] = Field(default_factory=list)

@@ -14,6 +14,7 @@ import pytest
 from aua_ops import ConfigError
 from edge_agent.config import load_config
 from edge_agent.decoding import decode_registers, encode_value, scale_value
+from edge_agent.profile_reference import SECTIONS, example_profile, render
 from edge_agent.profiles import Profile, Vector, load_profile
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -235,3 +236,27 @@ def test_a_scaled_vector_must_be_exact_and_a_float32_one_may_name_its_decimal(tm
 )
 def test_messages_name_the_key_and_the_tag(tmp_path: Path, text: str, expected: str) -> None:
     assert problems_of(tmp_path, text) == [expected]
+
+
+# --- the generated reference --------------------------------------------------------------------------------------
+
+
+def test_the_profile_reference_is_generated_from_the_model() -> None:
+    """docs/profile-reference.md is render()'s output: regenerate it when the model changes (see its header)."""
+    committed = (CONFIG_DIR.parent / "docs" / "profile-reference.md").read_text(encoding="utf-8")
+    assert committed == render(), "stale: .venv/bin/python -m edge_agent.profile_reference > docs/profile-reference.md"
+
+
+def test_the_reference_names_every_key_of_every_section() -> None:
+    text = render()
+    for header, model, _ in SECTIONS:
+        section = text.split(f"## `{header}`")[1].split("\n## ")[0]
+        assert [key for key in model.model_fields if f"| `{key}` |" not in section] == []
+
+
+def test_the_reference_examples_are_a_valid_profile(tmp_path: Path) -> None:
+    path = tmp_path / "example.toml"
+    path.write_text(example_profile())
+    profile = load_profile(path)
+    assert [tag.name for tag in profile.tag] == ["so2", "pressure", "valve", "flow"]
+    assert [block.name for block in profile.status] == ["analyzer", "analyzer_maint"]
