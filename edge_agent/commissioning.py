@@ -116,9 +116,7 @@ def static_problems(loaded: LoadedConfig, *, serial_ports: bool = True) -> list[
             and not Path(section.serial_port).exists()
         ):
             problems.append(
-                located.problem(
-                    ("instrument", index, "serial_port"), f"({section.id}) {section.serial_port} does not exist"
-                )
+                located.problem(("instrument", index, "serial_port"), f"{section.serial_port} does not exist")
             )
     return problems
 

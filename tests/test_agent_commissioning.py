@@ -280,3 +280,16 @@ def test_the_good_profile_of_the_mistakes_validates(tmp_path: Path) -> None:
         "site.toml: ok, 1 instrument, 2 test vectors of their profiles decoded as expected\n",
         "",
     )
+
+
+def test_a_missing_serial_port_names_the_instrument(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text(GOOD_PROFILE)
+    site_path = tmp_path / "site.toml"
+    site_path.write_text(
+        MISTAKES_SITE.format(broker_port=free_port(), device_port=1).replace(
+            "port = 1\n", 'transport = "rtu"\nserial_port = "/dev/ttyAUA-missing"\n'
+        )
+    )
+    assert static_problems(load_config(site_path)) == [
+        f'{site_path}:14: instrument #1 "gas".serial_port: /dev/ttyAUA-missing does not exist'
+    ]
