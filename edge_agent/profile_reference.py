@@ -206,9 +206,10 @@ def example_profile() -> str:
 
 
 def _first_paragraph(model: type[BaseModel]) -> str:
-    text = (model.__doc__ or "").strip().split("\n\n")[0]
-    text = " ".join(text.split())
-    return text.split(": ", 1)[1][0].upper() + text.split(": ", 1)[1][1:] if ": " in text else text
+    """The docstring's first paragraph without its `[header]: ` (the section's title says it)."""
+    text = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
+    _, _, rest = text.partition(": ")
+    return rest[:1].upper() + rest[1:] if rest else text
 
 
 def _row(name: str, field: FieldInfo) -> str:
