@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             return print_plan(loaded)
         if args.command == "check":
             return asyncio.run(check(loaded, broker=not args.no_broker))
-        print(f"{args.config}: ok, {len(loaded.instruments)} instruments")
+        count = len(loaded.instruments)
+        vectors = sum(len(instrument.profile.vector) for instrument in loaded.instruments)
+        print(
+            f"{args.config}: ok, {count} instrument{'s' if count != 1 else ''},"
+            f" {vectors} test vector{'s' if vectors != 1 else ''} of their profiles decoded as expected"
+        )
         return 0
     except ConfigError as error:
         print(error, file=sys.stderr)  # one line per problem: FILE:LINE: KEY: what

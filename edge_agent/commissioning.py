@@ -50,7 +50,7 @@ def tag_rows(instrument: Instrument, answers: dict[ReadRequest, Answer | None], 
     words = words_by_span(answers)
     rows = []
     for reading in readings:
-        value = "-" if reading.value is None else f"{reading.value:.6g}"
+        value = "-" if reading.value is None else repr(reading.value)  # all of it: what is published
         quality = reading.quality.value + (f" (status {reading.status:#x})" if reading.status is not None else "")
         raw = format_raw(words.get(reading.parameter))
         rows.append(Row(instrument.id, reading.parameter, raw, value, reading.unit, quality))
@@ -69,7 +69,7 @@ def table(rows: list[Row]) -> str:
 def static_problems(loaded: LoadedConfig, *, serial_ports: bool = True) -> list[str]:
     """What can be checked without talking to anything: files, folders, TLS files, the metrics port, serial
     ports (`run` skips those: an adapter may be plugged in later). One line each: FILE:LINE: KEY: what."""
-    located = ConfigFile.read(loaded.path)
+    located = ConfigFile.read(loaded.path, named=True)
     problems = []
     agent = loaded.config.agent
     outbox = path_problem(agent.outbox, create_dirs=agent.create_dirs, create_key="agent.create_dirs")
@@ -116,9 +116,7 @@ def static_problems(loaded: LoadedConfig, *, serial_ports: bool = True) -> list[
             and not Path(section.serial_port).exists()
         ):
             problems.append(
-                located.problem(
-                    ("instrument", index, "serial_port"), f"({section.id}) {section.serial_port} does not exist"
-                )
+                located.problem(("instrument", index, "serial_port"), f"{section.serial_port} does not exist")
             )
     return problems
 
@@ -149,7 +147,12 @@ async def check(loaded: LoadedConfig, *, broker: bool = True, out: TextIO | None
             answers, stamps = await reader.read_plan()
             readings = readings_from_answers(instrument, answers, datetime.now(UTC), stamps)
             rows += tag_rows(instrument, answers, readings)
-            failed = [r.parameter for r in readings if r.quality is Quality.FAILURE]
+            # A tag the device refuses is one problem, said below; not also "no good value".
+            failed = [
+                r.parameter
+                for r in readings
+                if r.quality is Quality.FAILURE and r.parameter not in reader.stats.isolated
+            ]
             if failed:
                 why = f": {reader.stats.last_error}" if reader.stats.last_error else ""
                 problems.append(
@@ -167,7 +170,7 @@ async def check(loaded: LoadedConfig, *, broker: bool = True, out: TextIO | None
             scheme = "mqtts" if config.mqtt.use_tls else "mqtt"
             print(f"\nbroker {scheme}://{config.mqtt.host}:{config.mqtt.port}: connected", file=out)
         else:
-            problems.append(ConfigFile.read(loaded.path).problem(("mqtt",), problem.removeprefix("mqtt: ")))
+            problems.append(ConfigFile.read(loaded.path, named=True).problem(("mqtt",), problem.removeprefix("mqtt: ")))
     if problems:
         print(f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''}:", file=out)
         for problem in problems:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aua_contract import IDENTIFIER_PATTERN
 from aua_mqtt import BrokerConnection
-from aua_ops import ConfigError, describe_validation_error, read_toml_text
+from aua_ops import ConfigError, ConfigFile, describe_validation_error, read_toml_text
 from edge_agent.profiles import Profile, load_profile
 from edge_agent.resend import ResendLimits
 
@@ -172,7 +172,9 @@ def load_config(path: Path) -> LoadedConfig:
     try:
         config = AgentConfig.model_validate(document)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, str(path), text)) from None
+        raise ConfigError(
+            describe_validation_error(error, str(path), text, model=AgentConfig, document=document)
+        ) from None
     base = path.parent
     if not config.agent.outbox.is_absolute():
         config.agent.outbox = base / config.agent.outbox
@@ -183,6 +185,10 @@ def load_config(path: Path) -> LoadedConfig:
         try:
             profile = load_profile(profile_path)
         except ConfigError as error:
-            raise ConfigError(f"{path}: instrument.{index}.profile ({section.id}): {error}") from None
+            # The instrument's line first, then each of the profile's problems at its own FILE:LINE.
+            refused = ConfigFile(path, text, document).problem(
+                ("instrument", index, "profile"), f"the profile {profile_path} cannot be used:"
+            )
+            raise ConfigError(f"{refused}\n{error}") from None
         instruments.append(Instrument(config=section, profile=profile))
     return LoadedConfig(path=path, config=config, instruments=instruments)

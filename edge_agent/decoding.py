@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 
 
 class DataType(StrEnum):
@@ -122,9 +125,54 @@ def encode_value(value: float, data_type: DataType, order: ByteOrder = ByteOrder
     return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
 
 
+def _as_fraction(number: float) -> tuple[int, int]:
+    """The decimal a profile's number was written as (the shortest repr that reads back as the same float, so
+    0.1 is 1/10, not the binary fraction nearest it), as numerator and a power-of-ten denominator."""
+    sign, digits, exponent = Decimal(repr(float(number))).as_tuple()
+    if not isinstance(exponent, int):  # 'n' or 'F': NaN or infinity
+        raise ValueError(f"{number!r} is not a finite number")  # noqa: TRY004 (a value, not a type, is wrong)
+    mantissa = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+    if exponent >= 0:
+        return mantissa * 10**exponent, 1
+    return mantissa, 10**-exponent
+
+
+@dataclass(frozen=True, slots=True)
+class Scaling:
+    """raw × scale + offset computed exactly in integers over a common power of ten, rounded once to the nearest
+    float: raw 1013 × 0.1 is 101.3 (the decimal the instrument means), not 101.30000000000001 as in float
+    arithmetic. Python's int / int is correctly rounded, so one division gives the nearest float."""
+
+    multiplier: int
+    """scale × divisor"""
+    addend: int
+    """offset × divisor"""
+    divisor: int
+
+    @staticmethod
+    @lru_cache(maxsize=1024)
+    def of(scale: float = 1.0, offset: float = 0.0) -> Scaling:
+        scale_num, scale_den = _as_fraction(scale)
+        offset_num, offset_den = _as_fraction(offset)
+        divisor = max(scale_den, offset_den)  # both are powers of ten: the larger is a multiple of the smaller
+        return Scaling(scale_num * (divisor // scale_den), offset_num * (divisor // offset_den), divisor)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.multiplier == self.divisor and self.addend == 0
+
+    def apply(self, raw: int | float) -> float:
+        """The engineering value of a raw integer or float (a float is taken as the exact binary value it is).
+        Raises OverflowError past the float range and ValueError for NaN (OverflowError for infinity)."""
+        if isinstance(raw, int):
+            return (raw * self.multiplier + self.addend) / self.divisor
+        numerator, denominator = raw.as_integer_ratio()
+        return (numerator * self.multiplier + denominator * self.addend) / (denominator * self.divisor)
+
+
 def scale_value(raw: float, scale: float = 1.0, offset: float = 0.0) -> float:
-    """Engineering value = raw × scale + offset (scaled integers such as value × 10^-n)."""
-    return raw * scale + offset
+    """Engineering value = raw × scale + offset (scaled integers such as value × 10^-n), exactly (Scaling)."""
+    return Scaling.of(scale, offset).apply(raw)
 
 
 def bits_of(word: int, width: int = 16) -> list[bool]:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from aua_contract import MAX_ABS_VALUE, Quality, Reading
 from edge_agent.config import Instrument
-from edge_agent.decoding import struct_layout
+from edge_agent.decoding import Scaling, struct_layout
 from edge_agent.driver import Answer, DeviceException, DriverError, InstrumentDriver
 from edge_agent.planner import (
     Forbidden,
@@ -71,8 +71,8 @@ class TagCodec:
     """pack the request's words little-endian before unpacking (byte orders CDAB, BADC)"""
     layout: str
     """struct format of the value (decoding.struct_layout)"""
-    scale: float
-    offset: float
+    scaling: Scaling | None
+    """exact raw × scale + offset (decoding.Scaling); None when the tag is not scaled"""
     unit: str
     status: str | None
 
@@ -81,8 +81,17 @@ def compile_profile(profile: Profile) -> tuple[TagCodec, ...]:
     codecs = []
     for tag in profile.tag:
         little, layout = (False, "") if tag.function.is_bit else struct_layout(tag.type, profile.byte_order_of(tag))
+        scaling = Scaling.of(tag.scale, tag.offset)
         codecs.append(
-            TagCodec(tag.name, tag.function.is_bit, little, layout, tag.scale, tag.offset, tag.unit, tag.status)
+            TagCodec(
+                tag.name,
+                tag.function.is_bit,
+                little,
+                layout,
+                None if scaling.is_identity else scaling,
+                tag.unit,
+                tag.status,
+            )
         )
     return tuple(codecs)
 
@@ -113,7 +122,14 @@ def _decode_answer(
         except struct.error:
             values[span.name] = None
             continue
-        value = raw * codec.scale + codec.offset if codec.scale != 1 or codec.offset else float(raw)
+        if codec.scaling is None:
+            value = float(raw)
+        else:
+            try:
+                value = codec.scaling.apply(raw)
+            except (OverflowError, ValueError):  # NaN, infinity, or scaled past the float range
+                values[span.name] = None
+                continue
         # NaN, infinity and magnitudes past the contract's bound (a float32 register left at 3.4e38) are no reading.
         values[span.name] = value if -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE else None
 

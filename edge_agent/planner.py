@@ -155,13 +155,16 @@ def explain(requests: list[ReadRequest], max_gap: int, forbidden: tuple[Forbidde
             parts = [f"1 span, {request.count} {unit}"]
         else:
             unused = request.count - _covered(request)
+            how = []
+            if unused > 0:
+                how.append(f"{unused} unused {unit} read along, largest hole {_largest_hole(request)} <= max_gap {gap}")
+            how += [
+                f"{a.name} and {b.name} read the same {unit} {max(a.address, b.address)}..{min(a.end, b.end) - 1}"
+                for a, b in _shared(request)
+            ]
             parts = [
                 f"{len(request.spans)} spans in one read of {request.count} {unit} (limit {limit}): "
-                + (
-                    f"{unused} unused {unit} read along, largest hole {_largest_hole(request)} <= max_gap {gap}"
-                    if unused > 0
-                    else "contiguous"
-                )
+                + (", ".join(how) or "contiguous")
             ]
         if previous is not None and previous.function is request.function:
             hole = request.address - previous.end
@@ -185,6 +188,12 @@ def _largest_hole(request: ReadRequest) -> int:
         largest = max(largest, span.address - end)
         end = max(end, span.end)
     return largest
+
+
+def _shared(request: ReadRequest) -> list[tuple[Span, Span]]:
+    """Pairs of spans reading the same registers or bits (a profile's deliberate `overlaps`), in address order."""
+    spans = sorted(request.spans, key=lambda s: (s.address, s.count, s.name))
+    return [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if b.address < a.end]
 
 
 def _covered(request: ReadRequest) -> int:

@@ -79,8 +79,8 @@ def test_a_mixed_site_loads(tmp_path: Path) -> None:
         ('transport = "rtu"\n', "", 'serial_port is only for transport "rtu"'),
         ("device_id = 2", "device_id = 0", "an RTU device id is 1 ... 247"),
         ("device_id = 2", "device_id = 2\nbaudrate = 9601", "baudrate 9601 is not one of"),
-        ("device_id = 2", 'device_id = 2\nparity = "X"', "instrument.1.parity"),
-        ('transport = "rtu"', 'transport = "modbus"', "instrument.1.transport"),
+        ("device_id = 2", 'device_id = 2\nparity = "X"', 'instrument #2 "flow".parity'),
+        ('transport = "rtu"', 'transport = "modbus"', 'instrument #2 "flow".transport'),
     ],
 )
 def test_transport_fields_are_checked(tmp_path: Path, old: str, new: str, expected: str) -> None:
@@ -113,11 +113,15 @@ def test_errors_name_the_file_the_line_and_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     lines = str(caught.value).splitlines()
-    assert lines[0].startswith(f"{path}:11: instrument.0.port: Input should be less than or equal to 65535")
-    assert lines[1].startswith(f"{path}:13: instrument.1: Value error, baudrate 9601")  # the table's line
+    # Array elements are named and counted from 1, as a person counts them in the file.
+    assert lines[0].startswith(f'{path}:11: instrument #1 "gas".port: Input should be less than or equal to 65535')
+    assert lines[1].startswith(f'{path}:13: instrument #2 "flow": baudrate 9601')  # the table's line
     profile = PROFILE.replace("address = 0", "address = -3")
-    with pytest.raises(ConfigError, match=r"p.toml:6: tag.0.address: Input should be greater than or equal to 0"):
+    with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, SITE, profile))
+    assert str(caught.value).splitlines()[1] == (
+        f'{tmp_path / "p.toml"}:6: tag #1 "so2".address: Input should be greater than or equal to 0'
+    )
 
 
 def test_validate_prints_the_line_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -67,13 +67,14 @@ def test_a_good_config_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
     ("body", "profile", "expected"),
     [
         (GOOD.replace('id = "a1"', 'id = "a/1"'), PROFILE, "agent.id: String should match pattern"),
-        (GOOD.replace("port = 5020", "port = 70000"), PROFILE, "instrument.0.port: Input should be less than"),
-        (GOOD + "\nbogus = 1\n", PROFILE, "bogus: Extra inputs are not permitted"),
+        (GOOD.replace("port = 5020", "port = 70000"), PROFILE, 'instrument #1 "gas".port: Input should be less than'),
+        (GOOD + "\nbogus = 1\n", PROFILE, "bogus: unknown key 'bogus' (allowed here: id, profile,"),
+        (GOOD + "\npot = 1\n", PROFILE, "pot: unknown key 'pot' (did you mean 'port'?)"),
         (GOOD.replace("[agent]", "[agent]\npoll_interval = 0"), PROFILE, "agent.poll_interval"),
         (GOOD + '\n[[instrument]]\nid = "gas"\nprofile = "p.toml"\n', PROFILE, "duplicate instrument ids"),
         (GOOD.replace('"p.toml"', '"missing.toml"'), PROFILE, "missing.toml: file not found"),
-        (GOOD, PROFILE.replace("address = 0", "address = -1"), "instrument.0.profile (gas): "),
-        (GOOD, PROFILE.replace("address = 0", "address = -1"), "tag.0.address"),
+        (GOOD, PROFILE.replace("address = 0", "address = -1"), 'instrument #1 "gas".profile: the profile '),
+        (GOOD, PROFILE.replace("address = 0", "address = -1"), 'tag #1 "so2".address'),
         (GOOD, PROFILE + 'type = "bool"\n', "cannot be read from input"),
         (GOOD, PROFILE.replace('unit = "mg/m3"', 'unit = "mg/m3"\nstatus = "st"'), "unknown status block 'st'"),
         ("[agent\n", PROFILE, "not valid TOML"),
@@ -96,7 +97,7 @@ def test_agent_cli_validate_and_plan(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "FC04 input        0 +2    reads so2" in out
     bad = write_site(tmp_path, GOOD.replace("port = 5020", 'port = "x"'))
     assert agent_main(["validate", str(bad)]) == 1
-    assert "instrument.0.port" in capsys.readouterr().err
+    assert 'instrument #1 "gas".port' in capsys.readouterr().err
 
 
 def test_gateway_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import math
 import struct
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.decoding import ByteOrder, DataType, DecodeError, bits_of, decode_registers, encode_value, scale_value
+from edge_agent.config import Instrument, InstrumentSection
+from edge_agent.decoding import (
+    ByteOrder,
+    DataType,
+    DecodeError,
+    Scaling,
+    bits_of,
+    decode_registers,
+    encode_value,
+    scale_value,
+)
+from edge_agent.instrument_reader import readings_from_answers
+from edge_agent.planner import plan, spans_of
+from edge_agent.profiles import load_profile
 
 ROUND_TRIP = settings(max_examples=60, deadline=None)
 
@@ -268,8 +284,78 @@ def test_decode_error_is_a_value_error() -> None:
 def test_scaled_integers(
     registers: list[int], data_type: DataType, scale: float, offset: float, expected: float
 ) -> None:
-    """Scaled integers: value × 10^-n (cems-mrv.md §6), plus an optional offset."""
-    assert scale_value(decode_registers(registers, data_type), scale, offset) == pytest.approx(expected)
+    """Scaled integers: value × 10^-n (IEC 61131/Modbus convention), plus an optional offset, exactly."""
+    assert scale_value(decode_registers(registers, data_type), scale, offset) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "scale", "offset", "expected"),
+    [
+        pytest.param(1013, 0.1, 0.0, 101.3, id="1013x0.1"),  # float arithmetic: 101.30000000000001
+        pytest.param(10123, 0.1, 0.0, 1012.3, id="10123x0.1"),  # float arithmetic: 1012.3000000000001
+        pytest.param(3, 0.1, 0.0, 0.3, id="3x0.1"),  # float arithmetic: 0.30000000000000004
+        pytest.param(-2731, 0.1, 0.0, -273.1, id="negative"),
+        pytest.param(2000, 0.01, -273.15, -253.15, id="offset-with-more-places"),
+        pytest.param(7, 1e-9, 0.0, 7e-9, id="x10^-9"),
+        pytest.param(5, 1e20, 0.0, 5e20, id="x10^20"),
+        pytest.param(1013.0, 0.1, 0.0, 101.3, id="integral-float"),
+        pytest.param(0.5, 0.1, 0.0, 0.05, id="binary-fraction"),
+    ],
+)
+def test_scaling_gives_the_decimal_the_instrument_means(
+    raw: float, scale: float, offset: float, expected: float
+) -> None:
+    assert scale_value(raw, scale, offset) == expected
+    assert Scaling.of(scale, offset).apply(raw) == expected
+
+
+@given(
+    raw=st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    places=st.integers(min_value=0, max_value=12),
+    offset_places=st.integers(min_value=0, max_value=6),
+    offset_units=st.integers(min_value=-(10**9), max_value=10**9),
+)
+@ROUND_TRIP
+def test_scaled_integer_is_the_nearest_float_to_the_exact_decimal(
+    raw: int, places: int, offset_places: int, offset_units: int
+) -> None:
+    """The reference is Decimal arithmetic with enough precision, independent of Scaling's integers."""
+    scale = float(f"1e-{places}")
+    offset = float(f"{offset_units}e-{offset_places}")
+    exact = Decimal(raw).scaleb(-places) + Decimal(offset_units).scaleb(-offset_places)
+    assert scale_value(raw, scale, offset) == float(exact)
+
+
+def test_scaling_identity_and_bounds() -> None:
+    assert Scaling.of(1.0, 0.0).is_identity
+    assert not Scaling.of(0.1, 0.0).is_identity
+    with pytest.raises(OverflowError):
+        Scaling.of(1e300, 0.0).apply(2**64 - 1)
+    with pytest.raises(ValueError, match="NaN"):
+        Scaling.of(0.1, 0.0).apply(math.nan)
+
+
+def test_the_agent_publishes_the_exact_decimal() -> None:
+    """Through the agent's own decoder (instrument_reader's compiled codecs), not only scale_value."""
+    profile = load_profile(Path(__file__).resolve().parents[1] / "config/profiles/met-station.toml")
+    instrument = Instrument(config=InstrumentSection(id="met", profile=Path("met-station.toml")), profile=profile)
+    requests = plan(spans_of(profile))
+    words = {"wind_speed": 35, "wind_dir": 225, "air_temp": 0xFF53, "air_pressure": 10123, "rel_humidity": 1013}
+    answers = {}
+    for request in requests:
+        answer = [0] * request.count
+        for span in request.spans:
+            if span.name in words:
+                answer[span.address - request.address] = words[span.name]
+        answers[request] = answer
+    values = {r.parameter: r.value for r in readings_from_answers(instrument, answers, datetime.now(UTC))}
+    assert values == {
+        "wind_speed": 3.5,
+        "wind_dir": 225.0,
+        "air_temp": -17.3,
+        "air_pressure": 1012.3,
+        "rel_humidity": 101.3,
+    }
 
 
 def test_scale_value_defaults_to_identity() -> None:

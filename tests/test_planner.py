@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.decoding import DataType
-from edge_agent.planner import MAX_BITS, MAX_REGISTERS, ReadRequest, Span, plan, spans_of
+from edge_agent.planner import MAX_BITS, MAX_REGISTERS, ReadRequest, Span, explain, plan, spans_of
 from edge_agent.profiles import Function, Profile
 
 COIL, DISCRETE, HOLDING, INPUT = Function.COIL, Function.DISCRETE, Function.HOLDING, Function.INPUT
@@ -189,6 +189,38 @@ def test_spans_of_profile() -> None:
         Span("alarms", DISCRETE, 1000, 27),
         Span("words", INPUT, 5278, 2),
     ]
+
+
+@pytest.mark.parametrize(
+    ("spans", "expected"),
+    [
+        pytest.param(
+            [span("so2", 0), span("nox", 2)],
+            "2 spans in one read of 4 registers (limit 125): contiguous",
+            id="contiguous",
+        ),
+        pytest.param(
+            [span("so2", 0), span("nox", 5)],
+            "2 spans in one read of 7 registers (limit 125): 3 unused registers read along,"
+            " largest hole 3 <= max_gap 10",
+            id="hole",
+        ),
+        pytest.param(
+            [span("general", 0, 16, DISCRETE), span("maint", 0, 16, DISCRETE)],
+            "2 spans in one read of 16 bits (limit 2000): general and maint read the same bits 0..15",
+            id="status-blocks-over-the-same-bits",
+        ),
+        pytest.param(
+            [span("general", 0, 8, DISCRETE), span("maint", 4, 8, DISCRETE), span("pump", 20, 1, DISCRETE)],
+            "3 spans in one read of 21 bits (limit 2000): 8 unused bits read along, largest hole 8 <= max_gap 160,"
+            " general and maint read the same bits 4..7",
+            id="shared-and-hole",
+        ),
+    ],
+)
+def test_explain_says_what_a_request_reads(spans: list[Span], expected: str) -> None:
+    """Two status blocks over the same inputs are not "contiguous": they read the same bits."""
+    assert explain(plan(spans), max_gap=10) == [expected]
 
 
 # --- properties ---------------------------------------------------------------------------------------------------
