@@ -235,7 +235,7 @@ Duration = Annotated[timedelta, BeforeValidator(_duration)]
 RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Patterns = Annotated[list[str], BeforeValidator(lambda value: [value] if isinstance(value, str) else value)]
 
-_THRESHOLD_ONLY = ("window", "above", "below", "clear", "unit", "species", "reference_o2")
+_THRESHOLD_ONLY = ("window", "above", "below", "clear", "unit", "species", "reference_o2", "h2o_parameter")
 _KIND_ONLY = {"after": "gap", "count": "stuck", "max_skew": "clock_skew"}
 
 
@@ -267,6 +267,8 @@ class AlertRuleSection(_Strict):
     hold: Duration = timedelta(minutes=5)
     reference_o2: float | None = None
     o2_parameter: str = "o2"
+    o2_wet: bool = Field(default=False, description="the O2 is measured wet (in situ): dried with h2o_parameter")
+    h2o_parameter: str | None = Field(default=None, description="the moisture reading (% vol) that dries a wet O2")
     # data rules
     after: Duration | None = None
     count: int | None = None
@@ -281,7 +283,7 @@ class AlertRuleSection(_Strict):
             if (self.above is None) == (self.below is None):
                 raise ValueError("a threshold rule needs exactly one of above or below")
         else:
-            stray = [key for key in _THRESHOLD_ONLY if getattr(self, key) is not None]
+            stray = [key for key in _THRESHOLD_ONLY if getattr(self, key) is not None] + ["o2_wet"] * self.o2_wet
             if stray:
                 raise ValueError(f"{', '.join(stray)}: only for threshold rules, not {self.kind}")
         for key, kind in _KIND_ONLY.items():
@@ -319,6 +321,8 @@ class AlertRuleSection(_Strict):
                 hold=self.hold,
                 reference_o2=self.reference_o2,
                 o2_parameter=self.o2_parameter,
+                o2_wet=self.o2_wet,
+                h2o_parameter=self.h2o_parameter,
             )
         if self.kind == "offline":
             return OfflineRule(**common)

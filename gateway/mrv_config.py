@@ -313,7 +313,12 @@ class SourceConfig(_Strict):
         if limited and self.o2 is None:
             problems.append(f"pollutant {limited[0].label} is O2-corrected for its limit: set [source.o2]")
         for role, channel in self.channels().items():
-            if channel.wet and self.h2o is None:
+            if channel.wet and self.h2o is None and role == "o2":
+                problems.append(
+                    "o2.wet = true: the reference-O2 correction needs dry O2 (Directive 2010/75/EU Annex VI Part 7): "
+                    "set [source.h2o], the water channel that dries it period by period"
+                )
+            elif channel.wet and self.h2o is None:
                 problems.append(f"{role} is measured wet: set [source.h2o]")
             if channel.conditions == "actual" and (self.temperature is None or self.pressure is None):
                 problems.append(f"{role} is at actual conditions: set [source.temperature] and [source.pressure]")

@@ -103,6 +103,11 @@ class MonitoringPlan(_Model):
     reference: str = Field(description="the approved monitoring plan this report follows")
     reference_o2_percent: float | None
     o2_guard_percent: float
+    o2_basis: str = Field(
+        default="",
+        description="how the measured O2 entered the reference-O2 correction: dry as measured, or wet and dried "
+        "period by period with the moisture channel (Directive 2010/75/EU Annex VI Part 7)",
+    )
     methods: list[MethodEntry]
 
 
@@ -439,10 +444,12 @@ def _limit_series(
     Also the periods whose value could not be standardised (§2: flagged, not judged)."""
     assert channel.elv is not None
     needs = [channel.role]
+    o2_channel = source.channel("o2") if channel.o2_correction else None
+    o2_wet = o2_channel is not None and o2_channel.basis.wet
     if channel.o2_correction:
         needs.append("o2")
-    if channel.basis.wet:
-        needs.append("h2o")
+    if channel.basis.wet or o2_wet:
+        needs.append("h2o")  # the same hour's moisture dries the value and an in-situ (wet) O2 alike
     if channel.basis.actual_conditions:
         needs += ["temperature", "pressure"]
     series: list[Aggregate] = []
@@ -469,6 +476,7 @@ def _limit_series(
                     o2 = inputs["o2"].value
                     assert o2 is not None
                     assert source.reference_o2 is not None
+                    o2 = mrv.dry_o2(o2, wet=o2_wet, h2o_percent=inputs["h2o"].value if "h2o" in inputs else None)
                     concentration = mrv.correct_to_reference_o2(
                         concentration, o2, source.reference_o2, guard=source.o2_guard
                     )
@@ -744,6 +752,7 @@ def build_report_with_rows(
             reference=source.monitoring_plan,
             reference_o2_percent=source.reference_o2,
             o2_guard_percent=source.o2_guard,
+            o2_basis=o2_basis(source),
             methods=[_method(c) for c in source.channels],
         ),
         config=config,
@@ -771,6 +780,23 @@ def revision_audit(revisions: Sequence[RevisionEntry]) -> RevisionAudit:
         approved=sum(r.state == "approved" for r in revisions),
         superseded=sum(r.state == "superseded" for r in revisions),
         listed=ordered[:REVISIONS_LISTED],
+    )
+
+
+def o2_basis(source: SourceInput) -> str:
+    """What the report says about the O2 used for the reference-O2 correction, in words."""
+    o2 = source.channel("o2")
+    if o2 is None or source.reference_o2 is None:
+        return "no reference-O2 correction"
+    formula = "C_ref = C × (21 − O2_ref) / (21 − O2_dry) (Directive 2010/75/EU Annex VI Part 7)"
+    if not o2.basis.wet:
+        return f"{o2.name} ({o2.instrument}/{o2.parameter}) measured dry, used as measured: {formula}"
+    h2o = source.channel("h2o")
+    moisture = f"{h2o.name} ({h2o.instrument}/{h2o.parameter})" if h2o is not None else "the moisture channel"
+    return (
+        f"{o2.name} ({o2.instrument}/{o2.parameter}) measured wet (in situ): dried each {source.base.value} period "
+        f"with the same period's {moisture}, O2_dry = O2_wet / (1 − H2O/100), then {formula}; a period without "
+        "a valid moisture value is not judged"
     )
 
 

@@ -456,6 +456,7 @@ def _summary_rows(report: MrvReport) -> list[tuple[str, object]]:
         ("generated at (UTC)", report.generated_at.isoformat()),
         ("monitoring plan", report.monitoring_plan.reference),
         ("reference O2 (% vol dry)", report.monitoring_plan.reference_o2_percent),
+        ("O2 for the reference-O2 correction", report.monitoring_plan.o2_basis),
         ("config sha256", report.config.sha256),
         ("report schema version", report.schema_version),
     ]

@@ -37,6 +37,7 @@ from gateway.alert_rules import (
     hour_bounds,
     o2_corrected,
     parse_duration,
+    reference_o2_value,
     skew_observation,
 )
 from gateway.alert_state import Level
@@ -149,6 +150,69 @@ def test_o2_correction_follows_the_worked_example_and_guards_high_o2() -> None:
     assert o2_corrected(100.0, 20.9, 6.0) is None
 
 
+def stack_rule(**kwargs: object) -> ThresholdRule:
+    return ThresholdRule(
+        name="stack-so2",
+        window=Window(WindowKind.INSTANT),
+        threshold=Threshold(Direction.ABOVE, 120.0, 120.0),
+        unit="mg/m3",
+        reference_o2=6.0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "simultaneous", "expected"),
+    [
+        (stack_rule(o2_wet=True, h2o_parameter="h2o"), {"o2": 8.0, "h2o": 12.0}, 100 * 15 / (21 - 8 / 0.88)),
+        (stack_rule(), {"o2": 8.0, "h2o": 12.0}, 100 * 15 / 13),
+        (stack_rule(o2_wet=True, h2o_parameter="h2o"), {"o2": 8.0}, None),
+        (stack_rule(o2_wet=True, h2o_parameter="moisture"), {"o2": 9.0, "moisture": 0.0}, 125.0),
+        (stack_rule(o2_wet=True, h2o_parameter="h2o"), {"h2o": 12.0}, None),
+        (stack_rule(o2_wet=True, h2o_parameter="h2o"), {"o2": 18.0, "h2o": 10.0}, None),
+        (stack_rule(o2_parameter="o2_dry"), {"o2_dry": 9.0}, 125.0),
+    ],
+    ids=[
+        "issue 14: wet O2 8 % at 12 % H2O: SO2 100 → 126.0 at 6 % (dried, Directive 2010/75/EU Annex VI Part 7)",
+        "a dry O2 is used as measured: 115.4",
+        "a wet O2 without the same time's moisture gives no value, not a low one",
+        "the moisture parameter is configurable; no moisture: the worked example 125",
+        "no O2 at the same time: no value",
+        "18 % wet at 10 % H2O is 20 % dry, above the 19.5 % guard: no value",
+        "the O2 parameter is configurable",
+    ],
+)
+def test_stack_rules_correct_with_dry_o2(
+    rule: ThresholdRule, simultaneous: dict[str, float], expected: float | None
+) -> None:
+    value = reference_o2_value(rule, 100.0, simultaneous)
+    assert value == (None if expected is None else pytest.approx(expected))
+
+
+def test_issue_14_alert_value_is_126_not_115() -> None:
+    wet = stack_rule(o2_wet=True, h2o_parameter="h2o")
+    assert round(reference_o2_value(wet, 100.0, {"o2": 8.0, "h2o": 12.0}) or 0.0, 1) == 126.0
+    assert wet.threshold.level(126.0) is Level.TRIGGER  # above the 120 limit, which the wet-as-dry 115.4 hid
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"o2_wet": True}, "o2_wet = true needs h2o_parameter"),
+        ({"o2_wet": True, "h2o_parameter": "h2o", "reference_o2": None}, "o2_wet only applies with reference_o2"),
+    ],
+)
+def test_a_wet_o2_rule_without_moisture_is_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ThresholdRule(
+            name="stack-so2",
+            window=Window(WindowKind.INSTANT),
+            threshold=Threshold(Direction.ABOVE, 120.0, 120.0),
+            unit="mg/m3",
+            **{"reference_o2": 6.0, **kwargs},  # type: ignore[arg-type]
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Limits (cems-mrv.md §5) as the config's defaults
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +300,11 @@ def test_overrides_change_only_the_keys_they_set_and_keep_the_hysteresis() -> No
         ({"x": {"kind": "gap", "after": "soon"}}, "alerts.rules.x.after"),
         ({"x y": {"kind": "offline"}}, "rule names"),
         ({"data-gap": {"after": "-1"}}, "alerts.rules.data-gap.after"),
+        (
+            {"x": {"window": "instant", "above": 100, "unit": "mg/m3", "reference_o2": 6.0, "o2_wet": "true"}},
+            "alerts.rules.x: Value error, rule check: o2_wet = true needs h2o_parameter",
+        ),
+        ({"x": {"kind": "gap", "after": "2m", "o2_wet": "true"}}, "o2_wet: only for threshold rules"),
     ],
 )
 def test_bad_rules_are_refused_naming_the_file_and_key(

@@ -760,9 +760,9 @@ def test_part75_substitution_of_one_channel_needs_hourly_periods(tmp_path: Path)
         load_gateway_config(path)
 
 
-async def may_report(folder: Path, rows: list[StoredReading]) -> ProducedReport:
+async def may_report(folder: Path, rows: list[StoredReading], *, source: str = SOURCE) -> ProducedReport:
     """May 2024's report of stack1 (the commented config's source) from these readings, on SQLite."""
-    config = load_gateway_config(write_config(folder, f"sqlite://{folder / 'aua.sqlite'}"))
+    config = load_gateway_config(write_config(folder, f"sqlite://{folder / 'aua.sqlite'}", source=source))
     async with open_store(config.store.url) as store:
         await store.write(rows)
         engine = RollupEngine.from_config(config, store)
@@ -804,3 +804,45 @@ async def test_used_but_flagged_values_are_counted_in_the_report(tmp_path: Path)
     availability = {a.name: a for a in produced.report.availability}
     assert availability["SO2"].flagged_periods == len(flagged_hours)
     assert availability["O2"].flagged_periods == 0
+
+
+WET_O2 = SOURCE.replace(
+    'o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol" }}',
+    'o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol", wet = true }}',
+)
+
+
+async def test_a_wet_o2_is_dried_hour_by_hour_for_the_limits(tmp_path: Path) -> None:
+    """Directive 2010/75/EU Annex VI Part 7 corrects with dry O2: an in-situ O2 of 9 % wet at 10 % H2O is 10 % dry,
+    so SO2 400 mg/Nm³ is 400 × 15 / 11 at 6 % O2 (not 400 × 15 / 12), minus the 20 % × 600 confidence interval
+    (Annex V Part 3 point 9). Two hours whose moisture is missing are not judged and not counted as valid."""
+    rows = [
+        r for r in stack_readings(days=1) if not (r.parameter == "h2o" and MAY_1 + 3 * HOUR <= r.ts < MAY_1 + 5 * HOUR)
+    ]
+    hourly_limit = ("ci_percent = 20\n", 'ci_percent = 20\nelv_period = "1h"\n')
+    produced = await may_report(tmp_path, rows, source=WET_O2.replace(*hourly_limit))
+    so2 = next(limit for limit in produced.report.limits if limit.pollutant == "SO2")
+    assert so2.max_validated == pytest.approx(400 * 15 / (21 - 9 / 0.9) - 0.2 * 600)
+    assert so2.valid_periods == 24 - 1 - 2  # the 10:00 calibration hour, and two hours without moisture
+    (tmp_path / "dry").mkdir()
+    dry = await may_report(tmp_path / "dry", rows, source=SOURCE.replace(*hourly_limit))
+    dry_so2 = next(limit for limit in dry.report.limits if limit.pollutant == "SO2")
+    assert dry_so2.max_validated == pytest.approx(400 * 15 / 12 - 0.2 * 600)  # the O2 taken as measured
+    assert dry_so2.valid_periods == 24 - 1  # a dry O2 needs no moisture for the SO2 limit
+    dust = next(limit for limit in produced.report.limits if limit.pollutant == "Dust")
+    dust_dry_std = 20.0 * (140 + 273.15) / 273.15 * 101.3 / 100 / 0.9  # T/p to standard, wet to dry
+    assert dust.max_validated == pytest.approx(dust_dry_std * 15 / (21 - 9 / 0.9) - 0.3 * 50)
+    basis = produced.report.monitoring_plan.o2_basis
+    assert "measured wet" in basis
+    assert "H2O (stack1-gas/h2o)" in basis
+    assert "Annex VI Part 7" in basis
+    assert "measured dry" in dry.report.monitoring_plan.o2_basis
+
+
+def test_a_wet_o2_without_a_water_channel_is_refused(tmp_path: Path) -> None:
+    source = WET_O2.replace('h2o = {{ instrument = "stack1-gas", parameter = "h2o", unit = "%vol" }}\n', "")
+    source = source.replace("wet = true\nconditions", "conditions")  # the dust: only the O2 is wet
+    path = write_config(tmp_path, "sqlite://x.sqlite", source=source)
+    with pytest.raises(GatewayConfigError, match=r"o2.wet = true: the reference-O2 correction needs dry O2") as error:
+        load_gateway_config(path)
+    assert "set [source.h2o]" in str(error.value)
