@@ -7,7 +7,7 @@ for the meaning of each setting).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway import mrv
+from gateway.compliance import Compliance, ComplianceCheck, compliance_for
 from gateway.report import ChannelInput, SourceInput
 from gateway.rollup import RULE_SETS, BaseRule, Period, RuleSet
 from gateway.substitution import Method, SubstitutionSpec
@@ -50,6 +51,36 @@ def _check_time_zone(name: str) -> str:
     return name
 
 
+class ComplianceConfig(_Strict):
+    """IED compliance tests of a rule set's limits (docs/mrv-limits.md): which apply and their percentages.
+    Unset keys keep the values of the rule set it is based on (ied-lcp: Directive 2010/75/EU Annex V Part 4;
+    ied-wi: Annex VI Part 8; the others have no tests)."""
+
+    tests: list[ComplianceCheck] | None = Field(
+        default=None, description="which apply: month-mean, day-mean, base-share ([] for none)"
+    )
+    month_mean_percent: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None, description="every valid monthly mean ≤ this % of the ELV (ied-lcp 100)"
+    )
+    day_mean_percent: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None, description="every valid daily mean ≤ this % of the ELV (ied-lcp 110, ied-wi 100)"
+    )
+    base_percent: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None, description="limit of the base-period test, % of the ELV (ied-lcp 200, ied-wi 100)"
+    )
+    base_share_percent: Annotated[float, Field(gt=0, le=100)] | None = Field(
+        default=None, description="share of valid base periods that must be at or below it (ied-lcp 95, ied-wi 97)"
+    )
+    citation: str | None = None
+
+    @field_validator("tests")
+    @classmethod
+    def _once(cls, tests: list[ComplianceCheck] | None) -> list[ComplianceCheck] | None:
+        if tests is not None and len(set(tests)) != len(tests):
+            raise ValueError(f"a test is named twice: {', '.join(tests)}")
+        return tests
+
+
 class RuleSetConfig(_Strict):
     """A rule set of your own: a built-in one with some numbers changed (cems-mrv.md §3)."""
 
@@ -65,6 +96,9 @@ class RuleSetConfig(_Strict):
     exclude_maintenance: bool | None = None
     sample_interval_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     citation: str | None = None
+    compliance: ComplianceConfig | None = Field(
+        default=None, description="IED compliance tests; default: those of based_on (docs/mrv-limits.md)"
+    )
 
     @field_validator("based_on")
     @classmethod
@@ -149,10 +183,24 @@ class RollupSection(_Strict):
         """Built-in rule sets plus those defined here."""
         resolved = dict(RULE_SETS)
         for name, custom in self.rule_sets.items():
-            changes = custom.model_dump(exclude_none=True, exclude={"based_on"})
+            changes = custom.model_dump(exclude_none=True, exclude={"based_on", "compliance"})
             if "base" in changes:
                 changes["base"] = Period(changes["base"])
             resolved[name] = RULE_SETS[custom.based_on].with_changes(name=name, **changes)
+        return resolved
+
+    def resolved_compliance(self) -> dict[str, Compliance]:
+        """The IED compliance tests of every rule set: built-in defaults, and those of [rollup.rule_sets] (their
+        based_on's, with the keys they set changed)."""
+        resolved = {name: compliance_for(name) for name in RULE_SETS}
+        for name, custom in self.rule_sets.items():
+            spec = compliance_for(custom.based_on)
+            if custom.compliance is not None:
+                changes = custom.compliance.model_dump(exclude_none=True)
+                if "tests" in changes:
+                    changes["tests"] = tuple(ComplianceCheck(t) for t in changes["tests"])
+                spec = spec.with_changes(**changes)
+            resolved[name] = spec
         return resolved
 
 
@@ -497,11 +545,20 @@ class RuleResolver:
         return resolver
 
 
+def _compliance_of(rule_set: str, compliance: Mapping[str, Compliance] | None) -> Compliance:
+    if compliance is not None and rule_set in compliance:
+        return compliance[rule_set]
+    return compliance_for(rule_set)
+
+
 _ROLE_NAMES = {"flow": "Flow", "o2": "O2", "h2o": "H2O", "temperature": "Temperature", "pressure": "Pressure"}
 
 
-def source_input(source: SourceConfig, rule_sets: dict[str, RuleSet]) -> SourceInput:
-    """The plain data the pure report builder needs from a [[source]] table."""
+def source_input(
+    source: SourceConfig, rule_sets: dict[str, RuleSet], compliance: Mapping[str, Compliance] | None = None
+) -> SourceInput:
+    """The plain data the pure report builder needs from a [[source]] table; `compliance` by rule set name
+    (RollupSection.resolved_compliance; default: the built-in rule sets' tests)."""
     mass_roles = set(source.mass_roles())
     channels = []
     for role, channel in source.channels().items():
@@ -524,6 +581,7 @@ def source_input(source: SourceConfig, rule_sets: dict[str, RuleSet]) -> SourceI
                 elv_period=pollutant.elv_period if pollutant else "1d",
                 ci_percent=(pollutant.confidence_percent or 0.0) if pollutant else 0.0,
                 o2_correction=pollutant.o2_correction if pollutant else False,
+                compliance=_compliance_of(channel.rule_set or source.rule_set, compliance),
             )
         )
     return SourceInput(

@@ -238,7 +238,8 @@ async def test_report_files_are_written_and_readable(
             "stack1-2024-05.json",
             "stack1-2024-05.xlsx",
             "stack1-2024-05.pdf",
-            *(f"stack1-2024-05-{n}.csv" for n in ("totals", "availability", "limits", "exceedances", "substituted")),
+            *(f"stack1-2024-05-{n}.csv" for n in ("totals", "availability", "limits", "compliance", "exceedances")),
+            "stack1-2024-05-substituted.csv",
             "stack1-2024-05-maintenance.csv",
             "stack1-2024-05-revisions.csv",
             "stack1-2024-05-hourly.csv",
@@ -256,9 +257,13 @@ async def test_report_files_are_written_and_readable(
     assert "EU MRR Art. 45" in hourly[10]["SO2 method"]
     workbook = load_workbook(tmp_path / "out" / "stack1-2024-05.xlsx", read_only=True)
     assert workbook.sheetnames == [
-        "Summary", "Totals", "Availability", "Limits", "Exceedances", "Substituted", "Maintenance", "Revisions",
-        "Hourly", "Config",
+        "Summary", "Totals", "Availability", "Limits", "Compliance", "Exceedances", "Substituted", "Maintenance",
+        "Revisions", "Hourly", "Config",
     ]  # fmt: skip
+    compliance = list(workbook["Compliance"].iter_rows(values_only=True))
+    assert [row[:2] for row in compliance[1:]] == [
+        (n, t) for n in ("SO2", "Dust") for t in ("month-mean", "day-mean", "base-share")
+    ]
     totals = list(workbook["Totals"].iter_rows(values_only=True))
     assert totals[0][:2] == ("name", "parameter")
     assert totals[1][0] == "SO2"
@@ -846,3 +851,28 @@ def test_a_wet_o2_without_a_water_channel_is_refused(tmp_path: Path) -> None:
     with pytest.raises(GatewayConfigError, match=r"o2.wet = true: the reference-O2 correction needs dry O2") as error:
         load_gateway_config(path)
     assert "set [source.h2o]" in str(error.value)
+
+
+async def test_ied_compliance_tests_are_in_the_report(tmp_path: Path) -> None:
+    """Directive 2010/75/EU Annex V Part 4 point 1 (ied-lcp defaults), SO2 ELV 600, CI 20 % (120): local May 1
+    has SO2 400 at 9 % O2 → 400 × 15/12 − 120 = 380 every valid hour; 22:00–24:00 at 1,200 → 1,500 − 120 = 1,380,
+    above 200 % (1,200). Valid hours: 23 (the 10:00 calibration hour is invalid), 2 above: 21/23 = 91.3 % < 95 %:
+    the hourly test fails; the day, (21 × 380 + 2 × 1,380) / 23 = 466.96, is ≤ 110 % (660) and ≤ 100 % (600)."""
+    rows = [
+        dataclasses.replace(r, value=1200.0) if r.parameter == "so2" and r.ts >= MAY_1 + 22 * HOUR else r
+        for r in stack_readings(days=1)
+    ]
+    produced = await may_report(tmp_path, rows)
+    tests = {(c.pollutant, c.test): c for c in produced.report.compliance}
+    day_mean = (21 * 380 + 2 * 1380) / 23
+    month, day, hours = tests["SO2", "month-mean"], tests["SO2", "day-mean"], tests["SO2", "base-share"]
+    assert (month.limit, month.periods, month.max_value, month.passed) == (600, 1, pytest.approx(day_mean), True)
+    assert (day.limit, day.periods, day.max_value, day.passed) == (pytest.approx(660), 1, pytest.approx(day_mean), True)
+    assert (hours.limit, hours.periods, hours.periods_above, hours.passed) == (1200, 23, 2, False)
+    assert hours.share_within_percent == pytest.approx(100 * 21 / 23)
+    assert hours.description == "95 % of 1h values ≤ 200 % of the ELV"
+    assert hours.above_local == [(MAY_1 + n * HOUR).astimezone(ALMATY).isoformat() for n in (22, 23)]
+    assert "Annex V Part 4" in hours.citation
+    assert "provisional" in hours.scope
+    assert any("SO2: IED compliance test failed: 95 % of 1h values" in w for w in produced.report.warnings)
+    assert tests["Dust", "base-share"].passed is True
