@@ -554,7 +554,9 @@ class StateFeedSection(_Strict):
 
     url: str = Field(description="POST endpoint of the state system (or of the operator's relay to it)")
     token: SecretStr | None = Field(default=None, description="sent as 'Authorization: Bearer TOKEN'")
-    period: Literal["1m", "30m", "1h", "1d"] = Field(default="1h", description="which averages are sent")
+    period: Literal["1m", "20m", "30m", "1h", "1d"] = Field(
+        default="1h", description="which averages are sent; 20m: computed from the stored 1-minute rollups"
+    )
     interval_s: Annotated[float, Field(gt=0, le=86400)] = Field(default=60.0, description="how often to send")
     delay_s: Annotated[float, Field(ge=0, le=86400)] = Field(
         default=120.0, description="a period is sent this long after it ends (rollups and late data first)"
