@@ -211,7 +211,9 @@ class StateFeed:
             minutes = await self.store.query_aggregates(
                 period=Period.MINUTE, start=window_start - TWENTY_MINUTES, end=now
             )
-            aggregates = [a for a in twenty_minute_averages(minutes, self.rules) if a.start >= window_start]
+            # ~0.8 s for 20 series × 24 h on a loaded 2-core machine: off the event loop that ingests
+            computed = await asyncio.to_thread(twenty_minute_averages, minutes, self.rules)
+            aggregates = [a for a in computed if a.start >= window_start]
         else:
             period = Period(label)
             # Periods that ended within the correction window; a (local, up to 25-hour) day starts a day earlier.
