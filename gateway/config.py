@@ -42,7 +42,14 @@ from gateway.alert_rules import (
     parse_duration,
 )
 from gateway.alert_state import DeliveryPolicy, Severity
-from gateway.mrv_config import RollupSection, SourceConfig, check_sources, resolve_mrv_paths, source_problems
+from gateway.mrv_config import (
+    RollupSection,
+    SourceConfig,
+    check_sources,
+    resolve_mrv_paths,
+    source_problems,
+    wet_o2_alert_problems,
+)
 from gateway.stores import open_store
 
 
@@ -595,6 +602,14 @@ class GatewayConfig(_Strict):
     def _sources_fit_rollup(self, info: ValidationInfo) -> GatewayConfig:
         if not (info.context or {}).get("sources_checked_by_caller"):
             check_sources(self.rollup, self.sources)
+        return self
+
+    @model_validator(mode="after")
+    def _no_wet_o2_taken_as_dry(self) -> GatewayConfig:
+        if self.alerts is not None and self.sources:
+            problems = wet_o2_alert_problems(self.alerts.effective_rules(), self.sources)
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway import mrv
+from gateway.alert_rules import Rule, ThresholdRule
 from gateway.compliance import Compliance, ComplianceCheck, compliance_for
 from gateway.report import ChannelInput, SourceInput
 from gateway.rollup import RULE_SETS, BaseRule, Period, RuleSet
@@ -33,6 +34,7 @@ __all__ = [
     "find_source",
     "resolve_mrv_paths",
     "source_input",
+    "wet_o2_alert_problems",
 ]
 
 
@@ -478,6 +480,27 @@ def source_problems(rollup: RollupSection, sources: Sequence[SourceConfig]) -> l
             for number, p in enumerate(source.pollutant)
             if p.elv is not None and p.elv_period not in (base.value, Period.DAY.value)
         ]
+    return problems
+
+
+def wet_o2_alert_problems(rules: Sequence[Rule], sources: Sequence[SourceConfig]) -> list[str]:
+    """O2-corrected alert rules that would take a [[source]]'s wet O2 as dry (Directive 2010/75/EU Annex VI Part 7
+    corrects with dry O2): a rule whose scope covers the O2 instrument of a source with `o2.wet = true`, correcting
+    with that O2 parameter, must say `o2_wet = true` (and the moisture to dry it with)."""
+    problems = []
+    for rule in rules:
+        if not isinstance(rule, ThresholdRule) or rule.reference_o2 is None or rule.o2_wet:
+            continue
+        for source in sources:
+            o2 = source.o2
+            if o2 is None or not o2.wet or o2.parameter != rule.o2_parameter:
+                continue
+            if rule.scope.matches(source.site, "", o2.instrument):
+                problems.append(
+                    f"alerts.rules.{rule.name}: corrects with {o2.instrument}/{o2.parameter}, which [[source]] "
+                    f"{source.id} measures wet: set o2_wet = true and h2o_parameter (the moisture reading that dries "
+                    "it), or narrow the rule's scope"
+                )
     return problems
 
 

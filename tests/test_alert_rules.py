@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aua_contract import Quality
+from aua_contract import Batch, Quality, Reading
 from gateway.alert_rules import (
     AMBIENT_PDK,
     ClockSkewRule,
@@ -40,7 +40,8 @@ from gateway.alert_rules import (
     reference_o2_value,
     skew_observation,
 )
-from gateway.alert_state import Level
+from gateway.alert_state import AlertKey, Level, Phase
+from gateway.alerts import AlertEngine, AlertStore
 from gateway.config import AlertsSection, GatewayConfigError, load_gateway_config
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)  # 11:00 in Pavlodar (UTC+5)
@@ -150,9 +151,9 @@ def test_o2_correction_follows_the_worked_example_and_guards_high_o2() -> None:
     assert o2_corrected(100.0, 20.9, 6.0) is None
 
 
-def stack_rule(**kwargs: object) -> ThresholdRule:
+def stack_rule(name: str = "stack-so2", **kwargs: object) -> ThresholdRule:
     return ThresholdRule(
-        name="stack-so2",
+        name=name,
         window=Window(WindowKind.INSTANT),
         threshold=Threshold(Direction.ABOVE, 120.0, 120.0),
         unit="mg/m3",
@@ -569,3 +570,34 @@ def test_rules_check_their_own_numbers() -> None:
         hg_rule(Window(WindowKind.INSTANT), min_coverage=0.0)
     with pytest.raises(ValueError, match="minutes only applies to rolling"):
         Window(WindowKind.DAILY, 5)
+
+
+async def test_the_engine_dries_a_wet_o2_with_the_same_instruments_moisture(tmp_path: Path) -> None:
+    """Issue 14 through the real engine: SO2 100 mg/m³ with an in-situ O2 of 8 % at 12 % H2O is 126.0 at 6 % O2,
+    above a 120 limit; the same rule without o2_wet (O2 taken as dry: 115.4) stays quiet, and a wet rule whose
+    moisture reading is missing has no value to judge."""
+    rules = [
+        stack_rule(name="wet", o2_wet=True, h2o_parameter="h2o", scope=Scope(parameters=("so2",))),
+        stack_rule(name="as-dry", scope=Scope(parameters=("so2",))),
+        stack_rule(name="no-moisture", o2_wet=True, h2o_parameter="moisture", scope=Scope(parameters=("so2",))),
+    ]
+    engine = AlertEngine(rules, AlertStore(tmp_path / "alerts.sqlite"))
+    try:
+        for second in range(3):
+            ts = at(second)
+            readings = [
+                Reading(instrument="stack1-gas", parameter=p, value=v, unit=u, ts=ts)
+                for p, v, u in (("so2", 100.0, "mg/m3"), ("o2", 8.0, "%vol"), ("h2o", 12.0, "%vol"))
+            ]
+            batch = Batch(site="chp", agent="chp-stack1", seq=second + 1, sent_at=ts, readings=readings)
+            await engine.on_batch(batch, ts)
+            await engine.tick(ts)
+        states = {name: engine.state_of(AlertKey(name, "chp", "chp-stack1", "stack1-gas", "so2")) for name in
+                  ("wet", "as-dry", "no-moisture")}  # fmt: skip
+        wet = states["wet"]
+        assert wet is not None
+        assert (wet.phase, wet.value) == (Phase.FIRING, pytest.approx(100 * 15 / (21 - 8 / 0.88)))
+        assert states["as-dry"] is None or states["as-dry"].phase is not Phase.FIRING
+        assert states["no-moisture"] is None or states["no-moisture"].phase is not Phase.FIRING
+    finally:
+        engine.close()

@@ -876,3 +876,42 @@ async def test_ied_compliance_tests_are_in_the_report(tmp_path: Path) -> None:
     assert "provisional" in hours.scope
     assert any("SO2: IED compliance test failed: 95 % of 1h values" in w for w in produced.report.warnings)
     assert tests["Dust", "base-share"].passed is True
+
+
+STACK_ALERT = """[alerts]
+[alerts.rules.stack-so2]
+site = "pavlodar-chp"
+parameter = "so2"
+window = "instant"
+above = 1200
+unit = "mg/m3"
+reference_o2 = 6.0
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "rule", "refused"),
+    [
+        (WET_O2, "", True),
+        (WET_O2, 'o2_wet = true\nh2o_parameter = "h2o"\n', False),
+        (WET_O2, 'instrument = "stack2-gas"\n', False),
+        (SOURCE, "", False),
+    ],
+    ids=[
+        "a rule correcting with a source's wet O2 as if dry is refused",
+        "o2_wet with the moisture reading loads",
+        "a rule on another instrument loads",
+        "a dry O2 needs nothing",
+    ],
+)
+def test_an_alert_rule_taking_a_wet_o2_as_dry_is_refused(tmp_path: Path, source: str, rule: str, refused: bool) -> None:
+    path = write_config(tmp_path, "sqlite://x.sqlite", extra=STACK_ALERT + rule, source=source)
+    if not refused:
+        assert load_gateway_config(path).alerts is not None
+        return
+    with pytest.raises(GatewayConfigError) as error:
+        load_gateway_config(path)
+    assert "alerts.rules.stack-so2: corrects with stack1-gas/o2, which [[source]] stack1 measures wet" in str(
+        error.value
+    )
+    assert "set o2_wet = true and h2o_parameter" in str(error.value)
