@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, tzinfo
 from enum import StrEnum
@@ -27,7 +27,7 @@ from typing import Final
 
 from aua_contract import Quality
 from gateway.alert_state import ZERO, AlertKey, Level, Observation, Severity, Timing
-from gateway.mrv import StandardisationError, correct_to_reference_o2
+from gateway.mrv import StandardisationError, correct_to_reference_o2, dry_o2
 
 # --------------------------------------------------------------------------------------------------
 # Durations: "90", "90s", "15m", "2h", "1d", "1h30m"
@@ -142,13 +142,29 @@ def conversion_factor(from_unit: str, to_unit: str, *, species: str | None, refe
     return _MASS_NG_PER_M3[source] / ng_per_m3_per_mol_per_mol / _MIXING_MOL_PER_MOL[target]
 
 
-def o2_corrected(value: float, o2_measured: float, o2_reference: float) -> float | None:
-    """mrv.correct_to_reference_o2 (cems-mrv.md §2), or None where it refuses (O2 at the guard or above):
-    an alert then has no value to compare rather than an exploded one."""
+def o2_corrected(
+    value: float, o2_measured: float, o2_reference: float, *, o2_wet: bool = False, h2o_percent: float | None = None
+) -> float | None:
+    """mrv.correct_to_reference_o2 with dry O2 (Directive 2010/75/EU Annex VI Part 7): a wet (in-situ) O2 is
+    dried with the simultaneous moisture first (mrv.dry_o2). None where that is refused (O2 at the guard or
+    above, moisture missing or ≥ 100 %): an alert then has no value to compare rather than a wrong one."""
     try:
-        return correct_to_reference_o2(value, o2_measured, o2_reference)
+        return correct_to_reference_o2(value, dry_o2(o2_measured, wet=o2_wet, h2o_percent=h2o_percent), o2_reference)
     except StandardisationError:
         return None
+
+
+def reference_o2_value(rule: ThresholdRule, value: float, simultaneous: Mapping[str, float]) -> float | None:
+    """A stack rule's sample corrected to its reference O2 with the readings of the same instrument at the same
+    time (`simultaneous`: parameter → usable value): the O2, and for a wet O2 the moisture that dries it.
+    None when one of them is missing or the correction is refused."""
+    if rule.reference_o2 is None:
+        return value
+    o2 = simultaneous.get(rule.o2_parameter)
+    h2o = simultaneous.get(rule.h2o_parameter) if rule.h2o_parameter else None
+    if o2 is None or (rule.o2_wet and h2o is None):
+        return None
+    return o2_corrected(value, o2, rule.reference_o2, o2_wet=rule.o2_wet, h2o_percent=h2o)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,6 +337,9 @@ class ThresholdRule(RuleBase):
     reference_o2: float | None = None
     """stack limits: correct each sample to this O2 % first (cems-mrv.md §2), with the instrument's O2"""
     o2_parameter: str = "o2"
+    o2_wet: bool = False
+    """the O2 is measured wet (in-situ zirconia): dried with `h2o_parameter` of the same time before correcting"""
+    h2o_parameter: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -330,6 +349,13 @@ class ThresholdRule(RuleBase):
             raise ValueError(f"rule {self.name}: hold must be positive")
         if self.reference_o2 is not None and not 0 <= self.reference_o2 < 21:
             raise ValueError(f"rule {self.name}: reference_o2 must be within 0 ... 21 %")
+        if self.o2_wet and self.reference_o2 is None:
+            raise ValueError(f"rule {self.name}: o2_wet only applies with reference_o2")
+        if self.o2_wet and not self.h2o_parameter:
+            raise ValueError(
+                f"rule {self.name}: o2_wet = true needs h2o_parameter, the instrument's moisture reading that dries "
+                "the O2 (the reference-O2 correction takes dry O2: Directive 2010/75/EU Annex VI Part 7)"
+            )
 
     @property
     def timing(self) -> Timing:

@@ -54,8 +54,8 @@ from gateway.alert_rules import (
     failure_observation,
     format_duration,
     gap_observation,
-    o2_corrected,
     offline_observation,
+    reference_o2_value,
     skew_observation,
 )
 from gateway.alert_state import (
@@ -855,18 +855,12 @@ class AlertEngine:
             return None
         value = reading.value
         if value is not None and rule.reference_o2 is not None:
-            o2 = next(
-                (
-                    r.value
-                    for r in instrument_readings
-                    if r.parameter == rule.o2_parameter
-                    and r.ts == reading.ts
-                    and r.value is not None
-                    and r.quality.usable
-                ),
-                None,
-            )
-            value = None if o2 is None else o2_corrected(value, o2, rule.reference_o2)
+            simultaneous = {
+                r.parameter: r.value
+                for r in instrument_readings
+                if r.ts == reading.ts and r.value is not None and r.quality.usable
+            }
+            value = reference_o2_value(rule, value, simultaneous)
         return Sample(reading.ts, None if value is None else value * factor, reading.quality)
 
     def _evaluator(self, alert: _Alert) -> ThresholdEvaluator | StuckEvaluator:

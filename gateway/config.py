@@ -42,7 +42,14 @@ from gateway.alert_rules import (
     parse_duration,
 )
 from gateway.alert_state import DeliveryPolicy, Severity
-from gateway.mrv_config import RollupSection, SourceConfig, check_sources, resolve_mrv_paths, source_problems
+from gateway.mrv_config import (
+    RollupSection,
+    SourceConfig,
+    check_sources,
+    resolve_mrv_paths,
+    source_problems,
+    wet_o2_alert_problems,
+)
 from gateway.stores import open_store
 
 
@@ -235,7 +242,7 @@ Duration = Annotated[timedelta, BeforeValidator(_duration)]
 RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Patterns = Annotated[list[str], BeforeValidator(lambda value: [value] if isinstance(value, str) else value)]
 
-_THRESHOLD_ONLY = ("window", "above", "below", "clear", "unit", "species", "reference_o2")
+_THRESHOLD_ONLY = ("window", "above", "below", "clear", "unit", "species", "reference_o2", "h2o_parameter")
 _KIND_ONLY = {"after": "gap", "count": "stuck", "max_skew": "clock_skew"}
 
 
@@ -267,6 +274,8 @@ class AlertRuleSection(_Strict):
     hold: Duration = timedelta(minutes=5)
     reference_o2: float | None = None
     o2_parameter: str = "o2"
+    o2_wet: bool = Field(default=False, description="the O2 is measured wet (in situ): dried with h2o_parameter")
+    h2o_parameter: str | None = Field(default=None, description="the moisture reading (% vol) that dries a wet O2")
     # data rules
     after: Duration | None = None
     count: int | None = None
@@ -281,7 +290,7 @@ class AlertRuleSection(_Strict):
             if (self.above is None) == (self.below is None):
                 raise ValueError("a threshold rule needs exactly one of above or below")
         else:
-            stray = [key for key in _THRESHOLD_ONLY if getattr(self, key) is not None]
+            stray = [key for key in _THRESHOLD_ONLY if getattr(self, key) is not None] + ["o2_wet"] * self.o2_wet
             if stray:
                 raise ValueError(f"{', '.join(stray)}: only for threshold rules, not {self.kind}")
         for key, kind in _KIND_ONLY.items():
@@ -319,6 +328,8 @@ class AlertRuleSection(_Strict):
                 hold=self.hold,
                 reference_o2=self.reference_o2,
                 o2_parameter=self.o2_parameter,
+                o2_wet=self.o2_wet,
+                h2o_parameter=self.h2o_parameter,
             )
         if self.kind == "offline":
             return OfflineRule(**common)
@@ -550,7 +561,9 @@ class StateFeedSection(_Strict):
 
     url: str = Field(description="POST endpoint of the state system (or of the operator's relay to it)")
     token: SecretStr | None = Field(default=None, description="sent as 'Authorization: Bearer TOKEN'")
-    period: Literal["1m", "30m", "1h", "1d"] = Field(default="1h", description="which averages are sent")
+    period: Literal["1m", "20m", "30m", "1h", "1d"] = Field(
+        default="1h", description="which averages are sent; 20m: computed from the stored 1-minute rollups"
+    )
     interval_s: Annotated[float, Field(gt=0, le=86400)] = Field(default=60.0, description="how often to send")
     delay_s: Annotated[float, Field(ge=0, le=86400)] = Field(
         default=120.0, description="a period is sent this long after it ends (rollups and late data first)"
@@ -589,6 +602,14 @@ class GatewayConfig(_Strict):
     def _sources_fit_rollup(self, info: ValidationInfo) -> GatewayConfig:
         if not (info.context or {}).get("sources_checked_by_caller"):
             check_sources(self.rollup, self.sources)
+        return self
+
+    @model_validator(mode="after")
+    def _no_wet_o2_taken_as_dry(self) -> GatewayConfig:
+        if self.alerts is not None and self.sources:
+            problems = wet_o2_alert_problems(self.alerts.effective_rules(), self.sources)
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "co2_rate_t_h",
     "confidence_interval",
     "correct_to_reference_o2",
+    "dry_o2",
     "exceedances",
     "flow_to_dry_standard",
     "mass_kg",
@@ -124,6 +125,22 @@ def correct_to_reference_o2(
 ) -> float:
     """C_ref = C_meas × (21 − O2_ref) / (21 − O2_meas) (§2). 100 mg/m³ at 9 % → 125 mg/m³ at 6 %."""
     return concentration * o2_correction_factor(o2_measured, o2_reference, guard=guard)
+
+
+def dry_o2(o2_measured: float, *, wet: bool, h2o_percent: float | None) -> float:
+    """The O2 the reference-O2 correction needs: dry, % vol.
+
+    Directive 2010/75/EU Annex VI Part 7 corrects with the measured O2 of gas standardised "after correction
+    for the water vapour content" (Annex V Part 1, Annex VI Part 2; EN 14181 works on the same standard
+    conditions): an in-situ (wet) O2 is dried with the simultaneous moisture of the same period,
+    O2_dry = O2_wet / (1 − H2O). 8 % wet at 12 % H2O is 9.09 % dry; used as dry it would understate a
+    corrected concentration by 8 % (solid fuel, 6 % reference).
+    """
+    if not wet:
+        return o2_measured
+    if h2o_percent is None:
+        raise StandardisationError("O2 is measured wet: the moisture of the same period is needed to dry it")
+    return wet_to_dry(o2_measured, h2o_percent)
 
 
 def wet_to_dry(concentration_wet: float, h2o_percent: float) -> float:

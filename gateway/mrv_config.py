@@ -7,7 +7,7 @@ for the meaning of each setting).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway import mrv
+from gateway.alert_rules import Rule, ThresholdRule
+from gateway.compliance import Compliance, ComplianceCheck, compliance_for
 from gateway.report import ChannelInput, SourceInput
 from gateway.rollup import RULE_SETS, BaseRule, Period, RuleSet
 from gateway.substitution import Method, SubstitutionSpec
@@ -32,6 +34,7 @@ __all__ = [
     "find_source",
     "resolve_mrv_paths",
     "source_input",
+    "wet_o2_alert_problems",
 ]
 
 
@@ -50,6 +53,36 @@ def _check_time_zone(name: str) -> str:
     return name
 
 
+class ComplianceConfig(_Strict):
+    """IED compliance tests of a rule set's limits (docs/mrv-limits.md): which apply and their percentages.
+    Unset keys keep the values of the rule set it is based on (ied-lcp: Directive 2010/75/EU Annex V Part 4;
+    ied-wi: Annex VI Part 8; the others have no tests)."""
+
+    tests: list[ComplianceCheck] | None = Field(
+        default=None, description="which apply: month-mean, day-mean, base-share ([] for none)"
+    )
+    month_mean_percent: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None, description="every valid monthly mean ≤ this % of the ELV (ied-lcp 100)"
+    )
+    day_mean_percent: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None, description="every valid daily mean ≤ this % of the ELV (ied-lcp 110, ied-wi 100)"
+    )
+    base_percent: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None, description="limit of the base-period test, % of the ELV (ied-lcp 200, ied-wi 100)"
+    )
+    base_share_percent: Annotated[float, Field(gt=0, le=100)] | None = Field(
+        default=None, description="share of valid base periods that must be at or below it (ied-lcp 95, ied-wi 97)"
+    )
+    citation: str | None = None
+
+    @field_validator("tests")
+    @classmethod
+    def _once(cls, tests: list[ComplianceCheck] | None) -> list[ComplianceCheck] | None:
+        if tests is not None and len(set(tests)) != len(tests):
+            raise ValueError(f"a test is named twice: {', '.join(tests)}")
+        return tests
+
+
 class RuleSetConfig(_Strict):
     """A rule set of your own: a built-in one with some numbers changed (cems-mrv.md §3)."""
 
@@ -65,6 +98,9 @@ class RuleSetConfig(_Strict):
     exclude_maintenance: bool | None = None
     sample_interval_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     citation: str | None = None
+    compliance: ComplianceConfig | None = Field(
+        default=None, description="IED compliance tests; default: those of based_on (docs/mrv-limits.md)"
+    )
 
     @field_validator("based_on")
     @classmethod
@@ -149,10 +185,24 @@ class RollupSection(_Strict):
         """Built-in rule sets plus those defined here."""
         resolved = dict(RULE_SETS)
         for name, custom in self.rule_sets.items():
-            changes = custom.model_dump(exclude_none=True, exclude={"based_on"})
+            changes = custom.model_dump(exclude_none=True, exclude={"based_on", "compliance"})
             if "base" in changes:
                 changes["base"] = Period(changes["base"])
             resolved[name] = RULE_SETS[custom.based_on].with_changes(name=name, **changes)
+        return resolved
+
+    def resolved_compliance(self) -> dict[str, Compliance]:
+        """The IED compliance tests of every rule set: built-in defaults, and those of [rollup.rule_sets] (their
+        based_on's, with the keys they set changed)."""
+        resolved = {name: compliance_for(name) for name in RULE_SETS}
+        for name, custom in self.rule_sets.items():
+            spec = compliance_for(custom.based_on)
+            if custom.compliance is not None:
+                changes = custom.compliance.model_dump(exclude_none=True)
+                if "tests" in changes:
+                    changes["tests"] = tuple(ComplianceCheck(t) for t in changes["tests"])
+                spec = spec.with_changes(**changes)
+            resolved[name] = spec
         return resolved
 
 
@@ -313,7 +363,12 @@ class SourceConfig(_Strict):
         if limited and self.o2 is None:
             problems.append(f"pollutant {limited[0].label} is O2-corrected for its limit: set [source.o2]")
         for role, channel in self.channels().items():
-            if channel.wet and self.h2o is None:
+            if channel.wet and self.h2o is None and role == "o2":
+                problems.append(
+                    "o2.wet = true: the reference-O2 correction needs dry O2 (Directive 2010/75/EU Annex VI Part 7): "
+                    "set [source.h2o], the water channel that dries it period by period"
+                )
+            elif channel.wet and self.h2o is None:
                 problems.append(f"{role} is measured wet: set [source.h2o]")
             if channel.conditions == "actual" and (self.temperature is None or self.pressure is None):
                 problems.append(f"{role} is at actual conditions: set [source.temperature] and [source.pressure]")
@@ -428,6 +483,27 @@ def source_problems(rollup: RollupSection, sources: Sequence[SourceConfig]) -> l
     return problems
 
 
+def wet_o2_alert_problems(rules: Sequence[Rule], sources: Sequence[SourceConfig]) -> list[str]:
+    """O2-corrected alert rules that would take a [[source]]'s wet O2 as dry (Directive 2010/75/EU Annex VI Part 7
+    corrects with dry O2): a rule whose scope covers the O2 instrument of a source with `o2.wet = true`, correcting
+    with that O2 parameter, must say `o2_wet = true` (and the moisture to dry it with)."""
+    problems = []
+    for rule in rules:
+        if not isinstance(rule, ThresholdRule) or rule.reference_o2 is None or rule.o2_wet:
+            continue
+        for source in sources:
+            o2 = source.o2
+            if o2 is None or not o2.wet or o2.parameter != rule.o2_parameter:
+                continue
+            if rule.scope.matches(source.site, "", o2.instrument):
+                problems.append(
+                    f"alerts.rules.{rule.name}: corrects with {o2.instrument}/{o2.parameter}, which [[source]] "
+                    f"{source.id} measures wet: set o2_wet = true and h2o_parameter (the moisture reading that dries "
+                    "it), or narrow the rule's scope"
+                )
+    return problems
+
+
 def find_source(sources: Sequence[SourceConfig], source_id: str) -> SourceConfig:
     """The [[source]] with this id; LookupError naming the known ones otherwise."""
     for source in sources:
@@ -492,11 +568,20 @@ class RuleResolver:
         return resolver
 
 
+def _compliance_of(rule_set: str, compliance: Mapping[str, Compliance] | None) -> Compliance:
+    if compliance is not None and rule_set in compliance:
+        return compliance[rule_set]
+    return compliance_for(rule_set)
+
+
 _ROLE_NAMES = {"flow": "Flow", "o2": "O2", "h2o": "H2O", "temperature": "Temperature", "pressure": "Pressure"}
 
 
-def source_input(source: SourceConfig, rule_sets: dict[str, RuleSet]) -> SourceInput:
-    """The plain data the pure report builder needs from a [[source]] table."""
+def source_input(
+    source: SourceConfig, rule_sets: dict[str, RuleSet], compliance: Mapping[str, Compliance] | None = None
+) -> SourceInput:
+    """The plain data the pure report builder needs from a [[source]] table; `compliance` by rule set name
+    (RollupSection.resolved_compliance; default: the built-in rule sets' tests)."""
     mass_roles = set(source.mass_roles())
     channels = []
     for role, channel in source.channels().items():
@@ -519,6 +604,7 @@ def source_input(source: SourceConfig, rule_sets: dict[str, RuleSet]) -> SourceI
                 elv_period=pollutant.elv_period if pollutant else "1d",
                 ci_percent=(pollutant.confidence_percent or 0.0) if pollutant else 0.0,
                 o2_correction=pollutant.o2_correction if pollutant else False,
+                compliance=_compliance_of(channel.rule_set or source.rule_set, compliance),
             )
         )
     return SourceInput(

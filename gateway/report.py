@@ -30,7 +30,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import mrv
+from gateway import compliance, mrv
 from gateway.rollup import (
     Aggregate,
     Period,
@@ -103,6 +103,11 @@ class MonitoringPlan(_Model):
     reference: str = Field(description="the approved monitoring plan this report follows")
     reference_o2_percent: float | None
     o2_guard_percent: float
+    o2_basis: str = Field(
+        default="",
+        description="how the measured O2 entered the reference-O2 correction: dry as measured, or wet and dried "
+        "period by period with the moisture channel (Directive 2010/75/EU Annex VI Part 7)",
+    )
     methods: list[MethodEntry]
 
 
@@ -195,6 +200,41 @@ class PollutantLimit(_Model):
     refused_examples: list[str] = Field(default_factory=list, description="the first few, with the reason")
 
 
+COMPLIANCE_LISTED = 10
+"""How many periods above its limit a compliance test lists (the count has them all)."""
+
+_TEST_WORDS = {
+    compliance.ComplianceCheck.MONTH_MEAN: "monthly mean",
+    compliance.ComplianceCheck.DAY_MEAN: "daily mean",
+    compliance.ComplianceCheck.BASE_SHARE: "values",
+}
+
+
+class ComplianceResult(_Model):
+    """One IED compliance test of one pollutant's limit on validated values (Directive 2010/75/EU Annex V Part 4
+    for large combustion plants, Annex VI Part 8 for waste incineration; see docs/mrv-limits.md)."""
+
+    pollutant: str
+    test: Literal["month-mean", "day-mean", "base-share"]
+    description: str = Field(description="the test in words, e.g. '95 % of 1h values ≤ 200 % of the ELV'")
+    averaging: str = Field(description="1mo, 1d, or the base period (1h, 30m)")
+    elv: float
+    percent_of_elv: float
+    limit: float = Field(description="percent_of_elv × ELV, mg/Nm³ (validated values above it fail)")
+    required_share_percent: float = Field(description="share of the valid periods that must be at or below limit")
+    periods: int = Field(description="valid periods judged")
+    periods_above: int
+    share_within_percent: float | None
+    max_value: float | None
+    passed: bool | None = Field(description="null: no valid period to judge")
+    above_local: list[str] = Field(
+        description=f"local starts of the first {COMPLIANCE_LISTED} periods above the limit (the count has all)"
+    )
+    rule_set: str
+    citation: str
+    scope: str = Field(description="the period judged: the report's year, or its month (provisional)")
+
+
 class MaintenancePeriod(_Model):
     instrument: str
     parameters: list[str]
@@ -275,6 +315,9 @@ class MrvReport(_Model):
     availability: list[Availability]
     substituted: list[SubstitutedRun]
     limits: list[PollutantLimit]
+    compliance: list[ComplianceResult] = Field(
+        default_factory=list, description="IED compliance tests beside the limit check, per rule set (config)"
+    )
     exceedances: list[ExceedanceEvent]
     maintenance: list[MaintenancePeriod]
     warnings: list[str]
@@ -303,6 +346,8 @@ class ChannelInput:
     elv_period: str = "1d"
     ci_percent: float = 0.0
     o2_correction: bool = True
+    compliance: compliance.Compliance = compliance.NO_TESTS
+    """IED compliance tests of the channel's rule set (none by default)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +384,9 @@ def canonical_rules(source: SourceInput) -> dict[str, Any]:
     return {
         "rule_sets": {c.role: {k: str(v) for k, v in asdict(c.rules).items()} for c in source.channels},
         "substitution": {c.role: asdict(c.substitution) if c.substitution else None for c in source.channels},
+        "compliance": {
+            c.role: {k: str(v) for k, v in asdict(c.compliance).items()} for c in source.channels if c.elv is not None
+        },
         "factors": {
             "ppm_to_mg_m3": dict(mrv.PPM_TO_MG_M3),
             "standard": [mrv.STANDARD_TEMPERATURE_K, mrv.STANDARD_PRESSURE_KPA],
@@ -439,10 +487,12 @@ def _limit_series(
     Also the periods whose value could not be standardised (§2: flagged, not judged)."""
     assert channel.elv is not None
     needs = [channel.role]
+    o2_channel = source.channel("o2") if channel.o2_correction else None
+    o2_wet = o2_channel is not None and o2_channel.basis.wet
     if channel.o2_correction:
         needs.append("o2")
-    if channel.basis.wet:
-        needs.append("h2o")
+    if channel.basis.wet or o2_wet:
+        needs.append("h2o")  # the same hour's moisture dries the value and an in-situ (wet) O2 alike
     if channel.basis.actual_conditions:
         needs += ["temperature", "pressure"]
     series: list[Aggregate] = []
@@ -469,6 +519,7 @@ def _limit_series(
                     o2 = inputs["o2"].value
                     assert o2 is not None
                     assert source.reference_o2 is not None
+                    o2 = mrv.dry_o2(o2, wet=o2_wet, h2o_percent=inputs["h2o"].value if "h2o" in inputs else None)
                     concentration = mrv.correct_to_reference_o2(
                         concentration, o2, source.reference_o2, guard=source.o2_guard
                     )
@@ -698,7 +749,13 @@ def build_report_with_rows(
             "for flue-gas flow (cems-mrv.md §4): replace these substitutes if you have one"
         )
 
-    limits, events = _limits(source, points, grid)
+    limits, events, tests = _limits(source, points, grid, scope="year" if month is None else "month")
+    warnings.extend(
+        f"{t.pollutant}: IED compliance test failed: {t.description} ({t.periods_above} of {t.periods} above "
+        f"{t.limit:g} mg/Nm³; {t.citation})"
+        for t in tests
+        if t.passed is False
+    )
     warnings.extend(
         f"{refusal.pollutant}: {refusal.refused_periods} periods not judged against the limit because their value "
         f"cannot be standardised (cems-mrv.md §2), e.g. {refusal.refused_examples[0]}"
@@ -744,6 +801,7 @@ def build_report_with_rows(
             reference=source.monitoring_plan,
             reference_o2_percent=source.reference_o2,
             o2_guard_percent=source.o2_guard,
+            o2_basis=o2_basis(source),
             methods=[_method(c) for c in source.channels],
         ),
         config=config,
@@ -751,6 +809,7 @@ def build_report_with_rows(
         availability=availability,
         substituted=substituted,
         limits=limits,
+        compliance=tests,
         exceedances=events,
         maintenance=_maintenance(source, by_start, grid),
         warnings=warnings,
@@ -771,6 +830,23 @@ def revision_audit(revisions: Sequence[RevisionEntry]) -> RevisionAudit:
         approved=sum(r.state == "approved" for r in revisions),
         superseded=sum(r.state == "superseded" for r in revisions),
         listed=ordered[:REVISIONS_LISTED],
+    )
+
+
+def o2_basis(source: SourceInput) -> str:
+    """What the report says about the O2 used for the reference-O2 correction, in words."""
+    o2 = source.channel("o2")
+    if o2 is None or source.reference_o2 is None:
+        return "no reference-O2 correction"
+    formula = "C_ref = C × (21 − O2_ref) / (21 − O2_dry) (Directive 2010/75/EU Annex VI Part 7)"
+    if not o2.basis.wet:
+        return f"{o2.name} ({o2.instrument}/{o2.parameter}) measured dry, used as measured: {formula}"
+    h2o = source.channel("h2o")
+    moisture = f"{h2o.name} ({h2o.instrument}/{h2o.parameter})" if h2o is not None else "the moisture channel"
+    return (
+        f"{o2.name} ({o2.instrument}/{o2.parameter}) measured wet (in situ): dried each {source.base.value} period "
+        f"with the same period's {moisture}, O2_dry = O2_wet / (1 − H2O/100), then {formula}; a period without "
+        "a valid moisture value is not judged"
     )
 
 
@@ -847,14 +923,16 @@ def _availability(
 
 
 def _limits(
-    source: SourceInput, points: Mapping[str, list[Point]], grid: _Grid
-) -> tuple[list[PollutantLimit], list[ExceedanceEvent]]:
+    source: SourceInput, points: Mapping[str, list[Point]], grid: _Grid, *, scope: Literal["year", "month"]
+) -> tuple[list[PollutantLimit], list[ExceedanceEvent], list[ComplianceResult]]:
     limits: list[PollutantLimit] = []
     events: list[ExceedanceEvent] = []
+    tests: list[ComplianceResult] = []
     for channel in source.channels:
         if channel.elv is None:
             continue
         hourly, refused = _limit_series(source, channel, points, grid)
+        tests += _compliance(source, channel, hourly, scope)
         if channel.elv_period == Period.DAY.value:
             days = day_aggregates(hourly, channel.rules, source.zone)
             periods = [(d.start, day_bounds(local_date(d.start, source.zone), source.zone)[1], d) for d in days]
@@ -895,7 +973,43 @@ def _limits(
             )
             for event in found
         ]
-    return limits, events
+    return limits, events, tests
+
+
+def _compliance(
+    source: SourceInput, channel: ChannelInput, validated: Sequence[Aggregate], scope: Literal["year", "month"]
+) -> list[ComplianceResult]:
+    assert channel.elv is not None
+    spec = channel.compliance
+    results = []
+    for outcome in compliance.evaluate(spec, validated, elv=channel.elv, rules=channel.rules, zone=source.zone):
+        what = _TEST_WORDS[outcome.test]
+        if outcome.test is compliance.ComplianceCheck.BASE_SHARE:
+            what = f"{outcome.required_share_percent:g} % of {outcome.averaging} {what}"
+        results.append(
+            ComplianceResult(
+                pollutant=channel.name,
+                test=outcome.test.value,
+                description=f"{what} ≤ {outcome.percent_of_elv:g} % of the ELV",
+                averaging=outcome.averaging,
+                elv=channel.elv,
+                percent_of_elv=outcome.percent_of_elv,
+                limit=outcome.limit,
+                required_share_percent=outcome.required_share_percent,
+                periods=outcome.periods,
+                periods_above=outcome.periods_above,
+                share_within_percent=outcome.share_within_percent,
+                max_value=outcome.max_value,
+                passed=outcome.passed,
+                above_local=[_local(ts, source.zone).isoformat() for ts in outcome.above[:COMPLIANCE_LISTED]],
+                rule_set=channel.rules.name,
+                citation=spec.citation,
+                scope="the report's year"
+                if scope == "year"
+                else "the report's month (provisional: the Directive judges the calendar year)",
+            )
+        )
+    return results
 
 
 def totals_difference(reported: Sequence[Total], recomputed: Mapping[str, float]) -> float:

@@ -293,7 +293,7 @@ async def produce_report(
         raise ReportError(str(error)) from None
     if month is not None and not 1 <= month <= 12:
         raise ReportError(f"month {month} is not in 1..12")
-    inputs = source_input(source, config.rollup.resolved_rule_sets())
+    inputs = source_input(source, config.rollup.resolved_rule_sets(), config.rollup.resolved_compliance())
     zone = inputs.zone
     start, end = month_bounds(year, month, zone) if month else year_bounds(year, zone)
     stored = await store.query_aggregates(period=inputs.base, site=inputs.site, start=start, end=end)
@@ -428,6 +428,7 @@ def _sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]
         "totals": _table(report.totals),
         "availability": _table(report.availability),
         "limits": _table(report.limits),
+        "compliance": _table(report.compliance),
         "exceedances": _table(report.exceedances),
         "substituted": _table(report.substituted),
         "maintenance": _table(report.maintenance),
@@ -456,6 +457,7 @@ def _summary_rows(report: MrvReport) -> list[tuple[str, object]]:
         ("generated at (UTC)", report.generated_at.isoformat()),
         ("monitoring plan", report.monitoring_plan.reference),
         ("reference O2 (% vol dry)", report.monitoring_plan.reference_o2_percent),
+        ("O2 for the reference-O2 correction", report.monitoring_plan.o2_basis),
         ("config sha256", report.config.sha256),
         ("report schema version", report.schema_version),
     ]
@@ -723,6 +725,26 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
             for x in report.limits
         ],
     )
+    if report.compliance:
+        pdf.heading("IED compliance tests (validated values; Directive 2010/75/EU Annex V Part 4 / Annex VI Part 8)")
+        pdf.grid(
+            ["pollutant", "test", "limit mg/Nm³", "valid periods", "above", "within %", "max", "result"],
+            [
+                [
+                    c.pollutant,
+                    c.description,
+                    _number(c.limit, 1),
+                    c.periods,
+                    c.periods_above,
+                    _number(c.share_within_percent, 2),
+                    _number(c.max_value, 1),
+                    "not judged" if c.passed is None else ("pass" if c.passed else "FAIL"),
+                ]
+                for c in report.compliance
+            ],
+            widths=[22, 80, 24, 24, 16, 20, 20, 20],
+        )
+        pdf.line_text(f"Scope: {report.compliance[0].scope}; rule set {report.compliance[0].rule_set}.", size=7)
     pdf.heading("Exceedances")
     pdf.grid(
         ["pollutant", "averaging", f"start ({period.time_zone})", "end", "duration h", "max validated", "ELV"],

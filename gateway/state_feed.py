@@ -11,6 +11,10 @@ Document (one per POST, at most `max_values` values):
      "values": [{"site", "instrument", "parameter", "code", "start", "end", "value", "unit", "valid",
                  "n_valid", "n_expected", "reason", "revision"}]}
 `value` is null for a period without valid data; `valid` says whether it meets its rule set (§3).
+
+`period = "20m"` (Kazakhstan's 20-minute cadence) sends 20-minute averages computed on demand from the stored
+1-minute rollups (gateway/twenty_minute.py: the rule set's capture rule, like the base periods); they are not
+stored, and a correction to a minute is sent again as a revision like any other average.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from gateway.rollup import Aggregate, Period, base_duration, day_bounds, local_d
 from gateway.state_file import StateFile
 from gateway.stores import Store, StoreError
 from gateway.stores.base import to_ns
+from gateway.twenty_minute import LABEL as TWENTY_MINUTE_LABEL
+from gateway.twenty_minute import TWENTY_MINUTES, TwentyMinuteAverage, twenty_minute_averages
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +46,19 @@ SentKey = tuple[str, str, str, str, int]
 """site, instrument, parameter, period, start (ns)"""
 
 
-def fingerprint(aggregate: Aggregate) -> str:
+FeedAverage = Aggregate | TwentyMinuteAverage
+"""A stored rollup, or a 20-minute average computed from the stored minutes."""
+
+
+def fingerprint(aggregate: FeedAverage) -> str:
     """What a receiver sees of an average: when it changes, the average is sent again."""
     a = aggregate
     return f"{a.value!r}|{a.unit}|{a.valid}|{a.n_valid}|{a.n_expected}|{a.reason}"
 
 
-def period_end(aggregate: Aggregate, zone: tzinfo) -> datetime:
+def period_end(aggregate: FeedAverage, zone: tzinfo) -> datetime:
+    if isinstance(aggregate, TwentyMinuteAverage):
+        return aggregate.start + TWENTY_MINUTES
     if aggregate.period is Period.DAY:
         return day_bounds(local_date(aggregate.start, zone), zone)[1]
     return aggregate.start + base_duration(aggregate.period)
@@ -54,16 +66,16 @@ def period_end(aggregate: Aggregate, zone: tzinfo) -> datetime:
 
 @dataclass(frozen=True)
 class FeedValue:
-    aggregate: Aggregate
+    aggregate: FeedAverage
     end: datetime
     revision: int
 
 
 def due_values(
-    aggregates: Sequence[Aggregate],
+    aggregates: Sequence[FeedAverage],
     sent: Mapping[SentKey, tuple[str, int]],
     *,
-    ends: Callable[[Aggregate], datetime],
+    ends: Callable[[FeedAverage], datetime],
     send_before: datetime,
     codes: Mapping[str, str],
     only_coded: bool,
@@ -116,9 +128,9 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _key(aggregate: Aggregate) -> SentKey:
+def _key(aggregate: FeedAverage) -> SentKey:
     a = aggregate
-    return (a.site, a.instrument, a.parameter, a.period.value, to_ns(a.start))
+    return (a.site, a.instrument, a.parameter, str(a.period), to_ns(a.start))
 
 
 _SCHEMA = """
@@ -191,12 +203,24 @@ class StateFeed:
         """Send every due average; stop at the first failed POST (what it carried is due again next time)."""
         settings = self.settings
         now = self.now()
-        period = Period(settings.period)
-        # Periods that ended within the correction window; a (local, up to 25-hour) day starts a day earlier.
-        longest = timedelta(hours=25) if period is Period.DAY else base_duration(period)
-        window_start = now - timedelta(hours=settings.correction_hours) - longest
-        aggregates = await self.store.query_aggregates(period=period, start=window_start, end=now)
-        sent = await asyncio.to_thread(self.sent.since, period.value, window_start)
+        label = settings.period
+        aggregates: Sequence[FeedAverage]
+        if label == TWENTY_MINUTE_LABEL:
+            window_start = now - timedelta(hours=settings.correction_hours) - TWENTY_MINUTES
+            # minutes from one period earlier, so that every period starting in the window has all its minutes
+            minutes = await self.store.query_aggregates(
+                period=Period.MINUTE, start=window_start - TWENTY_MINUTES, end=now
+            )
+            # ~0.8 s for 20 series × 24 h on a loaded 2-core machine: off the event loop that ingests
+            computed = await asyncio.to_thread(twenty_minute_averages, minutes, self.rules)
+            aggregates = [a for a in computed if a.start >= window_start]
+        else:
+            period = Period(label)
+            # Periods that ended within the correction window; a (local, up to 25-hour) day starts a day earlier.
+            longest = timedelta(hours=25) if period is Period.DAY else base_duration(period)
+            window_start = now - timedelta(hours=settings.correction_hours) - longest
+            aggregates = await self.store.query_aggregates(period=period, start=window_start, end=now)
+        sent = await asyncio.to_thread(self.sent.since, label, window_start)
         due = due_values(
             aggregates,
             sent,
@@ -208,9 +232,7 @@ class StateFeed:
         done = revisions = 0
         for first in range(0, len(due), settings.max_values):
             chunk = due[first : first + settings.max_values]
-            document = feed_document(
-                chunk, gateway=self.gateway_id, period=period.value, codes=settings.codes, sent_at=now
-            )
+            document = feed_document(chunk, gateway=self.gateway_id, period=label, codes=settings.codes, sent_at=now)
             problem = await self._post(document)
             if problem is not None:
                 return FeedTick(done, revisions, problem)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aua_contract import Quality
+from aua_contract import Batch, Quality, Reading
 from gateway.alert_rules import (
     AMBIENT_PDK,
     ClockSkewRule,
@@ -37,9 +37,11 @@ from gateway.alert_rules import (
     hour_bounds,
     o2_corrected,
     parse_duration,
+    reference_o2_value,
     skew_observation,
 )
-from gateway.alert_state import Level
+from gateway.alert_state import AlertKey, Level, Phase
+from gateway.alerts import AlertEngine, AlertStore
 from gateway.config import AlertsSection, GatewayConfigError, load_gateway_config
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)  # 11:00 in Pavlodar (UTC+5)
@@ -149,6 +151,69 @@ def test_o2_correction_follows_the_worked_example_and_guards_high_o2() -> None:
     assert o2_corrected(100.0, 20.9, 6.0) is None
 
 
+def stack_rule(name: str = "stack-so2", **kwargs: object) -> ThresholdRule:
+    return ThresholdRule(
+        name=name,
+        window=Window(WindowKind.INSTANT),
+        threshold=Threshold(Direction.ABOVE, 120.0, 120.0),
+        unit="mg/m3",
+        reference_o2=6.0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "simultaneous", "expected"),
+    [
+        (stack_rule(o2_wet=True, h2o_parameter="h2o"), {"o2": 8.0, "h2o": 12.0}, 100 * 15 / (21 - 8 / 0.88)),
+        (stack_rule(), {"o2": 8.0, "h2o": 12.0}, 100 * 15 / 13),
+        (stack_rule(o2_wet=True, h2o_parameter="h2o"), {"o2": 8.0}, None),
+        (stack_rule(o2_wet=True, h2o_parameter="moisture"), {"o2": 9.0, "moisture": 0.0}, 125.0),
+        (stack_rule(o2_wet=True, h2o_parameter="h2o"), {"h2o": 12.0}, None),
+        (stack_rule(o2_wet=True, h2o_parameter="h2o"), {"o2": 18.0, "h2o": 10.0}, None),
+        (stack_rule(o2_parameter="o2_dry"), {"o2_dry": 9.0}, 125.0),
+    ],
+    ids=[
+        "issue 14: wet O2 8 % at 12 % H2O: SO2 100 → 126.0 at 6 % (dried, Directive 2010/75/EU Annex VI Part 7)",
+        "a dry O2 is used as measured: 115.4",
+        "a wet O2 without the same time's moisture gives no value, not a low one",
+        "the moisture parameter is configurable; no moisture: the worked example 125",
+        "no O2 at the same time: no value",
+        "18 % wet at 10 % H2O is 20 % dry, above the 19.5 % guard: no value",
+        "the O2 parameter is configurable",
+    ],
+)
+def test_stack_rules_correct_with_dry_o2(
+    rule: ThresholdRule, simultaneous: dict[str, float], expected: float | None
+) -> None:
+    value = reference_o2_value(rule, 100.0, simultaneous)
+    assert value == (None if expected is None else pytest.approx(expected))
+
+
+def test_issue_14_alert_value_is_126_not_115() -> None:
+    wet = stack_rule(o2_wet=True, h2o_parameter="h2o")
+    assert round(reference_o2_value(wet, 100.0, {"o2": 8.0, "h2o": 12.0}) or 0.0, 1) == 126.0
+    assert wet.threshold.level(126.0) is Level.TRIGGER  # above the 120 limit, which the wet-as-dry 115.4 hid
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"o2_wet": True}, "o2_wet = true needs h2o_parameter"),
+        ({"o2_wet": True, "h2o_parameter": "h2o", "reference_o2": None}, "o2_wet only applies with reference_o2"),
+    ],
+)
+def test_a_wet_o2_rule_without_moisture_is_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ThresholdRule(
+            name="stack-so2",
+            window=Window(WindowKind.INSTANT),
+            threshold=Threshold(Direction.ABOVE, 120.0, 120.0),
+            unit="mg/m3",
+            **{"reference_o2": 6.0, **kwargs},  # type: ignore[arg-type]
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Limits (cems-mrv.md §5) as the config's defaults
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +301,11 @@ def test_overrides_change_only_the_keys_they_set_and_keep_the_hysteresis() -> No
         ({"x": {"kind": "gap", "after": "soon"}}, "alerts.rules.x.after"),
         ({"x y": {"kind": "offline"}}, "rule names"),
         ({"data-gap": {"after": "-1"}}, "alerts.rules.data-gap.after"),
+        (
+            {"x": {"window": "instant", "above": 100, "unit": "mg/m3", "reference_o2": 6.0, "o2_wet": "true"}},
+            "alerts.rules.x: Value error, rule check: o2_wet = true needs h2o_parameter",
+        ),
+        ({"x": {"kind": "gap", "after": "2m", "o2_wet": "true"}}, "o2_wet: only for threshold rules"),
     ],
 )
 def test_bad_rules_are_refused_naming_the_file_and_key(
@@ -500,3 +570,34 @@ def test_rules_check_their_own_numbers() -> None:
         hg_rule(Window(WindowKind.INSTANT), min_coverage=0.0)
     with pytest.raises(ValueError, match="minutes only applies to rolling"):
         Window(WindowKind.DAILY, 5)
+
+
+async def test_the_engine_dries_a_wet_o2_with_the_same_instruments_moisture(tmp_path: Path) -> None:
+    """Issue 14 through the real engine: SO2 100 mg/m³ with an in-situ O2 of 8 % at 12 % H2O is 126.0 at 6 % O2,
+    above a 120 limit; the same rule without o2_wet (O2 taken as dry: 115.4) stays quiet, and a wet rule whose
+    moisture reading is missing has no value to judge."""
+    rules = [
+        stack_rule(name="wet", o2_wet=True, h2o_parameter="h2o", scope=Scope(parameters=("so2",))),
+        stack_rule(name="as-dry", scope=Scope(parameters=("so2",))),
+        stack_rule(name="no-moisture", o2_wet=True, h2o_parameter="moisture", scope=Scope(parameters=("so2",))),
+    ]
+    engine = AlertEngine(rules, AlertStore(tmp_path / "alerts.sqlite"))
+    try:
+        for second in range(3):
+            ts = at(second)
+            readings = [
+                Reading(instrument="stack1-gas", parameter=p, value=v, unit=u, ts=ts)
+                for p, v, u in (("so2", 100.0, "mg/m3"), ("o2", 8.0, "%vol"), ("h2o", 12.0, "%vol"))
+            ]
+            batch = Batch(site="chp", agent="chp-stack1", seq=second + 1, sent_at=ts, readings=readings)
+            await engine.on_batch(batch, ts)
+            await engine.tick(ts)
+        states = {name: engine.state_of(AlertKey(name, "chp", "chp-stack1", "stack1-gas", "so2")) for name in
+                  ("wet", "as-dry", "no-moisture")}  # fmt: skip
+        wet = states["wet"]
+        assert wet is not None
+        assert (wet.phase, wet.value) == (Phase.FIRING, pytest.approx(100 * 15 / (21 - 8 / 0.88)))
+        assert states["as-dry"] is None or states["as-dry"].phase is not Phase.FIRING
+        assert states["no-moisture"] is None or states["no-moisture"].phase is not Phase.FIRING
+    finally:
+        engine.close()

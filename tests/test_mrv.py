@@ -224,3 +224,45 @@ def test_exceedances_merge_adjacent_periods() -> None:
         (hours[1][0], hours[2][1], 2, 300.0),
         (hours[4][0], hours[4][1], 1, 260.0),
     ]
+
+
+# -- wet O2 (Directive 2010/75/EU Annex VI Part 7 corrects with dry O2; Annex V Part 1 and Annex VI Part 2 give the
+# standard conditions "after correction for the water vapour content"; dry = wet / (1 − H2O)) ------------------
+
+
+@pytest.mark.parametrize(
+    ("o2", "wet", "h2o", "o2_dry", "so2_at_6"),
+    [
+        (8.0, True, 12.0, 8 / 0.88, 100 * 15 / (21 - 8 / 0.88)),
+        (8.0, False, None, 8.0, 100 * 15 / 13),
+        (8.0, False, 12.0, 8.0, 100 * 15 / 13),
+        (9.0, True, 0.0, 9.0, 125.0),
+        (5.5, True, 15.0, 5.5 / 0.85, 100 * 15 / (21 - 5.5 / 0.85)),
+    ],
+    ids=[
+        "issue 14: 8 % wet at 12 % H2O is 9.09 % dry; SO2 100 → 126.0 at 6 %, not 115.4",
+        "a dry O2 is used as measured",
+        "a dry O2 ignores the moisture",
+        "no moisture: wet = dry, the worked example 100 at 9 % → 125 at 6 %",
+        "gas-fired wet flue gas, 15 % H2O",
+    ],
+)
+def test_wet_o2_is_dried_before_the_reference_o2_correction(
+    o2: float, wet: bool, h2o: float | None, o2_dry: float, so2_at_6: float
+) -> None:
+    """SO2 100 mg/Nm³ dry, corrected to 6 % O2 with the dried O2."""
+    dried = mrv.dry_o2(o2, wet=wet, h2o_percent=h2o)
+    assert dried == pytest.approx(o2_dry)
+    assert mrv.correct_to_reference_o2(100.0, dried, 6.0) == pytest.approx(so2_at_6)
+
+
+def test_issue_14_numbers_rounded() -> None:
+    """The issue's figures, to one decimal: 126.0 mg/Nm³ with the O2 dried, 115.4 with the wet O2 taken as dry."""
+    assert round(mrv.correct_to_reference_o2(100.0, mrv.dry_o2(8.0, wet=True, h2o_percent=12.0), 6.0), 1) == 126.0
+    assert round(mrv.correct_to_reference_o2(100.0, 8.0, 6.0), 1) == 115.4
+
+
+@pytest.mark.parametrize(("h2o", "match"), [(None, "moisture of the same period"), (100.0, "not in"), (-1.0, "not in")])
+def test_a_wet_o2_without_a_usable_moisture_is_refused(h2o: float | None, match: str) -> None:
+    with pytest.raises(StandardisationError, match=match):
+        mrv.dry_o2(8.0, wet=True, h2o_percent=h2o)

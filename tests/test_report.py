@@ -238,7 +238,8 @@ async def test_report_files_are_written_and_readable(
             "stack1-2024-05.json",
             "stack1-2024-05.xlsx",
             "stack1-2024-05.pdf",
-            *(f"stack1-2024-05-{n}.csv" for n in ("totals", "availability", "limits", "exceedances", "substituted")),
+            *(f"stack1-2024-05-{n}.csv" for n in ("totals", "availability", "limits", "compliance", "exceedances")),
+            "stack1-2024-05-substituted.csv",
             "stack1-2024-05-maintenance.csv",
             "stack1-2024-05-revisions.csv",
             "stack1-2024-05-hourly.csv",
@@ -256,9 +257,13 @@ async def test_report_files_are_written_and_readable(
     assert "EU MRR Art. 45" in hourly[10]["SO2 method"]
     workbook = load_workbook(tmp_path / "out" / "stack1-2024-05.xlsx", read_only=True)
     assert workbook.sheetnames == [
-        "Summary", "Totals", "Availability", "Limits", "Exceedances", "Substituted", "Maintenance", "Revisions",
-        "Hourly", "Config",
+        "Summary", "Totals", "Availability", "Limits", "Compliance", "Exceedances", "Substituted", "Maintenance",
+        "Revisions", "Hourly", "Config",
     ]  # fmt: skip
+    compliance = list(workbook["Compliance"].iter_rows(values_only=True))
+    assert [row[:2] for row in compliance[1:]] == [
+        (n, t) for n in ("SO2", "Dust") for t in ("month-mean", "day-mean", "base-share")
+    ]
     totals = list(workbook["Totals"].iter_rows(values_only=True))
     assert totals[0][:2] == ("name", "parameter")
     assert totals[1][0] == "SO2"
@@ -760,9 +765,9 @@ def test_part75_substitution_of_one_channel_needs_hourly_periods(tmp_path: Path)
         load_gateway_config(path)
 
 
-async def may_report(folder: Path, rows: list[StoredReading]) -> ProducedReport:
+async def may_report(folder: Path, rows: list[StoredReading], *, source: str = SOURCE) -> ProducedReport:
     """May 2024's report of stack1 (the commented config's source) from these readings, on SQLite."""
-    config = load_gateway_config(write_config(folder, f"sqlite://{folder / 'aua.sqlite'}"))
+    config = load_gateway_config(write_config(folder, f"sqlite://{folder / 'aua.sqlite'}", source=source))
     async with open_store(config.store.url) as store:
         await store.write(rows)
         engine = RollupEngine.from_config(config, store)
@@ -804,3 +809,109 @@ async def test_used_but_flagged_values_are_counted_in_the_report(tmp_path: Path)
     availability = {a.name: a for a in produced.report.availability}
     assert availability["SO2"].flagged_periods == len(flagged_hours)
     assert availability["O2"].flagged_periods == 0
+
+
+WET_O2 = SOURCE.replace(
+    'o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol" }}',
+    'o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol", wet = true }}',
+)
+
+
+async def test_a_wet_o2_is_dried_hour_by_hour_for_the_limits(tmp_path: Path) -> None:
+    """Directive 2010/75/EU Annex VI Part 7 corrects with dry O2: an in-situ O2 of 9 % wet at 10 % H2O is 10 % dry,
+    so SO2 400 mg/Nm³ is 400 × 15 / 11 at 6 % O2 (not 400 × 15 / 12), minus the 20 % × 600 confidence interval
+    (Annex V Part 3 point 9). Two hours whose moisture is missing are not judged and not counted as valid."""
+    rows = [
+        r for r in stack_readings(days=1) if not (r.parameter == "h2o" and MAY_1 + 3 * HOUR <= r.ts < MAY_1 + 5 * HOUR)
+    ]
+    hourly_limit = ("ci_percent = 20\n", 'ci_percent = 20\nelv_period = "1h"\n')
+    produced = await may_report(tmp_path, rows, source=WET_O2.replace(*hourly_limit))
+    so2 = next(limit for limit in produced.report.limits if limit.pollutant == "SO2")
+    assert so2.max_validated == pytest.approx(400 * 15 / (21 - 9 / 0.9) - 0.2 * 600)
+    assert so2.valid_periods == 24 - 1 - 2  # the 10:00 calibration hour, and two hours without moisture
+    (tmp_path / "dry").mkdir()
+    dry = await may_report(tmp_path / "dry", rows, source=SOURCE.replace(*hourly_limit))
+    dry_so2 = next(limit for limit in dry.report.limits if limit.pollutant == "SO2")
+    assert dry_so2.max_validated == pytest.approx(400 * 15 / 12 - 0.2 * 600)  # the O2 taken as measured
+    assert dry_so2.valid_periods == 24 - 1  # a dry O2 needs no moisture for the SO2 limit
+    dust = next(limit for limit in produced.report.limits if limit.pollutant == "Dust")
+    dust_dry_std = 20.0 * (140 + 273.15) / 273.15 * 101.3 / 100 / 0.9  # T/p to standard, wet to dry
+    assert dust.max_validated == pytest.approx(dust_dry_std * 15 / (21 - 9 / 0.9) - 0.3 * 50)
+    basis = produced.report.monitoring_plan.o2_basis
+    assert "measured wet" in basis
+    assert "H2O (stack1-gas/h2o)" in basis
+    assert "Annex VI Part 7" in basis
+    assert "measured dry" in dry.report.monitoring_plan.o2_basis
+
+
+def test_a_wet_o2_without_a_water_channel_is_refused(tmp_path: Path) -> None:
+    source = WET_O2.replace('h2o = {{ instrument = "stack1-gas", parameter = "h2o", unit = "%vol" }}\n', "")
+    source = source.replace("wet = true\nconditions", "conditions")  # the dust: only the O2 is wet
+    path = write_config(tmp_path, "sqlite://x.sqlite", source=source)
+    with pytest.raises(GatewayConfigError, match=r"o2.wet = true: the reference-O2 correction needs dry O2") as error:
+        load_gateway_config(path)
+    assert "set [source.h2o]" in str(error.value)
+
+
+async def test_ied_compliance_tests_are_in_the_report(tmp_path: Path) -> None:
+    """Directive 2010/75/EU Annex V Part 4 point 1 (ied-lcp defaults), SO2 ELV 600, CI 20 % (120): local May 1
+    has SO2 400 at 9 % O2 → 400 × 15/12 − 120 = 380 every valid hour; 22:00–24:00 at 1,200 → 1,500 − 120 = 1,380,
+    above 200 % (1,200). Valid hours: 23 (the 10:00 calibration hour is invalid), 2 above: 21/23 = 91.3 % < 95 %:
+    the hourly test fails; the day, (21 × 380 + 2 × 1,380) / 23 = 466.96, is ≤ 110 % (660) and ≤ 100 % (600)."""
+    rows = [
+        dataclasses.replace(r, value=1200.0) if r.parameter == "so2" and r.ts >= MAY_1 + 22 * HOUR else r
+        for r in stack_readings(days=1)
+    ]
+    produced = await may_report(tmp_path, rows)
+    tests = {(c.pollutant, c.test): c for c in produced.report.compliance}
+    day_mean = (21 * 380 + 2 * 1380) / 23
+    month, day, hours = tests["SO2", "month-mean"], tests["SO2", "day-mean"], tests["SO2", "base-share"]
+    assert (month.limit, month.periods, month.max_value, month.passed) == (600, 1, pytest.approx(day_mean), True)
+    assert (day.limit, day.periods, day.max_value, day.passed) == (pytest.approx(660), 1, pytest.approx(day_mean), True)
+    assert (hours.limit, hours.periods, hours.periods_above, hours.passed) == (1200, 23, 2, False)
+    assert hours.share_within_percent == pytest.approx(100 * 21 / 23)
+    assert hours.description == "95 % of 1h values ≤ 200 % of the ELV"
+    assert hours.above_local == [(MAY_1 + n * HOUR).astimezone(ALMATY).isoformat() for n in (22, 23)]
+    assert "Annex V Part 4" in hours.citation
+    assert "provisional" in hours.scope
+    assert any("SO2: IED compliance test failed: 95 % of 1h values" in w for w in produced.report.warnings)
+    assert tests["Dust", "base-share"].passed is True
+
+
+STACK_ALERT = """[alerts]
+[alerts.rules.stack-so2]
+site = "pavlodar-chp"
+parameter = "so2"
+window = "instant"
+above = 1200
+unit = "mg/m3"
+reference_o2 = 6.0
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "rule", "refused"),
+    [
+        (WET_O2, "", True),
+        (WET_O2, 'o2_wet = true\nh2o_parameter = "h2o"\n', False),
+        (WET_O2, 'instrument = "stack2-gas"\n', False),
+        (SOURCE, "", False),
+    ],
+    ids=[
+        "a rule correcting with a source's wet O2 as if dry is refused",
+        "o2_wet with the moisture reading loads",
+        "a rule on another instrument loads",
+        "a dry O2 needs nothing",
+    ],
+)
+def test_an_alert_rule_taking_a_wet_o2_as_dry_is_refused(tmp_path: Path, source: str, rule: str, refused: bool) -> None:
+    path = write_config(tmp_path, "sqlite://x.sqlite", extra=STACK_ALERT + rule, source=source)
+    if not refused:
+        assert load_gateway_config(path).alerts is not None
+        return
+    with pytest.raises(GatewayConfigError) as error:
+        load_gateway_config(path)
+    assert "alerts.rules.stack-so2: corrects with stack1-gas/o2, which [[source]] stack1 measures wet" in str(
+        error.value
+    )
+    assert "set o2_wet = true and h2o_parameter" in str(error.value)

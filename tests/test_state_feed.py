@@ -5,7 +5,8 @@ when the receiver fails."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -13,13 +14,15 @@ import pytest
 from http_receiver import HttpReceiver
 
 from gateway.config import GatewayConfig
-from gateway.rollup import Aggregate, Period
+from gateway.rollup import RULE_SETS, Aggregate, Period, RuleSet
 from gateway.state_feed import StateFeed, due_values, feed_document, fingerprint, period_end
 from gateway.stores import open_store
 from gateway.stores.base import to_ns
+from gateway.twenty_minute import twenty_minute_averages
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+ALMATY = ZoneInfo("Asia/Almaty")
 
 
 def hour(start: datetime, value: float | None = 12.5, *, parameter: str = "so2", valid: bool = True) -> Aggregate:
@@ -171,3 +174,120 @@ async def test_daily_values_are_sent_once_the_local_day_is_over(tmp_path: Path, 
     finally:
         feed.close()
         await store.close()
+
+
+# -- 20-minute averages (Kazakhstan's АСМ cadence), from the stored 1-minute rollups -------------------------
+
+MINUTE = timedelta(minutes=1)
+
+
+def minutes(
+    start: datetime, values: list[float | None], *, parameter: str = "so2", maintenance: int = 0
+) -> list[Aggregate]:
+    """1-minute rollups from `start`: None is an invalid minute; the first `maintenance` of them in calibration."""
+    return [
+        Aggregate(
+            "pavlodar-chp", "stack1-gas", parameter, Period.MINUTE, start + n * MINUTE, v, int(v is not None), 1,
+            v is not None, "" if v is not None else "failure", int(v is None and n < maintenance), "mg/m3",
+        )
+        for n, v in enumerate(values)
+    ]  # fmt: skip
+
+
+def rules_of(name: str, **changes: object) -> Callable[[str, str, str], tuple[RuleSet, tzinfo]]:
+    rules = RULE_SETS[name].with_changes(**changes) if changes else RULE_SETS[name]
+    return lambda site, instrument, parameter: (rules, ALMATY)
+
+
+@pytest.mark.parametrize(
+    ("rule_set", "values", "maintenance", "expected", "reason"),
+    [
+        ("ied-lcp", [10.0] * 20, 0, (True, (20, 20)), ""),
+        ("ied-lcp", [10.0] * 14 + [None] * 6, 0, (True, (14, 20)), ""),
+        ("ied-lcp", [10.0] * 13 + [None] * 7, 0, (False, (13, 20)), "13 of 20 samples valid (< 66.67 %)"),
+        ("mrr", [10.0] * 16 + [None] * 4, 0, (True, (16, 20)), ""),
+        ("mrr", [10.0] * 15 + [None] * 5, 0, (False, (15, 20)), "15 of 20 samples valid (< 80 %)"),
+        ("ambient", [None] * 5 + [10.0] * 12 + [None] * 3, 5, (True, (12, 20)), ""),
+        ("ambient", [None] * 5 + [10.0] * 11 + [None] * 4, 5, (False, (11, 20)),
+         "11 of 15 samples valid (< 75 %); 5 in maintenance (not counted)"),
+        ("ied-lcp", [None] * 20, 20, (False, (0, 20)), "no valid minutes (20 in maintenance)"),
+        ("part75", [10.0] * 14 + [None] * 6, 0, (True, (14, 20)), ""),
+    ],
+    ids=[
+        "all 20 minutes", "ied-lcp: 14 of 20 ≥ 2/3", "ied-lcp: 13 of 20 < 2/3", "mrr: 16 of 20 = 80 %",
+        "mrr: 15 of 20 < 80 %", "ambient: maintenance not counted, 12 of 15 ≥ 75 %", "ambient: 11 of 15 < 75 %",
+        "calibration only", "part75: quadrants are hourly, the capture share applies",
+    ],
+)  # fmt: skip
+def test_twenty_minute_validity_follows_the_rule_sets_capture(
+    rule_set: str, values: list[float | None], maintenance: int, expected: tuple[bool, tuple[int, int]], reason: str
+) -> None:
+    [average] = twenty_minute_averages(minutes(T0, values, maintenance=maintenance), rules_of(rule_set))
+    assert (average.start, (average.valid, (average.n_valid, average.n_expected)), average.reason) == (
+        T0, expected, reason
+    )  # fmt: skip
+    assert average.value == (10.0 if any(v is not None for v in values) else None)
+
+
+def test_a_slow_analyzer_expects_one_sample_per_cycle() -> None:
+    """A 5-minute mercury cycle: 4 samples expected in 20 minutes; 3 of 4 = 75 % meets the ambient capture."""
+    hg = [Aggregate("s", "hg1", "hg", Period.MINUTE, T0 + n * 5 * MINUTE, 4.0 + n, 1, 1, True) for n in range(3)]
+    [average] = twenty_minute_averages(hg, rules_of("ambient", sample_interval_s=300))
+    assert (average.n_valid, average.n_expected, average.valid, average.value) == (3, 4, True, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("zone", "starts"),
+    [("Asia/Almaty", ["06:00", "06:20", "06:40"]), ("Asia/Kolkata", ["05:50", "06:10", "06:30", "06:50"])],
+    ids=["UTC+5: :00, :20, :40", "UTC+5:30: the local clock's :00, :20, :40"],
+)
+def test_twenty_minute_periods_follow_the_local_clock(zone: str, starts: list[str]) -> None:
+    local = ZoneInfo(zone)
+    found = twenty_minute_averages(minutes(T0, [1.0] * 60), lambda *_: (RULE_SETS["ied-lcp"], local))
+    assert [a.start.strftime("%H:%M") for a in found] == starts
+    assert sum(a.n_valid for a in found) == 60
+
+
+async def test_the_feed_sends_twenty_minute_averages_from_the_stored_minutes(
+    tmp_path: Path, http_receiver: HttpReceiver
+) -> None:
+    """period = "20m": each completed 20 minutes once, computed from the stored 1-minute rollups; a corrected
+    minute makes its 20-minute average a revision. An hour of SO2 at 10, 20, 30 mg/m³ per 20 minutes."""
+    config = GatewayConfig.model_validate(
+        {
+            "gateway": {"id": "gw-pvl", "state": str(tmp_path / "state.sqlite")},
+            "store": {"url": f"sqlite://{tmp_path / 'aua.sqlite'}"},
+            "rollup": {"time_zone": "Asia/Almaty"},
+            "state_feed": {"url": f"{http_receiver.url}/asm", "period": "20m", "delay_s": 120, "correction_hours": 1},
+        }
+    )
+    store = open_store(config.store.url)
+    await store.open()
+    await store.write_aggregates(minutes(T0, [10.0] * 20 + [20.0] * 20 + [30.0] * 20))
+    now = [T0 + HOUR + timedelta(minutes=1)]  # the last period ended a minute ago: not yet (delay_s)
+    feed = StateFeed(config, store, now=lambda: now[0])
+    try:
+        assert (await feed.tick()).sent == 2
+        now[0] += timedelta(minutes=2)
+        assert (await feed.tick()).sent == 1
+        assert (await feed.tick()).sent == 0  # nothing twice
+        await store.write_aggregates(minutes(T0 + 30 * MINUTE, [40.0]))  # a late correction of 06:30
+        tick = await feed.tick()
+        assert (tick.sent, tick.revisions) == (1, 1)
+        documents = [request.json() for request in http_receiver.requests]
+        assert {d["period"] for d in documents} == {"20m"}
+        values = [v for d in documents for v in d["values"]]
+        assert [(v["start"], v["end"], v["value"], v["n_valid"], v["n_expected"], v["revision"]) for v in values] == [
+            ("2026-12-01T06:00:00Z", "2026-12-01T06:20:00Z", 10.0, 20, 20, 1),
+            ("2026-12-01T06:20:00Z", "2026-12-01T06:40:00Z", 20.0, 20, 20, 1),
+            ("2026-12-01T06:40:00Z", "2026-12-01T07:00:00Z", 30.0, 20, 20, 1),
+            ("2026-12-01T06:20:00Z", "2026-12-01T06:40:00Z", 20.0 + 20.0 / 20, 20, 20, 2),
+        ]
+    finally:
+        feed.close()
+        await store.close()
+
+
+def test_the_feed_period_is_configuration() -> None:
+    with pytest.raises(ValueError, match=r"state_feed\.period"):
+        GatewayConfig.model_validate({"state_feed": {"url": "http://x", "period": "15m"}})
