@@ -846,6 +846,8 @@ class Outcome:
             ("gateway", self.gateway_rss_kb, self.gateway_messages_after_warmup),
             ("agent", self.agent_rss_kb, self.agent_messages_after_warmup),
         ):
+            if name == "agent" and not self.agent_exits:  # run(agent=False)
+                continue
             if warm <= 0 or end <= 0:
                 problems.append(f"{name}: RSS not measured ({warm} kB, {end} kB)")
             elif end - warm > rss_bound_kb(name, handled):
