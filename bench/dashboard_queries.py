@@ -8,7 +8,11 @@ defaults, `$__interval` as Grafana would pick it for ~1,000 points) for the rang
 the same way in the same run), 1 d, 30 d and the whole period, `--repeats` times interleaved, and prints
 min/median/max per query and range. Exits 1 when a query's median over the whole period exceeds `--budget-s`.
 
-Run: .venv/bin/python bench/dashboard_queries.py [--days 365] [--budget-s 3]
+With `--retention`, readings and rollups go to the retention policies the gateway creates with `[store]
+raw_retention_days` (aua_raw, aua_rollup; health stays in the default policy), and the dashboards' policy
+variables take the values `cems-gateway dashboards push` sets for that config.
+
+Run: .venv/bin/python bench/dashboard_queries.py [--days 365] [--budget-s 3] [--retention]
 Everything runs on loopback (influxd started here in a temporary folder) and stops by itself.
 """
 
@@ -37,10 +41,12 @@ from servers import InfluxServer  # noqa: E402
 from aua_contract import Quality  # noqa: E402
 from aua_demo.sites import demo_sites  # noqa: E402
 from gateway import dashboard_build  # noqa: E402
+from gateway.dashboards import Policies, with_policies  # noqa: E402
 from gateway.rollup import Aggregate, Period  # noqa: E402
 from gateway.stores import StoredReading  # noqa: E402
 from gateway.stores import line_protocol as lp  # noqa: E402
 from gateway.stores.base import HEALTH_NOT_APPLICABLE, HealthPoint  # noqa: E402
+from gateway.stores.retention import RAW_POLICY, ROLLUP_POLICY  # noqa: E402
 
 DATABASE = "aua"
 LINES_PER_WRITE = 20_000
@@ -105,27 +111,37 @@ def lines(days: int, raw_hours: int, end: datetime) -> Iterator[str]:
         )
 
 
-def fill(client: httpx.Client, days: int, raw_hours: int, end: datetime) -> int:
+def fill(client: httpx.Client, days: int, raw_hours: int, end: datetime, policies: Policies) -> int:
     client.post("/query", params={"q": f'CREATE DATABASE "{DATABASE}"'}).raise_for_status()
-    written, chunk, began = 0, [], time.monotonic()
+    for policy in {policies.raw, policies.rollup} - {dashboard_build.DEFAULT_POLICY}:
+        statement = f'CREATE RETENTION POLICY "{policy}" ON "{DATABASE}" DURATION INF REPLICATION 1'
+        client.post("/query", params={"q": statement}).raise_for_status()
+    policy_of = {lp.MEASUREMENT: policies.raw, lp.AGGREGATE_MEASUREMENT: policies.rollup}
+    written, chunks, began = 0, {}, time.monotonic()
     for line in lines(days, raw_hours, end):
+        policy = policy_of.get(line.split(",", 1)[0], policies.health)
+        chunk = chunks.setdefault(policy, [])
         chunk.append(line)
         if len(chunk) == LINES_PER_WRITE:
-            _write(client, chunk)
+            _write(client, chunk, policy)
             written += len(chunk)
-            chunk = []
+            chunk.clear()
             if written % 2_000_000 == 0:
                 print(f"  filled {written:,} points in {time.monotonic() - began:.0f} s", flush=True)
-    if chunk:
-        _write(client, chunk)
-        written += len(chunk)
+    for policy, chunk in chunks.items():
+        if chunk:
+            _write(client, chunk, policy)
+            written += len(chunk)
     return written
 
 
-def _write(client: httpx.Client, chunk: list[str]) -> None:
+def _write(client: httpx.Client, chunk: list[str], policy: str) -> None:
     body = gzip.compress("\n".join(chunk).encode(), compresslevel=1)
     response = client.post(
-        "/write", params={"db": DATABASE, "precision": "ns"}, content=body, headers={"Content-Encoding": "gzip"}
+        "/write",
+        params={"db": DATABASE, "precision": "ns", "rp": policy},
+        content=body,
+        headers={"Content-Encoding": "gzip"},
     )
     if response.status_code != 204:
         raise SystemExit(f"write refused: {response.status_code} {response.text[:300]}")
@@ -136,15 +152,16 @@ def _grafana_interval(span: timedelta) -> str:
     return f"{max(1, int(span.total_seconds() // POINTS_PER_PANEL))}s"
 
 
-def panel_queries() -> list[tuple[str, str, dict[str, str]]]:
-    """(where, InfluxQL with variables, the dashboard's default variable values) of every panel target."""
+def panel_queries(policies: Policies) -> list[tuple[str, str, dict[str, str]]]:
+    """(where, InfluxQL with variables, the dashboard's variable values: defaults, policies as pushed)."""
+    dashboards = [with_policies(dashboard, policies) for dashboard in dashboard_build.build_all().values()]
     return [
         (
             f"{dashboard['uid']} / {panel['title']} / {target['refId']}",
             target["query"],
             {v["name"]: v["current"]["value"] for v in dashboard["templating"]["list"]},
         )
-        for dashboard in dashboard_build.build_all().values()
+        for dashboard in dashboards
         for panel in dashboard["panels"]
         for target in panel.get("targets", [])
     ]
@@ -179,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-hours", type=int, default=24, help="raw readings kept, hours (default 24)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=3.0, help="median latency allowed per query (default 3 s)")
+    parser.add_argument(
+        "--retention", action="store_true", help=f"readings in {RAW_POLICY}, rollups in {ROLLUP_POLICY} (raw retention)"
+    )
     args = parser.parse_args(argv)
+    policies = Policies(raw=RAW_POLICY, rollup=ROLLUP_POLICY) if args.retention else Policies()
     end = datetime.now(UTC).replace(microsecond=0)
     ranges = {**RANGES, f"{args.days}d": timedelta(days=args.days)}
     with tempfile.TemporaryDirectory(prefix="aua-bench-dash-") as folder:
@@ -189,18 +210,32 @@ def main(argv: list[str] | None = None) -> int:
             with httpx.Client(base_url=influx.url, timeout=600) as client:
                 print(f"filling {args.days} days of rollups and health, {args.raw_hours} h of raw, 24 series ...")
                 began = time.monotonic()
-                points = fill(client, args.days, args.raw_hours, end)
+                points = fill(client, args.days, args.raw_hours, end, policies)
                 print(f"  {points:,} points in {time.monotonic() - began:.0f} s; letting influxd compact ...")
                 time.sleep(5)
-                return measure(client, ranges, end, repeats=args.repeats, budget_s=args.budget_s, whole=f"{args.days}d")
+                return measure(
+                    client,
+                    panel_queries(policies),
+                    ranges,
+                    end,
+                    repeats=args.repeats,
+                    budget_s=args.budget_s,
+                    whole=f"{args.days}d",
+                )
         finally:
             influx.terminate()
 
 
 def measure(
-    client: httpx.Client, ranges: dict[str, timedelta], end: datetime, *, repeats: int, budget_s: float, whole: str
+    client: httpx.Client,
+    queries: list[tuple[str, str, dict[str, str]]],
+    ranges: dict[str, timedelta],
+    end: datetime,
+    *,
+    repeats: int,
+    budget_s: float,
+    whole: str,
 ) -> int:
-    queries = panel_queries()
     timings: dict[tuple[str, str], list[float]] = {}
     rows: dict[tuple[str, str], int] = {}
     for _ in range(repeats):  # interleaved: every query and range once per round

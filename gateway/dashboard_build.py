@@ -7,6 +7,13 @@ Every panel reads InfluxDB through Grafana's InfluxQL data source of uid `aua-in
 (dashboards/provisioning/datasources/aua-influxdb.yaml), the measurements the gateway writes:
 `reading` (raw), `rollup` (1m, 1h, ... aggregates) and `aua_health` (gateway and agent accounting).
 
+Each measurement is named with its retention policy through a template variable, `"$raw_rp"."reading"`,
+`"$rollup_rp"."rollup"` and `"$health_rp"."aua_health"`: with `[store] raw_retention_days` set the gateway writes
+readings to the policy `aua_raw` and rollups to `aua_rollup` (gateway/stores/retention.py), otherwise
+everything goes to the database's default policy (`autogen`, or the store URL's `?rp=`). The files default to
+`autogen` (the shipped deployment keeps raw data forever); `cems-gateway dashboards push CONFIG` sets the
+variables from the gateway's config (gateway/dashboards.py), and each is a drop-down on the dashboard.
+
 Units on the ambient dashboard: SO2 and NO2 arrive in ppb (config/profiles/ambient-gas-analyzer.toml) and
 PM in µg/m³; the panels convert them in the query to mg/m³ at 0 °C and 101.325 kPa (cems-mrv.md §2: ppb ×
 M / 22.414 / 1000), so the thresholds are the ПДК of cems-mrv.md §5 as written there. Mercury stays in ng/m³.
@@ -26,6 +33,7 @@ from gateway.alert_rules import AMBIENT_PDK, MOLAR_MASS_G_PER_MOL, MOLAR_VOLUME_
 from gateway.rollup import Period
 from gateway.stores.base import HEALTH_MEASUREMENT
 from gateway.stores.line_protocol import AGGREGATE_MEASUREMENT, MEASUREMENT
+from gateway.stores.retention import RAW_POLICY, ROLLUP_POLICY
 
 DATASOURCE_UID: Final = "aua-influxdb"
 DATASOURCE: Final = {"type": "influxdb", "uid": DATASOURCE_UID}
@@ -47,6 +55,21 @@ STATIONS: Final = {
 """Where each ambient site stands (WGS 84). Add a station here and rebuild the dashboards."""
 
 HG_LIMIT_NG_M3: Final = 300.0
+
+DEFAULT_POLICY: Final = "autogen"
+"""The retention policy InfluxDB 1.x creates with a database (and deploy/influxdb/init.sh maps for 2.x)."""
+RAW_RP: Final = "raw_rp"
+ROLLUP_RP: Final = "rollup_rp"
+HEALTH_RP: Final = "health_rp"
+POLICY_CHOICES: Final = {
+    RAW_RP: (DEFAULT_POLICY, RAW_POLICY),
+    ROLLUP_RP: (DEFAULT_POLICY, ROLLUP_POLICY),
+    HEALTH_RP: (DEFAULT_POLICY,),
+}
+"""The drop-down's values per retention-policy variable; the first is the files' default."""
+RAW: Final = f'"${RAW_RP}"."{MEASUREMENT}"'
+ROLLUP: Final = f'"${ROLLUP_RP}"."{AGGREGATE_MEASUREMENT}"'
+HEALTH: Final = f'"${HEALTH_RP}"."{HEALTH_MEASUREMENT}"'
 
 RED: Final = "red"
 ORANGE: Final = "orange"
@@ -143,11 +166,37 @@ def _variable(name: str, query: str, current: str, label: str) -> dict[str, Any]
     }
 
 
-SITE_QUERY: Final = f'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "site"'
-INSTRUMENT_QUERY: Final = f'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "instrument" WHERE "site" =~ /^$site$/'
+def _policy_variable(name: str, label: str, measurement: str) -> dict[str, Any]:
+    """A drop-down naming the retention policy `measurement` is read from; `dashboards push` sets it."""
+    choices = POLICY_CHOICES[name]
+    return {
+        "name": name,
+        "label": label,
+        "type": "custom",
+        "description": f"InfluxDB retention policy of measurement {measurement!r}: {RAW_POLICY}/{ROLLUP_POLICY} "
+        f"when the gateway has [store] raw_retention_days, else the database's default ({DEFAULT_POLICY} or the "
+        "store URL's ?rp=). `cems-gateway dashboards push CONFIG` sets it from the gateway's config.",
+        "query": ",".join(choices),
+        "options": [{"text": choice, "value": choice, "selected": choice == choices[0]} for choice in choices],
+        "current": {"text": choices[0], "value": choices[0]},
+        "multi": False,
+        "includeAll": False,
+    }
+
+
+def _policy_variables(*names: str) -> list[dict[str, Any]]:
+    labels = {
+        RAW_RP: ("Raw policy", MEASUREMENT),
+        ROLLUP_RP: ("Rollup policy", AGGREGATE_MEASUREMENT),
+        HEALTH_RP: ("Health policy", HEALTH_MEASUREMENT),
+    }
+    return [_policy_variable(name, *labels[name]) for name in names]
+
+
+SITE_QUERY: Final = f'SHOW TAG VALUES FROM {RAW} WITH KEY = "site"'
+INSTRUMENT_QUERY: Final = f'SHOW TAG VALUES FROM {RAW} WITH KEY = "instrument" WHERE "site" =~ /^$site$/'
 PARAMETER_QUERY: Final = (
-    f'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "parameter" WHERE "site" =~ /^$site$/ '
-    'AND "instrument" =~ /^$instrument$/'
+    f'SHOW TAG VALUES FROM {RAW} WITH KEY = "parameter" WHERE "site" =~ /^$site$/ AND "instrument" =~ /^$instrument$/'
 )
 
 ALERT_ANNOTATIONS: Final = {
@@ -196,7 +245,7 @@ def plant_overview() -> dict[str, Any]:
             [
                 _target(
                     "A",
-                    f'SELECT last("value") FROM "{MEASUREMENT}" WHERE "site" =~ /^$site$/ AND $timeFilter '
+                    f'SELECT last("value") FROM {RAW} WHERE "site" =~ /^$site$/ AND $timeFilter '
                     'GROUP BY "instrument", "parameter"',
                     alias="$tag_instrument $tag_parameter",
                 )
@@ -212,7 +261,7 @@ def plant_overview() -> dict[str, Any]:
                 _target(
                     "A",
                     f'SELECT last("quality") AS "quality", last("status") AS "status word", last("value") AS "value", '
-                    f'last("unit") AS "unit" FROM "{MEASUREMENT}" WHERE "site" =~ /^$site$/ AND $timeFilter '
+                    f'last("unit") AS "unit" FROM {RAW} WHERE "site" =~ /^$site$/ AND $timeFilter '
                     'GROUP BY "instrument", "parameter"',
                     table=True,
                 )
@@ -230,7 +279,7 @@ def plant_overview() -> dict[str, Any]:
                 [
                     _target(
                         "A",
-                        f'SELECT mean("value") FROM "{AGGREGATE_MEASUREMENT}" WHERE "site" =~ /^$site$/ '
+                        f'SELECT mean("value") FROM {ROLLUP} WHERE "site" =~ /^$site$/ '
                         f"AND \"period\" = '1m' AND \"parameter\" = '{parameter}' AND $timeFilter "
                         'GROUP BY time($__interval), "instrument" fill(none)',
                         alias="$tag_instrument",
@@ -244,18 +293,21 @@ def plant_overview() -> dict[str, Any]:
                 "compliance is judged on validated, O2-corrected daily means (stack detail, MRV report).",
             )
         )
-    return _dashboard("aua-plant-overview", "Aua · Plant overview", panels, [site])
+    return _dashboard(
+        "aua-plant-overview", "Aua · Plant overview", panels, [*_policy_variables(RAW_RP, ROLLUP_RP), site]
+    )
 
 
 def stack_detail() -> dict[str, Any]:
     variables = [
+        *_policy_variables(RAW_RP, ROLLUP_RP),
         _variable("site", SITE_QUERY, STACK_SITE, "Site"),
         _variable("instrument", INSTRUMENT_QUERY, "stack1-gas", "Instrument"),
         _variable("parameter", PARAMETER_QUERY, "so2", "Parameter"),
     ]
     where = '"site" =~ /^$site$/ AND "instrument" =~ /^$instrument$/ AND "parameter" =~ /^$parameter$/'
-    minute = f'"{AGGREGATE_MEASUREMENT}" WHERE {where} AND "period" = \'1m\' AND $timeFilter'
-    hour = f'"{AGGREGATE_MEASUREMENT}" WHERE {where} AND "period" = \'1h\' AND $timeFilter'
+    minute = f"{ROLLUP} WHERE {where} AND \"period\" = '1m' AND $timeFilter"
+    hour = f"{ROLLUP} WHERE {where} AND \"period\" = '1h' AND $timeFilter"
     site_minute = '"site" =~ /^$site$/ AND "period" = \'1m\' AND $timeFilter'
     per_pixel = "GROUP BY time($__interval) fill(none)"
     """Every 1-minute sample when zoomed in; over a year ~1,000 means instead of 525,600 points per series."""
@@ -284,7 +336,7 @@ def stack_detail() -> dict[str, Any]:
                 _target(
                     "A",
                     f'SELECT mean("value") AS "mean", min("value") AS "min", max("value") AS "max" '
-                    f'FROM "{MEASUREMENT}" WHERE {where} AND $timeFilter GROUP BY time($__interval) fill(none)',
+                    f"FROM {RAW} WHERE {where} AND $timeFilter GROUP BY time($__interval) fill(none)",
                     alias="raw $col",
                 )
             ],
@@ -331,8 +383,7 @@ def stack_detail() -> dict[str, Any]:
                 _target("A", f'SELECT mean("value") FROM {minute} {per_pixel}', alias="measured"),
                 _target(
                     "B",
-                    f'SELECT mean("value") FROM "{AGGREGATE_MEASUREMENT}" WHERE {site_minute} '
-                    f"AND \"parameter\" = 'o2' {per_pixel}",
+                    f'SELECT mean("value") FROM {ROLLUP} WHERE {site_minute} AND "parameter" = \'o2\' {per_pixel}',
                     alias="o2",
                 ),
             ],
@@ -354,8 +405,7 @@ def stack_detail() -> dict[str, Any]:
                 _target("A", f'SELECT mean("value") FROM {minute} {per_pixel}', alias="measured"),
                 _target(
                     "B",
-                    f'SELECT mean("value") FROM "{AGGREGATE_MEASUREMENT}" WHERE {site_minute} '
-                    f"AND \"parameter\" = 'flow' {per_pixel}",
+                    f'SELECT mean("value") FROM {ROLLUP} WHERE {site_minute} AND "parameter" = \'flow\' {per_pixel}',
                     alias="flow",
                 ),
             ],
@@ -383,7 +433,7 @@ def ambient_network() -> dict[str, Any]:
         not the 31.5 million raw samples of a 1 s analyzer (which the raw retention has dropped anyway)."""
         scaled = f" * {factor:g}" if factor != 1.0 else ""
         return (
-            f'SELECT mean("value"){scaled} FROM "{AGGREGATE_MEASUREMENT}" WHERE "parameter" = \'{parameter}\' '
+            f'SELECT mean("value"){scaled} FROM {ROLLUP} WHERE "parameter" = \'{parameter}\' '
             f"AND \"period\" = '{Period.MINUTE}' AND {where} {group}"
         )
 
@@ -410,7 +460,7 @@ def ambient_network() -> dict[str, Any]:
             _target(
                 chr(ord("A") + index),
                 f'SELECT last("value") AS "hg", last("value") * 0 + {place["latitude"]} AS "latitude", '
-                f'last("value") * 0 + {place["longitude"]} AS "longitude" FROM "{MEASUREMENT}" '
+                f'last("value") * 0 + {place["longitude"]} AS "longitude" FROM {RAW} '
                 f'WHERE "site" = \'{station}\' AND "parameter" = \'hg\' AND $timeFilter GROUP BY "site"',
                 table=True,
             )
@@ -466,7 +516,7 @@ def ambient_network() -> dict[str, Any]:
                 _target("A", minute_means("wind_speed"), alias="speed m/s"),
                 _target(
                     "B",
-                    f'SELECT last("value") FROM "{MEASUREMENT}" WHERE "parameter" = \'wind_dir\' AND {where} {group}',
+                    f'SELECT last("value") FROM {RAW} WHERE "parameter" = \'wind_dir\' AND {where} {group}',
                     alias="from (deg)",
                 ),
             ],
@@ -480,13 +530,15 @@ def ambient_network() -> dict[str, Any]:
     for index, panel in enumerate(panels[2:6]):
         panel["gridPos"] = {"x": 12 * (index % 2), "y": 12 + 8 * (index // 2), "w": 12, "h": 8}
     panels[6]["gridPos"]["y"] = 28
-    return _dashboard("aua-ambient", "Aua · Ambient network (Pavlodar)", panels, [site])
+    return _dashboard(
+        "aua-ambient", "Aua · Ambient network (Pavlodar)", panels, [*_policy_variables(RAW_RP, ROLLUP_RP), site]
+    )
 
 
 def data_quality() -> dict[str, Any]:
     site = _variable("site", SITE_QUERY, STACK_SITE, "Site")
-    minutes = f'"{AGGREGATE_MEASUREMENT}" WHERE "site" =~ /^$site$/ AND "period" = \'1m\' AND $timeFilter'
-    hours = f'"{AGGREGATE_MEASUREMENT}" WHERE "site" =~ /^$site$/ AND "period" = \'1h\' AND $timeFilter'
+    minutes = f'{ROLLUP} WHERE "site" =~ /^$site$/ AND "period" = \'1m\' AND $timeFilter'
+    hours = f'{ROLLUP} WHERE "site" =~ /^$site$/ AND "period" = \'1h\' AND $timeFilter'
     """Totals over the whole range read hours: a year is 8,760 points per series instead of 525,600 minutes."""
     panels = [
         _panel(
@@ -547,12 +599,14 @@ def data_quality() -> dict[str, Any]:
             grid=(12, 8, 12, 8),
         ),
     ]
-    return _dashboard("aua-data-quality", "Aua · Data availability and quality", panels, [site])
+    return _dashboard(
+        "aua-data-quality", "Aua · Data availability and quality", panels, [*_policy_variables(RAW_RP, ROLLUP_RP), site]
+    )
 
 
 def health() -> dict[str, Any]:
-    agents = f'"{HEALTH_MEASUREMENT}" WHERE "component" = \'agent\' AND $timeFilter'
-    gateways = f'"{HEALTH_MEASUREMENT}" WHERE "component" = \'gateway\' AND $timeFilter'
+    agents = f"{HEALTH} WHERE \"component\" = 'agent' AND $timeFilter"
+    gateways = f"{HEALTH} WHERE \"component\" = 'gateway' AND $timeFilter"
     per_agent = 'GROUP BY time($__interval), "site", "agent" fill(none)'
     per_gateway = 'GROUP BY time($__interval), "id" fill(none)'
     panels = [
@@ -628,7 +682,7 @@ def health() -> dict[str, Any]:
             description="Counters since the gateway started; `cems-gateway dead-letters` lists them.",
         ),
     ]
-    return _dashboard("aua-health", "Aua · Agent and gateway health", panels, [])
+    return _dashboard("aua-health", "Aua · Agent and gateway health", panels, _policy_variables(HEALTH_RP))
 
 
 BUILDERS: Final = (plant_overview, stack_detail, ambient_network, data_quality, health)

@@ -5,6 +5,11 @@ them and Grafana keeps the older versions in its history. They read the InfluxQL
 `aua-influxdb`: provision it (dashboards/provisioning/datasources/) or create it with that uid; the push
 warns when Grafana does not have it. Authentication: a service account token (`Authorization: Bearer`).
 
+The panels name each measurement's retention policy through the variables `raw_rp`, `rollup_rp` and
+`health_rp` (gateway/dashboard_build.py). The push sets them to where the gateway of CONFIG writes
+(`policies_for`): `aua_raw`/`aua_rollup` with `[store] raw_retention_days`, else the store URL's `?rp=` or the
+database's default policy `autogen`.
+
 No Grafana server can run where the tests run: tests/test_dashboards_push.py checks the requests against a
 local HTTP receiver that records them and answers the way Grafana's HTTP API does.
 """
@@ -19,13 +24,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
 from aua_ops import redact_text, redact_url
 from gateway.config import GatewayConfig
-from gateway.dashboard_build import DATASOURCE_UID, DEFAULT_DIR, FOLDER
+from gateway.dashboard_build import (
+    DATASOURCE_UID,
+    DEFAULT_DIR,
+    DEFAULT_POLICY,
+    FOLDER,
+    HEALTH_RP,
+    RAW_RP,
+    ROLLUP_RP,
+)
+from gateway.stores.retention import RAW_POLICY, ROLLUP_POLICY
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +58,54 @@ class Pushed:
     title: str
     url: str
     version: int | None
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The InfluxDB retention policy of each measurement the dashboards read."""
+
+    raw: str = DEFAULT_POLICY
+    rollup: str = DEFAULT_POLICY
+    health: str = DEFAULT_POLICY
+
+    def values(self) -> dict[str, str]:
+        """variable name -> value."""
+        return {RAW_RP: self.raw, ROLLUP_RP: self.rollup, HEALTH_RP: self.health}
+
+
+def policies_for(config: GatewayConfig) -> Policies:
+    """Where the gateway of `config` writes (gateway/stores/influx.py): readings and rollups to aua_raw and
+    aua_rollup when `[store] raw_retention_days` is set; everything else (and everything without it) to the
+    store URL's `?rp=`, or the database's default policy. A SQLite store: the defaults (no Grafana panel
+    reads SQLite)."""
+    rp = parse_qs(urlsplit(config.store.url).query).get("rp", [""])[-1] or DEFAULT_POLICY
+    if config.store.raw_retention_days is not None:
+        return Policies(raw=RAW_POLICY, rollup=ROLLUP_POLICY, health=rp)
+    return Policies(raw=rp, rollup=rp, health=rp)
+
+
+def with_policies(dashboard: dict[str, Any], policies: Policies) -> dict[str, Any]:
+    """A copy of `dashboard` whose retention-policy variables select `policies` (added to the drop-down when
+    it does not offer them, e.g. a URL's `?rp=`)."""
+    values = policies.values()
+    variables = []
+    for variable in dashboard.get("templating", {}).get("list", []):
+        value = values.get(variable.get("name"))
+        if value is None:
+            variables.append(variable)
+            continue
+        choices = [option["value"] for option in variable.get("options", [])]
+        if value not in choices:
+            choices.append(value)
+        variables.append(
+            {
+                **variable,
+                "query": ",".join(choices),
+                "options": [{"text": c, "value": c, "selected": c == value} for c in choices],
+                "current": {"text": value, "value": value},
+            }
+        )
+    return {**dashboard, "templating": {**dashboard.get("templating", {}), "list": variables}}
 
 
 def load_dashboards(directory: Path = DEFAULT_DIR) -> list[dict[str, Any]]:
@@ -87,9 +150,13 @@ def push(
     folder_title: str = FOLDER,
     message: str = "pushed by cems-gateway dashboards push",
     timeout: float = 10.0,
+    policies: Policies | None = None,
 ) -> list[Pushed]:
-    """Create the folder if needed and upload every dashboard (overwrite). Raises DashboardPushError."""
+    """Create the folder if needed and upload every dashboard (overwrite), its retention-policy variables set
+    to `policies` (None: as in the files). Raises DashboardPushError."""
     dashboards = load_dashboards(directory)
+    if policies is not None:
+        dashboards = [with_policies(dashboard, policies) for dashboard in dashboards]
     api = GrafanaApi.from_url(url, credential=token, timeout=timeout)
     try:
         if ensure_folder(api, folder_uid, folder_title):
@@ -163,10 +230,12 @@ def run_dashboards_command(config: GatewayConfig, args: argparse.Namespace) -> i
     if not token and notify is not None and notify.grafana_token is not None:
         token = notify.grafana_token.get_secret_value()
     try:
-        pushed = push(url, token, directory=args.dir, folder_uid=args.folder_uid)
+        policies = policies_for(config)
+        pushed = push(url, token, directory=args.dir, folder_uid=args.folder_uid, policies=policies)
     except DashboardPushError as error:
         print(redact_text(str(error)), file=sys.stderr)
         return 1
+    print(f"retention policies: reading {policies.raw}, rollup {policies.rollup}, aua_health {policies.health}")
     for item in pushed:
         version = "" if item.version is None else f" (version {item.version})"
         print(f"pushed {item.uid:<22} {item.title}{version} {redact_url(url.rstrip('/'))}{item.url}")

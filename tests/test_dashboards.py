@@ -7,6 +7,10 @@ check ties every measurement, tag and field a query names to what the gateway wr
 gateway/stores/line_protocol.py by formatting real points), so a typo fails here, not on a blank panel.
 Grafana itself cannot run here: its transformations (O2 correction, mass rate) are evaluated by a small
 re-implementation of the two it uses (joinByField, calculateField binary).
+
+The chain runs twice: into the database's default retention policy (the files' defaults, as provisioned), and
+with `[store] raw_retention_days` set, where the gateway writes readings to `aua_raw` and rollups to `aua_rollup`;
+there the retention-policy variables take what `cems-gateway dashboards push` sets from that config.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import math
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,14 +36,17 @@ from edge_agent.poller import Agent
 from edge_agent.simulator import simulator_for_config
 from gateway import dashboard_build
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
+from gateway.dashboards import policies_for, with_policies
 from gateway.health_writer import HealthWriter
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
+from gateway.retention import retention_settings
 from gateway.rollup import Aggregate, Period
 from gateway.rollup_engine import RollupEngine
 from gateway.stores import StoredReading, open_store
 from gateway.stores import line_protocol as lp
 from gateway.stores.base import HEALTH_MEASUREMENT, HEALTH_TAG_KEYS, HealthPoint
+from gateway.stores.retention import RAW_POLICY, ROLLUP_POLICY
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "dashboards"
@@ -71,6 +79,12 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 """Broad physical ranges per parameter in the unit the profiles give (config/profiles/*.toml)."""
 VALUE_COLUMNS = frozenset({"value", "mean", "last", "hg"})
+POLICY_VARIABLE = {
+    lp.MEASUREMENT: dashboard_build.RAW_RP,
+    lp.AGGREGATE_MEASUREMENT: dashboard_build.ROLLUP_RP,
+    HEALTH_MEASUREMENT: dashboard_build.HEALTH_RP,
+}
+"""The retention-policy variable each measurement must be read through (where the gateway writes it)."""
 
 
 # -- what the gateway writes, derived from the line protocol -------------------------------------------------
@@ -99,16 +113,20 @@ def written_schema() -> dict[str, set[str]]:
 
 
 def schema_problems(query: str, schema: dict[str, set[str]]) -> list[str]:
-    """What a query names that the gateway does not write: measurement, tags, fields."""
+    """What a query names that the gateway does not write: measurement, tags, fields; and a measurement read
+    from another retention policy than the variable of the policy the gateway writes it to."""
     measurements = re.findall(r"\bFROM\s+(\S+)", query)
     if len(measurements) != 1:
         return [f"expected one FROM, found {measurements}: {query}"]
-    quoted = re.fullmatch(r'"([^"]+)"', measurements[0])
+    quoted = re.fullmatch(r'"\$([a-z_]+)"\."([^"]+)"', measurements[0])
     if quoted is None:
-        return [f"measurement {measurements[0]} must be double-quoted: {query}"]
-    measurement = quoted.group(1)
+        return [f'{measurements[0]} must be "$POLICY_VARIABLE"."measurement", both double-quoted: {query}']
+    policy, measurement = quoted.groups()
     if measurement not in schema:
         return [f"measurement {measurement!r} is not written by the gateway (known: {sorted(schema)})"]
+    if policy != POLICY_VARIABLE[measurement]:
+        return [f"{measurement} is read through ${policy}, not ${POLICY_VARIABLE[measurement]}: {query}"]
+    query = query.replace(f'"${policy}".', "", 1)
     without_strings = re.sub(r"'[^']*'", "''", re.sub(r"([=!]~)\s*/(?:[^/\\]|\\.)*/", r"\1 //", query))
     aliases = set(re.findall(r'\bAS\s+"([^"]+)"', without_strings))
     return [
@@ -165,7 +183,10 @@ def test_every_query_names_only_what_the_gateway_writes() -> None:
     problems = []
     for dashboard in dashboards.values():
         for variable in dashboard["templating"]["list"]:
-            problems += schema_problems(variable["query"], schema)
+            if variable["type"] == "query":
+                problems += schema_problems(variable["query"], schema)
+            else:
+                assert variable["name"] in POLICY_VARIABLE.values(), variable
         for _, panel, target in queries(dashboard):
             assert panel["datasource"]["uid"] == target["datasource"]["uid"] == dashboard_build.DATASOURCE_UID
             problems += schema_problems(target["query"], schema)
@@ -175,10 +196,13 @@ def test_every_query_names_only_what_the_gateway_writes() -> None:
 @pytest.mark.parametrize(
     "typo",
     [
-        ('FROM "reading"', 'FROM "readings"'),
+        ('"$raw_rp"."reading"', '"$raw_rp"."readings"'),
         ('"n_valid"', '"n_vaild"'),
         ('"site"', '"sites"'),
-        ('FROM "aua_health"', "FROM aua_health"),
+        ('"$health_rp"."aua_health"', '"$health_rp".aua_health'),
+        ('"$raw_rp"."reading"', '"$rollup_rp"."reading"'),
+        ('"$rollup_rp"."rollup"', '"rollup"'),
+        ('"$health_rp"."aua_health"', '"autogen"."aua_health"'),
     ],
 )
 def test_the_static_check_catches_a_typo(typo: tuple[str, str]) -> None:
@@ -212,17 +236,12 @@ def test_ambient_limits_are_the_pdk_converted() -> None:
 # -- filled InfluxDB ---------------------------------------------------------------------------------------------
 
 
-async def _fill(db_url: str, broker: MosquittoServer, workdir: Path) -> list[HealthPoint]:
+async def _fill(config: GatewayConfig, broker: MosquittoServer, workdir: Path) -> list[HealthPoint]:
     sites = []
     for loaded in demo_sites():
         ports = {port: free_port() for port in {i.config.port for i in loaded.instruments}}
         sites.append(relocate(loaded, broker_host=broker.host, broker_port=broker.port, ports=ports, workdir=workdir))
-    config = GatewayConfig(
-        gateway=GatewaySection(id=f"dash-{uuid.uuid4().hex[:6]}", state=workdir / "gateway-state.sqlite"),
-        mqtt=MqttSection(host=broker.host, port=broker.port),
-        store=StoreSection(url=db_url),
-    )
-    store = open_store(db_url)
+    store = open_store(config.store.url, retention=retention_settings(config.store))
     await store.open()
     ledger = Ledger(config.gateway.state)
     rollups = RollupEngine.from_config(config, store)
@@ -257,14 +276,48 @@ async def _fill(db_url: str, broker: MosquittoServer, workdir: Path) -> list[Hea
         rollups.close()
 
 
-@pytest.fixture(scope="module")
+@dataclass(frozen=True)
+class Filled:
+    base: str
+    """influxd's base URL"""
+    database: str
+    points: list[HealthPoint]
+    """the health points written"""
+    config: GatewayConfig
+    """the gateway's config"""
+
+    @property
+    def retention(self) -> bool:
+        return self.config.store.raw_retention_days is not None
+
+    def dashboards(self) -> dict[str, dict[str, Any]]:
+        """As Grafana shows them: the files as provisioned, or as `dashboards push CONFIG` sets them."""
+        files = load_dashboards()
+        if not self.retention:
+            return files
+        return {name: with_policies(dashboard, policies_for(self.config)) for name, dashboard in files.items()}
+
+
+@pytest.fixture(scope="module", params=["default policy", "raw retention"])
 def filled(
-    influxdb: InfluxServer, mosquitto: MosquittoServer, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[str, str, list[HealthPoint]]:
-    """(influxd base URL, database, health points written) after the chain ran for a few seconds."""
+    request: pytest.FixtureRequest,
+    influxdb: InfluxServer,
+    mosquitto: MosquittoServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Filled:
+    """The chain ran for a few seconds into a fresh database, with or without `[store] raw_retention_days`."""
     database = unique_database_name("dashboards")
-    points = asyncio.run(_fill(influxdb.database_url(database), mosquitto, tmp_path_factory.mktemp("dash")))
-    return influxdb.url, database, points
+    workdir = tmp_path_factory.mktemp("dash")
+    config = GatewayConfig(
+        gateway=GatewaySection(id=f"dash-{uuid.uuid4().hex[:6]}", state=workdir / "gateway-state.sqlite"),
+        mqtt=MqttSection(host=mosquitto.host, port=mosquitto.port),
+        store=StoreSection(
+            url=influxdb.database_url(database),
+            raw_retention_days=30 if request.param == "raw retention" else None,
+        ),
+    )
+    points = asyncio.run(_fill(config, mosquitto, workdir))
+    return Filled(influxdb.url, database, points, config)
 
 
 def run_query(base: str, database: str, query: str) -> list[dict[str, Any]]:
@@ -344,11 +397,14 @@ def apply_transformations(panel: dict[str, Any], frames: dict[str, dict[int, flo
     return table
 
 
-def test_every_panel_query_answers_plausibly(filled: tuple[str, str, list[HealthPoint]]) -> None:
-    base, database, _ = filled
-    for dashboard in load_dashboards().values():
+def test_every_panel_query_answers_plausibly(filled: Filled) -> None:
+    base, database = filled.base, filled.database
+    for dashboard in filled.dashboards().values():
         values = variables(dashboard)
         for variable in dashboard["templating"]["list"]:
+            if variable["type"] == "custom":  # a retention policy: Grafana offers the comma-separated values
+                assert variable["current"]["value"] in variable["query"].split(","), variable
+                continue
             answer = run_query(base, database, substitute(variable["query"], values))
             offered = {row[1] for series in answer for row in series["values"]}
             assert variable["current"]["value"] in offered, (dashboard["uid"], variable["name"], offered)
@@ -374,8 +430,40 @@ def test_every_panel_query_answers_plausibly(filled: tuple[str, str, list[Health
                     assert 0 <= value <= 10_000, f"{panel['title']}: {name}={value}"
 
 
-def test_health_points_carry_the_documented_fields(filled: tuple[str, str, list[HealthPoint]]) -> None:
-    _, _, points = filled
+def test_readings_and_rollups_are_where_the_variables_say(filled: Filled) -> None:
+    """With raw retention the default policy holds no reading or rollup: the files' defaults would show empty
+    panels, and only the pushed variables find the data. Health points stay in the default policy."""
+    listed = run_query(filled.base, filled.database, "SHOW RETENTION POLICIES")
+    policies = {row[0] for series in listed for row in series["values"]}
+    counted = {}
+    for policy in sorted(policies):
+        for measurement in (lp.MEASUREMENT, lp.AGGREGATE_MEASUREMENT, HEALTH_MEASUREMENT):
+            answer = run_query(filled.base, filled.database, f'SELECT count(*) FROM "{policy}"."{measurement}"')
+            counted[(policy, measurement)] = bool(answer)
+    default = dashboard_build.DEFAULT_POLICY
+    if filled.retention:
+        assert {RAW_POLICY, ROLLUP_POLICY} <= policies
+        where = {lp.MEASUREMENT: RAW_POLICY, lp.AGGREGATE_MEASUREMENT: ROLLUP_POLICY, HEALTH_MEASUREMENT: default}
+    else:
+        assert not {RAW_POLICY, ROLLUP_POLICY} & policies
+        where = dict.fromkeys((lp.MEASUREMENT, lp.AGGREGATE_MEASUREMENT, HEALTH_MEASUREMENT), default)
+    assert {key for key, found in counted.items() if found} == {(policy, m) for m, policy in where.items()}
+    shown = filled.dashboards()
+    for name, dashboard in shown.items():
+        values = variables(dashboard)
+        for measurement, policy in where.items():
+            variable = POLICY_VARIABLE[measurement]
+            if variable in values:
+                assert values[variable] == policy, (name, variable)
+    if filled.retention:  # the files as shipped read the default policy: the stack panels are empty there
+        stack = load_dashboards()["aua-stack-detail.json"]
+        for label, _, target in queries(stack):
+            query = substitute(target["query"], variables(stack))
+            assert run_query(filled.base, filled.database, query) == [], label
+
+
+def test_health_points_carry_the_documented_fields(filled: Filled) -> None:
+    points = filled.points
     gateways = [p for p in points if p.component == "gateway"]
     agents = {(p.site, p.agent) for p in points if p.component == "agent"}
     assert len(gateways) >= 3

@@ -150,3 +150,44 @@ def test_cli_push(grafana: tuple[FakeGrafana, str], tmp_path: Path, capsys: pyte
     assert out.count("pushed ") == len(fake.dashboards) == 5
     assert cli.main(["dashboards", "push", str(config), "--token", "nope"]) == 1
     assert "HTTP 401" in capsys.readouterr().err
+
+
+def _policy_values(model: dict[str, Any]) -> dict[str, str]:
+    return {
+        variable["name"]: variable["current"]["value"]
+        for variable in model["templating"]["list"]
+        if variable["name"].endswith("_rp")
+    }
+
+
+@pytest.mark.parametrize(
+    ("store", "policies"),
+    [
+        ('url = "influx://127.0.0.1:8086/aua"', ("autogen", "autogen", "autogen")),
+        ('url = "influx://127.0.0.1:8086/aua"\nraw_retention_days = 400', ("aua_raw", "aua_rollup", "autogen")),
+        ('url = "influx://127.0.0.1:8086/aua?rp=plant"', ("plant", "plant", "plant")),
+        ('url = "influx://127.0.0.1:8086/aua?rp=plant"\nraw_retention_days = 30', ("aua_raw", "aua_rollup", "plant")),
+    ],
+)
+def test_push_sets_the_retention_policies_the_gateway_writes_to(
+    grafana: tuple[FakeGrafana, str], tmp_path: Path, store: str, policies: tuple[str, str, str]
+) -> None:
+    """gateway/stores/influx.py: readings to aua_raw and rollups to aua_rollup with raw retention, everything
+    else to the URL's ?rp= or the default policy."""
+    fake, url = grafana
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nstate = "state.sqlite"\n[store]\n{store}\n[alerts.notify]\ngrafana_url = "{url}"\n')
+    assert cli.main(["dashboards", "push", str(config), "--token", fake.token]) == 0
+    wanted = dict(zip(("raw_rp", "rollup_rp", "health_rp"), policies, strict=True))
+    for uid, model in fake.dashboards.items():
+        values = _policy_values(model)
+        assert values, uid
+        assert values == {name: wanted[name] for name in values}, uid
+        for variable in model["templating"]["list"]:
+            if variable["name"] in values:  # what the drop-down offers includes what it selects
+                assert variable["current"]["value"] in variable["query"].split(","), (uid, variable)
+                assert [o["value"] for o in variable["options"] if o["selected"]] == [variable["current"]["value"]]
+    on_disk = {json.loads(path.read_text())["uid"]: json.loads(path.read_text()) for path in DEFAULT_DIR.glob("*.json")}
+    assert {uid: _policy_values(model) for uid, model in on_disk.items()} == {
+        uid: dict.fromkeys(_policy_values(model), "autogen") for uid, model in on_disk.items()
+    }, "the files themselves keep the default policy"
