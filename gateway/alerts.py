@@ -12,10 +12,15 @@ Wiring (gateway/ingest.py and gateway/cli.py):
 `run` (or `tick(now)` in tests) evaluates what depends on time (data gaps, offline for N s, reminders,
 silences that ended), bundles queued notices into messages (grouping, rate limit) and delivers them.
 
-Durability: a transition and its notice are written in one transaction before anyone is told; a
-message is written before it is sent, and each delivery (message × notifier) is marked done after the
-notifier returns. So a restart neither repeats a notification that was delivered nor forgets one that
-was queued. A crash between a notifier's success and the mark repeats that one delivery (at least once).
+Durability, an outbox: a transition and its notice are written in one transaction (`transaction()`,
+gateway/state_file.py) before anyone is told, so neither is ever on disk without the other. A message,
+its deliveries (one per notifier: the outbox) and its notices' move to `sending` are one transaction
+too; a delivery is marked done after its notifier returns, and a notice becomes `sent` only when every
+delivery of its message has ended (`undelivered` when none succeeded). Pending deliveries survive a
+crash and go out after the restart. Delivery is at least once: a crash between a notifier's success and
+its mark repeats that one delivery, of the same message (MQTT documents carry its `message` id, every
+message its alert id, episode and state, for a receiver that must deduplicate). If writing a transition
+fails (disk full, busy), the engine keeps it and writes it with the next change, so it is not lost either.
 
 Tables (own, prefixed `alert`, in the gateway state DB next to the ledger's): alert (state per alert),
 alert_notice (transitions, queued/suppressed/sent), alert_message, alert_delivery, alert_silence,
@@ -103,6 +108,8 @@ HISTORY_MAX_NOTICES = 100_000
 """...and at most this many notices, whatever their age."""
 PRUNE_EVERY = timedelta(minutes=1)
 """How often the history is pruned (a step each time; finding what to prune reads the notices once)."""
+UNWRITTEN_MAX = 10_000
+"""Transitions kept in memory while the state DB refuses writes (beyond: the oldest go, counted)."""
 GIVE_UP_AFTER = timedelta(hours=24)
 """A delivery still failing a day after its message was made is abandoned (and logged as an error)."""
 
@@ -127,7 +134,8 @@ CREATE TABLE IF NOT EXISTS alert_notice (
     group_key TEXT NOT NULL,
     queued_ns INTEGER NOT NULL,
     document TEXT NOT NULL,  -- the Notice as JSON, as it will be told
-    status TEXT NOT NULL,    -- queued | suppressed | sent (in a message)
+    status TEXT NOT NULL,    -- queued | suppressed (silenced) | sending (in a message, deliveries pending)
+                             -- | sent (every delivery ended, one at least delivered) | undelivered (none was)
     message_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS alert_notice_status ON alert_notice (status);
@@ -245,21 +253,19 @@ class AlertStore(StateFile):
             "SELECT 1 FROM alert_delivery d "
             "WHERE d.message_id = {} AND d.delivered_ns IS NULL AND d.abandoned_ns IS NULL"
         )
-        with self._lock, self._db:
-            (top,) = self._db.execute("SELECT coalesce(max(id), 0) FROM alert_notice").fetchone()
-            pruned = self._db.execute(
+        with self.transaction() as db:
+            (top,) = db.execute("SELECT coalesce(max(id), 0) FROM alert_notice").fetchone()
+            pruned = db.execute(
                 f"""DELETE FROM alert_notice WHERE id IN (
-                       SELECT n.id FROM alert_notice n WHERE n.status != 'queued'
+                       SELECT n.id FROM alert_notice n WHERE n.status IN ('sent', 'suppressed', 'undelivered')
                        AND (n.queued_ns < ? OR n.id <= ?) AND NOT EXISTS ({pending.format("n.message_id")})
                        ORDER BY n.id LIMIT ?)""",
                 (cutoff, top - self.max_notices, step),
             ).rowcount
             done = f"""SELECT m.id FROM alert_message m WHERE m.created_ns < ? AND NOT EXISTS ({pending.format("m.id")})
                        AND NOT EXISTS (SELECT 1 FROM alert_notice n WHERE n.message_id = m.id) ORDER BY m.id LIMIT ?"""
-            pruned += self._db.execute(
-                f"DELETE FROM alert_delivery WHERE message_id IN ({done})", (cutoff, step)
-            ).rowcount
-            pruned += self._db.execute(
+            pruned += db.execute(f"DELETE FROM alert_delivery WHERE message_id IN ({done})", (cutoff, step)).rowcount
+            pruned += db.execute(
                 """DELETE FROM alert_message WHERE id IN (
                        SELECT m.id FROM alert_message m WHERE m.created_ns < ?
                        AND NOT EXISTS (SELECT 1 FROM alert_delivery d WHERE d.message_id = m.id)
@@ -267,13 +273,13 @@ class AlertStore(StateFile):
                        ORDER BY m.id LIMIT ?)""",
                 (cutoff, step),
             ).rowcount
-            pruned += self._db.execute(
+            pruned += db.execute(
                 """DELETE FROM alert_ack WHERE rowid IN (
                        SELECT k.rowid FROM alert_ack k WHERE k.at_ns < ? AND NOT EXISTS (
                            SELECT 1 FROM alert a WHERE a.id = k.alert_id AND a.episode = k.episode) LIMIT ?)""",
                 (cutoff, step),
             ).rowcount
-            pruned += self._db.execute(
+            pruned += db.execute(
                 "DELETE FROM alert_silence WHERE id IN (SELECT id FROM alert_silence WHERE ends_ns < ? LIMIT ?)",
                 (cutoff, step),
             ).rowcount
@@ -318,16 +324,16 @@ class AlertStore(StateFile):
     def ensure_ids(self, keys: Iterable[AlertKey], now: datetime) -> dict[AlertKey, int]:
         """Ids for alerts (a row in `inactive` for a new one)."""
         ids: dict[AlertKey, int] = {}
-        with self._lock, self._db:
+        with self.transaction() as db:
             for key in keys:
                 fields = (key.rule, key.site, key.agent, key.instrument, key.parameter)
-                self._db.execute(
+                db.execute(
                     """INSERT OR IGNORE INTO alert (rule, site, agent, instrument, parameter, phase, episode, detail,
                                                     firing_sent, updated_ns)
                        VALUES (?, ?, ?, ?, ?, 'inactive', 0, '', 0, ?)""",
                     (*fields, _ns(now)),
                 )
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT id FROM alert "
                     "WHERE rule = ? AND site = ? AND agent = ? AND instrument = ? AND parameter = ?",
                     fields,
@@ -338,9 +344,10 @@ class AlertStore(StateFile):
     def commit(
         self, states: Sequence[tuple[int, AlertState, bool]], notices: Sequence[NoticeWrite], now: datetime
     ) -> None:
-        """New alert states and the notices of their transitions, in one transaction."""
-        with self._lock, self._db:
-            self._db.executemany(
+        """New alert states and the notices of their transitions, in one transaction: an alert is never on
+        disk as firing (and told) without the notice that tells it."""
+        with self.transaction() as db:
+            db.executemany(
                 """UPDATE alert SET phase = ?, episode = ?, since_ns = ?, fired_ns = ?, resolved_ns = ?,
                        clearing_ns = ?, last_ns = ?, reminded_ns = ?, value = ?, peak = ?, detail = ?,
                        firing_sent = ?, updated_ns = ?
@@ -365,7 +372,7 @@ class AlertStore(StateFile):
                     for alert_id, state, firing_sent in states
                 ],
             )
-            self._db.executemany(
+            db.executemany(
                 """INSERT INTO alert_notice (alert_id, kind, episode, group_key, queued_ns, document, status)
                    VALUES (?, ?, ?, ?, ?, ?, ?)""",
                 [
@@ -390,10 +397,8 @@ class AlertStore(StateFile):
         return [(str(s), str(a), str(i)) for s, a, i in rows]
 
     def add_sources(self, sources: Iterable[tuple[str, str, str]], now: datetime) -> None:
-        with self._lock, self._db:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO alert_source VALUES (?, ?, ?, ?)", [(*s, _ns(now)) for s in sources]
-            )
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO alert_source VALUES (?, ?, ?, ?)", [(*s, _ns(now)) for s in sources])
 
     # ---- notices, messages, deliveries ----
 
@@ -412,19 +417,23 @@ class AlertStore(StateFile):
         return [_must(ns) for (ns,) in rows]
 
     def create_messages(self, dispatches: Sequence[Dispatch], notifiers: Sequence[str], now: datetime) -> list[int]:
+        """The messages, their deliveries (the outbox: one per notifier, each tried until it ends) and their
+        notices' move from `queued` to `sending`, in one transaction. Without notifiers a message has no
+        delivery and its notices are `undelivered` at once."""
         ids = []
-        with self._lock, self._db:
+        status = "sending" if notifiers else "undelivered"
+        with self.transaction() as db:
             for dispatch in dispatches:
-                cursor = self._db.execute("INSERT INTO alert_message (created_ns) VALUES (?)", (_ns(now),))
+                cursor = db.execute("INSERT INTO alert_message (created_ns) VALUES (?)", (_ns(now),))
                 message_id = int(cursor.lastrowid or 0)
                 ids.append(message_id)
-                self._db.executemany(
-                    "UPDATE alert_notice SET status = 'sent', message_id = ? WHERE id = ?",
-                    [(message_id, notice_id) for notice_id in dispatch.notice_ids],
-                )
-                self._db.executemany(
+                db.executemany(
                     "INSERT INTO alert_delivery (message_id, notifier, next_ns) VALUES (?, ?, ?)",
                     [(message_id, name, _ns(now)) for name in notifiers],
+                )
+                db.executemany(
+                    "UPDATE alert_notice SET status = ?, message_id = ? WHERE id = ? AND status = 'queued'",
+                    [(status, message_id, notice_id) for notice_id in dispatch.notice_ids],
                 )
         return ids
 
@@ -450,22 +459,26 @@ class AlertStore(StateFile):
         ]
 
     def delivered(self, message_id: int, notifier: str, now: datetime) -> None:
-        with self._lock:
-            self._db.execute(
+        """One delivery done; its message's notices are `sent` once the message's last delivery has ended."""
+        with self.transaction() as db:
+            db.execute(
                 "UPDATE alert_delivery SET delivered_ns = ?, attempts = attempts + 1, error = NULL "
                 "WHERE message_id = ? AND notifier = ?",
                 (_ns(now), message_id, notifier),
             )
+            _settle(db, message_id)
 
     def failed(
         self, message_id: int, notifier: str, error: str, *, next_at: datetime, abandon_at: datetime | None
     ) -> None:
-        with self._lock:
-            self._db.execute(
+        """One attempt failed: try again at `next_at`, or give up (`abandon_at`), which may end the message."""
+        with self.transaction() as db:
+            db.execute(
                 "UPDATE alert_delivery SET attempts = attempts + 1, error = ?, next_ns = ?, abandoned_ns = ? "
                 "WHERE message_id = ? AND notifier = ?",
                 (redact_text(error), _ns(next_at), _ns(abandon_at), message_id, notifier),
             )
+            _settle(db, message_id)
 
     # ---- silences and acknowledgements (also written by the CLI) ----
 
@@ -510,14 +523,14 @@ class AlertStore(StateFile):
         return [Silence(int(i), _must(s), _must(e), r, si, ins, re, by) for i, s, e, r, si, ins, re, by in rows]
 
     def acknowledge(self, alert_id: int, *, by: str, now: datetime, note: str = "") -> AlertRow:
-        with self._lock:
-            row = self._db.execute("SELECT phase, episode FROM alert WHERE id = ?", (alert_id,)).fetchone()
+        with self.transaction() as db:  # the phase checked is the phase acknowledged (the engine writes it too)
+            row = db.execute("SELECT phase, episode FROM alert WHERE id = ?", (alert_id,)).fetchone()
             if row is None:
                 raise AlertError(f"no alert {alert_id} (see `cems-gateway alerts list`)")
             phase, episode = Phase(row[0]), int(row[1])
             if phase is not Phase.FIRING:
                 raise AlertError(f"alert {alert_id} is {phase.value}: only a firing alert can be acknowledged")
-            self._db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO alert_ack VALUES (?, ?, ?, ?, ?)", (alert_id, episode, by, _ns(now), note)
             )
         return next(r for r in self.load() if r.id == alert_id)
@@ -526,6 +539,20 @@ class AlertStore(StateFile):
         with self._lock:
             rows = self._db.execute("SELECT alert_id, episode FROM alert_ack").fetchall()
         return {(int(a), int(e)) for a, e in rows}
+
+
+def _settle(db: sqlite3.Connection, message_id: int) -> None:
+    """A message whose deliveries have all ended (delivered or abandoned): its notices become `sent`, or
+    `undelivered` when no channel took it. Part of the caller's transaction."""
+    db.execute(
+        """UPDATE alert_notice SET status = CASE WHEN EXISTS (
+               SELECT 1 FROM alert_delivery d WHERE d.message_id = ?1 AND d.delivered_ns IS NOT NULL)
+               THEN 'sent' ELSE 'undelivered' END
+           WHERE message_id = ?1 AND status = 'sending' AND NOT EXISTS (
+               SELECT 1 FROM alert_delivery d
+               WHERE d.message_id = ?1 AND d.delivered_ns IS NULL AND d.abandoned_ns IS NULL)""",
+        (message_id,),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -612,6 +639,10 @@ class AlertEngine:
         """agent -> when it came back online: its instruments' gap clocks start no earlier"""
         self._silences: list[Silence] = []
         self._acks: set[tuple[int, int]] = set()
+        self._unwritten: list[_Told] = []
+        """transitions whose write failed, written with the next change (at most UNWRITTEN_MAX)"""
+        self.unwritten_lost = 0
+        """transitions dropped because writes kept failing beyond UNWRITTEN_MAX (logged as errors)"""
         for row in store.load():
             rule = self.rules.get(row.key.rule)
             if rule is None:
@@ -958,11 +989,35 @@ class AlertEngine:
             self._flushed_at = now
         else:
             flush = False
+        told = [*self._unwritten, *told]
+        self._unwritten = []
         changed = {a.key: a for a in self._alerts.values() if a.urgent or (flush and a.dirty and a.state.active)}
         changed.update({t.alert.key: t.alert for t in told})
         if not changed:
             return
         alerts = list(changed.values())
+        firing_sent = {alert.key: alert.firing_sent for alert in alerts}
+        try:
+            await self._write(alerts, told, now)
+        except BaseException:
+            # Nothing of it is on disk (one transaction): keep the transitions for the next write, so a
+            # failed write (disk full, busy) delays a notice instead of losing it.
+            for alert in alerts:
+                alert.firing_sent = firing_sent[alert.key]
+            self._keep_unwritten(told)
+            raise
+        for alert in alerts:
+            alert.dirty = alert.urgent = False
+
+    def _keep_unwritten(self, told: list[_Told]) -> None:
+        if len(told) > UNWRITTEN_MAX:
+            lost = len(told) - UNWRITTEN_MAX
+            self.unwritten_lost += lost
+            log.error("alerts: %d transitions not written and dropped (the state DB keeps failing)", lost)
+            told = told[lost:]
+        self._unwritten = told
+
+    async def _write(self, alerts: list[_Alert], told: list[_Told], now: datetime) -> None:
         missing = [a.key for a in alerts if a.id is None]
         if missing:
             ids = await asyncio.to_thread(self.store.ensure_ids, missing, now)
@@ -986,8 +1041,6 @@ class AlertEngine:
                 log.info("alert %s %s: silenced, not sent", alert.key, transition.kind.value)
         states = [(a.id, a.state, a.firing_sent) for a in alerts if a.id is not None]
         await asyncio.to_thread(self.store.commit, states, writes, now)
-        for alert in alerts:
-            alert.dirty = alert.urgent = False
         if any(write.send for write in writes):
             self._wake.set()
 

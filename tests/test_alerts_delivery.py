@@ -13,6 +13,9 @@ import email
 import io
 import json
 import re
+import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,11 +29,12 @@ import aiomqtt
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from eventually import eventually
 from http_receiver import HttpReceiver
 from ports import free_port
 from servers import MosquittoServer
 
-from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
+from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading, encode_batch, readings_topic
 from aua_mqtt import BrokerConnection
 from edge_agent.config import load_config
 from edge_agent.quality import quality_from_bits
@@ -366,6 +370,132 @@ async def test_a_failing_channel_is_retried_alone(
     assert (len(sink.messages), len(http_receiver.requests)) == (1, 2)
     assert engine.store.deliveries(undelivered_only=True) == []
     engine.close()
+
+
+INJECTED = "CREATE TEMP TRIGGER injected BEFORE INSERT ON alert_notice BEGIN SELECT RAISE(ABORT, 'injected'); END"
+"""A failure between an alert's transition and its notice: the notice's INSERT fails on the store's connection."""
+
+
+async def test_a_failure_between_a_transition_and_its_notice_writes_neither(tmp_path: Path) -> None:
+    """The firing fails to be written: nothing says "firing" on disk, and a restart tells it when it comes
+    again (before: the alert stayed "firing, told" with no notice, and nobody was ever told)."""
+    stream = io.StringIO()
+    gateway = config(tmp_path, data_rules=False, rules={"hg-screening": {"for": 0}})
+    console = ConsoleNotifier(MessageFormat(ALMATY), stream)
+    first = AlertEngine.from_config(gateway, notifiers=[console])
+    first.store._db.execute(INJECTED)
+    await first.on_batch(hg_batch(SITE, ["pvl1-hg"], 480.0, T0), T0)  # logged, not raised: ingest goes on
+    assert [row.state.phase for row in first.store.load()] == [Phase.INACTIVE]
+    assert first.store.queued() == []
+    first.close()  # the gateway dies
+
+    second = AlertEngine.from_config(gateway, notifiers=[console])
+    later = T0 + timedelta(seconds=1)
+    await second.on_batch(hg_batch(SITE, ["pvl1-hg"], 480.0, later, seq=1), later)
+    await second.tick(later)
+    assert [line.split(" ")[2] for line in stream.getvalue().splitlines()] == ["FIRING"]
+    second.close()
+
+
+async def test_a_transition_whose_write_failed_is_written_and_told_with_the_next_one(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    gateway = config(tmp_path, data_rules=False, rules={"hg-screening": {"for": 0}})
+    engine = AlertEngine.from_config(gateway, notifiers=[ConsoleNotifier(MessageFormat(ALMATY), stream)])
+    engine.store._db.execute(INJECTED)
+    await engine.on_batch(hg_batch(SITE, ["pvl1-hg"], 480.0, T0), T0)
+    with pytest.raises(sqlite3.IntegrityError, match="injected"):
+        await engine.tick(T0 + timedelta(seconds=1))  # still failing (the run loop logs it and ticks again)
+    assert stream.getvalue() == ""
+    engine.store._db.execute("DROP TRIGGER injected")
+    await engine.tick(T0 + timedelta(seconds=2))
+    assert [line.split(" ")[2] for line in stream.getvalue().splitlines()] == ["FIRING"]
+    [row] = engine.store.load()
+    assert (row.state.phase, row.firing_sent) == (Phase.FIRING, True)
+    engine.close()
+
+
+def start_gateway(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", str(config_path)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def outbox_rows(state: Path) -> list[tuple[str, int | None, int]]:
+    """(notice status, delivered_ns, attempts) of every notice with a delivery, read on a connection of its own."""
+    db = sqlite3.connect(state, timeout=10)
+    try:
+        query = """SELECT n.status, d.delivered_ns, d.attempts FROM alert_notice n
+                   JOIN alert_delivery d ON d.message_id = n.message_id ORDER BY n.id"""
+        return [(str(s), d, int(a)) for s, d, a in db.execute(query).fetchall()]
+    finally:
+        db.close()
+
+
+async def test_a_notice_of_a_gateway_killed_before_delivering_it_arrives_after_the_restart(
+    tmp_path: Path, mosquitto: MosquittoServer, http_receiver: HttpReceiver
+) -> None:
+    """A real `cems-gateway run` fires on a batch from the broker; the webhook's first answer is a 500, and the
+    gateway is killed (SIGKILL) before its retry: the notice waits in the outbox (the state DB) and the
+    restarted gateway delivers it. At least once: the receiver saw the failed attempt and the delivery."""
+    site, agent = f"s{uuid.uuid4().hex[:8]}", f"a{uuid.uuid4().hex[:8]}"
+    http_receiver.statuses = [500]
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f"""
+[gateway]
+id = "gw-{site}"
+state = "state.sqlite"
+
+[mqtt]
+host = "{mosquitto.host}"
+port = {mosquitto.port}
+
+[store]
+url = "sqlite://aua.sqlite"
+
+[alerts]
+ambient_sites = ["{site}"]
+data_rules = false
+group_wait = 0
+
+[alerts.rules.hg-screening]
+for = 0
+
+[alerts.notify]
+apprise = ["{json_url(http_receiver)}"]
+"""
+    )
+    log, state = tmp_path / "gateway.log", tmp_path / "state.sqlite"
+    gateway = start_gateway(path, log)
+    try:
+        await eventually(lambda: log.exists() and "subscribed at" in log.read_text(), timeout=60)
+        now = datetime.now(UTC)
+        batch = Batch(
+            site=site,
+            agent=agent,
+            seq=0,
+            sent_at=now,
+            readings=[Reading(instrument="hg1", parameter="hg", value=480.0, unit="ng/m3", ts=now)],
+        )
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{agent}") as client:
+            await client.publish(readings_topic(site, agent), encode_batch(batch), qos=1)
+        await eventually(lambda: len(http_receiver.requests) == 1, timeout=30)
+        await eventually(lambda: outbox_rows(state) == [("sending", None, 1)], timeout=10)
+        gateway.kill()  # SIGKILL, before the retry 5 s later
+        gateway.wait(timeout=10)
+        assert outbox_rows(state) == [("sending", None, 1)]  # firing, told to nobody yet, waiting in the outbox
+
+        gateway = start_gateway(path, log)
+        await eventually(lambda: len(http_receiver.requests) == 2, timeout=60)
+        await eventually(lambda: [row[0] for row in outbox_rows(state)] == ["sent"], timeout=10)
+        first, second = (request.json() for request in http_receiver.requests)
+        assert first == second  # the same message, once failed, once delivered
+        assert second["title"].startswith("[WARNING] FIRING: gaseous mercury above 300 ng/m³")
+        assert f"{site}/hg1 hg" in second["title"]
+    finally:
+        gateway.kill()
+        gateway.wait(timeout=10)
 
 
 async def test_offline_agents_and_data_gaps(tmp_path: Path) -> None:
