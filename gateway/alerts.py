@@ -34,10 +34,12 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
+from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
@@ -108,6 +110,8 @@ HISTORY_MAX_NOTICES = 100_000
 """...and at most this many notices, whatever their age."""
 PRUNE_EVERY = timedelta(minutes=1)
 """How often the history is pruned (a step each time; finding what to prune reads the notices once)."""
+MAX_SERIES = 100_000
+"""Agents, instruments and series with alert state, by default ([alerts] max_series)."""
 UNWRITTEN_MAX = 10_000
 """Transitions kept in memory while the state DB refuses writes (beyond: the oldest go, counted)."""
 GIVE_UP_AFTER = timedelta(hours=24)
@@ -583,6 +587,71 @@ class _Told:
 
 SeriesRule = ThresholdRule | StuckRule
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Memo(Generic[K, V]):
+    """A bounded cache of something recomputable (the rules that apply to a name, a unit's factor): least
+    recently used out first, counted in `evictions`; dropping an entry costs a recomputation, never a result."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.evictions = 0
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        items = self._items
+        if key in items:
+            items.move_to_end(key)
+            return items[key]
+        value = items[key] = make()
+        if len(items) > self.capacity:
+            items.popitem(last=False)
+            self.evictions += 1
+        return value
+
+
+class _Admission:
+    """The agents (site, agent), instruments (+ instrument) and series (+ parameter) the engine keeps state
+    for: at most `capacity`, first come first served. Names come from publishers, so the bound is what an
+    invented name meets: later ones are refused (each observation counted in `refused`), never evicting
+    one already tracked. Evicting would let a flood of invented names push a real series' rolling window or
+    pending alert out of memory, and it would then miss an exceedance."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.refused = 0
+        self._keys: set[tuple[str, ...]] = set()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: tuple[str, ...]) -> None:
+        """A name with state from now on (after `room_for`); state loaded from the state DB is added even
+        beyond the capacity (it exists: dropping it would forget a firing alert)."""
+        self._keys.add(key)
+
+    def room_for(self, key: tuple[str, ...]) -> bool:
+        """Tracked already, or room to be: asked before looking for the rules that apply, so a name refused
+        once the bound is reached costs a set lookup, not a match against every rule."""
+        if key in self._keys:
+            return True
+        if len(self._keys) >= self.capacity:
+            if not self.refused:
+                log.warning(
+                    "alerts: %d agents, instruments and series tracked ([alerts] max_series): %s and any other "
+                    "new name is not evaluated (counted in aua_gateway_alert_series_refused)",
+                    self.capacity,
+                    "/".join(key),
+                )
+            self.refused += 1
+            return False
+        return True
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -600,6 +669,7 @@ class AlertEngine:
         group_by: Sequence[str] = ("rule", "site"),
         remind_every: timedelta = ZERO,
         reference_temperature_c: float = 0.0,
+        max_series: int = MAX_SERIES,
     ) -> None:
         names = [rule.name for rule in rules]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -627,12 +697,15 @@ class AlertEngine:
         self._pruned_at: datetime | None = None
         self._alerts: dict[AlertKey, _Alert] = {}
         self._evaluators: dict[AlertKey, ThresholdEvaluator | StuckEvaluator] = {}
-        self._series_rules: dict[tuple[str, str, str, str], list[SeriesRule]] = {}
-        self._instrument_rules: dict[tuple[str, str, str], list[FailureRule | GapRule]] = {}
-        self._agent_rules: dict[tuple[str, str], list[OfflineRule | ClockSkewRule]] = {}
-        self._factors: dict[tuple[str, str, str], float | None] = {}
+        # Keyed by names publishers choose: the state behind `tracked`, the memos bounded (see _Admission).
+        self.tracked = _Admission(max_series)
+        """agents, instruments and series with state here (alerts, evaluators, gap clocks)"""
+        self._series_rules: _Memo[tuple[str, str, str, str], list[SeriesRule]] = _Memo(max_series)
+        self._instrument_rules: _Memo[tuple[str, str, str], list[FailureRule | GapRule]] = _Memo(max_series)
+        self._agent_rules: _Memo[tuple[str, str], list[OfflineRule | ClockSkewRule]] = _Memo(max_series)
+        self._factors: _Memo[tuple[str, str, str], float | None] = _Memo(max_series)
         self._received: dict[tuple[str, str, str], datetime | None] = {}
-        """instrument -> when data last arrived (None: not since this engine started)"""
+        """instrument with a gap rule -> when data last arrived (None: not since this engine started)"""
         self._agents: dict[tuple[str, str], tuple[bool, datetime]] = {}
         """agent -> (offline, since when)"""
         self._back_at: dict[tuple[str, str], datetime] = {}
@@ -648,8 +721,10 @@ class AlertEngine:
             if rule is None:
                 continue  # a rule no longer configured: its alerts stay in the table as they were
             self._alerts[row.key] = _Alert(row.key, rule, row.state, row.id, row.firing_sent)
+            self.tracked.add(_scope_key(row.key))
         for source in store.sources():
             self._received[source] = None
+            self.tracked.add(source)
         self._silences = store.silences(_utc_now())
 
     @classmethod
@@ -673,6 +748,7 @@ class AlertEngine:
             group_by=alerts.group_by,
             remind_every=alerts.remind_every,
             reference_temperature_c=alerts.reference_temperature_c,
+            max_series=alerts.max_series,
         )
 
     def close(self) -> None:
@@ -691,6 +767,9 @@ class AlertEngine:
                 self._started = self._started or received_at
                 offline = status.state is AgentState.OFFLINE
                 agent = (status.site, status.agent)
+                if not self.tracked.room_for(agent):
+                    return
+                self.tracked.add(agent)
                 known = self._agents.get(agent)
                 since = known[1] if known is not None and known[0] == offline else received_at
                 self._agents[agent] = (offline, since)
@@ -771,39 +850,34 @@ class AlertEngine:
 
     def _rules_for_series(self, site: str, agent: str, instrument: str, parameter: str) -> list[SeriesRule]:
         key = (site, agent, instrument, parameter)
-        found = self._series_rules.get(key)
-        if found is None:
-            found = [
+        return self._series_rules.get(
+            key,
+            lambda: [
                 rule
                 for rule in self.rules.values()
                 if isinstance(rule, ThresholdRule | StuckRule) and rule.scope.matches(*key)
-            ]
-            self._series_rules[key] = found
-        return found
+            ],
+        )
 
     def _rules_for_instrument(self, site: str, agent: str, instrument: str) -> list[FailureRule | GapRule]:
-        key = (site, agent, instrument)
-        found = self._instrument_rules.get(key)
-        if found is None:
-            found = [
+        return self._instrument_rules.get(
+            (site, agent, instrument),
+            lambda: [
                 rule
                 for rule in self.rules.values()
                 if isinstance(rule, FailureRule | GapRule) and rule.scope.matches(site, agent, instrument)
-            ]
-            self._instrument_rules[key] = found
-        return found
+            ],
+        )
 
     def _rules_for_agent(self, site: str, agent: str) -> list[OfflineRule | ClockSkewRule]:
-        key = (site, agent)
-        found = self._agent_rules.get(key)
-        if found is None:
-            found = [
+        return self._agent_rules.get(
+            (site, agent),
+            lambda: [
                 rule
                 for rule in self.rules.values()
                 if isinstance(rule, OfflineRule | ClockSkewRule) and rule.scope.matches(site, agent)
-            ]
-            self._agent_rules[key] = found
-        return found
+            ],
+        )
 
     def _alert(self, rule: Rule, site: str, agent: str, instrument: str = "", parameter: str = "") -> _Alert:
         key = alert_key(rule, site, agent, instrument, parameter)
@@ -823,10 +897,10 @@ class AlertEngine:
             told.append(_Told(alert, transition))
 
     def _factor(self, rule: ThresholdRule, unit: str, parameter: str) -> float | None:
-        key = (rule.name, unit, parameter)
-        if key not in self._factors:
+
+        def factor() -> float | None:
             try:
-                self._factors[key] = conversion_factor(
+                return conversion_factor(
                     unit,
                     rule.unit,
                     species=rule.species or parameter,
@@ -834,14 +908,17 @@ class AlertEngine:
                 )
             except UnitError as error:
                 log.warning("alert rule %s ignores %s readings in %s: %s", rule.name, parameter, unit, error)
-                self._factors[key] = None
-        return self._factors[key]
+                return None
+
+        return self._factors.get((rule.name, unit, parameter), factor)
 
     def _evaluate_batch(self, batch: Batch, received_at: datetime, told: list[_Told]) -> list[tuple[str, str, str]]:
         site, agent = batch.site, batch.agent
         readings = sorted(batch.readings, key=lambda reading: reading.ts)
-        if readings:
-            for agent_rule in self._rules_for_agent(site, agent):
+        agent_rules = self._rules_for_agent(site, agent) if self.tracked.room_for((site, agent)) else []
+        if readings and agent_rules:
+            self.tracked.add((site, agent))
+            for agent_rule in agent_rules:
                 if isinstance(agent_rule, ClockSkewRule):
                     obs = skew_observation(agent_rule, readings[-1].ts, received_at)
                     self._observe(self._alert(agent_rule, site, agent), obs, told)
@@ -851,10 +928,15 @@ class AlertEngine:
         new_sources = []
         for instrument, items in by_instrument.items():
             source = (site, agent, instrument)
-            if source not in self._received:
-                new_sources.append(source)
-            self._received[source] = received_at
-            for instrument_rule in self._rules_for_instrument(site, agent, instrument):
+            room = self.tracked.room_for(source)
+            instrument_rules = self._rules_for_instrument(site, agent, instrument) if room else []
+            if instrument_rules:
+                self.tracked.add(source)
+            if any(isinstance(rule, GapRule) for rule in instrument_rules):
+                if source not in self._received:
+                    new_sources.append(source)
+                self._received[source] = received_at
+            for instrument_rule in instrument_rules:
                 alert = self._alert(instrument_rule, site, agent, instrument)
                 if isinstance(instrument_rule, GapRule):
                     self._observe(alert, gap_observation(instrument_rule, received_at, received_at), told)
@@ -866,7 +948,13 @@ class AlertEngine:
                         failing = [r.parameter for r in matching if r.quality is Quality.FAILURE]
                         self._observe(alert, failure_observation(ts, failing), told)
             for reading in items:
-                for series_rule in self._rules_for_series(site, agent, instrument, reading.parameter):
+                series = (site, agent, instrument, reading.parameter)
+                if not self.tracked.room_for(series):
+                    continue
+                series_rules = self._rules_for_series(*series)
+                if series_rules:
+                    self.tracked.add(series)
+                for series_rule in series_rules:
                     alert = self._alert(series_rule, site, agent, instrument, reading.parameter)
                     sample = self._sample(series_rule, reading, items)
                     if sample is None:
@@ -1123,9 +1211,39 @@ class AlertEngine:
 
     # ---- for tests and the CLI ----
 
+    @property
+    def rule_cache_evictions(self) -> int:
+        """Entries dropped from the bounded caches of which rules apply to a name, and unit factors."""
+        memos = (self._series_rules, self._instrument_rules, self._agent_rules, self._factors)
+        return sum(memo.evictions for memo in memos)
+
+    def state_sizes(self) -> dict[str, int]:
+        """How many entries each per-name structure holds (for the bound's tests)."""
+        return {
+            "tracked": len(self.tracked),
+            "alerts": len(self._alerts),
+            "evaluators": len(self._evaluators),
+            "received": len(self._received),
+            "agents": len(self._agents),
+            "back_at": len(self._back_at),
+            "series_rules": len(self._series_rules),
+            "instrument_rules": len(self._instrument_rules),
+            "agent_rules": len(self._agent_rules),
+            "factors": len(self._factors),
+        }
+
     def state_of(self, key: AlertKey) -> AlertState | None:
         alert = self._alerts.get(key)
         return None if alert is None else alert.state
+
+
+def _scope_key(key: AlertKey) -> tuple[str, ...]:
+    """The agent, instrument or series an alert keeps state for (its key in `AlertEngine.tracked`)."""
+    if key.parameter:
+        return (key.site, key.agent, key.instrument, key.parameter)
+    if key.instrument:
+        return (key.site, key.agent, key.instrument)
+    return (key.site, key.agent)
 
 
 def _by_time(readings: list[Reading]) -> list[tuple[datetime, list[Reading]]]:

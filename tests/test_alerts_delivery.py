@@ -43,6 +43,8 @@ from gateway.alert_state import AlertKey, Notice, NoticeKind, Phase, Severity
 from gateway.alerts import AlertEngine, AlertStore
 from gateway.cli import main as gateway_main
 from gateway.config import AlertsSection, GatewayConfig, GatewaySection, MqttSection, load_gateway_config
+from gateway.ingest import Ingest
+from gateway.ledger import Ledger
 from gateway.notify import (
     AppriseNotifier,
     ConsoleNotifier,
@@ -56,6 +58,7 @@ from gateway.notify import (
     notice_document,
     notice_from_document,
 )
+from gateway.stores import open_store
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 START = 1_796_104_800.0
@@ -496,6 +499,60 @@ apprise = ["{json_url(http_receiver)}"]
     finally:
         gateway.kill()
         gateway.wait(timeout=10)
+
+
+async def test_invented_series_names_meet_a_bound_and_real_series_keep_alerting(tmp_path: Path) -> None:
+    """20,000 invented instrument/parameter names (a buggy agent, or an attacker with one agent's credentials)
+    after a real series: every per-name structure of the engine stays at `max_series`, what is refused is
+    counted, and the real mercury series still fires and resolves."""
+    bound = 1_000
+    stream = io.StringIO()
+    gateway = config(tmp_path, max_series=bound, rules={"hg-screening": {"for": "30s"}})
+    engine = AlertEngine.from_config(gateway, notifiers=[ConsoleNotifier(MessageFormat(ALMATY), stream)])
+    real = Batch(
+        site=SITE,
+        agent="pvl-station-1",
+        seq=0,
+        sent_at=T0,
+        readings=[Reading(instrument="pvl1-hg", parameter="hg", value=5.0, unit="ng/m3", ts=T0)],
+    )
+    await engine.on_batch(real, T0)
+
+    sizes = []
+    for chunk in range(40):  # 40 batches of 500 new names each
+        at = T0 + timedelta(milliseconds=chunk)
+        readings = [
+            Reading(instrument=f"i{chunk}-{n}", parameter=f"p{chunk}-{n}", value=float(n), unit="mg/m3", ts=at)
+            for n in range(500)
+        ]
+        await engine.on_batch(Batch(site="junk", agent="a-junk", seq=chunk, sent_at=at, readings=readings), at)
+        if chunk in (19, 39):
+            sizes.append(engine.state_sizes())
+    assert sizes[0] == sizes[1]  # nothing grew in the second 10,000 names
+    assert sizes[1]["tracked"] == bound
+    per_name = {name: size for name, size in sizes[1].items() if name != "alerts"}
+    assert max(per_name.values()) <= bound, sizes[1]
+    assert sizes[1]["alerts"] <= bound * len(engine.rules)  # one per rule that applies to a tracked name
+    assert engine.tracked.refused >= 20_000 - bound  # each refused name's observation counted
+
+    for second in range(1, 80):  # the real series: 480 ng/m³ for 40 s, then back to 5
+        at = T0 + timedelta(seconds=second)
+        value = 480.0 if second <= 40 else 5.0
+        reading = Reading(instrument="pvl1-hg", parameter="hg", value=value, unit="ng/m3", ts=at)
+        await engine.on_batch(real.model_copy(update={"seq": second, "sent_at": at, "readings": [reading]}), at)
+        await engine.tick(at)
+    told = [line for line in stream.getvalue().splitlines() if "pvl1-hg hg" in line]
+    assert [line.split(" ")[2] for line in told] == ["FIRING", "RESOLVED"]
+    assert engine.state_sizes()["tracked"] == bound
+
+    store = open_store(f"sqlite://{tmp_path / 'aua.sqlite'}")
+    ingest = Ingest(gateway, store, Ledger(gateway.gateway.state), alerts=engine)  # not run: its /metrics only
+    scrape = ingest.metrics.exposition().decode()
+    assert f"aua_gateway_alert_series {float(bound)}" in scrape
+    assert f"aua_gateway_alert_series_refused_total {float(engine.tracked.refused)}" in scrape
+    assert "aua_gateway_alert_rule_cache_evictions_total" in scrape
+    ingest.ledger.close()
+    engine.close()
 
 
 async def test_offline_agents_and_data_gaps(tmp_path: Path) -> None:
