@@ -110,8 +110,9 @@ HISTORY_MAX_NOTICES = 100_000
 """...and at most this many notices, whatever their age."""
 PRUNE_EVERY = timedelta(minutes=1)
 """How often the history is pruned (a step each time; finding what to prune reads the notices once)."""
-MAX_SERIES = 100_000
-"""Agents, instruments and series with alert state, by default ([alerts] max_series)."""
+MAX_SERIES = 50_000
+"""Agents, instruments and series with alert state, by default ([alerts] max_series): about 1.2 kB each
+(tracemalloc, data rules on), so some 60 MB at the bound; a plant of 500 instruments × 30 tags uses 15,500."""
 UNWRITTEN_MAX = 10_000
 """Transitions kept in memory while the state DB refuses writes (beyond: the oldest go, counted)."""
 GIVE_UP_AFTER = timedelta(hours=24)

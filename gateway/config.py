@@ -434,7 +434,7 @@ class AlertsSection(_Strict):
         default=100_000, description="and at most this many notices (queued ones always stay)"
     )
     max_series: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
-        default=100_000,
+        default=50_000,
         description="agents, instruments and series with alert state; new names beyond it are not evaluated "
         "(counted: aua_gateway_alert_series_refused)",
     )
