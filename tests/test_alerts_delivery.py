@@ -16,11 +16,13 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -435,14 +437,71 @@ def outbox_rows(state: Path) -> list[tuple[str, int | None, int]]:
         db.close()
 
 
+class HoldingReceiver:
+    """A webhook that records every POST and leaves the first one unanswered until `release` is set: a
+    delivery in flight when the gateway dies. The rest are answered 200."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.bodies.append(body)
+                if len(receiver.bodies) == 1:
+                    receiver.release.wait(timeout=30)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def hostport(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("when", "before_kill"),
+    [
+        ("after a failed attempt (HTTP 500), before its retry", ("sending", None, 1)),
+        ("while the attempt is in flight (no answer yet)", ("sending", None, 0)),
+    ],
+    ids=["after-a-failed-attempt", "in-flight"],
+)
 async def test_a_notice_of_a_gateway_killed_before_delivering_it_arrives_after_the_restart(
-    tmp_path: Path, mosquitto: MosquittoServer, http_receiver: HttpReceiver
+    tmp_path: Path,
+    mosquitto: MosquittoServer,
+    http_receiver: HttpReceiver,
+    when: str,
+    before_kill: tuple[str, None, int],
 ) -> None:
-    """A real `cems-gateway run` fires on a batch from the broker; the webhook's first answer is a 500, and the
-    gateway is killed (SIGKILL) before its retry: the notice waits in the outbox (the state DB) and the
-    restarted gateway delivers it. At least once: the receiver saw the failed attempt and the delivery."""
+    """A real `cems-gateway run` fires on a batch from the broker and is killed (SIGKILL) before the webhook has
+    taken the notice: the notice waits in the outbox (the state DB) and the restarted gateway delivers it. At
+    least once: the receiver saw the first attempt too, the same message both times."""
     site, agent = f"s{uuid.uuid4().hex[:8]}", f"a{uuid.uuid4().hex[:8]}"
-    http_receiver.statuses = [500]
+    holding = HoldingReceiver()
+    if when.startswith("after"):
+        http_receiver.statuses = [500]
+        hostport = http_receiver.hostport
+        bodies = lambda: [request.body for request in http_receiver.requests]  # noqa: E731
+    else:
+        hostport = holding.hostport
+        bodies = lambda: list(holding.bodies)  # noqa: E731
     path = tmp_path / "gateway.toml"
     path.write_text(
         f"""
@@ -466,7 +525,7 @@ group_wait = 0
 for = 0
 
 [alerts.notify]
-apprise = ["{json_url(http_receiver)}"]
+apprise = ["json://{hostport}/hook"]
 """
     )
     log, state = tmp_path / "gateway.log", tmp_path / "state.sqlite"
@@ -483,22 +542,24 @@ apprise = ["{json_url(http_receiver)}"]
         )
         async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{agent}") as client:
             await client.publish(readings_topic(site, agent), encode_batch(batch), qos=1)
-        await eventually(lambda: len(http_receiver.requests) == 1, timeout=30)
-        await eventually(lambda: outbox_rows(state) == [("sending", None, 1)], timeout=10)
-        gateway.kill()  # SIGKILL, before the retry 5 s later
+        await eventually(lambda: len(bodies()) == 1, timeout=30)
+        await eventually(lambda: outbox_rows(state) == [before_kill], timeout=10)
+        gateway.kill()  # SIGKILL: before the retry 5 s later, or with the request unanswered
         gateway.wait(timeout=10)
-        assert outbox_rows(state) == [("sending", None, 1)]  # firing, told to nobody yet, waiting in the outbox
+        assert outbox_rows(state) == [before_kill]  # firing, taken by nobody yet, waiting in the outbox
+        holding.release.set()
 
         gateway = start_gateway(path, log)
-        await eventually(lambda: len(http_receiver.requests) == 2, timeout=60)
+        await eventually(lambda: len(bodies()) == 2, timeout=60)
         await eventually(lambda: [row[0] for row in outbox_rows(state)] == ["sent"], timeout=10)
-        first, second = (request.json() for request in http_receiver.requests)
-        assert first == second  # the same message, once failed, once delivered
+        first, second = (json.loads(body) for body in bodies())
+        assert first == second  # the same message twice: at least once, never lost
         assert second["title"].startswith("[WARNING] FIRING: gaseous mercury above 300 ng/m³")
         assert f"{site}/hg1 hg" in second["title"]
     finally:
         gateway.kill()
         gateway.wait(timeout=10)
+        holding.close()
 
 
 async def test_invented_series_names_meet_a_bound_and_real_series_keep_alerting(tmp_path: Path) -> None:
