@@ -1088,9 +1088,10 @@ class AlertEngine:
         firing_sent = {alert.key: alert.firing_sent for alert in alerts}
         try:
             await self._write(alerts, told, now)
-        except BaseException:
+        except Exception:
             # Nothing of it is on disk (one transaction): keep the transitions for the next write, so a
-            # failed write (disk full, busy) delays a notice instead of losing it.
+            # failed write (disk full, busy) delays a notice instead of losing it. Not on cancellation: the
+            # write's thread may still commit, and the process is stopping (the state DB is the truth then).
             for alert in alerts:
                 alert.firing_sent = firing_sent[alert.key]
             self._keep_unwritten(told)
