@@ -12,10 +12,15 @@ Wiring (gateway/ingest.py and gateway/cli.py):
 `run` (or `tick(now)` in tests) evaluates what depends on time (data gaps, offline for N s, reminders,
 silences that ended), bundles queued notices into messages (grouping, rate limit) and delivers them.
 
-Durability: a transition and its notice are written in one transaction before anyone is told; a
-message is written before it is sent, and each delivery (message × notifier) is marked done after the
-notifier returns. So a restart neither repeats a notification that was delivered nor forgets one that
-was queued. A crash between a notifier's success and the mark repeats that one delivery (at least once).
+Durability, an outbox: a transition and its notice are written in one transaction (`transaction()`,
+gateway/state_file.py) before anyone is told, so neither is ever on disk without the other. A message,
+its deliveries (one per notifier: the outbox) and its notices' move to `sending` are one transaction
+too; a delivery is marked done after its notifier returns, and a notice becomes `sent` only when every
+delivery of its message has ended (`undelivered` when none succeeded). Pending deliveries survive a
+crash and go out after the restart. Delivery is at least once: a crash between a notifier's success and
+its mark repeats that one delivery, of the same message (MQTT documents carry its `message` id, every
+message its alert id, episode and state, for a receiver that must deduplicate). If writing a transition
+fails (disk full, busy), the engine keeps it and writes it with the next change, so it is not lost either.
 
 Tables (own, prefixed `alert`, in the gateway state DB next to the ledger's): alert (state per alert),
 alert_notice (transitions, queued/suppressed/sent), alert_message, alert_delivery, alert_silence,
@@ -29,10 +34,12 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
+from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
@@ -103,6 +110,11 @@ HISTORY_MAX_NOTICES = 100_000
 """...and at most this many notices, whatever their age."""
 PRUNE_EVERY = timedelta(minutes=1)
 """How often the history is pruned (a step each time; finding what to prune reads the notices once)."""
+MAX_SERIES = 50_000
+"""Agents, instruments and series with alert state, by default ([alerts] max_series): about 1.2 kB each
+(tracemalloc, data rules on), so some 60 MB at the bound; a plant of 500 instruments × 30 tags uses 15,500."""
+UNWRITTEN_MAX = 10_000
+"""Transitions kept in memory while the state DB refuses writes (beyond: the oldest go, counted)."""
 GIVE_UP_AFTER = timedelta(hours=24)
 """A delivery still failing a day after its message was made is abandoned (and logged as an error)."""
 
@@ -127,7 +139,8 @@ CREATE TABLE IF NOT EXISTS alert_notice (
     group_key TEXT NOT NULL,
     queued_ns INTEGER NOT NULL,
     document TEXT NOT NULL,  -- the Notice as JSON, as it will be told
-    status TEXT NOT NULL,    -- queued | suppressed | sent (in a message)
+    status TEXT NOT NULL,    -- queued | suppressed (silenced) | sending (in a message, deliveries pending)
+                             -- | sent (every delivery ended, one at least delivered) | undelivered (none was)
     message_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS alert_notice_status ON alert_notice (status);
@@ -245,21 +258,19 @@ class AlertStore(StateFile):
             "SELECT 1 FROM alert_delivery d "
             "WHERE d.message_id = {} AND d.delivered_ns IS NULL AND d.abandoned_ns IS NULL"
         )
-        with self._lock, self._db:
-            (top,) = self._db.execute("SELECT coalesce(max(id), 0) FROM alert_notice").fetchone()
-            pruned = self._db.execute(
+        with self.transaction() as db:
+            (top,) = db.execute("SELECT coalesce(max(id), 0) FROM alert_notice").fetchone()
+            pruned = db.execute(
                 f"""DELETE FROM alert_notice WHERE id IN (
-                       SELECT n.id FROM alert_notice n WHERE n.status != 'queued'
+                       SELECT n.id FROM alert_notice n WHERE n.status IN ('sent', 'suppressed', 'undelivered')
                        AND (n.queued_ns < ? OR n.id <= ?) AND NOT EXISTS ({pending.format("n.message_id")})
                        ORDER BY n.id LIMIT ?)""",
                 (cutoff, top - self.max_notices, step),
             ).rowcount
             done = f"""SELECT m.id FROM alert_message m WHERE m.created_ns < ? AND NOT EXISTS ({pending.format("m.id")})
                        AND NOT EXISTS (SELECT 1 FROM alert_notice n WHERE n.message_id = m.id) ORDER BY m.id LIMIT ?"""
-            pruned += self._db.execute(
-                f"DELETE FROM alert_delivery WHERE message_id IN ({done})", (cutoff, step)
-            ).rowcount
-            pruned += self._db.execute(
+            pruned += db.execute(f"DELETE FROM alert_delivery WHERE message_id IN ({done})", (cutoff, step)).rowcount
+            pruned += db.execute(
                 """DELETE FROM alert_message WHERE id IN (
                        SELECT m.id FROM alert_message m WHERE m.created_ns < ?
                        AND NOT EXISTS (SELECT 1 FROM alert_delivery d WHERE d.message_id = m.id)
@@ -267,13 +278,13 @@ class AlertStore(StateFile):
                        ORDER BY m.id LIMIT ?)""",
                 (cutoff, step),
             ).rowcount
-            pruned += self._db.execute(
+            pruned += db.execute(
                 """DELETE FROM alert_ack WHERE rowid IN (
                        SELECT k.rowid FROM alert_ack k WHERE k.at_ns < ? AND NOT EXISTS (
                            SELECT 1 FROM alert a WHERE a.id = k.alert_id AND a.episode = k.episode) LIMIT ?)""",
                 (cutoff, step),
             ).rowcount
-            pruned += self._db.execute(
+            pruned += db.execute(
                 "DELETE FROM alert_silence WHERE id IN (SELECT id FROM alert_silence WHERE ends_ns < ? LIMIT ?)",
                 (cutoff, step),
             ).rowcount
@@ -318,16 +329,16 @@ class AlertStore(StateFile):
     def ensure_ids(self, keys: Iterable[AlertKey], now: datetime) -> dict[AlertKey, int]:
         """Ids for alerts (a row in `inactive` for a new one)."""
         ids: dict[AlertKey, int] = {}
-        with self._lock, self._db:
+        with self.transaction() as db:
             for key in keys:
                 fields = (key.rule, key.site, key.agent, key.instrument, key.parameter)
-                self._db.execute(
+                db.execute(
                     """INSERT OR IGNORE INTO alert (rule, site, agent, instrument, parameter, phase, episode, detail,
                                                     firing_sent, updated_ns)
                        VALUES (?, ?, ?, ?, ?, 'inactive', 0, '', 0, ?)""",
                     (*fields, _ns(now)),
                 )
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT id FROM alert "
                     "WHERE rule = ? AND site = ? AND agent = ? AND instrument = ? AND parameter = ?",
                     fields,
@@ -338,9 +349,10 @@ class AlertStore(StateFile):
     def commit(
         self, states: Sequence[tuple[int, AlertState, bool]], notices: Sequence[NoticeWrite], now: datetime
     ) -> None:
-        """New alert states and the notices of their transitions, in one transaction."""
-        with self._lock, self._db:
-            self._db.executemany(
+        """New alert states and the notices of their transitions, in one transaction: an alert is never on
+        disk as firing (and told) without the notice that tells it."""
+        with self.transaction() as db:
+            db.executemany(
                 """UPDATE alert SET phase = ?, episode = ?, since_ns = ?, fired_ns = ?, resolved_ns = ?,
                        clearing_ns = ?, last_ns = ?, reminded_ns = ?, value = ?, peak = ?, detail = ?,
                        firing_sent = ?, updated_ns = ?
@@ -365,7 +377,7 @@ class AlertStore(StateFile):
                     for alert_id, state, firing_sent in states
                 ],
             )
-            self._db.executemany(
+            db.executemany(
                 """INSERT INTO alert_notice (alert_id, kind, episode, group_key, queued_ns, document, status)
                    VALUES (?, ?, ?, ?, ?, ?, ?)""",
                 [
@@ -390,10 +402,8 @@ class AlertStore(StateFile):
         return [(str(s), str(a), str(i)) for s, a, i in rows]
 
     def add_sources(self, sources: Iterable[tuple[str, str, str]], now: datetime) -> None:
-        with self._lock, self._db:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO alert_source VALUES (?, ?, ?, ?)", [(*s, _ns(now)) for s in sources]
-            )
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO alert_source VALUES (?, ?, ?, ?)", [(*s, _ns(now)) for s in sources])
 
     # ---- notices, messages, deliveries ----
 
@@ -412,19 +422,23 @@ class AlertStore(StateFile):
         return [_must(ns) for (ns,) in rows]
 
     def create_messages(self, dispatches: Sequence[Dispatch], notifiers: Sequence[str], now: datetime) -> list[int]:
+        """The messages, their deliveries (the outbox: one per notifier, each tried until it ends) and their
+        notices' move from `queued` to `sending`, in one transaction. Without notifiers a message has no
+        delivery and its notices are `undelivered` at once."""
         ids = []
-        with self._lock, self._db:
+        status = "sending" if notifiers else "undelivered"
+        with self.transaction() as db:
             for dispatch in dispatches:
-                cursor = self._db.execute("INSERT INTO alert_message (created_ns) VALUES (?)", (_ns(now),))
+                cursor = db.execute("INSERT INTO alert_message (created_ns) VALUES (?)", (_ns(now),))
                 message_id = int(cursor.lastrowid or 0)
                 ids.append(message_id)
-                self._db.executemany(
-                    "UPDATE alert_notice SET status = 'sent', message_id = ? WHERE id = ?",
-                    [(message_id, notice_id) for notice_id in dispatch.notice_ids],
-                )
-                self._db.executemany(
+                db.executemany(
                     "INSERT INTO alert_delivery (message_id, notifier, next_ns) VALUES (?, ?, ?)",
                     [(message_id, name, _ns(now)) for name in notifiers],
+                )
+                db.executemany(
+                    "UPDATE alert_notice SET status = ?, message_id = ? WHERE id = ? AND status = 'queued'",
+                    [(status, message_id, notice_id) for notice_id in dispatch.notice_ids],
                 )
         return ids
 
@@ -450,22 +464,26 @@ class AlertStore(StateFile):
         ]
 
     def delivered(self, message_id: int, notifier: str, now: datetime) -> None:
-        with self._lock:
-            self._db.execute(
+        """One delivery done; its message's notices are `sent` once the message's last delivery has ended."""
+        with self.transaction() as db:
+            db.execute(
                 "UPDATE alert_delivery SET delivered_ns = ?, attempts = attempts + 1, error = NULL "
                 "WHERE message_id = ? AND notifier = ?",
                 (_ns(now), message_id, notifier),
             )
+            _settle(db, message_id)
 
     def failed(
         self, message_id: int, notifier: str, error: str, *, next_at: datetime, abandon_at: datetime | None
     ) -> None:
-        with self._lock:
-            self._db.execute(
+        """One attempt failed: try again at `next_at`, or give up (`abandon_at`), which may end the message."""
+        with self.transaction() as db:
+            db.execute(
                 "UPDATE alert_delivery SET attempts = attempts + 1, error = ?, next_ns = ?, abandoned_ns = ? "
                 "WHERE message_id = ? AND notifier = ?",
                 (redact_text(error), _ns(next_at), _ns(abandon_at), message_id, notifier),
             )
+            _settle(db, message_id)
 
     # ---- silences and acknowledgements (also written by the CLI) ----
 
@@ -510,14 +528,14 @@ class AlertStore(StateFile):
         return [Silence(int(i), _must(s), _must(e), r, si, ins, re, by) for i, s, e, r, si, ins, re, by in rows]
 
     def acknowledge(self, alert_id: int, *, by: str, now: datetime, note: str = "") -> AlertRow:
-        with self._lock:
-            row = self._db.execute("SELECT phase, episode FROM alert WHERE id = ?", (alert_id,)).fetchone()
+        with self.transaction() as db:  # the phase checked is the phase acknowledged (the engine writes it too)
+            row = db.execute("SELECT phase, episode FROM alert WHERE id = ?", (alert_id,)).fetchone()
             if row is None:
                 raise AlertError(f"no alert {alert_id} (see `cems-gateway alerts list`)")
             phase, episode = Phase(row[0]), int(row[1])
             if phase is not Phase.FIRING:
                 raise AlertError(f"alert {alert_id} is {phase.value}: only a firing alert can be acknowledged")
-            self._db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO alert_ack VALUES (?, ?, ?, ?, ?)", (alert_id, episode, by, _ns(now), note)
             )
         return next(r for r in self.load() if r.id == alert_id)
@@ -526,6 +544,20 @@ class AlertStore(StateFile):
         with self._lock:
             rows = self._db.execute("SELECT alert_id, episode FROM alert_ack").fetchall()
         return {(int(a), int(e)) for a, e in rows}
+
+
+def _settle(db: sqlite3.Connection, message_id: int) -> None:
+    """A message whose deliveries have all ended (delivered or abandoned): its notices become `sent`, or
+    `undelivered` when no channel took it. Part of the caller's transaction."""
+    db.execute(
+        """UPDATE alert_notice SET status = CASE WHEN EXISTS (
+               SELECT 1 FROM alert_delivery d WHERE d.message_id = ?1 AND d.delivered_ns IS NOT NULL)
+               THEN 'sent' ELSE 'undelivered' END
+           WHERE message_id = ?1 AND status = 'sending' AND NOT EXISTS (
+               SELECT 1 FROM alert_delivery d
+               WHERE d.message_id = ?1 AND d.delivered_ns IS NULL AND d.abandoned_ns IS NULL)""",
+        (message_id,),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -556,6 +588,71 @@ class _Told:
 
 SeriesRule = ThresholdRule | StuckRule
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Memo(Generic[K, V]):
+    """A bounded cache of something recomputable (the rules that apply to a name, a unit's factor): least
+    recently used out first, counted in `evictions`; dropping an entry costs a recomputation, never a result."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.evictions = 0
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        items = self._items
+        if key in items:
+            items.move_to_end(key)
+            return items[key]
+        value = items[key] = make()
+        if len(items) > self.capacity:
+            items.popitem(last=False)
+            self.evictions += 1
+        return value
+
+
+class _Admission:
+    """The agents (site, agent), instruments (+ instrument) and series (+ parameter) the engine keeps state
+    for: at most `capacity`, first come first served. Names come from publishers, so the bound is what an
+    invented name meets: later ones are refused (each observation counted in `refused`), never evicting
+    one already tracked. Evicting would let a flood of invented names push a real series' rolling window or
+    pending alert out of memory, and it would then miss an exceedance."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.refused = 0
+        self._keys: set[tuple[str, ...]] = set()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: tuple[str, ...]) -> None:
+        """A name with state from now on (after `room_for`); state loaded from the state DB is added even
+        beyond the capacity (it exists: dropping it would forget a firing alert)."""
+        self._keys.add(key)
+
+    def room_for(self, key: tuple[str, ...]) -> bool:
+        """Tracked already, or room to be: asked before looking for the rules that apply, so a name refused
+        once the bound is reached costs a set lookup, not a match against every rule."""
+        if key in self._keys:
+            return True
+        if len(self._keys) >= self.capacity:
+            if not self.refused:
+                log.warning(
+                    "alerts: %d agents, instruments and series tracked ([alerts] max_series): %s and any other "
+                    "new name is not evaluated (counted in aua_gateway_alert_series_refused)",
+                    self.capacity,
+                    "/".join(key),
+                )
+            self.refused += 1
+            return False
+        return True
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -573,6 +670,7 @@ class AlertEngine:
         group_by: Sequence[str] = ("rule", "site"),
         remind_every: timedelta = ZERO,
         reference_temperature_c: float = 0.0,
+        max_series: int = MAX_SERIES,
     ) -> None:
         names = [rule.name for rule in rules]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -600,25 +698,34 @@ class AlertEngine:
         self._pruned_at: datetime | None = None
         self._alerts: dict[AlertKey, _Alert] = {}
         self._evaluators: dict[AlertKey, ThresholdEvaluator | StuckEvaluator] = {}
-        self._series_rules: dict[tuple[str, str, str, str], list[SeriesRule]] = {}
-        self._instrument_rules: dict[tuple[str, str, str], list[FailureRule | GapRule]] = {}
-        self._agent_rules: dict[tuple[str, str], list[OfflineRule | ClockSkewRule]] = {}
-        self._factors: dict[tuple[str, str, str], float | None] = {}
+        # Keyed by names publishers choose: the state behind `tracked`, the memos bounded (see _Admission).
+        self.tracked = _Admission(max_series)
+        """agents, instruments and series with state here (alerts, evaluators, gap clocks)"""
+        self._series_rules: _Memo[tuple[str, str, str, str], list[SeriesRule]] = _Memo(max_series)
+        self._instrument_rules: _Memo[tuple[str, str, str], list[FailureRule | GapRule]] = _Memo(max_series)
+        self._agent_rules: _Memo[tuple[str, str], list[OfflineRule | ClockSkewRule]] = _Memo(max_series)
+        self._factors: _Memo[tuple[str, str, str], float | None] = _Memo(max_series)
         self._received: dict[tuple[str, str, str], datetime | None] = {}
-        """instrument -> when data last arrived (None: not since this engine started)"""
+        """instrument with a gap rule -> when data last arrived (None: not since this engine started)"""
         self._agents: dict[tuple[str, str], tuple[bool, datetime]] = {}
         """agent -> (offline, since when)"""
         self._back_at: dict[tuple[str, str], datetime] = {}
         """agent -> when it came back online: its instruments' gap clocks start no earlier"""
         self._silences: list[Silence] = []
         self._acks: set[tuple[int, int]] = set()
+        self._unwritten: list[_Told] = []
+        """transitions whose write failed, written with the next change (at most UNWRITTEN_MAX)"""
+        self.unwritten_lost = 0
+        """transitions dropped because writes kept failing beyond UNWRITTEN_MAX (logged as errors)"""
         for row in store.load():
             rule = self.rules.get(row.key.rule)
             if rule is None:
                 continue  # a rule no longer configured: its alerts stay in the table as they were
             self._alerts[row.key] = _Alert(row.key, rule, row.state, row.id, row.firing_sent)
+            self.tracked.add(_scope_key(row.key))
         for source in store.sources():
             self._received[source] = None
+            self.tracked.add(source)
         self._silences = store.silences(_utc_now())
 
     @classmethod
@@ -642,6 +749,7 @@ class AlertEngine:
             group_by=alerts.group_by,
             remind_every=alerts.remind_every,
             reference_temperature_c=alerts.reference_temperature_c,
+            max_series=alerts.max_series,
         )
 
     def close(self) -> None:
@@ -660,6 +768,9 @@ class AlertEngine:
                 self._started = self._started or received_at
                 offline = status.state is AgentState.OFFLINE
                 agent = (status.site, status.agent)
+                if not self.tracked.room_for(agent):
+                    return
+                self.tracked.add(agent)
                 known = self._agents.get(agent)
                 since = known[1] if known is not None and known[0] == offline else received_at
                 self._agents[agent] = (offline, since)
@@ -740,39 +851,34 @@ class AlertEngine:
 
     def _rules_for_series(self, site: str, agent: str, instrument: str, parameter: str) -> list[SeriesRule]:
         key = (site, agent, instrument, parameter)
-        found = self._series_rules.get(key)
-        if found is None:
-            found = [
+        return self._series_rules.get(
+            key,
+            lambda: [
                 rule
                 for rule in self.rules.values()
                 if isinstance(rule, ThresholdRule | StuckRule) and rule.scope.matches(*key)
-            ]
-            self._series_rules[key] = found
-        return found
+            ],
+        )
 
     def _rules_for_instrument(self, site: str, agent: str, instrument: str) -> list[FailureRule | GapRule]:
-        key = (site, agent, instrument)
-        found = self._instrument_rules.get(key)
-        if found is None:
-            found = [
+        return self._instrument_rules.get(
+            (site, agent, instrument),
+            lambda: [
                 rule
                 for rule in self.rules.values()
                 if isinstance(rule, FailureRule | GapRule) and rule.scope.matches(site, agent, instrument)
-            ]
-            self._instrument_rules[key] = found
-        return found
+            ],
+        )
 
     def _rules_for_agent(self, site: str, agent: str) -> list[OfflineRule | ClockSkewRule]:
-        key = (site, agent)
-        found = self._agent_rules.get(key)
-        if found is None:
-            found = [
+        return self._agent_rules.get(
+            (site, agent),
+            lambda: [
                 rule
                 for rule in self.rules.values()
                 if isinstance(rule, OfflineRule | ClockSkewRule) and rule.scope.matches(site, agent)
-            ]
-            self._agent_rules[key] = found
-        return found
+            ],
+        )
 
     def _alert(self, rule: Rule, site: str, agent: str, instrument: str = "", parameter: str = "") -> _Alert:
         key = alert_key(rule, site, agent, instrument, parameter)
@@ -792,10 +898,10 @@ class AlertEngine:
             told.append(_Told(alert, transition))
 
     def _factor(self, rule: ThresholdRule, unit: str, parameter: str) -> float | None:
-        key = (rule.name, unit, parameter)
-        if key not in self._factors:
+
+        def factor() -> float | None:
             try:
-                self._factors[key] = conversion_factor(
+                return conversion_factor(
                     unit,
                     rule.unit,
                     species=rule.species or parameter,
@@ -803,14 +909,17 @@ class AlertEngine:
                 )
             except UnitError as error:
                 log.warning("alert rule %s ignores %s readings in %s: %s", rule.name, parameter, unit, error)
-                self._factors[key] = None
-        return self._factors[key]
+                return None
+
+        return self._factors.get((rule.name, unit, parameter), factor)
 
     def _evaluate_batch(self, batch: Batch, received_at: datetime, told: list[_Told]) -> list[tuple[str, str, str]]:
         site, agent = batch.site, batch.agent
         readings = sorted(batch.readings, key=lambda reading: reading.ts)
-        if readings:
-            for agent_rule in self._rules_for_agent(site, agent):
+        agent_rules = self._rules_for_agent(site, agent) if self.tracked.room_for((site, agent)) else []
+        if readings and agent_rules:
+            self.tracked.add((site, agent))
+            for agent_rule in agent_rules:
                 if isinstance(agent_rule, ClockSkewRule):
                     obs = skew_observation(agent_rule, readings[-1].ts, received_at)
                     self._observe(self._alert(agent_rule, site, agent), obs, told)
@@ -820,10 +929,15 @@ class AlertEngine:
         new_sources = []
         for instrument, items in by_instrument.items():
             source = (site, agent, instrument)
-            if source not in self._received:
-                new_sources.append(source)
-            self._received[source] = received_at
-            for instrument_rule in self._rules_for_instrument(site, agent, instrument):
+            room = self.tracked.room_for(source)
+            instrument_rules = self._rules_for_instrument(site, agent, instrument) if room else []
+            if instrument_rules:
+                self.tracked.add(source)
+            if any(isinstance(rule, GapRule) for rule in instrument_rules):
+                if source not in self._received:
+                    new_sources.append(source)
+                self._received[source] = received_at
+            for instrument_rule in instrument_rules:
                 alert = self._alert(instrument_rule, site, agent, instrument)
                 if isinstance(instrument_rule, GapRule):
                     self._observe(alert, gap_observation(instrument_rule, received_at, received_at), told)
@@ -835,7 +949,13 @@ class AlertEngine:
                         failing = [r.parameter for r in matching if r.quality is Quality.FAILURE]
                         self._observe(alert, failure_observation(ts, failing), told)
             for reading in items:
-                for series_rule in self._rules_for_series(site, agent, instrument, reading.parameter):
+                series = (site, agent, instrument, reading.parameter)
+                if not self.tracked.room_for(series):
+                    continue
+                series_rules = self._rules_for_series(*series)
+                if series_rules:
+                    self.tracked.add(series)
+                for series_rule in series_rules:
                     alert = self._alert(series_rule, site, agent, instrument, reading.parameter)
                     sample = self._sample(series_rule, reading, items)
                     if sample is None:
@@ -952,11 +1072,36 @@ class AlertEngine:
             self._flushed_at = now
         else:
             flush = False
+        told = [*self._unwritten, *told]
+        self._unwritten = []
         changed = {a.key: a for a in self._alerts.values() if a.urgent or (flush and a.dirty and a.state.active)}
         changed.update({t.alert.key: t.alert for t in told})
         if not changed:
             return
         alerts = list(changed.values())
+        firing_sent = {alert.key: alert.firing_sent for alert in alerts}
+        try:
+            await self._write(alerts, told, now)
+        except Exception:
+            # Nothing of it is on disk (one transaction): keep the transitions for the next write, so a
+            # failed write (disk full, busy) delays a notice instead of losing it. Not on cancellation: the
+            # write's thread may still commit, and the process is stopping (the state DB is the truth then).
+            for alert in alerts:
+                alert.firing_sent = firing_sent[alert.key]
+            self._keep_unwritten(told)
+            raise
+        for alert in alerts:
+            alert.dirty = alert.urgent = False
+
+    def _keep_unwritten(self, told: list[_Told]) -> None:
+        if len(told) > UNWRITTEN_MAX:
+            lost = len(told) - UNWRITTEN_MAX
+            self.unwritten_lost += lost
+            log.error("alerts: %d transitions not written and dropped (the state DB keeps failing)", lost)
+            told = told[lost:]
+        self._unwritten = told
+
+    async def _write(self, alerts: list[_Alert], told: list[_Told], now: datetime) -> None:
         missing = [a.key for a in alerts if a.id is None]
         if missing:
             ids = await asyncio.to_thread(self.store.ensure_ids, missing, now)
@@ -980,8 +1125,6 @@ class AlertEngine:
                 log.info("alert %s %s: silenced, not sent", alert.key, transition.kind.value)
         states = [(a.id, a.state, a.firing_sent) for a in alerts if a.id is not None]
         await asyncio.to_thread(self.store.commit, states, writes, now)
-        for alert in alerts:
-            alert.dirty = alert.urgent = False
         if any(write.send for write in writes):
             self._wake.set()
 
@@ -1064,9 +1207,39 @@ class AlertEngine:
 
     # ---- for tests and the CLI ----
 
+    @property
+    def rule_cache_evictions(self) -> int:
+        """Entries dropped from the bounded caches of which rules apply to a name, and unit factors."""
+        memos = (self._series_rules, self._instrument_rules, self._agent_rules, self._factors)
+        return sum(memo.evictions for memo in memos)
+
+    def state_sizes(self) -> dict[str, int]:
+        """How many entries each per-name structure holds (for the bound's tests)."""
+        return {
+            "tracked": len(self.tracked),
+            "alerts": len(self._alerts),
+            "evaluators": len(self._evaluators),
+            "received": len(self._received),
+            "agents": len(self._agents),
+            "back_at": len(self._back_at),
+            "series_rules": len(self._series_rules),
+            "instrument_rules": len(self._instrument_rules),
+            "agent_rules": len(self._agent_rules),
+            "factors": len(self._factors),
+        }
+
     def state_of(self, key: AlertKey) -> AlertState | None:
         alert = self._alerts.get(key)
         return None if alert is None else alert.state
+
+
+def _scope_key(key: AlertKey) -> tuple[str, ...]:
+    """The agent, instrument or series an alert keeps state for (its key in `AlertEngine.tracked`)."""
+    if key.parameter:
+        return (key.site, key.agent, key.instrument, key.parameter)
+    if key.instrument:
+        return (key.site, key.agent, key.instrument)
+    return (key.site, key.agent)
 
 
 def _by_time(readings: list[Reading]) -> list[tuple[datetime, list[Reading]]]:

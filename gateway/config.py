@@ -444,6 +444,11 @@ class AlertsSection(_Strict):
     history_max_notices: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
         default=100_000, description="and at most this many notices (queued ones always stay)"
     )
+    max_series: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=50_000,
+        description="agents, instruments and series with alert state; new names beyond it are not evaluated "
+        "(counted: aua_gateway_alert_series_refused)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from gateway.alerts import AlertEngine
     from gateway.http_api import HttpApi
     from gateway.ingest import Ingest
     from gateway.ledger import AgentAccount
@@ -87,6 +88,8 @@ class _IngestCollector(Collector):
                 refused.add_metric([reason], count)
             yield refused
         yield from _ledger_bounds(self.ingest)
+        if self.ingest.alerts is not None:
+            yield from _alert_bounds(self.ingest.alerts)
 
 
 def _bounded_accounts(ingest: Ingest) -> tuple[list[AgentAccount], list[AgentAccount]]:
@@ -100,6 +103,28 @@ def _bounded_accounts(ingest: Ingest) -> tuple[list[AgentAccount], list[AgentAcc
         return labelled, [a for a in accounts if f"{a.site}/{a.agent}" not in names]
     limit = ingest.config.gateway.metrics_max_agents
     return accounts[:limit], accounts[limit:]
+
+
+def _alert_bounds(alerts: AlertEngine) -> Iterator[Metric]:
+    """The alert engine's per-name state and caches ([alerts] max_series, gateway/alerts.py)."""
+    yield GaugeMetricFamily(
+        "aua_gateway_alert_series", "agents, instruments and series with alert state", value=len(alerts.tracked)
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_alert_series_refused",
+        "observations of new agents, instruments or series not evaluated: [alerts] max_series reached",
+        value=alerts.tracked.refused,
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_alert_rule_cache_evictions",
+        "names whose applicable rules were dropped from the bounded cache (recomputed when seen again)",
+        value=alerts.rule_cache_evictions,
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_alert_transitions_lost",
+        "alert transitions dropped while the state file kept refusing writes",
+        value=alerts.unwritten_lost,
+    )
 
 
 def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
+import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -68,3 +72,97 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoS
     server = _start(lambda: MosquittoServer(tmp_path_factory.mktemp("mosquitto")))
     yield server
     server.terminate()
+
+
+# -- the `servers` marker ------------------------------------------------------------------------------------
+
+SERVER_FIXTURES = frozenset({"influxdb", "influx_db_url", "mosquitto", "mqtt_broker"})
+"""The session's servers; a fixture that requests one of them is in a test's `fixturenames` too."""
+
+SERVER_NAMES = frozenset(
+    {
+        *SERVER_FIXTURES,
+        "subprocess",  # a gateway, agent or demo process; socat
+        "InfluxServer",
+        "MosquittoServer",
+        "SocatPty",
+        "simulator_for_config",  # pymodbus servers playing instruments
+        "Simulator",
+        "SimulatedInstrument",
+        "RtuLine",
+        "StartAsyncTcpServer",
+        "StartAsyncSerialServer",
+    }
+)
+"""Names whose use in a test, a fixture or a helper of tests/ means the test starts or needs a server."""
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def _names_used(source: str) -> set[str]:
+    """Identifiers, attributes and string constants (getfixturevalue("mosquitto")) in the code, not its
+    docstrings or comments (a string that is exactly a server fixture's name counts)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.alias):
+            names.update(node.name.split("."))
+        elif isinstance(node, ast.Constant) and node.value in SERVER_FIXTURES:
+            names.add(str(node.value))
+    return names
+
+
+_VERDICTS: dict[object, bool] = {}
+"""Per test, fixture or helper: uses a server? (A helper being judged counts as no while its callees are.)"""
+
+
+def _starts_servers(obj: object) -> bool:
+    """Whether a test, fixture or helper uses a server, directly or through helpers defined under tests/."""
+    if obj in _VERDICTS:
+        return _VERDICTS[obj]
+    _VERDICTS[obj] = False  # a helper that calls itself (or back) adds nothing
+    try:
+        source = inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return False
+    names = _names_used(source)
+    scope = getattr(obj, "__globals__", None) or vars(inspect.getmodule(obj) or object())
+    helpers = (scope.get(name) for name in names)
+    verdict = bool(names & SERVER_NAMES) or any(
+        (inspect.isfunction(helper) or inspect.isclass(helper))
+        and _defined_in_tests(helper)
+        and _starts_servers(helper)
+        for helper in helpers
+    )
+    _VERDICTS[obj] = verdict
+    return verdict
+
+
+def _defined_in_tests(obj: object) -> bool:
+    try:
+        return Path(inspect.getfile(obj)).resolve().parent == TESTS_DIR  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return False
+
+
+def _uses_servers(item: pytest.Item) -> bool:
+    if not isinstance(item, pytest.Function):
+        return False
+    if SERVER_FIXTURES & set(item.fixturenames):
+        return True
+    if _starts_servers(item.function):
+        return True
+    definitions = item._fixtureinfo.name2fixturedefs
+    return any(
+        _starts_servers(definition.func) for name in item.fixturenames for definition in definitions.get(name, ())
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts or needs a server `servers`, so `pytest -m "not servers"` runs the rest."""
+    for item in items:
+        if _uses_servers(item):
+            item.add_marker(pytest.mark.servers)

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from eventually import eventually as poll
+
 from gateway.config import GatewayConfig
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
@@ -32,9 +34,5 @@ async def running_gateway(config: GatewayConfig, **options: Any) -> AsyncIterato
 
 
 async def eventually(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    """Poll until `condition()` holds; fail if it still does not after `within_s`."""
-    for _ in range(int(within_s / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    assert condition(), f"still not true after {within_s} s"
+    """Poll until `condition()` holds; fail if it still does not after `within_s` (tests/eventually.py)."""
+    await poll(condition, timeout=within_s)

@@ -13,11 +13,16 @@ import email
 import io
 import json
 import re
+import sqlite3
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,11 +31,12 @@ import aiomqtt
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from eventually import eventually
 from http_receiver import HttpReceiver
 from ports import free_port
 from servers import MosquittoServer
 
-from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
+from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading, encode_batch, readings_topic
 from aua_mqtt import BrokerConnection
 from edge_agent.config import load_config
 from edge_agent.quality import quality_from_bits
@@ -39,6 +45,8 @@ from gateway.alert_state import AlertKey, Notice, NoticeKind, Phase, Severity
 from gateway.alerts import AlertEngine, AlertStore
 from gateway.cli import main as gateway_main
 from gateway.config import AlertsSection, GatewayConfig, GatewaySection, MqttSection, load_gateway_config
+from gateway.ingest import Ingest
+from gateway.ledger import Ledger
 from gateway.notify import (
     AppriseNotifier,
     ConsoleNotifier,
@@ -52,6 +60,7 @@ from gateway.notify import (
     notice_document,
     notice_from_document,
 )
+from gateway.stores import open_store
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 START = 1_796_104_800.0
@@ -365,6 +374,245 @@ async def test_a_failing_channel_is_retried_alone(
     await engine.tick(T0 + timedelta(seconds=5))
     assert (len(sink.messages), len(http_receiver.requests)) == (1, 2)
     assert engine.store.deliveries(undelivered_only=True) == []
+    engine.close()
+
+
+INJECTED = "CREATE TEMP TRIGGER injected BEFORE INSERT ON alert_notice BEGIN SELECT RAISE(ABORT, 'injected'); END"
+"""A failure between an alert's transition and its notice: the notice's INSERT fails on the store's connection."""
+
+
+async def test_a_failure_between_a_transition_and_its_notice_writes_neither(tmp_path: Path) -> None:
+    """The firing fails to be written: nothing says "firing" on disk, and a restart tells it when it comes
+    again (before: the alert stayed "firing, told" with no notice, and nobody was ever told)."""
+    stream = io.StringIO()
+    gateway = config(tmp_path, data_rules=False, rules={"hg-screening": {"for": 0}})
+    console = ConsoleNotifier(MessageFormat(ALMATY), stream)
+    first = AlertEngine.from_config(gateway, notifiers=[console])
+    first.store._db.execute(INJECTED)
+    await first.on_batch(hg_batch(SITE, ["pvl1-hg"], 480.0, T0), T0)  # logged, not raised: ingest goes on
+    assert [row.state.phase for row in first.store.load()] == [Phase.INACTIVE]
+    assert first.store.queued() == []
+    first.close()  # the gateway dies
+
+    second = AlertEngine.from_config(gateway, notifiers=[console])
+    later = T0 + timedelta(seconds=1)
+    await second.on_batch(hg_batch(SITE, ["pvl1-hg"], 480.0, later, seq=1), later)
+    await second.tick(later)
+    assert [line.split(" ")[2] for line in stream.getvalue().splitlines()] == ["FIRING"]
+    second.close()
+
+
+async def test_a_transition_whose_write_failed_is_written_and_told_with_the_next_one(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    gateway = config(tmp_path, data_rules=False, rules={"hg-screening": {"for": 0}})
+    engine = AlertEngine.from_config(gateway, notifiers=[ConsoleNotifier(MessageFormat(ALMATY), stream)])
+    engine.store._db.execute(INJECTED)
+    await engine.on_batch(hg_batch(SITE, ["pvl1-hg"], 480.0, T0), T0)
+    with pytest.raises(sqlite3.IntegrityError, match="injected"):
+        await engine.tick(T0 + timedelta(seconds=1))  # still failing (the run loop logs it and ticks again)
+    assert stream.getvalue() == ""
+    engine.store._db.execute("DROP TRIGGER injected")
+    await engine.tick(T0 + timedelta(seconds=2))
+    assert [line.split(" ")[2] for line in stream.getvalue().splitlines()] == ["FIRING"]
+    [row] = engine.store.load()
+    assert (row.state.phase, row.firing_sent) == (Phase.FIRING, True)
+    engine.close()
+
+
+def start_gateway(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", str(config_path)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def outbox_rows(state: Path) -> list[tuple[str, int | None, int]]:
+    """(notice status, delivered_ns, attempts) of every notice with a delivery, read on a connection of its own."""
+    db = sqlite3.connect(state, timeout=10)
+    try:
+        query = """SELECT n.status, d.delivered_ns, d.attempts FROM alert_notice n
+                   JOIN alert_delivery d ON d.message_id = n.message_id ORDER BY n.id"""
+        return [(str(s), d, int(a)) for s, d, a in db.execute(query).fetchall()]
+    finally:
+        db.close()
+
+
+class HoldingReceiver:
+    """A webhook that records every POST and leaves the first one unanswered until `release` is set: a
+    delivery in flight when the gateway dies. The rest are answered 200."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.bodies.append(body)
+                if len(receiver.bodies) == 1:
+                    receiver.release.wait(timeout=30)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def hostport(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("when", "before_kill"),
+    [
+        ("after a failed attempt (HTTP 500), before its retry", ("sending", None, 1)),
+        ("while the attempt is in flight (no answer yet)", ("sending", None, 0)),
+    ],
+    ids=["after-a-failed-attempt", "in-flight"],
+)
+async def test_a_notice_of_a_gateway_killed_before_delivering_it_arrives_after_the_restart(
+    tmp_path: Path,
+    mosquitto: MosquittoServer,
+    http_receiver: HttpReceiver,
+    when: str,
+    before_kill: tuple[str, None, int],
+) -> None:
+    """A real `cems-gateway run` fires on a batch from the broker and is killed (SIGKILL) before the webhook has
+    taken the notice: the notice waits in the outbox (the state DB) and the restarted gateway delivers it. At
+    least once: the receiver saw the first attempt too, the same message both times."""
+    site, agent = f"s{uuid.uuid4().hex[:8]}", f"a{uuid.uuid4().hex[:8]}"
+    holding = HoldingReceiver()
+    if when.startswith("after"):
+        http_receiver.statuses = [500]
+        hostport = http_receiver.hostport
+        bodies = lambda: [request.body for request in http_receiver.requests]  # noqa: E731
+    else:
+        hostport = holding.hostport
+        bodies = lambda: list(holding.bodies)  # noqa: E731
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f"""
+[gateway]
+id = "gw-{site}"
+state = "state.sqlite"
+
+[mqtt]
+host = "{mosquitto.host}"
+port = {mosquitto.port}
+
+[store]
+url = "sqlite://aua.sqlite"
+
+[alerts]
+ambient_sites = ["{site}"]
+data_rules = false
+group_wait = 0
+
+[alerts.rules.hg-screening]
+for = 0
+
+[alerts.notify]
+apprise = ["json://{hostport}/hook"]
+"""
+    )
+    log, state = tmp_path / "gateway.log", tmp_path / "state.sqlite"
+    gateway = start_gateway(path, log)
+    try:
+        await eventually(lambda: log.exists() and "subscribed at" in log.read_text(), timeout=60)
+        now = datetime.now(UTC)
+        batch = Batch(
+            site=site,
+            agent=agent,
+            seq=0,
+            sent_at=now,
+            readings=[Reading(instrument="hg1", parameter="hg", value=480.0, unit="ng/m3", ts=now)],
+        )
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{agent}") as client:
+            await client.publish(readings_topic(site, agent), encode_batch(batch), qos=1)
+        await eventually(lambda: len(bodies()) == 1, timeout=30)
+        await eventually(lambda: outbox_rows(state) == [before_kill], timeout=10)
+        gateway.kill()  # SIGKILL: before the retry 5 s later, or with the request unanswered
+        gateway.wait(timeout=10)
+        assert outbox_rows(state) == [before_kill]  # firing, taken by nobody yet, waiting in the outbox
+        holding.release.set()
+
+        gateway = start_gateway(path, log)
+        await eventually(lambda: len(bodies()) == 2, timeout=60)
+        await eventually(lambda: [row[0] for row in outbox_rows(state)] == ["sent"], timeout=10)
+        first, second = (json.loads(body) for body in bodies())
+        assert first == second  # the same message twice: at least once, never lost
+        assert second["title"].startswith("[WARNING] FIRING: gaseous mercury above 300 ng/m³")
+        assert f"{site}/hg1 hg" in second["title"]
+    finally:
+        gateway.kill()
+        gateway.wait(timeout=10)
+        holding.close()
+
+
+async def test_invented_series_names_meet_a_bound_and_real_series_keep_alerting(tmp_path: Path) -> None:
+    """20,000 invented instrument/parameter names (a buggy agent, or an attacker with one agent's credentials)
+    after a real series: every per-name structure of the engine stays at `max_series`, what is refused is
+    counted, and the real mercury series still fires and resolves."""
+    bound = 1_000
+    stream = io.StringIO()
+    gateway = config(tmp_path, max_series=bound, rules={"hg-screening": {"for": "30s"}})
+    engine = AlertEngine.from_config(gateway, notifiers=[ConsoleNotifier(MessageFormat(ALMATY), stream)])
+    real = Batch(
+        site=SITE,
+        agent="pvl-station-1",
+        seq=0,
+        sent_at=T0,
+        readings=[Reading(instrument="pvl1-hg", parameter="hg", value=5.0, unit="ng/m3", ts=T0)],
+    )
+    await engine.on_batch(real, T0)
+
+    sizes = []
+    for chunk in range(40):  # 40 batches of 500 new names each
+        at = T0 + timedelta(milliseconds=chunk)
+        readings = [
+            Reading(instrument=f"i{chunk}-{n}", parameter=f"p{chunk}-{n}", value=float(n), unit="mg/m3", ts=at)
+            for n in range(500)
+        ]
+        await engine.on_batch(Batch(site="junk", agent="a-junk", seq=chunk, sent_at=at, readings=readings), at)
+        if chunk in (19, 39):
+            sizes.append(engine.state_sizes())
+    assert sizes[0] == sizes[1]  # nothing grew in the second 10,000 names
+    assert sizes[1]["tracked"] == bound
+    per_name = {name: size for name, size in sizes[1].items() if name != "alerts"}
+    assert max(per_name.values()) <= bound, sizes[1]
+    assert sizes[1]["alerts"] <= bound * len(engine.rules)  # one per rule that applies to a tracked name
+    assert engine.tracked.refused >= 20_000 - bound  # each refused name's observation counted
+
+    for second in range(1, 80):  # the real series: 480 ng/m³ for 40 s, then back to 5
+        at = T0 + timedelta(seconds=second)
+        value = 480.0 if second <= 40 else 5.0
+        reading = Reading(instrument="pvl1-hg", parameter="hg", value=value, unit="ng/m3", ts=at)
+        await engine.on_batch(real.model_copy(update={"seq": second, "sent_at": at, "readings": [reading]}), at)
+        await engine.tick(at)
+    told = [line for line in stream.getvalue().splitlines() if "pvl1-hg hg" in line]
+    assert [line.split(" ")[2] for line in told] == ["FIRING", "RESOLVED"]
+    assert engine.state_sizes()["tracked"] == bound
+
+    store = open_store(f"sqlite://{tmp_path / 'aua.sqlite'}")
+    ingest = Ingest(gateway, store, Ledger(gateway.gateway.state), alerts=engine)  # not run: its /metrics only
+    scrape = ingest.metrics.exposition().decode()
+    assert f"aua_gateway_alert_series {float(bound)}" in scrape
+    assert f"aua_gateway_alert_series_refused_total {float(engine.tracked.refused)}" in scrape
+    assert "aua_gateway_alert_rule_cache_evictions_total" in scrape
+    ingest.ledger.close()
     engine.close()
 
 

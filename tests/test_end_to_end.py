@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from eventually import eventually
 from ports import free_port
 from servers import MosquittoServer
 
@@ -36,10 +37,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def sites_on(broker: MosquittoServer, workdir: Path) -> list[LoadedConfig]:
+    """The demo's sites on this broker, under agent ids of this test's own: the shared broker keeps other
+    tests' retained statuses of the demo agents, whose next_seq would make the gateway ask for batches again."""
     sites = []
+    run = uuid.uuid4().hex[:8]
     for loaded in demo_sites():
         ports = {port: free_port() for port in {i.config.port for i in loaded.instruments}}
-        sites.append(relocate(loaded, broker_host=broker.host, broker_port=broker.port, ports=ports, workdir=workdir))
+        site = relocate(loaded, broker_host=broker.host, broker_port=broker.port, ports=ports, workdir=workdir)
+        site.config.agent.id = f"{site.config.agent.id}-{run}"
+        sites.append(site)
     return sites
 
 
@@ -75,15 +81,12 @@ async def test_simulator_to_store_exactly(store_url: str, mosquitto: MosquittoSe
         await asyncio.wait_for(ingest.connected.wait(), timeout=10)
         agents = [Agent(site) for site in sites]
         running = [asyncio.create_task(agent.run()) for agent in agents]
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(POLL_SECONDS)  # the run itself: agents polling for a while, not a wait for an event
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         total = sum(agent.outbox_stats().next_seq for agent in agents)
-        for _ in range(100):
-            if sum(a.batches for a in ledger.accounts()) >= total:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: sum(a.batches for a in ledger.accounts()) >= total, timeout=30)
         gateway.cancel()
         await asyncio.gather(gateway, return_exceptions=True)
 

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+from eventually import eventually
 from ports import free_port
 from servers import MosquittoServer
 
@@ -58,14 +59,14 @@ async def test_two_gateways_on_a_shared_subscription(
         agent = Agent(site)
         agent.publisher.status_interval_s = 0.5
         running = asyncio.create_task(agent.run())
-        await asyncio.sleep(6)
+        await eventually(lambda: agent.outbox_stats().next_seq >= 6, timeout=60)
         agent.readers.clear()  # stop sealing; the MQTT side stays up to answer resend requests
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # a poll cycle in progress may still seal one batch (nothing to watch for)
         sealed = agent.outbox_stats().next_seq
-        for _ in range(300):
-            if all(ledger.accounts() and ledger.accounts()[0].batches >= sealed for _, _, ledger in gateways):
-                break
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: all(ledger.accounts() and ledger.accounts()[0].batches >= sealed for _, _, ledger in gateways),
+            timeout=60,
+        )
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         for task in tasks:

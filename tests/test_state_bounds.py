@@ -439,7 +439,7 @@ def test_alert_history_is_pruned_by_age_and_count_keeping_what_is_still_needed(t
     while store.prune(later, step=50):
         pass
     rows = dict(store._db.execute("SELECT status, count(*) FROM alert_notice GROUP BY status").fetchall())
-    assert rows == {"queued": 50, "sent": 50}  # the 50 of the message still being tried stay, and the queued
+    assert rows == {"queued": 50, "sending": 50}  # the 50 of the message still being tried stay, and the queued
     assert [d.message_id for d in store.deliveries()] == [retried]
     assert store.message(retried).notices  # its message can still be sent
     assert store.pruned == 200 + 40 + 2  # told notices, suppressed ones, the delivered message and its delivery

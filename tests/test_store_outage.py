@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from eventually import eventually
 from ports import free_port
 from servers import InfluxServer, MosquittoServer
 
@@ -35,11 +36,12 @@ async def test_influxdb_outage_is_spooled_and_drained(
     own_influxdb: InfluxServer, mosquitto: MosquittoServer, tmp_path: Path
 ) -> None:
     sites = []
+    run = uuid.uuid4().hex[:8]
     for loaded in demo_sites():
         ports = {port: free_port() for port in {i.config.port for i in loaded.instruments}}
-        sites.append(
-            relocate(loaded, broker_host=mosquitto.host, broker_port=mosquitto.port, ports=ports, workdir=tmp_path)
-        )
+        site = relocate(loaded, broker_host=mosquitto.host, broker_port=mosquitto.port, ports=ports, workdir=tmp_path)
+        site.config.agent.id = f"{site.config.agent.id}-{run}"  # the shared broker keeps other tests' statuses
+        sites.append(site)
     url = own_influxdb.database_url(f"outage_{uuid.uuid4().hex[:8]}")
     config = GatewayConfig(
         gateway=GatewaySection(id=f"gw-{uuid.uuid4().hex[:8]}", state=tmp_path / "state.sqlite"),
@@ -55,20 +57,20 @@ async def test_influxdb_outage_is_spooled_and_drained(
         await asyncio.wait_for(ingest.connected.wait(), timeout=10)
         agents = [Agent(site) for site in sites]
         running = [asyncio.create_task(agent.run()) for agent in agents]
-        await asyncio.sleep(2)
+        await eventually(lambda: ingest.stats.batches >= 2, timeout=30)  # stored before the outage
         own_influxdb.kill()
-        await asyncio.sleep(3)
+        await eventually(lambda: ingest.spool.depth >= 4, timeout=60)  # arrived while InfluxDB was down
         spooled_during_outage = ingest.spool.depth
         own_influxdb.start()
-        await asyncio.sleep(2)
+        restarted_at = ingest.stats.batches
+        await eventually(lambda: ingest.stats.batches >= restarted_at + 2, timeout=30)  # and after it is back
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         sealed = sum(agent.outbox_stats().next_seq for agent in agents)
-        for _ in range(300):
-            if ingest.spool.depth == 0 and sum(a.batches for a in ledger.accounts()) >= sealed:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: ingest.spool.depth == 0 and sum(a.batches for a in ledger.accounts()) >= sealed, timeout=60
+        )
         spool_left = ingest.spool.depth
         gateway.cancel()
         await asyncio.gather(gateway, return_exceptions=True)

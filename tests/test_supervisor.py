@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import pytest
+from eventually import eventually
 
 from gateway.supervisor import Supervisor, TaskFailed, describe
 
@@ -45,7 +46,7 @@ async def test_liveness_shows_a_dead_task_before_the_stop() -> None:
     supervisor = Supervisor()
     supervisor.start("consume", forever())
     supervisor.start("alerts", fails_after(0, ValueError("bad rule\nsecond line")))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: supervisor.liveness()["alerts"] != "running")
     assert supervisor.liveness() == {"consume": "running", "alerts": "failed: ValueError: bad rule"}
     with pytest.raises(TaskFailed):
         await supervisor.run()
@@ -55,7 +56,7 @@ async def test_a_unit_of_work_longer_than_stall_s_is_a_stall() -> None:
     supervisor = Supervisor(stall_s=0.05)
     supervisor.start("write", forever())
     with supervisor.working("write"):
-        await asyncio.sleep(0.1)
+        await eventually(lambda: supervisor.liveness()["write"] != "running")
         assert supervisor.liveness()["write"].startswith("stalled: ")
     assert supervisor.liveness() == {"write": "running"}
     await supervisor.stop()
