@@ -149,14 +149,17 @@ class OperatingSpec:
 
     def __post_init__(self) -> None:
         if self.status is None and not self.running:
-            raise ValueError("operating state needs a status tag or running criteria")
+            raise ValueError("set status or running: the operating state needs a status tag or running criteria")
         for name, criteria in (("startup_end", self.startup_end), ("shutdown_start", self.shutdown_start)):
             if criteria and len(criteria) < MIN_CRITERIA:
                 raise ValueError(f"{name}: {len(criteria)} criteria, {DECISION} asks for at least {MIN_CRITERIA}")
             if criteria and not MIN_REQUIRED <= self.required <= len(criteria):
-                raise ValueError(f"required {self.required}: between {MIN_REQUIRED} and {len(criteria)} ({DECISION})")
+                raise ValueError(
+                    f"required: {self.required} is not between {MIN_REQUIRED} and the {len(criteria)} {name} "
+                    f"criteria ({DECISION})"
+                )
         if self.shutdown_start and not self.startup_end:
-            raise ValueError("shutdown_start without startup_end criteria")
+            raise ValueError("shutdown_start: set startup_end criteria too")
 
     @property
     def shutdown_criteria(self) -> tuple[Criterion, ...]:

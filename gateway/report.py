@@ -31,6 +31,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import mrv
+from gateway.operating_state import OperatingSpec
 from gateway.rollup import (
     Aggregate,
     Period,
@@ -316,6 +317,8 @@ class SourceInput:
     reference_o2: float | None
     o2_guard: float
     channels: tuple[ChannelInput, ...]
+    operating: OperatingSpec | None = None
+    """what decides the operating state per period; None: every period is operating"""
 
     def channel(self, role: str) -> ChannelInput | None:
         for channel in self.channels:

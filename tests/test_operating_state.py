@@ -199,10 +199,10 @@ def test_manual_log_without_a_spec_and_no_spec_at_all() -> None:
             {"running": RUNNING, "startup_end": CRITERIA[:2]}, "at least 3", id="two criteria (Art. 9: at least three)"
         ),
         pytest.param(
-            {"running": RUNNING, "startup_end": CRITERIA, "required": 1}, "between 2 and 3", id="one of three"
+            {"running": RUNNING, "startup_end": CRITERIA, "required": 1}, "not between 2 and the 3", id="one of three"
         ),
-        pytest.param({"running": RUNNING, "startup_end": CRITERIA, "required": 4}, "between 2 and 3", id="4 of 3"),
-        pytest.param({"running": RUNNING, "shutdown_start": CRITERIA}, "without startup_end", id="only shut-down"),
+        pytest.param({"running": RUNNING, "startup_end": CRITERIA, "required": 4}, "not between 2 and the 3", id="4 of 3"),
+        pytest.param({"running": RUNNING, "shutdown_start": CRITERIA}, "set startup_end", id="only shut-down"),
     ],
 )
 def test_spec_refuses_what_the_decision_does_not_allow(kwargs: dict[str, object], message: str) -> None:
