@@ -67,22 +67,23 @@ def test_the_table_refuses_changes_and_deletes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "start", "end", "by", "why", "message"),
+    ("entry", "message"),
     [
-        ("idle", JUNE, JUNE + timedelta(hours=1), "a", "b", "state 'idle'"),
-        ("off", JUNE, JUNE, "a", "b", "is not after from"),
-        ("off", JUNE, JUNE + timedelta(days=400), "a", "b", "more than 366 days"),
-        ("off", JUNE, JUNE + timedelta(hours=1), " ", "b", "by:"),
-        ("off", JUNE, JUNE + timedelta(hours=1), "a", "", "why:"),
-        ("off", JUNE, JUNE + timedelta(hours=1), "a", "x" * 2001, "why:"),
+        (("idle", timedelta(hours=1), "a", "b"), "state 'idle'"),
+        (("off", timedelta(0), "a", "b"), "is not after from"),
+        (("off", timedelta(days=400), "a", "b"), "more than 366 days"),
+        (("off", timedelta(hours=1), " ", "b"), "by:"),
+        (("off", timedelta(hours=1), "a", ""), "why:"),
+        (("off", timedelta(hours=1), "a", "x" * 2001), "why:"),
     ],
 )
 def test_bad_entries_are_refused_naming_the_field(
-    tmp_path: Path, state: str, start: datetime, end: datetime, by: str, why: str, message: str
+    tmp_path: Path, entry: tuple[str, timedelta, str, str], message: str
 ) -> None:
+    state, span, by, why = entry
     log = OperatingLog(tmp_path / "state.sqlite")
     with pytest.raises(OperatingLogError, match=message):
-        log.record("boiler2", state, start=start, end=end, by=by, why=why, now=NOW)
+        log.record("boiler2", state, start=JUNE, end=JUNE + span, by=by, why=why, now=NOW)
     assert log.entries() == []
     log.close()
 
@@ -128,9 +129,12 @@ def test_cli_log_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert gateway_main(["operating-state", "list", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("#1 boiler2 off") and "by ivanov" in lines[0] and "summer shutdown" in lines[0]
+    assert lines[0].startswith("#1 boiler2 off")
+    assert "by ivanov" in lines[0]
+    assert "summer shutdown" in lines[0]
     assert "superseded where they overlap by #2" in lines[0]
-    assert lines[1].startswith("#2 boiler2 derived") and "superseded" not in lines[1]
+    assert lines[1].startswith("#2 boiler2 derived")
+    assert "superseded" not in lines[1]
 
     assert gateway_main([*common, "--state", "off", "--from", "2026-06-02", "--to", "2026-06-01", "--why", "x"]) == 1
     assert "is not after from" in capsys.readouterr().err

@@ -201,7 +201,9 @@ def test_manual_log_without_a_spec_and_no_spec_at_all() -> None:
         pytest.param(
             {"running": RUNNING, "startup_end": CRITERIA, "required": 1}, "not between 2 and the 3", id="one of three"
         ),
-        pytest.param({"running": RUNNING, "startup_end": CRITERIA, "required": 4}, "not between 2 and the 3", id="4 of 3"),
+        pytest.param(
+            {"running": RUNNING, "startup_end": CRITERIA, "required": 4}, "not between 2 and the 3", id="4 of 3"
+        ),
         pytest.param({"running": RUNNING, "shutdown_start": CRITERIA}, "set startup_end", id="only shut-down"),
     ],
 )
