@@ -241,6 +241,8 @@ async def test_report_files_are_written_and_readable(
             *(f"stack1-2024-05-{n}.csv" for n in ("totals", "availability", "limits", "exceedances", "substituted")),
             "stack1-2024-05-maintenance.csv",
             "stack1-2024-05-revisions.csv",
+            "stack1-2024-05-operating.csv",
+            "stack1-2024-05-operating-months.csv",
             "stack1-2024-05-hourly.csv",
         ]
     )
@@ -257,7 +259,7 @@ async def test_report_files_are_written_and_readable(
     workbook = load_workbook(tmp_path / "out" / "stack1-2024-05.xlsx", read_only=True)
     assert workbook.sheetnames == [
         "Summary", "Totals", "Availability", "Limits", "Exceedances", "Substituted", "Maintenance", "Revisions",
-        "Hourly", "Config",
+        "Operating", "Operating-months", "Hourly", "Config",
     ]  # fmt: skip
     totals = list(workbook["Totals"].iter_rows(values_only=True))
     assert totals[0][:2] == ("name", "parameter")
