@@ -575,10 +575,12 @@ class RuleResolver:
             for channel in source.channels().values():
                 name = channel.rule_set or source.rule_set
                 resolver.by_series[(source.site, channel.instrument, channel.parameter)] = (rule_sets[name], zone)
-            if source.operating is not None:  # signals roll up to the source's base periods
+            if source.operating is not None:  # signals roll up to the source's base periods (a channel keeps its own)
                 for key in source.operating.spec().signal_keys():
                     instrument, parameter = key.split("/", 1)
-                    resolver.by_series[(source.site, instrument, parameter)] = (rule_sets[source.rule_set], zone)
+                    resolver.by_series.setdefault(
+                        (source.site, instrument, parameter), (rule_sets[source.rule_set], zone)
+                    )
         return resolver
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfigError, load_gateway_config
+from gateway.mrv_config import RuleResolver
 from gateway.operating_log import OperatingLog, OperatingLogError
 from gateway.operating_state import State
 
@@ -190,3 +191,15 @@ def test_config_with_status_and_criteria_gives_the_spec(tmp_path: Path) -> None:
     spec = source.operating.spec()
     assert spec.signal_keys() == ["dcs/state", "dcs/fuel", "dcs/load", "dcs/steam", "dcs/fgt"]
     assert [c.name for c in spec.shutdown_criteria] == ["not dcs/load", "not dcs/steam", "not dcs/fgt"]
+
+
+def test_signals_roll_up_with_the_sources_rules_and_a_channel_keeps_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    text = CONFIG.replace('source]]\nid = "boiler2"', 'source]]\nid = "boiler2"\nrule_set = "mrr"')
+    text = text.replace('unit = "Nm3/h" }', 'unit = "Nm3/h", rule_set = "ied-lcp" }')
+    fourth = '[[source.operating.startup_end]]\ninstrument = "flow"\nparameter = "flow"\nat_least = 1000\n'
+    path.write_text(text + CRITERIA + fourth, encoding="utf-8")
+    config = load_gateway_config(path)
+    resolver = RuleResolver.from_config(config.rollup, config.sources)
+    assert resolver("plant", "dcs", "load")[0].name == "mrr"  # the source's
+    assert resolver("plant", "flow", "flow")[0].name == "ied-lcp"  # the channel's own
