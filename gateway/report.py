@@ -137,7 +137,9 @@ class Availability(_Model):
     instrument: str
     parameter: str
     unit: str
-    expected_periods: int
+    expected_periods: int = Field(
+        description="the operating base periods of the period (every one without [source.operating])"
+    )
     valid_periods: int
     maintenance_periods: int = Field(description="invalid because of calibration/maintenance (check_function)")
     invalid_periods: int = Field(description="present but invalid for another reason")
