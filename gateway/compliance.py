@@ -152,14 +152,23 @@ def _judge(
 
 
 def evaluate(
-    compliance: Compliance, validated: Sequence[Aggregate], *, elv: float, rules: RuleSet, zone: tzinfo
+    compliance: Compliance,
+    validated: Sequence[Aggregate],
+    *,
+    elv: float,
+    rules: RuleSet,
+    zone: tzinfo,
+    days: Sequence[Aggregate] | None = None,
 ) -> list[Outcome]:
     """The configured tests over validated base-period values (O2-corrected, confidence interval subtracted,
     invalid ones carrying valid=False). Days and months follow the rule set's validity and the local calendar
-    (the same chain as the stored rollups); only valid averages are judged."""
+    (the same chain as the stored rollups); only valid averages are judged. `days`, when given, are the daily
+    means to judge instead (a report's days over normal-operation periods only, Directive 2010/75/EU Annex V
+    Part 4: start-up and shut-down periods are not judged)."""
     if not compliance.tests or not validated:
         return []
-    days = day_aggregates(validated, rules, zone)
+    if days is None:
+        days = day_aggregates(validated, rules, zone)
     outcomes = []
     for test in compliance.tests:
         if test is ComplianceCheck.MONTH_MEAN:

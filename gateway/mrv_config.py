@@ -18,12 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from gateway import mrv
 from gateway.alert_rules import Rule, ThresholdRule
 from gateway.compliance import Compliance, ComplianceCheck, compliance_for
+from gateway.operating_state import MIN_REQUIRED, Criterion, OperatingSpec, State, StatusTag
 from gateway.report import ChannelInput, SourceInput
 from gateway.rollup import RULE_SETS, BaseRule, Period, RuleSet
 from gateway.substitution import Method, SubstitutionSpec
 
 __all__ = [
     "ChannelConfig",
+    "CriterionConfig",
+    "OperatingConfig",
     "PollutantConfig",
     "ReportsSection",
     "RollupSection",
@@ -267,6 +270,86 @@ class PollutantConfig(ChannelConfig):
         return mrv.CI_PERCENT_DEFAULTS.get(self.species_key)
 
 
+class StatusTagConfig(_Strict):
+    """A DCS/PLC status tag read by an agent, and its value in each operating state."""
+
+    instrument: Identifier
+    parameter: Identifier
+    off: float = 0
+    start_up: float = 1
+    normal: float = 2
+    shut_down: float = 3
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        codes = [self.off, self.start_up, self.normal, self.shut_down]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"off, start_up, normal and shut_down need four different codes, got {codes}")
+        return self
+
+    def tag(self) -> StatusTag:
+        codes = {State.OFF: self.off, State.START_UP: self.start_up, State.NORMAL: self.normal}
+        return StatusTag(self.instrument, self.parameter, codes | {State.SHUT_DOWN: self.shut_down})
+
+
+class CriterionConfig(_Strict):
+    """A threshold on an operating parameter's period mean (load, fuel flow, steam flow, flue-gas temperature,
+    O2, …): met when at_least ≤ mean ≤ at_most."""
+
+    name: str = Field(default="", description="as the report shows it, e.g. 'load ≥ MSUL'")
+    instrument: Identifier
+    parameter: Identifier
+    at_least: float | None = None
+    at_most: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if self.at_least is None and self.at_most is None:
+            raise ValueError(f"{self.instrument}/{self.parameter}: set at_least or at_most")
+        if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
+            where = f"{self.instrument}/{self.parameter}"
+            raise ValueError(f"{where}: at_least {self.at_least:g} > at_most {self.at_most:g}")
+        return self
+
+    def criterion(self) -> Criterion:
+        name = self.name or f"{self.instrument}/{self.parameter}"
+        return Criterion(name, self.instrument, self.parameter, self.at_least, self.at_most)
+
+
+class OperatingConfig(_Strict):
+    """`[source.operating]`: how the source's operating state (off, start-up, normal, shut-down) is decided per
+    period. Commission Implementing Decision 2012/249/EU Art. 9: at least three start-up (shut-down)
+    criteria, start-up ends / shut-down starts when at least two are met."""
+
+    status: StatusTagConfig | None = Field(default=None, description="a DCS/PLC status tag with a code per state")
+    running: list[CriterionConfig] = Field(
+        default_factory=list, description="any met: fuel is burned, an operating period; none met: off"
+    )
+    startup_end: list[CriterionConfig] = Field(
+        default_factory=list, description="the permit's criteria for the end of start-up (at least three)"
+    )
+    shutdown_start: list[CriterionConfig] = Field(
+        default_factory=list, description="criteria for the start of shut-down (default: startup_end negated)"
+    )
+    required: Annotated[int, Field(ge=MIN_REQUIRED)] = Field(
+        default=MIN_REQUIRED, description="criteria that must be met (2012/249/EU Art. 9: at least two)"
+    )
+
+    @model_validator(mode="after")
+    def _decidable(self) -> Self:
+        self.spec()
+        return self
+
+    def spec(self) -> OperatingSpec:
+        return OperatingSpec(
+            status=self.status.tag() if self.status else None,
+            running=tuple(c.criterion() for c in self.running),
+            startup_end=tuple(c.criterion() for c in self.startup_end),
+            shutdown_start=tuple(c.criterion() for c in self.shutdown_start),
+            required=self.required,
+        )
+
+
 _DEFAULT_LOOKBACK = {"nox": 2160, "no": 2160, "no2": 2160}
 
 
@@ -295,6 +378,9 @@ class SourceConfig(_Strict):
     pressure: ChannelConfig | None = None
     co2: ChannelConfig | None = None
     pollutant: list[PollutantConfig] = Field(default_factory=list)
+    operating: OperatingConfig | None = Field(
+        default=None, description="operating state signals; without it every period counts as operating"
+    )
 
     @field_validator("time_zone")
     @classmethod
@@ -565,6 +651,12 @@ class RuleResolver:
             for channel in source.channels().values():
                 name = channel.rule_set or source.rule_set
                 resolver.by_series[(source.site, channel.instrument, channel.parameter)] = (rule_sets[name], zone)
+            if source.operating is not None:  # signals roll up to the source's base periods (a channel keeps its own)
+                for key in source.operating.spec().signal_keys():
+                    instrument, parameter = key.split("/", 1)
+                    resolver.by_series.setdefault(
+                        (source.site, instrument, parameter), (rule_sets[source.rule_set], zone)
+                    )
         return resolver
 
 
@@ -617,4 +709,5 @@ def source_input(
         reference_o2=source.o2_reference,
         o2_guard=source.o2_guard,
         channels=tuple(channels),
+        operating=source.operating.spec() if source.operating is not None else None,
     )

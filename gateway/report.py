@@ -14,7 +14,13 @@ Decisions where the reference leaves room:
 - a base period's mass uses the hourly means of concentration and flow (EU MRR Art. 43 style), each brought to
   dry standard conditions first; the O2-corrected value is used for limits only (§2);
 - a monthly report is provisional: its substitutes come from that month's data (the MRR reporting period is
-  the year, so the annual report's substitutes can differ).
+  the year, so the annual report's substitutes can differ);
+- every period carries its operating state (gateway.operating_state). Substitution, availability, validity and
+  invalid days are over operating periods (EU MRR 2018/2066 Art. 43, 45; 40 CFR 75.30(a)); a non-operating
+  period is reported as such, never as missing or substituted, and adds nothing to the totals (MRR Annex VIII
+  Eq. 1 sums over operating hours; what analyzers measured in it is shown beside the totals). Start-up and
+  shut-down periods count in the totals but not for limit compliance (Directive 2010/75/EU Annex V Part 4),
+  and a limit's daily mean is over the day's normal operating periods.
 """
 
 from __future__ import annotations
@@ -25,28 +31,38 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import compliance, mrv
+from gateway.operating_state import HourState, ManualEntry, OperatingSpec, State, derive_states
 from gateway.rollup import (
     Aggregate,
     Period,
     RuleSet,
     base_duration,
     base_starts,
-    day_aggregates,
     day_bounds,
     local_date,
     month_bounds,
     year_bounds,
 )
-from gateway.substitution import FilledPeriod, Method, Point, SubstitutionSpec, availability_percent, fill, gaps
+from gateway.substitution import (
+    NOT_OPERATING,
+    FilledPeriod,
+    Method,
+    Point,
+    SubstitutionSpec,
+    availability_percent,
+    fill_operating,
+    gaps,
+)
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
+    "SIGNAL_ROLE",
     "ChannelInput",
     "MrvReport",
     "RevisionAudit",
@@ -62,6 +78,10 @@ OUT_OF_SERVICE_HOURS: Final = 5 * 24
 """§4 (EU MRR Art. 45): equipment out of service for more than five consecutive days must be reported."""
 REVISIONS_LISTED: Final = 1000
 """Revisions listed in a report; more are counted only (`cems-gateway revisions list` shows them all)."""
+SIGNAL_ROLE: Final = "signal:"
+"""`aggregates` key prefix of an operating-state signal: "signal:INSTRUMENT/PARAMETER"."""
+OPERATING_RUNS_LISTED: Final = 2000
+"""Runs of one operating state listed in a report; more are counted only."""
 TOTALS_TOLERANCE_T: Final = 1e-6
 """Reproducibility: recomputed and reported totals may differ by at most 1 g (float summation order)."""
 
@@ -122,7 +142,9 @@ class Availability(_Model):
     instrument: str
     parameter: str
     unit: str
-    expected_periods: int
+    expected_periods: int = Field(
+        description="the operating base periods of the period (every one without [source.operating])"
+    )
     valid_periods: int
     maintenance_periods: int = Field(description="invalid because of calibration/maintenance (check_function)")
     invalid_periods: int = Field(description="present but invalid for another reason")
@@ -136,6 +158,10 @@ class Availability(_Model):
         description="valid periods whose mean includes used-but-flagged values (maintenance_required, "
         "out_of_specification, …: cems-mrv.md §3)",
     )
+    non_operating_periods: int = Field(
+        default=0,
+        description="periods the source did not operate: not expected, neither valid nor invalid nor missing",
+    )
 
 
 class Total(_Model):
@@ -148,6 +174,13 @@ class Total(_Model):
     substituted_periods: int
     unsubstituted_periods: int = Field(description="periods with no value at all: the total is incomplete")
     complete: bool
+    non_operating_periods: int = Field(default=0, description="periods the source did not operate: not in the total")
+    non_operating_measured_t: float = Field(
+        default=0.0,
+        description="mass the analyzers measured in non-operating periods, not in the total (a check on the "
+        "operating state: well above zero means a period marked off was not)",
+    )
+    start_up_shut_down_t: float = Field(default=0.0, description="part of total_t from start-up/shut-down periods")
 
 
 class SubstitutedRun(_Model):
@@ -299,6 +332,50 @@ class RevisionAudit(_Model):
     )
 
 
+class OperatingRun(_Model):
+    state: State
+    start_utc: datetime
+    end_utc: datetime = Field(description="exclusive")
+    start_local: datetime
+    end_local: datetime
+    periods: int
+    decided_by: str = Field(description="manual, status, signals, assumed (no signal: taken as operating), always")
+    basis: str = Field(description="what decided the run's first period")
+
+
+class OperatingMonth(_Model):
+    month: str = Field(description="local YYYY-MM")
+    off: int
+    start_up: int
+    normal: int
+    shut_down: int
+    assumed: int = Field(description="of the operating ones, periods without any signal (taken as operating)")
+
+
+class ManualLogEntry(_Model):
+    id: int
+    state: str = Field(description="off, start-up, normal, shut-down, or derived (the signals decide again)")
+    start_utc: datetime
+    end_utc: datetime
+    by: str
+    why: str
+    recorded_at: datetime
+
+
+class OperatingSection(_Model):
+    """The source's operating state over the period: every period's state is in the hourly table."""
+
+    configured: bool = Field(description="false: no [source.operating]; every period counts as operating")
+    rule: str = Field(description="how the state is decided: signals, criteria and the rule applied")
+    periods: dict[str, int] = Field(description="base periods per state")
+    operating_periods: int
+    assumed_periods: int = Field(description="operating periods without any signal value, taken as operating")
+    runs: list[OperatingRun] = Field(description=f"consecutive periods in one state, the first {OPERATING_RUNS_LISTED}")
+    runs_total: int
+    by_month: list[OperatingMonth]
+    manual_log: list[ManualLogEntry] = Field(description="the operator's entries that touch the period")
+
+
 class MrvReport(_Model):
     """Annual or monthly MRV report of one emission source (cems-mrv.md §7)."""
 
@@ -324,6 +401,9 @@ class MrvReport(_Model):
     reproducibility: Reproducibility | None = None
     revisions: RevisionAudit = Field(
         default_factory=RevisionAudit, description="audit: other content received for stored raw readings"
+    )
+    operating: OperatingSection | None = Field(
+        default=None, description="operating state per period: off, start-up, normal, shut-down"
     )
 
 
@@ -361,6 +441,8 @@ class SourceInput:
     reference_o2: float | None
     o2_guard: float
     channels: tuple[ChannelInput, ...]
+    operating: OperatingSpec | None = None
+    """what decides the operating state per period; None: every period is operating"""
 
     def channel(self, role: str) -> ChannelInput | None:
         for channel in self.channels:
@@ -545,7 +627,10 @@ def _limit_series(
     return series, [series[index] for index in refused]
 
 
-def _runs(channel: ChannelInput, filled: Sequence[FilledPeriod], grid: _Grid, zone: tzinfo) -> list[SubstitutedRun]:
+def _runs(
+    channel: ChannelInput, filled: Sequence[FilledPeriod], grid: _Grid, zone: tzinfo, operating: Sequence[bool]
+) -> list[SubstitutedRun]:
+    """Runs of operating periods without a measured value (a non-operating period is not missing)."""
     runs: list[SubstitutedRun] = []
     current: list[FilledPeriod] = []
 
@@ -570,8 +655,8 @@ def _runs(channel: ChannelInput, filled: Sequence[FilledPeriod], grid: _Grid, zo
             )
             current.clear()
 
-    for period in filled:
-        if period.measured:
+    for period, on in zip(filled, operating, strict=True):
+        if period.measured or not on:
             flush()
             continue
         if current and (current[-1].value != period.value or current[-1].method != period.method):
@@ -621,11 +706,59 @@ def _maintenance_period(
     )
 
 
-def _invalid_days(aggregates: Sequence[Aggregate], rules: RuleSet, zone: tzinfo, start: datetime, end: datetime) -> int:
-    first, last = local_date(start, zone), local_date(end - timedelta(microseconds=1), zone)
-    days = {first + timedelta(days=i) for i in range((last - first).days + 1)}
-    valid = {local_date(d.start, zone) for d in day_aggregates(aggregates, rules, zone) if d.valid}
-    return len(days - valid)
+_EPSILON = 1e-9
+
+
+def operating_days(
+    points: Sequence[Point],
+    included: Sequence[bool],
+    by_start: Mapping[datetime, Aggregate],
+    rules: RuleSet,
+    zone: tzinfo,
+) -> list[tuple[date, bool, float | None, str]]:
+    """(local day, valid, mean of its valid included periods, why invalid) for each day with an included period.
+
+    The day rule of the rule set counted over the included periods only: a period the source did not operate in
+    (or, for a limit, a start-up/shut-down period) is neither valid nor invalid, and a day without any included
+    period is no day at all (Germany 13. BImSchV §19: the daily mean is over the day's operating time; the
+    "> 3 invalid hours" and "> 10 invalid days" rules of Directive 2010/75/EU Annex V Part 4 are read here as
+    aimed at the AMS's malfunction or maintenance, not at the plant's shutdowns). With every period included
+    this is the rule set's own day rule.
+    """
+    days: dict[date, list[Point]] = defaultdict(list)
+    for point, on in zip(points, included, strict=True):
+        if on:
+            days[local_date(point.start, zone)].append(point)
+    label = "half-hours" if rules.base is Period.HALF_HOUR else "hours"
+    result = []
+    for day, parts in sorted(days.items()):
+        values = [p.value for p in parts if p.valid and p.value is not None]
+        expected = len(parts)
+        maintenance = sum(1 for p in parts if (a := by_start.get(p.start)) is not None and a.in_maintenance)
+        mean = math.fsum(values) / len(values) if values else None
+        reason = ""
+        if not values:
+            reason = f"no valid {label}"
+        elif rules.day_max_invalid is not None and expected - len(values) > rules.day_max_invalid:
+            reason = f"{expected - len(values)} {label} invalid or missing (> {rules.day_max_invalid})"
+        elif rules.day_min_capture is not None:
+            basis = expected - maintenance if rules.exclude_maintenance else expected
+            if not (basis > 0 and len(values) >= rules.day_min_capture * basis - _EPSILON):
+                reason = f"{len(values)} of {basis} {label} valid (< {rules.day_min_capture * 100:.4g} %)"
+        result.append((day, not reason, mean if not reason else None, reason))
+    return result
+
+
+def _judged_points(points: Mapping[str, list[Point]], states: Sequence[HourState]) -> dict[str, list[Point]]:
+    """The grid for limit compliance: start-up, shut-down and off periods are not judged (Directive 2010/75/EU
+    Annex V Part 4)."""
+    judged: dict[str, list[Point]] = {}
+    for role, items in points.items():
+        judged[role] = [
+            point if hour.state.judged else Point(point.start, None, False, f"{hour.state.value}: not judged")
+            for point, hour in zip(items, states, strict=True)
+        ]
+    return judged
 
 
 def _prepare(
@@ -636,8 +769,11 @@ def _prepare(
     aggregates: Mapping[str, Sequence[Aggregate]],
     history: Mapping[str, Sequence[Aggregate]] | None,
     warnings: list[str],
+    operating: Sequence[bool],
+    manual: Sequence[ManualEntry] = (),
 ) -> tuple[dict[str, list[Point]], dict[str, dict[datetime, Aggregate]], dict[str, list[FilledPeriod]]]:
-    """Per role: the measured grid, the aggregates by start, and the grid filled by substitution (§4)."""
+    """Per role: the measured grid, the aggregates by start, and the grid filled by substitution over the
+    operating periods (§4)."""
     points: dict[str, list[Point]] = {}
     by_start: dict[str, dict[datetime, Aggregate]] = {}
     filled: dict[str, list[FilledPeriod]] = {}
@@ -653,11 +789,36 @@ def _prepare(
             continue
         past = (history or {}).get(channel.role, ())
         history_points: list[Point] = []
+        history_operating: list[bool] | None = None
         if past and channel.substitution.method is Method.PART75:
             first = min(a.start for a in past)
-            history_points, _ = _points(channel, past, base_starts(first, start, source.base), [])
-        filled[channel.role] = fill(points[channel.role], channel.substitution, history=history_points)
+            history_starts = base_starts(first, start, source.base)
+            history_points, _ = _points(channel, past, history_starts, [])
+            history_operating = [h.operating for h in _states(source, history_starts, history or {}, manual)]
+        filled[channel.role] = fill_operating(
+            points[channel.role],
+            channel.substitution,
+            operating,
+            history=history_points,
+            history_operating=history_operating,
+        )
     return points, by_start, filled
+
+
+def _states(
+    source: SourceInput,
+    starts: Sequence[datetime],
+    aggregates: Mapping[str, Sequence[Aggregate]],
+    manual: Sequence[ManualEntry],
+) -> list[HourState]:
+    """Each period's operating state from the signals' period means and the manual log."""
+    signals: dict[str, dict[datetime, float]] = {}
+    if source.operating is not None:
+        for key in source.operating.signal_keys():
+            signals[key] = {
+                a.start: a.value for a in aggregates.get(SIGNAL_ROLE + key, ()) if a.value is not None and a.n_valid
+            }
+    return derive_states(source.operating, starts, signals, manual)
 
 
 def _mass_roles(source: SourceInput) -> list[ChannelInput]:
@@ -678,11 +839,14 @@ def build_report(
     generated_at: datetime,
     reproducibility: Reproducibility | None = None,
     revisions: Sequence[RevisionEntry] = (),
+    manual: Sequence[ManualEntry] = (),
 ) -> MrvReport:
     """The report of `source` for a year (month None) or a month, from its base-period aggregates by role.
 
     `history`: base aggregates before the period, by role (Part 75 PMA and lookback; up to 8,760 hours).
     `revisions`: those of the source's raw readings in the period, for the audit section.
+    `manual`: the operator's operating-state log entries of the source, in recording order.
+    `aggregates` also holds the operating-state signals' base aggregates under SIGNAL_ROLE + "instrument/parameter".
     """
     report, _, _ = build_report_with_rows(
         source,
@@ -694,6 +858,7 @@ def build_report(
         generated_at=generated_at,
         reproducibility=reproducibility,
         revisions=revisions,
+        manual=manual,
         rows=False,
     )
     return report
@@ -710,21 +875,37 @@ def build_report_with_rows(
     generated_at: datetime,
     reproducibility: Reproducibility | None = None,
     revisions: Sequence[RevisionEntry] = (),
+    manual: Sequence[ManualEntry] = (),
     rows: bool = True,
 ) -> tuple[MrvReport, list[str], list[list[object]]]:
     """The report, and the base-period table a verifier checks (every channel's value, validity, substitution
     method, and the mass per pollutant), from one computation."""
     start, end, grid = _grid(source, year, month)
     warnings: list[str] = []
+    manual = [entry for entry in manual if entry.source == source.id]
+    states = _states(source, grid.starts, aggregates, manual)
+    operating = [h.operating for h in states]
     points, by_start, filled = _prepare(
-        source, grid, start=start, aggregates=aggregates, history=history, warnings=warnings
+        source,
+        grid,
+        start=start,
+        aggregates=aggregates,
+        history=history,
+        warnings=warnings,
+        operating=operating,
+        manual=manual,
     )
     mass = {c.role: _mass_series(source, c, filled, grid) for c in _mass_roles(source)}
-    totals = [_total(c, mass[c.role], warnings) for c in _mass_roles(source)]
+    totals = [_total(c, mass[c.role], warnings, states) for c in _mass_roles(source)]
 
     availability = [
         _availability(
-            source, c, points=points[c.role], by_start=by_start[c.role], filled=filled[c.role], start=start, end=end
+            source,
+            c,
+            points=points[c.role],
+            by_start=by_start[c.role],
+            filled=filled[c.role],
+            operating=operating,
         )
         for c in source.channels
     ]
@@ -735,10 +916,11 @@ def build_report_with_rows(
                 f"{channel.name}: {entry.invalid_days} invalid days (> {limit}): the operator must act "
                 f"({channel.rules.citation})"
             )
-        longest = max((last - first + 1 for first, last in gaps(points[channel.role])), default=0)
+        running = [p for p, on in zip(points[channel.role], operating, strict=True) if on]
+        longest = max((last - first + 1 for first, last in gaps(running)), default=0)
         if longest * grid.hours > OUT_OF_SERVICE_HOURS:
             warnings.append(
-                f"{channel.name}: no valid data for {longest * grid.hours:g} consecutive hours (> 5 days): "
+                f"{channel.name}: no valid data for {longest * grid.hours:g} consecutive operating hours (> 5 days): "
                 "report the outage (EU MRR Art. 45)"
             )
     flow = source.channel("flow")
@@ -749,7 +931,10 @@ def build_report_with_rows(
             "for flue-gas flow (cems-mrv.md §4): replace these substitutes if you have one"
         )
 
-    limits, events, tests = _limits(source, points, grid, scope="year" if month is None else "month")
+    judged = [h.state.judged for h in states]
+    limits, events, tests = _limits(
+        source, _judged_points(points, states), grid, judged, scope="year" if month is None else "month"
+    )
     warnings.extend(
         f"{t.pollutant}: IED compliance test failed: {t.description} ({t.periods_above} of {t.periods} above "
         f"{t.limit:g} mg/Nm³; {t.citation})"
@@ -766,13 +951,19 @@ def build_report_with_rows(
         run
         for c in source.channels
         if c.substitution is not None
-        for run in _runs(c, filled[c.role], grid, source.zone)
+        for run in _runs(c, filled[c.role], grid, source.zone, operating)
     ]
     complete = generated_at >= end
     if not complete:
         warnings.append("the period has not ended yet: figures are provisional")
     if month is not None:
         warnings.append("monthly report: substitutes use this month's data only (provisional; the year decides)")
+    operating_section = _operating_section(source, states, manual, grid)
+    if operating_section.assumed_periods and source.operating is not None:
+        warnings.append(
+            f"{operating_section.assumed_periods} periods have no operating-state signal and are taken as operating "
+            "(substituted where data are missing); record known shutdowns with `cems-gateway operating-state log`"
+        )
     audit = revision_audit(revisions)
     if audit.pending:
         warnings.append(
@@ -815,10 +1006,11 @@ def build_report_with_rows(
         warnings=warnings,
         reproducibility=reproducibility,
         revisions=audit,
+        operating=operating_section,
     )
     if not rows:
         return report, [], []
-    header, table = _hourly_table(source, grid, points, filled, mass)
+    header, table = _hourly_table(source, grid, points, filled, mass, states=states)
     return report, header, table
 
 
@@ -864,7 +1056,19 @@ def _method(channel: ChannelInput) -> MethodEntry:
     )
 
 
-def _total(channel: ChannelInput, series: Sequence[tuple[float | None, bool, str]], warnings: list[str]) -> Total:
+def _total(
+    channel: ChannelInput,
+    every: Sequence[tuple[float | None, bool, str]],
+    warnings: list[str],
+    states: Sequence[HourState],
+) -> Total:
+    series = [item for item, hour in zip(every, states, strict=True) if hour.operating]
+    idle = [value for (value, _, _), hour in zip(every, states, strict=True) if not hour.operating and value]
+    transient = [
+        value
+        for (value, _, _), hour in zip(every, states, strict=True)
+        if value is not None and hour.state in (State.START_UP, State.SHUT_DOWN)
+    ]
     kg = [value for value, _, _ in series if value is not None]
     measured = [value for value, substituted, _ in series if value is not None and not substituted]
     substituted = [value for value, was, _ in series if value is not None and was]
@@ -884,6 +1088,9 @@ def _total(channel: ChannelInput, series: Sequence[tuple[float | None, bool, str
         substituted_periods=len(substituted),
         unsubstituted_periods=unsubstituted,
         complete=unsubstituted == 0,
+        non_operating_periods=len(every) - len(series),
+        non_operating_measured_t=mrv.total_tonnes(idle),
+        start_up_shut_down_t=mrv.total_tonnes(transient),
     )
 
 
@@ -894,9 +1101,12 @@ def _availability(
     points: Sequence[Point],
     by_start: Mapping[datetime, Aggregate],
     filled: Sequence[FilledPeriod],
-    start: datetime,
-    end: datetime,
+    operating: Sequence[bool],
 ) -> Availability:
+    """Over the operating periods only: a non-operating period is not expected (§4, EU MRR Art. 43)."""
+    every = points
+    points = [p for p, on in zip(every, operating, strict=True) if on]
+    filled = [f for f, on in zip(filled, operating, strict=True) if on]
     present = [by_start[p.start] for p in points if p.start in by_start]
     valid = sum(1 for p in points if p.valid)
     maintenance = sum(1 for a in present if a.in_maintenance)
@@ -917,14 +1127,23 @@ def _availability(
         substituted_periods=sum(1 for p in filled if p.substituted),
         availability_percent=round(availability_percent(points), 4),
         capture_excluding_maintenance_percent=round(100 * valid / basis, 4) if basis else 0.0,
-        invalid_days=_invalid_days(present, channel.rules, source.zone, start, end),
+        invalid_days=sum(
+            1 for day in operating_days(every, operating, by_start, channel.rules, source.zone) if not day[1]
+        ),
         flagged_periods=sum(1 for a in present if a.valid and a.n_flagged > 0),
+        non_operating_periods=len(every) - expected,
     )
 
 
 def _limits(
-    source: SourceInput, points: Mapping[str, list[Point]], grid: _Grid, *, scope: Literal["year", "month"]
+    source: SourceInput,
+    points: Mapping[str, list[Point]],
+    grid: _Grid,
+    judged_periods: Sequence[bool],
+    *,
+    scope: Literal["year", "month"],
 ) -> tuple[list[PollutantLimit], list[ExceedanceEvent], list[ComplianceResult]]:
+    """`judged_periods`: the normal-operation periods; a daily mean is over the day's judged periods."""
     limits: list[PollutantLimit] = []
     events: list[ExceedanceEvent] = []
     tests: list[ComplianceResult] = []
@@ -932,10 +1151,10 @@ def _limits(
         if channel.elv is None:
             continue
         hourly, refused = _limit_series(source, channel, points, grid)
-        tests += _compliance(source, channel, hourly, scope)
+        days = _judged_days(source, channel, hourly, judged_periods)
+        tests += _compliance(source, channel, hourly, [a for _, _, a in days], scope)
         if channel.elv_period == Period.DAY.value:
-            days = day_aggregates(hourly, channel.rules, source.zone)
-            periods = [(d.start, day_bounds(local_date(d.start, source.zone), source.zone)[1], d) for d in days]
+            periods = days
         else:
             periods = [(a.start, a.start + grid.step, a) for a in hourly]
         judged = [(s, e, a.value if a.valid else None) for s, e, a in periods]
@@ -977,12 +1196,19 @@ def _limits(
 
 
 def _compliance(
-    source: SourceInput, channel: ChannelInput, validated: Sequence[Aggregate], scope: Literal["year", "month"]
+    source: SourceInput,
+    channel: ChannelInput,
+    validated: Sequence[Aggregate],
+    days: Sequence[Aggregate],
+    scope: Literal["year", "month"],
 ) -> list[ComplianceResult]:
+    """`days`: the daily means over each day's normal-operation periods (_judged_days), so a day with start-up
+    or shut-down hours is judged on its normal hours, as the daily limit check is."""
     assert channel.elv is not None
     spec = channel.compliance
     results = []
-    for outcome in compliance.evaluate(spec, validated, elv=channel.elv, rules=channel.rules, zone=source.zone):
+    outcomes = compliance.evaluate(spec, validated, elv=channel.elv, rules=channel.rules, zone=source.zone, days=days)
+    for outcome in outcomes:
         what = _TEST_WORDS[outcome.test]
         if outcome.test is compliance.ComplianceCheck.BASE_SHARE:
             what = f"{outcome.required_share_percent:g} % of {outcome.averaging} {what}"
@@ -1012,11 +1238,129 @@ def _compliance(
     return results
 
 
+def _judged_days(
+    source: SourceInput, channel: ChannelInput, hourly: Sequence[Aggregate], judged_periods: Sequence[bool]
+) -> list[tuple[datetime, datetime, Aggregate]]:
+    """Daily means of the validated values over each day's judged periods, valid under the day rule counted
+    over those periods (operating_days)."""
+    grid_points = [Point(a.start, a.value, a.valid and a.value is not None, a.reason) for a in hourly]
+    judged_count: dict[date, int] = defaultdict(int)
+    valid_count: dict[date, int] = defaultdict(int)
+    for point, judged in zip(grid_points, judged_periods, strict=True):
+        if judged:
+            day = local_date(point.start, source.zone)
+            judged_count[day] += 1
+            valid_count[day] += point.valid
+    periods = []
+    for day, ok, mean, reason in operating_days(grid_points, judged_periods, {}, channel.rules, source.zone):
+        start, end = day_bounds(day, source.zone)
+        aggregate = Aggregate(
+            source.site,
+            channel.instrument,
+            channel.parameter,
+            Period.DAY,
+            start,
+            mean,
+            valid_count[day],  # a month's mean weighs each day by its valid judged periods
+            judged_count[day],
+            ok,
+            reason,
+            unit="mg/Nm3",
+        )
+        periods.append((start, end, aggregate))
+    return periods
+
+
 def totals_difference(reported: Sequence[Total], recomputed: Mapping[str, float]) -> float:
     """Largest |reported − recomputed| over the totals, in t (inf when one side lacks a total)."""
     if {t.name for t in reported} != set(recomputed):
         return math.inf
     return max((abs(t.total_t - recomputed[t.name]) for t in reported), default=0.0)
+
+
+def _operating_section(
+    source: SourceInput, states: Sequence[HourState], manual: Sequence[ManualEntry], grid: _Grid
+) -> OperatingSection:
+    runs: list[OperatingRun] = []
+    first = 0
+    for index in range(1, len(states) + 1):
+        if index < len(states) and states[index].state is states[first].state:
+            continue
+        head = states[first]
+        end = states[index - 1].start + grid.step
+        if len(runs) < OPERATING_RUNS_LISTED:
+            runs.append(
+                OperatingRun(
+                    state=head.state,
+                    start_utc=head.start,
+                    end_utc=end,
+                    start_local=_local(head.start, source.zone),
+                    end_local=_local(end, source.zone),
+                    periods=index - first,
+                    decided_by=head.source,
+                    basis=head.basis,
+                )
+            )
+        first = index
+    runs_total = sum(1 for i, h in enumerate(states) if i == 0 or h.state is not states[i - 1].state)
+    months: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for hour in states:
+        month = months[f"{_local(hour.start, source.zone):%Y-%m}"]
+        month[hour.state.value] += 1
+        month["assumed"] += hour.source == "assumed"
+    spec = source.operating
+    return OperatingSection(
+        configured=spec is not None,
+        rule=_operating_rule(spec, manual),
+        periods={state.value: sum(1 for h in states if h.state is state) for state in State},
+        operating_periods=sum(1 for h in states if h.operating),
+        assumed_periods=sum(1 for h in states if h.source == "assumed"),
+        runs=runs,
+        runs_total=runs_total,
+        by_month=[
+            OperatingMonth(
+                month=name,
+                off=counts[State.OFF.value],
+                start_up=counts[State.START_UP.value],
+                normal=counts[State.NORMAL.value],
+                shut_down=counts[State.SHUT_DOWN.value],
+                assumed=counts["assumed"],
+            )
+            for name, counts in sorted(months.items())
+        ],
+        manual_log=[
+            ManualLogEntry(
+                id=e.id,
+                state=e.state.value if e.state is not None else "derived",
+                start_utc=e.start,
+                end_utc=e.end,
+                by=e.by,
+                why=e.why,
+                recorded_at=e.recorded_at,
+            )
+            for e in manual
+        ],
+    )
+
+
+def _operating_rule(spec: OperatingSpec | None, manual: Sequence[ManualEntry]) -> str:
+    log = "; the operator's manual log overrides (the latest entry wins)"
+    if spec is None:
+        return "no operating-state signals configured: every period counts as operating" + (log if manual else "")
+    parts = []
+    if spec.status is not None:
+        codes = ", ".join(f"{state.value} = {code:g}" for state, code in spec.status.codes.items())
+        parts.append(f"status tag {spec.status.key} ({codes})")
+    if spec.running:
+        parts.append("operating when any of " + "; ".join(c.describe() for c in spec.running))
+    if spec.startup_end:
+        parts.append(f"start-up ends when ≥ {spec.required} of: " + "; ".join(c.describe() for c in spec.startup_end))
+        parts.append(
+            f"shut-down starts when ≥ {spec.required} of: " + "; ".join(c.describe() for c in spec.shutdown_criteria)
+        )
+        parts.append("Commission Implementing Decision 2012/249/EU Art. 9")
+    parts.append("a period without any signal value is taken as operating")
+    return "; ".join(parts) + log
 
 
 def _hourly_table(
@@ -1025,9 +1369,11 @@ def _hourly_table(
     points: Mapping[str, list[Point]],
     filled: Mapping[str, list[FilledPeriod]],
     mass: Mapping[str, list[tuple[float | None, bool, str]]],
+    *,
+    states: Sequence[HourState],
 ) -> tuple[list[str], list[list[object]]]:
-    header = ["start_utc", "start_local"]
-    columns: list[list[object]] = []
+    header = ["start_utc", "start_local", "operating state", "state basis"]
+    columns: list[list[object]] = [[h.state.value for h in states], [h.basis for h in states]]
     for channel in source.channels:
         role_points, role_filled = points[channel.role], filled[channel.role]
         header += [f"{channel.name} [{channel.basis.unit}]", f"{channel.name} valid", f"{channel.name} method"]
@@ -1035,13 +1381,15 @@ def _hourly_table(
             [f.value for f in role_filled],
             [p.valid for p in role_points],
             [
-                f.method if f.substituted else ("" if p.valid else p.reason)
-                for f, p in zip(role_filled, role_points, strict=True)
+                f.method if f.substituted else ("" if p.valid else p.reason if h.operating else NOT_OPERATING)
+                for f, p, h in zip(role_filled, role_points, states, strict=True)
             ],
         ]
     for channel in _mass_roles(source):
         header.append(f"{channel.name} mass [kg]")
-        columns.append([kg for kg, _, _ in mass[channel.role]])
+        columns.append(
+            [kg if hour.operating else None for (kg, _, _), hour in zip(mass[channel.role], states, strict=True)]
+        )
     table = [
         [start.isoformat(), _local(start, source.zone).isoformat(), *(column[index] for column in columns)]
         for index, start in enumerate(grid.starts)

@@ -41,7 +41,9 @@ from openpyxl import Workbook
 
 from gateway.config import GatewayConfig
 from gateway.mrv_config import SourceConfig, find_source, source_input
+from gateway.operating_log import OperatingLog
 from gateway.report import (
+    SIGNAL_ROLE,
     TOTALS_TOLERANCE_T,
     ConfigRecord,
     MrvReport,
@@ -142,11 +144,18 @@ def _agent_document(path: Path, instruments: set[str]) -> dict[str, Any]:
 
 
 def _by_role(inputs: SourceInput, aggregates: Sequence[Aggregate]) -> dict[str, list[Aggregate]]:
-    roles = {(c.instrument, c.parameter): c.role for c in inputs.channels}
-    grouped: dict[str, list[Aggregate]] = {c.role: [] for c in inputs.channels}
+    """The source's aggregates by channel role, and its operating-state signals by SIGNAL_ROLE + key (a series
+    can be both: the flue-gas temperature channel as a start-up criterion)."""
+    roles: dict[tuple[str, str], list[str]] = {}
+    for channel in inputs.channels:
+        roles.setdefault((channel.instrument, channel.parameter), []).append(channel.role)
+    if inputs.operating is not None:
+        for key in inputs.operating.signal_keys():
+            instrument, parameter = key.split("/", 1)
+            roles.setdefault((instrument, parameter), []).append(SIGNAL_ROLE + key)
+    grouped: dict[str, list[Aggregate]] = {role: [] for names in roles.values() for role in names}
     for aggregate in aggregates:
-        role = roles.get((aggregate.instrument, aggregate.parameter))
-        if role is not None:
+        for role in roles.get((aggregate.instrument, aggregate.parameter), ()):
             grouped[role].append(aggregate)
     return grouped
 
@@ -307,6 +316,11 @@ async def produce_report(
     canonical = canonical_config(source, inputs)
     record = ConfigRecord(sha256=config_hash(canonical), canonical=canonical)
     generated_at = (now or datetime.now(UTC)).astimezone(UTC)
+    operating_log = OperatingLog(config.gateway.state)
+    try:
+        manual = operating_log.entries(source.id, start=start - timedelta(hours=HISTORY_HOURS), end=end)
+    finally:
+        operating_log.close()
     channels = {(c.instrument, c.parameter) for c in inputs.channels}
     revisions = [
         _revision_entry(r)
@@ -322,6 +336,7 @@ async def produce_report(
         config=record,
         generated_at=generated_at,
         revisions=revisions,
+        manual=manual,
     )
     if check_raw:
         if workers is None:
@@ -340,8 +355,18 @@ async def produce_report(
             note = f"raw data expired before {_z(check_start)}; totals from stored rollups for the " + (
                 "whole period" if check_start >= end else "periods before it, recomputed from raw data after it"
             )
+        for role, items in aggregates.items():  # operating-state signals: as stored (they decide states, not mass)
+            if role.startswith(SIGNAL_ROLE):
+                fresh[role] = list(items)
         recomputed = build_report(
-            inputs, year=year, month=month, aggregates=fresh, history=history, config=record, generated_at=generated_at
+            inputs,
+            year=year,
+            month=month,
+            aggregates=fresh,
+            history=history,
+            config=record,
+            generated_at=generated_at,
+            manual=manual,
         )
         totals = {t.name: t.total_t for t in recomputed.totals}
         difference = totals_difference(report.totals, totals)
@@ -433,6 +458,8 @@ def _sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]
         "substituted": _table(report.substituted),
         "maintenance": _table(report.maintenance),
         "revisions": _table(report.revisions.listed),
+        "operating": _table(report.operating.runs if report.operating else []),
+        "operating-months": _table(report.operating.by_month if report.operating else []),
     }
 
 
@@ -491,9 +518,11 @@ def _write_xlsx(path: Path, produced: ProducedReport) -> None:
         sheet.append(header or ["(none)"])
         for row in rows:
             sheet.append(row)
-    # Values, validity and mass per period; the method texts are in the hourly CSV and on the Substituted sheet
-    # (they would triple the cells, and openpyxl writes ~40k cells/s without lxml).
-    keep = [i for i, name in enumerate(produced.hourly_header) if not name.endswith(" method")]
+    # Values, validity and mass per period; the method texts and the state basis are in the hourly CSV and on the
+    # Substituted and Operating sheets (they would triple the cells, and openpyxl writes ~40k cells/s without lxml).
+    keep = [
+        i for i, name in enumerate(produced.hourly_header) if not name.endswith(" method") and name != "state basis"
+    ]
     hourly = workbook.create_sheet("Hourly")
     hourly.append([produced.hourly_header[i] for i in keep])
     for row in produced.hourly_rows:
@@ -622,6 +651,29 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
+def _pdf_operating(pdf: _Pdf, report: MrvReport) -> None:
+    """Periods per state and month, the rule that decided them, the manual log entries applied."""
+    operating = report.operating
+    if operating is None:
+        return
+    pdf.heading("Operating state (non-operating periods are neither missing nor substituted)")
+    pdf.line_text(operating.rule, size=7)
+    counts = ", ".join(f"{state} {count}" for state, count in operating.periods.items())
+    pdf.line_text(f"base periods: {counts}; taken as operating for want of a signal: {operating.assumed_periods}")
+    pdf.grid(
+        ["month", "off", "start-up", "normal", "shut-down", "no signal"],
+        [[m.month, m.off, m.start_up, m.normal, m.shut_down, m.assumed] for m in operating.by_month],
+    )
+    if operating.manual_log:
+        pdf.grid(
+            ["entry", "state", "from (UTC)", "to (UTC)", "by", "why", "recorded (UTC)"],
+            [
+                [f"#{e.id}", e.state, e.start_utc, e.end_utc, e.by, e.why, e.recorded_at]
+                for e in operating.manual_log[:_PDF_ROWS]
+            ],
+        )
+
+
 def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | None) -> None:
     period = report.period
     label = f"{period.year}" + (f"-{period.month:02d}" if period.month else "")
@@ -697,6 +749,7 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
             for a in report.availability
         ],
     )
+    _pdf_operating(pdf, report)
     pdf.heading("Emission limits (validated values: O2-corrected, confidence interval subtracted)")
     pdf.grid(
         [

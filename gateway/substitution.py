@@ -12,8 +12,13 @@ Methods (configured per source, overridable per parameter):
   previous 8,760 hours) and gap length, with percentiles/maximum over a lookback of quality-assured hours;
   mirror rules (lesser of, 10th/5th percentile, minimum) for `conservative="low"` (moisture, O2).
 
+Operating periods only (`fill_operating`): a period in which the unit did not operate is not missing data
+(EU MRR 2018/2066 Art. 43: hourly values are averages over the operating hour; 40 CFR 75.30(a): substitute
+whenever the unit combusts fuel). It is neither filled nor a source of the mean, σ, PMA or lookback values,
+and the hour before/after a gap is the operating hour before/after it. Without an operating state every
+period counts as operating.
+
 Project decisions where the reference leaves room (each stated in the method text of a substituted hour):
-- every hour counts as an operating hour (the gateway does not know the unit's operating status);
 - percentiles use the nearest-rank method; load ranges (Part 75 NOx/flow lookback) are not distinguished;
 - the "hour after" a gap that runs to the end of the data is missing: the hour before alone is used;
 - with no quality-assured hour at all, the maximum (minimum) potential value is used when configured.
@@ -30,6 +35,7 @@ from enum import StrEnum
 from typing import Final, Literal
 
 __all__ = [
+    "NOT_OPERATING",
     "FilledPeriod",
     "Method",
     "Point",
@@ -37,12 +43,15 @@ __all__ = [
     "availability_percent",
     "fill",
     "fill_mrr",
+    "fill_operating",
     "fill_part75",
     "gaps",
     "percentile",
 ]
 
 PMA_WINDOW_HOURS: Final = 8760
+NOT_OPERATING: Final = "not operating"
+"""the reason of a non-operating period without a valid value: not missing, not substituted"""
 Direction = Literal["high", "low"]
 
 
@@ -88,8 +97,11 @@ class SubstitutionSpec:
     """Part 75: quality-assured hours for percentiles/maximum (720 for SO2 and CO2, 2,160 for NOx and flow)"""
 
 
-def availability_percent(points: Sequence[Point]) -> float:
-    """Valid base periods as a share of all base periods of the period, in % (§4)."""
+def availability_percent(points: Sequence[Point], operating: Sequence[bool] | None = None) -> float:
+    """Valid base periods as a share of the operating base periods of the period (all without `operating`),
+    in % (§4)."""
+    if operating is not None:
+        points = [p for p, on in zip(points, operating, strict=True) if on]
     if not points:
         return 0.0
     return 100 * sum(1 for p in points if p.valid) / len(points)
@@ -250,3 +262,30 @@ def fill(points: Sequence[Point], spec: SubstitutionSpec, *, history: Sequence[P
     if spec.method is Method.PART75:
         return fill_part75(points, spec, history=history)
     return fill_mrr(points, spec)
+
+
+def fill_operating(
+    points: Sequence[Point],
+    spec: SubstitutionSpec,
+    operating: Sequence[bool],
+    *,
+    history: Sequence[Point] = (),
+    history_operating: Sequence[bool] | None = None,
+) -> list[FilledPeriod]:
+    """`fill` over the operating periods only: every other period comes back as measured when it has a valid
+    value (shown, never used for substitutes) or with no value and the reason NOT_OPERATING, never substituted."""
+    if len(operating) != len(points):
+        raise ValueError(f"{len(operating)} operating flags for {len(points)} periods")
+    past = history
+    if history_operating is not None:
+        past = [p for p, on in zip(history, history_operating, strict=True) if on]
+    filled = iter(fill([p for p, on in zip(points, operating, strict=True) if on], spec, history=past))
+    result: list[FilledPeriod] = []
+    for point, on in zip(points, operating, strict=True):
+        if on:
+            result.append(next(filled))
+        elif point.valid:
+            result.append(_measured(point))
+        else:
+            result.append(FilledPeriod(point.start, None, False, "", NOT_OPERATING))
+    return result

@@ -242,6 +242,8 @@ async def test_report_files_are_written_and_readable(
             "stack1-2024-05-substituted.csv",
             "stack1-2024-05-maintenance.csv",
             "stack1-2024-05-revisions.csv",
+            "stack1-2024-05-operating.csv",
+            "stack1-2024-05-operating-months.csv",
             "stack1-2024-05-hourly.csv",
         ]
     )
@@ -258,7 +260,7 @@ async def test_report_files_are_written_and_readable(
     workbook = load_workbook(tmp_path / "out" / "stack1-2024-05.xlsx", read_only=True)
     assert workbook.sheetnames == [
         "Summary", "Totals", "Availability", "Limits", "Compliance", "Exceedances", "Substituted", "Maintenance",
-        "Revisions", "Hourly", "Config",
+        "Revisions", "Operating", "Operating-months", "Hourly", "Config",
     ]  # fmt: skip
     compliance = list(workbook["Compliance"].iter_rows(values_only=True))
     assert [row[:2] for row in compliance[1:]] == [

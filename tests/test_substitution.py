@@ -10,12 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.substitution import (
+    NOT_OPERATING,
     Method,
     Point,
     SubstitutionSpec,
     availability_percent,
     fill,
     fill_mrr,
+    fill_operating,
     fill_part75,
     gaps,
     percentile,
@@ -208,3 +210,67 @@ def test_property_missing_hours_are_never_zero_and_measured_ones_untouched(
             assert result.value is not None
             if all(v is None or v > 0 for v in values):
                 assert result.value > 0
+
+
+# -- operating periods only (EU MRR 2018/2066 Art. 43/45, 40 CFR 75.30(a)) ----------------------------------
+
+ON, OFF = True, False
+
+
+@pytest.mark.parametrize(
+    ("values", "operating", "expected"),
+    [
+        pytest.param(
+            [100.0, None, None, 120.0, None],
+            [ON, OFF, OFF, ON, ON],
+            # the off periods are neither filled nor missing; the operating gap gets mean + 2σ of 100 and 120
+            [100.0, None, None, 120.0, 110.0 + 2 * statistics.stdev([100.0, 120.0])],
+            id="MRR: off periods are not filled",
+        ),
+        pytest.param(
+            [100.0, 5.0, 5.0, 120.0, None],
+            [ON, OFF, OFF, ON, ON],
+            [100.0, 5.0, 5.0, 120.0, 110.0 + 2 * statistics.stdev([100.0, 120.0])],
+            id="MRR: values measured while off are shown but not used for the mean and σ",
+        ),
+        pytest.param([None, None], [OFF, OFF], [None, None], id="a period entirely off: nothing to fill"),
+    ],
+)
+def test_fill_operating_mrr(values: list[float | None], operating: list[bool], expected: list[float | None]) -> None:
+    filled = fill_operating(grid(values), MRR, operating)
+    assert [f.value for f in filled] == [pytest.approx(v) if v is not None else None for v in expected]
+    for period, on in zip(filled, operating, strict=True):
+        if not on:
+            assert not period.substituted
+            assert period.measured or period.reason == NOT_OPERATING
+
+
+def test_fill_operating_part75_uses_the_operating_hours_around_a_gap() -> None:
+    """40 CFR 75.33: the hour before and after the gap are quality-assured operating hours; a shutdown between
+    them is skipped (not part of the gap's length either)."""
+    spec = SubstitutionSpec(Method.PART75, max_potential=1000.0)
+    history = grid([50.0] * 100, start=T0 - timedelta(hours=100))
+    values: list[float | None] = [40.0, None, None, None, 60.0]
+    filled = fill_operating(grid(values), spec, [ON, ON, OFF, OFF, ON], history=history)
+    assert filled[1].value == pytest.approx(50.0)  # (40 + 60) / 2
+    assert "gap 1 h" in filled[1].method
+    assert [f.reason for f in filled[2:4]] == [NOT_OPERATING] * 2
+
+
+def test_fill_operating_history_off_hours_do_not_lengthen_a_gap() -> None:
+    """Hours the unit was off before the period are not missing: the gap is the one operating hour."""
+    spec = SubstitutionSpec(Method.PART75, max_potential=1000.0)
+    history = grid([50.0] * 50 + [None] * 50, start=T0 - timedelta(hours=100))
+    off_history = [ON] * 50 + [OFF] * 50
+    with_state = fill_operating(grid([None]), spec, [ON], history=history, history_operating=off_history)
+    assert "PMA 100.0 %, gap 1 h ≤ 24 h" in with_state[0].method
+    assert "gap 51 h" in fill_operating(grid([None]), spec, [ON], history=history)[0].method
+
+
+def test_fill_operating_needs_one_flag_per_period() -> None:
+    with pytest.raises(ValueError, match="2 operating flags for 3 periods"):
+        fill_operating(grid([1.0, 2.0, 3.0]), MRR, [ON, ON])
+
+
+def test_availability_over_operating_periods() -> None:
+    assert availability_percent(grid([1.0, None, None, 2.0]), [ON, OFF, ON, ON]) == pytest.approx(200 / 3)
