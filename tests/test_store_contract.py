@@ -375,6 +375,31 @@ async def test_revision_queries_filter_and_count_per_agent(store: Store) -> None
     assert await store.query_revisions(state=RevisionState.APPROVED) == []
 
 
+async def test_revision_pages_follow_the_sort_order_and_cover_every_revision(store: Store) -> None:
+    """limit/offset: a page is a slice of the whole ordered list, ties at one time included (InfluxQL orders by
+    time only), so paging through holds one page at a time and misses or repeats nothing."""
+    rows = [
+        reading(agent=agent, instrument=instrument, ts=T0 + timedelta(minutes=minute), value=1.0)
+        for minute in range(4)
+        for instrument in ("gas-2", "gas-1", "gas-3")
+        for agent in ("chp-2", "chp-1")
+    ]
+    await store.write(rows)
+    await store.write([dataclasses.replace(r, value=2.0) for r in rows])
+    await store.write([dataclasses.replace(r, value=3.0) for r in rows[:5]])  # two revisions of one identity
+    whole = await store.query_revisions()
+    assert len(whole) == len(rows) + 5
+    for limit in (1, 4, 5, 7, 100):
+        pages = [await store.query_revisions(limit=limit, offset=offset) for offset in range(0, len(whole), limit)]
+        assert [r.id for page in pages for r in page] == [r.id for r in whole], limit
+        assert all(len(page) <= limit for page in pages)
+    assert await store.query_revisions(limit=0) == []
+    assert await store.query_revisions(limit=3, offset=len(whole)) == []
+    assert await store.query_revisions(offset=len(whole) - 2) == whole[-2:]
+    some = await store.query_revisions(agent="chp-1", start=T0 + MINUTE, limit=4, offset=2)
+    assert some == [r for r in whole if r.reading.agent == "chp-1" and r.reading.ts >= T0 + MINUTE][2:6]
+
+
 @pytest.mark.parametrize("differs_in", ["site", "agent", "instrument", "parameter"])
 async def test_identities_differing_in_one_part_stay_apart(store: Store, differs_in: str) -> None:
     a = reading(value=1.0)

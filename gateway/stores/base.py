@@ -317,8 +317,12 @@ class Store(Protocol):
         start: datetime | None = None,
         end: datetime | None = None,
         state: RevisionState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Revision]:
-        """Revisions matching every given filter, the reading's time in [start, end), by `revision_sort_key`."""
+        """Revisions matching every given filter, the reading's time in [start, end), by `revision_sort_key`:
+        with `limit`, at most that many from the `offset`-th on (a page; `revision_counts` says how many there
+        are), so a caller never has to hold them all."""
         ...
 
     async def revision_counts(

@@ -855,15 +855,39 @@ class InfluxStore:
         start: datetime | None = None,
         end: datetime | None = None,
         state: RevisionState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Revision]:
-        statement = select_revisions_statement(
-            retention_policy=self.raw_policy,
-            tags={"site": site, "agent": agent, "instrument": instrument, "parameter": parameter},
-            state=state,
-            start=start,
-            end=end,
-        )
-        return await self._query(statement, parse_revisions, "revision query")
+        tags = {"site": site, "agent": agent, "instrument": instrument, "parameter": parameter}
+
+        def statement(start: datetime | None, end: datetime | None, suffix: str = "") -> str:
+            return (
+                select_revisions_statement(
+                    retention_policy=self.raw_policy, tags=tags, state=state, start=start, end=end
+                )
+                + suffix
+            )
+
+        if limit is None and not offset:
+            return await self._query(statement(start, end), parse_revisions, "revision query")
+        offset = max(0, offset)
+        wanted = offset + max(0, limit if limit is not None else 0)
+        if limit is None:
+            found = await self._query(statement(start, end), parse_revisions, "revision query")
+            return found[offset:]
+        if wanted == 0:
+            return []
+        # InfluxQL orders by time only: take the first `wanted` by time, then every revision at the last of
+        # those times (ties are ordered by the other keys), so the page is the one revision_sort_key gives.
+        head = await self._query(statement(start, end, f" LIMIT {wanted}"), parse_revisions, "revision query")
+        if len(head) >= wanted:
+            last = sorted(r.reading.ts for r in head)[wanted - 1]
+            ties = await self._query(
+                statement(last, last + timedelta(microseconds=1)), parse_revisions, "revision query"
+            )
+            head = [r for r in head if r.reading.ts < last] + ties
+            head.sort(key=revision_sort_key)
+        return head[offset:wanted]
 
     async def revision_counts(
         self, *, site: str | None = None, start: datetime | None = None, end: datetime | None = None

@@ -345,6 +345,8 @@ class SqliteStore:
         start: datetime | None = None,
         end: datetime | None = None,
         state: RevisionState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Revision]:
         equal = {
             "site": site,
@@ -354,7 +356,15 @@ class SqliteStore:
             "state": None if state is None else RevisionState(state).value,
         }
         where, params = _where(equal, "ts_ns", start, end)
-        rows = await self._run(self._fetch_sync, f"SELECT {_REVISION_COLUMNS} FROM reading_revision {where}", params)
+        # revision_sort_key's order (the id compared as text, as Revision.id is)
+        sql = (
+            f"SELECT {_REVISION_COLUMNS} FROM reading_revision {where} "
+            "ORDER BY ts_ns, instrument, parameter, site, agent, CAST(id AS TEXT)"
+        )
+        if limit is not None or offset:
+            sql += " LIMIT ? OFFSET ?"
+            params += [-1 if limit is None else max(0, limit), max(0, offset)]
+        rows = await self._run(self._fetch_sync, sql, params)
         revisions = [_revision_from_row(row) for row in rows]
         revisions.sort(key=revision_sort_key)
         return revisions
