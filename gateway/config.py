@@ -60,6 +60,14 @@ class GatewaySection(_Strict):
     spool: Path | None = Field(
         default=None, description="batches waiting while the store is down; default: next to `state`"
     )
+    spool_max_bytes: Annotated[int, Field(ge=4096, le=2**44)] = Field(
+        default=1024**3,
+        description="payload bytes the spool holds at most; when full the gateway takes no more messages (they "
+        "stay unacknowledged on the broker) until the store is back and the spool drains",
+    )
+    spool_max_batches: Annotated[int, Field(ge=1, le=10**9)] = Field(
+        default=1_000_000, description="batches the spool holds at most (as spool_max_bytes)"
+    )
     http: str | None = Field(
         default=None, pattern=r"^[^\s:]+:\d{1,5}$", description="HOST:PORT for /health and /metrics; unset: off"
     )

@@ -201,8 +201,13 @@ class Ingest:
         self.screen = BatchScreen(config.registry)
         self._agents = frozenset(config.registry.agents)
         self._owns_spool = spool is None
-        self.spool = spool or Spool(config.gateway.spool_path)
+        self.spool = spool or Spool(
+            config.gateway.spool_path,
+            max_bytes=config.gateway.spool_max_bytes,
+            max_batches=config.gateway.spool_max_batches,
+        )
         self.drain_wake = asyncio.Event()
+        self._spool_room = asyncio.Event()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._queued_readings = 0
         self._room = asyncio.Event()
@@ -217,7 +222,13 @@ class Ingest:
 
     def health(self) -> Health:
         return Health(
-            broker_connected=self.connected.is_set(), spool_depth=self.spool.depth, tasks=self.supervisor.liveness()
+            broker_connected=self.connected.is_set(),
+            spool_depth=self.spool.depth,
+            tasks=self.supervisor.liveness(),
+            spool_bytes=self.spool.size,
+            spool_full=self.spool.full,
+            spool_full_count=self.spool.full_count,
+            spool_full_seconds=self.spool.full_seconds,
         )
 
     def _client(self) -> aiomqtt.Client:
@@ -425,7 +436,13 @@ class Ingest:
         """Group queued batches into one store write (up to write_max_readings or write_max_delay_s), then
         record them in the ledger: many small MQTT messages, few large store requests."""
         settings = self.config.gateway
+        waiting: list[_Pending] = []
         while True:
+            if waiting:  # the spool was full: nothing more is taken until they are durable
+                await self._wait_for_spool_room(waiting[0])
+                group, waiting = waiting, []
+                await self._write_group(group)
+                continue
             group = [await self._queue.get()]
             readings = len(group[0].batch.readings)
             deadline = time.monotonic() + settings.write_max_delay_s
@@ -445,32 +462,51 @@ class Ingest:
                         break
                 group.append(item)
                 readings += len(item.batch.readings)
-            with self.supervisor.working("write"):
-                durable = await self._store_or_spool(group)
-                outcomes = await asyncio.to_thread(self.ledger.record_many, [_arrival(p) for p in durable])
-            for pending, outcome in zip(durable, outcomes, strict=True):
-                if outcome is Recorded.DUPLICATE:
-                    self.stats.duplicates += 1
-                    continue
-                if outcome is Recorded.REUSED:
-                    self._report_reuse(pending.batch)
-                else:
-                    self.stats.batches += 1
-                self.stats.readings += len(pending.batch.readings)
-                if self.on_batch is not None:
-                    self.on_batch(pending.batch)
-                if self.alerts is not None:
-                    await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
-            for pending in group:
-                # Stored, spooled or (refused by the store) a dead letter: the broker may forget it now.
-                for ack in pending.acks:
-                    ack.settle()
-                batch = pending.batch
-                if self._in_queue.get((batch.site, batch.agent, batch.seq)) is pending:
-                    del self._in_queue[batch.site, batch.agent, batch.seq]
-                self._queued_readings -= _weight(pending)
-                self._queue.task_done()
-            self._room.set()
+            waiting = await self._write_group(group)
+
+    async def _write_group(self, group: list[_Pending]) -> list[_Pending]:
+        """Make a group durable, record it, settle it; returns the batches still waiting for spool room (they
+        stay queued and unacknowledged)."""
+        with self.supervisor.working("write"):
+            durable, waiting = await self._store_or_spool(group)
+            outcomes = await asyncio.to_thread(self.ledger.record_many, [_arrival(p) for p in durable])
+        for pending, outcome in zip(durable, outcomes, strict=True):
+            if outcome is Recorded.DUPLICATE:
+                self.stats.duplicates += 1
+                continue
+            if outcome is Recorded.REUSED:
+                self._report_reuse(pending.batch)
+            else:
+                self.stats.batches += 1
+            self.stats.readings += len(pending.batch.readings)
+            if self.on_batch is not None:
+                self.on_batch(pending.batch)
+            if self.alerts is not None:
+                await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
+        held = {id(pending) for pending in waiting}
+        for pending in group:
+            if id(pending) in held:
+                continue
+            # Stored, spooled or (refused by the store) a dead letter: the broker may forget it now.
+            for ack in pending.acks:
+                ack.settle()
+            batch = pending.batch
+            if self._in_queue.get((batch.site, batch.agent, batch.seq)) is pending:
+                del self._in_queue[batch.site, batch.agent, batch.seq]
+            self._queued_readings -= _weight(pending)
+            self._queue.task_done()
+        self._room.set()
+        return waiting
+
+    async def _wait_for_spool_room(self, pending: _Pending) -> None:
+        """Wait (not a stall: the store is down and the broker holds what follows) until the spool has room for
+        this batch, or has drained (the store is back: it is written directly)."""
+        size = len(encode_batch(pending.batch))
+        while not self.spool.has_room(size):
+            self._spool_room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._spool_room.wait()
 
     def _report_reuse(self, batch: Batch) -> None:
         """Its readings are stored like any others; say loudly (once per agent and run) why the ledger
@@ -503,11 +539,11 @@ class Ingest:
         log.warning("refused %d readings from %s: %s", len(refused), topic, "; ".join(reasons))
         await asyncio.to_thread(self.ledger.dead_letter, topic, "; ".join(reasons), encode_batch(kept), now)
 
-    async def _store_or_spool(self, group: list[_Pending]) -> list[_Pending]:
+    async def _store_or_spool(self, group: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
         """Make batches durable: in the store, or in the spool while the store is down (or still draining).
 
-        Returns the ones made durable; a batch the store refuses for good (e.g. a field type conflict)
-        becomes a dead letter instead.
+        Returns the ones made durable, and the ones (from the first that did not fit on) that wait for room in a
+        full spool; a batch the store refuses for good (e.g. a field type conflict) becomes a dead letter.
         """
         if self.spool.depth == 0:
             batches = [p.batch for p in group]
@@ -520,30 +556,37 @@ class Ingest:
                 log.warning("store unavailable (%s): spooling to disk until it is back", error)
             else:
                 await self._written(batches)
-                return group
-        for pending in group:
-            batch = pending.batch
-            await asyncio.to_thread(
-                self.spool.put, batch.site, batch.agent, batch.seq, pending.topic, encode_batch(batch)
-            )
-        self.drain_wake.set()
-        return group
+                return group, []
+        return await self._spool_group(group)
 
-    async def _write_one_by_one(self, group: list[_Pending]) -> list[_Pending]:
+    async def _spool_group(self, group: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
+        """Spool in order until one does not fit: it and the rest wait (unacknowledged) for room."""
+        self.drain_wake.set()
+        for index, pending in enumerate(group):
+            batch = pending.batch
+            payload = encode_batch(batch)
+            if not await asyncio.to_thread(self.spool.put, batch.site, batch.agent, batch.seq, pending.topic, payload):
+                return group[:index], group[index:]
+        return group, []
+
+    async def _write_one_by_one(self, group: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
         """A group the store refused: store the batches it accepts, dead-letter the ones it refuses."""
         durable = []
-        for pending in group:
+        for index, pending in enumerate(group):
             try:
                 await self.store.write_batches([pending.batch])
             except StoreError as error:
                 if error.retryable:
-                    durable += await self._store_or_spool([pending])
+                    spooled, waiting = await self._store_or_spool([pending])
+                    durable += spooled
+                    if waiting:
+                        return durable, waiting + group[index + 1 :]
                 else:
                     await self._store_rejected(pending.topic, pending.batch, error, pending.received_ns)
                 continue
             await self._written([pending.batch])
             durable.append(pending)
-        return durable
+        return durable, []
 
     async def _written(self, batches: list[Batch]) -> None:
         """The store has these batches now: their periods need new rollups, and with a shared subscription
@@ -588,6 +631,7 @@ class Ingest:
             else:
                 await self._written(batches)
                 await asyncio.to_thread(self.spool.remove, [row_id for row_id, _, _ in rows])
+                self._spool_room.set()
                 backoff = 0.5
                 if self.spool.depth == 0:
                     log.info("spool drained: the store has everything again")
@@ -605,3 +649,4 @@ class Ingest:
             else:
                 await self._written([batch])
             await asyncio.to_thread(self.spool.remove, [row_id])
+            self._spool_room.set()

@@ -44,8 +44,7 @@ class _IngestCollector(Collector):
             ("aua_gateway_resend_requests", stats.resend_requests, "resend requests sent to agents"),
         ):
             yield CounterMetricFamily(name, text, value=value)
-        depth = self.ingest.spool.depth
-        yield GaugeMetricFamily("aua_gateway_spool_depth", "batches waiting for the store", value=depth)
+        yield from _spool(self.ingest)
         yield GaugeMetricFamily(
             "aua_gateway_broker_connected", "1 while subscribed", value=float(self.ingest.connected.is_set())
         )
@@ -87,6 +86,27 @@ class _IngestCollector(Collector):
                 refused.add_metric([reason], count)
             yield refused
         yield from _ledger_bounds(self.ingest)
+
+
+def _spool(ingest: Ingest) -> Iterator[Metric]:
+    """The spool's fill against [gateway] spool_max_bytes / spool_max_batches, and how often and how long it was
+    full (the gateway then takes no messages: they wait unacknowledged on the broker)."""
+    spool = ingest.spool
+    yield GaugeMetricFamily("aua_gateway_spool_depth", "batches waiting for the store", value=spool.depth)
+    yield GaugeMetricFamily("aua_gateway_spool_bytes", "payload bytes waiting for the store", value=spool.size)
+    yield GaugeMetricFamily(
+        "aua_gateway_spool_full", "1 while the spool is full and no message is taken", value=float(spool.full)
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_spool_full_events",
+        "times the spool became full ([gateway] spool_max_bytes, spool_max_batches)",
+        value=spool.full_count,
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_spool_full_seconds",
+        "seconds the spool was full (messages left on the broker)",
+        value=spool.full_seconds,
+    )
 
 
 def _bounded_accounts(ingest: Ingest) -> tuple[list[AgentAccount], list[AgentAccount]]:
@@ -151,6 +171,11 @@ class Health:
     broker_connected: bool
     spool_depth: int
     tasks: dict[str, str] = field(default_factory=dict)
+    spool_bytes: int = 0
+    spool_full: bool = False
+    """The spool is at its bound: no message is taken until it drains (the broker holds them)."""
+    spool_full_count: int = 0
+    spool_full_seconds: float = 0.0
 
     @property
     def status(self) -> str:

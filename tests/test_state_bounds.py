@@ -28,6 +28,7 @@ from gateway.config import GatewayConfig, GatewaySection, LedgerSection, StoreSe
 from gateway.ingest import Ingest
 from gateway.ledger import AgentAccount, Arrival, Ledger, Recorded
 from gateway.report_files import _FeedState
+from gateway.spool import Spool
 from gateway.stores import open_store
 
 DAY_NS = 86_400 * 10**9
@@ -518,3 +519,37 @@ def test_sequence_numbers_at_the_top_of_int64_are_recorded_and_accounted(tmp_pat
     assert (account.batches, account.first_seq, account.last_seq, account.missing) == (4, 0, top, top - 3)
     assert ledger.record_refused("s", "b", top, 0)
     ledger.close()
+
+
+# -- the spool: bounded in bytes and batches; full means "wait", never "drop" ----------------------------------
+
+
+def test_a_full_spool_refuses_without_writing_and_says_so_once(tmp_path: Path, caplog: Any) -> None:
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path, max_bytes=10_000, max_batches=5)
+    caplog.set_level("INFO", logger="gateway.spool")
+    assert spool.put("s", "a", 0, "t", b"x" * 20_000)  # an empty spool takes one batch over the bound
+    assert not spool.put("s", "a", 1, "t", b"x" * 10)  # ... and nothing after it
+    assert (spool.depth, spool.size, spool.full, spool.full_count, spool.refused) == (1, 20_000, True, 1, 1)
+    assert not spool.put("s", "a", 1, "t", b"x" * 10)  # still full: counted, not logged again
+    [(row_id, _, _)] = spool.oldest(10)
+    spool.remove([row_id])
+    assert (spool.depth, spool.size, spool.full, spool.refused) == (0, 0, False, 2)
+    assert all(spool.put("s", "a", seq, "t", b"y" * 1000) for seq in range(5))
+    assert not spool.put("s", "a", 5, "t", b"y")  # max_batches
+    assert spool.full_count == 2
+    spool.remove([row_id for row_id, _, _ in spool.oldest(1)])
+    assert spool.put("s", "a", 5, "t", b"y" * 1000)  # room again: taken, the full stretch ends
+    assert not spool.full
+    assert spool.full_seconds > 0
+    spool.close()
+    reopened = Spool(path, max_bytes=10_000, max_batches=5)  # depth and bytes come back from the file
+    assert (reopened.depth, reopened.size) == (5, 5000)
+    reopened.close()
+    messages = [(r.levelname, r.getMessage().split(" (")[0].split(" after")[0]) for r in caplog.records]
+    assert messages == [
+        ("WARNING", "spool full"),
+        ("INFO", "spool has room again"),
+        ("WARNING", "spool full"),
+        ("INFO", "spool has room again"),
+    ]
