@@ -138,6 +138,11 @@ class LedgerSection(_Strict):
     detail_days: Annotated[float, Field(gt=0, le=3650)] = Field(
         default=7.0, description="per-batch detail is also dropped once older than this"
     )
+    receipt_batches: Annotated[int, Field(ge=1, le=100_000_000)] = Field(
+        default=100_000,
+        description="with [mqtt] shared_group: per agent, batch receipts kept in the store for the last this many "
+        "sequence numbers (and none below what the agent still holds); older ones are pruned and counted",
+    )
     gap_max_ranges: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=1_000, description="per agent and check, the missing ranges gap repair looks at (oldest first)"
     )

@@ -56,6 +56,17 @@ def owed(
     return Owed(requestable, unrecoverable)
 
 
+def receipt_floor(last_seen: int, oldest_seq: int | None, keep: int) -> int:
+    """The lowest sequence number whose batch receipt is still worth keeping (shared subscriptions): the last
+    `keep` numbers up to the last seen, and none the agent no longer holds (below its `oldest_seq`: no
+    gateway asks for those, so none looks for their receipts). A receipt dropped too early costs a resend
+    (stored again, idempotently), never a reading."""
+    floor = last_seen - keep + 1
+    if oldest_seq is not None:
+        floor = max(floor, oldest_seq)
+    return max(0, floor)
+
+
 def chunks(seq_range: SeqRange, span: int = MAX_RESEND_SPAN) -> list[SeqRange]:
     """Split a range into pieces a single resend request may carry (all of them: for bounded input only;
     the repair loop uses `plan_requests`)."""

@@ -35,7 +35,7 @@ from aua_contract import (
 )
 from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig
-from gateway.gap_repair import RepairSchedule
+from gateway.gap_repair import RepairSchedule, receipt_floor
 from gateway.http_api import HttpApi
 from gateway.ledger import Arrival, Ledger, Recorded
 from gateway.metrics import GatewayMetrics, Health
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 
 RECENT_KEYS = 100_000
+RECEIPT_FLOORS = 100_000
+"""Agents whose last receipt prune is remembered (past that the memory is cleared and rebuilt)."""
 REUSE_REPORTS = 10_000
 """Agents whose reused sequence numbers are logged (once each); past that they are only counted."""
 
@@ -217,6 +219,7 @@ class Ingest:
         self.acks: AckWindow | None = None
         self.supervisor = supervisor or Supervisor(stall_s=config.gateway.stall_s)
         self._reuse_reported: set[tuple[str, str]] = set()
+        self._receipt_floors: dict[tuple[str, str], int] = {}
         self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
         self.metrics.attach(self)
 
@@ -308,7 +311,12 @@ class Ingest:
         while True:
             await asyncio.sleep(self.config.gateway.gap_check_s)
             due = await asyncio.to_thread(self.resend_requests_due, time.monotonic())
-            for request in await self._not_stored_elsewhere(due):
+            try:
+                due = await self._not_stored_elsewhere(due)
+            except StoreError as error:  # shared subscription, store down: ask after the next check
+                log.warning("gap repair: cannot read the other gateways' batch receipts (%s); trying later", error)
+                continue
+            for request in due:
                 log.info(
                     "asking %s/%s to resend batches %s..%s", request.site, request.agent, request.first, request.last
                 )
@@ -317,6 +325,33 @@ class Ingest:
                     self.ledger.count_resend_request, request.site, request.agent, request.first, request.last
                 )
                 self.stats.resend_requests += 1
+            if self.config.mqtt.shared_group is not None:
+                try:
+                    await self.prune_receipts()
+                except StoreError as error:
+                    log.warning("batch receipts not pruned (%s); trying after the next check", error)
+
+    async def prune_receipts(self) -> int:
+        """Drop the batch receipts no gateway will look for again (see gap_repair.receipt_floor), per agent once
+        its floor has moved by a tenth of [ledger] receipt_batches; counted in the ledger. Returns how many."""
+        keep = self.config.ledger.receipt_batches
+        accounts = await asyncio.to_thread(self.ledger.accounts)
+        cursors = await asyncio.to_thread(self.ledger.agent_cursors)
+        if len(self._receipt_floors) > RECEIPT_FLOORS:
+            self._receipt_floors.clear()
+        dropped = 0
+        for account in accounts:
+            key = (account.site, account.agent)
+            floor = receipt_floor(account.last_seq, cursors.get(key, (None, None, None))[1], keep)
+            done = self._receipt_floors.get(key)
+            if done is not None and floor - done < max(1, keep // 10):
+                continue
+            pruned = await self.store.prune_receipts(account.site, account.agent, floor)
+            self._receipt_floors[key] = floor
+            if pruned:
+                dropped += pruned
+                await asyncio.to_thread(self.ledger.count, "receipts_pruned", pruned)
+        return dropped
 
     async def _not_stored_elsewhere(self, requests: list[ResendRequest]) -> list[ResendRequest]:
         """With a shared subscription, other instances stored part of each agent's sequence: take what their

@@ -141,6 +141,7 @@ def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
         ("dead_letters_truncated", "dead letters kept with their payload cut"),
         ("batch_detail_pruned", "per-batch ledger detail dropped beyond its window (ranges kept)"),
         ("resend_ranges_pruned", "filled resend ranges dropped"),
+        ("receipts_pruned", "batch receipts pruned from the store ([ledger] receipt_batches, agents' oldest_seq)"),
     ):
         yield CounterMetricFamily(f"aua_gateway_{name}", text, value=counters[name])
 

@@ -16,7 +16,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.poller import Agent
 from edge_agent.simulator import simulator_for_config
 from gateway.config import GatewayConfig, GatewaySection, LedgerSection, MqttSection, StoreSection
-from gateway.gap_repair import Owed, RepairSchedule, RequestPlan, chunks, owed, plan_requests
+from gateway.gap_repair import Owed, RepairSchedule, RequestPlan, chunks, owed, plan_requests, receipt_floor
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.stores import open_store
@@ -272,3 +272,20 @@ def test_offline_agents_are_not_asked_until_they_are_back(tmp_path: Path) -> Non
     assert (request.site, request.agent, request.first, request.last) == ("s", "a", 2, 4)
     ingest.spool.close()
     ledger.close()
+
+
+@pytest.mark.parametrize(
+    ("last_seen", "oldest_seq", "keep", "floor"),
+    [
+        (999, None, 100, 900),  # the last `keep` numbers
+        (999, 950, 100, 950),  # none the agent no longer holds
+        (999, 10, 100, 900),
+        (50, None, 100, 0),  # fewer than `keep` so far: all
+        (999, 5000, 100, 5000),  # the agent holds nothing we have: none is needed
+        (2**63 - 1, None, 1, 2**63 - 1),
+    ],
+)
+def test_receipts_are_kept_for_the_last_numbers_the_agent_still_holds(
+    last_seen: int, oldest_seq: int | None, keep: int, floor: int
+) -> None:
+    assert receipt_floor(last_seen, oldest_seq, keep) == floor

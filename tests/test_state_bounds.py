@@ -11,7 +11,7 @@ import hashlib
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -20,16 +20,16 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aua_contract import Batch, Reading, encode_batch, readings_topic
+from aua_contract import AgentState, AgentStatus, Batch, Reading, encode_batch, readings_topic
 from gateway.accounting import accounting_lines
 from gateway.alert_state import AlertKey, Dispatch, Notice, NoticeKind, Severity
 from gateway.alerts import AlertEngine, AlertStore, NoticeWrite
-from gateway.config import GatewayConfig, GatewaySection, LedgerSection, StoreSection
+from gateway.config import GatewayConfig, GatewaySection, LedgerSection, MqttSection, StoreSection
 from gateway.ingest import Ingest
 from gateway.ledger import AgentAccount, Arrival, Ledger, Recorded
 from gateway.report_files import _FeedState
 from gateway.spool import Spool
-from gateway.stores import open_store
+from gateway.stores import BatchReceipt, SqliteStore, open_store
 
 DAY_NS = 86_400 * 10**9
 
@@ -553,3 +553,103 @@ def test_a_full_spool_refuses_without_writing_and_says_so_once(tmp_path: Path, c
         ("WARNING", "spool full"),
         ("INFO", "spool has room again"),
     ]
+
+
+# -- batch receipts (shared subscriptions): pruned per agent, per-operation cost flat -------------------------
+
+
+async def store_vm_steps(store: SqliteStore, operation: Callable[[], Awaitable[object]]) -> int:
+    """VM steps the store's connection takes for one operation (the handler is set on the store's thread)."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    await store.run_on_connection(lambda connection: connection.set_progress_handler(tick, 10))
+    try:
+        await operation()
+    finally:
+        await store.run_on_connection(lambda connection: connection.set_progress_handler(None, 10))
+    return steps * 10
+
+
+async def receipt_costs(path: Path, held: int) -> dict[str, int]:
+    """VM steps of writing a receipt, looking up a range and pruning the 100 oldest, with `held` receipts of
+    the agent (and as many of another) in the store (bulk-inserted)."""
+    store = SqliteStore(path)
+    await store.open()
+    try:
+
+        def fill(connection: sqlite3.Connection) -> None:
+            connection.execute("BEGIN")
+            connection.executemany(
+                "INSERT INTO batch_receipt VALUES (?, ?, ?, 30)",
+                ((site, agent, seq) for site, agent in (("s", "a"), ("s", "b")) for seq in range(held)),
+            )
+            connection.execute("COMMIT")
+
+        await store.run_on_connection(fill)
+        return {
+            "write": await store_vm_steps(store, lambda: store.write_receipts([BatchReceipt("s", "a", held, 30)])),
+            "lookup": await store_vm_steps(store, lambda: store.received_batches("s", "a", held - 20, held + 20)),
+            "prune": await store_vm_steps(store, lambda: store.prune_receipts("s", "a", 100)),
+        }
+    finally:
+        await store.close()
+
+
+async def test_the_cost_of_receipt_operations_does_not_grow_with_the_receipts_held(tmp_path: Path) -> None:
+    small = await receipt_costs(tmp_path / "small.sqlite", 1_000)
+    large = await receipt_costs(tmp_path / "large.sqlite", 100_000)
+    grown = {name: (small[name], large[name]) for name in small if large[name] > 1.2 * small[name] + 50}
+    assert grown == {}, f"VM steps at 1k vs 100k receipts: {grown}"
+
+
+async def test_receipts_stay_at_their_bound_and_what_is_pruned_is_counted(tmp_path: Path) -> None:
+    """A gateway of a shared subscription writes a receipt per batch; its gap check prunes them to the last
+    [ledger] receipt_batches numbers per agent (and none below the agent's oldest_seq), so the table stops
+    growing; what it drops is counted in the ledger, accounting and /metrics."""
+    config = GatewayConfig(
+        gateway=GatewaySection(state=tmp_path / "state.sqlite"),
+        mqtt=MqttSection(shared_group="g"),
+        store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
+        ledger=LedgerSection(receipt_batches=1_000),
+    )
+    store = open_store(config.store.url)
+    await store.open()
+    ledger = Ledger(config.gateway.state, config.ledger)
+    ingest = Ingest(config, store, ledger)
+
+    async def rows() -> int:
+        return int(
+            await store.run_on_connection(lambda c: c.execute("SELECT count(*) FROM batch_receipt").fetchone()[0])
+        )
+
+    held = []
+    written = 0
+    for group in range(40):
+        seqs = range(group * 300, (group + 1) * 300)
+        for agent in "ab":
+            ledger.record_many([Arrival("s", agent, seq, 30, 0, seq) for seq in seqs])
+            await store.write_receipts([BatchReceipt("s", agent, seq, 30) for seq in seqs])
+            written += len(seqs)
+        await ingest.prune_receipts()
+        held.append(await rows())
+    assert max(held[5:]) <= 2 * (1_000 + 100 + 300)  # per agent: the bound, a tenth of it, one group
+    assert min(held[5:]) >= 2 * 1_000
+    assert ledger.counters()["receipts_pruned"] == written - held[-1]
+    assert await store.received_batches("s", "a", 11_000, 12_000) == dict.fromkeys(range(11_000, 12_000), 30)
+
+    status = AgentStatus(site="s", agent="a", state=AgentState.ONLINE, next_seq=12_000, oldest_seq=11_900)
+    ledger.agent_state(status, 0)  # the agent holds nothing below 11,900: no gateway will ask for those
+    await ingest.prune_receipts()
+    assert await store.received_batches("s", "a", 0, 11_899) == {}
+    assert len(await store.received_batches("s", "b", 0, 12_000)) >= 1_000
+    assert ledger.counters()["receipts_pruned"] == written - await rows()
+    assert any("batch receipts:" in line for line in accounting_lines([], {}, {}, ledger.counters()))
+    assert f"aua_gateway_receipts_pruned_total {float(written - await rows())}" in ingest.metrics.exposition().decode()
+    ingest.spool.close()
+    ledger.close()
+    await store.close()

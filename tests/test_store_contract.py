@@ -1162,6 +1162,20 @@ async def test_batch_receipts_answer_which_seqs_any_gateway_stored(store: Store)
     assert await store.received_batches("nowhere", "a1", 0, 100) == {}
 
 
+async def test_pruning_receipts_forgets_one_agents_below_a_number_and_counts_them(store: Store) -> None:
+    await store.write_receipts([BatchReceipt("pvl", "a1", seq, 12) for seq in range(0, 30, 2)])
+    await store.write_receipts([BatchReceipt("pvl", "a2", 3, 1), BatchReceipt("ekb", "a1", 3, 1)])
+    assert await store.prune_receipts("pvl", "a1", 0) == 0
+    assert await store.prune_receipts("pvl", "a1", 11) == 6  # 0, 2, ..., 10
+    assert await store.prune_receipts("pvl", "a1", 11) == 0  # nothing left below
+    assert await store.received_batches("pvl", "a1", 0, 100) == dict.fromkeys(range(12, 30, 2), 12)
+    assert await store.received_batches("pvl", "a2", 0, 100) == {3: 1}  # other agents and sites untouched
+    assert await store.received_batches("ekb", "a1", 0, 100) == {3: 1}
+    assert await store.prune_receipts("nowhere", "a1", 100) == 0
+    assert await store.prune_receipts("pvl", "a1", 2**63 - 1) == 9
+    assert await store.received_batches("pvl", "a1", 0, 2**62) == {}
+
+
 def test_a_revision_id_depends_on_identity_and_content_only() -> None:
     identity = ("pavlodar", "chp-1", "gas-1", "SO2", to_ns(T0))
     content = (3.0, "mg/m³", "ok", None)

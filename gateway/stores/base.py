@@ -382,6 +382,11 @@ class Store(Protocol):
         """seq -> readings of an agent's batches first..last that any gateway has recorded."""
         ...
 
+    async def prune_receipts(self, site: str, agent: str, below: int) -> int:
+        """Forget an agent's receipts numbered below `below` (no gateway will look for them again); returns how
+        many were forgotten. Costs what it drops, not what the store holds."""
+        ...
+
     async def write_health(self, points: Sequence[HealthPoint]) -> None:
         """Insert or replace health points by (component, id, site, agent, ts): idempotent.
 

@@ -345,6 +345,11 @@ def parse_receipts(documents: Iterator[dict[str, Any]]) -> dict[int, int]:
     return {int(time): int(readings) for series in iter_series(documents) for time, readings in series["values"]}
 
 
+def parse_count(documents: Iterator[dict[str, Any]]) -> int:
+    """The one row of a `SELECT count(...)` (none when nothing matched) -> the count."""
+    return sum(int(row[1]) for series in iter_series(documents) for row in series["values"])
+
+
 def select_health_statement(
     *,
     retention_policy: str | None = None,
@@ -1015,6 +1020,30 @@ class InfluxStore:
             f"AND time >= {first} AND time <= {last}"
         )
         return await self._query(statement, parse_receipts, "batch receipt query")
+
+    async def prune_receipts(self, site: str, agent: str, below: int) -> int:
+        measurement = quote_identifier(RECEIPT_MEASUREMENT)
+        source = f"{quote_identifier(self.retention_policy)}.{measurement}" if self.retention_policy else measurement
+        where = f"{' AND '.join(_tag_conditions({'site': site, 'agent': agent}))} AND time < {below}"
+        count = await self._query(
+            f"SELECT count({quote_identifier('readings')}) FROM {source} WHERE {where}", parse_count, "receipt count"
+        )
+        if count == 0:
+            return 0
+        response = await self._send(
+            "delete",
+            "POST",
+            "/query",
+            params={"db": self.database},
+            data={"q": f"DELETE FROM {measurement} WHERE {where}"},
+        )
+        if response.status_code != 200:
+            self._fail("delete", response)
+        try:
+            list(iter_series(decode_documents(response.text)))
+        except StatementError as error:
+            raise self._error(f"receipt delete failed: {error}", retryable=False) from error
+        return count
 
     async def write_health(self, points: Sequence[HealthPoint]) -> None:
         if not points:
