@@ -146,6 +146,11 @@ class LedgerSection(_Strict):
     gap_max_ranges: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=1_000, description="per agent and check, the missing ranges gap repair looks at (oldest first)"
     )
+    repair_max_agents: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=10_000,
+        description="agents whose holes' timing (noticed, last asked) gap repair remembers; beyond it the least "
+        "recently checked is forgotten (its holes wait their grace again) and counted",
+    )
     resend_max_requests: Annotated[int, Field(ge=1, le=10_000)] = Field(
         default=20, description="per agent and check, the resend requests published at most"
     )

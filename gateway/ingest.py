@@ -220,7 +220,11 @@ class Ingest:
         self.supervisor = supervisor or Supervisor(stall_s=config.gateway.stall_s)
         self._reuse_reported: set[tuple[str, str]] = set()
         self._receipt_floors: dict[tuple[str, str], int] = {}
-        self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
+        self.schedule = RepairSchedule(
+            grace_s=config.gateway.gap_grace_s,
+            retry_s=config.gateway.gap_retry_s,
+            max_agents=config.ledger.repair_max_agents,
+        )
         self.metrics.attach(self)
 
     def health(self) -> Health:

@@ -131,6 +131,14 @@ def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "aua_gateway_refused_batches", "batches the store refused for good", value=stats.refused_batches
     )
+    yield GaugeMetricFamily(
+        "aua_gateway_repair_agents", "agents whose missing batches gap repair is timing", value=len(ingest.schedule)
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_repair_agents_forgotten",
+        "agents whose gap-repair timing was dropped beyond [ledger] repair_max_agents (their holes wait again)",
+        value=ingest.schedule.forgotten,
+    )
     counters = ingest.ledger.counters()
     yield GaugeMetricFamily("aua_gateway_dead_letter_rows", "dead letters kept", value=counters["dead_letter_rows"])
     yield GaugeMetricFamily(

@@ -289,3 +289,18 @@ def test_receipts_are_kept_for_the_last_numbers_the_agent_still_holds(
     last_seen: int, oldest_seq: int | None, keep: int, floor: int
 ) -> None:
     assert receipt_floor(last_seen, oldest_seq, keep) == floor
+
+
+def test_the_schedule_remembers_at_most_max_agents_and_counts_the_ones_it_forgets() -> None:
+    """Invented agent ids cannot grow it: the least recently checked agent goes first, and its holes only wait
+    their grace again."""
+    schedule = RepairSchedule(grace_s=10, retry_s=30, max_agents=3)
+    for n in range(5):
+        schedule.due("s", f"a{n}", [(1, 2), (5, 5)], now=0)
+    assert (len(schedule), schedule.forgotten) == (3, 2)
+    assert schedule.due("s", "a4", [(1, 2), (5, 5)], now=10) == [(1, 2), (5, 5)]  # remembered since 0
+    assert schedule.due("s", "a0", [(1, 2)], now=10) == []  # forgotten: noticed again at 10
+    assert (len(schedule), schedule.forgotten) == (3, 3)  # a0 back in, the least recent (a2) out
+    assert schedule.due("s", "a0", [(1, 2)], now=20) == [(1, 2)]
+    assert schedule.due("s", "a0", [], now=21) == []  # everything filled: the agent is dropped, not counted
+    assert (len(schedule), schedule.forgotten) == (2, 3)
