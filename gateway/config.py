@@ -146,6 +146,11 @@ class LedgerSection(_Strict):
     gap_max_ranges: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=1_000, description="per agent and check, the missing ranges gap repair looks at (oldest first)"
     )
+    max_agents: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=10_000,
+        description="when [registry] agents is empty: agents the gateway follows at most; batches and statuses "
+        "of further new agent ids become dead letters (counted), so invented ids cannot grow the ledger",
+    )
     repair_max_agents: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
         default=10_000,
         description="agents whose holes' timing (noticed, last asked) gap repair remembers; beyond it the least "

@@ -158,6 +158,8 @@ class IngestStats:
     resend_not_asked: int = 0
     """Owed batches the last gap check left for later ([ledger] resend bounds): a gauge."""
     refused_batches: int = 0
+    agents_refused: int = 0
+    """Messages of new agent ids refused beyond [ledger] max_agents (dead letters)."""
 
 
 def _arrival(pending: _Pending) -> Arrival:
@@ -220,6 +222,8 @@ class Ingest:
         self.supervisor = supervisor or Supervisor(stall_s=config.gateway.stall_s)
         self._reuse_reported: set[tuple[str, str]] = set()
         self._receipt_floors: dict[tuple[str, str], int] = {}
+        # Agents the ledger follows (at most [ledger] max_agents when the registry lists none).
+        self._known_agents = {(a.site, a.agent) for a in ledger.accounts()} | set(ledger.agent_cursors())
         self.schedule = RepairSchedule(
             grace_s=config.gateway.gap_grace_s,
             retry_s=config.gateway.gap_retry_s,
@@ -421,6 +425,17 @@ class Ingest:
             await asyncio.to_thread(self.ledger.dead_letter, topic, result.reason, payload, now)
             ack.settle()
             return
+        if not self._admit(result.site, result.agent):
+            reason = (
+                f"agent {result.site}/{result.agent} is new and the gateway already follows [ledger] max_agents "
+                f"({self.config.ledger.max_agents}) agents: list the fleet in [registry] agents or raise the bound"
+            )
+            self.stats.dead_letters += 1
+            self.stats.agents_refused += 1
+            log.warning("dead letter from %s: %s", topic, reason)
+            await asyncio.to_thread(self.ledger.dead_letter, topic, reason, payload, now)
+            ack.settle()
+            return
         if isinstance(result, AgentStatus):
             log.info("agent %s/%s is %s", result.site, result.agent, result.state)
             await asyncio.to_thread(self.ledger.agent_state, result, now)
@@ -444,6 +459,18 @@ class Ingest:
         if screened.refused:
             await self._refuse_readings(topic, batch, screened.refused, now)
         await self._enqueue(_Pending(batch.model_copy(update={"readings": screened.keep}), topic, now, [ack]))
+
+    def _admit(self, site: str, agent: str) -> bool:
+        """Whether the gateway follows this agent: any the registry lists (it refused the others), else the ones
+        it follows already and new ones up to [ledger] max_agents (ids a publisher invents cannot grow the
+        ledger, gap repair and accounting without bound). A refused agent's batches stay in its outbox: once
+        admitted, gap repair asks for what it still holds."""
+        if self._agents or (site, agent) in self._known_agents:
+            return True
+        if len(self._known_agents) >= self.config.ledger.max_agents:
+            return False
+        self._known_agents.add((site, agent))
+        return True
 
     async def _enqueue(self, pending: _Pending) -> None:
         """Queue a batch for the writer, first waiting while write_queue_readings are already waiting.

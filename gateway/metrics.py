@@ -131,6 +131,11 @@ def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "aua_gateway_refused_batches", "batches the store refused for good", value=stats.refused_batches
     )
+    yield CounterMetricFamily(
+        "aua_gateway_agents_refused",
+        "messages of new agent ids refused beyond [ledger] max_agents (dead letters)",
+        value=stats.agents_refused,
+    )
     yield GaugeMetricFamily(
         "aua_gateway_repair_agents", "agents whose missing batches gap repair is timing", value=len(ingest.schedule)
     )

@@ -32,6 +32,7 @@ from gateway.spool import Spool
 from gateway.stores import BatchReceipt, SqliteStore, open_store
 
 DAY_NS = 86_400 * 10**9
+SECOND = timedelta(seconds=1)
 
 
 def vm_steps(ledger: Ledger, operation: Callable[[], object]) -> int:
@@ -653,3 +654,60 @@ async def test_receipts_stay_at_their_bound_and_what_is_pruned_is_counted(tmp_pa
     ingest.spool.close()
     ledger.close()
     await store.close()
+
+
+async def test_new_agent_ids_beyond_max_agents_are_dead_letters_and_counted(tmp_path: Path) -> None:
+    """Without [registry] agents, ids a publisher invents stop at [ledger] max_agents: the agents already
+    followed go on (after a restart too), new ones' batches and statuses become dead letters, counted."""
+    config = GatewayConfig(
+        gateway=GatewaySection(state=tmp_path / "state.sqlite"),
+        store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
+        ledger=LedgerSection(max_agents=2),
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def batch(agent: str, seq: int) -> bytes:
+        reading = Reading(instrument="hg1", parameter="hg", value=1.0 + seq, unit="ng/m³", ts=now + seq * SECOND)
+        return encode_batch(Batch(site="s", agent=agent, seq=seq, sent_at=now, readings=[reading]))
+
+    def status(agent: str) -> bytes:
+        return AgentStatus(site="s", agent=agent, state=AgentState.ONLINE, next_seq=1).model_dump_json().encode()
+
+    async def run(messages: list[tuple[str, bytes]]) -> Ingest:
+        store = open_store(config.store.url)
+        await store.open()
+        ledger = Ledger(config.gateway.state, config.ledger)
+        ingest = Ingest(config, store, ledger)
+        writer = asyncio.create_task(ingest.write_forever())
+        try:
+            for topic, payload in messages:
+                await ingest.handle(topic, payload)
+            async with asyncio.timeout(10):
+                await ingest.flushed()
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            ingest.spool.close()
+            await store.close()
+        return ingest
+
+    first = await run(
+        [
+            (readings_topic("s", "a1"), batch("a1", 0)),
+            ("aua/v1/s/a2/status", status("a2")),
+            (readings_topic("s", "a3"), batch("a3", 0)),
+            ("aua/v1/s/a4/status", status("a4")),
+            (readings_topic("s", "a1"), batch("a1", 1)),
+        ]
+    )
+    assert (first.stats.batches, first.stats.agents_refused, first.stats.dead_letters) == (2, 2, 2)
+    assert "aua_gateway_agents_refused_total 2.0" in first.metrics.exposition().decode()
+    letters = first.ledger.dead_letters()
+    assert [letter.topic for letter in reversed(letters)] == [readings_topic("s", "a3"), "aua/v1/s/a4/status"]
+    assert "s/a3 is new and the gateway already follows [ledger] max_agents (2)" in letters[-1].reason
+    first.ledger.close()
+
+    again = await run([(readings_topic("s", "a2"), batch("a2", 0)), (readings_topic("s", "a5"), batch("a5", 0))])
+    assert (again.stats.batches, again.stats.agents_refused) == (1, 1)  # a2 was followed before the restart
+    assert sorted(a.agent for a in again.ledger.accounts()) == ["a1", "a2"]
+    again.ledger.close()
