@@ -76,4 +76,9 @@ def accounting_lines(
             f"bytes of payload), {counters.get('dead_letters_pruned', 0)} pruned by the [ledger] bounds, "
             f"{counters.get('dead_letters_truncated', 0)} kept truncated"
         )
+    if counters.get("receipts_pruned"):
+        details.append(
+            f"batch receipts: {counters['receipts_pruned']} pruned from the store (older than [ledger] "
+            "receipt_batches or than what the agents still hold)"
+        )
     return lines + details

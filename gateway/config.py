@@ -67,6 +67,14 @@ class GatewaySection(_Strict):
     spool: Path | None = Field(
         default=None, description="batches waiting while the store is down; default: next to `state`"
     )
+    spool_max_bytes: Annotated[int, Field(ge=4096, le=2**44)] = Field(
+        default=1024**3,
+        description="payload bytes the spool holds at most; when full the gateway takes no more messages (they "
+        "stay unacknowledged on the broker) until the store is back and the spool drains",
+    )
+    spool_max_batches: Annotated[int, Field(ge=1, le=10**9)] = Field(
+        default=1_000_000, description="batches the spool holds at most (as spool_max_bytes)"
+    )
     http: str | None = Field(
         default=None, pattern=r"^[^\s:]+:\d{1,5}$", description="HOST:PORT for /health and /metrics; unset: off"
     )
@@ -137,8 +145,23 @@ class LedgerSection(_Strict):
     detail_days: Annotated[float, Field(gt=0, le=3650)] = Field(
         default=7.0, description="per-batch detail is also dropped once older than this"
     )
+    receipt_batches: Annotated[int, Field(ge=1, le=100_000_000)] = Field(
+        default=100_000,
+        description="with [mqtt] shared_group: per agent, batch receipts kept in the store for the last this many "
+        "sequence numbers (and none below what the agent still holds); older ones are pruned and counted",
+    )
     gap_max_ranges: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=1_000, description="per agent and check, the missing ranges gap repair looks at (oldest first)"
+    )
+    max_agents: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=10_000,
+        description="when [registry] agents is empty: agents the gateway follows at most; batches and statuses "
+        "of further new agent ids become dead letters (counted), so invented ids cannot grow the ledger",
+    )
+    repair_max_agents: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=10_000,
+        description="agents whose holes' timing (noticed, last asked) gap repair remembers; beyond it the least "
+        "recently checked is forgotten (its holes wait their grace again) and counted",
     )
     resend_max_requests: Annotated[int, Field(ge=1, le=10_000)] = Field(
         default=20, description="per agent and check, the resend requests published at most"

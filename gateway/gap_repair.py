@@ -9,6 +9,7 @@ shared subscription) and then again at most every `retry_s` until it is filled.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -56,6 +57,17 @@ def owed(
     return Owed(requestable, unrecoverable)
 
 
+def receipt_floor(last_seen: int, oldest_seq: int | None, keep: int) -> int:
+    """The lowest sequence number whose batch receipt is still worth keeping (shared subscriptions): the last
+    `keep` numbers up to the last seen, and none the agent no longer holds (below its `oldest_seq`: no
+    gateway asks for those, so none looks for their receipts). A receipt dropped too early costs a resend
+    (stored again, idempotently), never a reading."""
+    floor = last_seen - keep + 1
+    if oldest_seq is not None:
+        floor = max(floor, oldest_seq)
+    return max(0, floor)
+
+
 def chunks(seq_range: SeqRange, span: int = MAX_RESEND_SPAN) -> list[SeqRange]:
     """Split a range into pieces a single resend request may carry (all of them: for bounded input only;
     the repair loop uses `plan_requests`)."""
@@ -94,20 +106,41 @@ def plan_requests(
     return RequestPlan(requests, not_asked)
 
 
+REPAIR_AGENTS = 10_000
+"""Agents whose holes' timing RepairSchedule remembers by default (least recently checked forgotten first)."""
+
+
+@dataclass
+class _Hole:
+    noticed: float
+    requested: float = -float("inf")
+
+
 @dataclass
 class RepairSchedule:
-    """Remembers when each hole was first noticed and last requested (in memory: a restart re-waits the grace)."""
+    """Remembers when each hole was first noticed and last requested (in memory: a restart re-waits the grace).
+
+    Per agent at most the ranges it was last checked with (gap repair passes at most `gap_max_ranges`), and at
+    most `max_agents` agents, the least recently checked forgotten first (counted in `forgotten`; a forgotten
+    agent's holes only wait their grace again): agent ids a publisher invents cannot grow it without bound.
+    """
 
     grace_s: float = 10.0
     retry_s: float = 30.0
-    _noticed: dict[tuple[str, str, int], float] = field(default_factory=dict)
-    _requested: dict[tuple[str, str, int], float] = field(default_factory=dict)
+    max_agents: int = REPAIR_AGENTS
+    forgotten: int = 0
+    _agents: OrderedDict[tuple[str, str], dict[int, _Hole]] = field(default_factory=OrderedDict)
+
+    def __len__(self) -> int:
+        """Agents with holes remembered."""
+        return len(self._agents)
 
     def due(self, site: str, agent: str, ranges: list[SeqRange], now: float) -> list[SeqRange]:
         """The ranges to request now. A range is known by its first number, which stays put as it fills."""
-        result = self._waited(site, agent, ranges, now)
+        holes = self._holes(site, agent, ranges, now)
+        result = self._waited(holes, ranges, now)
         for first, _ in result:
-            self._requested[(site, agent, first)] = now
+            holes[first].requested = now
         return result
 
     def plan(
@@ -124,9 +157,10 @@ class RepairSchedule:
         """`due` and `plan_requests` in one: the requests to publish now, within the bounds. Only the ranges
         actually asked for wait `retry_s`; those the bounds did not reach stay due, so ranges that never fill
         (an agent that cannot answer) do not starve the ones after them."""
+        holes = self._holes(site, agent, ranges, now)
         requests: list[SeqRange] = []
         not_asked = 0
-        for first, last in self._waited(site, agent, ranges, now):
+        for first, last in self._waited(holes, ranges, now):
             budget = max_batches - sum(end - start + 1 for start, end in requests)
             if len(requests) >= max_requests or budget < 1:
                 not_asked += last - first + 1
@@ -134,24 +168,27 @@ class RepairSchedule:
             part = plan_requests(
                 [(first, last)], max_requests=max_requests - len(requests), max_batches=budget, span=span
             )
-            self._requested[(site, agent, first)] = now
+            holes[first].requested = now
             requests += part.requests
             not_asked += part.not_asked
         return RequestPlan(requests, not_asked)
 
-    def _waited(self, site: str, agent: str, ranges: list[SeqRange], now: float) -> list[SeqRange]:
-        """The ranges past their grace period and their retry interval (forgetting the ranges now filled)."""
-        keys = {(site, agent, first) for first, _ in ranges}
-        for key in [k for k in self._noticed if k[:2] == (site, agent) and k not in keys]:
-            self._noticed.pop(key, None)
-            self._requested.pop(key, None)
-        result = []
-        for first, last in ranges:
-            key = (site, agent, first)
-            noticed = self._noticed.setdefault(key, now)
-            if now - noticed < self.grace_s:
-                continue
-            if now - self._requested.get(key, -float("inf")) < self.retry_s:
-                continue
-            result.append((first, last))
-        return result
+    def _holes(self, site: str, agent: str, ranges: list[SeqRange], now: float) -> dict[int, _Hole]:
+        """The agent's holes as of this check: the ranges now missing keep their times, the filled ones are
+        forgotten; the agent becomes the most recently checked, and the least recent beyond max_agents go."""
+        known = self._agents.pop((site, agent), {})
+        holes = {first: known.get(first) or _Hole(now) for first, _ in ranges}
+        if holes:
+            self._agents[(site, agent)] = holes
+            while len(self._agents) > self.max_agents:
+                self._agents.popitem(last=False)
+                self.forgotten += 1
+        return holes
+
+    def _waited(self, holes: dict[int, _Hole], ranges: list[SeqRange], now: float) -> list[SeqRange]:
+        """The ranges past their grace period and their retry interval."""
+        return [
+            (first, last)
+            for first, last in ranges
+            if now - holes[first].noticed >= self.grace_s and now - holes[first].requested >= self.retry_s
+        ]

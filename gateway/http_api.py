@@ -100,6 +100,10 @@ class HttpApi:
             "status": health.status,
             "broker_connected": health.broker_connected,
             "spool_depth": health.spool_depth,
+            "spool_bytes": health.spool_bytes,
+            "spool_full": health.spool_full,
+            "spool_full_count": health.spool_full_count,
+            "spool_full_seconds": round(health.spool_full_seconds, 3),
             "tasks": health.tasks,
         }
         body = json.dumps(document).encode()

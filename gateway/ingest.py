@@ -35,7 +35,7 @@ from aua_contract import (
 )
 from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig
-from gateway.gap_repair import RepairSchedule
+from gateway.gap_repair import RepairSchedule, receipt_floor
 from gateway.http_api import HttpApi
 from gateway.ledger import Arrival, Ledger, Recorded
 from gateway.metrics import GatewayMetrics, Health
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 
 RECENT_KEYS = 100_000
+RECEIPT_FLOORS = 100_000
+"""Agents whose last receipt prune is remembered (past that the memory is cleared and rebuilt)."""
 REUSE_REPORTS = 10_000
 """Agents whose reused sequence numbers are logged (once each); past that they are only counted."""
 
@@ -156,6 +158,8 @@ class IngestStats:
     resend_not_asked: int = 0
     """Owed batches the last gap check left for later ([ledger] resend bounds): a gauge."""
     refused_batches: int = 0
+    agents_refused: int = 0
+    """Messages of new agent ids refused beyond [ledger] max_agents (dead letters)."""
 
 
 def _arrival(pending: _Pending) -> Arrival:
@@ -201,8 +205,13 @@ class Ingest:
         self.screen = BatchScreen(config.registry)
         self._agents = frozenset(config.registry.agents)
         self._owns_spool = spool is None
-        self.spool = spool or Spool(config.gateway.spool_path)
+        self.spool = spool or Spool(
+            config.gateway.spool_path,
+            max_bytes=config.gateway.spool_max_bytes,
+            max_batches=config.gateway.spool_max_batches,
+        )
         self.drain_wake = asyncio.Event()
+        self._spool_room = asyncio.Event()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._queued_readings = 0
         self._room = asyncio.Event()
@@ -212,12 +221,25 @@ class Ingest:
         self.acks: AckWindow | None = None
         self.supervisor = supervisor or Supervisor(stall_s=config.gateway.stall_s)
         self._reuse_reported: set[tuple[str, str]] = set()
-        self.schedule = RepairSchedule(grace_s=config.gateway.gap_grace_s, retry_s=config.gateway.gap_retry_s)
+        self._receipt_floors: dict[tuple[str, str], int] = {}
+        # Agents the ledger follows (at most [ledger] max_agents when the registry lists none).
+        self._known_agents = {(a.site, a.agent) for a in ledger.accounts()} | set(ledger.agent_cursors())
+        self.schedule = RepairSchedule(
+            grace_s=config.gateway.gap_grace_s,
+            retry_s=config.gateway.gap_retry_s,
+            max_agents=config.ledger.repair_max_agents,
+        )
         self.metrics.attach(self)
 
     def health(self) -> Health:
         return Health(
-            broker_connected=self.connected.is_set(), spool_depth=self.spool.depth, tasks=self.supervisor.liveness()
+            broker_connected=self.connected.is_set(),
+            spool_depth=self.spool.depth,
+            tasks=self.supervisor.liveness(),
+            spool_bytes=self.spool.size,
+            spool_full=self.spool.full,
+            spool_full_count=self.spool.full_count,
+            spool_full_seconds=self.spool.full_seconds,
         )
 
     def _client(self) -> aiomqtt.Client:
@@ -297,7 +319,12 @@ class Ingest:
         while True:
             await asyncio.sleep(self.config.gateway.gap_check_s)
             due = await asyncio.to_thread(self.resend_requests_due, time.monotonic())
-            for request in await self._not_stored_elsewhere(due):
+            try:
+                due = await self._not_stored_elsewhere(due)
+            except StoreError as error:  # shared subscription, store down: ask after the next check
+                log.warning("gap repair: cannot read the other gateways' batch receipts (%s); trying later", error)
+                continue
+            for request in due:
                 log.info(
                     "asking %s/%s to resend batches %s..%s", request.site, request.agent, request.first, request.last
                 )
@@ -306,6 +333,33 @@ class Ingest:
                     self.ledger.count_resend_request, request.site, request.agent, request.first, request.last
                 )
                 self.stats.resend_requests += 1
+            if self.config.mqtt.shared_group is not None:
+                try:
+                    await self.prune_receipts()
+                except StoreError as error:
+                    log.warning("batch receipts not pruned (%s); trying after the next check", error)
+
+    async def prune_receipts(self) -> int:
+        """Drop the batch receipts no gateway will look for again (see gap_repair.receipt_floor), per agent once
+        its floor has moved by a tenth of [ledger] receipt_batches; counted in the ledger. Returns how many."""
+        keep = self.config.ledger.receipt_batches
+        accounts = await asyncio.to_thread(self.ledger.accounts)
+        cursors = await asyncio.to_thread(self.ledger.agent_cursors)
+        if len(self._receipt_floors) > RECEIPT_FLOORS:
+            self._receipt_floors.clear()
+        dropped = 0
+        for account in accounts:
+            key = (account.site, account.agent)
+            floor = receipt_floor(account.last_seq, cursors.get(key, (None, None, None))[1], keep)
+            done = self._receipt_floors.get(key)
+            if done is not None and floor - done < max(1, keep // 10):
+                continue
+            pruned = await self.store.prune_receipts(account.site, account.agent, floor)
+            self._receipt_floors[key] = floor
+            if pruned:
+                dropped += pruned
+                await asyncio.to_thread(self.ledger.count, "receipts_pruned", pruned)
+        return dropped
 
     async def _not_stored_elsewhere(self, requests: list[ResendRequest]) -> list[ResendRequest]:
         """With a shared subscription, other instances stored part of each agent's sequence: take what their
@@ -371,6 +425,17 @@ class Ingest:
             await asyncio.to_thread(self.ledger.dead_letter, topic, result.reason, payload, now)
             ack.settle()
             return
+        if not self._admit(result.site, result.agent):
+            reason = (
+                f"agent {result.site}/{result.agent} is new and the gateway already follows [ledger] max_agents "
+                f"({self.config.ledger.max_agents}) agents: list the fleet in [registry] agents or raise the bound"
+            )
+            self.stats.dead_letters += 1
+            self.stats.agents_refused += 1
+            log.warning("dead letter from %s: %s", topic, reason)
+            await asyncio.to_thread(self.ledger.dead_letter, topic, reason, payload, now)
+            ack.settle()
+            return
         if isinstance(result, AgentStatus):
             log.info("agent %s/%s is %s", result.site, result.agent, result.state)
             await asyncio.to_thread(self.ledger.agent_state, result, now)
@@ -394,6 +459,18 @@ class Ingest:
         if screened.refused:
             await self._refuse_readings(topic, batch, screened.refused, now)
         await self._enqueue(_Pending(batch.model_copy(update={"readings": screened.keep}), topic, now, [ack]))
+
+    def _admit(self, site: str, agent: str) -> bool:
+        """Whether the gateway follows this agent: any the registry lists (it refused the others), else the ones
+        it follows already and new ones up to [ledger] max_agents (ids a publisher invents cannot grow the
+        ledger, gap repair and accounting without bound). A refused agent's batches stay in its outbox: once
+        admitted, gap repair asks for what it still holds."""
+        if self._agents or (site, agent) in self._known_agents:
+            return True
+        if len(self._known_agents) >= self.config.ledger.max_agents:
+            return False
+        self._known_agents.add((site, agent))
+        return True
 
     async def _enqueue(self, pending: _Pending) -> None:
         """Queue a batch for the writer, first waiting while write_queue_readings are already waiting.
@@ -425,7 +502,13 @@ class Ingest:
         """Group queued batches into one store write (up to write_max_readings or write_max_delay_s), then
         record them in the ledger: many small MQTT messages, few large store requests."""
         settings = self.config.gateway
+        waiting: list[_Pending] = []
         while True:
+            if waiting:  # the spool was full: nothing more is taken until they are durable
+                await self._wait_for_spool_room(waiting[0])
+                group, waiting = waiting, []
+                await self._write_group(group)
+                continue
             group = [await self._queue.get()]
             readings = len(group[0].batch.readings)
             deadline = time.monotonic() + settings.write_max_delay_s
@@ -445,32 +528,51 @@ class Ingest:
                         break
                 group.append(item)
                 readings += len(item.batch.readings)
-            with self.supervisor.working("write"):
-                durable = await self._store_or_spool(group)
-                outcomes = await asyncio.to_thread(self.ledger.record_many, [_arrival(p) for p in durable])
-            for pending, outcome in zip(durable, outcomes, strict=True):
-                if outcome is Recorded.DUPLICATE:
-                    self.stats.duplicates += 1
-                    continue
-                if outcome is Recorded.REUSED:
-                    self._report_reuse(pending.batch)
-                else:
-                    self.stats.batches += 1
-                self.stats.readings += len(pending.batch.readings)
-                if self.on_batch is not None:
-                    self.on_batch(pending.batch)
-                if self.alerts is not None:
-                    await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
-            for pending in group:
-                # Stored, spooled or (refused by the store) a dead letter: the broker may forget it now.
-                for ack in pending.acks:
-                    ack.settle()
-                batch = pending.batch
-                if self._in_queue.get((batch.site, batch.agent, batch.seq)) is pending:
-                    del self._in_queue[batch.site, batch.agent, batch.seq]
-                self._queued_readings -= _weight(pending)
-                self._queue.task_done()
-            self._room.set()
+            waiting = await self._write_group(group)
+
+    async def _write_group(self, group: list[_Pending]) -> list[_Pending]:
+        """Make a group durable, record it, settle it; returns the batches still waiting for spool room (they
+        stay queued and unacknowledged)."""
+        with self.supervisor.working("write"):
+            durable, waiting = await self._store_or_spool(group)
+            outcomes = await asyncio.to_thread(self.ledger.record_many, [_arrival(p) for p in durable])
+        for pending, outcome in zip(durable, outcomes, strict=True):
+            if outcome is Recorded.DUPLICATE:
+                self.stats.duplicates += 1
+                continue
+            if outcome is Recorded.REUSED:
+                self._report_reuse(pending.batch)
+            else:
+                self.stats.batches += 1
+            self.stats.readings += len(pending.batch.readings)
+            if self.on_batch is not None:
+                self.on_batch(pending.batch)
+            if self.alerts is not None:
+                await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
+        held = {id(pending) for pending in waiting}
+        for pending in group:
+            if id(pending) in held:
+                continue
+            # Stored, spooled or (refused by the store) a dead letter: the broker may forget it now.
+            for ack in pending.acks:
+                ack.settle()
+            batch = pending.batch
+            if self._in_queue.get((batch.site, batch.agent, batch.seq)) is pending:
+                del self._in_queue[batch.site, batch.agent, batch.seq]
+            self._queued_readings -= _weight(pending)
+            self._queue.task_done()
+        self._room.set()
+        return waiting
+
+    async def _wait_for_spool_room(self, pending: _Pending) -> None:
+        """Wait (not a stall: the store is down and the broker holds what follows) until the spool has room for
+        this batch, or has drained (the store is back: it is written directly)."""
+        size = len(encode_batch(pending.batch))
+        while not self.spool.has_room(size):
+            self._spool_room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._spool_room.wait()
 
     def _report_reuse(self, batch: Batch) -> None:
         """Its readings are stored like any others; say loudly (once per agent and run) why the ledger
@@ -503,11 +605,11 @@ class Ingest:
         log.warning("refused %d readings from %s: %s", len(refused), topic, "; ".join(reasons))
         await asyncio.to_thread(self.ledger.dead_letter, topic, "; ".join(reasons), encode_batch(kept), now)
 
-    async def _store_or_spool(self, group: list[_Pending]) -> list[_Pending]:
+    async def _store_or_spool(self, group: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
         """Make batches durable: in the store, or in the spool while the store is down (or still draining).
 
-        Returns the ones made durable; a batch the store refuses for good (e.g. a field type conflict)
-        becomes a dead letter instead.
+        Returns the ones made durable, and the ones (from the first that did not fit on) that wait for room in a
+        full spool; a batch the store refuses for good (e.g. a field type conflict) becomes a dead letter.
         """
         if self.spool.depth == 0:
             batches = [p.batch for p in group]
@@ -520,30 +622,37 @@ class Ingest:
                 log.warning("store unavailable (%s): spooling to disk until it is back", error)
             else:
                 await self._written(batches)
-                return group
-        for pending in group:
-            batch = pending.batch
-            await asyncio.to_thread(
-                self.spool.put, batch.site, batch.agent, batch.seq, pending.topic, encode_batch(batch)
-            )
-        self.drain_wake.set()
-        return group
+                return group, []
+        return await self._spool_group(group)
 
-    async def _write_one_by_one(self, group: list[_Pending]) -> list[_Pending]:
+    async def _spool_group(self, group: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
+        """Spool in order until one does not fit: it and the rest wait (unacknowledged) for room."""
+        self.drain_wake.set()
+        for index, pending in enumerate(group):
+            batch = pending.batch
+            payload = encode_batch(batch)
+            if not await asyncio.to_thread(self.spool.put, batch.site, batch.agent, batch.seq, pending.topic, payload):
+                return group[:index], group[index:]
+        return group, []
+
+    async def _write_one_by_one(self, group: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
         """A group the store refused: store the batches it accepts, dead-letter the ones it refuses."""
         durable = []
-        for pending in group:
+        for index, pending in enumerate(group):
             try:
                 await self.store.write_batches([pending.batch])
             except StoreError as error:
                 if error.retryable:
-                    durable += await self._store_or_spool([pending])
+                    spooled, waiting = await self._store_or_spool([pending])
+                    durable += spooled
+                    if waiting:
+                        return durable, waiting + group[index + 1 :]
                 else:
                     await self._store_rejected(pending.topic, pending.batch, error, pending.received_ns)
                 continue
             await self._written([pending.batch])
             durable.append(pending)
-        return durable
+        return durable, []
 
     async def _written(self, batches: list[Batch]) -> None:
         """The store has these batches now: their periods need new rollups, and with a shared subscription
@@ -588,6 +697,7 @@ class Ingest:
             else:
                 await self._written(batches)
                 await asyncio.to_thread(self.spool.remove, [row_id for row_id, _, _ in rows])
+                self._spool_room.set()
                 backoff = 0.5
                 if self.spool.depth == 0:
                     log.info("spool drained: the store has everything again")
@@ -605,3 +715,4 @@ class Ingest:
             else:
                 await self._written([batch])
             await asyncio.to_thread(self.spool.remove, [row_id])
+            self._spool_room.set()

@@ -143,6 +143,7 @@ COUNTERS = (
     "dead_letters_truncated",
     "batch_detail_pruned",
     "resend_ranges_pruned",
+    "receipts_pruned",
 )
 """The ledger's counters (`Ledger.counters()`): what it holds and what its bounds dropped."""
 
@@ -253,6 +254,8 @@ class Ledger(StateFile):
             row = self._db.execute("SELECT value FROM ledger_counter WHERE name = 'ledger_version'").fetchone()
             if row is None or row[0] < _VERSION:
                 self._upgrade()
+            for name in COUNTERS:  # counters newer than the ledger file
+                self._db.execute("INSERT OR IGNORE INTO ledger_counter VALUES (?, 0)", (name,))
 
     def _upgrade(self) -> None:
         """Fold a ledger of one row per batch into sequence ranges and totals, in place and in one transaction;
@@ -315,6 +318,13 @@ class Ledger(StateFile):
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM ledger_counter WHERE name = ?", (name,)).fetchone()
         return 0 if row is None else int(row[0])
+
+    def count(self, name: str, amount: int) -> None:
+        """Add to one of COUNTERS what was dropped elsewhere (e.g. batch receipts pruned in the store)."""
+        if name not in COUNTERS:
+            raise ValueError(f"no ledger counter {name!r}")
+        with self._lock:
+            self._add(name, amount)
 
     def counters(self) -> dict[str, int]:
         """What the ledger's bounds hold and dropped (see COUNTERS): for /metrics and accounting."""

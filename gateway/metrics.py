@@ -45,8 +45,7 @@ class _IngestCollector(Collector):
             ("aua_gateway_resend_requests", stats.resend_requests, "resend requests sent to agents"),
         ):
             yield CounterMetricFamily(name, text, value=value)
-        depth = self.ingest.spool.depth
-        yield GaugeMetricFamily("aua_gateway_spool_depth", "batches waiting for the store", value=depth)
+        yield from _spool(self.ingest)
         yield GaugeMetricFamily(
             "aua_gateway_broker_connected", "1 while subscribed", value=float(self.ingest.connected.is_set())
         )
@@ -90,6 +89,27 @@ class _IngestCollector(Collector):
         yield from _ledger_bounds(self.ingest)
         if self.ingest.alerts is not None:
             yield from _alert_bounds(self.ingest.alerts)
+
+
+def _spool(ingest: Ingest) -> Iterator[Metric]:
+    """The spool's fill against [gateway] spool_max_bytes / spool_max_batches, and how often and how long it was
+    full (the gateway then takes no messages: they wait unacknowledged on the broker)."""
+    spool = ingest.spool
+    yield GaugeMetricFamily("aua_gateway_spool_depth", "batches waiting for the store", value=spool.depth)
+    yield GaugeMetricFamily("aua_gateway_spool_bytes", "payload bytes waiting for the store", value=spool.size)
+    yield GaugeMetricFamily(
+        "aua_gateway_spool_full", "1 while the spool is full and no message is taken", value=float(spool.full)
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_spool_full_events",
+        "times the spool became full ([gateway] spool_max_bytes, spool_max_batches)",
+        value=spool.full_count,
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_spool_full_seconds",
+        "seconds the spool was full (messages left on the broker)",
+        value=spool.full_seconds,
+    )
 
 
 def _bounded_accounts(ingest: Ingest) -> tuple[list[AgentAccount], list[AgentAccount]]:
@@ -136,6 +156,19 @@ def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "aua_gateway_refused_batches", "batches the store refused for good", value=stats.refused_batches
     )
+    yield CounterMetricFamily(
+        "aua_gateway_agents_refused",
+        "messages of new agent ids refused beyond [ledger] max_agents (dead letters)",
+        value=stats.agents_refused,
+    )
+    yield GaugeMetricFamily(
+        "aua_gateway_repair_agents", "agents whose missing batches gap repair is timing", value=len(ingest.schedule)
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_repair_agents_forgotten",
+        "agents whose gap-repair timing was dropped beyond [ledger] repair_max_agents (their holes wait again)",
+        value=ingest.schedule.forgotten,
+    )
     counters = ingest.ledger.counters()
     yield GaugeMetricFamily("aua_gateway_dead_letter_rows", "dead letters kept", value=counters["dead_letter_rows"])
     yield GaugeMetricFamily(
@@ -146,6 +179,7 @@ def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
         ("dead_letters_truncated", "dead letters kept with their payload cut"),
         ("batch_detail_pruned", "per-batch ledger detail dropped beyond its window (ranges kept)"),
         ("resend_ranges_pruned", "filled resend ranges dropped"),
+        ("receipts_pruned", "batch receipts pruned from the store ([ledger] receipt_batches, agents' oldest_seq)"),
     ):
         yield CounterMetricFamily(f"aua_gateway_{name}", text, value=counters[name])
 
@@ -176,6 +210,11 @@ class Health:
     broker_connected: bool
     spool_depth: int
     tasks: dict[str, str] = field(default_factory=dict)
+    spool_bytes: int = 0
+    spool_full: bool = False
+    """The spool is at its bound: no message is taken until it drains (the broker holds them)."""
+    spool_full_count: int = 0
+    spool_full_seconds: float = 0.0
 
     @property
     def status(self) -> str:

@@ -28,6 +28,8 @@ __all__ = ["add_revision_commands", "format_revision", "revision_counts", "run_r
 
 LIST_LIMIT = 100
 """Revisions `revisions list` prints unless told otherwise (each costs a look-up of the stored value)."""
+MAX_LIST = 10**9
+"""The largest --limit and --offset accepted (only a page of revisions is ever held in memory)."""
 
 
 def add_revision_commands(commands: Any) -> None:
@@ -42,7 +44,10 @@ def add_revision_commands(commands: Any) -> None:
     listing.add_argument("--since", type=_parse_time, help="readings sampled at or after this time (ISO 8601, UTC)")
     listing.add_argument("--until", type=_parse_time, help="readings sampled before this time (ISO 8601, UTC)")
     listing.add_argument("--all", action="store_true", help="approved and superseded ones too")
-    listing.add_argument("--limit", type=int, default=LIST_LIMIT, help=f"print at most this many ({LIST_LIMIT})")
+    listing.add_argument(
+        "--limit", type=_count, default=LIST_LIMIT, help=f"print at most this many (default {LIST_LIMIT})"
+    )
+    listing.add_argument("--offset", type=_count, default=0, help="skip this many first (the next page)")
     approve = revisions.add_parser(
         "approve", help="make a pending revision the stored value (the replaced value is kept as a revision)"
     )
@@ -56,6 +61,16 @@ def run_revisions_command(config: GatewayConfig, args: argparse.Namespace) -> in
     if args.revisions_command == "list":
         return asyncio.run(_list(config, args))
     return asyncio.run(_approve(config, args.id, by=args.by, why=args.why))
+
+
+def _count(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= MAX_LIST:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {MAX_LIST}")
+    return number
 
 
 def _parse_time(text: str) -> datetime:
@@ -100,26 +115,42 @@ async def _list(config: GatewayConfig, args: argparse.Namespace) -> int:
     store = open_store(config.store.url)
     try:
         await store.open()
-        revisions = await store.query_revisions(
+        state = None if args.all else RevisionState.PENDING
+        counts = await store.revision_counts(site=args.site, start=args.since, end=args.until)
+        total = sum(
+            count.total if state is None else count.pending
+            for (_, agent), count in counts.items()
+            if args.agent is None or agent == args.agent
+        )
+        shown = await store.query_revisions(
             site=args.site,
             agent=args.agent,
             start=args.since,
             end=args.until,
-            state=None if args.all else RevisionState.PENDING,
+            state=state,
+            limit=args.limit,
+            offset=args.offset,
         )
-        shown = revisions[: max(0, args.limit)]
         lines = [format_revision(revision, await _stored(store, revision.reading)) for revision in shown]
     except StoreError as error:
         print(f"cannot list revisions: {error}", file=sys.stderr)
         return 1
     finally:
         await store.close()
-    what = "revisions" if args.all else "pending revisions"
-    more = f", the first {len(shown)} shown (--limit)" if len(shown) < len(revisions) else ""
-    print(f"{len(revisions)} {what}{more}")
+    print(_summary(total, "revisions" if args.all else "pending revisions", args.offset, len(shown)))
     for line in lines:
         print(line)
     return 0
+
+
+def _summary(total: int, what: str, offset: int, shown: int) -> str:
+    """`12 pending revisions`, or which page is shown and how many more exist past it."""
+    if offset == 0 and shown >= total:
+        return f"{total} {what}"
+    page = f"{offset + 1}..{offset + shown} shown" if shown else f"none shown from {offset + 1}"
+    more = max(0, total - offset - shown)
+    after = f"; {more} more (--offset {offset + shown})" if more else ""
+    return f"{total} {what}, {page}{after}"
 
 
 async def _stored(store: Any, reading: StoredReading) -> StoredReading | None:

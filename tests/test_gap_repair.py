@@ -16,7 +16,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.poller import Agent
 from edge_agent.simulator import simulator_for_config
 from gateway.config import GatewayConfig, GatewaySection, LedgerSection, MqttSection, StoreSection
-from gateway.gap_repair import Owed, RepairSchedule, RequestPlan, chunks, owed, plan_requests
+from gateway.gap_repair import Owed, RepairSchedule, RequestPlan, chunks, owed, plan_requests, receipt_floor
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.stores import open_store
@@ -272,3 +272,35 @@ def test_offline_agents_are_not_asked_until_they_are_back(tmp_path: Path) -> Non
     assert (request.site, request.agent, request.first, request.last) == ("s", "a", 2, 4)
     ingest.spool.close()
     ledger.close()
+
+
+@pytest.mark.parametrize(
+    ("last_seen", "oldest_seq", "keep", "floor"),
+    [
+        (999, None, 100, 900),  # the last `keep` numbers
+        (999, 950, 100, 950),  # none the agent no longer holds
+        (999, 10, 100, 900),
+        (50, None, 100, 0),  # fewer than `keep` so far: all
+        (999, 5000, 100, 5000),  # the agent holds nothing we have: none is needed
+        (2**63 - 1, None, 1, 2**63 - 1),
+    ],
+)
+def test_receipts_are_kept_for_the_last_numbers_the_agent_still_holds(
+    last_seen: int, oldest_seq: int | None, keep: int, floor: int
+) -> None:
+    assert receipt_floor(last_seen, oldest_seq, keep) == floor
+
+
+def test_the_schedule_remembers_at_most_max_agents_and_counts_the_ones_it_forgets() -> None:
+    """Invented agent ids cannot grow it: the least recently checked agent goes first, and its holes only wait
+    their grace again."""
+    schedule = RepairSchedule(grace_s=10, retry_s=30, max_agents=3)
+    for n in range(5):
+        schedule.due("s", f"a{n}", [(1, 2), (5, 5)], now=0)
+    assert (len(schedule), schedule.forgotten) == (3, 2)
+    assert schedule.due("s", "a4", [(1, 2), (5, 5)], now=10) == [(1, 2), (5, 5)]  # remembered since 0
+    assert schedule.due("s", "a0", [(1, 2)], now=10) == []  # forgotten: noticed again at 10
+    assert (len(schedule), schedule.forgotten) == (3, 3)  # a0 back in, the least recent (a2) out
+    assert schedule.due("s", "a0", [(1, 2)], now=20) == [(1, 2)]
+    assert schedule.due("s", "a0", [], now=21) == []  # everything filled: the agent is dropped, not counted
+    assert (len(schedule), schedule.forgotten) == (2, 3)

@@ -46,6 +46,10 @@ async def test_health_and_metrics(mosquitto: MosquittoServer, tmp_path: Path) ->
         "status": "ok",
         "broker_connected": True,
         "spool_depth": 0,
+        "spool_bytes": 0,
+        "spool_full": False,
+        "spool_full_count": 0,
+        "spool_full_seconds": 0.0,
         "tasks": {"consume": "running", "write": "running", "drain-spool": "running"},
     }
     assert metrics.status_code == 200

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
+import httpx
 from gateway_run import eventually, running_gateway
 from servers import MQTT_INFLIGHT, InfluxServer, MosquittoServer
 
@@ -199,3 +200,101 @@ async def test_the_broker_window_bounds_what_the_gateway_holds_while_the_store_h
         broker.terminate()
     assert (held, taken) == (5, 5)
     assert (stored, left) == (30, 0)
+
+
+def spool_file_bytes(path: Path) -> int:
+    """The spool's database file and its WAL, as on disk."""
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+async def test_a_full_spool_stops_taking_messages_and_loses_nothing(tmp_path: Path) -> None:
+    """InfluxDB down long enough to fill the spool: the gateway spools up to [gateway] spool_max_bytes, then
+    takes no more messages (they wait unacknowledged on the broker; the gateway holds write_queue_readings), says so
+    in /health and /metrics, and once InfluxDB is back every reading is stored exactly once and the spool file
+    has stayed near its bound."""
+    influxd = InfluxServer(tmp_path / "influxd")
+    influxd.start()
+    broker = SmallWindowBroker(tmp_path / "mosquitto")
+    broker.start()
+    site = f"s{uuid.uuid4().hex[:8]}"
+    bound = 128 * 1024
+    spool_path = tmp_path / "spool.sqlite"
+    config = GatewayConfig(
+        gateway=GatewaySection(
+            id=f"gw-{site}",
+            state=tmp_path / "state.sqlite",
+            spool=spool_path,
+            spool_max_bytes=bound,
+            http="127.0.0.1:0",
+            write_max_readings=1,
+            write_queue_readings=400,
+        ),
+        mqtt=MqttSection(host=broker.host, port=broker.port, sites=site),
+        store=StoreSection(url=influxd.database_url(f"spool_{site}")),
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    published = [
+        Batch(
+            site=site,
+            agent="a1",
+            seq=seq,
+            sent_at=now,
+            readings=[
+                Reading(instrument=f"i{n}", parameter="so2", value=seq + n / 100, unit="mg/m³", ts=now - seq * SECOND)
+                for n in range(40)
+            ],
+        )
+        for seq in range(150)
+    ]
+    payload_bytes = sum(len(encode_batch(b)) for b in published)
+    assert payload_bytes > 3 * bound  # several spools' worth
+    try:
+        async with running_gateway(config) as ingest:
+            base = f"http://127.0.0.1:{ingest.http_port}"
+            influxd.kill()
+            async with aiomqtt.Client(broker.host, broker.port, identifier=f"pub-{site}") as client:
+                for message in published:
+                    await client.publish(readings_topic(site, "a1"), encode_batch(message), qos=1)
+            await eventually(lambda: ingest.spool.full, within_s=60)
+            seen = -1
+            while ingest.stats.messages != seen:  # until the consumer has stopped taking messages
+                seen = ingest.stats.messages
+                await asyncio.sleep(1.0)
+            taken, spooled, queued = ingest.stats.messages, ingest.spool.size, ingest.queued_readings
+            held, spooled_batches = ingest.acks.waiting if ingest.acks else -1, ingest.spool.depth
+            acknowledged = ingest.acks.sent if ingest.acks else -1
+            full_on_disk = spool_file_bytes(spool_path)
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"{base}/health")).json()
+                metrics = (await http.get(f"{base}/metrics")).text
+
+            influxd.start()
+            await eventually(lambda: ingest.stats.batches == len(published), within_s=120)
+            await eventually(lambda: ingest.spool.depth == 0 and not ingest.spool.full)
+            counts = await ingest.store.count_by_instrument()
+            revisions = await ingest.store.query_revisions(site=site)
+            [account] = [a for a in ingest.ledger.accounts() if a.site == site]
+            drained = ingest.health()
+    finally:
+        broker.terminate()
+        influxd.terminate()
+
+    assert taken < len(published), "a full spool must stop the consumer, not drop or buffer without bound"
+    assert bound - 8 * 1024 < spooled <= bound  # filled to its bound (within one batch), never past it
+    assert queued <= 400 + 40  # write_queue_readings, one batch over at most: the consumer waits there
+    assert acknowledged == spooled_batches  # acknowledged: what is durable in the spool, nothing else
+    assert held == taken - spooled_batches
+    assert full_on_disk < 2 * bound + 64 * 1024  # the database near the bound, its WAL at most a quarter of it
+    assert health["status"] == "degraded"
+    assert health["spool_full"] is True
+    assert health["spool_bytes"] == spooled
+    assert health["spool_full_count"] == 1
+    assert "aua_gateway_spool_full 1.0" in metrics
+    assert "aua_gateway_spool_full_events_total 1.0" in metrics
+
+    assert counts == {(site, f"i{n}"): len(published) for n in range(40)}, "every reading stored exactly once"
+    assert revisions == []
+    assert (account.batches, account.missing, account.readings) == (len(published), 0, 40 * len(published))
+    assert (drained.spool_full, drained.spool_full_count) == (False, 1)
+    assert drained.spool_full_seconds > 0
+    assert spool_file_bytes(spool_path) < 2 * bound + 64 * 1024

@@ -5,6 +5,7 @@ it; `cems-gateway revisions` lists and approves (who, why), the rollups are mark
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -163,3 +164,41 @@ async def test_approve_refuses_what_it_cannot_record(
     async with open_store(load_gateway_config(config_path).store.url) as reopened:
         assert await reopened.query() == [original]
         assert [r.state for r in await reopened.query_revisions()] == [RevisionState.PENDING]
+
+
+async def test_revisions_list_prints_a_page_and_says_how_many_more_exist(
+    mosquitto: MosquittoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`revisions list` holds one page (--limit, default 100; --offset) and counts the rest from the store."""
+    site = f"s{uuid.uuid4().hex[:8]}"
+    config_path = write_config(tmp_path, mosquitto, site, f"sqlite://{tmp_path / 'aua.sqlite'}")
+    ts = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    originals = [
+        StoredReading(site, agent, "gas-1", "SO2", ts + timedelta(seconds=n), 1.0, "mg/m³", Quality.OK, None)
+        for n in range(130)
+        for agent in ("a1", "a2")
+    ]
+    async with open_store(load_gateway_config(config_path).store.url) as store:
+        await store.write(originals)
+        await store.write([dataclasses.replace(r, value=2.0) for r in originals])
+        whole = await store.query_revisions(agent="a1")
+    capsys.readouterr()
+    base = ["revisions", "list", str(config_path), "--agent", "a1"]
+
+    assert await main(base) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "130 pending revisions, 1..100 shown; 30 more (--offset 100)"
+    assert [line.split()[0] for line in out[1:]] == [r.id for r in whole[:100]]
+
+    assert await main([*base, "--offset", "100"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "130 pending revisions, 101..130 shown"
+    assert [line.split()[0] for line in out[1:]] == [r.id for r in whole[100:]]
+
+    assert await main([*base, "--limit", "200"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "130 pending revisions"
+    assert await main([*base, "--limit", "5", "--offset", "500"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["130 pending revisions, none shown from 501"]
+    with pytest.raises(SystemExit):
+        await main([*base, "--limit", "-1"])
+    assert "--limit: '-1' is not a whole number" in capsys.readouterr().err

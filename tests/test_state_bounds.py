@@ -11,7 +11,7 @@ import hashlib
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -20,17 +20,19 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aua_contract import Batch, Reading, encode_batch, readings_topic
+from aua_contract import AgentState, AgentStatus, Batch, Reading, encode_batch, readings_topic
 from gateway.accounting import accounting_lines
 from gateway.alert_state import AlertKey, Dispatch, Notice, NoticeKind, Severity
 from gateway.alerts import AlertEngine, AlertStore, NoticeWrite
-from gateway.config import GatewayConfig, GatewaySection, LedgerSection, StoreSection
+from gateway.config import GatewayConfig, GatewaySection, LedgerSection, MqttSection, StoreSection
 from gateway.ingest import Ingest
 from gateway.ledger import AgentAccount, Arrival, Ledger, Recorded
 from gateway.report_files import _FeedState
-from gateway.stores import open_store
+from gateway.spool import Spool
+from gateway.stores import BatchReceipt, SqliteStore, open_store
 
 DAY_NS = 86_400 * 10**9
+SECOND = timedelta(seconds=1)
 
 
 def vm_steps(ledger: Ledger, operation: Callable[[], object]) -> int:
@@ -518,3 +520,194 @@ def test_sequence_numbers_at_the_top_of_int64_are_recorded_and_accounted(tmp_pat
     assert (account.batches, account.first_seq, account.last_seq, account.missing) == (4, 0, top, top - 3)
     assert ledger.record_refused("s", "b", top, 0)
     ledger.close()
+
+
+# -- the spool: bounded in bytes and batches; full means "wait", never "drop" ----------------------------------
+
+
+def test_a_full_spool_refuses_without_writing_and_says_so_once(tmp_path: Path, caplog: Any) -> None:
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path, max_bytes=10_000, max_batches=5)
+    caplog.set_level("INFO", logger="gateway.spool")
+    assert spool.put("s", "a", 0, "t", b"x" * 20_000)  # an empty spool takes one batch over the bound
+    assert not spool.put("s", "a", 1, "t", b"x" * 10)  # ... and nothing after it
+    assert (spool.depth, spool.size, spool.full, spool.full_count, spool.refused) == (1, 20_000, True, 1, 1)
+    assert not spool.put("s", "a", 1, "t", b"x" * 10)  # still full: counted, not logged again
+    [(row_id, _, _)] = spool.oldest(10)
+    spool.remove([row_id])
+    assert (spool.depth, spool.size, spool.full, spool.refused) == (0, 0, False, 2)
+    assert all(spool.put("s", "a", seq, "t", b"y" * 1000) for seq in range(5))
+    assert not spool.put("s", "a", 5, "t", b"y")  # max_batches
+    assert spool.full_count == 2
+    spool.remove([row_id for row_id, _, _ in spool.oldest(1)])
+    assert spool.put("s", "a", 5, "t", b"y" * 1000)  # room again: taken, the full stretch ends
+    assert not spool.full
+    assert spool.full_seconds > 0
+    spool.close()
+    reopened = Spool(path, max_bytes=10_000, max_batches=5)  # depth and bytes come back from the file
+    assert (reopened.depth, reopened.size) == (5, 5000)
+    reopened.close()
+    messages = [(r.levelname, r.getMessage().split(" (")[0].split(" after")[0]) for r in caplog.records]
+    assert messages == [
+        ("WARNING", "spool full"),
+        ("INFO", "spool has room again"),
+        ("WARNING", "spool full"),
+        ("INFO", "spool has room again"),
+    ]
+
+
+# -- batch receipts (shared subscriptions): pruned per agent, per-operation cost flat -------------------------
+
+
+async def store_vm_steps(store: SqliteStore, operation: Callable[[], Awaitable[object]]) -> int:
+    """VM steps the store's connection takes for one operation (the handler is set on the store's thread)."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    await store.run_on_connection(lambda connection: connection.set_progress_handler(tick, 10))
+    try:
+        await operation()
+    finally:
+        await store.run_on_connection(lambda connection: connection.set_progress_handler(None, 10))
+    return steps * 10
+
+
+async def receipt_costs(path: Path, held: int) -> dict[str, int]:
+    """VM steps of writing a receipt, looking up a range and pruning the 100 oldest, with `held` receipts of
+    the agent (and as many of another) in the store (bulk-inserted)."""
+    store = SqliteStore(path)
+    await store.open()
+    try:
+
+        def fill(connection: sqlite3.Connection) -> None:
+            connection.execute("BEGIN")
+            connection.executemany(
+                "INSERT INTO batch_receipt VALUES (?, ?, ?, 30)",
+                ((site, agent, seq) for site, agent in (("s", "a"), ("s", "b")) for seq in range(held)),
+            )
+            connection.execute("COMMIT")
+
+        await store.run_on_connection(fill)
+        return {
+            "write": await store_vm_steps(store, lambda: store.write_receipts([BatchReceipt("s", "a", held, 30)])),
+            "lookup": await store_vm_steps(store, lambda: store.received_batches("s", "a", held - 20, held + 20)),
+            "prune": await store_vm_steps(store, lambda: store.prune_receipts("s", "a", 100)),
+        }
+    finally:
+        await store.close()
+
+
+async def test_the_cost_of_receipt_operations_does_not_grow_with_the_receipts_held(tmp_path: Path) -> None:
+    small = await receipt_costs(tmp_path / "small.sqlite", 1_000)
+    large = await receipt_costs(tmp_path / "large.sqlite", 100_000)
+    grown = {name: (small[name], large[name]) for name in small if large[name] > 1.2 * small[name] + 50}
+    assert grown == {}, f"VM steps at 1k vs 100k receipts: {grown}"
+
+
+async def test_receipts_stay_at_their_bound_and_what_is_pruned_is_counted(tmp_path: Path) -> None:
+    """A gateway of a shared subscription writes a receipt per batch; its gap check prunes them to the last
+    [ledger] receipt_batches numbers per agent (and none below the agent's oldest_seq), so the table stops
+    growing; what it drops is counted in the ledger, accounting and /metrics."""
+    config = GatewayConfig(
+        gateway=GatewaySection(state=tmp_path / "state.sqlite"),
+        mqtt=MqttSection(shared_group="g"),
+        store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
+        ledger=LedgerSection(receipt_batches=1_000),
+    )
+    store = open_store(config.store.url)
+    await store.open()
+    ledger = Ledger(config.gateway.state, config.ledger)
+    ingest = Ingest(config, store, ledger)
+
+    async def rows() -> int:
+        return int(
+            await store.run_on_connection(lambda c: c.execute("SELECT count(*) FROM batch_receipt").fetchone()[0])
+        )
+
+    held = []
+    written = 0
+    for group in range(40):
+        seqs = range(group * 300, (group + 1) * 300)
+        for agent in "ab":
+            ledger.record_many([Arrival("s", agent, seq, 30, 0, seq) for seq in seqs])
+            await store.write_receipts([BatchReceipt("s", agent, seq, 30) for seq in seqs])
+            written += len(seqs)
+        await ingest.prune_receipts()
+        held.append(await rows())
+    assert max(held[5:]) <= 2 * (1_000 + 100 + 300)  # per agent: the bound, a tenth of it, one group
+    assert min(held[5:]) >= 2 * 1_000
+    assert ledger.counters()["receipts_pruned"] == written - held[-1]
+    assert await store.received_batches("s", "a", 11_000, 12_000) == dict.fromkeys(range(11_000, 12_000), 30)
+
+    status = AgentStatus(site="s", agent="a", state=AgentState.ONLINE, next_seq=12_000, oldest_seq=11_900)
+    ledger.agent_state(status, 0)  # the agent holds nothing below 11,900: no gateway will ask for those
+    await ingest.prune_receipts()
+    assert await store.received_batches("s", "a", 0, 11_899) == {}
+    assert len(await store.received_batches("s", "b", 0, 12_000)) >= 1_000
+    assert ledger.counters()["receipts_pruned"] == written - await rows()
+    assert any("batch receipts:" in line for line in accounting_lines([], {}, {}, ledger.counters()))
+    assert f"aua_gateway_receipts_pruned_total {float(written - await rows())}" in ingest.metrics.exposition().decode()
+    ingest.spool.close()
+    ledger.close()
+    await store.close()
+
+
+async def test_new_agent_ids_beyond_max_agents_are_dead_letters_and_counted(tmp_path: Path) -> None:
+    """Without [registry] agents, ids a publisher invents stop at [ledger] max_agents: the agents already
+    followed go on (after a restart too), new ones' batches and statuses become dead letters, counted."""
+    config = GatewayConfig(
+        gateway=GatewaySection(state=tmp_path / "state.sqlite"),
+        store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
+        ledger=LedgerSection(max_agents=2),
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def batch(agent: str, seq: int) -> bytes:
+        reading = Reading(instrument="hg1", parameter="hg", value=1.0 + seq, unit="ng/m³", ts=now + seq * SECOND)
+        return encode_batch(Batch(site="s", agent=agent, seq=seq, sent_at=now, readings=[reading]))
+
+    def status(agent: str) -> bytes:
+        return AgentStatus(site="s", agent=agent, state=AgentState.ONLINE, next_seq=1).model_dump_json().encode()
+
+    async def run(messages: list[tuple[str, bytes]]) -> Ingest:
+        store = open_store(config.store.url)
+        await store.open()
+        ledger = Ledger(config.gateway.state, config.ledger)
+        ingest = Ingest(config, store, ledger)
+        writer = asyncio.create_task(ingest.write_forever())
+        try:
+            for topic, payload in messages:
+                await ingest.handle(topic, payload)
+            async with asyncio.timeout(10):
+                await ingest.flushed()
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            ingest.spool.close()
+            await store.close()
+        return ingest
+
+    first = await run(
+        [
+            (readings_topic("s", "a1"), batch("a1", 0)),
+            ("aua/v1/s/a2/status", status("a2")),
+            (readings_topic("s", "a3"), batch("a3", 0)),
+            ("aua/v1/s/a4/status", status("a4")),
+            (readings_topic("s", "a1"), batch("a1", 1)),
+        ]
+    )
+    assert (first.stats.batches, first.stats.agents_refused, first.stats.dead_letters) == (2, 2, 2)
+    assert "aua_gateway_agents_refused_total 2.0" in first.metrics.exposition().decode()
+    letters = first.ledger.dead_letters()
+    assert [letter.topic for letter in reversed(letters)] == [readings_topic("s", "a3"), "aua/v1/s/a4/status"]
+    assert "s/a3 is new and the gateway already follows [ledger] max_agents (2)" in letters[-1].reason
+    first.ledger.close()
+
+    again = await run([(readings_topic("s", "a2"), batch("a2", 0)), (readings_topic("s", "a5"), batch("a5", 0))])
+    assert (again.stats.batches, again.stats.agents_refused) == (1, 1)  # a2 was followed before the restart
+    assert sorted(a.agent for a in again.ledger.accounts()) == ["a1", "a2"]
+    again.ledger.close()

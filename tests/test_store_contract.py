@@ -375,6 +375,31 @@ async def test_revision_queries_filter_and_count_per_agent(store: Store) -> None
     assert await store.query_revisions(state=RevisionState.APPROVED) == []
 
 
+async def test_revision_pages_follow_the_sort_order_and_cover_every_revision(store: Store) -> None:
+    """limit/offset: a page is a slice of the whole ordered list, ties at one time included (InfluxQL orders by
+    time only), so paging through holds one page at a time and misses or repeats nothing."""
+    rows = [
+        reading(agent=agent, instrument=instrument, ts=T0 + timedelta(minutes=minute), value=1.0)
+        for minute in range(4)
+        for instrument in ("gas-2", "gas-1", "gas-3")
+        for agent in ("chp-2", "chp-1")
+    ]
+    await store.write(rows)
+    await store.write([dataclasses.replace(r, value=2.0) for r in rows])
+    await store.write([dataclasses.replace(r, value=3.0) for r in rows[:5]])  # two revisions of one identity
+    whole = await store.query_revisions()
+    assert len(whole) == len(rows) + 5
+    for limit in (1, 4, 5, 7, 100):
+        pages = [await store.query_revisions(limit=limit, offset=offset) for offset in range(0, len(whole), limit)]
+        assert [r.id for page in pages for r in page] == [r.id for r in whole], limit
+        assert all(len(page) <= limit for page in pages)
+    assert await store.query_revisions(limit=0) == []
+    assert await store.query_revisions(limit=3, offset=len(whole)) == []
+    assert await store.query_revisions(offset=len(whole) - 2) == whole[-2:]
+    some = await store.query_revisions(agent="chp-1", start=T0 + MINUTE, limit=4, offset=2)
+    assert some == [r for r in whole if r.reading.agent == "chp-1" and r.reading.ts >= T0 + MINUTE][2:6]
+
+
 @pytest.mark.parametrize("differs_in", ["site", "agent", "instrument", "parameter"])
 async def test_identities_differing_in_one_part_stay_apart(store: Store, differs_in: str) -> None:
     a = reading(value=1.0)
@@ -1135,6 +1160,20 @@ async def test_batch_receipts_answer_which_seqs_any_gateway_stored(store: Store)
     assert await store.received_batches("pvl", "a1", 10, 20) == {}
     assert await store.received_batches("pvl", "a2", 0, 100) == {3: 1}
     assert await store.received_batches("nowhere", "a1", 0, 100) == {}
+
+
+async def test_pruning_receipts_forgets_one_agents_below_a_number_and_counts_them(store: Store) -> None:
+    await store.write_receipts([BatchReceipt("pvl", "a1", seq, 12) for seq in range(0, 30, 2)])
+    await store.write_receipts([BatchReceipt("pvl", "a2", 3, 1), BatchReceipt("ekb", "a1", 3, 1)])
+    assert await store.prune_receipts("pvl", "a1", 0) == 0
+    assert await store.prune_receipts("pvl", "a1", 11) == 6  # 0, 2, ..., 10
+    assert await store.prune_receipts("pvl", "a1", 11) == 0  # nothing left below
+    assert await store.received_batches("pvl", "a1", 0, 100) == dict.fromkeys(range(12, 30, 2), 12)
+    assert await store.received_batches("pvl", "a2", 0, 100) == {3: 1}  # other agents and sites untouched
+    assert await store.received_batches("ekb", "a1", 0, 100) == {3: 1}
+    assert await store.prune_receipts("nowhere", "a1", 100) == 0
+    assert await store.prune_receipts("pvl", "a1", 2**63 - 1) == 9
+    assert await store.received_batches("pvl", "a1", 0, 2**62) == {}
 
 
 def test_a_revision_id_depends_on_identity_and_content_only() -> None:

@@ -317,8 +317,12 @@ class Store(Protocol):
         start: datetime | None = None,
         end: datetime | None = None,
         state: RevisionState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Revision]:
-        """Revisions matching every given filter, the reading's time in [start, end), by `revision_sort_key`."""
+        """Revisions matching every given filter, the reading's time in [start, end), by `revision_sort_key`:
+        with `limit`, at most that many from the `offset`-th on (a page; `revision_counts` says how many there
+        are), so a caller never has to hold them all."""
         ...
 
     async def revision_counts(
@@ -376,6 +380,11 @@ class Store(Protocol):
 
     async def received_batches(self, site: str, agent: str, first: int, last: int) -> dict[int, int]:
         """seq -> readings of an agent's batches first..last that any gateway has recorded."""
+        ...
+
+    async def prune_receipts(self, site: str, agent: str, below: int) -> int:
+        """Forget an agent's receipts numbered below `below` (no gateway will look for them again); returns how
+        many were forgotten. Costs what it drops, not what the store holds."""
         ...
 
     async def write_health(self, points: Sequence[HealthPoint]) -> None:

@@ -345,6 +345,11 @@ def parse_receipts(documents: Iterator[dict[str, Any]]) -> dict[int, int]:
     return {int(time): int(readings) for series in iter_series(documents) for time, readings in series["values"]}
 
 
+def parse_count(documents: Iterator[dict[str, Any]]) -> int:
+    """The one row of a `SELECT count(...)` (none when nothing matched) -> the count."""
+    return sum(int(row[1]) for series in iter_series(documents) for row in series["values"])
+
+
 def select_health_statement(
     *,
     retention_policy: str | None = None,
@@ -855,15 +860,39 @@ class InfluxStore:
         start: datetime | None = None,
         end: datetime | None = None,
         state: RevisionState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Revision]:
-        statement = select_revisions_statement(
-            retention_policy=self.raw_policy,
-            tags={"site": site, "agent": agent, "instrument": instrument, "parameter": parameter},
-            state=state,
-            start=start,
-            end=end,
-        )
-        return await self._query(statement, parse_revisions, "revision query")
+        tags = {"site": site, "agent": agent, "instrument": instrument, "parameter": parameter}
+
+        def statement(start: datetime | None, end: datetime | None, suffix: str = "") -> str:
+            return (
+                select_revisions_statement(
+                    retention_policy=self.raw_policy, tags=tags, state=state, start=start, end=end
+                )
+                + suffix
+            )
+
+        if limit is None and not offset:
+            return await self._query(statement(start, end), parse_revisions, "revision query")
+        offset = max(0, offset)
+        wanted = offset + max(0, limit if limit is not None else 0)
+        if limit is None:
+            found = await self._query(statement(start, end), parse_revisions, "revision query")
+            return found[offset:]
+        if wanted == 0:
+            return []
+        # InfluxQL orders by time only: take the first `wanted` by time, then every revision at the last of
+        # those times (ties are ordered by the other keys), so the page is the one revision_sort_key gives.
+        head = await self._query(statement(start, end, f" LIMIT {wanted}"), parse_revisions, "revision query")
+        if len(head) >= wanted:
+            last = sorted(r.reading.ts for r in head)[wanted - 1]
+            ties = await self._query(
+                statement(last, last + timedelta(microseconds=1)), parse_revisions, "revision query"
+            )
+            head = [r for r in head if r.reading.ts < last] + ties
+            head.sort(key=revision_sort_key)
+        return head[offset:wanted]
 
     async def revision_counts(
         self, *, site: str | None = None, start: datetime | None = None, end: datetime | None = None
@@ -991,6 +1020,30 @@ class InfluxStore:
             f"AND time >= {first} AND time <= {last}"
         )
         return await self._query(statement, parse_receipts, "batch receipt query")
+
+    async def prune_receipts(self, site: str, agent: str, below: int) -> int:
+        measurement = quote_identifier(RECEIPT_MEASUREMENT)
+        source = f"{quote_identifier(self.retention_policy)}.{measurement}" if self.retention_policy else measurement
+        where = f"{' AND '.join(_tag_conditions({'site': site, 'agent': agent}))} AND time < {below}"
+        count = await self._query(
+            f"SELECT count({quote_identifier('readings')}) FROM {source} WHERE {where}", parse_count, "receipt count"
+        )
+        if count == 0:
+            return 0
+        response = await self._send(
+            "delete",
+            "POST",
+            "/query",
+            params={"db": self.database},
+            data={"q": f"DELETE FROM {measurement} WHERE {where}"},
+        )
+        if response.status_code != 200:
+            self._fail("delete", response)
+        try:
+            list(iter_series(decode_documents(response.text)))
+        except StatementError as error:
+            raise self._error(f"receipt delete failed: {error}", retryable=False) from error
+        return count
 
     async def write_health(self, points: Sequence[HealthPoint]) -> None:
         if not points:

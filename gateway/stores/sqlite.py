@@ -169,6 +169,9 @@ INSERT INTO batch_receipt (site, agent, seq, readings) VALUES (?, ?, ?, ?)
 ON CONFLICT (site, agent, seq) DO UPDATE SET readings = excluded.readings
 """
 
+RECEIPT_PRUNE_STEP = 10_000
+"""Receipts deleted per transaction by prune_receipts."""
+
 _HEALTH_UPSERT = """
 INSERT INTO health (component, id, site, agent, ts_ns, fields) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (component, id, site, agent, ts_ns) DO UPDATE SET fields = excluded.fields
@@ -345,6 +348,8 @@ class SqliteStore:
         start: datetime | None = None,
         end: datetime | None = None,
         state: RevisionState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Revision]:
         equal = {
             "site": site,
@@ -354,7 +359,15 @@ class SqliteStore:
             "state": None if state is None else RevisionState(state).value,
         }
         where, params = _where(equal, "ts_ns", start, end)
-        rows = await self._run(self._fetch_sync, f"SELECT {_REVISION_COLUMNS} FROM reading_revision {where}", params)
+        # revision_sort_key's order (the id compared as text, as Revision.id is)
+        sql = (
+            f"SELECT {_REVISION_COLUMNS} FROM reading_revision {where} "
+            "ORDER BY ts_ns, instrument, parameter, site, agent, CAST(id AS TEXT)"
+        )
+        if limit is not None or offset:
+            sql += " LIMIT ? OFFSET ?"
+            params += [-1 if limit is None else max(0, limit), max(0, offset)]
+        rows = await self._run(self._fetch_sync, sql, params)
         revisions = [_revision_from_row(row) for row in rows]
         revisions.sort(key=revision_sort_key)
         return revisions
@@ -428,6 +441,32 @@ class SqliteStore:
             [site, agent, first, last],
         )
         return {int(seq): int(readings) for seq, readings in rows}
+
+    async def prune_receipts(self, site: str, agent: str, below: int) -> int:
+        return await self._run(self._prune_receipts_sync, site, agent, below)
+
+    def _prune_receipts_sync(self, site: str, agent: str, below: int) -> int:
+        """In steps of RECEIPT_PRUNE_STEP rows, each its own transaction, so a first prune of a large backlog
+        never holds the write lock for long."""
+        connection = self._connection
+        assert connection is not None
+        dropped = 0
+        while True:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                step = connection.execute(
+                    """DELETE FROM batch_receipt WHERE site = ? AND agent = ? AND seq IN (
+                           SELECT seq FROM batch_receipt WHERE site = ? AND agent = ? AND seq < ?
+                           ORDER BY seq LIMIT ?)""",
+                    (site, agent, site, agent, below, RECEIPT_PRUNE_STEP),
+                ).rowcount
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            dropped += step
+            if step < RECEIPT_PRUNE_STEP:
+                return dropped
 
     async def write_health(self, points: Sequence[HealthPoint]) -> None:
         if not points:
