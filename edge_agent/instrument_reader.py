@@ -41,6 +41,7 @@ class ReadStats:
     polls: int = 0
     requests: int = 0
     failed_requests: int = 0
+    """every request that gave no answer, each refused request of narrowing a block down included"""
     errors: dict[str, int] = field(default_factory=dict)
     """failed requests by kind: timeout, skipped, link_down, exception, bad_frame"""
     latency_sum_s: float = 0.0
@@ -245,14 +246,15 @@ class ModbusReader:
             answers[request] = await self.driver.read(request)
             stamps[request] = datetime.now(UTC)
         except DeviceException as error:
+            # Every refused request counts, also the merged ones narrowed down below: the metrics show what the
+            # device was asked and refused, not how many tags ended up isolated.
+            self._failed(request, error)
             if not error.illegal_address:
                 answers[request] = None
-                self._failed(request, error)
                 return False
             split = halves(request)
             if split is None:
                 answers[request] = None
-                self._failed(request, error)
                 self._isolate(request.spans[0])
                 return True
             left, right = split
