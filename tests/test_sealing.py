@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -109,3 +111,26 @@ def test_split_frame_and_refusals() -> None:
         mbap.read_request(1, 1, 6, 0, 1)
     with pytest.raises(ValueError, match="cannot read 126"):
         mbap.read_request(1, 1, 3, 0, 126)
+
+
+def test_the_readmes_failed_read_example_is_what_the_agent_sends() -> None:
+    """README, "Wire contract": a failed read has no `value` key (not null). Held to the real encoder."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Wire contract") :]
+    example = json.loads(section[section.index("```json\n") + 8 : section.index("\n```", section.index("```json"))])
+    failed = Sample(
+        example["instrument"],
+        example["parameter"],
+        None,
+        example["unit"],
+        datetime.fromisoformat(example["ts"]),
+        Quality.FAILURE,
+        None,
+    )
+    sent = json.loads(batch_payload("s", "a", 0, datetime.now(UTC), [failed]))["readings"][0]
+    assert sent == example
+    assert "value" not in sent
+    # and a reading with a null value from another producer means the same
+    with_null = {**example, "value": None}
+    batch = {"v": 1, "site": "s", "agent": "a", "seq": 0, "sent_at": example["ts"], "readings": [with_null]}
+    assert decode_batch(json.dumps(batch).encode()).readings[0].value is None
