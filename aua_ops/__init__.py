@@ -3,6 +3,7 @@ with the line of every key (so a problem is one line, FILE:LINE: KEY: what), sta
 form, and log output with no secret in it."""
 
 from aua_ops.config_files import ConfigError, ConfigFile, describe_validation_error, read_toml_text
+from aua_ops.durations import spoken_duration
 from aua_ops.redaction import SecretFilter, install_secret_filter, redact_text, redact_url, secrets_of
 from aua_ops.startup import bind_problem, path_problem
 
@@ -18,4 +19,5 @@ __all__ = [
     "redact_text",
     "redact_url",
     "secrets_of",
+    "spoken_duration",
 ]

@@ -260,7 +260,8 @@ class RtuBus:
         if outcome is Outcome.TIMEOUT:
             self.stats.timeouts += 1
             if self.health[job.device_id].silent(self.policy) and not health.silent(self.policy):
-                log.warning(
+                # debug: the device's reader logs that it stopped answering (and its return), once each
+                log.debug(
                     "%s: no answer %d times in a row; probing it only now and then", where, self.policy.silent_after
                 )
             raise DeviceTimeout(f"{where}: no answer within {job.timeout:.3f} s")
@@ -268,7 +269,7 @@ class RtuBus:
             self.stats.bad_frames += 1
             raise BadFrame(f"{where}: no valid answer, got {frame.hex(' ')}")
         if health.silent(self.policy):
-            log.info("%s: answers again", where)
+            log.debug("%s: answers again", where)
         return frame
 
     async def _await_answer(self, link: Link, job: _Job, deadline: float) -> tuple[Outcome, bytes]:

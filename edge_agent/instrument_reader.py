@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aua_contract import MAX_ABS_VALUE, Quality, Reading
+from aua_ops import spoken_duration
 from edge_agent.config import Instrument
 from edge_agent.decoding import Scaling, struct_layout
-from edge_agent.driver import Answer, DeviceException, DriverError, InstrumentDriver
+from edge_agent.driver import Answer, DeviceException, DeviceTimeout, DriverError, InstrumentDriver, LinkDown
 from edge_agent.planner import (
     Forbidden,
     ReadRequest,
@@ -41,6 +42,7 @@ class ReadStats:
     polls: int = 0
     requests: int = 0
     failed_requests: int = 0
+    """every request that gave no answer, each refused request of narrowing a block down included"""
     errors: dict[str, int] = field(default_factory=dict)
     """failed requests by kind: timeout, skipped, link_down, exception, bad_frame"""
     latency_sum_s: float = 0.0
@@ -48,6 +50,23 @@ class ReadStats:
     last_error: str | None = None
     isolated: list[str] = field(default_factory=list)
     """tags the device refuses (illegal address): read no more, reported as failure"""
+    unreachable_since: float | None = None
+    """monotonic time of the first poll that got no answer at all (None: the device answers)"""
+    unreachable_polls: int = 0
+    """polls without any answer since then"""
+    losses: int = 0
+    """times the device stopped answering (each logged once at WARNING)"""
+
+
+def unreachable(outcomes: list[DriverError | None]) -> bool | None:
+    """Whether one poll's request outcomes (None: answered) say the device is out of reach: True if nothing
+    answered and something timed out or found no connection; False if anything answered (a Modbus exception is
+    an answer: the device is there); None if the poll tells neither (no request, only garbled frames). Pure."""
+    if any(outcome is None or isinstance(outcome, DeviceException) for outcome in outcomes):
+        return False
+    if any(isinstance(outcome, LinkDown | DeviceTimeout) for outcome in outcomes):
+        return True
+    return None
 
 
 def words_by_span(answers: Mapping[ReadRequest, Answer | None]) -> dict[str, Answer]:
@@ -227,6 +246,7 @@ class ModbusReader:
         self.refused: set[str] = set()
         self.requests = plan(self.spans, max_gap=instrument.config.max_gap)
         self.codecs = compile_profile(instrument.profile)
+        self._outcomes: list[DriverError | None] = []
 
     def _replan(self) -> None:
         spans = [span for span in self.spans if span.name not in self.refused]
@@ -260,15 +280,18 @@ class ModbusReader:
         try:
             answers[request] = await self.driver.read(request)
             stamps[request] = datetime.now(UTC)
+            self._outcomes.append(None)
         except DeviceException as error:
+            self._outcomes.append(error)
+            # Every refused request counts, also the merged ones narrowed down below: the metrics show what the
+            # device was asked and refused, not how many tags ended up isolated.
+            self._failed(request, error)
             if not error.illegal_address:
                 answers[request] = None
-                self._failed(request, error)
                 return False
             split = halves(request)
             if split is None:
                 answers[request] = None
-                self._failed(request, error)
                 self._isolate(request.spans[0])
                 return True
             left, right = split
@@ -290,9 +313,42 @@ class ModbusReader:
                     )
             return True
         except DriverError as error:
+            self._outcomes.append(error)
             answers[request] = None
             self._failed(request, error)
         return False
+
+    def _note_reachability(self, now: float) -> None:
+        """Log when the device stops answering (WARNING, with the error) and when it is back (INFO, with how
+        long it was away): once per change, never once per poll while it stays away."""
+        outcomes, self._outcomes = self._outcomes, []
+        down = unreachable(outcomes)
+        stats = self.stats
+        if down is None:
+            return
+        if down:
+            stats.unreachable_polls += 1
+            if stats.unreachable_since is None:
+                stats.unreachable_since = now
+                stats.losses += 1
+                log.warning(
+                    "%s at %s: the device does not answer (%s); its tags are failures until it does. Logged once:"
+                    " its return is logged too",
+                    self.instrument.id,
+                    self.driver.endpoint,
+                    next(outcome for outcome in reversed(outcomes) if outcome is not None),
+                )
+            return
+        if stats.unreachable_since is not None:
+            log.info(
+                "%s at %s: the device answers again after %s away (%d polls without an answer)",
+                self.instrument.id,
+                self.driver.endpoint,
+                spoken_duration(now - stats.unreachable_since),
+                stats.unreachable_polls,
+            )
+            stats.unreachable_since = None
+            stats.unreachable_polls = 0
 
     async def read_plan(self) -> tuple[dict[ReadRequest, Answer | None], dict[ReadRequest, datetime]]:
         """Every request of the plan once: the answers (None where failed) and when each came."""
@@ -300,11 +356,13 @@ class ModbusReader:
         self.stats.polls += 1
         answers: dict[ReadRequest, Answer | None] = {}
         stamps: dict[ReadRequest, datetime] = {}
+        self._outcomes = []
         learned = False
         for request in self.requests:
             learned |= await self._execute(request, answers, stamps)
         if learned:
             self._replan()
+        self._note_reachability(started)
         latency = time.monotonic() - started
         self.stats.last_latency_s = latency
         self.stats.latency_sum_s += latency

@@ -92,9 +92,18 @@ class AgentCollector(Collector):
             gauge = GaugeMetricFamily(f"aua_agent_outbox_{name}", text)
             gauge.add_metric([], value)
             yield gauge
-        dropped = CounterMetricFamily("aua_agent_outbox_dropped", "Unsent batches dropped by a full outbox")
-        dropped.add_metric([], outbox.dropped)
-        yield dropped
+        for name, text, count in (
+            ("dropped", "Unsent batches dropped by a full outbox", outbox.dropped),
+            (
+                "cut_cycles",
+                "Poll cycles a stop (kill, power cut) cut short before sealing; their unread readings are missing",
+                outbox.cut_cycles,
+            ),
+            ("recovered_readings", "Readings of cut-short cycles sealed at the next start", outbox.recovered_readings),
+        ):
+            family = CounterMetricFamily(f"aua_agent_outbox_{name}", text)
+            family.add_metric([], count)
+            yield family
 
         publisher = agent.publisher
         for name, text, counter_value in (

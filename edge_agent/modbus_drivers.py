@@ -121,7 +121,7 @@ class ModbusTcpDriver:
             raise LinkDown(f"{self.endpoint}: cannot connect ({why}); retrying in {self._delay:.1f} s") from None
         if self._delay is not None:
             self.reconnects += 1
-            log.info("%s: connected again", self.endpoint)
+            log.debug("%s: connected again", self.endpoint)  # the reader logs the device's return, once
         self._delay = None
         self._protocol = connected
         return connected

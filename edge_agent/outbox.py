@@ -62,10 +62,27 @@ CREATE TABLE IF NOT EXISTS acked (
     acked_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS acked_by_time ON acked (acked_ns);
-INSERT OR IGNORE INTO counter (name, value) VALUES ('next_seq', 0), ('dropped', 0);
+CREATE TABLE IF NOT EXISTS staged (
+    id INTEGER PRIMARY KEY,
+    cycle_ns INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    fragment BLOB NOT NULL
+);
+INSERT OR IGNORE INTO counter (name, value) VALUES
+    ('next_seq', 0), ('dropped', 0), ('cycle_open', 0), ('cut_cycles', 0), ('recovered_readings', 0);
 """
 
-_COUNTERS = ("next_seq", "dropped", "stored", "pending", "bytes", "oldest_seq")
+_COUNTERS = (
+    "next_seq",
+    "dropped",
+    "stored",
+    "pending",
+    "bytes",
+    "oldest_seq",
+    "cycle_open",
+    "cut_cycles",
+    "recovered_readings",
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,24 @@ class OutboxStats:
     dropped: int
     bytes: int = 0
     """payload bytes held (pending and acknowledged)"""
+    cut_cycles: int = 0
+    """poll cycles a stop cut short (killed, power cut) before they were sealed, found at the next start"""
+    recovered_readings: int = 0
+    """readings of those cycles that had been staged and were sealed at the next start"""
+
+
+@dataclass(frozen=True)
+class CutCycle:
+    """A poll cycle that began and was never sealed: the agent stopped in the middle of it."""
+
+    cycle_ns: int
+    """when it began (wall clock); 0 if unknown (staged readings without the mark)"""
+    fragments: list[tuple[int, bytes]]
+    """what was staged of it: (readings, JSON array) per instrument read, in the order they were read"""
+
+    @property
+    def readings(self) -> int:
+        return sum(count for count, _ in self.fragments)
 
 
 def _clamp(seq: int) -> int:
@@ -162,12 +197,27 @@ class Outbox:
         """Reserve the next sequence number, build the payload with it, and store both in one transaction."""
         return self.append_many([make_payload], created_ns)[0]
 
-    def append_many(self, makers: Sequence[Callable[[int], bytes]], created_ns: int) -> list[int]:
+    def append_many(
+        self,
+        makers: Sequence[Callable[[int], bytes]],
+        created_ns: int,
+        *,
+        ends_cycle: bool = False,
+        recovered: int | None = None,
+    ) -> list[int]:
         """Several batches (one poll cycle's) numbered in order and stored in one transaction: one fsync, and
-        either all of them are on disk or none."""
+        either all of them are on disk or none. `ends_cycle`: they seal the cycle `begin_cycle` marked, so its
+        mark and staged readings go in the same transaction; `recovered`: they seal the staged readings of a
+        cycle cut short (`cut_cycle`), counted as such."""
         with self._lock, self._transaction():
             before = self._counters()
             after = dict(before)
+            if ends_cycle or recovered is not None:
+                self._db.execute("DELETE FROM staged")
+                after["cycle_open"] = 0
+            if recovered is not None:
+                after["cut_cycles"] += 1
+                after["recovered_readings"] += recovered
             sequences = []
             for make_payload in makers:
                 seq = after["next_seq"]
@@ -186,6 +236,36 @@ class Outbox:
                 sequences.append(seq)
             self._save(before, after)
             return sequences
+
+    def begin_cycle(self, cycle_ns: int) -> None:
+        """Mark a poll cycle as begun, until `append_many(ends_cycle=True)` seals it. Not synced (synchronous=
+        NORMAL, no fsync): it survives a killed process, which is what it is for; a power cut may forget it."""
+        with self._lock, self._unsynced(), self._transaction():
+            self._db.execute("UPDATE counter SET value = ? WHERE name = 'cycle_open'", (max(1, cycle_ns),))
+
+    def stage(self, cycle_ns: int, fragments: Sequence[tuple[int, bytes]]) -> None:
+        """Keep readings just read (per instrument: count and JSON array) until the cycle is sealed, so a killed
+        agent seals them at its next start instead of losing them. Not synced, as `begin_cycle`; at most one
+        cycle's readings are ever staged (sealing removes them)."""
+        if not fragments:
+            return
+        with self._lock, self._unsynced(), self._transaction():
+            self._db.executemany(
+                "INSERT INTO staged (cycle_ns, readings, fragment) VALUES (?, ?, ?)",
+                [(cycle_ns, count, fragment) for count, fragment in fragments],
+            )
+
+    def cut_cycle(self) -> CutCycle | None:
+        """The cycle a stop cut short, if the last run left one: begun and never sealed."""
+        with self._lock:
+            (cycle_ns,) = self._db.execute("SELECT value FROM counter WHERE name = 'cycle_open'").fetchone()
+            rows = self._db.execute("SELECT readings, fragment FROM staged ORDER BY id").fetchall()
+        if not cycle_ns and not rows:
+            return None
+        return CutCycle(int(cycle_ns), [(int(count), bytes(fragment)) for count, fragment in rows])
+
+    def _unsynced(self) -> _Unsynced:
+        return _Unsynced(self._db)
 
     def _over(self, counters: dict[str, int]) -> bool:
         return counters["stored"] > self.max_batches or counters["bytes"] > self.max_bytes
@@ -232,24 +312,17 @@ class Outbox:
         the gateway counts as duplicates; the next append's sync makes them durable too."""
         if not sequences:
             return
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self._transaction():
-                    before = self._counters()
-                    moved = 0
-                    for seq in sequences:
-                        row = self._db.execute("SELECT size FROM unsent WHERE seq = ?", (_clamp(seq),)).fetchone()
-                        if row is None:
-                            continue
-                        self._db.execute("DELETE FROM unsent WHERE seq = ?", (seq,))
-                        self._db.execute(
-                            "INSERT INTO acked (seq, size, acked_ns) VALUES (?, ?, ?)", (seq, row[0], acked_ns)
-                        )
-                        moved += 1
-                    self._save(before, {**before, "pending": before["pending"] - moved})
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+        with self._lock, self._unsynced(), self._transaction():
+            before = self._counters()
+            moved = 0
+            for seq in sequences:
+                row = self._db.execute("SELECT size FROM unsent WHERE seq = ?", (_clamp(seq),)).fetchone()
+                if row is None:
+                    continue
+                self._db.execute("DELETE FROM unsent WHERE seq = ?", (seq,))
+                self._db.execute("INSERT INTO acked (seq, size, acked_ns) VALUES (?, ?, ?)", (seq, row[0], acked_ns))
+                moved += 1
+            self._save(before, {**before, "pending": before["pending"] - moved})
 
     def get(self, first: int, last: int, limit: int | None = None) -> list[tuple[int, bytes]]:
         """Stored batches with first <= seq <= last, oldest first; at most `limit` (a page of a resend)."""
@@ -299,6 +372,8 @@ class Outbox:
             stored=counters["stored"],
             dropped=counters["dropped"],
             bytes=counters["bytes"],
+            cut_cycles=counters["cut_cycles"],
+            recovered_readings=counters["recovered_readings"],
         )
 
 
@@ -323,3 +398,17 @@ class _Transaction:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+
+class _Unsynced:
+    """synchronous=NORMAL for one transaction (a commit without fsync: safe from a killed process, not from a
+    power cut), FULL again after it."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        self._db.execute("PRAGMA synchronous=FULL")

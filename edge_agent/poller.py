@@ -1,5 +1,10 @@
 """The agent's schedule: poll every instrument each interval, seal one batch per cycle into the outbox.
 
+What an instrument answered is staged in the outbox as soon as it is read (no fsync: it survives a killed
+process), and the cycle's mark and staged readings are replaced by its sealed batches in one transaction. An
+agent killed in the middle of a cycle seals what was staged at its next start and counts the cycle as cut
+short (issue 16): what it had read is not lost, and what it could not have kept is counted, not silent.
+
 Around it: the publisher drains the outbox, a timer prunes it (retention) and reports overflow, a check
 warns when the wall clock jumps, and an optional Prometheus endpoint shows per-device counters.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,9 +22,9 @@ from edge_agent.bus import SilencePolicy
 from edge_agent.config import LoadedConfig
 from edge_agent.instrument_reader import ModbusReader
 from edge_agent.modbus_drivers import build_drivers
-from edge_agent.outbox import Outbox, OutboxStats
+from edge_agent.outbox import CutCycle, Outbox, OutboxStats
 from edge_agent.publisher import Publisher
-from edge_agent.sealing import ReadingLike, Sample, batch_payload
+from edge_agent.sealing import ReadingLike, Sample, batch_from_fragments, fragments_of, pack
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,46 @@ PRUNE_PAUSE_S = 0.005
 def next_tick(now: float, interval: float) -> float:
     """The next wall-clock multiple of the interval, so polls stay on a fixed grid and never drift."""
     return (now // interval + 1) * interval
+
+
+class Stager:
+    """Stages each instrument's readings in the outbox as soon as they are read, one transaction for whatever
+    has come in meanwhile (readers answering together share one), and keeps the encoded fragments for sealing."""
+
+    def __init__(self, outbox: Outbox, cycle_ns: int, max_readings: int) -> None:
+        self.outbox = outbox
+        self.cycle_ns = cycle_ns
+        self.max_readings = max_readings
+        self.transactions = 0
+        self._pending: list[tuple[int, list[Sample]]] = []
+        self._done: dict[int, list[tuple[int, bytes]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, index: int, readings: list[Sample]) -> None:
+        """The readings of reader `index`, just read."""
+        self._pending.append((index, readings))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            taken, self._pending = self._pending, []
+            self._done.update(await asyncio.to_thread(self._stage, taken))
+
+    def _stage(self, taken: list[tuple[int, list[Sample]]]) -> dict[int, list[tuple[int, bytes]]]:
+        encoded = {index: fragments_of(readings, self.max_readings) for index, readings in taken}
+        try:
+            self.outbox.stage(self.cycle_ns, [fragment for fragments in encoded.values() for fragment in fragments])
+            self.transactions += 1
+        except sqlite3.Error as error:  # the seal still has them; only a crash before it would lose them
+            log.warning("could not stage readings in the outbox (%s); they are sealed at the end of the cycle", error)
+        return encoded
+
+    async def fragments(self) -> list[tuple[int, bytes]]:
+        """Everything added, once staged, in reader order (call after the last `add`)."""
+        if self._task is not None:
+            await self._task
+        return [fragment for index in sorted(self._done) for fragment in self._done[index]]
 
 
 def clock_jump(before: tuple[float, float], after: tuple[float, float], tolerance: float) -> float | None:
@@ -82,21 +128,60 @@ class Agent:
     def seal(self, readings: Sequence[ReadingLike]) -> list[int]:
         """Store readings as numbered batches (at most batch_max_readings each), all in one outbox transaction;
         returns their sequence numbers."""
-        size = self.config.agent.batch_max_readings
+        return self.seal_fragments(fragments_of(readings, self.config.agent.batch_max_readings), ends_cycle=False)
+
+    def seal_fragments(
+        self, fragments: Sequence[tuple[int, bytes]], *, ends_cycle: bool = True, recovered: int | None = None
+    ) -> list[int]:
+        """Store encoded readings (count, JSON array) as numbered batches of at most batch_max_readings, in one
+        outbox transaction that also ends the cycle they belong to; returns their sequence numbers."""
         site, agent = self.config.agent.site, self.config.agent.id
         sent_at = datetime.now(UTC)
         makers = []
-        for start in range(0, len(readings), size):
-            chunk = readings[start : start + size]
+        for group in pack(fragments, self.config.agent.batch_max_readings):
 
-            def payload(seq: int, chunk: Sequence[ReadingLike] = chunk) -> bytes:
-                return batch_payload(site, agent, seq, sent_at, chunk)
+            def payload(seq: int, group: list[bytes] = group) -> bytes:
+                return batch_from_fragments(site, agent, seq, sent_at, group)
 
             makers.append(payload)
-        return self.outbox.append_many(makers, time.time_ns())
+        return self.outbox.append_many(makers, time.time_ns(), ends_cycle=ends_cycle, recovered=recovered)
 
-    async def poll_once(self) -> list[Sample]:
-        results = await asyncio.gather(*(reader.poll() for reader in self.readers), return_exceptions=True)
+    def recover_cut_cycle(self, *, stopping: bool = False) -> None:
+        """At start: seal what the last run had read and staged of a cycle it never finished, count it and say
+        so. `stopping`: a clean stop cancelled a cycle; seal what it had read, no alarm (it is no crash)."""
+        cut: CutCycle | None = self.outbox.cut_cycle()
+        if cut is None:
+            return
+        if stopping:
+            self.seal_fragments(cut.fragments)
+            log.info("stopped during a poll cycle: the %d readings it had read are sealed", cut.readings)
+            return
+        sequences = self.seal_fragments(cut.fragments, recovered=cut.readings)
+        began = datetime.fromtimestamp(cut.cycle_ns / 1e9, UTC).isoformat() if cut.cycle_ns else "unknown"
+        stats = self.outbox.stats()
+        log.warning(
+            "the agent stopped in the middle of the poll cycle that began at %s (killed, a power cut, or stopped"
+            " while polling): %d readings already read were sealed now%s; readings of instruments not read yet"
+            " are missing for that cycle (%d cycles cut short, %d readings recovered since the outbox was made)",
+            began,
+            cut.readings,
+            f" (batches {sequences[0]}..{sequences[-1]})" if sequences else "",
+            stats.cut_cycles,
+            stats.recovered_readings,
+        )
+
+    async def poll_once(self, stager: Stager | None = None) -> list[Sample]:
+        """Read every instrument once; with a `stager`, each instrument's readings are staged as soon as read."""
+
+        async def read(index: int, reader: ModbusReader) -> list[Sample]:
+            readings = await reader.poll()
+            if stager is not None:
+                stager.add(index, readings)
+            return readings
+
+        results = await asyncio.gather(
+            *(read(index, reader) for index, reader in enumerate(self.readers)), return_exceptions=True
+        )
         readings: list[Sample] = []
         for reader, result in zip(self.readers, results, strict=True):
             if isinstance(result, BaseException):
@@ -125,9 +210,13 @@ class Agent:
             now = (time.time(), time.monotonic())
             self._check_clock(before, now)
             before = now
-            readings = await self.poll_once()
-            if readings:
-                await asyncio.to_thread(self.seal, readings)
+            cycle_ns = time.time_ns()
+            await asyncio.to_thread(self.outbox.begin_cycle, cycle_ns)
+            stager = Stager(self.outbox, cycle_ns, self.config.agent.batch_max_readings)
+            await self.poll_once(stager)
+            fragments = await stager.fragments()
+            await asyncio.to_thread(self.seal_fragments, fragments)
+            if fragments:
                 self.publisher.wake.set()
             self.cycles += 1
             self.last_cycle_s = time.monotonic() - now[1]
@@ -173,11 +262,16 @@ class Agent:
             metrics = MetricsServer(self, self.config.agent.metrics_host, self.config.agent.metrics_port)
             await metrics.start()
         try:
+            await asyncio.to_thread(self.recover_cut_cycle)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.poll_forever())
                 group.create_task(self.publisher.run())
                 group.create_task(self.prune_forever())
         finally:
+            try:
+                await asyncio.to_thread(self.recover_cut_cycle, stopping=True)
+            except Exception as error:  # the next start seals them instead
+                log.warning("could not seal the interrupted cycle's readings at stop: %r", error)
             await self.drivers.close()
             # Not wait_for: it waits for the cancelled flush to unwind, and an MQTT client that is still
             # connecting may not; a stop must stay bounded.

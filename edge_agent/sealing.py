@@ -82,3 +82,42 @@ def batch_payload(site: str, agent: str, seq: int, sent_at: datetime, readings: 
             "readings": [_reading(r) for r in readings],
         }
     )
+
+
+def readings_fragment(readings: Sequence[ReadingLike]) -> bytes:
+    """Readings as the JSON array a batch holds them in: what the agent stages as soon as an instrument is read,
+    and later splices into batches without encoding them again (`batch_from_fragments`)."""
+    return to_json([_reading(r) for r in readings])
+
+
+def batch_from_fragments(site: str, agent: str, seq: int, sent_at: datetime, fragments: Sequence[bytes]) -> bytes:
+    """The payload of batch `seq` holding the readings of `fragments` in order: byte for byte `batch_payload` of
+    the same readings (compact JSON: an array is its items joined by commas)."""
+    head = batch_payload(site, agent, seq, sent_at, ())
+    items = b",".join(fragment[1:-1] for fragment in fragments if len(fragment) > 2)
+    return head[:-2] + items + head[-2:]
+
+
+def fragments_of(readings: Sequence[ReadingLike], max_readings: int) -> list[tuple[int, bytes]]:
+    """One instrument's readings as fragments of at most `max_readings` each, with their counts."""
+    return [
+        (len(readings[start : start + max_readings]), readings_fragment(readings[start : start + max_readings]))
+        for start in range(0, len(readings), max_readings)
+    ]
+
+
+def pack(fragments: Sequence[tuple[int, bytes]], max_readings: int) -> list[list[bytes]]:
+    """Fragments (count, bytes) in order, grouped into batches of at most `max_readings` readings each (a fragment
+    is never split: fragments_of keeps each within the bound). Pure."""
+    batches: list[list[bytes]] = []
+    current: list[bytes] = []
+    held = 0
+    for count, fragment in fragments:
+        if current and held + count > max_readings:
+            batches.append(current)
+            current, held = [], 0
+        current.append(fragment)
+        held += count
+    if current:
+        batches.append(current)
+    return batches

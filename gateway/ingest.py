@@ -33,6 +33,7 @@ from aua_contract import (
     resend_topic,
     subscription,
 )
+from gateway.agent_presence import PresenceLog
 from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig
 from gateway.gap_repair import RepairSchedule, receipt_floor
@@ -204,6 +205,7 @@ class Ingest:
         self.metrics = GatewayMetrics()
         self.screen = BatchScreen(config.registry)
         self._agents = frozenset(config.registry.agents)
+        self.presence = PresenceLog()
         self._owns_spool = spool is None
         self.spool = spool or Spool(
             config.gateway.spool_path,
@@ -437,7 +439,7 @@ class Ingest:
             ack.settle()
             return
         if isinstance(result, AgentStatus):
-            log.info("agent %s/%s is %s", result.site, result.agent, result.state)
+            self.presence.note(result)
             await asyncio.to_thread(self.ledger.agent_state, result, now)
             ack.settle()
             if self.alerts is not None:

@@ -1,5 +1,6 @@
 """The agent's metrics endpoint under hostile clients (issue 13): no thread per connection, timeouts, a cap on
-open connections that cannot lock a real scrape out, and clean answers to malformed requests."""
+open connections that cannot lock a real scrape out, and clean answers to malformed requests; and counters
+that count every failed request (issue 16)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import httpx
 import pytest
 from agent_site import write_site
 from ports import free_port
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType as SimType
+from pymodbus.simulator import SimData, SimDevice
 
 from edge_agent.config import load_config
 from edge_agent.metrics import MetricsServer
@@ -117,3 +122,99 @@ async def test_malformed_requests_get_an_error_answer_not_a_traceback(
     finally:
         await server.close()
     assert not [r for r in caplog.records if r.exc_info]
+
+
+# --------------------------------------------------------------------------------------------------
+# Every failed request counts (issue 16), against a real pymodbus device that refuses one register
+# --------------------------------------------------------------------------------------------------
+
+REFUSING_PROFILE = """
+[profile]
+name = "refusing"
+byte_order = "ABCD"
+"""
+REFUSED_ADDRESS = 104
+
+
+class RefusingDevice:
+    """A pymodbus server with holding registers 100..107 that refuses any read touching 104, and counts what it
+    refused: the truth the agent's counters are held to."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.refused = 0
+        self.answered = 0
+        self.server: ModbusTcpServer | None = None
+
+    async def action(  # noqa: PLR0917 - pymodbus calls it with six positional arguments
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        if address <= REFUSED_ADDRESS < address + count:
+            self.refused += 1
+            return ExcCodes.ILLEGAL_ADDRESS
+        self.answered += 1
+        registers[:] = [start_address + i for i in range(len(registers))]  # the block, from its first address
+        return None
+
+    async def __aenter__(self) -> RefusingDevice:
+        bits = [SimData(0, values=[False] * 16, datatype=SimType.BITS)]
+        device = SimDevice(
+            id=1,
+            simdata=(bits, bits, [SimData(100, count=8, values=0, datatype=SimType.REGISTERS)], bits),
+            action=self.action,
+        )
+        self.server = ModbusTcpServer([device], address=("127.0.0.1", self.port))
+        await self.server.serve_forever(background=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        await self.server.shutdown()  # type: ignore[no-untyped-call]
+
+
+async def test_every_refused_request_of_a_narrowed_block_is_counted(tmp_path: Path) -> None:
+    profile = tmp_path / "refusing.toml"
+    tags = "".join(
+        f'\n[[tag]]\nname = "r{address}"\nfunction = "holding"\naddress = {address}\ntype = "uint16"\nunit = "ppm"\n'
+        for address in range(100, 108)
+    )
+    profile.write_text(REFUSING_PROFILE + tags)
+    device_port = free_port()
+    config = write_site(
+        tmp_path / "site.toml",
+        agent={"site": "m", "id": "refused", "outbox": str(tmp_path / "o.sqlite")},
+        mqtt={"host": "127.0.0.1", "port": free_port()},
+        instruments=[
+            {"id": "dev", "profile": str(profile.with_suffix("")), "port": device_port, "device_id": 1, "timeout": 2}
+        ],
+    )
+    agent = Agent(load_config(config))
+    metrics = MetricsServer(agent, "127.0.0.1", free_port())
+    try:
+        async with RefusingDevice(device_port) as device:
+            first = await agent.poll_once()
+            second = await agent.poll_once()
+            await metrics.start()
+            text = (await scrape(metrics.port)).text
+    finally:
+        await metrics.close()
+        await agent.drivers.close()
+        agent.outbox.close()
+    [reader] = agent.readers
+    # the merged block 100+8 was narrowed down through several refused requests before r104 stood alone
+    assert device.refused > 1
+    assert reader.stats.errors == {"exception": device.refused}
+    assert reader.stats.failed_requests == device.refused
+    assert reader.stats.requests == device.refused + device.answered
+    line = f'aua_agent_request_errors_total{{endpoint="{reader.driver.endpoint}",instrument="dev",kind="exception"}}'
+    assert f"{line} {float(device.refused)}" in text, text
+    # the second poll reads around r104 and is refused nothing more
+    for readings in (first, second):
+        values = {r.parameter: r.value for r in readings}
+        assert values == {f"r{a}": (None if a == REFUSED_ADDRESS else float(a)) for a in range(100, 108)}

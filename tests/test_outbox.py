@@ -120,6 +120,61 @@ def test_what_append_returned_survives_kill_minus_9(tmp_path: Path) -> None:
     assert os.path.exists(path)
 
 
+def test_a_cycle_cut_short_by_kill_minus_9_is_found_with_what_it_had_staged(tmp_path: Path) -> None:
+    """A child begins a cycle and stages two instruments' readings (not synced: no fsync), then is killed -9
+    before sealing. The next open finds the cycle and its readings; sealing them counts the cycle once."""
+    path = tmp_path / "o.sqlite"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from edge_agent.outbox import Outbox
+        outbox = Outbox(Path({str(path)!r}))
+        outbox.append_many([lambda s: b"sealed"], 0, ends_cycle=True)
+        outbox.begin_cycle(1_800_000_000_000_000_000)
+        outbox.stage(1_800_000_000_000_000_000, [(2, b"[1,2]"), (1, b"[3]")])
+        print("staged", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "staged\n"
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    outbox = Outbox(path)
+    cut = outbox.cut_cycle()
+    assert cut is not None
+    assert (cut.cycle_ns, cut.fragments, cut.readings) == (1_800_000_000_000_000_000, [(2, b"[1,2]"), (1, b"[3]")], 3)
+    assert outbox.append_many([lambda s: b"recovered"], 0, recovered=cut.readings) == [1]
+    assert outbox.cut_cycle() is None
+    stats = outbox.stats()
+    assert (stats.next_seq, stats.cut_cycles, stats.recovered_readings) == (2, 1, 3)
+    outbox.close()
+    reopened = Outbox(path)  # counted once, durably
+    assert reopened.cut_cycle() is None
+    assert (reopened.stats().cut_cycles, reopened.stats().recovered_readings) == (1, 3)
+    reopened.close()
+
+
+def test_a_sealed_cycle_leaves_nothing_to_recover(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    assert outbox.cut_cycle() is None
+    outbox.begin_cycle(5)
+    outbox.stage(5, [(1, b"[1]")])
+    outbox.stage(5, [])
+    outbox.append_many([lambda s: b"[1]"], 0, ends_cycle=True)
+    assert outbox.cut_cycle() is None
+    outbox.begin_cycle(6)  # a cycle in which nothing was read is still a cycle cut short
+    outbox.close()
+    reopened = Outbox(tmp_path / "o.sqlite")
+    cut = reopened.cut_cycle()
+    assert cut is not None
+    assert (cut.cycle_ns, cut.fragments) == (6, [])
+    reopened.close()
+
+
 # --- steady state (issue 12): constant cost whatever the outbox holds, bounded bytes, a flat file ---------------
 
 SMALL = 100
@@ -186,6 +241,11 @@ def operation_costs(path: Path, size: int) -> dict[str, tuple[int, int]]:
         "pending page": work(outbox, lambda: outbox.pending(100)),
         "resend page": work(outbox, lambda: outbox.get(size // 3, size, limit=50)),
         "stats": work(outbox, outbox.stats),
+        "begin a poll cycle": work(outbox, lambda: outbox.begin_cycle(1)),
+        "stage an instrument's readings": work(outbox, lambda: outbox.stage(1, [(7, b"[" + payload + b"]")])),
+        "seal the cycle (its batch, its mark, its staged readings)": work(
+            outbox, lambda: outbox.append_many([lambda s: payload], 0, ends_cycle=True)
+        ),
         "prune one step": work(outbox, lambda: outbox.prune(1_000_000_000 + size // 4, max_rows=10)),
         "prune, nothing due": work(outbox, lambda: outbox.prune(0)),
     }
