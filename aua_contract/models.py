@@ -39,7 +39,7 @@ separators, which break line protocol, log lines and CSV exports."""
 
 
 class Quality(StrEnum):
-    """Per-value quality: NAMUR NE107 status plus gateway-side checks (cems-mrv.md §3)."""
+    """Per-value quality: NAMUR NE107 status plus gateway-side checks (docs/regulatory-basis.md §3)."""
 
     OK = "ok"
     CHECK_FUNCTION = "check_function"

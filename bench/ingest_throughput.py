@@ -274,7 +274,7 @@ async def main() -> None:
         print(f"  ceiling run  {name:<12} {used / args.readings * 1e6:>6.2f} us")
     for name, cores in busy.items():
         print(f"  gateway run  {name:<12} {cores / throughput * 1e6:>6.2f} us   ({cores:.2f} cores)")
-    print("(peers.md: thingsboard-gateway users report ~200 datapoints/s, #1484)")
+    print("(thingsboard-gateway users report ~200 datapoints/s: thingsboard-gateway issue #1484)")
 
 
 async def ledger_run(

@@ -155,7 +155,8 @@ def character_time(baudrate: int, bits_per_character: int = 11) -> float:
 
 
 def inter_frame_gap(baudrate: int, bits_per_character: int = 11) -> float:
-    """Silence that must separate two frames: 3.5 characters, fixed at 1.75 ms above 19,200 baud (cems-mrv.md §6)."""
+    """Silence that must separate two frames: 3.5 characters, fixed at 1.75 ms above 19,200 baud (Modbus over
+    Serial Line V1.02)."""
     if baudrate > 19_200:
         return 0.00175
     return 3.5 * character_time(baudrate, bits_per_character)

@@ -298,7 +298,7 @@ def coal_boiler_stack(seed: int, t: float) -> dict[str, float]:
     return {
         "so2": (400.0 + 450.0 * load) * (1 + 0.06 * _drift(seed, "coal-sulfur", t, 7200)),
         "nox": nox,  # as NO2
-        "no": nox * NO_SHARE_OF_NOX * 1.339 / 2.053,  # NO mass from NOx-as-NO2 mass (cems-mrv.md §2 factors)
+        "no": nox * NO_SHARE_OF_NOX * 1.339 / 2.053,  # NO mass from NOx-as-NO2 mass (regulatory-basis.md §2 factors)
         "co": max(5.0, 20.0 + 55.0 * (1 - load) ** 2 + 6.0 * _drift(seed, "co", t, 120)),
         "o2": o2,
         "co2": 18.7 * (1 - o2 / 21),  # coal's CO2max ≈ 18.7 %vol dry, diluted by excess air

@@ -1,10 +1,10 @@
 """Alert rules and their evaluation: samples in, observations (`Level` + evidence) out. Pure: no clock, no I/O.
 
 Two families:
-- threshold rules compare an average of usable samples (Quality.usable, cems-mrv.md §3) with a limit:
+- threshold rules compare an average of usable samples (Quality.usable, docs/regulatory-basis.md §3) with a limit:
   the instant value, a rolling N-minute mean, or the mean of a clock hour or a calendar day in the
   site's time zone; with hysteresis (a separate clear threshold), a minimum duration, and a data capture
-  requirement (default 75 %, cems-mrv.md §3: ambient 1-hour and 24-hour values need ≥ 75 %);
+  requirement (default 75 %, docs/regulatory-basis.md §3: ambient 1-hour and 24-hour values need ≥ 75 %);
 - data rules watch the data itself: agent offline (status / last will), instrument failure flag,
   no data for N seconds, N identical values in a row, reading time far from receive time.
 
@@ -83,7 +83,7 @@ _MIXING_MOL_PER_MOL: Final = {"ppt": 1e-12, "ppb": 1e-9, "ppm": 1e-6}
 MOLAR_MASS_G_PER_MOL: Final = {
     "so2": 64.066,
     "no2": 46.0055,
-    "nox": 46.0055,  # NOx is reported as NO2 (cems-mrv.md §2)
+    "nox": 46.0055,  # NOx is reported as NO2 (docs/regulatory-basis.md §2)
     "no": 30.006,
     "co": 28.010,
     "hcl": 36.461,
@@ -94,7 +94,7 @@ MOLAR_MASS_G_PER_MOL: Final = {
     "o3": 47.997,
     "hg": 200.59,
 }
-"""g/mol. At 0 °C and 101.325 kPa, M / 22.414 gives the ppm -> mg/m³ factors of cems-mrv.md §2."""
+"""g/mol. At 0 °C and 101.325 kPa, M / 22.414 gives the ppm -> mg/m³ factors of docs/regulatory-basis.md §2."""
 
 MOLAR_VOLUME_0C_L: Final = 22.414
 """L/mol of an ideal gas at 273.15 K and 101.325 kPa."""
@@ -115,7 +115,7 @@ def conversion_factor(from_unit: str, to_unit: str, *, species: str | None, refe
     """Multiply a value in `from_unit` by this to get `to_unit`.
 
     Mass per volume and mixing ratios convert through the species' molar mass and the molar volume at
-    `reference_temperature_c` and 101.325 kPa (0 °C reproduces cems-mrv.md §2's factors; 20 °C is the
+    `reference_temperature_c` and 101.325 kPa (0 °C reproduces docs/regulatory-basis.md §2's factors; 20 °C is the
     EU ambient reference, 2008/50/EC). Mass to mass and ratio to ratio need no species.
     """
     source, target = normalize_unit(from_unit), normalize_unit(to_unit)
@@ -168,7 +168,7 @@ def reference_o2_value(rule: ThresholdRule, value: float, simultaneous: Mapping[
 
 
 # --------------------------------------------------------------------------------------------------
-# Ambient limits (cems-mrv.md §5)
+# Ambient limits (docs/regulatory-basis.md §5)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -191,7 +191,7 @@ AMBIENT_PDK: Final = (
     AmbientLimit("pm25", "PM2.5", "mg/m3", 0.16, 0.035),
     AmbientLimit("hg", "gaseous mercury", "ng/m3", None, 300.0),  # 0.0003 mg/m³
 )
-"""cems-mrv.md §5 defaults (former GN list, Order ҚР ДСМ-70 of 2022; verify against the current order)."""
+"""docs/regulatory-basis.md §5 defaults (former GN list, Order ҚР ДСМ-70 of 2022; verify against the current order)."""
 
 ONE_TIME_MINUTES: Final = 20
 """A maximum one-time ПДК (ПДК м.р.) applies to a 20–30-minute sample, so the default one-time rule compares
@@ -331,11 +331,11 @@ class ThresholdRule(RuleBase):
     species: str | None = None
     """for ppb/ppm <-> mass conversion; None: the parameter name (so2, no2, co, hg, ...)"""
     min_coverage: float = 0.75
-    """share of a rolling window or period that usable samples must cover (cems-mrv.md §3: 75 % for ambient)"""
+    """share of a rolling window or period that usable samples must cover (regulatory-basis.md §3: 75 % for ambient)"""
     hold: timedelta = timedelta(minutes=5)
     """longest time one sample stands for (an integrating analyzer's cycle: 5 min for Tekran-class Hg)"""
     reference_o2: float | None = None
-    """stack limits: correct each sample to this O2 % first (cems-mrv.md §2), with the instrument's O2"""
+    """stack limits: correct each sample to this O2 % first (docs/regulatory-basis.md §2), with the instrument's O2"""
     o2_parameter: str = "o2"
     o2_wet: bool = False
     """the O2 is measured wet (in-situ zirconia): dried with `h2o_parameter` of the same time before correcting"""
@@ -402,7 +402,7 @@ class GapRule(RuleBase):
 
 @dataclass(frozen=True, kw_only=True)
 class StuckRule(RuleBase):
-    """`count` usable values in a row within `tolerance` of the first (cems-mrv.md §3 `stuck`)."""
+    """`count` usable values in a row within `tolerance` of the first (docs/regulatory-basis.md §3 `stuck`)."""
 
     count: int
     tolerance: float = 0.0

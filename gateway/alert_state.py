@@ -304,7 +304,7 @@ class Notice:
     """what the value is: "instant value", "20-min rolling mean", "daily mean", "data gap" """
     detail: str
     note: str = ""
-    """the limit's source or caveat, e.g. "ПДК м.р., cems-mrv.md §5" """
+    """the limit's source or caveat, e.g. "ПДК м.р., docs/regulatory-basis.md §5" """
     late: bool = False
     """a firing told only now because a silence just ended"""
 

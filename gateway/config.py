@@ -366,7 +366,7 @@ class AlertRuleSection(_Strict):
 
 
 def default_alert_rules(ambient_sites: list[str], *, data_rules: bool = True) -> dict[str, dict[str, Any]]:
-    """The built-in rules as config tables: ambient ПДК (cems-mrv.md §5) for `ambient_sites`, and data rules.
+    """The built-in rules as config tables: ambient ПДК (regulatory-basis.md §5) for `ambient_sites`, and data rules.
 
     One-time ПДК: a 20-minute rolling mean (ПДК м.р. is defined for a 20–30 minute sample), 10 % hysteresis.
     Daily ПДК: the mean of the local calendar day, judged when the day is over, with ≥ 75 % data (§3).
@@ -379,7 +379,8 @@ def default_alert_rules(ambient_sites: list[str], *, data_rules: bool = True) ->
             rules[f"{limit.parameter}-one-time"] = {
                 "title": f"{limit.label} above the maximum one-time ПДК",
                 "note": (
-                    "ПДК м.р. (maximum one-time, a 20–30 min sample), cems-mrv.md §5; verify against the current order"
+                    "ПДК м.р. (maximum one-time, a 20–30 min sample), docs/regulatory-basis.md §5; "
+                    "verify against the current order"
                 ),
                 "severity": "critical",
                 "site": list(ambient_sites),
@@ -393,7 +394,7 @@ def default_alert_rules(ambient_sites: list[str], *, data_rules: bool = True) ->
         if limit.daily is not None:
             rules[f"{limit.parameter}-daily"] = {
                 "title": f"{limit.label} daily mean above the daily ПДК",
-                "note": "ПДК с.с. (daily mean of the local calendar day, ≥ 75 % data), cems-mrv.md §5 and §3",
+                "note": "ПДК с.с. (daily mean of the local calendar day, ≥ 75 % data), regulatory-basis.md §5 and §3",
                 "severity": "critical",
                 "site": list(ambient_sites),
                 "parameter": limit.parameter,
@@ -404,8 +405,8 @@ def default_alert_rules(ambient_sites: list[str], *, data_rules: bool = True) ->
     rules["hg-screening"] = {
         "title": "gaseous mercury above 300 ng/m³ (instant value, screening)",
         "note": (
-            "screening level, not a ПДК exceedance: Hg has only a daily-mean ПДК of 300 ng/m³ (cems-mrv.md §5), "
-            "judged by hg-daily when the day is over"
+            "screening level, not a ПДК exceedance: Hg has only a daily-mean ПДК of 300 ng/m³ "
+            "(docs/regulatory-basis.md §5), judged by hg-daily when the day is over"
         ),
         "severity": "warning",
         "site": list(ambient_sites),
@@ -450,7 +451,10 @@ class AlertsSection(_Strict):
     timezone: str = Field(default="Asia/Almaty", description="IANA zone for daily/hourly periods and local times")
     dashboard_url: str | None = Field(default=None, description="Grafana dashboard URL linked from messages")
     reference_temperature_c: float = Field(
-        default=0.0, ge=-50, le=50, description="°C at which ppb/ppm convert to mass per volume (0: cems-mrv.md §2)"
+        default=0.0,
+        ge=-50,
+        le=50,
+        description="°C at which ppb/ppm convert to mass per volume (0: docs/regulatory-basis.md §2)",
     )
     ambient_sites: list[str] = Field(default_factory=list, description="sites (globs) the ambient ПДК rules apply to")
     data_rules: bool = True
@@ -582,7 +586,7 @@ SERIES_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/
 
 
 class StateFeedSection(_Strict):
-    """The real-time feed to the state system (cems-mrv.md §1: Kazakhstan's АСМ sends data in real time to
+    """The real-time feed to the state system (docs/regulatory-basis.md §1: Kazakhstan's АСМ sends data in real time to
     the national environmental data bank; interval and format are set by Order No. 208, not verified
     here, so both are configuration). Every completed average of `period` is POSTed as JSON once, and
     again, as a new revision, if late data changes it within `correction_hours`."""

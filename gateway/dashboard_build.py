@@ -15,8 +15,8 @@ everything goes to the database's default policy (`autogen`, or the store URL's 
 variables from the gateway's config (gateway/dashboards.py), and each is a drop-down on the dashboard.
 
 Units on the ambient dashboard: SO2 and NO2 arrive in ppb (config/profiles/ambient-gas-analyzer.toml) and
-PM in µg/m³; the panels convert them in the query to mg/m³ at 0 °C and 101.325 kPa (cems-mrv.md §2: ppb ×
-M / 22.414 / 1000), so the thresholds are the ПДК of cems-mrv.md §5 as written there. Mercury stays in ng/m³.
+PM in µg/m³; the panels convert them in the query to mg/m³ at 0 °C and 101.325 kPa (docs/regulatory-basis.md §2: ppb ×
+M / 22.414 / 1000), so the thresholds are the ПДК of regulatory-basis.md §5 as written there. Mercury stays in ng/m³.
 
 O2-corrected concentrations and mass rates are computed by Grafana transformations (join by time, then
 binary calculations): InfluxQL cannot combine two series (so2 and o2) in one expression.
@@ -77,7 +77,7 @@ GREEN: Final = "green"
 
 
 def ppb_to_mg_m3(species: str) -> float:
-    """mg/m³ per ppb at 0 °C, 101.325 kPa (cems-mrv.md §2), the factor the ambient queries multiply by."""
+    """mg/m³ per ppb at 0 °C, 101.325 kPa (docs/regulatory-basis.md §2), the factor the ambient queries multiply by."""
     return round(MOLAR_MASS_G_PER_MOL[species] / MOLAR_VOLUME_0C_L / 1000, 8)
 
 
@@ -503,7 +503,7 @@ def ambient_network() -> dict[str, Any]:
             unit="ng/m³",
             thresholds=hg_thresholds,
             custom=hg_custom,
-            description="Line: daily-mean ПДК 300 ng/m³ (cems-mrv.md §5); Pavlodar urban background ≈ 5 ng/m³.",
+            description="Line: daily-mean ПДК 300 ng/m³ (regulatory-basis.md §5); Pavlodar urban background ≈ 5 ng/m³.",
         ),
         converted("so2", ppb_to_mg_m3("so2"), "SO2 (mg/m³, from ppb)"),
         converted("no2", ppb_to_mg_m3("no2"), "NO2 (mg/m³, from ppb)"),

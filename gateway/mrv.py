@@ -1,6 +1,6 @@
 """MRV arithmetic: standard conditions, reference O2, validated values, mass rates and totals. Pure, no I/O.
 
-Every formula and constant is cems-mrv.md §2 (units, standard conditions, mass) or §3 (confidence
+Every formula and constant is docs/regulatory-basis.md §2 (units, standard conditions, mass) or §3 (confidence
 intervals); the tests cite the section next to each case.
 
 Two bases, never mixed (§2):
@@ -177,7 +177,7 @@ CI_PERCENT_DEFAULTS: Final[Mapping[str, float]] = {
     "hcl": 40.0,
     "hf": 40.0,
 }
-"""95 % confidence intervals as % of the ELV (cems-mrv.md §3, IED Annex V/VI: combustion plants CO 10, SO2 20,
+"""95 % confidence intervals as % of the ELV (regulatory-basis.md §3, IED Annex V/VI: combustion plants CO 10, SO2 20,
 NOx 20, dust 30; waste incineration adds TOC 30, HCl 40, HF 40), by species or parameter name, lower case."""
 
 

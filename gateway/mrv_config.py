@@ -1,7 +1,7 @@
 """MRV configuration: rollup rule sets, report settings and emission sources (`[rollup]`, `[[source]]`).
 
 Part of the gateway config (gateway/config.py adds the two sections); kept in its own module so the MRV
-settings, their defaults and their cross-checks live in one place. Errors name the key (cems-mrv.md §2–§4
+settings, their defaults and their cross-checks live in one place. Errors name the key (docs/regulatory-basis.md §2–§4
 for the meaning of each setting).
 """
 
@@ -87,7 +87,7 @@ class ComplianceConfig(_Strict):
 
 
 class RuleSetConfig(_Strict):
-    """A rule set of your own: a built-in one with some numbers changed (cems-mrv.md §3)."""
+    """A rule set of your own: a built-in one with some numbers changed (docs/regulatory-basis.md §3)."""
 
     based_on: str = "ied-lcp"
     base: Literal["30m", "1h"] | None = None
@@ -213,7 +213,7 @@ Conditions = Literal["standard", "actual"]
 
 
 class ChannelConfig(_Strict):
-    """Where a measured quantity comes from and on which basis it is measured (cems-mrv.md §2)."""
+    """Where a measured quantity comes from and on which basis it is measured (docs/regulatory-basis.md §2)."""
 
     instrument: Identifier
     parameter: Identifier

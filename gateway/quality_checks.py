@@ -1,4 +1,4 @@
-"""Gateway-side quality checks on each reading: range, stuck, spike, timestamp sanity (cems-mrv.md §3). Pure.
+"""Gateway-side quality checks on each reading: range, stuck, spike, timestamp sanity (regulatory-basis.md §3). Pure.
 
 The instrument's own NE107 flag arrives with the reading; these checks may only make it worse, never
 better. Stuck and spike need the previous value of the series, so `check` takes and returns a small

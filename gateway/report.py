@@ -1,6 +1,6 @@
 """The MRV report of one source (stack) for a year or a month, built from base-period rollups. Pure, no I/O.
 
-cems-mrv.md §7 lists what it holds: the monitoring plan reference and method per parameter, hourly data
+docs/regulatory-basis.md §7 lists what it holds: the monitoring plan reference and method per parameter, hourly data
 availability per parameter, annual mass totals per pollutant and CO2 (§2), substituted hours with their
 method (§4), limit exceedances with durations (validated values, §3), calibration/maintenance periods, the
 configuration with its hash, and a reproducibility check (totals recomputed from the raw readings).
@@ -156,7 +156,7 @@ class Availability(_Model):
     flagged_periods: int = Field(
         default=0,
         description="valid periods whose mean includes used-but-flagged values (maintenance_required, "
-        "out_of_specification, …: cems-mrv.md §3)",
+        "out_of_specification, …: docs/regulatory-basis.md §3)",
     )
     non_operating_periods: int = Field(
         default=0,
@@ -228,7 +228,7 @@ class PollutantLimit(_Model):
     refused_periods: int = Field(
         default=0,
         description="base periods whose value could not be brought to the limit's basis (O2 at the guard, "
-        "moisture ≥ 100 %, …): flagged and not judged, never divided blindly (cems-mrv.md §2)",
+        "moisture ≥ 100 %, …): flagged and not judged, never divided blindly (docs/regulatory-basis.md §2)",
     )
     refused_examples: list[str] = Field(default_factory=list, description="the first few, with the reason")
 
@@ -377,7 +377,7 @@ class OperatingSection(_Model):
 
 
 class MrvReport(_Model):
-    """Annual or monthly MRV report of one emission source (cems-mrv.md §7)."""
+    """Annual or monthly MRV report of one emission source (docs/regulatory-basis.md §7)."""
 
     schema_version: Literal[1] = REPORT_SCHEMA_VERSION
     generator: str = "aua cems-gateway"
@@ -928,7 +928,7 @@ def build_report_with_rows(
     if mrr_flow and any(p.substituted for p in filled["flow"]):
         warnings.append(
             "flow: missing hours were filled with mean + 2σ; EU MRR Art. 45 asks for a mass or energy balance "
-            "for flue-gas flow (cems-mrv.md §4): replace these substitutes if you have one"
+            "for flue-gas flow (docs/regulatory-basis.md §4): replace these substitutes if you have one"
         )
 
     judged = [h.state.judged for h in states]
@@ -943,7 +943,7 @@ def build_report_with_rows(
     )
     warnings.extend(
         f"{refusal.pollutant}: {refusal.refused_periods} periods not judged against the limit because their value "
-        f"cannot be standardised (cems-mrv.md §2), e.g. {refusal.refused_examples[0]}"
+        f"cannot be standardised (docs/regulatory-basis.md §2), e.g. {refusal.refused_examples[0]}"
         for refusal in limits
         if refusal.refused_periods
     )

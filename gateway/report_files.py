@@ -2,7 +2,7 @@
 
 I/O around the pure builder in gateway.report:
 - `produce_report` reads a source's base-period rollups from the store, recomputes them from the raw
-  readings for the reproducibility check (cems-mrv.md §7) and builds the report;
+  readings for the reproducibility check (docs/regulatory-basis.md §7) and builds the report;
 - `write_report_files` writes `{source}-{year}[-{month}]` .json, .xlsx, .pdf and -*.csv files;
 - `ReportFeed` writes the monthly and annual reports on its own once a period has ended (plus a delay for late
   data), and POSTs each JSON document to `[rollup.reports] post_url`, retrying until it is accepted.
@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "mrv-report.schema.json"
 HISTORY_HOURS = 8760
-"""Part 75 looks back over the previous 8,760 hours for PMA and lookback values (cems-mrv.md §4)."""
+"""Part 75 looks back over the previous 8,760 hours for PMA and lookback values (docs/regulatory-basis.md §4)."""
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",  # Debian, Ubuntu (fonts-dejavu-core)
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",  # Fedora, RHEL

@@ -1,6 +1,6 @@
 """Rollups: raw samples → 1-minute → base period (hour or half-hour) → day → month and year. Pure, no I/O.
 
-cems-mrv.md §3: every average carries its validity flag, the number of valid samples (or sub-periods), how
+docs/regulatory-basis.md §3: every average carries its validity flag, the number of valid samples (or sub-periods), how
 many were expected and, when invalid, why. Averages use only valid samples: `Quality.usable` decides, so
 `check_function` (calibration, maintenance) and `failure` samples never enter an average.
 
@@ -111,7 +111,7 @@ class Aggregate:
     """One average of one parameter of one instrument over one period. `start` is UTC.
 
     Identity: (site, instrument, parameter, period, start); writing it again replaces it.
-    `substituted`/`method` mark a value that replaces missing data (cems-mrv.md §4); measured aggregates
+    `substituted`/`method` mark a value that replaces missing data (docs/regulatory-basis.md §4); measured aggregates
     have substituted=False and method "".
     """
 
@@ -131,7 +131,7 @@ class Aggregate:
     method: str = ""
     n_flagged: int = 0
     """of the n_valid parts, those whose value carries a usable-but-flagged quality (maintenance_required,
-    out_of_specification, spike, …: cems-mrv.md §3 "used but flagged"), so the flag survives averaging"""
+    out_of_specification, spike, …: docs/regulatory-basis.md §3 "used but flagged"), so the flag survives averaging"""
 
     @property
     def key(self) -> tuple[str, str, str, Period, datetime]:
@@ -156,7 +156,7 @@ class BaseRule(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """How averages become valid or invalid (cems-mrv.md §3). Configuration data, not code."""
+    """How averages become valid or invalid (docs/regulatory-basis.md §3). Configuration data, not code."""
 
     name: str
     citation: str
@@ -202,26 +202,27 @@ class RuleSet:
 RULE_SETS: Final[Mapping[str, RuleSet]] = {
     "ied-lcp": RuleSet(
         name="ied-lcp",
-        citation="EU IED 2010/75/EU Annex V, EN 14181 (cems-mrv.md §3): hour valid with ≥ 2/3 valid minutes; "
+        citation="EU IED 2010/75/EU Annex V, EN 14181 (regulatory-basis.md §3): hour valid with ≥ 2/3 valid minutes; "
         "day invalid with > 3 invalid hours; > 10 invalid days a year need action",
     ),
     "ied-wi": RuleSet(
         name="ied-wi",
-        citation="EU IED 2010/75/EU Annex VI, EN 14181 (cems-mrv.md §3): half-hour valid with ≥ 2/3 valid minutes; "
+        citation="EU IED 2010/75/EU Annex VI, EN 14181 (regulatory-basis.md §3): half-hour valid with ≥ 2/3 valid "
+        "minutes; "
         "day invalid with > 5 discarded half-hours; > 10 invalid days a year need action",
         base=Period.HALF_HOUR,
         day_max_invalid=5,
     ),
     "mrr": RuleSet(
         name="mrr",
-        citation="EU MRR 2018/2066 Art. 44 (cems-mrv.md §3): hour valid with ≥ 80 % valid minutes",
+        citation="EU MRR 2018/2066 Art. 44 (docs/regulatory-basis.md §3): hour valid with ≥ 80 % valid minutes",
         base_min_capture=0.8,
         day_max_invalid=None,
         year_max_invalid_days=None,
     ),
     "part75": RuleSet(
         name="part75",
-        citation="US 40 CFR Part 75 §75.10(d) (cems-mrv.md §3): a valid minute in each 15-minute quadrant; "
+        citation="US 40 CFR Part 75 §75.10(d) (regulatory-basis.md §3): a valid minute in each 15-minute quadrant; "
         "in a maintenance hour two valid points ≥ 15 minutes apart",
         base_rule=BaseRule.QUADRANTS,
         day_max_invalid=None,
@@ -229,7 +230,7 @@ RULE_SETS: Final[Mapping[str, RuleSet]] = {
     ),
     "ambient": RuleSet(
         name="ambient",
-        citation="EU 2008/50/EC Annex I (cems-mrv.md §3): 1-hour and 24-hour values need ≥ 75 % capture, "
+        citation="EU 2008/50/EC Annex I (docs/regulatory-basis.md §3): 1-hour and 24-hour values need ≥ 75 % capture, "
         "annual means ≥ 90 %, calibration and maintenance excluded",
         base_min_capture=0.75,
         day_max_invalid=None,

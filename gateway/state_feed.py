@@ -1,6 +1,6 @@
 """The real-time feed to the state system: completed averages, POSTed as JSON, corrections as revisions.
 
-cems-mrv.md §1: an АСМ transmits data in real time to the national environmental data bank; the interval
+docs/regulatory-basis.md §1: an АСМ transmits data in real time to the national environmental data bank; the interval
 and format are the Order's and not verified here, so the averaging period, the interval and the series
 codes are configuration ([state_feed]) and the document is versioned (`v`). The store is the source of
 truth and the feed keeps only what it has sent (table `state_feed_sent`): a failed POST is sent again on

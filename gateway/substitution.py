@@ -1,6 +1,6 @@
 """Missing-data substitution for annual totals, and data availability. Pure, no I/O.
 
-cems-mrv.md §4: a report never treats a missing hour as zero. Every base period (hour or half-hour) without a
+regulatory-basis.md §4: a report never treats a missing hour as zero. Every base period (hour or half-hour) without a
 valid measurement gets a substitute and the method that produced it, or, when no rule can produce one, stays
 None and is reported as unsubstituted (the totals are then marked incomplete).
 

@@ -1,4 +1,4 @@
-"""Alert rules, pure: durations, units (cems-mrv.md §2), limits (§5), windows and validity (§3), data rules."""
+"""Alert rules, pure: durations, units (regulatory-basis.md §2), limits (§5), windows and validity (§3), data rules."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_durations_read_well(seconds: int, text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Units (cems-mrv.md §2)
+# Units (docs/regulatory-basis.md §2)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -215,7 +215,7 @@ def test_a_wet_o2_rule_without_moisture_is_refused(kwargs: dict[str, object], me
 
 
 # --------------------------------------------------------------------------------------------------
-# Limits (cems-mrv.md §5) as the config's defaults
+# Limits (docs/regulatory-basis.md §5) as the config's defaults
 # --------------------------------------------------------------------------------------------------
 
 PDK_MG_M3 = {  # §5: maximum one-time / daily mean, mg/m³
@@ -383,7 +383,7 @@ def test_scopes_match_glob_patterns(scope: Scope, where: tuple[str, str, str, st
 
 
 # --------------------------------------------------------------------------------------------------
-# Windows and validity (cems-mrv.md §3)
+# Windows and validity (docs/regulatory-basis.md §3)
 # --------------------------------------------------------------------------------------------------
 
 

@@ -205,7 +205,7 @@ async def test_a_mercury_episode_gives_one_firing_and_one_resolution(
 ) -> None:
     """The demo episode (480 ng/m³ for ~2 min on a 5 ng/m³ background; a zero/span check in the middle with
     seed 0) fires the hg-screening rule once and resolves it once, by e-mail and by webhook; nothing else fires.
-    The daily-mean ПДК (cems-mrv.md §5) is not claimed: the messages name the instant value and say so."""
+    The daily-mean ПДК (docs/regulatory-basis.md §5) is not claimed: the messages name the instant value and say so."""
     sink, port = smtp_sink
     gateway = config(tmp_path)
     engine = AlertEngine.from_config(gateway, notifiers=apprise_channels(mail_url(port), json_url(http_receiver)))

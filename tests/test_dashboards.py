@@ -222,7 +222,7 @@ def test_provisioning_points_at_the_datasource_uid_and_the_json_folder() -> None
 
 
 def test_ambient_limits_are_the_pdk_converted() -> None:
-    """ppb -> mg/m³ at 0 °C: SO2 1 ppb = 2.858 µg/m³, NO2 1 ppb = 2.053 µg/m³ (cems-mrv.md §2)."""
+    """ppb -> mg/m³ at 0 °C: SO2 1 ppb = 2.858 µg/m³, NO2 1 ppb = 2.053 µg/m³ (docs/regulatory-basis.md §2)."""
     assert dashboard_build.ppb_to_mg_m3("so2") == pytest.approx(0.0028583, rel=1e-4)
     assert dashboard_build.ppb_to_mg_m3("no2") == pytest.approx(0.0020525, rel=1e-4)
     ambient = json.loads((DASHBOARDS / "json" / "aua-ambient.json").read_text())

@@ -1,4 +1,4 @@
-"""Registers -> values (cems-mrv.md §6): every type in every byte/word order, from hand-computed vectors.
+"""Registers -> values (docs/regulatory-basis.md §6): every type in every byte/word order, from hand-computed vectors.
 
 The expected registers below are written out by hand from the IEEE-754 / two's-complement bytes, not computed by
 the code under test: ABCD is big-endian (Modbus's own order), CDAB swaps the words, BADC swaps the bytes inside

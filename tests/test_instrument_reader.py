@@ -1,4 +1,4 @@
-"""Answers to a read plan -> readings with quality (cems-mrv.md §3 status -> NE107). Pure."""
+"""Answers to a read plan -> readings with quality (docs/regulatory-basis.md §3 status -> NE107). Pure."""
 
 from __future__ import annotations
 

@@ -261,7 +261,7 @@ def test_batch_lines_are_the_lines_of_its_stored_readings(readings: list[Reading
     "ts", [datetime(1677, 9, 21, 0, 12, 43, 145224, tzinfo=UTC), datetime(2262, 4, 11, 23, 47, 16, 854776, tzinfo=UTC)]
 )
 def test_times_influxdb_cannot_hold_are_refused_not_wrapped(ts: datetime) -> None:
-    """Just outside InfluxDB's int64 nanosecond range (cems-mrv.md has no such data; a wrong clock could)."""
+    """Just outside InfluxDB's int64 nanosecond range (no instrument means such a time; a wrong clock sends one)."""
     with pytest.raises(ValueError, match="outside what InfluxDB stores"):
         format_line(reading(ts=ts))
 

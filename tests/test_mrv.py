@@ -1,4 +1,4 @@
-"""MRV arithmetic (gateway/mrv.py), table-driven: every case cites cems-mrv.md §2 or §3."""
+"""MRV arithmetic (gateway/mrv.py), table-driven: every case cites docs/regulatory-basis.md §2 or §3."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tags -> the fewest Modbus read requests, within 125 registers / 2000 bits per request (cems-mrv.md §6)."""
+"""Tags -> the fewest Modbus read requests, within 125 registers / 2000 bits per request (regulatory-basis.md §6)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def bits(count: int, start: int = 0, function: Function = DISCRETE) -> list[Span
 
 
 def test_limits_are_the_protocols() -> None:
-    """One request reads at most 125 registers or 2000 bits (cems-mrv.md §6)."""
+    """One request reads at most 125 registers or 2000 bits (docs/regulatory-basis.md §6)."""
     assert (MAX_REGISTERS, MAX_BITS) == (125, 2000)
 
 

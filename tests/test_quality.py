@@ -1,4 +1,4 @@
-"""Status bits -> NE107 quality, and which qualities may enter an average (cems-mrv.md §3, §6)."""
+"""Status bits -> NE107 quality, and which qualities may enter an average (docs/regulatory-basis.md §3, §6)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ OUT_OF_SPECIFICATION = Quality.OUT_OF_SPECIFICATION
 CHECK_FUNCTION = Quality.CHECK_FUNCTION
 FAILURE = Quality.FAILURE
 
-# A MARSIC300-like block (cems-mrv.md §6: 1000 malfunction, 1001 maintenance request, 1002 maintenance,
+# A MARSIC300-like block (docs/regulatory-basis.md §6: 1000 malfunction, 1001 maintenance request, 1002 maintenance,
 # 1003 outside specification), plus a "system OK" bit 4 that must be set.
 GENERIC = StatusBlock(
     name="status",
@@ -31,7 +31,7 @@ GENERIC = StatusBlock(
     required={4: FAILURE},
 )
 
-# Teledyne API 100E discrete inputs (cems-mrv.md §6): 0-14 warnings, 15 invalid concentration, 16/17 zero/span
+# Teledyne API 100E discrete inputs (regulatory-basis.md §6): 0-14 warnings, 15 invalid concentration, 16/17 zero/span
 # calibration, 19 system OK, 20 sample flow warning. "16/17 -> check_function, 15 or not-19 -> failure,
 # a warning -> maintenance_required".
 TELEDYNE = StatusBlock(
@@ -89,7 +89,7 @@ TELEDYNE_CASES: list[Any] = [
 
 @pytest.mark.parametrize(("set_bits", "expected"), TELEDYNE_CASES)
 def test_teledyne_t_series_mapping(set_bits: list[int], expected: Quality) -> None:
-    """cems-mrv.md §6: 16/17 -> check_function, 15 or not-19 -> failure, a warning -> maintenance_required."""
+    """regulatory-basis.md §6: 16/17 -> check_function, 15 or not-19 -> failure, a warning -> maintenance_required."""
     assert quality_from_bits(TELEDYNE, _bits(TELEDYNE, *set_bits)) == expected
 
 
@@ -116,7 +116,7 @@ def test_worst(qualities: list[Quality], expected: Quality) -> None:
 
 
 def test_severity_ranks_exactly_the_ne107_flags() -> None:
-    """Instrument status bits map to NE107 (cems-mrv.md §3); the other flags are the gateway's own."""
+    """Instrument status bits map to NE107 (docs/regulatory-basis.md §3); the other flags are the gateway's own."""
     assert set(SEVERITY) == NE107
     assert sorted(SEVERITY, key=SEVERITY.__getitem__) == [
         OK,
@@ -130,7 +130,7 @@ def test_severity_ranks_exactly_the_ne107_flags() -> None:
 @pytest.mark.parametrize("flag", sorted(set(Quality) - NE107))
 @pytest.mark.parametrize("table", ["bits", "required"])
 def test_status_block_rejects_gateway_side_flags(flag: Quality, table: str) -> None:
-    """out_of_range, stuck, spike, stale and substituted are set by the gateway's checks (cems-mrv.md §3), never
+    """out_of_range, stuck, spike, stale and substituted are set by the gateway's checks (regulatory-basis.md §3), never
     by an analyzer's bit: a profile mapping a bit to one is a config error, not a silently mis-ranked flag."""
     with pytest.raises(ValidationError, match=f"status bit 2 maps to '{flag.value}'"):
         StatusBlock(name="s", address=0, **{table: {2: flag}})
@@ -221,7 +221,7 @@ def test_status_word_inverts_bits_of(word: int) -> None:
     assert status_word(bits_of(word, 32)) == word
 
 
-# --- which qualities may enter an average (cems-mrv.md §3) --------------------------------------------------------
+# --- which qualities may enter an average (docs/regulatory-basis.md §3) --------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -236,6 +236,6 @@ def test_status_word_inverts_bits_of(word: int) -> None:
     ],
 )
 def test_usable_in_averages(quality: Quality, usable: bool) -> None:
-    """cems-mrv.md §3: averages use only valid samples; check_function (maintenance/calibration) and failure are
+    """regulatory-basis.md §3: averages use only valid samples; check_function (maintenance/calibration) and failure are
     excluded, out_of_specification and maintenance_required are used but flagged."""
     assert quality.usable is usable

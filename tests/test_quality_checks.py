@@ -1,4 +1,4 @@
-"""Gateway quality checks, table-driven (cems-mrv.md §3: out_of_range, stuck, spike, stale)."""
+"""Gateway quality checks, table-driven (docs/regulatory-basis.md §3: out_of_range, stuck, spike, stale)."""
 
 from __future__ import annotations
 

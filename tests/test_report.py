@@ -2,7 +2,7 @@
 
 The data are three local days (Asia/Almaty) of 1-minute readings for stack1 of config/pavlodar-chp.toml with a
 3-hour analyzer outage, a 30-minute calibration (hour invalid) and a 20-minute one (hour still valid), and SO2
-days above the limit, so every total below can be computed by hand (cems-mrv.md §2, §3, §4, §7).
+days above the limit, so every total below can be computed by hand (docs/regulatory-basis.md §2, §3, §4, §7).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rollups (gateway/rollup.py): validity rules of cems-mrv.md §3, table-driven, plus properties.
+"""Rollups (gateway/rollup.py): validity rules of docs/regulatory-basis.md §3, table-driven, plus properties.
 
 Each case names the rule it checks; the hypothesis properties pin what must hold for any data: weighted sums
 of rollups equal the sums of the valid data below them, and the order samples arrive in changes nothing.

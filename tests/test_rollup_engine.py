@@ -1,6 +1,6 @@
 """The rollup engine on real stores (SQLite file, real influxd): incremental, late data, restarts, recompute.
 
-cems-mrv.md §3 for the rules; what is pinned here is the I/O: dirty marks survive a restart, late data
+docs/regulatory-basis.md §3 for the rules; what is pinned here is the I/O: dirty marks survive a restart, late data
 recomputes only the hour, day, month and year it falls in, and `recompute` is idempotent.
 """
 

@@ -120,7 +120,7 @@ def test_answers_round_trip(device: int, registers: list[int], bits: list[bool])
     [(1200, 32.083), (9600, 4.010), (19200, 2.005), (38400, 1.75), (115200, 1.75)],
 )
 def test_inter_frame_gap_is_three_and_a_half_characters_fixed_above_19200(baudrate: int, gap_ms: float) -> None:
-    """cems-mrv.md §6: 3.5 characters, fixed 1.75 ms above 19,200 baud (11 bits per character)."""
+    """docs/regulatory-basis.md §6: 3.5 characters, fixed 1.75 ms above 19,200 baud (11 bits per character)."""
     assert rtu.inter_frame_gap(baudrate) * 1000 == pytest.approx(gap_ms, abs=0.001)
 
 

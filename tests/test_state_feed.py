@@ -1,4 +1,4 @@
-"""The real-time feed to the state system (cems-mrv.md §1: an АСМ transmits in real time; interval and format
+"""The real-time feed to the state system (regulatory-basis.md §1: an АСМ transmits in real time; interval and format
 are configuration). Pure selection table-driven; the feed itself on a real SQLite store and a local HTTP
 receiver (no state system can run here): each completed average once, corrections as revisions, nothing lost
 when the receiver fails."""

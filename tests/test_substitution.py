@@ -1,4 +1,4 @@
-"""Missing-data substitution (gateway/substitution.py): cems-mrv.md §4, table-driven, plus properties."""
+"""Missing-data substitution (gateway/substitution.py): docs/regulatory-basis.md §4, table-driven, plus properties."""
 
 from __future__ import annotations
 
