@@ -25,7 +25,7 @@ from typing import NamedTuple
 from aua_contract import AgentStatus
 from gateway.config import LedgerSection
 from gateway.gap_repair import Owed, SeqRange, owed
-from gateway.state_file import StateFile
+from gateway.state_file import StateFile, transaction
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,7 @@ class Ledger(StateFile):
     def _upgrade(self) -> None:
         """Fold a ledger of one row per batch into sequence ranges and totals, in place and in one transaction;
         then keep only the detail window of batch_seen, and count the dead letters it already holds."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             (rows,) = self._db.execute("SELECT count(*) FROM batch_seen").fetchone()
             if rows:
                 log.info("ledger: folding %d batch rows into sequence ranges (once; may take a while)", rows)
@@ -287,10 +286,6 @@ class Ledger(StateFile):
             self._add("dead_letter_bytes", nbytes)
             self._add("batch_detail_pruned", pruned)
             self._db.execute("INSERT OR REPLACE INTO ledger_counter VALUES ('ledger_version', ?)", (_VERSION,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def _keep_detail_window(self) -> int:
         """Copy the detail window out of batch_seen and drop the rest with the table (far faster than deleting
@@ -345,37 +340,31 @@ class Ledger(StateFile):
         resend request asked for it. Batches learnt from other instances' receipts are recorded without.
         """
         outcomes = []
-        with self._lock:
+        with self.transaction():
             # IMMEDIATE: a deferred transaction that reads, then writes fails at once with "database is locked"
             # when another user of the state file (rollup marks, alert states) committed in between (found by
             # tests/test_hostile_input.py: it ended the gateway); IMMEDIATE waits for the lock instead.
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                touched: dict[tuple[str, str], int] = {}
-                tails: dict[tuple[str, str], _Tail | None] = {}
-                for row in batches:
-                    arrival = Arrival(*row)
-                    key = (arrival.site, arrival.agent)
-                    touched[key] = max(touched.get(key, arrival.received_ns), arrival.received_ns)
-                    if key not in tails:
-                        tails[key] = self._load_tail(*key)
-                    tail = tails[key]
-                    if tail is not None and arrival.seq == tail.last + 1:
-                        tail.extend(arrival)  # the common case: the next number, after everything recorded
-                        outcomes.append(Recorded.NEW)
-                        continue
-                    self._flush_tail(key, tails.pop(key))
-                    outcomes.append(self._record(arrival, classify=classify, refused=False))
-                for key, tail in tails.items():
-                    self._flush_tail(key, tail)
-                for (site, agent), now_ns in touched.items():
-                    self._prune_detail(site, agent, now_ns, 2 * len(batches) + 8)
-                if touched:
-                    self._prune_dead_letters(max(touched.values()))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            touched: dict[tuple[str, str], int] = {}
+            tails: dict[tuple[str, str], _Tail | None] = {}
+            for row in batches:
+                arrival = Arrival(*row)
+                key = (arrival.site, arrival.agent)
+                touched[key] = max(touched.get(key, arrival.received_ns), arrival.received_ns)
+                if key not in tails:
+                    tails[key] = self._load_tail(*key)
+                tail = tails[key]
+                if tail is not None and arrival.seq == tail.last + 1:
+                    tail.extend(arrival)  # the common case: the next number, after everything recorded
+                    outcomes.append(Recorded.NEW)
+                    continue
+                self._flush_tail(key, tails.pop(key))
+                outcomes.append(self._record(arrival, classify=classify, refused=False))
+            for key, tail in tails.items():
+                self._flush_tail(key, tail)
+            for (site, agent), now_ns in touched.items():
+                self._prune_detail(site, agent, now_ns, 2 * len(batches) + 8)
+            if touched:
+                self._prune_dead_letters(max(touched.values()))
         return outcomes
 
     def _load_tail(self, site: str, agent: str) -> _Tail | None:
@@ -405,15 +394,9 @@ class Ledger(StateFile):
     def record_refused(self, site: str, agent: str, seq: int, received_ns: int, sent_ns: int | None = None) -> bool:
         """A batch the store refuses for good (kept as a dead letter): accounted as refused, not missing, so gap
         repair does not ask for it forever. False if the sequence number was already recorded."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                arrival = Arrival(site, agent, seq, 0, received_ns, sent_ns)
-                outcome = self._record(arrival, classify=False, refused=True)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.transaction():
+            arrival = Arrival(site, agent, seq, 0, received_ns, sent_ns)
+            outcome = self._record(arrival, classify=False, refused=True)
         return outcome is Recorded.NEW
 
     def _run_at_or_before(self, site: str, agent: str, seq: int) -> _Run | None:
@@ -539,22 +522,15 @@ class Ledger(StateFile):
         the oldest letters go once the table is over its rows, bytes or age."""
         kept = payload[: self.bounds.dead_letter_payload_bytes]
         digest = hashlib.sha256(payload).hexdigest()
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.execute(
-                    "INSERT INTO dead_letter (received_ns, topic, reason, payload, size, sha256) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (received_ns, topic[:_MAX_TOPIC_CHARS], reason[:_MAX_REASON_CHARS], kept, len(payload), digest),
-                )
-                self._add("dead_letter_rows", 1)
-                self._add("dead_letter_bytes", len(kept))
-                self._add("dead_letters_truncated", int(len(kept) < len(payload)))
-                self._prune_dead_letters(received_ns)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO dead_letter (received_ns, topic, reason, payload, size, sha256) VALUES (?, ?, ?, ?, ?, ?)",
+                (received_ns, topic[:_MAX_TOPIC_CHARS], reason[:_MAX_REASON_CHARS], kept, len(payload), digest),
+            )
+            self._add("dead_letter_rows", 1)
+            self._add("dead_letter_bytes", len(kept))
+            self._add("dead_letters_truncated", int(len(kept) < len(payload)))
+            self._prune_dead_letters(received_ns)
 
     def _prune_dead_letters(self, now_ns: int) -> None:
         """Drop the oldest dead letters while over a bound, at most _PRUNE_STEP at a time."""
@@ -653,31 +629,24 @@ class Ledger(StateFile):
     def count_resend_request(self, site: str, agent: str, first: int, last: int) -> None:
         """A resend request for first..last was published (its range marks what arrives for it as repaired).
         Ranges whose every batch has since been recorded are dropped, a few at a time."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.execute(
-                    "INSERT INTO resend_request VALUES (?, ?, 1) "
-                    "ON CONFLICT (site, agent) DO UPDATE SET count = count + 1",
-                    (site, agent),
-                )
-                self._db.execute("INSERT OR IGNORE INTO resend_range VALUES (?, ?, ?, ?)", (site, agent, first, last))
-                oldest = self._db.execute(
-                    "SELECT first, last FROM resend_range WHERE site = ? AND agent = ? ORDER BY first LIMIT 8",
-                    (site, agent),
-                ).fetchall()
-                for lo, hi in oldest:
-                    run = self._run_at_or_before(site, agent, lo)
-                    if run is not None and run.last >= hi:
-                        self._db.execute(
-                            "DELETE FROM resend_range WHERE site = ? AND agent = ? AND first = ? AND last = ?",
-                            (site, agent, lo, hi),
-                        )
-                        self._add("resend_ranges_pruned", 1)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO resend_request VALUES (?, ?, 1) ON CONFLICT (site, agent) DO UPDATE SET count = count + 1",
+                (site, agent),
+            )
+            self._db.execute("INSERT OR IGNORE INTO resend_range VALUES (?, ?, ?, ?)", (site, agent, first, last))
+            oldest = self._db.execute(
+                "SELECT first, last FROM resend_range WHERE site = ? AND agent = ? ORDER BY first LIMIT 8",
+                (site, agent),
+            ).fetchall()
+            for lo, hi in oldest:
+                run = self._run_at_or_before(site, agent, lo)
+                if run is not None and run.last >= hi:
+                    self._db.execute(
+                        "DELETE FROM resend_range WHERE site = ? AND agent = ? AND first = ? AND last = ?",
+                        (site, agent, lo, hi),
+                    )
+                    self._add("resend_ranges_pruned", 1)
 
     def resend_requests(self) -> dict[tuple[str, str], int]:
         with self._lock:

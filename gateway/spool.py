@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.state_file import StateFile
+from gateway.state_file import StateFile, transaction
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ class Spool(StateFile):
 
     def remove(self, ids: list[int]) -> None:
         with self._lock:
-            self._db.execute("BEGIN")
-            try:
+            with transaction(self._db):  # the counters below change only once the rows are gone for good
                 sizes = [
                     int(size)
                     for row_id in ids
@@ -117,10 +116,6 @@ class Spool(StateFile):
                         "DELETE FROM spooled WHERE id = ? RETURNING length(payload)", (row_id,)
                     ).fetchall()
                 ]
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._depth -= len(sizes)
             self._bytes -= sum(sizes)
             if self._depth == 0:
