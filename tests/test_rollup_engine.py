@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from aua_contract import Batch, Quality, Reading
@@ -27,7 +27,7 @@ from gateway.mrv_config import RollupSection, RuleResolver
 from gateway.rollup import Aggregate, Period, RuleSet
 from gateway.rollup_engine import ALL_MINUTES, DirtyMarks, RollupEngine
 from gateway.stores import SqliteStore, Store, StoredReading, open_store
-from gateway.stores.base import from_ns
+from gateway.stores.base import RevisionState, from_ns
 
 ALMATY = ZoneInfo("Asia/Almaty")
 T0 = datetime(2024, 5, 1, tzinfo=ALMATY).astimezone(UTC)  # local midnight = 2024-04-30 19:00 UTC
@@ -459,3 +459,90 @@ async def test_a_failing_series_is_set_aside_and_the_others_roll_up(
         assert {(h.parameter, h.n_valid) for h in hours} == {("so2", 60), ("nox", 60)}
         assert fixed.marks.set_aside_marks() == []
         fixed.close()
+
+
+# -- running totals equal a full rebuild (issue 12) ----------------------------------------------------------
+
+NEW_YEAR = datetime(2025, 1, 1, tzinfo=ALMATY).astimezone(UTC)
+"""local midnight of a new year: the hour, day, month and year all roll over in the data below"""
+
+
+@pytest.mark.parametrize("rule_set", ["ied-lcp", "ied-wi", "part75", "ambient"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(
+        st.tuples(
+            st.one_of(st.integers(-150, 150), st.integers(-2 * 1440 - 30, -2 * 1440 + 30)),  # now, and 2 days back
+            st.integers(0, 59),
+            st.floats(-1e6, 1e6, allow_nan=False),
+            st.sampled_from([Quality.OK, Quality.OK, Quality.OK, Quality.CHECK_FUNCTION, Quality.FAILURE]),
+            st.sampled_from(["so2", "nox"]),
+        ),
+        min_size=5,
+        max_size=120,
+    ),
+    chunks=st.integers(1, 12),
+    seed=st.integers(0, 2**32),
+    revised=st.lists(st.tuples(st.integers(0, 119), st.floats(-1e6, 1e6, allow_nan=False)), max_size=6),
+    restart_at=st.integers(0, 12),
+)
+def test_property_running_totals_equal_a_full_rebuild(
+    rule_set: str,
+    *,
+    data: list[tuple[int, int, float, Quality, str]],
+    chunks: int,
+    seed: int,
+    revised: list[tuple[int, float]],
+    restart_at: int,
+) -> None:
+    """Whatever the order data arrives in (late data into closed hours, days and a closed year included), with a
+    pass between random batches, approved revisions and a restart that loses the running totals, the stored
+    rollups equal a recomputation from raw, bit for bit."""
+    rules = RuleResolver.from_config(RollupSection(rule_set=rule_set, time_zone="Asia/Almaty"), [])
+    rows = list(
+        {
+            (parameter, NEW_YEAR + timedelta(minutes=minute, seconds=second)): reading(
+                NEW_YEAR + timedelta(minutes=minute, seconds=second), value, parameter=parameter, quality=quality
+            )
+            for minute, second, value, quality, parameter in data
+        }.values()
+    )
+    random.Random(seed).shuffle(rows)
+
+    async def scenario() -> tuple[dict[Period, list[Aggregate]], dict[Period, list[Aggregate]]]:
+        async with SqliteStore(":memory:") as store, SqliteStore(":memory:") as fresh:
+            marks = DirtyMarks(":memory:")
+            engine = RollupEngine(store, marks, rules)
+            approved: list[str] = []
+            size = max(1, len(rows) // chunks)
+            for number, index in enumerate(range(0, len(rows), size)):
+                chunk = rows[index : index + size]
+                await store.write(chunk)
+                await engine.note_written(chunk)
+                for which, value in revised:
+                    if (which % len(rows)) // size == number:  # its chunk is stored: other content for it
+                        await store.write([replace(rows[which % len(rows)], value=value)])
+                        pending = await store.query_revisions(state=RevisionState.PENDING)
+                        for revision in pending:
+                            await store.approve_revision(revision.id, by="test", why="property", at=T0)
+                            await engine.note_written([revision.reading])
+                            approved.append(revision.id)
+                if number == restart_at:
+                    engine = RollupEngine(store, marks, rules)  # the running totals are gone
+                await engine.process_dirty()
+            while await engine.pending():
+                await engine.process_dirty()
+            incremental = await all_aggregates(store)
+            raw = await store.query()
+            await fresh.write(raw)
+            rebuilt = RollupEngine(fresh, DirtyMarks(":memory:"), rules)
+            await rebuilt.recompute(NEW_YEAR - timedelta(days=3), NEW_YEAR + timedelta(days=1))
+            full = await all_aggregates(fresh)
+            engine.close()
+            rebuilt.close()
+            event(f"{len(approved)} revisions approved")
+            return incremental, full
+
+    incremental, full = asyncio.run(scenario())
+    assert incremental == full
+
