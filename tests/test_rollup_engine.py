@@ -546,3 +546,57 @@ def test_property_running_totals_equal_a_full_rebuild(
     incremental, full = asyncio.run(scenario())
     assert incremental == full
 
+
+async def _reads_per_pass(store: SqliteStore, start: datetime, passes: int, rules: RuleResolver) -> list[int]:
+    """Rows (raw readings and aggregates) each pass reads, one pass per minute of 1 s data from `start`."""
+    counting = CountingStore(store)
+    engine = RollupEngine(counting, DirtyMarks(":memory:"), rules)  # type: ignore[arg-type]
+    reads = []
+    for index in range(passes):
+        batch = second_batch(start + timedelta(minutes=index), 60, ["so2", "nox", "co"], index)
+        await store.write_batches([batch])
+        await engine.note_batches([batch])
+        before = counting.raw_read + counting.aggregates_read
+        stats = await engine.process_dirty()
+        assert stats.aggregates_read + stats.raw_read == counting.raw_read + counting.aggregates_read - before
+        reads.append(stats.aggregates_read + stats.raw_read)
+    engine.close()
+    return reads
+
+
+async def test_a_pass_reads_as_much_at_minute_59_as_at_minute_1() -> None:
+    """The hour is kept as running totals: a pass late in the hour reads the raw data of its minute and nothing
+    more (the hour built from stored minutes read up to 59 minutes per series per pass)."""
+    async with SqliteStore(":memory:") as store:
+        reads = await _reads_per_pass(store, T0 + timedelta(hours=5), 60, RULES)
+        # minute 0 builds the totals of the new hour, day, month and year from the store (what is stored of them)
+        assert reads[1] == reads[59] == 60 * 3
+        [hour] = await store.query_aggregates(period=Period.HOUR, parameter="so2")
+        assert (hour.n_valid, hour.valid) == (60, True)
+
+
+@pytest.mark.parametrize("rule_set", ["ied-lcp", "ambient"])
+async def test_a_pass_reads_as_much_on_day_360_as_on_day_2(rule_set: str) -> None:
+    """Days, months and years are running totals too: on day 360 a pass reads what it read on day 2 (the year
+    level re-read every stored day of the year, up to 366 per series per pass). Building the year's totals
+    once (a new process, the first pass) reads its stored days once."""
+    rules = RuleResolver.from_config(RollupSection(rule_set=rule_set, time_zone="Asia/Almaty"), [])
+    year_start = datetime(2024, 1, 1, tzinfo=ALMATY)
+    found = {}
+    for day in (2, 360):
+        async with SqliteStore(":memory:") as store:
+            earlier = [
+                Aggregate("pvl", "gas", p, Period.DAY, (year_start + timedelta(days=d)).astimezone(UTC), 50.0 + d,
+                          24, 24, True, unit="mg/m3")
+                for d in range(day - 1)
+                for p in ("so2", "nox", "co")
+            ]  # fmt: skip
+            await store.write_aggregates(earlier)
+            start = (year_start + timedelta(days=day - 1, hours=3)).astimezone(UTC)
+            found[day] = await _reads_per_pass(store, start, 3, rules)
+            [year] = await store.query_aggregates(period=Period.YEAR, parameter="so2")
+            assert year.n_valid == 24 * (day - 1)  # the stored days count (the new day's hour is not valid yet)
+    assert found[2][1:] == found[360][1:] == [60 * 3, 60 * 3]
+    # the first pass built the month's and the year's totals: it read their stored days once (on day 360,
+    # 2024-12-25: 24 days of December and 359 of the year; on day 2: one of each)
+    assert found[360][0] - found[2][0] == 3 * ((24 + 359) - (1 + 1))
