@@ -688,6 +688,7 @@ class RollupEngine:
                 for start, running in periods.items():
                     running.last = rows.get((series[2], rules.base, start))
                     self._open.put(series, rules.base, start, running)
+                    self.counters.seeded += 1
 
     def _apply_minutes(
         self, series: Series, minutes: list[Aggregate], rules: RuleSet
@@ -729,21 +730,23 @@ class RollupEngine:
                 self._open.put(series, period, key, running)
             touched.setdefault(key, (running, running.last))
             running.replace(None if old is None else part_of(old, period, start), part_of(new, period, start))
-        return (
-            self._settle(touched, rules) if all(r.aggregate(rules) is not None for r, _ in touched.values()) else None
-        )
+        return self._settle(touched, rules)
 
+    @staticmethod
     def _settle(
-        self, touched: dict[int, tuple[Running, Aggregate | None]], rules: RuleSet
-    ) -> list[tuple[Aggregate | None, Aggregate]]:
-        result = []
+        touched: dict[int, tuple[Running, Aggregate | None]], rules: RuleSet
+    ) -> list[tuple[Aggregate | None, Aggregate]] | None:
+        """(aggregate before the pass, now) of each touched period, oldest first; None when one of them has no
+        exact result from its totals (the caller rebuilds from the store)."""
+        settled = []
         for _, (running, before) in sorted(touched.items()):
             new = running.aggregate(rules)
             if new is None:
-                raise RuntimeError(f"{running.period} at {running.start.isoformat()} has no parts")
+                return None
+            settled.append((running, before, new))
+        for running, _, new in settled:
             running.last = new
-            result.append((before, new))
-        return result
+        return [(before, new) for _, before, new in settled]
 
     async def _seed_calendar(
         self, series: Series, period: Period, bounds: tuple[datetime, datetime], rules: RuleSet, stats: RecomputeStats
