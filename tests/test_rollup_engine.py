@@ -26,7 +26,7 @@ from aua_contract import Batch, Quality, Reading
 from gateway.mrv_config import RollupSection, RuleResolver
 from gateway.rollup import Aggregate, Period, RuleSet
 from gateway.rollup_engine import ALL_MINUTES, DirtyMarks, RollupEngine
-from gateway.stores import SqliteStore, Store, StoredReading, open_store
+from gateway.stores import SqliteStore, Store, StoredReading, StoreError, open_store
 from gateway.stores.base import RevisionState, from_ns
 
 ALMATY = ZoneInfo("Asia/Almaty")
@@ -600,3 +600,59 @@ async def test_a_pass_reads_as_much_on_day_360_as_on_day_2(rule_set: str) -> Non
     # the first pass built the month's and the year's totals: it read their stored days once (on day 360,
     # 2024-12-25: 24 days of December and 359 of the year; on day 2: one of each)
     assert found[360][0] - found[2][0] == 3 * ((24 + 359) - (1 + 1))
+
+
+class FailingWrites(CountingStore):
+    """The real store, whose `fail_at`-th aggregate write (counted from 1) meets an outage."""
+
+    def __init__(self, inner: Store, fail_at: int) -> None:
+        super().__init__(inner)
+        self.fail_at = fail_at
+        self.writes = 0
+
+    async def write_aggregates(self, aggregates: list[Aggregate]) -> None:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise StoreError("store went away", retryable=True)
+        await self.inner.write_aggregates(aggregates)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])  # before the minutes, between minutes and hours, before the days
+async def test_a_pass_cut_short_by_an_outage_leaves_rollups_a_rebuild_would_give(fail_at: int) -> None:
+    """Some levels stored, others not: the running totals are forgotten and built again from what the store
+    holds, so the next pass still ends where a recomputation from raw does."""
+    async with SqliteStore(":memory:") as store, SqliteStore(":memory:") as fresh:
+        failing = FailingWrites(store, fail_at=0)
+        engine = RollupEngine(failing, DirtyMarks(":memory:"), RULES)  # type: ignore[arg-type]
+        for index in range(18):  # 5 minutes a pass; the day ends after 12 passes
+            rows = minutes_of(T0 + timedelta(hours=23, minutes=index * 5), 5, 10.0 + index, every=15)
+            await store.write(rows)
+            await engine.note_written(rows)
+            if index == 10:  # the hour is valid already (50 minutes): the day counts its stored value
+                failing.fail_at, failing.writes = fail_at, 0
+                with pytest.raises(StoreError):
+                    await engine.process_dirty()
+                assert engine.counters.open_periods == 0
+            else:
+                await engine.process_dirty()
+        incremental = await all_aggregates(store)
+        await fresh.write(await store.query())
+        rebuilt = RollupEngine(fresh, DirtyMarks(":memory:"), RULES)
+        await rebuilt.recompute(T0, T0 + timedelta(days=2))
+        assert incremental == await all_aggregates(fresh)
+        engine.close()
+        rebuilt.close()
+
+
+async def test_running_totals_in_memory_stay_bounded_through_the_day() -> None:
+    """At most the newest two periods per series and level stay in memory, however long the run."""
+    async with SqliteStore(":memory:") as store:
+        engine = RollupEngine(store, DirtyMarks(":memory:"), RULES)
+        for index in range(0, 30 * 60, 10):  # 30 hours, a pass per 10 minutes of data
+            batch = second_batch(T0 + timedelta(minutes=index), 60, ["so2", "nox"], index)
+            await store.write_batches([batch])
+            await engine.note_batches([batch])
+            await engine.process_dirty()
+            assert engine.counters.open_periods <= 2 * 4 * 2  # series × levels × kept
+        assert engine.counters.evicted > 0
+        engine.close()
