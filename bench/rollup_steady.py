@@ -4,10 +4,11 @@
 
 Readings arrive at `--rate` per second (instruments × 30 parameters at 1 s, on a SQLite store on disk), one
 rollup pass per minute of data, as `[rollup] interval = 60` gives; the clock is simulated, so an hour takes a
-minute or two. For each pass: the raw readings it read, the stored aggregates it read (1-minute ones to build
-the hour: up to 60 per series, back to few at each new hour; base periods and days for the calendar levels)
-and its CPU time (process CPU, so the SQLite thread counts too). The CPU share a real-time gateway would spend
-on rollups is that CPU over the 60 s interval. Fails if the raw readings read per pass grow through the hour.
+minute or two. For each pass: the raw readings it read, the stored aggregates it read (with running totals
+only when a period's totals are first built: the first pass, each new hour, day, month and year; the engine
+before them read the hour's stored minutes, up to 60 per series, and the year's days every pass) and its CPU
+time (process CPU, so the SQLite thread counts too). The CPU share a real-time gateway would spend on rollups
+is that CPU over the 60 s interval. Fails if the raw readings read per pass grow through the hour.
 `--compare-with REV` first runs gateway/rollup_engine.py of that git revision on the same data (the engine
 before issue 12 read the whole hour so far every pass, and under live ingest ran passes back to back).
 """

@@ -10,6 +10,9 @@ the rows after `--warmup`, as % of its mean per hour; the run fails when CPU or 
 or a file still grows once its bound is reached (files are judged on the second half of the run), beyond
 `--tolerance` % per hour.
 
+Each row shows the UTC time it was taken: rollup hours are UTC hours, so a run started a few minutes before
+one shows the gateway's CPU through the hour's end (the pass that closes the hour, its day, month and year).
+
 The clock is not accelerated: the agent's poll and the gateway's rollup and pruning timers run on wall time. To
 reach the bounds sooner the run sets them small: the agent's outbox (`--outbox-mb`, `--outbox-batches`,
 `--outbox-retention-s`), the gateway's per-batch ledger window (`--ledger-detail`) and its raw retention
@@ -235,7 +238,9 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
             "gateway state": folder / "gateway-state.sqlite",
             "store": folder / "store.sqlite",
         }
-        header = f"{'min':>4} {'stored/s':>9} {'agent CPU%':>10} {'gw CPU%':>8} {'RSS MB':>7} {'overruns':>8} "
+        header = (
+            f"{'min':>4} {'UTC':>8} {'stored/s':>9} {'agent CPU%':>10} {'gw CPU%':>8} {'RSS MB':>7} {'overruns':>8} "
+        )
         header += f"{'missing':>8} " + " ".join(f"{name + ' MB':>16}" for name in files)
         print(header, flush=True)
         began = time.monotonic()
@@ -266,7 +271,8 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
             previous = (now, gw, ag)
             agent_cpu_before, gateway_cpu_before = agent_cpu, gateway_cpu
             print(
-                f"{row.minute:>4.1f} {row.stored_per_s:>9.0f} {row.agent_cpu:>10.1f} {row.gateway_cpu:>8.1f} "
+                f"{row.minute:>4.1f} {time.strftime('%H:%M:%S', time.gmtime()):>8} "
+                f"{row.stored_per_s:>9.0f} {row.agent_cpu:>10.1f} {row.gateway_cpu:>8.1f} "
                 f"{row.rss_mb:>7.0f} {row.overruns:>8.0f} {row.missing:>8.0f} "
                 + " ".join(f"{row.files[name]:>16.1f}" for name in files),
                 flush=True,

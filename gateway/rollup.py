@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from typing import Final, Protocol
@@ -43,9 +43,11 @@ __all__ = [
     "RULE_SETS",
     "Aggregate",
     "BaseRule",
+    "Part",
     "Period",
     "RawSample",
     "RuleSet",
+    "Running",
     "base_aggregates",
     "base_aggregates_from_samples",
     "base_duration",
@@ -57,6 +59,7 @@ __all__ = [
     "minute_aggregates",
     "month_aggregates",
     "month_bounds",
+    "part_of",
     "year_aggregates",
     "year_bounds",
 ]
@@ -489,14 +492,37 @@ def _quadrant_verdict(start: datetime, valid_starts: list[datetime], maintenance
 def _base_from_subs(
     series: tuple[str, str, str], start: datetime, subs: Sequence[_Sub], unit: str, rules: RuleSet
 ) -> Aggregate:
+    valid_values = [value for _, value, valid, _, _ in subs if valid and value is not None]
+    return _base_result(
+        series,
+        start,
+        rules,
+        unit=unit,
+        n_valid=len(valid_values),
+        n_maintenance=sum(1 for _, _, valid, maintenance, _ in subs if maintenance and not valid),
+        n_flagged=sum(1 for _, value, valid, _, flagged in subs if valid and value is not None and flagged),
+        value=_mean(valid_values),
+        valid_starts=[s for s, _, valid, _, _ in subs if valid],
+    )
+
+
+def _base_result(
+    series: tuple[str, str, str],
+    start: datetime,
+    rules: RuleSet,
+    *,
+    unit: str,
+    n_valid: int,
+    n_maintenance: int,
+    n_flagged: int,
+    value: float | None,
+    valid_starts: list[datetime],
+) -> Aggregate:
+    """A base period from its counts and mean: the one place its validity is decided (full or running)."""
     cycle = timedelta(seconds=rules.sample_interval_s)
     expected = int(base_duration(rules.base) / max(cycle, _MINUTE))
-    valid_values = [value for _, value, valid, _, _ in subs if valid and value is not None]
-    n_maintenance = sum(1 for _, _, valid, maintenance, _ in subs if maintenance and not valid)
-    n_flagged = sum(1 for _, value, valid, _, flagged in subs if valid and value is not None and flagged)
-    n_valid = len(valid_values)
     if rules.base_rule is BaseRule.QUADRANTS:
-        ok, reason = _quadrant_verdict(start, [s for s, _, valid, _, _ in subs if valid], n_maintenance > 0)
+        ok, reason = _quadrant_verdict(start, valid_starts, n_maintenance > 0)
     else:
         ok, reason = _capture_verdict(
             n_valid,
@@ -506,8 +532,7 @@ def _base_from_subs(
             rules=rules,
             unit_name="minutes" if cycle <= _MINUTE else f"{cycle.total_seconds():g}-second samples",
         )
-    value = _mean(valid_values)
-    if valid_values and value is None:
+    if n_valid and value is None:
         ok, reason = False, _no_finite_mean(n_valid, "valid sub-periods")
     site, instrument, parameter = series
     return Aggregate(
@@ -582,8 +607,6 @@ def _calendar_aggregate(
     rules: RuleSet,
 ) -> Aggregate:
     """Day from base periods (each weighs 1), or month/year from days (each weighs its valid base periods)."""
-    start, end = bounds
-    expected = _count_base(start, end, rules.base)
     if period is Period.DAY:
         weighted = [(a.value, 1) for a in parts if a.valid and a.value is not None]
         n_maintenance = sum(1 for a in parts if a.in_maintenance)
@@ -593,9 +616,44 @@ def _calendar_aggregate(
         n_maintenance = sum(a.n_maintenance for a in parts)
         n_flagged = sum(a.n_flagged for a in parts if a.value is not None and a.n_valid > 0)
     n_valid = sum(weight for _, weight in weighted)
-    value = _weighted_mean(weighted, n_valid) if n_valid else None
+    return _calendar_result(
+        series,
+        period,
+        bounds,
+        rules,
+        unit=_unit_of(parts),
+        n_valid=n_valid,
+        n_maintenance=n_maintenance,
+        n_flagged=n_flagged,
+        valid_parts=sum(1 for part in parts if part.valid),
+        value=_weighted_mean(weighted, n_valid) if n_valid else None,
+    )
+
+
+def _calendar_result(
+    series: tuple[str, str, str],
+    period: Period,
+    bounds: tuple[datetime, datetime],
+    rules: RuleSet,
+    *,
+    unit: str,
+    n_valid: int,
+    n_maintenance: int,
+    n_flagged: int,
+    valid_parts: int,
+    value: float | None,
+) -> Aggregate:
+    """A day, month or year from its counts and mean: the one place its validity is decided (full or running)."""
+    start, _ = bounds
+    expected = _count_base(start, bounds[1], rules.base)
     ok, reason = _calendar_verdict(
-        period, n_valid=n_valid, expected=expected, n_maintenance=n_maintenance, parts=parts, bounds=bounds, rules=rules
+        period,
+        n_valid=n_valid,
+        expected=expected,
+        n_maintenance=n_maintenance,
+        valid_parts=valid_parts,
+        bounds=bounds,
+        rules=rules,
     )
     if n_valid and value is None:
         ok, reason = False, _no_finite_mean(n_valid, "valid base periods")
@@ -612,7 +670,7 @@ def _calendar_aggregate(
         ok,
         reason,
         n_maintenance,
-        _unit_of(parts),
+        unit,
         n_flagged=n_flagged,
     )
 
@@ -623,10 +681,11 @@ def _calendar_verdict(
     n_valid: int,
     expected: int,
     n_maintenance: int,
-    parts: Sequence[Aggregate],
+    valid_parts: int,
     bounds: tuple[datetime, datetime],
     rules: RuleSet,
 ) -> tuple[bool, str]:
+    """`valid_parts`: the valid sub-periods (days, for a year's invalid-day rule)."""
     label = "half-hours" if rules.base is Period.HALF_HOUR else "hours"
     if n_valid == 0:
         return False, f"no valid {label}"
@@ -649,7 +708,7 @@ def _calendar_verdict(
     if period is Period.YEAR and rules.year_max_invalid_days is not None:
         start, end = bounds
         days = round((end - start) / timedelta(days=1))
-        invalid_days = days - sum(1 for day in parts if day.valid)
+        invalid_days = days - valid_parts
         if invalid_days > rules.year_max_invalid_days:
             problems.append(
                 f"{invalid_days} invalid or missing days (> {rules.year_max_invalid_days}: the operator must act)"
@@ -701,3 +760,178 @@ def year_aggregates(days: Iterable[Aggregate], rules: RuleSet, tz: tzinfo) -> li
         for year, parts in sorted(years.items()):
             result.append(_calendar_aggregate(series, Period.YEAR, year_bounds(year, tz), parts, rules))
     return result
+
+
+# -- running aggregates of open periods ----------------------------------------------------------------------
+
+_FIXED_POINT: Final = 1074
+"""every finite double is a whole multiple of 2**-1074, so sums in these units are exact Python ints"""
+_EXACT_LIMIT: Final = 1 << (_FIXED_POINT + 1000)
+"""past |Σ| = 2**1000 fsum may overflow in an intermediate step where the exact sum does not: rebuild instead"""
+
+
+def _fixed(x: float) -> int | None:
+    """x in units of 2**-1074, exactly; None for an infinity or NaN."""
+    if not math.isfinite(x):
+        return None
+    numerator, denominator = x.as_integer_ratio()  # denominator: a power of two ≤ 2**1074
+    return numerator << (_FIXED_POINT - denominator.bit_length() + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """What one child aggregate adds to its parent, counted exactly as the full rollup counts it."""
+
+    index: int
+    """minute of the base period (for the quadrant rule); 0 above the base level"""
+    value: float | None
+    valid: bool
+    weight: int
+    """valid base periods (or minutes) it brings to the mean; 0: not in the mean"""
+    product: int | None
+    """value·weight (the float product, as the full rollup forms it) in units of 2**-1074; None: not finite"""
+    maintenance: int
+    flagged: int
+    unit: str
+
+
+def part_of(child: Aggregate, parent: Period, parent_start: datetime) -> Part:
+    """`child`'s part in a `parent` period: a minute in a base period, a base period in a day, a day in a month or
+    year (the same rules as base_aggregates, day_aggregates, month_aggregates and year_aggregates)."""
+    if parent in BASE_PERIODS or parent is Period.DAY:
+        counted = child.valid and child.value is not None
+        weight = 1 if counted else 0
+        product = child.value * 1 if counted and child.value is not None else 0.0
+        maintenance = 1 if child.in_maintenance else 0
+        flagged = 1 if counted and child.n_flagged > 0 else 0
+    else:
+        counted = child.value is not None and child.n_valid > 0
+        weight = child.n_valid if counted else 0
+        product = child.value * child.n_valid if counted and child.value is not None else 0.0
+        maintenance = child.n_maintenance
+        flagged = child.n_flagged if counted else 0
+    index = (child.start - parent_start) // _MINUTE if parent in BASE_PERIODS else 0
+    return Part(index, child.value, child.valid, weight, _fixed(product), maintenance, flagged, child.unit)
+
+
+@dataclass(slots=True)
+class Running:
+    """One open period's totals over its children, updated by the children that changed.
+
+    `aggregate()` equals what base_aggregates / day_aggregates / month_aggregates / year_aggregates give for
+    the same children, bit for bit: the mean's sum is kept exactly (integers in units of 2**-1074) and rounded
+    once, as math.fsum rounds it. Where that cannot hold (a child that is no finite number, a sum past 2**1000)
+    the base level rebuilds from the parts it keeps; the levels above answer None and the caller rebuilds from
+    the stored children. Work per update is constant however far into the period the update comes.
+    """
+
+    series: tuple[str, str, str]
+    period: Period
+    start: datetime
+    end: datetime
+    units: Counter[str] = field(default_factory=Counter)
+    children: int = 0
+    total: int = 0
+    weight: int = 0
+    not_finite: int = 0
+    n_maintenance: int = 0
+    n_flagged: int = 0
+    valid_parts: int = 0
+    valid_mask: int = 0
+    """base level: bit m set when minute m of the period is valid"""
+    parts: dict[int, Part] | None = None
+    """base level: each minute's part, the old one a recomputed minute replaces"""
+    last: Aggregate | None = None
+    """the aggregate last stored for the period: what the level above counts for it"""
+
+    @classmethod
+    def of(cls, series: tuple[str, str, str], period: Period, start: datetime, end: datetime) -> Running:
+        return cls(series, period, start, end, parts={} if period in BASE_PERIODS else None)
+
+    def replace(self, old: Part | None, new: Part | None) -> None:
+        """A child changed from `old` (None: it did not exist) to `new` (None: it is gone)."""
+        if old is not None:
+            self._count(old, -1)
+        if new is not None:
+            self._count(new, 1)
+            if self.parts is not None:
+                self.parts[new.index] = new
+        elif old is not None and self.parts is not None:
+            self.parts.pop(old.index, None)
+
+    def put(self, new: Part) -> None:
+        """Base level: a minute's new part, replacing the one it had (kept in `parts`)."""
+        assert self.parts is not None, "only base periods keep their parts"
+        self.replace(self.parts.get(new.index), new)
+
+    def _count(self, part: Part, sign: int) -> None:
+        self.children += sign
+        self.units[part.unit] += sign
+        if not self.units[part.unit]:
+            del self.units[part.unit]
+        if part.product is None:
+            self.not_finite += sign
+        else:
+            self.total += sign * part.product
+        self.weight += sign * part.weight
+        self.n_maintenance += sign * part.maintenance
+        self.n_flagged += sign * part.flagged
+        if part.valid:
+            self.valid_parts += sign
+            if self.parts is not None:
+                self.valid_mask ^= 1 << part.index
+
+    def _mean(self) -> tuple[bool, float | None]:
+        """(exact, Σ/weight rounded as the full rollup rounds it)."""
+        if self.not_finite or abs(self.total) >= _EXACT_LIMIT:
+            return False, None
+        if not self.weight:
+            return True, None
+        return True, self.total / (1 << _FIXED_POINT) / self.weight
+
+    def aggregate(self, rules: RuleSet) -> Aggregate | None:
+        """The period's aggregate from its children so far; None when it has none, or (above the base level)
+        when the totals cannot give the exact result."""
+        if not self.children:
+            return None
+        exact, value = self._mean()
+        unit = min(self.units, default="")
+        if self.parts is not None:
+            if not exact:
+                subs = [
+                    (self.start + p.index * _MINUTE, p.value, p.valid, p.maintenance > 0, p.flagged > 0)
+                    for _, p in sorted(self.parts.items())
+                ]
+                return _base_from_subs(self.series, self.start, subs, unit, rules)
+            mask = self.valid_mask
+            minutes = {mask.bit_length() - 1, (mask & -mask).bit_length() - 1} if mask else set()
+            minutes |= {
+                q * 15 + ((mask >> q * 15) & -(mask >> q * 15)).bit_length() - 1
+                for q in range(4)
+                if mask >> q * 15 & 0x7FFF
+            }
+            return _base_result(
+                self.series,
+                self.start,
+                rules,
+                unit=unit,
+                n_valid=self.weight,
+                n_maintenance=self.n_maintenance,
+                n_flagged=self.n_flagged,
+                value=value,
+                valid_starts=[self.start + m * _MINUTE for m in sorted(minutes)],
+            )
+        if not exact:
+            return None
+        return _calendar_result(
+            self.series,
+            self.period,
+            (self.start, self.end),
+            rules,
+            unit=unit,
+            n_valid=self.weight,
+            n_maintenance=self.n_maintenance,
+            n_flagged=self.n_flagged,
+            valid_parts=self.valid_parts,
+            value=value,
+        )

@@ -3,10 +3,19 @@
 - `note_written(readings)` / `note_batches(batches)`: after readings are in the store, mark the (series, UTC
   minute) pairs they touched dirty. The marks live in the gateway's state SQLite (table `rollup_dirty`, one row
   per series and UTC hour with a bit per minute), so a restart loses none.
-- `process_dirty()`: one pass. The dirty minutes are recomputed from the raw readings of those minutes only,
-  the base periods (hour or half-hour) they fall in from the stored 1-minute aggregates, then the local days of
-  those periods and the months and years of those days. So the raw data a pass reads is what arrived since the
-  last pass, at any minute of the hour. A mark is removed only after its aggregates are written, and only if no
+- `process_dirty()`: one pass. The dirty minutes are recomputed from the raw readings of those minutes only.
+  Every level above is kept as running totals of its open periods (gateway.rollup.Running: an exact sum,
+  counts, the valid minutes of a base period), updated by the children that changed: the new minute replaces
+  its old part in its base period, the base period's old aggregate is replaced by the new one in its day, the
+  day's in its month and year. So a pass reads and computes the same whether it comes at minute 1 or 59 of
+  the hour, on day 2 or day 360 of the year; the results equal a rebuild from the stored levels bit for bit
+  (where the exact sum cannot hold, a value that is no finite number, the period is rebuilt from the store).
+  A period's totals are built from the store the first time a process needs them (after a start, for a new
+  period, or for late data into a period older than the _KEEP_OPEN newest per series and level); the store
+  still holds the old rows then, as every level is written after all are computed. A pass that fails forgets
+  the totals (they are built from the store again); `recompute` does too. The engine must be the only writer
+  of rollups while it runs, apart from `recompute` from raw, which gives the same rows.
+  A mark is removed only after its aggregates are written, and only if no
   newer data marked it again meanwhile (a version counter), so a crash or a concurrent batch never loses a
   recomputation.
 - A series whose rollup raises (bad data, a bug, a store refusing its values) is logged once with its hours,
@@ -40,6 +49,8 @@ from gateway.retention import Retention
 from gateway.rollup import (
     Aggregate,
     Period,
+    RuleSet,
+    Running,
     base_aggregates,
     base_duration,
     day_aggregates,
@@ -47,6 +58,8 @@ from gateway.rollup import (
     local_date,
     minute_aggregates,
     month_aggregates,
+    month_bounds,
+    part_of,
     year_aggregates,
     year_bounds,
 )
@@ -59,6 +72,7 @@ __all__ = ["ALL_MINUTES", "DirtyMarks", "EngineCounters", "RecomputeStats", "Rol
 log = logging.getLogger(__name__)
 
 _HOUR = timedelta(hours=1)
+_MINUTE_STEP = timedelta(minutes=1)
 _CHUNK = timedelta(hours=24)
 """Longest stretch of raw data read at once (bounded memory for a long replay or a year's recompute)."""
 
@@ -290,6 +304,12 @@ class EngineCounters:
     last_pass_raw_read: int = 0
     set_aside: int = 0
     """series set aside after their rollup failed"""
+    open_periods: int = 0
+    """running periods held in memory now (at most _KEEP_OPEN per series and level)"""
+    seeded: int = 0
+    """running periods built from the store (at start, a new period, late data into an older one)"""
+    evicted: int = 0
+    """running periods dropped to keep the bound"""
 
 
 def _hour_floor(ts: datetime) -> datetime:
@@ -327,6 +347,56 @@ class _Failures:
         self.errors.setdefault(series, f"{level}: {type(error).__name__}: {error}")
 
 
+_KEEP_OPEN = 2
+"""running periods kept per series and level: the one being filled and the one before it (data for older ones
+builds their totals from the store again)"""
+
+
+@dataclass
+class _Levels:
+    """What one pass writes above the minutes."""
+
+    base: dict[Series, list[Aggregate]] = field(default_factory=dict)
+    calendar: dict[Series, list[Aggregate]] = field(default_factory=dict)
+    rebuild: dict[Series, set[date]] = field(default_factory=dict)
+    """series whose days, months and years are rebuilt from the stored levels below (totals not exact)"""
+
+
+class _OpenPeriods:
+    """The running totals of the periods passes are filling, _KEEP_OPEN per series and level (the newest)."""
+
+    def __init__(self, counters: EngineCounters) -> None:
+        self.counters = counters
+        self._periods: dict[tuple[Series, Period], dict[int, Running]] = {}
+
+    def get(self, series: Series, period: Period, start_ns: int) -> Running | None:
+        return self._periods.get((series, period), {}).get(start_ns)
+
+    def put(self, series: Series, period: Period, start_ns: int, running: Running) -> None:
+        self._periods.setdefault((series, period), {})[start_ns] = running
+
+    def trim(self) -> None:
+        """After a pass: keep the newest _KEEP_OPEN periods per series and level (a pass may need more)."""
+        for periods in self._periods.values():
+            while len(periods) > _KEEP_OPEN:
+                del periods[min(periods)]
+                self.counters.evicted += 1
+        self._count()
+
+    def drop_series(self, series: Series, *, calendar_only: bool = False) -> None:
+        for key in [k for k in self._periods if k[0] == series]:
+            if not calendar_only or key[1] in (Period.DAY, Period.MONTH, Period.YEAR):
+                del self._periods[key]
+        self._count()
+
+    def clear(self) -> None:
+        self._periods.clear()
+        self._count()
+
+    def _count(self) -> None:
+        self.counters.open_periods = sum(len(periods) for periods in self._periods.values())
+
+
 class RollupEngine:
     """Incremental, restart-safe rollups for every series in a store."""
 
@@ -345,6 +415,7 @@ class RollupEngine:
         self.interval = interval
         self.retention = retention
         self.counters = EngineCounters()
+        self._open = _OpenPeriods(self.counters)
 
     @classmethod
     def open(
@@ -402,20 +473,31 @@ class RollupEngine:
         if not marks:
             return stats
         failures = _Failures()
-        minutes = await self._dirty_minutes(marks, stats, failures)
-        await self._write_isolated(minutes, failures, "1-minute write")
-        base, touched = await self._dirty_base(marks, stats, failures)
-        await self._write_isolated(base, failures, "base-period write")
-        for series, aggregates in minutes.items():
-            if series not in failures:
-                stats.written[Period.MINUTE] += len(aggregates)
-        for series, aggregates in base.items():
-            if series not in failures and aggregates:
-                stats.written[aggregates[0].period] += len(aggregates)
-                stats.hours |= {_hour_floor(a.start) for a in aggregates}
-        await self._write_calendar(
-            {series: days for series, days in touched.items() if series not in failures}, stats, failures
-        )
+        try:
+            minutes = await self._dirty_minutes(marks, stats, failures)
+            levels = await self._running_levels(minutes, stats, failures)
+            await self._write_isolated(minutes, failures, "1-minute write")
+            await self._write_isolated(levels.base, failures, "base-period write")
+            await self._write_isolated(levels.calendar, failures, "day/month/year write")
+            for series, aggregates in minutes.items():
+                if series not in failures:
+                    stats.written[Period.MINUTE] += len(aggregates)
+            for series, aggregates in [*levels.base.items(), *levels.calendar.items()]:
+                if series not in failures:
+                    for aggregate in aggregates:
+                        stats.written[aggregate.period] += 1
+            for series, aggregates in levels.base.items():
+                if series not in failures:
+                    stats.hours |= {_hour_floor(a.start) for a in aggregates}
+            await self._write_calendar(
+                {series: days for series, days in levels.rebuild.items() if series not in failures}, stats, failures
+            )
+        except BaseException:
+            self._open.clear()  # some of the pass may not be stored: the running totals start again from the store
+            raise
+        for series in failures.errors:
+            self._open.drop_series(series)
+        self._open.trim()
         await asyncio.to_thread(self.marks.done, [m for m in marks if m[:3] not in failures])
         if failures.errors:
             await self._set_aside(marks, failures, stats)
@@ -458,6 +540,7 @@ class RollupEngine:
             await self._write_minutes_and_base(readings, touched, stats)
             chunk_start = chunk_end
         await self._write_calendar(touched, stats, None)
+        self._open.clear()  # the stored rollups changed under the running totals
         return stats
 
     async def run(self) -> None:
@@ -516,45 +599,175 @@ class RollupEngine:
                     failures.add(series, "1-minute rollup", error)
         return result
 
-    async def _dirty_base(
-        self, marks: Sequence[Mark], stats: RecomputeStats, failures: _Failures
-    ) -> tuple[dict[Series, list[Aggregate]], dict[Series, set[date]]]:
-        """Base periods holding a dirty minute, from the stored 1-minute aggregates (written just before)."""
-        wanted: dict[tuple[str, str], dict[int, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-        for site, instrument, parameter, hour_ns, _, mask in marks:
-            wanted[(site, instrument)][hour_ns][parameter] = mask
-        result: dict[Series, list[Aggregate]] = {}
-        touched: dict[Series, set[date]] = defaultdict(set)
-        for (site, instrument), hours in sorted(wanted.items()):
+    async def _running_levels(
+        self, minutes: dict[Series, list[Aggregate]], stats: RecomputeStats, failures: _Failures
+    ) -> _Levels:
+        """The base periods, days, months and years the new minutes change, from the running totals of those
+        periods (built from the store the first time a period is needed; the store still holds the old rows)."""
+        levels = _Levels()
+        await self._seed_base(minutes, stats, failures)
+        for series, items in sorted(minutes.items()):
+            if series in failures or not items:
+                continue
+            try:
+                rules, zone = self.rules(*series)
+                base = self._apply_minutes(series, items, rules)
+                levels.base[series] = [new for _, new in base]
+                days = await self._apply_up(
+                    series, period=Period.DAY, changed=base, rules=rules, zone=zone, stats=stats
+                )
+                if days is None:
+                    levels.rebuild[series] = {local_date(new.start, zone) for _, new in base}
+                    self._open.drop_series(series, calendar_only=True)
+                    continue
+                months = await self._apply_up(
+                    series, period=Period.MONTH, changed=days, rules=rules, zone=zone, stats=stats
+                )
+                years = await self._apply_up(
+                    series, period=Period.YEAR, changed=days, rules=rules, zone=zone, stats=stats
+                )
+                if months is None or years is None:
+                    levels.rebuild[series] = {local_date(new.start, zone) for _, new in base}
+                    self._open.drop_series(series, calendar_only=True)
+                    continue
+                levels.calendar[series] = [new for _, new in days + months + years]
+                stats.days |= {local_date(new.start, zone) for _, new in days}
+                stats.months |= {_year_month(new.start, zone) for _, new in months}
+                stats.years |= {local_date(new.start, zone).year for _, new in years}
+            except Exception as error:  # one series' poison must not stop the others
+                self._open.drop_series(series)
+                failures.add(series, "running rollup", error)
+        return levels
+
+    async def _seed_base(
+        self, minutes: dict[Series, list[Aggregate]], stats: RecomputeStats, failures: _Failures
+    ) -> None:
+        """Running totals for the base periods of the new minutes that have none yet, from the stored minutes
+        of those periods (and the stored base rows, which the day above counts): one query per instrument."""
+        missing: dict[tuple[str, str], dict[Series, set[int]]] = defaultdict(lambda: defaultdict(set))
+        steps: dict[Series, tuple[RuleSet, int]] = {}
+        for series, items in minutes.items():
+            if series in failures:
+                continue
+            try:
+                rules, _ = self.rules(*series)
+            except Exception as error:
+                failures.add(series, "base-period rollup", error)
+                continue
+            step = base_duration_ns(rules.base)
+            steps[series] = (rules, step)
+            for start in {_floor_ns(to_ns(m.start), step) for m in items}:
+                if self._open.get(series, rules.base, start) is None:
+                    missing[series[:2]][series].add(start)
+        for (site, instrument), wanted in sorted(missing.items()):
+            hours = sorted({_hour_ns(start) for starts in wanted.values() for start in starts})
             stored: dict[str, list[Aggregate]] = defaultdict(list)
-            for start, end in _runs(sorted(hours), _HOUR_NS, _CHUNK_MINUTES * _MINUTE_NS):
+            rows: dict[tuple[str, Period, int], Aggregate] = {}
+            for start, end in _runs(hours, _HOUR_NS, _CHUNK_MINUTES * _MINUTE_NS):
                 found = await self.store.query_aggregates(
                     period=Period.MINUTE, site=site, instrument=instrument, start=from_ns(start), end=from_ns(end)
                 )
+                for base_period in sorted({steps[series][0].base for series in wanted}):
+                    for row in await self.store.query_aggregates(
+                        period=base_period, site=site, instrument=instrument, start=from_ns(start), end=from_ns(end)
+                    ):
+                        rows[(row.parameter, base_period, to_ns(row.start))] = row
                 stats.aggregates_read += len(found)
                 for minute in found:
                     stored[minute.parameter].append(minute)
-            parameters = {parameter for masks in hours.values() for parameter in masks}
-            for parameter in sorted(parameters):
-                series = (site, instrument, parameter)
-                if series in failures:
-                    continue
-                try:
-                    rules, zone = self.rules(*series)
-                    step = int(base_duration_ns(rules.base))
-                    starts = {
-                        hour_ns + (minute * _MINUTE_NS) // step * step
-                        for hour_ns, masks in hours.items()
-                        if parameter in masks
-                        for minute in _bits(masks[parameter])
-                    }
-                    minutes = [m for m in stored[parameter] if _floor_ns(to_ns(m.start), step) in starts]
-                    base = base_aggregates(minutes, rules)
-                    result[series] = base
-                    touched[series] |= {local_date(aggregate.start, zone) for aggregate in base}
-                except Exception as error:
-                    failures.add(series, "base-period rollup", error)
-        return result, touched
+            stats.aggregates_read += len(rows)
+            for series, starts in sorted(wanted.items()):
+                rules, step = steps[series]
+                periods = {
+                    start: Running.of(series, rules.base, from_ns(start), from_ns(start + step)) for start in starts
+                }
+                for minute in stored[series[2]]:
+                    running = periods.get(_floor_ns(to_ns(minute.start), step))
+                    if running is not None:
+                        running.put(part_of(minute, rules.base, running.start))
+                for start, running in periods.items():
+                    running.last = rows.get((series[2], rules.base, start))
+                    self._open.put(series, rules.base, start, running)
+                    self.counters.seeded += 1
+
+    def _apply_minutes(
+        self, series: Series, minutes: list[Aggregate], rules: RuleSet
+    ) -> list[tuple[Aggregate | None, Aggregate]]:
+        """The new minutes into their base periods' totals: (old, new) of each base period they change."""
+        touched: dict[int, tuple[Running, Aggregate | None]] = {}
+        step = base_duration_ns(rules.base)
+        for minute in minutes:
+            start = _floor_ns(to_ns(minute.start), step)
+            running = self._open.get(series, rules.base, start)
+            if running is None:
+                raise RuntimeError(f"no running totals for the base period at {from_ns(start).isoformat()}")
+            touched.setdefault(start, (running, running.last))
+            running.put(part_of(minute, rules.base, running.start))
+        settled = self._settle(touched, rules)
+        if settled is None:  # a base period with a part always has an aggregate
+            raise RuntimeError("a base period's running totals gave no aggregate")
+        return settled
+
+    async def _apply_up(
+        self,
+        series: Series,
+        *,
+        period: Period,
+        changed: list[tuple[Aggregate | None, Aggregate]],
+        rules: RuleSet,
+        zone: tzinfo,
+        stats: RecomputeStats,
+    ) -> list[tuple[Aggregate | None, Aggregate]] | None:
+        """Changed children (old, new) into their day, month or year totals: (old, new) of each period they
+        change; None when a period's totals cannot give the exact result (the caller rebuilds from the store)."""
+        touched: dict[int, tuple[Running, Aggregate | None]] = {}
+        for old, new in changed:
+            start, end = _calendar_bounds(period, new.start, zone)
+            key = to_ns(start)
+            running = self._open.get(series, period, key)
+            if running is None:
+                running = await self._seed_calendar(series, period, (start, end), rules, stats)
+                self._open.put(series, period, key, running)
+            touched.setdefault(key, (running, running.last))
+            running.replace(None if old is None else part_of(old, period, start), part_of(new, period, start))
+        return self._settle(touched, rules)
+
+    @staticmethod
+    def _settle(
+        touched: dict[int, tuple[Running, Aggregate | None]], rules: RuleSet
+    ) -> list[tuple[Aggregate | None, Aggregate]] | None:
+        """(aggregate before the pass, now) of each touched period, oldest first; None when one of them has no
+        exact result from its totals (the caller rebuilds from the store)."""
+        settled = []
+        for _, (running, before) in sorted(touched.items()):
+            new = running.aggregate(rules)
+            if new is None:
+                return None
+            settled.append((running, before, new))
+        for running, _, new in settled:
+            running.last = new
+        return [(before, new) for _, before, new in settled]
+
+    async def _seed_calendar(
+        self, series: Series, period: Period, bounds: tuple[datetime, datetime], rules: RuleSet, stats: RecomputeStats
+    ) -> Running:
+        """Running totals of a day (from its stored base periods), month or year (from its stored days)."""
+        site, instrument, parameter = series
+        start, end = bounds
+        child = rules.base if period is Period.DAY else Period.DAY
+        running = Running.of(series, period, start, end)
+        parts = await self.store.query_aggregates(
+            period=child, site=site, instrument=instrument, parameter=parameter, start=start, end=end
+        )
+        for part in parts:
+            running.replace(None, part_of(part, period, start))
+        stored = await self.store.query_aggregates(
+            period=period, site=site, instrument=instrument, parameter=parameter, start=start, end=start + _MINUTE_STEP
+        )
+        running.last = stored[0] if stored else None
+        stats.aggregates_read += len(parts) + len(stored)
+        self.counters.seeded += 1
+        return running
 
     async def _write_isolated(self, per_series: dict[Series, list[Aggregate]], failures: _Failures, level: str) -> None:
         """All series in one write; if the store refuses it, series by series, to find the one it refuses."""
@@ -674,6 +887,16 @@ def _floor_ns(ns: int, step: int) -> int:
 
 def base_duration_ns(period: Period) -> int:
     return base_duration(period) // timedelta(microseconds=1) * 1000
+
+
+def _calendar_bounds(period: Period, ts: datetime, zone: tzinfo) -> tuple[datetime, datetime]:
+    """UTC [start, end) of the local day, month or year `ts` falls in."""
+    local = local_date(ts, zone)
+    if period is Period.DAY:
+        return day_bounds(local, zone)
+    if period is Period.MONTH:
+        return month_bounds(local.year, local.month, zone)
+    return year_bounds(local.year, zone)
 
 
 def _year_month(ts: datetime, zone: tzinfo) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from gateway.retention import Retention, raw_kept_from
 from gateway.rollup import Aggregate, Period
 from gateway.rollup_engine import RollupEngine
 from gateway.stores import BatchReceipt, InfluxStore, SqliteStore, StoredReading, open_store
+from gateway.stores import retention as retention_module
 from gateway.stores.retention import (
     RAW_POLICY,
     ROLLUP_POLICY,
@@ -120,6 +121,122 @@ async def test_a_prune_step_costs_the_same_at_1k_and_100k_old_rows(tmp_path: Pat
             assert deleted == 500
             costs.append(cost)
     assert costs[1] <= costs[0] * 1.5, costs
+
+
+def _plan(connection: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> str:
+    return " | ".join(row[-1] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
+async def test_raw_pruning_and_time_ranges_use_the_series_index_not_one_on_time_alone(tmp_path: Path) -> None:
+    """Pinned plans: the prune's hops from instrument to instrument and its per-instrument delete search
+    reading_series_ts; the store has no index on ts_ns alone (it cost ~30 % of the raw data's size)."""
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        plans, indexes = await store.run_on_connection(
+            lambda c: (
+                [
+                    _plan(c, retention_module._FIRST_INSTRUMENT, ()),
+                    _plan(c, retention_module._FIRST_OF_SITE, ("s",)),
+                    _plan(c, retention_module._NEXT_INSTRUMENT, ("s", "i")),
+                    _plan(c, retention_module._NEXT_SITE, ("s",)),
+                    _plan(c, retention_module._PRUNE_RAW, ("s", "i", 60, 10)),
+                ],
+                {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'reading'")},
+            )
+        )
+    assert plans[0] == "SCAN reading USING COVERING INDEX reading_series_ts", plans
+    assert plans[1] == "SEARCH reading USING COVERING INDEX reading_series_ts (site=?)", plans
+    assert plans[2] == "SEARCH reading USING COVERING INDEX reading_series_ts (site=? AND instrument>?)", plans
+    assert plans[3] == "SEARCH reading USING COVERING INDEX reading_series_ts (site>?)", plans
+    assert "SEARCH reading USING COVERING INDEX reading_series_ts (site=? AND instrument=? AND ts_ns<?)" in plans[4]
+    assert "SCAN" not in plans[4], plans
+    assert "reading_ts" not in indexes
+
+
+async def test_an_older_file_loses_its_time_index_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "aua.sqlite"
+    async with SqliteStore(path) as store:
+        await store.run_on_connection(lambda c: c.execute("CREATE INDEX reading_ts ON reading (ts_ns)"))
+        await store.run_on_connection(
+            lambda c: bulk_insert(c, rows_at(datetime(2024, 1, 1, tzinfo=UTC), 10, timedelta(seconds=1)))
+        )
+    async with SqliteStore(path) as store:
+        names = await store.run_on_connection(
+            lambda c: {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        )
+        assert "reading_ts" not in names
+        assert "reading_series_ts" in names
+        assert (
+            len(await store.query(start=datetime(2024, 1, 1, tzinfo=UTC), end=datetime(2024, 1, 2, tzinfo=UTC))) == 10
+        )
+
+
+async def test_a_prune_step_over_many_instruments_costs_the_same_at_1k_and_100k_old_rows(tmp_path: Path) -> None:
+    """Five instruments: a step searches each one's oldest readings, then deletes; VM steps do not grow."""
+    costs = []
+    for size in (1_000, 100_000):
+        async with SqliteStore(tmp_path / f"{size}.sqlite") as store:
+            start = datetime(2024, 1, 1, tzinfo=UTC)
+            rows = [
+                (row[0], f"gas-{i}", *row[2:])
+                for i in range(5)
+                for row in rows_at(start, size // 5, timedelta(seconds=1))
+            ]
+            await store.run_on_connection(lambda c, r=rows: bulk_insert(c, r))
+
+            def one_step(connection: sqlite3.Connection, start: datetime = start) -> tuple[int, int]:
+                steps = [0]
+
+                def count() -> int:
+                    steps[0] += 1
+                    return 0
+
+                connection.set_progress_handler(count, 100)
+                try:
+                    deleted = prune_step(
+                        connection, raw_before=start + timedelta(seconds=100), rollup_before=None, limit=300
+                    )
+                finally:
+                    connection.set_progress_handler(None, 100)
+                return deleted, steps[0]
+
+            deleted, cost = await store.run_on_connection(one_step)
+            assert deleted == 300  # 100 old readings of each of the first three instruments
+            left = await store.query(end=start + timedelta(seconds=100))
+            assert sorted({r.instrument for r in left}) == ["gas-3", "gas-4"]
+            assert len(left) == 200
+            costs.append(cost)
+    assert costs[1] <= costs[0] * 1.5, costs
+
+
+async def test_a_time_range_over_every_instrument_reads_them_one_at_a_time_in_order(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        start = datetime(2024, 1, 1, tzinfo=UTC)
+        readings = [
+            StoredReading(
+                site, "agent-1", instrument, "so2", start + timedelta(seconds=s), float(s), "mg/m3", Quality.OK
+            )
+            for site in ("b-site", "a-site")
+            for instrument in ("stack-2", "stack-1")
+            for s in range(0, 10, 3)
+        ]
+        await store.write(readings)
+        everything = await store.query()
+        assert len(everything) == len(readings)
+        assert await store.query(start=start, end=start + timedelta(seconds=10)) == everything
+        window = await store.query(site="a-site", start=start + timedelta(seconds=1), end=start + timedelta(seconds=7))
+        assert [(r.instrument, r.ts.second) for r in window] == [
+            ("stack-1", 3),
+            ("stack-2", 3),
+            ("stack-1", 6),
+            ("stack-2", 6),
+        ]
+        by_instrument = await store.query(instrument="stack-2", start=start, end=start + timedelta(seconds=4))
+        assert [(r.site, r.ts.second) for r in by_instrument] == [
+            ("a-site", 0),
+            ("b-site", 0),
+            ("a-site", 3),
+            ("b-site", 3),
+        ]
 
 
 async def test_pruning_keeps_the_file_at_its_bounds(tmp_path: Path) -> None:

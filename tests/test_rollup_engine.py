@@ -19,15 +19,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from aua_contract import Batch, Quality, Reading
 from gateway.mrv_config import RollupSection, RuleResolver
 from gateway.rollup import Aggregate, Period, RuleSet
 from gateway.rollup_engine import ALL_MINUTES, DirtyMarks, RollupEngine
-from gateway.stores import SqliteStore, Store, StoredReading, open_store
-from gateway.stores.base import from_ns
+from gateway.stores import SqliteStore, Store, StoredReading, StoreError, open_store
+from gateway.stores.base import RevisionState, from_ns
 
 ALMATY = ZoneInfo("Asia/Almaty")
 T0 = datetime(2024, 5, 1, tzinfo=ALMATY).astimezone(UTC)  # local midnight = 2024-04-30 19:00 UTC
@@ -459,3 +459,200 @@ async def test_a_failing_series_is_set_aside_and_the_others_roll_up(
         assert {(h.parameter, h.n_valid) for h in hours} == {("so2", 60), ("nox", 60)}
         assert fixed.marks.set_aside_marks() == []
         fixed.close()
+
+
+# -- running totals equal a full rebuild (issue 12) ----------------------------------------------------------
+
+NEW_YEAR = datetime(2025, 1, 1, tzinfo=ALMATY).astimezone(UTC)
+"""local midnight of a new year: the hour, day, month and year all roll over in the data below"""
+
+
+@pytest.mark.parametrize("rule_set", ["ied-lcp", "ied-wi", "part75", "ambient"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(
+        st.tuples(
+            st.one_of(st.integers(-150, 150), st.integers(-2 * 1440 - 30, -2 * 1440 + 30)),  # now, and 2 days back
+            st.integers(0, 59),
+            st.floats(-1e6, 1e6, allow_nan=False),
+            st.sampled_from([Quality.OK, Quality.OK, Quality.OK, Quality.CHECK_FUNCTION, Quality.FAILURE]),
+            st.sampled_from(["so2", "nox"]),
+        ),
+        min_size=5,
+        max_size=120,
+    ),
+    chunks=st.integers(1, 12),
+    seed=st.integers(0, 2**32),
+    revised=st.lists(st.tuples(st.integers(0, 119), st.floats(-1e6, 1e6, allow_nan=False)), max_size=6),
+    restart_at=st.integers(0, 12),
+)
+def test_property_running_totals_equal_a_full_rebuild(
+    rule_set: str,
+    *,
+    data: list[tuple[int, int, float, Quality, str]],
+    chunks: int,
+    seed: int,
+    revised: list[tuple[int, float]],
+    restart_at: int,
+) -> None:
+    """Whatever the order data arrives in (late data into closed hours, days and a closed year included), with a
+    pass between random batches, approved revisions and a restart that loses the running totals, the stored
+    rollups equal a recomputation from raw, bit for bit."""
+    rules = RuleResolver.from_config(RollupSection(rule_set=rule_set, time_zone="Asia/Almaty"), [])
+    rows = list(
+        {
+            (parameter, NEW_YEAR + timedelta(minutes=minute, seconds=second)): reading(
+                NEW_YEAR + timedelta(minutes=minute, seconds=second), value, parameter=parameter, quality=quality
+            )
+            for minute, second, value, quality, parameter in data
+        }.values()
+    )
+    random.Random(seed).shuffle(rows)
+
+    async def scenario() -> tuple[dict[Period, list[Aggregate]], dict[Period, list[Aggregate]]]:
+        async with SqliteStore(":memory:") as store, SqliteStore(":memory:") as fresh:
+            marks = DirtyMarks(":memory:")
+            engine = RollupEngine(store, marks, rules)
+            approved: list[str] = []
+            size = max(1, len(rows) // chunks)
+            for number, index in enumerate(range(0, len(rows), size)):
+                chunk = rows[index : index + size]
+                await store.write(chunk)
+                await engine.note_written(chunk)
+                for which, value in revised:
+                    if (which % len(rows)) // size == number:  # its chunk is stored: other content for it
+                        await store.write([replace(rows[which % len(rows)], value=value)])
+                        pending = await store.query_revisions(state=RevisionState.PENDING)
+                        for revision in pending:
+                            await store.approve_revision(revision.id, by="test", why="property", at=T0)
+                            await engine.note_written([revision.reading])
+                            approved.append(revision.id)
+                if number == restart_at:
+                    engine = RollupEngine(store, marks, rules)  # the running totals are gone
+                await engine.process_dirty()
+            while await engine.pending():
+                await engine.process_dirty()
+            incremental = await all_aggregates(store)
+            raw = await store.query()
+            await fresh.write(raw)
+            rebuilt = RollupEngine(fresh, DirtyMarks(":memory:"), rules)
+            await rebuilt.recompute(NEW_YEAR - timedelta(days=3), NEW_YEAR + timedelta(days=1))
+            full = await all_aggregates(fresh)
+            engine.close()
+            rebuilt.close()
+            event(f"{len(approved)} revisions approved")
+            return incremental, full
+
+    incremental, full = asyncio.run(scenario())
+    assert incremental == full
+
+
+async def _reads_per_pass(store: SqliteStore, start: datetime, passes: int, rules: RuleResolver) -> list[int]:
+    """Rows (raw readings and aggregates) each pass reads, one pass per minute of 1 s data from `start`."""
+    counting = CountingStore(store)
+    engine = RollupEngine(counting, DirtyMarks(":memory:"), rules)  # type: ignore[arg-type]
+    reads = []
+    for index in range(passes):
+        batch = second_batch(start + timedelta(minutes=index), 60, ["so2", "nox", "co"], index)
+        await store.write_batches([batch])
+        await engine.note_batches([batch])
+        before = counting.raw_read + counting.aggregates_read
+        stats = await engine.process_dirty()
+        assert stats.aggregates_read + stats.raw_read == counting.raw_read + counting.aggregates_read - before
+        reads.append(stats.aggregates_read + stats.raw_read)
+    engine.close()
+    return reads
+
+
+async def test_a_pass_reads_as_much_at_minute_59_as_at_minute_1() -> None:
+    """The hour is kept as running totals: a pass late in the hour reads the raw data of its minute and nothing
+    more (the hour built from stored minutes read up to 59 minutes per series per pass)."""
+    async with SqliteStore(":memory:") as store:
+        reads = await _reads_per_pass(store, T0 + timedelta(hours=5), 60, RULES)
+        # minute 0 builds the totals of the new hour, day, month and year from the store (what is stored of them)
+        assert reads[1] == reads[59] == 60 * 3
+        [hour] = await store.query_aggregates(period=Period.HOUR, parameter="so2")
+        assert (hour.n_valid, hour.valid) == (60, True)
+
+
+@pytest.mark.parametrize("rule_set", ["ied-lcp", "ambient"])
+async def test_a_pass_reads_as_much_on_day_360_as_on_day_2(rule_set: str) -> None:
+    """Days, months and years are running totals too: on day 360 a pass reads what it read on day 2 (the year
+    level re-read every stored day of the year, up to 366 per series per pass). Building the year's totals
+    once (a new process, the first pass) reads its stored days once."""
+    rules = RuleResolver.from_config(RollupSection(rule_set=rule_set, time_zone="Asia/Almaty"), [])
+    year_start = datetime(2024, 1, 1, tzinfo=ALMATY)
+    found = {}
+    for day in (2, 360):
+        async with SqliteStore(":memory:") as store:
+            earlier = [
+                Aggregate("pvl", "gas", p, Period.DAY, (year_start + timedelta(days=d)).astimezone(UTC), 50.0 + d,
+                          24, 24, True, unit="mg/m3")
+                for d in range(day - 1)
+                for p in ("so2", "nox", "co")
+            ]  # fmt: skip
+            await store.write_aggregates(earlier)
+            start = (year_start + timedelta(days=day - 1, hours=3)).astimezone(UTC)
+            found[day] = await _reads_per_pass(store, start, 3, rules)
+            [year] = await store.query_aggregates(period=Period.YEAR, parameter="so2")
+            assert year.n_valid == 24 * (day - 1)  # the stored days count (the new day's hour is not valid yet)
+    assert found[2][1:] == found[360][1:] == [60 * 3, 60 * 3]
+    # the first pass built the month's and the year's totals: it read their stored days once (on day 360,
+    # 2024-12-25: 24 days of December and 359 of the year; on day 2: one of each)
+    assert found[360][0] - found[2][0] == 3 * ((24 + 359) - (1 + 1))
+
+
+class FailingWrites(CountingStore):
+    """The real store, whose `fail_at`-th aggregate write (counted from 1) meets an outage."""
+
+    def __init__(self, inner: Store, fail_at: int) -> None:
+        super().__init__(inner)
+        self.fail_at = fail_at
+        self.writes = 0
+
+    async def write_aggregates(self, aggregates: list[Aggregate]) -> None:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise StoreError("store went away", retryable=True)
+        await self.inner.write_aggregates(aggregates)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])  # before the minutes, between minutes and hours, before the days
+async def test_a_pass_cut_short_by_an_outage_leaves_rollups_a_rebuild_would_give(fail_at: int) -> None:
+    """Some levels stored, others not: the running totals are forgotten and built again from what the store
+    holds, so the next pass still ends where a recomputation from raw does."""
+    async with SqliteStore(":memory:") as store, SqliteStore(":memory:") as fresh:
+        failing = FailingWrites(store, fail_at=0)
+        engine = RollupEngine(failing, DirtyMarks(":memory:"), RULES)  # type: ignore[arg-type]
+        for index in range(18):  # 5 minutes a pass; the day ends after 12 passes
+            rows = minutes_of(T0 + timedelta(hours=23, minutes=index * 5), 5, 10.0 + index, every=15)
+            await store.write(rows)
+            await engine.note_written(rows)
+            if index == 10:  # the hour is valid already (50 minutes): the day counts its stored value
+                failing.fail_at, failing.writes = fail_at, 0
+                with pytest.raises(StoreError):
+                    await engine.process_dirty()
+                assert engine.counters.open_periods == 0
+            else:
+                await engine.process_dirty()
+        incremental = await all_aggregates(store)
+        await fresh.write(await store.query())
+        rebuilt = RollupEngine(fresh, DirtyMarks(":memory:"), RULES)
+        await rebuilt.recompute(T0, T0 + timedelta(days=2))
+        assert incremental == await all_aggregates(fresh)
+        engine.close()
+        rebuilt.close()
+
+
+async def test_running_totals_in_memory_stay_bounded_through_the_day() -> None:
+    """At most the newest two periods per series and level stay in memory, however long the run."""
+    async with SqliteStore(":memory:") as store:
+        engine = RollupEngine(store, DirtyMarks(":memory:"), RULES)
+        for index in range(0, 30 * 60, 10):  # 30 hours, a pass per 10 minutes of data
+            batch = second_batch(T0 + timedelta(minutes=index), 60, ["so2", "nox"], index)
+            await store.write_batches([batch])
+            await engine.note_batches([batch])
+            await engine.process_dirty()
+            assert engine.counters.open_periods <= 2 * 4 * 2  # series × levels × kept
+        assert engine.counters.evicted > 0
+        engine.close()

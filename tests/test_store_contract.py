@@ -1209,7 +1209,7 @@ def test_readings_to_look_up_are_queried_in_stretches_of_an_hour_at_most(
     [
         ("reading", "site = 's' AND instrument = 'i' AND ts_ns >= 0 AND ts_ns < 60", "reading_series_ts"),
         ("reading", "site = 's' AND instrument = 'i' AND parameter = 'p' AND ts_ns >= 0 AND ts_ns < 60", None),
-        ("reading", "ts_ns < 60", "reading_ts"),
+        ("reading", "site = 's' AND instrument = 'i' AND ts_ns < 60", "reading_series_ts"),  # retention, per instrument
         (
             "rollup",
             "site = 's' AND period = '1m' AND instrument = 'i' AND start_ns >= 0 AND start_ns < 60",
@@ -1221,8 +1221,8 @@ async def test_sqlite_reads_a_time_range_through_an_index_whatever_the_table_hol
     tmp_path: Path, table: str, where: str, index: str | None
 ) -> None:
     """The rollup engine asks for one instrument's raw minutes and its stored minutes of an hour, retention for
-    everything before a time: each query must be bounded by its time range in an index (a year of raw data is
-    ~10^9 rows), never scan a series' whole history or every series' period."""
+    each instrument's readings before a time: each query must be bounded by its time range in an index (a year
+    of raw data is ~10^9 rows), never scan a series' whole history or every series' period."""
     async with SqliteStore(tmp_path / "aua.sqlite") as store:
         plan = await store.run_on_connection(
             lambda db: " ".join(

@@ -4,7 +4,10 @@ Raw readings are kept `[store] raw_retention_days` (unset: forever); rollups (ev
 `[store] rollup_retention_days`, by default 10 years: EU MRR 2018/2066 Art. 67(1) requires the records behind
 an emissions report to be kept at least 10 years (a shorter national rule can lower it; docs/deployment.md).
 
-- SQLite: `prune_step` deletes at most `limit` rows per transaction, oldest first through the time indexes,
+- SQLite: `prune_step` deletes at most `limit` rows per transaction, oldest first per instrument through the
+  (site, instrument, ts_ns) index the rollup engine reads by (`raw_instruments` hops from one instrument to
+  the next in it: there is no index on time alone, which cost ~30 % of the raw data's size), and rollups
+  oldest first per period through (period, start_ns),
   so the store's one writer thread is never held for long and an ingest write waits for one small step at
   most; the freed pages are reused, so the file stops growing once the bounds are reached. The first raw
   time kept is recorded in the file (table `retention`) so a report knows where raw data ends.
@@ -31,6 +34,7 @@ __all__ = [
     "parse_duration",
     "policy_statements",
     "prune_step",
+    "raw_instruments",
     "raw_pruned_before",
 ]
 
@@ -86,21 +90,24 @@ def prune_step(
     connection: sqlite3.Connection, *, raw_before: datetime | None, rollup_before: datetime | None, limit: int
 ) -> int:
     """Delete up to `limit` raw readings before `raw_before` and up to `limit` rollups starting before
-    `rollup_before`, oldest first, in one transaction; returns how many rows went (0: nothing left to do).
+    `rollup_before`, oldest first (raw: per instrument), in one transaction; returns how many rows went (0:
+    nothing left to do).
 
-    Both deletes find their rows through a time index (reading_ts, rollup_start), so a step costs the same
-    whatever the tables hold."""
+    Raw readings are found per instrument through reading_series_ts, rollups through rollup_start: a step
+    costs the same whatever the tables hold (one index search per instrument, plus the rows it deletes)."""
     deleted = 0
     connection.execute("BEGIN IMMEDIATE")
     try:
         if raw_before is not None:
             connection.execute(_MARK_SCHEMA)
             cutoff = to_ns(raw_before)
-            deleted += connection.execute(
-                "DELETE FROM reading WHERE (site, instrument, parameter, agent, ts_ns) IN (SELECT site, instrument, "
-                "parameter, agent, ts_ns FROM reading WHERE ts_ns < ? ORDER BY ts_ns LIMIT ?)",
-                (cutoff, limit),
-            ).rowcount
+            left = limit
+            for site, instrument in raw_instruments(connection):
+                if left <= 0:
+                    break
+                gone = connection.execute(_PRUNE_RAW, (site, instrument, cutoff, left)).rowcount
+                deleted += gone
+                left -= gone
             connection.execute(
                 "INSERT INTO retention VALUES ('raw', ?) ON CONFLICT (what) DO UPDATE SET "
                 "before_ns = max(before_ns, excluded.before_ns)",
@@ -125,6 +132,30 @@ def prune_step(
         raise
     connection.execute("COMMIT")
     return deleted
+
+
+_PRUNE_RAW = (
+    "DELETE FROM reading WHERE (site, instrument, parameter, agent, ts_ns) IN (SELECT site, instrument, parameter, "
+    "agent, ts_ns FROM reading WHERE site = ? AND instrument = ? AND ts_ns < ? ORDER BY ts_ns LIMIT ?)"
+)
+_FIRST_INSTRUMENT = "SELECT site, instrument FROM reading ORDER BY site, instrument LIMIT 1"
+_FIRST_OF_SITE = "SELECT site, instrument FROM reading WHERE site = ? ORDER BY site, instrument LIMIT 1"
+_NEXT_INSTRUMENT = "SELECT site, instrument FROM reading WHERE site = ? AND instrument > ? ORDER BY instrument LIMIT 1"
+"""(a row value (site, instrument) > (?, ?) would walk every reading of the current instrument first)"""
+_NEXT_SITE = "SELECT site, instrument FROM reading WHERE site > ? ORDER BY site, instrument LIMIT 1"
+
+
+def raw_instruments(connection: sqlite3.Connection, site: str | None = None) -> list[tuple[str, str]]:
+    """The (site, instrument) pairs with raw readings (of one site, when given), in order: one or two searches
+    of reading_series_ts per pair (a skip scan), not a pass over the readings."""
+    found: list[tuple[str, str]] = []
+    row = connection.execute(*((_FIRST_INSTRUMENT,) if site is None else (_FIRST_OF_SITE, (site,)))).fetchone()
+    while row is not None:
+        found.append((str(row[0]), str(row[1])))
+        row = connection.execute(_NEXT_INSTRUMENT, row).fetchone()
+        if row is None and site is None:
+            row = connection.execute(_NEXT_SITE, (found[-1][0],)).fetchone()
+    return found
 
 
 def raw_pruned_before(connection: sqlite3.Connection) -> datetime | None:
