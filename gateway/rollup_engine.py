@@ -144,53 +144,35 @@ class DirtyMarks(StateFile):
         if not masks:
             return
         rows = [(*key, mask) for key, mask in sorted(masks.items())]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO rollup_dirty (site, instrument, parameter, hour_ns, version, minutes) "
-                    "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (site, instrument, parameter, hour_ns) "
-                    "DO UPDATE SET version = version + 1, minutes = minutes | excluded.minutes",
-                    rows,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO rollup_dirty (site, instrument, parameter, hour_ns, version, minutes) "
+                "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (site, instrument, parameter, hour_ns) "
+                "DO UPDATE SET version = version + 1, minutes = minutes | excluded.minutes",
+                rows,
+            )
 
     def take(self, limit: int) -> list[Mark]:
         """Up to `limit` marks, oldest hours first, with the minutes to redo: those marked since the last pass
         and those a pass took without finishing. The taken minutes move out of `minutes`, so data arriving
         during the pass marks only its own minutes for the next one; they stay in `taking` until `done` (or
         `set_aside`), so a pass cut short by a crash is redone."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute(
-                    "SELECT site, instrument, parameter, hour_ns, version, minutes | taking FROM rollup_dirty "
-                    "ORDER BY hour_ns LIMIT ?",
-                    (limit,),
-                ).fetchall()
-                self._db.executemany(
-                    f"UPDATE rollup_dirty SET taking = taking | minutes, minutes = 0 WHERE {_MARK_KEY}",
-                    [row[:4] for row in rows],
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.transaction():
+            rows = self._db.execute(
+                "SELECT site, instrument, parameter, hour_ns, version, minutes | taking FROM rollup_dirty "
+                "ORDER BY hour_ns LIMIT ?",
+                (limit,),
+            ).fetchall()
+            self._db.executemany(
+                f"UPDATE rollup_dirty SET taking = taking | minutes, minutes = 0 WHERE {_MARK_KEY}",
+                [row[:4] for row in rows],
+            )
         return [(str(s), str(i), str(p), int(h), int(v), int(m)) for s, i, p, h, v, m in rows]
 
     def done(self, marks: Iterable[Mark]) -> None:
         """The taken minutes are rolled up: forget them, and the mark once nothing new arrived meanwhile."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._finish([mark[:4] for mark in marks])
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.transaction():
+            self._finish([mark[:4] for mark in marks])
 
     def _finish(self, keys: list[tuple[str, str, str, int]]) -> None:
         """Inside a transaction: the taken minutes of these marks are dealt with."""
@@ -200,20 +182,14 @@ class DirtyMarks(StateFile):
     def set_aside(self, marks: Iterable[tuple[Mark, str]], now_ns: int) -> None:
         """Move marks whose rollup failed out of the way, each with its error (merged with earlier ones)."""
         rows = list(marks)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO rollup_set_aside VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (site, instrument, parameter, hour_ns) DO UPDATE SET "
-                    "minutes = minutes | excluded.minutes, error = excluded.error, at_ns = excluded.at_ns",
-                    [(*mark[:4], mark[5], error, now_ns) for mark, error in rows],
-                )
-                self._finish([mark[:4] for mark, _ in rows])
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO rollup_set_aside VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (site, instrument, parameter, hour_ns) DO UPDATE SET "
+                "minutes = minutes | excluded.minutes, error = excluded.error, at_ns = excluded.at_ns",
+                [(*mark[:4], mark[5], error, now_ns) for mark, error in rows],
+            )
+            self._finish([mark[:4] for mark, _ in rows])
 
     def set_aside_marks(self) -> list[SetAside]:
         with self._lock:
@@ -225,20 +201,14 @@ class DirtyMarks(StateFile):
 
     def release_set_aside(self) -> int:
         """Put every set-aside mark back among the dirty ones (after a fix); returns how many."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                moved = self._db.execute(
-                    "INSERT INTO rollup_dirty (site, instrument, parameter, hour_ns, version, minutes) "
-                    "SELECT site, instrument, parameter, hour_ns, 1, minutes FROM rollup_set_aside WHERE true "
-                    "ON CONFLICT (site, instrument, parameter, hour_ns) "
-                    "DO UPDATE SET version = version + 1, minutes = minutes | excluded.minutes"
-                ).rowcount
-                self._db.execute("DELETE FROM rollup_set_aside")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.transaction():
+            moved = self._db.execute(
+                "INSERT INTO rollup_dirty (site, instrument, parameter, hour_ns, version, minutes) "
+                "SELECT site, instrument, parameter, hour_ns, 1, minutes FROM rollup_set_aside WHERE true "
+                "ON CONFLICT (site, instrument, parameter, hour_ns) "
+                "DO UPDATE SET version = version + 1, minutes = minutes | excluded.minutes"
+            ).rowcount
+            self._db.execute("DELETE FROM rollup_set_aside")
         return int(moved)
 
     def oldest_hour(self) -> int | None:
