@@ -24,6 +24,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gateway.state_file import transaction
 from gateway.stores.base import from_ns, to_ns
 
 __all__ = [
@@ -96,8 +97,7 @@ def prune_step(
     Raw readings are found per instrument through reading_series_ts, rollups through rollup_start: a step
     costs the same whatever the tables hold (one index search per instrument, plus the rows it deletes)."""
     deleted = 0
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(connection):
         if raw_before is not None:
             connection.execute(_MARK_SCHEMA)
             cutoff = to_ns(raw_before)
@@ -127,10 +127,6 @@ def prune_step(
                 ).rowcount
                 deleted += gone
                 left -= gone
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
     return deleted
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from aua_contract import Batch, Quality, Reading
 from gateway.rollup import Aggregate, Period
+from gateway.state_file import transaction
 from gateway.stores.base import (
     Approval,
     BatchReceipt,
@@ -464,18 +465,13 @@ class SqliteStore:
         assert connection is not None
         dropped = 0
         while True:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(connection):
                 step = connection.execute(
                     """DELETE FROM batch_receipt WHERE site = ? AND agent = ? AND seq IN (
                            SELECT seq FROM batch_receipt WHERE site = ? AND agent = ? AND seq < ?
                            ORDER BY seq LIMIT ?)""",
                     (site, agent, site, agent, below, RECEIPT_PRUNE_STEP),
                 ).rowcount
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
             dropped += step
             if step < RECEIPT_PRUNE_STEP:
                 return dropped
@@ -572,17 +568,12 @@ class SqliteStore:
         connection = self._connection
         assert connection is not None
         recorded = 0
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(connection):
             for rows, provenance in groups:
                 before = connection.total_changes
                 connection.executemany(_INSERT_NEW, rows)
                 if connection.total_changes - before < len(rows):
                     recorded += self._revise_sync(rows, provenance, received_ns)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
         self._revisions_recorded += recorded
 
     def _revise_sync(self, rows: list[ReadingRow], provenance: Provenance, received_ns: int) -> int:
@@ -606,14 +597,8 @@ class SqliteStore:
         """In one transaction: the stored value becomes a superseded revision, the revision the stored value."""
         connection = self._connection
         assert connection is not None
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            approval = self._approve_in_transaction(connection, number, by, why, at_ns)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-        return approval
+        with transaction(connection):
+            return self._approve_in_transaction(connection, number, by, why, at_ns)
 
     def _approve_in_transaction(
         self, connection: sqlite3.Connection, number: int, by: str, why: str, at_ns: int
@@ -657,13 +642,8 @@ class SqliteStore:
     def _write_sync(self, rows: list[tuple[Any, ...]], statement: str) -> None:
         """One transaction per call: a batch is stored whole or not at all."""
         assert self._connection is not None
-        self._connection.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._connection):
             self._connection.executemany(statement, rows)
-        except BaseException:
-            self._connection.execute("ROLLBACK")
-            raise
-        self._connection.execute("COMMIT")
 
     def _call_sync(self, function: Callable[[sqlite3.Connection], T]) -> T:
         assert self._connection is not None
