@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Final
 
+from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
 from gateway.mrv_config import find_source
 from gateway.operating_state import ManualEntry, State
@@ -145,15 +146,6 @@ def superseded_by(entry: ManualEntry, entries: Sequence[ManualEntry]) -> list[in
 # -- CLI -----------------------------------------------------------------------------------------------------
 
 
-def _parse_time(text: str) -> datetime:
-    """ISO 8601; a time without a zone is UTC (as every other command of the gateway)."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time such as 2024-06-01T00:00+05:00") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def add_operating_state_commands(commands: Any) -> None:
     """`operating-state log` and `operating-state list` under `cems-gateway`."""
     group = commands.add_parser(
@@ -165,15 +157,15 @@ def add_operating_state_commands(commands: Any) -> None:
     log.add_argument("config", type=Path)
     log.add_argument("source", help="[[source]] id")
     log.add_argument("--state", required=True, choices=STATES, help="'derived': the signals decide again")
-    log.add_argument("--from", dest="start", required=True, type=_parse_time, help="ISO 8601 (no zone: UTC)")
-    log.add_argument("--to", dest="end", required=True, type=_parse_time, help="exclusive; ISO 8601 (no zone: UTC)")
+    log.add_argument("--from", dest="start", required=True, type=cli_time, help="ISO 8601 (no zone: UTC)")
+    log.add_argument("--to", dest="end", required=True, type=cli_time, help="exclusive; ISO 8601 (no zone: UTC)")
     log.add_argument("--by", required=True, help="who records it")
     log.add_argument("--why", required=True, help="why, for the record (e.g. the shift log entry)")
     listing = group.add_parser("list", help="the log's entries, each with the later entries that supersede it")
     listing.add_argument("config", type=Path)
     listing.add_argument("source", nargs="?", help="only this [[source]]")
-    listing.add_argument("--since", type=_parse_time, help="entries ending after this time")
-    listing.add_argument("--until", type=_parse_time, help="entries starting before this time")
+    listing.add_argument("--since", type=cli_time, help="entries ending after this time")
+    listing.add_argument("--until", type=cli_time, help="entries starting before this time")
 
 
 def run_operating_state_command(config: GatewayConfig, args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from fpdf import FPDF
 from fpdf.fonts import FontFace
 from openpyxl import Workbook
 
+from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
 from gateway.mrv_config import SourceConfig, find_source, source_input
 from gateway.operating_log import OperatingLog
@@ -1100,8 +1101,12 @@ def add_mrv_commands(commands: Any) -> None:
     rollup_commands = rollup.add_subparsers(dest="rollup_command", required=True)
     recompute = rollup_commands.add_parser("recompute", help="recompute every rollup of [--from, --to) from raw data")
     recompute.add_argument("config", type=Path)
-    recompute.add_argument("--from", dest="start", required=True, help="ISO time, e.g. 2024-05-01T00:00+05:00")
-    recompute.add_argument("--to", dest="end", required=True, help="ISO time (exclusive); no offset means UTC")
+    recompute.add_argument(
+        "--from", dest="start", required=True, type=cli_time, help="ISO time, e.g. 2024-05-01T00:00+05:00"
+    )
+    recompute.add_argument(
+        "--to", dest="end", required=True, type=cli_time, help="ISO time (exclusive); no offset means UTC"
+    )
     recompute.add_argument("--site", help="only this site")
     status = rollup_commands.add_parser("status", help="hours waiting to be recomputed; process them with --process")
     status.add_argument("config", type=Path)
@@ -1122,18 +1127,13 @@ def add_mrv_commands(commands: Any) -> None:
     feed.add_argument("--interval", type=float, default=300.0, help="seconds between passes")
 
 
-def _parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 async def _rollup_command(config: GatewayConfig, args: argparse.Namespace) -> int:
     store = open_store(config.store.url)
     await store.open()
     engine = RollupEngine.from_config(config, store)
     try:
         if args.rollup_command == "recompute":
-            start, end = _parse_time(args.start), _parse_time(args.end)
+            start, end = args.start, args.end
             if end <= start:
                 print(f"--to {end.isoformat()} is not after --from {start.isoformat()}")
                 return 2

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
 from gateway.rollup_engine import RollupEngine
 from gateway.stores import StoredReading, StoreError, open_store
@@ -41,8 +42,8 @@ def add_revision_commands(commands: Any) -> None:
     listing.add_argument("config", type=Path)
     listing.add_argument("--site", help="only this site")
     listing.add_argument("--agent", help="only this agent")
-    listing.add_argument("--since", type=_parse_time, help="readings sampled at or after this time (ISO 8601, UTC)")
-    listing.add_argument("--until", type=_parse_time, help="readings sampled before this time (ISO 8601, UTC)")
+    listing.add_argument("--since", type=cli_time, help="readings sampled at or after this time (ISO 8601, UTC)")
+    listing.add_argument("--until", type=cli_time, help="readings sampled before this time (ISO 8601, UTC)")
     listing.add_argument("--all", action="store_true", help="approved and superseded ones too")
     listing.add_argument(
         "--limit", type=_count, default=LIST_LIMIT, help=f"print at most this many (default {LIST_LIMIT})"
@@ -71,15 +72,6 @@ def _count(text: str) -> int:
     if not 0 <= number <= MAX_LIST:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {MAX_LIST}")
     return number
-
-
-def _parse_time(text: str) -> datetime:
-    """ISO 8601; a time without a zone is UTC."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time such as 2024-05-01T00:00Z") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _time(moment: datetime | None) -> str:
