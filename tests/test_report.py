@@ -1032,3 +1032,22 @@ async def test_vcr_thresholds_and_a_function_newer_than_the_period_are_reported(
         "QAL2 function QAL2-PVL-2023-07 of 2024-05-02 is applied to the whole period" in w
         for w in produced.report.warnings
     )
+
+
+async def test_a_qal2_on_the_o2_channel_calibrates_the_reference_o2_correction(tmp_path: Path) -> None:
+    """O2 y = 1.0 + 1.0·x: 9 → 10 % vol before the SO2 correction to 6 %: 400 × 15/11 − 120 = 425.45 mg/Nm³
+    (uncalibrated: 380). Its VCR is in % vol dry: 9.5 → all 23 valid hours of 1 May above → 100 % → due."""
+    source = SOURCE.replace(
+        'o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol" }}',
+        'o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol", '
+        'qal2 = {{ id = "Q-O2", date = 2024-01-15, a = 1.0, b = 1.0, vcr = 9.5 }} }}',
+    )
+    assert source != SOURCE
+    produced = await may_report(tmp_path, stack_readings(days=1), source=source)
+    report = produced.report
+    assert report.limits[0].max_validated == pytest.approx(400.0 * 15 / 11 - 120.0)
+    assert report.calibration is not None
+    [function] = report.calibration.functions
+    assert (function.name, function.vcr_unit, function.weeks, function.new_qal2_due) == ("O2", "% vol dry", 1, True)
+    [week] = report.calibration.weeks
+    assert (week.valid_periods, week.above_vcr) == (23, 23)
