@@ -7,6 +7,7 @@ for the meaning of each setting).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from gateway import mrv
 from gateway.alert_rules import Rule, ThresholdRule
+from gateway.calibration import Qal2Function, VcrThresholds
 from gateway.compliance import Compliance, ComplianceCheck, compliance_for
 from gateway.operating_state import MIN_REQUIRED, Criterion, OperatingSpec, State, StatusTag
 from gateway.report import ChannelInput, SourceInput
@@ -28,11 +30,13 @@ __all__ = [
     "CriterionConfig",
     "OperatingConfig",
     "PollutantConfig",
+    "Qal2Config",
     "ReportsSection",
     "RollupSection",
     "RuleResolver",
     "RuleSetConfig",
     "SourceConfig",
+    "VcrCheckConfig",
     "check_sources",
     "find_source",
     "resolve_mrv_paths",
@@ -211,6 +215,38 @@ class RollupSection(_Strict):
 
 Conditions = Literal["standard", "actual"]
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Qal2Config(_Strict):
+    """`qal2` of a channel: the QAL2 calibration function ŷ = a + b·x of EN 14181:2014 from the QAL2 report,
+    applied to the channel's base-period values before standardisation (docs/regulatory-basis.md §8)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="the QAL2 report's id")
+    date: dt.date = Field(description="date of the QAL2 report")
+    a: FiniteFloat = Field(description="intercept, in the channel's unit")
+    b: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(description="slope")
+    vcr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None,
+        description="valid calibration range: upper bound in the standardised unit (pollutants: mg/Nm3 dry at "
+        "the reference O2 when O2-corrected); without it no VCR check",
+    )
+
+    def function(self) -> Qal2Function:
+        return Qal2Function(self.id, self.date, self.a, self.b, self.vcr)
+
+
+class VcrCheckConfig(_Strict):
+    """`[source.vcr_check]`: when the weekly VCR check says a new QAL2 is due. Defaults from UK guidance on
+    EN 14181:2014 (not the standard's text): > 5 % of values outside in > 5 weeks, or > 40 % in any one week."""
+
+    week_percent: Annotated[float, Field(ge=0, le=100)] = 5.0
+    weeks_allowed: Annotated[int, Field(ge=0, le=60)] = 5
+    any_week_percent: Annotated[float, Field(ge=0, le=100)] = 40.0
+
+    def thresholds(self) -> VcrThresholds:
+        return VcrThresholds(self.week_percent, self.weeks_allowed, self.any_week_percent)
+
 
 class ChannelConfig(_Strict):
     """Where a measured quantity comes from and on which basis it is measured (docs/regulatory-basis.md §2)."""
@@ -230,6 +266,7 @@ class ChannelConfig(_Strict):
     lookback_hours: Annotated[int, Field(ge=1, le=8760)] | None = Field(
         default=None, description="Part 75 lookback: 720 (SO2, CO2) or 2160 (NOx, flow) quality-assured hours"
     )
+    qal2: Qal2Config | None = Field(default=None, description="QAL2 calibration function (EN 14181:2014)")
 
     def basis(self, species: str | None = None) -> mrv.Basis:
         return mrv.Basis(self.unit, wet=self.wet, actual_conditions=self.conditions == "actual", species=species)
@@ -380,6 +417,9 @@ class SourceConfig(_Strict):
     pollutant: list[PollutantConfig] = Field(default_factory=list)
     operating: OperatingConfig | None = Field(
         default=None, description="operating state signals; without it every period counts as operating"
+    )
+    vcr_check: VcrCheckConfig = Field(
+        default_factory=VcrCheckConfig, description="'new QAL2 due' thresholds of the weekly VCR check"
     )
 
     @field_validator("time_zone")
@@ -697,6 +737,7 @@ def source_input(
                 ci_percent=(pollutant.confidence_percent or 0.0) if pollutant else 0.0,
                 o2_correction=pollutant.o2_correction if pollutant else False,
                 compliance=_compliance_of(channel.rule_set or source.rule_set, compliance),
+                qal2=channel.qal2.function() if channel.qal2 is not None else None,
             )
         )
     return SourceInput(
@@ -710,4 +751,5 @@ def source_input(
         o2_guard=source.o2_guard,
         channels=tuple(channels),
         operating=source.operating.spec() if source.operating is not None else None,
+        vcr_thresholds=source.vcr_check.thresholds(),
     )

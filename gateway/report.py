@@ -30,13 +30,14 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import compliance, mrv
+from gateway.calibration import THRESHOLDS_SOURCE, Qal2Function, VcrThresholds, new_qal2_due, weekly_vcr
 from gateway.operating_state import HourState, ManualEntry, OperatingSpec, State, derive_states
 from gateway.rollup import (
     Aggregate,
@@ -376,6 +377,48 @@ class OperatingSection(_Model):
     manual_log: list[ManualLogEntry] = Field(description="the operator's entries that touch the period")
 
 
+class Qal2Applied(_Model):
+    """A channel's QAL2 calibration function (EN 14181:2014) and its weekly valid-calibration-range check."""
+
+    role: str
+    name: str
+    qal2_id: str = Field(description="the QAL2 report's id; the calibrated values carry it")
+    qal2_date: date
+    a: float
+    b: float
+    vcr: float | None = Field(description="valid calibration range, upper bound; None: not configured, no check")
+    vcr_unit: str = Field(description="the standardised unit the VCR and the weekly check are in")
+    weeks: int = Field(description="weeks with at least one valid operating value")
+    weeks_over: int = Field(description="weeks with more than week_percent % of values above the VCR")
+    max_week_percent: float | None
+    new_qal2_due: bool
+    reasons: list[str]
+
+
+class VcrWeekRow(_Model):
+    """One Monday–Sunday week (source's local time) of one channel's VCR check."""
+
+    name: str
+    qal2_id: str
+    week_start: date
+    valid_periods: int = Field(description="valid operating base periods (standardised, before the CI)")
+    above_vcr: int
+    percent_above: float
+
+
+class CalibrationSection(_Model):
+    """QAL2 functions applied and the weekly VCR check (EN 14181:2014; docs/regulatory-basis.md §8)."""
+
+    applied: str = Field(description="where in the computation the functions are applied, and why there")
+    vcr_check: str = Field(description="what the weekly check counts")
+    week_percent: float
+    weeks_allowed: int
+    any_week_percent: float
+    thresholds_source: str
+    functions: list[Qal2Applied]
+    weeks: list[VcrWeekRow]
+
+
 class MrvReport(_Model):
     """Annual or monthly MRV report of one emission source (docs/regulatory-basis.md §7)."""
 
@@ -405,6 +448,9 @@ class MrvReport(_Model):
     operating: OperatingSection | None = Field(
         default=None, description="operating state per period: off, start-up, normal, shut-down"
     )
+    calibration: CalibrationSection | None = Field(
+        default=None, description="QAL2 calibration functions and the weekly VCR check; None: no channel has one"
+    )
 
 
 # -- inputs --------------------------------------------------------------------------------------------------
@@ -428,6 +474,8 @@ class ChannelInput:
     o2_correction: bool = True
     compliance: compliance.Compliance = compliance.NO_TESTS
     """IED compliance tests of the channel's rule set (none by default)"""
+    qal2: Qal2Function | None = None
+    """QAL2 calibration function applied to the base-period values (EN 14181:2014); None: used as measured"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +491,8 @@ class SourceInput:
     channels: tuple[ChannelInput, ...]
     operating: OperatingSpec | None = None
     """what decides the operating state per period; None: every period is operating"""
+    vcr_thresholds: VcrThresholds = field(default_factory=VcrThresholds)
+    """when the weekly VCR check says a new QAL2 is due"""
 
     def channel(self, role: str) -> ChannelInput | None:
         for channel in self.channels:
@@ -469,6 +519,11 @@ def canonical_rules(source: SourceInput) -> dict[str, Any]:
         "compliance": {
             c.role: {k: str(v) for k, v in asdict(c.compliance).items()} for c in source.channels if c.elv is not None
         },
+        **(
+            {"qal2": {c.role: asdict(c.qal2) | {"date": c.qal2.date.isoformat()} for c in source.channels if c.qal2}}
+            if any(c.qal2 is not None for c in source.channels)
+            else {}
+        ),
         "factors": {
             "ppm_to_mg_m3": dict(mrv.PPM_TO_MG_M3),
             "standard": [mrv.STANDARD_TEMPERATURE_K, mrv.STANDARD_PRESSURE_KPA],
@@ -507,7 +562,10 @@ def _points(
             wrong_units.add(found.unit)
             points.append(Point(start, None, False, f"unit {found.unit!r}, configured {channel.basis.unit!r}"))
         else:
-            points.append(Point(start, found.value, found.valid and found.value is not None, found.reason))
+            value = found.value
+            if value is not None and channel.qal2 is not None:
+                value = channel.qal2.apply(value)  # EN 14181:2014 QAL2: before standardisation and the CI
+            points.append(Point(start, value, found.valid and value is not None, found.reason))
     if wrong_units:
         warnings.append(
             f"{channel.name}: readings in {', '.join(sorted(wrong_units))} but the source says "
@@ -559,6 +617,169 @@ def _mass_series(
     return result
 
 
+def _o2_corrected(source: SourceInput, channel: ChannelInput) -> bool:
+    """A limited pollutant as configured (the config ensures an O2 channel and a reference O2); another channel
+    only when both exist (its VCR check)."""
+    if channel.elv is not None:
+        return channel.o2_correction
+    return channel.o2_correction and source.reference_o2 is not None and source.channel("o2") is not None
+
+
+def _standardising_roles(source: SourceInput, channel: ChannelInput) -> list[str]:
+    """The channel, then what standardising it needs in the same period: O2 (the reference-O2 correction),
+    H2O (wet value or wet O2), temperature and pressure (actual conditions)."""
+    needs = [channel.role]
+    corrected = _o2_corrected(source, channel)
+    o2_channel = source.channel("o2") if corrected else None
+    if corrected:
+        needs.append("o2")
+    if channel.basis.wet or (o2_channel is not None and o2_channel.basis.wet):
+        needs.append("h2o")  # the same hour's moisture dries the value and an in-situ (wet) O2 alike
+    if channel.basis.actual_conditions:
+        needs += ["temperature", "pressure"]
+    return needs
+
+
+def _standardised(source: SourceInput, channel: ChannelInput, inputs: Mapping[str, Point]) -> float:
+    """One period's value at dry standard conditions (and the reference O2 when corrected), before the
+    confidence interval is subtracted (§2, §3). Raises mrv.StandardisationError."""
+    measured = inputs[channel.role].value
+    assert measured is not None
+    extra = {
+        "h2o_percent": inputs["h2o"].value if "h2o" in inputs else None,
+        "temperature_c": inputs["temperature"].value if "temperature" in inputs else None,
+        "pressure_kpa": inputs["pressure"].value if "pressure" in inputs else None,
+    }
+    if channel.role == "flow":
+        return mrv.flow_to_dry_standard(measured, channel.basis, **extra)
+    concentration = mrv.to_dry_standard(measured, channel.basis, **extra)
+    if "o2" in inputs:
+        o2_channel = source.channel("o2")
+        o2 = inputs["o2"].value
+        assert o2 is not None
+        assert o2_channel is not None
+        assert source.reference_o2 is not None
+        o2 = mrv.dry_o2(o2, wet=o2_channel.basis.wet, h2o_percent=extra["h2o_percent"])
+        concentration = mrv.correct_to_reference_o2(concentration, o2, source.reference_o2, guard=source.o2_guard)
+    return concentration
+
+
+def _standard_unit(source: SourceInput, channel: ChannelInput) -> str:
+    try:
+        kind = channel.basis.kind
+    except mrv.StandardisationError:
+        return channel.basis.unit  # temperature, pressure: no gas basis, checked as calibrated
+    if kind == "flow":
+        return "Nm3/h dry"
+    if kind == "percent":
+        return "% vol dry"
+    o2 = f" at {source.reference_o2:g} % O2" if _o2_corrected(source, channel) else ""
+    return f"mg/Nm3 dry{o2}"
+
+
+_QAL2_APPLIED: Final = (
+    "each channel's QAL2 function y = a + b·x is applied to its base-period means before O2/H2O/T/p "
+    "standardisation and before the confidence interval is subtracted (EN 14181:2014); for a linear function "
+    "the mean of the calibrated readings equals the calibrated mean, so this is the same as calibrating each raw "
+    "reading. Raw readings and stored rollups stay as measured; totals, limits, substitutes and the hourly table "
+    "use the calibrated values"
+)
+_VCR_CHECK: Final = (
+    "per Monday–Sunday week in the source's local time: the share of valid operating base-period values, "
+    "standardised and before the confidence interval is subtracted, above the valid calibration range "
+    "(EN 14181:2014); the weeks of the report period stand for the period between two AST"
+)
+
+
+def _calibration(
+    source: SourceInput,
+    points: Mapping[str, list[Point]],
+    *,
+    grid: _Grid,
+    operating: Sequence[bool],
+    start: datetime,
+    warnings: list[str],
+) -> CalibrationSection | None:
+    """The QAL2 functions applied and the weekly VCR check; warnings when a new QAL2 is due."""
+    thresholds = source.vcr_thresholds
+    functions: list[Qal2Applied] = []
+    rows: list[VcrWeekRow] = []
+    for channel in source.channels:
+        qal2 = channel.qal2
+        if qal2 is None:
+            continue
+        if _local(start, source.zone).date() < qal2.date:
+            warnings.append(
+                f"{channel.name}: QAL2 function {qal2.id} of {qal2.date.isoformat()} is applied to the whole "
+                "period, also before its date; configure the function then in force for earlier periods"
+            )
+        weeks = []
+        if qal2.vcr is not None:
+            needs = _standardising_roles(source, channel)
+            values: list[tuple[datetime, float | None]] = []
+            for index, period_start in enumerate(grid.starts):
+                inputs = {role: points[role][index] for role in needs}
+                value: float | None = None
+                if operating[index] and all(p.valid for p in inputs.values()):
+                    try:
+                        channel.basis.kind  # noqa: B018 - raises for a unit without a gas basis
+                    except mrv.StandardisationError:
+                        value = inputs[channel.role].value
+                    else:
+                        try:
+                            value = _standardised(source, channel, inputs)
+                        except mrv.StandardisationError:
+                            value = None
+                values.append((period_start, value))
+            weeks = weekly_vcr(values, qal2.vcr, source.zone)
+        reasons = [] if qal2.vcr is None else new_qal2_due(weeks, thresholds)
+        rows += [
+            VcrWeekRow(
+                name=channel.name,
+                qal2_id=qal2.id,
+                week_start=w.week_start,
+                valid_periods=w.valid,
+                above_vcr=w.above,
+                percent_above=w.percent_above,
+            )
+            for w in weeks
+        ]
+        functions.append(
+            Qal2Applied(
+                role=channel.role,
+                name=channel.name,
+                qal2_id=qal2.id,
+                qal2_date=qal2.date,
+                a=qal2.a,
+                b=qal2.b,
+                vcr=qal2.vcr,
+                vcr_unit=_standard_unit(source, channel),
+                weeks=len(weeks),
+                weeks_over=sum(w.percent_above > thresholds.week_percent for w in weeks),
+                max_week_percent=max((w.percent_above for w in weeks), default=None),
+                new_qal2_due=bool(reasons),
+                reasons=reasons,
+            )
+        )
+        if reasons:
+            warnings.append(
+                f"{channel.name}: new QAL2 due (EN 14181:2014 valid calibration range; thresholds from "
+                f"{THRESHOLDS_SOURCE}): {'; '.join(reasons)}"
+            )
+    if not functions:
+        return None
+    return CalibrationSection(
+        applied=_QAL2_APPLIED,
+        vcr_check=_VCR_CHECK,
+        week_percent=thresholds.week_percent,
+        weeks_allowed=thresholds.weeks_allowed,
+        any_week_percent=thresholds.any_week_percent,
+        thresholds_source=THRESHOLDS_SOURCE,
+        functions=functions,
+        weeks=rows,
+    )
+
+
 def _limit_series(
     source: SourceInput,
     channel: ChannelInput,
@@ -568,15 +789,7 @@ def _limit_series(
     """Validated values (§3) per base period, from measured valid data only; invalid with a reason otherwise.
     Also the periods whose value could not be standardised (§2: flagged, not judged)."""
     assert channel.elv is not None
-    needs = [channel.role]
-    o2_channel = source.channel("o2") if channel.o2_correction else None
-    o2_wet = o2_channel is not None and o2_channel.basis.wet
-    if channel.o2_correction:
-        needs.append("o2")
-    if channel.basis.wet or o2_wet:
-        needs.append("h2o")  # the same hour's moisture dries the value and an in-situ (wet) O2 alike
-    if channel.basis.actual_conditions:
-        needs += ["temperature", "pressure"]
+    needs = _standardising_roles(source, channel)
     series: list[Aggregate] = []
     refused: list[int] = []
     for index, start in enumerate(grid.starts):
@@ -588,23 +801,7 @@ def _limit_series(
             reason = f"invalid {', '.join(bad)}"
         else:
             try:
-                measured = inputs[channel.role].value
-                assert measured is not None
-                concentration = mrv.to_dry_standard(
-                    measured,
-                    channel.basis,
-                    h2o_percent=inputs["h2o"].value if "h2o" in inputs else None,
-                    temperature_c=inputs["temperature"].value if "temperature" in inputs else None,
-                    pressure_kpa=inputs["pressure"].value if "pressure" in inputs else None,
-                )
-                if channel.o2_correction:
-                    o2 = inputs["o2"].value
-                    assert o2 is not None
-                    assert source.reference_o2 is not None
-                    o2 = mrv.dry_o2(o2, wet=o2_wet, h2o_percent=inputs["h2o"].value if "h2o" in inputs else None)
-                    concentration = mrv.correct_to_reference_o2(
-                        concentration, o2, source.reference_o2, guard=source.o2_guard
-                    )
+                concentration = _standardised(source, channel, inputs)
                 value = mrv.validated_value(concentration, channel.elv, channel.ci_percent)
             except mrv.StandardisationError as error:
                 reason = str(error)
@@ -959,6 +1156,7 @@ def build_report_with_rows(
     if month is not None:
         warnings.append("monthly report: substitutes use this month's data only (provisional; the year decides)")
     operating_section = _operating_section(source, states, manual, grid)
+    calibration = _calibration(source, points, grid=grid, operating=operating, start=start, warnings=warnings)
     if operating_section.assumed_periods and source.operating is not None:
         warnings.append(
             f"{operating_section.assumed_periods} periods have no operating-state signal and are taken as operating "
@@ -1007,6 +1205,7 @@ def build_report_with_rows(
         reproducibility=reproducibility,
         revisions=audit,
         operating=operating_section,
+        calibration=calibration,
     )
     if not rows:
         return report, [], []
@@ -1376,7 +1575,12 @@ def _hourly_table(
     columns: list[list[object]] = [[h.state.value for h in states], [h.basis for h in states]]
     for channel in source.channels:
         role_points, role_filled = points[channel.role], filled[channel.role]
-        header += [f"{channel.name} [{channel.basis.unit}]", f"{channel.name} valid", f"{channel.name} method"]
+        calibrated = f" QAL2 {channel.qal2.id}" if channel.qal2 is not None else ""
+        header += [
+            f"{channel.name} [{channel.basis.unit}{calibrated}]",
+            f"{channel.name} valid",
+            f"{channel.name} method",
+        ]
         columns += [
             [f.value for f in role_filled],
             [p.valid for p in role_points],

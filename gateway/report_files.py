@@ -461,6 +461,8 @@ def _sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]
         "revisions": _table(report.revisions.listed),
         "operating": _table(report.operating.runs if report.operating else []),
         "operating-months": _table(report.operating.by_month if report.operating else []),
+        "calibration": _table(report.calibration.functions if report.calibration else []),
+        "vcr": _table(report.calibration.weeks if report.calibration else []),
     }
 
 
@@ -675,6 +677,50 @@ def _pdf_operating(pdf: _Pdf, report: MrvReport) -> None:
         )
 
 
+def _pdf_calibration(pdf: _Pdf, report: MrvReport) -> None:
+    """QAL2 functions applied and the weekly VCR check (EN 14181:2014)."""
+    section = report.calibration
+    if section is None:
+        return
+    pdf.heading("QAL2 calibration functions and valid calibration range (EN 14181:2014)")
+    pdf.line_text(section.applied, size=7)
+    pdf.grid(
+        ["channel", "QAL2 report", "date", "a", "b", "VCR", "unit", "weeks", "weeks over", "max week %", "new QAL2"],
+        [
+            [
+                f.name,
+                f.qal2_id,
+                f.qal2_date.isoformat(),
+                _number(f.a, 4),
+                _number(f.b, 4),
+                _number(f.vcr, 1),
+                f.vcr_unit,
+                f.weeks,
+                f.weeks_over,
+                _number(f.max_week_percent, 1),
+                "DUE" if f.new_qal2_due else ("no VCR" if f.vcr is None else "not due"),
+            ]
+            for f in section.functions
+        ],
+    )
+    pdf.line_text(
+        f"{section.vcr_check}. New QAL2 due: more than {section.week_percent:g} % above the VCR in more than "
+        f"{section.weeks_allowed} weeks, or more than {section.any_week_percent:g} % in any one week "
+        f"({section.thresholds_source}).",
+        size=7,
+    )
+    over = [w for w in section.weeks if w.percent_above > section.week_percent]
+    if over:
+        pdf.grid(
+            ["channel", "week from", "valid periods", "above VCR", "% above"],
+            [
+                [w.name, w.week_start.isoformat(), w.valid_periods, w.above_vcr, _number(w.percent_above, 1)]
+                for w in over[:_PDF_ROWS]
+            ],
+        )
+        _more(pdf, len(over))
+
+
 def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | None) -> None:
     period = report.period
     label = f"{period.year}" + (f"-{period.month:02d}" if period.month else "")
@@ -751,6 +797,7 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
         ],
     )
     _pdf_operating(pdf, report)
+    _pdf_calibration(pdf, report)
     pdf.heading("Emission limits (validated values: O2-corrected, confidence interval subtracted)")
     pdf.grid(
         [

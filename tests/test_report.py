@@ -15,7 +15,7 @@ import re
 import statistics
 import threading
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -244,6 +244,8 @@ async def test_report_files_are_written_and_readable(
             "stack1-2024-05-revisions.csv",
             "stack1-2024-05-operating.csv",
             "stack1-2024-05-operating-months.csv",
+            "stack1-2024-05-calibration.csv",
+            "stack1-2024-05-vcr.csv",
             "stack1-2024-05-hourly.csv",
         ]
     )
@@ -260,7 +262,7 @@ async def test_report_files_are_written_and_readable(
     workbook = load_workbook(tmp_path / "out" / "stack1-2024-05.xlsx", read_only=True)
     assert workbook.sheetnames == [
         "Summary", "Totals", "Availability", "Limits", "Compliance", "Exceedances", "Substituted", "Maintenance",
-        "Revisions", "Operating", "Operating-months", "Hourly", "Config",
+        "Revisions", "Operating", "Operating-months", "Calibration", "Vcr", "Hourly", "Config",
     ]  # fmt: skip
     compliance = list(workbook["Compliance"].iter_rows(values_only=True))
     assert [row[:2] for row in compliance[1:]] == [
@@ -600,6 +602,18 @@ def test_cli_recompute_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
         ),
         (('fuel = "solid"', 'fuel = "coal"'), "source.0.fuel: Input should be"),
         (
+            ("ci_percent = 20", 'ci_percent = 20\n[source.pollutant.qal2]\nid = "Q"\ndate = 2024-01-01\na = 0\nb = 0'),
+            "source.0.pollutant.0.qal2.b: Input should be greater than 0",
+        ),
+        (
+            ("ci_percent = 20", "ci_percent = 20\n[source.pollutant.qal2]\ndate = 2024-01-01\na = 0\nb = 1"),
+            "source.0.pollutant.0.qal2.id: Field required",
+        ),
+        (
+            ("ci_percent = 30", "ci_percent = 30\n[source.vcr_check]\nweek_percent = 120"),
+            "source.0.vcr_check.week_percent: Input should be less than or equal to 100",
+        ),
+        (
             (
                 'parameter = "so2"\nname = "SO2"\nunit = "mg/m3"\nelv = 600\nci_percent = 20',
                 'parameter = "hg"\nunit = "mg/m3"\nelv = 0.05',
@@ -917,3 +931,123 @@ def test_an_alert_rule_taking_a_wet_o2_as_dry_is_refused(tmp_path: Path, source:
         error.value
     )
     assert "set o2_wet = true and h2o_parameter" in str(error.value)
+
+
+# -- QAL2 calibration (EN 14181:2014) ------------------------------------------------------------------------
+
+QAL2 = '[source.pollutant.qal2]\nid = "QAL2-PVL-2023-07"\ndate = 2023-11-20\na = 10.0\nb = 1.1\nvcr = 700\n'
+
+
+async def test_qal2_function_is_applied_before_standardisation_and_raw_data_stay_raw(tmp_path: Path) -> None:
+    """EN 14181:2014: SO2 y = 10 + 1.1·x on the hourly means (the mean of a linear function is the function of
+    the mean): day 1 400 → 450, days 2–3 600 → 670 mg/m³; at 9 % O2 to 6 %: × 15/12 → 562.5 and 837.5 mg/Nm³
+    before the CI. VCR 700: the 45 valid hours of days 2–3 are above, the 23 of day 1 not; all three days are in
+    the week of Monday 29 April (local): 45/68 = 66.2 % > 40 % → a new QAL2 is due (UK guidance thresholds)."""
+    url = f"sqlite://{tmp_path / 'aua.sqlite'}"
+    calibrated = load_gateway_config(
+        write_config(tmp_path, url, source=SOURCE.replace("ci_percent = 20\n", "ci_percent = 20\n" + QAL2))
+    )
+    (tmp_path / "plain").mkdir()
+    plain = load_gateway_config(write_config(tmp_path / "plain", url))
+    now = datetime(2024, 6, 2, tzinfo=UTC)
+    async with open_store(calibrated.store.url) as store:
+        rows = stack_readings()
+        await store.write(rows)
+        engine = RollupEngine.from_config(calibrated, store)
+        await engine.recompute(MAY_1, MAY_1 + timedelta(days=3))
+        engine.close()
+        produced = await produce_report(calibrated, store, "stack1", year=2024, month=5, now=now)
+        raw = await produce_report(plain, store, "stack1", year=2024, month=5, now=now)
+    report = produced.report
+    so2 = next(t for t in report.totals if t.name == "SO2")
+    assert so2.measured_t == pytest.approx((23 * 450.0 + 45 * 670.0) * FLOW * 1e-6 / 1000)
+    assert next(t for t in raw.report.totals if t.name == "SO2").measured_t == pytest.approx(18.1)  # stored: raw
+    assert raw.report.calibration is None
+    assert report.limits[0].max_validated == pytest.approx(670.0 * 15 / 12 - 120.0)  # CI after calibration
+    assert report.reproducibility is not None
+    assert report.reproducibility.matches  # recomputed from the raw readings with the same function
+
+    section = report.calibration
+    assert section is not None
+    [function] = section.functions
+    assert (function.name, function.qal2_id, function.qal2_date, function.a, function.b, function.vcr) == (
+        "SO2",
+        "QAL2-PVL-2023-07",
+        date(2023, 11, 20),
+        10.0,
+        1.1,
+        700.0,
+    )
+    assert function.vcr_unit == "mg/Nm3 dry at 6 % O2"
+    assert (function.weeks, function.weeks_over, function.new_qal2_due) == (1, 1, True)
+    assert function.max_week_percent == pytest.approx(100 * 45 / 68)
+    [week_row] = section.weeks
+    assert (week_row.name, week_row.qal2_id, week_row.week_start, week_row.valid_periods, week_row.above_vcr) == (
+        "SO2",
+        "QAL2-PVL-2023-07",
+        date(2024, 4, 29),
+        68,
+        45,
+    )
+    assert week_row.percent_above == pytest.approx(100 * 45 / 68)
+    assert (section.week_percent, section.weeks_allowed, section.any_week_percent) == (5.0, 5, 40.0)
+    assert "UK guidance" in section.thresholds_source
+    [due] = [w for w in report.warnings if "new QAL2 due" in w]
+    assert due.startswith("SO2: ")
+    assert "2024-04-29" in due
+    assert "UK guidance" in due
+
+    column = "SO2 [mg/m3 QAL2 QAL2-PVL-2023-07]"  # calibrated values carry the function's id
+    index = produced.hourly_header.index(column)
+    assert [produced.hourly_rows[h][index] for h in (0, 24 + 12)] == [pytest.approx(450.0), pytest.approx(670.0)]
+    assert "SO2 [mg/m3]" in raw.hourly_header
+
+    paths = write_report_files(produced, tmp_path / "out")
+    with (tmp_path / "out" / "stack1-2024-05-vcr.csv").open(encoding="utf-8") as handle:
+        [week] = list(csv.DictReader(handle))
+    assert (week["week_start"], week["valid_periods"], week["above_vcr"]) == ("2024-04-29", "68", "45")
+    assert any(p.name == "stack1-2024-05-calibration.csv" for p in paths)
+
+
+async def test_vcr_thresholds_and_a_function_newer_than_the_period_are_reported(tmp_path: Path) -> None:
+    """The 'new QAL2 due' thresholds are config ([source.vcr_check]): SO2 600 from 12:00 (calibrated and
+    corrected 837.5 > VCR 700): 12 of 23 valid hours, 52.2 % of the week, due at the default 40 %, not at 70 %;
+    a function dated after the period's start is applied but the report says so."""
+    qal2 = QAL2.replace("2023-11-20", "2024-05-02")
+    source = SOURCE.replace("ci_percent = 20\n", "ci_percent = 20\n" + qal2)
+    source += "[source.vcr_check]\nany_week_percent = 70\n"
+    rows = [
+        dataclasses.replace(r, value=600.0) if r.parameter == "so2" and r.ts >= MAY_1 + 12 * HOUR else r
+        for r in stack_readings(days=1)
+    ]
+    produced = await may_report(tmp_path, rows, source=source)
+    section = produced.report.calibration
+    assert section is not None
+    assert section.any_week_percent == 70.0
+    [function] = section.functions
+    assert function.max_week_percent == pytest.approx(100 * 12 / 23)
+    assert function.new_qal2_due is False
+    assert not any("new QAL2 due" in w for w in produced.report.warnings)
+    assert any(
+        "QAL2 function QAL2-PVL-2023-07 of 2024-05-02 is applied to the whole period" in w
+        for w in produced.report.warnings
+    )
+
+
+async def test_a_qal2_on_the_o2_channel_calibrates_the_reference_o2_correction(tmp_path: Path) -> None:
+    """O2 y = 1.0 + 1.0·x: 9 → 10 % vol before the SO2 correction to 6 %: 400 × 15/11 − 120 = 425.45 mg/Nm³
+    (uncalibrated: 380). Its VCR is in % vol dry: 9.5 → all 23 valid hours of 1 May above → 100 % → due."""
+    source = SOURCE.replace(
+        'o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol" }}',
+        'o2 = {{ instrument = "stack1-gas", parameter = "o2", unit = "%vol", '
+        'qal2 = {{ id = "Q-O2", date = 2024-01-15, a = 1.0, b = 1.0, vcr = 9.5 }} }}',
+    )
+    assert source != SOURCE
+    produced = await may_report(tmp_path, stack_readings(days=1), source=source)
+    report = produced.report
+    assert report.limits[0].max_validated == pytest.approx(400.0 * 15 / 11 - 120.0)
+    assert report.calibration is not None
+    [function] = report.calibration.functions
+    assert (function.name, function.vcr_unit, function.weeks, function.new_qal2_due) == ("O2", "% vol dry", 1, True)
+    [week] = report.calibration.weeks
+    assert (week.valid_periods, week.above_vcr) == (23, 23)
