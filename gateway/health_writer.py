@@ -5,7 +5,8 @@ Grafana reads only the store, so the health dashboard needs these numbers there 
 readings, sequence range, missing, duplicates, resend requests), what the agent last reported in its status
 (next_seq, oldest_seq, dropped), the backlog between the two and online/offline. Per gateway: its counters
 since start (they begin again at 0 when the process restarts; a dashboard uses non_negative_difference),
-the spool and queue depth and whether the broker is connected.
+the spool (depth, bytes, whether it is full, how often and how long it was) and queue depth and
+whether the broker is connected.
 
 Run it beside the ingest: `asyncio.create_task(HealthWriter(ingest, store, interval).run())`. A failed write is
 logged and the next tick tries again: health data is never worth stalling or crashing the gateway for.
@@ -68,6 +69,10 @@ class HealthWriter:
             "store_retries": stats.store_retries,
             "resend_requests": stats.resend_requests,
             "spool_depth": ingest.spool.depth,
+            "spool_bytes": ingest.spool.size,
+            "spool_full": int(ingest.spool.full),
+            "spool_full_count": ingest.spool.full_count,
+            "spool_full_seconds": int(ingest.spool.full_seconds),
             "queue_depth": ingest._queue.qsize(),  # private, but a gauge only read here
             "broker_connected": int(ingest.connected.is_set()),
             "uptime_s": int(time.monotonic() - self.started),

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.http_api import HttpApi
     from gateway.ingest import Ingest
     from gateway.ledger import AgentAccount
+    from gateway.rollup_engine import EngineCounters
 
 OTHER = "_other"
 """site and agent label of the one series that sums the agents beyond the label limit."""
@@ -46,6 +47,8 @@ class _IngestCollector(Collector):
         ):
             yield CounterMetricFamily(name, text, value=value)
         yield from _spool(self.ingest)
+        if self.ingest.rollups is not None:
+            yield from _rollup_bounds(self.ingest.rollups.counters)
         yield GaugeMetricFamily(
             "aua_gateway_broker_connected", "1 while subscribed", value=float(self.ingest.connected.is_set())
         )
@@ -109,6 +112,23 @@ def _spool(ingest: Ingest) -> Iterator[Metric]:
         "aua_gateway_spool_full_seconds",
         "seconds the spool was full (messages left on the broker)",
         value=spool.full_seconds,
+    )
+
+
+def _rollup_bounds(counters: EngineCounters) -> Iterator[Metric]:
+    """The rollup engine's running periods in memory, and how often they were rebuilt from the store or
+    dropped to keep their bound (gateway/rollup_engine.py): a bound too small for the series shows as seeds
+    and evictions that keep rising."""
+    yield GaugeMetricFamily(
+        "aua_gateway_rollup_open_periods", "running rollup periods held in memory", value=counters.open_periods
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_rollup_seeded",
+        "running rollup periods built from the store (start, a new period, late data into an older one)",
+        value=counters.seeded,
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_rollup_evicted", "running rollup periods dropped to keep their bound", value=counters.evicted
     )
 
 

@@ -303,11 +303,17 @@ HEALTH_GATEWAY_FIELDS = (
     "store_retries",
     "resend_requests",
     "spool_depth",
+    "spool_bytes",
+    "spool_full",
+    "spool_full_count",
+    "spool_full_seconds",
     "queue_depth",
     "broker_connected",
     "uptime_s",
 )
-"""Per gateway: the counters since it started (they restart from 0 with the process), gauges and 0/1 flags."""
+"""Per gateway: the counters since it started (they restart from 0 with the process), gauges and 0/1 flags
+(spool_full: the spool is at its bound and no message is taken; spool_full_count, spool_full_seconds: how often
+and how long since start, as in /health)."""
 
 HEALTH_FIELDS = tuple(dict.fromkeys((*HEALTH_AGENT_FIELDS, *HEALTH_GATEWAY_FIELDS)))
 
