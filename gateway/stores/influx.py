@@ -242,24 +242,25 @@ def iter_series(documents: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]
 
 def parse_readings(documents: Iterator[dict[str, Any]]) -> list[StoredReading]:
     """Rows of `select_statement` (queried with epoch=ns) -> StoredReadings in the store's order."""
-    readings = []
-    for row in iter_rows(documents):
-        value, status = row.get("value"), row.get("status")
-        readings.append(
-            StoredReading(
-                site=row["site"],
-                agent=row["agent"],
-                instrument=row["instrument"],
-                parameter=row["parameter"],
-                ts=from_ns(int(row["time"])),
-                value=None if value is None else float(value),
-                unit=row.get("unit") or "",
-                quality=Quality(row["quality"]),
-                status=None if status is None else int(status),
-            )
-        )
+    readings = [_stored_reading(row) for row in iter_rows(documents)]
     readings.sort(key=sort_key)
     return readings
+
+
+def _stored_reading(row: Mapping[str, Any]) -> StoredReading:
+    """One row of a reading or revision query (epoch=ns) as the reading it holds."""
+    value, status = row.get("value"), row.get("status")
+    return StoredReading(
+        site=row["site"],
+        agent=row["agent"],
+        instrument=row["instrument"],
+        parameter=row["parameter"],
+        ts=from_ns(int(row["time"])),
+        value=None if value is None else float(value),
+        unit=row.get("unit") or "",
+        quality=Quality(row["quality"]),
+        status=None if status is None else int(status),
+    )
 
 
 def parse_aggregates(documents: Iterator[dict[str, Any]]) -> list[Aggregate]:
@@ -428,21 +429,11 @@ def parse_revisions(documents: Iterator[dict[str, Any]]) -> list[Revision]:
         def moment(name: str, row: Mapping[str, Any] = row) -> datetime | None:
             return None if row.get(name) is None else from_ns(int(row[name]))
 
-        value, status, seq = row.get("value"), row.get("status"), row.get("seq")
+        seq = row.get("seq")
         revisions.append(
             Revision(
                 id=row["id"],
-                reading=StoredReading(
-                    site=row["site"],
-                    agent=row["agent"],
-                    instrument=row["instrument"],
-                    parameter=row["parameter"],
-                    ts=from_ns(int(row["time"])),
-                    value=None if value is None else float(value),
-                    unit=row.get("unit") or "",
-                    quality=Quality(row["quality"]),
-                    status=None if status is None else int(status),
-                ),
+                reading=_stored_reading(row),
                 state=RevisionState(row["state"]),
                 received_at=moment("received"),
                 batch_seq=None if seq is None else int(seq),
