@@ -542,10 +542,21 @@ class _Grid:
     hours: float
 
 
-def _grid(source: SourceInput, year: int, month: int | None) -> tuple[datetime, datetime, _Grid]:
+def _grid(
+    source: SourceInput, year: int, month: int | None, generated_at: datetime | None = None
+) -> tuple[datetime, datetime, _Grid]:
+    """The period's base periods; for a period not yet over at `generated_at`, only those already ended.
+
+    Why: a period still to come has no data because it has not happened, not because the analyzer failed;
+    counting it as missing would substitute mean + 2σ for the rest of the month (hundreds of invented tonnes)
+    and count future days as invalid. The provisional report covers what has elapsed, and says so.
+    """
     start, end = month_bounds(year, month, source.zone) if month else year_bounds(year, source.zone)
     step = base_duration(source.base)
-    return start, end, _Grid(base_starts(start, end, source.base), step, step / timedelta(hours=1))
+    starts = base_starts(start, end, source.base)
+    if generated_at is not None and generated_at < end:
+        starts = [s for s in starts if s + step <= generated_at]
+    return start, end, _Grid(starts, step, step / timedelta(hours=1))
 
 
 def _points(
@@ -1077,7 +1088,7 @@ def build_report_with_rows(
 ) -> tuple[MrvReport, list[str], list[list[object]]]:
     """The report, and the base-period table a verifier checks (every channel's value, validity, substitution
     method, and the mass per pollutant), from one computation."""
-    start, end, grid = _grid(source, year, month)
+    start, end, grid = _grid(source, year, month, generated_at)
     warnings: list[str] = []
     manual = [entry for entry in manual if entry.source == source.id]
     states = _states(source, grid.starts, aggregates, manual)
@@ -1152,7 +1163,10 @@ def build_report_with_rows(
     ]
     complete = generated_at >= end
     if not complete:
-        warnings.append("the period has not ended yet: figures are provisional")
+        warnings.append(
+            f"the period has not ended yet: figures are provisional and cover the {len(grid.starts)} base periods "
+            f"ended by {generated_at:%Y-%m-%d %H:%M}Z"
+        )
     if month is not None:
         warnings.append("monthly report: substitutes use this month's data only (provisional; the year decides)")
     operating_section = _operating_section(source, states, manual, grid)

@@ -781,7 +781,9 @@ def test_part75_substitution_of_one_channel_needs_hourly_periods(tmp_path: Path)
         load_gateway_config(path)
 
 
-async def may_report(folder: Path, rows: list[StoredReading], *, source: str = SOURCE) -> ProducedReport:
+async def may_report(
+    folder: Path, rows: list[StoredReading], *, source: str = SOURCE, now: datetime = datetime(2024, 6, 2, tzinfo=UTC)
+) -> ProducedReport:
     """May 2024's report of stack1 (the commented config's source) from these readings, on SQLite."""
     config = load_gateway_config(write_config(folder, f"sqlite://{folder / 'aua.sqlite'}", source=source))
     async with open_store(config.store.url) as store:
@@ -789,7 +791,33 @@ async def may_report(folder: Path, rows: list[StoredReading], *, source: str = S
         engine = RollupEngine.from_config(config, store)
         await engine.recompute(MAY_1, MAY_1 + timedelta(days=1))
         engine.close()
-        return await produce_report(config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC))
+        return await produce_report(config, store, "stack1", year=2024, month=5, now=now)
+
+
+async def test_a_month_still_running_reports_the_periods_elapsed_not_the_future_as_missing(tmp_path: Path) -> None:
+    """Generated one day into May, the report covers that day: the 30 days still to come are neither missing,
+    substituted nor invalid days (they once became mean + 2σ for the rest of the month). The same data judged
+    after the month has ended are 30 missing days, substituted."""
+    rows = stack_readings(days=1)
+    (tmp_path / "running").mkdir()
+    (tmp_path / "ended").mkdir()
+    now = MAY_1 + 24 * HOUR + timedelta(minutes=5)
+    running = await may_report(tmp_path / "running", rows, now=now)
+    ended = await may_report(tmp_path / "ended", rows)
+
+    so2 = {t.name: t for t in running.report.totals}["SO2"]
+    assert so2.measured_t > 0
+    assert so2.unsubstituted_periods == 0
+    assert running.report.substituted  # the day's calibration hour (10:00) is substituted ...
+    assert all(run.end_utc <= MAY_1 + 24 * HOUR for run in running.report.substituted)  # ... and nothing later
+    availability = {a.name: a for a in running.report.availability}["SO2"]
+    assert (availability.expected_periods, availability.missing_periods) == (24, 0)
+    assert any("provisional and cover the 24 base periods" in w for w in running.report.warnings)
+
+    ended_so2 = {t.name: t for t in ended.report.totals}["SO2"]
+    assert ended_so2.measured_t == pytest.approx(so2.measured_t)
+    assert ended_so2.total_t > so2.total_t
+    assert {a.name: a for a in ended.report.availability}["SO2"].missing_periods == 30 * 24
 
 
 async def test_hours_the_o2_guard_refuses_are_flagged_not_judged(tmp_path: Path) -> None:
