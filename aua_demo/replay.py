@@ -101,15 +101,17 @@ async def replay(
     cadence_s: float,
     stored_batches: Callable[[], int],
     window: int = 200,
-    out: TextIO | None = sys.stdout,
+    out: TextIO | None = None,
     progress_every_s: float = 1.0,
     drain_s: float = 30.0,
 ) -> ReplayResult:
     """Poll cycles at simulated times start, start + cadence, ... < end, as fast as the path allows.
 
     `stored_batches` counts the batches the gateway has stored; the replay never runs more than `window`
-    batches ahead of it. A progress line with an ETA is rewritten on `out` (a terminal) about every second.
+    batches ahead of it. A progress line with an ETA goes to `out` (default: stdout), rewritten about every
+    second on a terminal, else a line every 10 s.
     """
+    out = out or sys.stdout
     total = step_count(start, end, cadence_s)
     sealed_before = agent.outbox_stats().next_seq
     stored_before = stored_batches()
@@ -150,7 +152,7 @@ async def history_then_live(
     cadence_s: float,
     stored_batches: Callable[[], int],
     on_live: Callable[[], None],
-    out: TextIO | None = sys.stdout,
+    out: TextIO | None = None,
 ) -> None:
     """An agent schedule (`Agent.run(schedule)`): replay [start, end) at accelerated time, then poll on the wall
     clock."""

@@ -381,20 +381,22 @@ class PlantStory:
 
     @classmethod
     def for_window(cls, start: float, days: float) -> PlantStory:
-        """The story of `days` from `start`: shut-down at 60 % of the window (06:00 UTC), off for a quarter of it
-        (at most a week), start-up at 04:00 UTC; the check at 30 % of the window fails. Any window of a day or
-        more holds each event once; 30 days give 18 days running, a shut-down, a week off, a start-up."""
+        """The story of `days` from `start`: the start-up ends a tenth of the window before its end, after the
+        boiler was off for a quarter of the window (at most a week); the check at 30 % of the window fails. Any
+        window of a day or more holds each event once, on whole hours from `start`; 30 days give a week off."""
         if days < 1:
             raise ValueError(f"a plant story needs at least one day, got {days:g}")
-        day0 = math.floor(start / 86400) * 86400
-        shutdown_at = day0 + math.floor(days * 0.6) * 86400 + 6 * 3600
-        off_days = min(7.0, max(0.5, days * 0.25))
-        startup_at = math.floor((shutdown_at + 3 * 3600 + off_days * 86400) / 86400) * 86400 + 4 * 3600
-        if startup_at < shutdown_at + 6 * 3600:
-            startup_at = shutdown_at + 22 * 3600
+        end = start + days * 86400
+
+        def hour_from_start(t: float) -> float:
+            return start + math.floor((t - start) / 3600) * 3600
+
+        startup_at = hour_from_start(end - 0.1 * days * 86400 - cls.startup_hours * 3600)
+        off_s = min(7 * 86400, 0.25 * days * 86400)
+        shutdown_at = hour_from_start(startup_at - off_s - cls.shutdown_hours * 3600)
         story = cls(shutdown_at=shutdown_at, startup_at=startup_at)
-        failed_day = day0 + math.floor(days * 0.3) * 86400
-        return replace(story, failed_check_at=story.check_start(failed_day + 43_200))
+        failed = story.check_start(start + 0.3 * days * 86400)
+        return replace(story, failed_check_at=failed if failed >= start else failed + 86400)
 
     def check_start(self, t: float) -> float:
         """Start of the daily check of the local day t is in."""
