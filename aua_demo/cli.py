@@ -285,7 +285,8 @@ async def run_demo(
         accounts = ledger.accounts()
         print()
         print("rollups and the MRV reports of the stack:")
-        report_files = await mrv_reports(gateway_config, store, rollups, [(history.start.year, history.start.month)])
+        month = history.start if history.days > 0 else datetime.now(DEMO_ZONE)  # live only: this month's
+        report_files = await mrv_reports(gateway_config, store, rollups, [(month.year, month.month)])
         await store.close()
         ledger.close()
         alerts.close()

@@ -156,7 +156,8 @@ async def history_then_live(
 ) -> None:
     """An agent schedule (`Agent.run(schedule)`): replay [start, end) at accelerated time, then poll on the wall
     clock."""
-    await replay(agent, clock, start=start, end=end, cadence_s=cadence_s, stored_batches=stored_batches, out=out)
+    if end > start:
+        await replay(agent, clock, start=start, end=end, cadence_s=cadence_s, stored_batches=stored_batches, out=out)
     clock.follow_wall()
     on_live()
     await agent.poll_forever()
