@@ -741,8 +741,10 @@ def _gas_analyzer(instrument: SimulatedInstrument) -> bool:
 def story_windows(
     instrument: SimulatedInstrument, tick_index: int, tick: float, story: PlantStory
 ) -> tuple[Window, ...]:
-    """The plant story's incidents at a tick: the daily zero and span checks (the analyzer's check bits: the
-    first of them for zero, the second for span) and the gas analyzer's failure after the failed check."""
+    """The plant story's incidents at a tick: the daily zero and span checks and the gas analyzer's failure after
+    the failed check. Of the profile's check_function bits (sorted) the check sets the second for zero and the
+    third for span: with config/profiles/stack-gas-analyzer.toml, discrete inputs 1024 (zero) and 1025 (span),
+    so a QAL3 capture can tell them apart; the reading before the bit drops is the check's result."""
     if instrument.scenario is not Scenario.COAL_BOILER_STACK:
         return ()
     t = tick_index * tick

@@ -180,17 +180,26 @@ def test_off_the_stack_holds_air_and_the_flow_falls_to_the_purge() -> None:
 
 
 @pytest.mark.parametrize(
-    ("offset_s", "so2", "o2"),
+    ("offset_s", "so2", "o2", "bit"),
     [
-        (60, 0.0, 20.9),  # zero gas: nothing, and instrument air for O2
-        (660, SPAN_GAS["so2"], SPAN_GAS["o2"]),  # span gas
+        (60, 0.0, 20.9, 24),  # zero gas: nothing, and instrument air for O2; discrete input 1024
+        (660, SPAN_GAS["so2"], SPAN_GAS["o2"], 25),  # span gas; discrete input 1025
     ],
 )
 def test_in_the_daily_check_the_analyzer_flags_check_function_and_reads_check_gas(
-    offset_s: float, so2: float, o2: float
+    offset_s: float, so2: float, o2: float, bit: int
 ) -> None:
     values, quality = _served("stack1-gas", CHECK + offset_s)
     assert quality["analyzer"] is Quality.CHECK_FUNCTION
+    image = tick_image(
+        INSTRUMENTS["stack1-gas"],
+        math.floor(CHECK + offset_s),
+        seed=0,
+        tick=1.0,
+        incidents=Incidents.none(),
+        story=STORY,
+    )
+    assert image.served.status["analyzer"] == 1 << bit  # zero and span tell themselves apart
     assert values["so2"] == pytest.approx(so2, abs=5)
     assert values["o2"] == pytest.approx(o2, abs=0.3)
     after, quality_after = _served("stack1-gas", CHECK + 1300)
