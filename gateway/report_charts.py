@@ -14,7 +14,7 @@ put charts on an FPDF page. Tests count what was drawn, not pixels.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from typing import Literal
@@ -137,8 +137,14 @@ def _points(header: Sequence[str], rows: Sequence[Sequence[object]], channel_nam
     return points
 
 
-def _day_label(start: datetime, zone: tzinfo) -> str:
-    return f"{start.astimezone(zone):%d}"
+def _x_label(start: datetime | date, report: MrvReport, zone: tzinfo) -> str:
+    """Day of the month in a monthly report, the month in an annual one (local calendar)."""
+    local = start.astimezone(zone) if isinstance(start, datetime) else start
+    return f"{local:%d}" if report.period.month is not None else f"{local:%m}"
+
+
+def _x_axis(report: MrvReport) -> str:
+    return "x: day of the month" if report.period.month is not None else "x: month"
 
 
 def hourly_validated_charts(
@@ -172,7 +178,7 @@ def hourly_validated_charts(
                     values.append(mrv.validated_value(concentration, channel.elv, channel.ci_percent))
                 except mrv.StandardisationError:
                     values.append(None)
-            labels = tuple(_day_label(datetime.fromisoformat(str(row[0])), inputs.zone) for row in rows)
+            labels = tuple(_x_label(datetime.fromisoformat(str(row[0])), report, inputs.zone) for row in rows)
             judged_count = sum(v is not None for v in values)
             charts.append(
                 Chart(
@@ -183,7 +189,7 @@ def hourly_validated_charts(
                     labels=labels,
                     limits=(Limit(f"ELV {channel.elv:g}", channel.elv),),
                     note=f"{judged_count} validated {report.period.base_period} values in normal operation "
-                    f"(start-up/shut-down excluded: Directive 2010/75/EU Annex V Part 4); x: day of the month",
+                    f"(start-up/shut-down excluded: Directive 2010/75/EU Annex V Part 4); {_x_axis(report)}",
                 )
             )
     return charts
@@ -210,9 +216,9 @@ def daily_total_charts(
                 unit="t",
                 kind="bars",
                 values=tuple(days[d] / 1000 for d in ordered),
-                labels=tuple(f"{d:%d}" for d in ordered),
-                note=f"month {total.total_t:,.3f} t, of which {total.substituted_t:,.3f} t substituted and "
-                f"{total.start_up_shut_down_t:,.3f} t in start-up/shut-down; x: day of the month",
+                labels=tuple(_x_label(d, report, zone) for d in ordered),
+                note=f"period {total.total_t:,.3f} t, of which {total.substituted_t:,.3f} t substituted and "
+                f"{total.start_up_shut_down_t:,.3f} t in start-up/shut-down; {_x_axis(report)}",
             )
         )
     return charts
@@ -407,7 +413,3 @@ def add_chart_pages(
         y = pdf.t_margin + (index % CHARTS_PER_PAGE) * height
         drawn.append(draw_chart(pdf, chart, (pdf.l_margin, y, width, height - 4), text=text, family=family))
     return drawn
-
-
-def charts_by_title(drawn: Sequence[DrawnChart]) -> Mapping[str, DrawnChart]:
-    return {chart.title: chart for chart in drawn}

@@ -24,6 +24,7 @@ from gateway.report_charts import (
     draw_chart,
     hourly_validated_charts,
     nice_scale,
+    report_charts,
 )
 from gateway.report_files import ProducedReport, produce_report, write_report_files
 from gateway.rollup_engine import RollupEngine
@@ -70,7 +71,7 @@ def _readings(hours: int) -> list[StoredReading]:
     return rows
 
 
-async def _report(folder: Path, hours: int) -> ProducedReport:
+async def _report(folder: Path, hours: int, *, month: int | None = 5) -> ProducedReport:
     path = folder / "gateway.toml"
     path.write_text(CONFIG.format(folder=folder), encoding="utf-8")
     config = load_gateway_config(path)
@@ -81,7 +82,7 @@ async def _report(folder: Path, hours: int) -> ProducedReport:
         await engine.recompute(MAY_1, MAY_1 + timedelta(hours=hours))
         engine.close()
         return await produce_report(
-            config, store, "stack1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC), check_raw=False
+            config, store, "stack1", year=2024, month=month, now=datetime(2025, 1, 2, tzinfo=UTC), check_raw=False
         )
 
 
@@ -218,3 +219,17 @@ async def test_the_pdf_report_contains_the_charts(tmp_path: Path) -> None:
     assert len(FILLED_CIRCLE.findall(content)) == 30  # the 30 validated SO2 hours, one point each
     bars = 31 * len(produced.report.totals) + len(produced.report.availability)
     assert len(FILLED_RECT.findall(content)) >= bars  # daily totals and availability (tables fill headers too)
+
+
+async def test_an_annual_report_charts_its_days_along_months(tmp_path: Path) -> None:
+    produced = await _report(tmp_path, hours=30, month=None)
+    charts = {
+        c.title: c
+        for c in report_charts(produced.report, produced.hourly_header, produced.hourly_rows, produced.inputs)
+    }
+    daily = charts["SO2: daily totals"]
+    assert len(daily.values) == 366  # 2024, local days
+    assert sorted(set(daily.labels)) == [f"{m:02d}" for m in range(1, 13)]
+    assert daily.note.endswith("x: month")
+    hourly = charts["SO2: hourly validated values against the ELV"]
+    assert sum(v is not None for v in hourly.values) == 30
