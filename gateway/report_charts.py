@@ -345,19 +345,20 @@ def draw_chart(
     count = len(chart.values)
     slot = (right - left) / max(count, 1)
     outside = set(chart.outside())
+    dense = chart.kind != "bars" and count > MAX_MARKS
     previous: tuple[float, float] | None = None
     labelled_at = -math.inf
     pdf.set_font(family, size=6)
     for index, (value, label) in enumerate(zip(chart.values, chart.labels, strict=True)):
         cx = left + slot * (index + 0.5)
-        width = pdf.get_string_width(text(label))
-        new_label = index == 0 or label != chart.labels[index - 1]
-        if label and new_label and cx - width / 2 >= labelled_at + 1.5:
-            pdf.set_text_color(60, 60, 60)
-            pdf.text(cx - width / 2, bottom + 3.5, text(label))
-            labelled_at = cx + width / 2
-            drawn.labels.append(label)
-        if value is None:
+        if label and (index == 0 or label != chart.labels[index - 1]):
+            width = pdf.get_string_width(text(label))
+            if cx - width / 2 >= labelled_at + 1.5:
+                pdf.set_text_color(60, 60, 60)
+                pdf.text(cx - width / 2, bottom + 3.5, text(label))
+                labelled_at = cx + width / 2
+                drawn.labels.append(label)
+        if dense or value is None:
             previous = None
             continue
         if chart.kind == "bars":
@@ -377,6 +378,8 @@ def draw_chart(
         pdf.circle(cx, py, min(0.6, max(0.25, slot * 0.35)), style="F")
         drawn.points += 1
         drawn.outside += index in outside
+    if dense:
+        drawn.points, drawn.outside = _draw_ranges(pdf, chart, outside, (left, slot), y_of)
     for limit in chart.limits:
         if not start <= limit.value <= end:
             continue
@@ -396,6 +399,34 @@ def draw_chart(
     _set(pdf, "axis")
     return drawn
 
+
+def _draw_ranges(
+    pdf: FPDF, chart: Chart, outside: set[int], x_axis: tuple[float, float], y_of: Callable[[float], float]
+) -> tuple[int, int]:
+    """A dense series (an annual report's hours) as one vertical min-max stroke per group of values, in the
+    limit colour where the group holds a value beyond a limit: a year of points would take many seconds to
+    draw and print as a blur. Returns (values drawn, values beyond a limit)."""
+    left, slot = x_axis
+    group = math.ceil(len(chart.values) / MAX_MARKS)
+    pdf.set_line_width(max(0.15, slot * group * 0.8))
+    points = beyond = 0
+    for first in range(0, len(chart.values), group):
+        values = [v for v in chart.values[first : first + group] if v is not None]
+        if not values:
+            continue
+        over = sum(1 for index in range(first, first + group) if index in outside)
+        _set(pdf, "outside" if over else "series")
+        cx = left + slot * (first + group / 2)
+        low, high = y_of(min(values)), y_of(max(values))
+        pdf.line(cx, low + 0.15, cx, high - 0.15)
+        points += len(values)
+        beyond += over
+    pdf.set_line_width(0.1)
+    return points, beyond
+
+
+MAX_MARKS = 800
+"""More values than this on one chart are drawn as min-max strokes per group (`_draw_ranges`), not as points."""
 
 CHARTS_PER_PAGE = 2
 

@@ -233,3 +233,26 @@ async def test_an_annual_report_charts_its_days_along_months(tmp_path: Path) -> 
     assert daily.note.endswith("x: month")
     hourly = charts["SO2: hourly validated values against the ELV"]
     assert sum(v is not None for v in hourly.values) == 30
+
+
+def test_a_dense_series_is_drawn_as_min_max_strokes_not_thousands_of_points() -> None:
+    """A year of hours: one stroke per group of 3 values (≤ 800 marks), none as a point; every value counted."""
+    values = [600.0 + (i % 7) * 10 if i % 50 else None for i in range(2000)]
+    chart = Chart(
+        "SO2",
+        "mg/Nm³",
+        "points",
+        tuple(values),
+        tuple(f"{i // 200:02d}" for i in range(2000)),
+        (Limit("ELV 600", 600.0),),
+    )
+    pdf = FPDF(orientation="L")
+    pdf.set_compression(False)
+    pdf.add_page()
+    drawn = draw_chart(pdf, chart, (10, 10, 250, 90))
+    assert drawn.points == sum(v is not None for v in values)
+    assert drawn.outside == sum(1 for v in values if v is not None and v > 600)
+    content = _content(bytes(pdf.output()))
+    assert not FILLED_CIRCLE.findall(content)
+    strokes = re.findall(r"m [-\d.]+ [-\d.]+ l S", content)
+    assert 667 <= len(strokes) <= 667 + 20  # 667 groups, plus the grid, axes and limit lines
