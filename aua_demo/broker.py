@@ -69,6 +69,9 @@ async def embedded_broker(*, prefer_mosquitto: bool = True) -> AsyncIterator[Run
                     process.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     process.kill()
+                    process.wait()
+                if process.stderr is not None:
+                    process.stderr.close()
         return
     from amqtt.broker import Broker  # noqa: PLC0415 - only needed when mosquitto is absent
 

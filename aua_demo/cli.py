@@ -9,26 +9,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 import time
-from dataclasses import replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from aua_contract import Batch, Quality
 from aua_demo.broker import embedded_broker, free_port
-from aua_demo.sites import CONFIG_DIR, demo_sites, relocate
+from aua_demo.replay import ReplayClock, history_then_live
+from aua_demo.sites import CONFIG_DIR, demo_sites, relocate, with_unit_signals
 from edge_agent.config import LoadedConfig
 from edge_agent.poller import Agent
-from edge_agent.simulator import Incidents, simulator_for_config
+from edge_agent.simulator import Incidents, PlantStory, simulator_for_config
 from gateway.alerts import AlertEngine
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.health_writer import HealthWriter
 from gateway.ingest import Ingest
 from gateway.ledger import Ledger
+from gateway.report import MrvReport
 from gateway.report_files import produce_report, write_report_files
 from gateway.rollup import Period
 from gateway.rollup_engine import RollupEngine
@@ -77,20 +80,31 @@ async def _wait_drained(agents: list[Agent], ledger: Ledger, within_s: float) ->
 
 
 DEMO_CONFIG = CONFIG_DIR / "demo-gateway.toml"
+REPLAY_CADENCE_S = 600.0
+"""Simulated seconds between two polls of the replay. 43,200 one-minute cycles (30 days) take about 22 minutes
+through agent, broker and gateway on a loaded 2-core machine (about 33 cycles/s); 4,320 ten-minute cycles about
+2 minutes. config/demo-gateway.toml's rule set says so (sample_interval_s = 600: an hour expects 6 samples)."""
+MAX_REPLAY_DAYS = 31
 
 
-def demo_gateway_config(workdir: Path, broker_host: str, broker_port: int, store_url: str) -> GatewayConfig:
-    """config/demo-gateway.toml, moved onto the demo's broker, store and scratch folder."""
+def demo_gateway_config(
+    workdir: Path, broker_host: str, broker_port: int, store_url: str, *, history_days: float = 0.0
+) -> GatewayConfig:
+    """config/demo-gateway.toml, moved onto the demo's broker, store and scratch folder; readings as old as the
+    replayed history are accepted ([registry] max_age_days)."""
     config = load_gateway_config(DEMO_CONFIG)
     config.gateway.state = workdir / "gateway-state.sqlite"
     config.mqtt.host, config.mqtt.port = broker_host, broker_port
     config.store.url = store_url
     config.rollup.reports.directory = workdir / "reports"
+    config.registry.max_age_days = max(config.registry.max_age_days, history_days + 2)
     return config
 
 
-async def monthly_report(config: GatewayConfig, store: Store, rollups: RollupEngine) -> list[Path]:
-    """Roll up what arrived and write this month's MRV report of the stack (CSV, JSON, XLSX, PDF)."""
+async def mrv_reports(
+    config: GatewayConfig, store: Store, rollups: RollupEngine, months: list[tuple[int, int]]
+) -> list[Path]:
+    """Roll up what arrived and write the stack's MRV report of each month (CSV, JSON, XLSX, PDF)."""
     while await rollups.pending():
         await rollups.process_dirty()
     for instrument, parameter in (("stack1-gas", "so2"), ("pvl1-hg", "hg")):
@@ -102,15 +116,30 @@ async def monthly_report(config: GatewayConfig, store: Store, rollups: RollupEng
                 f"last {valid[-1].value:.4g} {valid[-1].unit}"
             )
     source = config.sources[0]
-    now = datetime.now(ZoneInfo(source.time_zone))
-    produced = await produce_report(config, store, source.id, year=now.year, month=now.month, workers=1)
-    report = produced.report
-    for total in report.totals:
-        state = "complete" if total.complete else "incomplete: the rest of the month has no data yet"
-        print(f"  {report.source} {now:%Y-%m} {total.name}: {total.measured_t * 1000:.3f} kg measured ({state})")
-    if report.reproducibility is not None:
-        print(f"  recomputed from raw data: {'same totals' if report.reproducibility.matches else 'DIFFERENT'}")
-    return write_report_files(produced, config.rollup.reports.directory)
+    written: list[Path] = []
+    for year, month in months:
+        produced = await produce_report(config, store, source.id, year=year, month=month, workers=1)
+        report = produced.report
+        print(f"  {report.source} {year}-{month:02d}: {_operating_line(report)}")
+        for total in report.totals:
+            state = "complete" if total.complete else "incomplete"
+            print(
+                f"    {total.name}: {total.total_t:.3f} t ({total.measured_t:.3f} measured, "
+                f"{total.substituted_t:.3f} substituted, {total.start_up_shut_down_t:.3f} in start-up/shut-down; "
+                f"{state})"
+            )
+        if report.reproducibility is not None:
+            print(f"    recomputed from raw data: {'same totals' if report.reproducibility.matches else 'DIFFERENT'}")
+        written += write_report_files(produced, config.rollup.reports.directory)
+    return written
+
+
+def _operating_line(report: MrvReport) -> str:
+    operating = report.operating
+    if operating is None or not operating.configured:
+        return "no operating state configured"
+    counts = ", ".join(f"{state} {count}" for state, count in operating.periods.items())
+    return f"{report.period.base_period} periods by operating state: {counts}"
 
 
 DEMO_FILES = ("outbox-*.sqlite*", "aua.sqlite*", "gateway-state*.sqlite*", "reports/*")
@@ -124,12 +153,47 @@ def fresh_workdir(workdir: Path) -> None:
             path.unlink()
 
 
-async def run_demo(seconds: float | None, workdir: Path, quiet: bool) -> int:
+DEMO_ZONE = ZoneInfo("Asia/Almaty")
+"""The stack's local calendar (config/demo-gateway.toml `time_zone`): the replayed month is one of its months."""
+
+
+@dataclass(frozen=True)
+class History:
+    start: datetime
+    end: datetime
+
+    @property
+    def days(self) -> float:
+        return (self.end - self.start).total_seconds() / 86400
+
+
+def replayed_month(now: datetime, days: float | None) -> History:
+    """The history the demo replays: the last calendar month before `now`'s (local), whole when `days` is None,
+    else its last `days` days (0: none). A whole month makes the demo's report complete: every hour of it has
+    data, and no hour of it lies in the future."""
+    end = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    first = (end - timedelta(days=1)).replace(day=1)
+    if days is None:
+        return History(first, end)
+    return History(max(first, end - timedelta(days=days)), end)
+
+
+async def run_demo(
+    seconds: float | None,
+    workdir: Path,
+    quiet: bool,
+    *,
+    replay_days: float | None = 0.0,
+    cadence_s: float = REPLAY_CADENCE_S,
+) -> int:
     fresh_workdir(workdir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    history = replayed_month(datetime.now(DEMO_ZONE), replay_days)
+    history_start, history_end = history.start.timestamp(), history.end.timestamp()
+    clock = ReplayClock(history_start)
     async with embedded_broker() as broker:
         print(f"broker: {broker.kind} on {broker.host}:{broker.port}")
         sites: list[LoadedConfig] = []
@@ -138,38 +202,80 @@ async def run_demo(seconds: float | None, workdir: Path, quiet: bool) -> int:
             sites.append(
                 relocate(loaded, broker_host=broker.host, broker_port=broker.port, ports=ports, workdir=workdir)
             )
-        # A short mercury episode 10 s in, so a 60 s demo shows an alert firing and resolving.
+        stack_site, ambient_site = with_unit_signals(sites[0]), sites[1]
+        # The stack plays the plant story of the replayed days (start-up, shut-down, daily checks, a failed one,
+        # a week off) on the replay clock; the ambient station lives on the wall clock, with a short mercury
+        # episode 10 s into the live part, so a 60 s demo shows an alert firing and resolving.
+        story = PlantStory.for_window(history_start, history.days) if history.days >= 1 else None
+        stack_simulator = simulator_for_config(stack_site, clock=clock.seconds, story=story)
         incidents = replace(
-            Incidents.demo(time.time()), demo_hg_episode_at=time.time() + 10, demo_hg_episode_seconds=35
+            Incidents.demo(time.time()), demo_hg_episode_at=time.time() + 1e9, demo_hg_episode_seconds=35
         )
-        simulators = [simulator_for_config(site, incidents=incidents) for site in sites]
+        ambient_simulator = simulator_for_config(ambient_site, incidents=incidents)
+        simulators = [stack_simulator, ambient_simulator]
         for simulator in simulators:
             await simulator.start()
         store_url = f"sqlite://{(workdir / 'aua.sqlite').resolve()}"
-        gateway_config = demo_gateway_config(workdir, broker.host, broker.port, store_url)
+        history_age_days = (time.time() - history_start) / 86400
+        gateway_config = demo_gateway_config(
+            workdir, broker.host, broker.port, store_url, history_days=history_age_days
+        )
         store = open_store(gateway_config.store.url)
         await store.open()
         ledger = Ledger(gateway_config.gateway.state)
-        view = LiveView(quiet)
+        view = LiveView(quiet=True)
         alerts = AlertEngine.from_config(gateway_config)
         rollups = RollupEngine.from_config(gateway_config, store)
         ingest = Ingest(gateway_config, store, ledger, on_batch=view, alerts=alerts, rollups=rollups)
-        agents = [Agent(site) for site in sites]
-        for site in sites:
+        stack_agent = Agent(stack_site, clock=clock.stamp)
+        ambient_agent = Agent(ambient_site)
+        for site in (stack_site, ambient_site):
             names = ", ".join(i.id for i in site.instruments)
             print(f"agent {site.config.agent.site}/{site.config.agent.id}: {names}")
         print(f"store: {gateway_config.store.url}")
-        print("live (Ctrl-C to stop):" if seconds is None else f"live for {seconds:g} s:")
         gateway_task = asyncio.create_task(ingest.run())
         health_task = asyncio.create_task(HealthWriter(ingest, store).run())
         await asyncio.wait_for(ingest.connected.wait(), timeout=10)
-        agent_tasks = [asyncio.create_task(agent.run()) for agent in agents]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        live = asyncio.Event()
+        live_alerts, ingest.alerts = ingest.alerts, None  # replayed history is reported, not alerted on
+
+        def going_live() -> None:
+            ingest.alerts = live_alerts
+            view.quiet = quiet
+            episode_at = time.time() + 10
+            ambient_simulator.incidents = replace(ambient_simulator.incidents, demo_hg_episode_at=episode_at)
+            live.set()
+
+        if history.days > 0:
+            print(
+                f"replaying the stack's {history.days:g} days {history.start:%Y-%m-%d %H:%M} ... "
+                f"{history.end:%Y-%m-%d %H:%M} ({DEMO_ZONE.key}): one poll every {cadence_s:g} simulated seconds, "
+                "through agent, broker and gateway, as fast as the gateway stores:"
+            )
+        schedule = functools.partial(
+            history_then_live,
+            stack_agent,
+            clock,
+            start=history_start,
+            end=history_end,
+            cadence_s=cadence_s,
+            stored_batches=lambda: ingest.stats.batches,
+            on_live=going_live,
+        )
+        agent_tasks = [asyncio.create_task(stack_agent.run(schedule))]
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopped, asyncio.create_task(live.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if live.is_set():
+            agent_tasks.append(asyncio.create_task(ambient_agent.run()))
+            print("live (Ctrl-C to stop):" if seconds is None else f"live for {seconds:g} s:")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await stop.wait()
+        stopped.cancel()
         for task in agent_tasks:
             task.cancel()
         await asyncio.gather(*agent_tasks, return_exceptions=True)
-        await _wait_drained(agents, ledger, within_s=10)
+        await _wait_drained([stack_agent, ambient_agent], ledger, within_s=10)
         gateway_task.cancel()
         health_task.cancel()
         await asyncio.gather(gateway_task, health_task, return_exceptions=True)
@@ -178,8 +284,9 @@ async def run_demo(seconds: float | None, workdir: Path, quiet: bool) -> int:
         counts = await store.count_by_instrument()
         accounts = ledger.accounts()
         print()
-        print("rollups and this month's MRV report of the stack:")
-        report_files = await monthly_report(gateway_config, store, rollups)
+        print("rollups and the MRV reports of the stack:")
+        month = history.start if history.days > 0 else datetime.now(DEMO_ZONE)  # live only: this month's
+        report_files = await mrv_reports(gateway_config, store, rollups, [(month.year, month.month)])
         await store.close()
         ledger.close()
         alerts.close()
@@ -207,8 +314,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--for", dest="seconds", type=float, default=None, help="stop by itself after SECONDS")
     parser.add_argument("--workdir", type=Path, default=Path("var/demo"), help="where the demo keeps its data")
     parser.add_argument("--quiet", action="store_true", help="no line per batch, only alerts and the summary")
+    parser.add_argument(
+        "--replay-days",
+        type=float,
+        default=None,
+        help="first replay the last DAYS of last month through agent, broker and gateway at accelerated time "
+        "(default: the whole month; 0: live only)",
+    )
+    parser.add_argument(
+        "--cadence",
+        type=float,
+        default=REPLAY_CADENCE_S,
+        help="simulated seconds between two polls of the replay (default %(default)g)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.replay_days is not None and not 0 <= args.replay_days <= MAX_REPLAY_DAYS:
+        parser.error(f"--replay-days takes 0 ... {MAX_REPLAY_DAYS} days (a month at most)")
+    if not 1 <= args.cadence <= 3600 or 3600 % args.cadence:
+        parser.error("--cadence takes 1 ... 3600 seconds that divide an hour")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -216,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds is not None and args.seconds <= 0:
         parser.error("--for takes a positive number of seconds")
     print(f"Aua demo, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    return asyncio.run(run_demo(args.seconds, args.workdir, args.quiet))
+    return asyncio.run(
+        run_demo(args.seconds, args.workdir, args.quiet, replay_days=args.replay_days, cadence_s=args.cadence)
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_agent.config import Instrument, LoadedConfig, load_config
+from edge_agent.profiles import load_profile
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEMO_SITES = ("pavlodar-chp.toml", "pavlodar-ambient.toml")
@@ -28,3 +29,18 @@ def relocate(
 
 def demo_sites() -> list[LoadedConfig]:
     return [load_config(CONFIG_DIR / name) for name in DEMO_SITES]
+
+
+DCS_PROFILE = Path(__file__).resolve().parent / "profiles" / "dcs-unit.toml"
+DCS_INSTRUMENT = "stack1-dcs"
+
+
+def with_unit_signals(loaded: LoadedConfig, *, device_id: int = 10) -> LoadedConfig:
+    """The stack's site with the boiler's DCS as one more instrument (unit state, load, coal feed), behind the
+    same Modbus TCP port as the analyzers: the signals config/demo-gateway.toml derives the operating state from."""
+    config = loaded.config.model_copy(deep=True)
+    first = config.instrument[0]
+    section = first.model_copy(update={"id": DCS_INSTRUMENT, "profile": DCS_PROFILE, "device_id": device_id})
+    config.instrument = [*config.instrument, section]
+    instruments = [*loaded.instruments, Instrument(config=section, profile=load_profile(DCS_PROFILE))]
+    return LoadedConfig(path=loaded.path, config=config, instruments=instruments)

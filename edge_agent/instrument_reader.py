@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +35,13 @@ from edge_agent.quality import quality_from_bits, status_word
 from edge_agent.sealing import Sample
 
 log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+"""What stamps readings: the wall clock in production, simulated time in a replay."""
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -232,7 +239,10 @@ def samples_from_answers(
 class ModbusReader:
     """One Modbus instrument: its driver, its read plan (re-planned around refused addresses) and counters."""
 
-    def __init__(self, instrument: Instrument, driver: InstrumentDriver | None = None) -> None:
+    def __init__(
+        self, instrument: Instrument, driver: InstrumentDriver | None = None, *, clock: Clock = wall_clock
+    ) -> None:
+        """`clock` stamps the readings: the wall clock, or a replay's simulated time (aua_demo.replay)."""
         if driver is None:
             from edge_agent.modbus_drivers import ModbusTcpDriver  # noqa: PLC0415 - only for the TCP-only default
 
@@ -240,6 +250,7 @@ class ModbusReader:
             driver = ModbusTcpDriver(section.host, section.port, section.device_id, section.timeout)
         self.instrument = instrument
         self.driver = driver
+        self.clock = clock
         self.stats = ReadStats()
         self.spans = spans_of(instrument.profile)
         self.forbidden: tuple[Forbidden, ...] = ()
@@ -279,7 +290,7 @@ class ModbusReader:
         self.stats.requests += 1
         try:
             answers[request] = await self.driver.read(request)
-            stamps[request] = datetime.now(UTC)
+            stamps[request] = self.clock()
             self._outcomes.append(None)
         except DeviceException as error:
             self._outcomes.append(error)
@@ -371,7 +382,7 @@ class ModbusReader:
     async def poll(self) -> list[Sample]:
         """Read every request of the plan once; a failed request fails only its own tags (no value, failure)."""
         answers, stamps = await self.read_plan()
-        return samples_from_answers(self.instrument, answers, datetime.now(UTC), stamps, self.codecs)
+        return samples_from_answers(self.instrument, answers, self.clock(), stamps, self.codecs)
 
     async def close(self) -> None:
         await self.driver.close()

@@ -15,12 +15,12 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 
 from edge_agent.bus import SilencePolicy
 from edge_agent.config import LoadedConfig
-from edge_agent.instrument_reader import ModbusReader
+from edge_agent.instrument_reader import Clock, ModbusReader, wall_clock
 from edge_agent.modbus_drivers import build_drivers
 from edge_agent.outbox import CutCycle, Outbox, OutboxStats
 from edge_agent.publisher import Publisher
@@ -94,11 +94,13 @@ def clock_jump(before: tuple[float, float], after: tuple[float, float], toleranc
 class Agent:
     """Ties readers, outbox and publisher together for one site config."""
 
-    def __init__(self, loaded: LoadedConfig, *, policy: SilencePolicy | None = None) -> None:
+    def __init__(self, loaded: LoadedConfig, *, policy: SilencePolicy | None = None, clock: Clock = wall_clock) -> None:
+        """`clock` stamps the readings (a replay's simulated time in the demo); the schedule, the outbox and the
+        batches' sealing times stay on the wall clock."""
         self.config = loaded.config
         agent = self.config.agent
         self.drivers = build_drivers(loaded.instruments, policy=policy)
-        self.readers = [ModbusReader(i, self.drivers.by_instrument[i.id]) for i in loaded.instruments]
+        self.readers = [ModbusReader(i, self.drivers.by_instrument[i.id], clock=clock) for i in loaded.instruments]
         self.outbox = Outbox(
             agent.outbox,
             max_batches=agent.outbox_max_batches,
@@ -202,6 +204,20 @@ class Agent:
                 jump,
             )
 
+    async def poll_cycle(self) -> int:
+        """One poll cycle: mark it, read every instrument (staging as read), seal its batches, wake the publisher.
+        Returns the readings sealed."""
+        cycle_ns = time.time_ns()
+        await asyncio.to_thread(self.outbox.begin_cycle, cycle_ns)
+        stager = Stager(self.outbox, cycle_ns, self.config.agent.batch_max_readings)
+        await self.poll_once(stager)
+        fragments = await stager.fragments()
+        await asyncio.to_thread(self.seal_fragments, fragments)
+        if fragments:
+            self.publisher.wake.set()
+        self.cycles += 1
+        return sum(count for count, _ in fragments)
+
     async def poll_forever(self) -> None:
         interval = self.config.agent.poll_interval
         before: tuple[float, float] | None = None
@@ -210,15 +226,7 @@ class Agent:
             now = (time.time(), time.monotonic())
             self._check_clock(before, now)
             before = now
-            cycle_ns = time.time_ns()
-            await asyncio.to_thread(self.outbox.begin_cycle, cycle_ns)
-            stager = Stager(self.outbox, cycle_ns, self.config.agent.batch_max_readings)
-            await self.poll_once(stager)
-            fragments = await stager.fragments()
-            await asyncio.to_thread(self.seal_fragments, fragments)
-            if fragments:
-                self.publisher.wake.set()
-            self.cycles += 1
+            await self.poll_cycle()
             self.last_cycle_s = time.monotonic() - now[1]
             if self.last_cycle_s > interval:
                 self.overruns += 1
@@ -253,8 +261,11 @@ class Agent:
             await asyncio.to_thread(self.prune_once)
             await asyncio.sleep(self.config.agent.outbox_prune_interval_s)
 
-    async def run(self) -> None:
-        """Poll and publish until cancelled; on cancel close the clients and the outbox."""
+    async def run(self, schedule: Callable[[], Coroutine[object, object, None]] | None = None) -> None:
+        """Poll and publish until cancelled; on cancel close the clients and the outbox.
+
+        `schedule` replaces the wall-clock polling loop (`poll_forever`), e.g. a replay that runs `poll_cycle`
+        at simulated times first (aua_demo.replay)."""
         metrics = None
         if self.config.agent.metrics_port is not None:
             from edge_agent.metrics import MetricsServer  # noqa: PLC0415 - prometheus only when asked for
@@ -264,7 +275,7 @@ class Agent:
         try:
             await asyncio.to_thread(self.recover_cut_cycle)
             async with asyncio.TaskGroup() as group:
-                group.create_task(self.poll_forever())
+                group.create_task((schedule or self.poll_forever)())
                 group.create_task(self.publisher.run())
                 group.create_task(self.prune_forever())
         finally:

@@ -311,6 +311,180 @@ def coal_boiler_stack(seed: int, t: float) -> dict[str, float]:
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# The plant story: a replayed month of the stack's boiler. Pure functions of (story, time).
+# --------------------------------------------------------------------------------------------------
+
+
+class PlantPhase(StrEnum):
+    """The boiler's state as its DCS reports it (the gateway derives the operating state from it)."""
+
+    OFF = "off"
+    START_UP = "start-up"
+    NORMAL = "normal"
+    SHUT_DOWN = "shut-down"
+
+
+DCS_CODES: Mapping[PlantPhase, int] = {
+    PlantPhase.OFF: 0,
+    PlantPhase.START_UP: 1,
+    PlantPhase.NORMAL: 2,
+    PlantPhase.SHUT_DOWN: 3,
+}
+"""The unit-state register's value per phase (config/demo-gateway.toml `[source.operating] status`)."""
+
+MAX_FUEL_T_H = 60.0
+"""coal burned at full load, t/h (the DCS's fuel_flow)"""
+
+SPAN_GAS: Mapping[str, float] = {"so2": 800.0, "no": 250.0, "nox": 400.0, "co": 300.0, "co2": 15.0, "o2": 20.9}
+"""What the gas analyzer reads in its span check (the certified span gas), in the tags' units."""
+
+FAILED_SPAN_FACTOR = 0.9
+"""The failed check reads 10 % low: past the 5 %-of-span tolerance of a daily calibration error test
+(40 CFR 75 App. A §2.1.4) and well beyond an EN 14181 QAL3 drift limit."""
+
+
+class CheckStep(StrEnum):
+    ZERO = "zero"
+    SPAN = "span"
+
+
+@dataclass(frozen=True)
+class PlantStory:
+    """What happens at the stack's boiler over a window of days; before and after it the boiler runs normally.
+
+    All times are epoch seconds on whole UTC hours, so each hour of the DCS status has one code except where a
+    phase changes; the daily zero/span check runs at the same local time every day, also while the boiler is off
+    (the analyzers stay powered). `for_window` places the events of a replayed window.
+    """
+
+    shutdown_at: float
+    """shut-down begins: the load falls to zero over `shutdown_hours`, then the boiler is off"""
+    startup_at: float
+    """start-up begins (the boiler was off): burners on, load rising over `startup_hours`, then normal"""
+    failed_check_at: float | None = None
+    """start of the one daily check that fails (its span reads 10 % low); the analyzer is then out of service"""
+    shutdown_hours: float = 3.0
+    startup_hours: float = 4.0
+    check_local_hour: float = 2.0
+    """the daily check starts at this local hour (Pavlodar, UTC+5)"""
+    check_step_s: float = 600.0
+    """seconds on zero gas, then the same on span gas (a poll every 10 minutes sees each once)"""
+    repair_hours: float = 3.0
+    """after the failed check the analyzer reports failure this long (a leaking sample line found and fixed)"""
+
+    def __post_init__(self) -> None:
+        if not self.shutdown_at + self.shutdown_hours * 3600 <= self.startup_at:
+            raise ValueError("the start-up must come after the shut-down has ended")
+        if min(self.shutdown_hours, self.startup_hours, self.repair_hours) <= 0 or self.check_step_s <= 0:
+            raise ValueError("durations must be positive")
+
+    @classmethod
+    def for_window(cls, start: float, days: float) -> PlantStory:
+        """The story of `days` from `start`: the start-up ends a tenth of the window before its end, after the
+        boiler was off for a quarter of the window (at most a week); the check at 30 % of the window fails. Any
+        window of a day or more holds each event once, on whole hours from `start`; 30 days give a week off."""
+        if days < 1:
+            raise ValueError(f"a plant story needs at least one day, got {days:g}")
+        end = start + days * 86400
+
+        def hour_from_start(t: float) -> float:
+            return start + math.floor((t - start) / 3600) * 3600
+
+        startup_at = hour_from_start(end - 0.1 * days * 86400 - cls.startup_hours * 3600)
+        off_s = min(7 * 86400, 0.25 * days * 86400)
+        shutdown_at = hour_from_start(startup_at - off_s - cls.shutdown_hours * 3600)
+        story = cls(shutdown_at=shutdown_at, startup_at=startup_at)
+        failed = story.check_start(start + 0.3 * days * 86400)
+        return replace(story, failed_check_at=failed if failed >= start else failed + 86400)
+
+    def check_start(self, t: float) -> float:
+        """Start of the daily check of the local day t is in."""
+        local_day = math.floor((t / 3600 + UTC_OFFSET_HOURS) / 24)
+        return (local_day * 24 + self.check_local_hour - UTC_OFFSET_HOURS) * 3600
+
+
+def plant_phase(story: PlantStory, t: float) -> tuple[PlantPhase, float]:
+    """The boiler's phase at t and how far through it (0 ... 1 in start-up and shut-down, else 0)."""
+    shutdown_end = story.shutdown_at + story.shutdown_hours * 3600
+    startup_end = story.startup_at + story.startup_hours * 3600
+    if t < story.shutdown_at or t >= startup_end:
+        return PlantPhase.NORMAL, 0.0
+    if t < shutdown_end:
+        return PlantPhase.SHUT_DOWN, (t - story.shutdown_at) / (shutdown_end - story.shutdown_at)
+    if t < story.startup_at:
+        return PlantPhase.OFF, 0.0
+    return PlantPhase.START_UP, (t - story.startup_at) / (startup_end - story.startup_at)
+
+
+def firing(story: PlantStory | None, t: float) -> float:
+    """Share of normal firing: 1 running, 0 off, a ramp in start-up and shut-down."""
+    if story is None:
+        return 1.0
+    phase, progress = plant_phase(story, t)
+    if phase is PlantPhase.NORMAL:
+        return 1.0
+    if phase is PlantPhase.OFF:
+        return 0.0
+    return 1.0 - progress if phase is PlantPhase.SHUT_DOWN else progress
+
+
+def check_step(story: PlantStory, t: float) -> CheckStep | None:
+    """Whether the analyzers are on zero gas, on span gas, or measuring the flue gas at t."""
+    elapsed = t - story.check_start(t)
+    if 0 <= elapsed < story.check_step_s:
+        return CheckStep.ZERO
+    if story.check_step_s <= elapsed < 2 * story.check_step_s:
+        return CheckStep.SPAN
+    return None
+
+
+def check_failed(story: PlantStory, t: float) -> bool:
+    """True during the check that fails."""
+    return story.failed_check_at is not None and 0 <= t - story.failed_check_at < 2 * story.check_step_s
+
+
+def out_of_service(story: PlantStory, t: float) -> bool:
+    """The gas analyzer after the failed check, until repaired: it reports failure."""
+    if story.failed_check_at is None:
+        return False
+    begins = story.failed_check_at + 2 * story.check_step_s
+    return begins <= t < begins + story.repair_hours * 3600
+
+
+AMBIENT_AIR: Mapping[str, float] = {"o2": 20.9, "co2": 0.04, "h2o": 1.0, "temperature": 15.0}
+"""What the stack holds with the burners off: air (other concentrations and the flow fall to zero)."""
+
+PURGE_FLOW = 15_000.0
+"""Nm3/h the induced-draft fan keeps moving through a cold boiler (a purge): flow is never quite zero."""
+
+
+def unit_signals(seed: int, t: float, story: PlantStory | None) -> dict[str, float]:
+    """The DCS's view of the boiler: unit state code, load (% of maximum continuous rating), coal feed."""
+    phase = plant_phase(story, t)[0] if story is not None else PlantPhase.NORMAL
+    share = firing(story, t)
+    load = coal_boiler_load(seed, t) * share
+    return {"unit_state": float(DCS_CODES[phase]), "load": 100.0 * load, "fuel_flow": MAX_FUEL_T_H * load}
+
+
+def with_story(world: dict[str, float], seed: int, t: float, story: PlantStory | None) -> dict[str, float]:
+    """The flue gas of a coal_boiler_stack world as the story has the boiler fired: blended toward air as firing
+    falls, CO high while burners light or go out, plus the DCS's signals."""
+    share = firing(story, t)
+    result = dict(world)
+    if share < 1.0:
+        for name, value in world.items():
+            air = AMBIENT_AIR.get(name, PURGE_FLOW if name == "flow" else 0.0)
+            if name in {"pressure"}:
+                continue
+            result[name] = air + (value - air) * share
+        result["velocity"] = world["velocity"] * max(share, PURGE_FLOW / world["flow"])
+        if share > 0.0:
+            result["co"] = world["co"] + 250.0 * math.sin(math.pi * share)  # unstable flame at low load
+    result.update(unit_signals(seed, t, story))
+    return result
+
+
 INDUSTRIAL_ZONE_BEARING = 10.0
 """Degrees from north of Pavlodar's northern industrial zone (CHPs, former chemical plant) seen from the station."""
 
@@ -362,10 +536,12 @@ def pavlodar_ambient(seed: int, t: float, incidents: Incidents) -> dict[str, flo
     }
 
 
-def world_state(scenario: Scenario, seed: int, t: float, incidents: Incidents) -> dict[str, float]:
-    """Every quantity of a scenario's world at time t, before measurement noise."""
+def world_state(
+    scenario: Scenario, seed: int, t: float, incidents: Incidents, story: PlantStory | None = None
+) -> dict[str, float]:
+    """Every quantity of a scenario's world at time t, before measurement noise; the stack follows `story`."""
     if scenario is Scenario.COAL_BOILER_STACK:
-        return coal_boiler_stack(seed, t)
+        return with_story(coal_boiler_stack(seed, t), seed, t, story)
     return pavlodar_ambient(seed, t, incidents)
 
 
@@ -398,6 +574,9 @@ QUANTITIES: dict[Scenario, dict[str, Quantity]] = {
         "velocity": Quantity("m/s", 0.0, 0.005),
         "temperature": Quantity("degC", 0.2, floor=None),
         "pressure": Quantity("kPa", 0.02),
+        "unit_state": Quantity("code", 0.0),  # the DCS's unit state register: exact
+        "load": Quantity("%", 0.2),
+        "fuel_flow": Quantity("t/h", 0.1),
     },
     Scenario.PAVLODAR_AMBIENT: {
         "so2": Quantity("ppb", 0.4, floor=None, check_value=0.0),
@@ -548,6 +727,40 @@ def _measured(
     return value if quantity.floor is None else max(quantity.floor, value)
 
 
+def _calibrated(instrument: SimulatedInstrument) -> bool:
+    """An instrument with a zero/span check: some tag reads check gas, and a status bit says so."""
+    return Quality.CHECK_FUNCTION in instrument.signals and any(
+        quantity is not None and quantity.check_value is not None for quantity in instrument.quantities.values()
+    )
+
+
+def _gas_analyzer(instrument: SimulatedInstrument) -> bool:
+    return instrument.scenario is Scenario.COAL_BOILER_STACK and any(tag in SPAN_GAS for tag in instrument.quantities)
+
+
+def story_windows(
+    instrument: SimulatedInstrument, tick_index: int, tick: float, story: PlantStory
+) -> tuple[Window, ...]:
+    """The plant story's incidents at a tick: the daily zero and span checks and the gas analyzer's failure after
+    the failed check. Of the profile's check_function bits (sorted) the check sets the second for zero and the
+    third for span: with config/profiles/stack-gas-analyzer.toml, discrete inputs 1024 (zero) and 1025 (span),
+    so a QAL3 capture can tell them apart; the reading before the bit drops is the check's result."""
+    if instrument.scenario is not Scenario.COAL_BOILER_STACK:
+        return ()
+    t = tick_index * tick
+    windows = []
+    step = check_step(story, t) if _calibrated(instrument) else None
+    if step is not None:
+        begins = story.check_start(t) + (story.check_step_s if step is CheckStep.SPAN else 0.0)
+        first, end = math.floor(begins / tick), math.ceil((begins + story.check_step_s) / tick)
+        windows.append(Window(Quality.CHECK_FUNCTION, first, end, 0.3 if step is CheckStep.ZERO else 0.55))
+    if _gas_analyzer(instrument) and out_of_service(story, t) and story.failed_check_at is not None:
+        begins = story.failed_check_at + 2 * story.check_step_s
+        first, end = math.floor(begins / tick), math.ceil((begins + story.repair_hours * 3600) / tick)
+        windows.append(Window(Quality.FAILURE, first, end, 0.0))
+    return tuple(windows)
+
+
 def measured_values(
     instrument: SimulatedInstrument,
     tick_index: int,
@@ -556,28 +769,36 @@ def measured_values(
     tick: float,
     incidents: Incidents,
     windows: tuple[Window, ...],
+    story: PlantStory | None = None,
 ) -> dict[str, float]:
     """Engineering values the instrument shows at a tick: the world plus noise, changed by the incidents it can flag.
 
-    A failure holds the value of the failure's first tick; a zero/span check shows the check gas.
+    A failure holds the value of the failure's first tick; a zero/span check shows the check gas (the story's span
+    step: the span gas, 10 % low in its failed check).
     """
     t = tick_index * tick
     shown = {window.quality: window for window in windows if window.quality in instrument.signals}
     failure = shown.get(Quality.FAILURE)
     if failure is not None and failure.start != tick_index:
-        return measured_values(instrument, failure.start, seed=seed, tick=tick, incidents=incidents, windows=windows)
-    world = world_state(instrument.scenario, seed, t, incidents)
+        return measured_values(
+            instrument, failure.start, seed=seed, tick=tick, incidents=incidents, windows=windows, story=story
+        )
+    world = world_state(instrument.scenario, seed, t, incidents, story)
     values = {
         tag.name: _measured(instrument, tag, world, seed=seed, tick_index=tick_index, t=t)
         for tag in instrument.profile.tag
     }
     if Quality.CHECK_FUNCTION in shown:
+        step = check_step(story, t) if story is not None else None
+        factor = FAILED_SPAN_FACTOR if story is not None and check_failed(story, t) else 1.0
         for tag in instrument.profile.tag:
             quantity = instrument.quantities[tag.name]
-            if quantity is not None and quantity.check_value is not None:
-                values[tag.name] = quantity.check_value + quantity.noise * _gauss(
-                    seed, instrument.id, tag.name, tick_index, "check"
-                )
+            if quantity is None or quantity.check_value is None:
+                continue
+            gas = quantity.check_value
+            if step is CheckStep.SPAN and tag.name in SPAN_GAS:
+                gas = SPAN_GAS[tag.name] * factor
+            values[tag.name] = gas + quantity.noise * _gauss(seed, instrument.id, tag.name, tick_index, "check")
     return values
 
 
@@ -663,11 +884,21 @@ def register_image(
 
 
 def tick_image(
-    instrument: SimulatedInstrument, tick_index: int, *, seed: int, tick: float, incidents: Incidents
+    instrument: SimulatedInstrument,
+    tick_index: int,
+    *,
+    seed: int,
+    tick: float,
+    incidents: Incidents,
+    story: PlantStory | None = None,
 ) -> TickImage:
     """Everything an instrument serves during one tick. Pure: same arguments, same registers."""
     windows = active_windows(seed, instrument.id, tick_index, incidents)
-    values = measured_values(instrument, tick_index, seed=seed, tick=tick, incidents=incidents, windows=windows)
+    if story is not None:
+        windows += story_windows(instrument, tick_index, tick, story)
+    values = measured_values(
+        instrument, tick_index, seed=seed, tick=tick, incidents=incidents, windows=windows, story=story
+    )
     bits = {block.name: status_bits(block, windows) for block in instrument.profile.status}
     return replace(register_image(instrument, tick_index * tick, values, bits), windows=windows)
 
@@ -765,9 +996,11 @@ class Simulator:
         port_map: Mapping[int, int] | None = None,
         quirks: Mapping[str, Quirks] | None = None,
         rtu: bool = False,
+        story: PlantStory | None = None,
     ) -> None:
         """`quirks` makes instruments misbehave; `rtu` frames every port's traffic as Modbus RTU (CRC, no MBAP
-        header), as a serial device server in transparent mode does (a device that never answers: RtuLine)."""
+        header), as a serial device server in transparent mode does (a device that never answers: RtuLine);
+        `story` plays a plant story on the stack's instruments (None: the boiler always runs)."""
         if tick <= 0:
             raise ValueError(f"tick must be positive, got {tick}")
         if history_ticks < 1:
@@ -780,6 +1013,7 @@ class Simulator:
         self._listen_on = dict(port_map or {})
         self.quirks = dict(quirks or {})
         self.rtu = rtu
+        self.story = story
         self._by_port: dict[int, list[_Playing]] = {}
         self._playing: dict[str, _Playing] = {}
         for port, instruments in instruments_by_port.items():
@@ -874,7 +1108,7 @@ class Simulator:
         index = self.tick_index_now()
         if playing.image is None or playing.tick_index != index:
             playing.image = tick_image(
-                playing.instrument, index, seed=self.seed, tick=self.tick, incidents=self.incidents
+                playing.instrument, index, seed=self.seed, tick=self.tick, incidents=self.incidents, story=self.story
             )
             playing.tick_index = index
             playing.history.append(playing.image.served)
@@ -956,6 +1190,7 @@ def simulator_for_config(
     history_ticks: int = 3600,
     quirks: Mapping[str, Quirks] | None = None,
     rtu: bool = False,
+    story: PlantStory | None = None,
 ) -> Simulator:
     """A simulator playing every instrument of one or more agent site configs, each at its port and device id.
 
@@ -985,6 +1220,7 @@ def simulator_for_config(
         port_map=port_map,
         quirks=quirks,
         rtu=rtu,
+        story=story,
     )
 
 

@@ -57,6 +57,7 @@ from gateway.report import (
     config_hash,
     totals_difference,
 )
+from gateway.report_charts import Chart, add_chart_pages, report_charts
 from gateway.retention import raw_kept_from
 from gateway.rollup import Aggregate, base_aggregates_from_samples, month_bounds, year_bounds
 from gateway.rollup_engine import RollupEngine
@@ -104,6 +105,8 @@ class ProducedReport:
     report: MrvReport
     hourly_header: list[str]
     hourly_rows: list[list[object]]
+    inputs: SourceInput | None = None
+    """what the report was computed with (the PDF's charts standardise with it)"""
 
     @property
     def basename(self) -> str:
@@ -391,7 +394,7 @@ async def produce_report(
                 f"{difference:g} t; run `cems-gateway rollup recompute` for the period"
             )
         report = report.model_copy(update={"reproducibility": check, "warnings": warnings})
-    return ProducedReport(report, header, rows)
+    return ProducedReport(report, header, rows, inputs)
 
 
 def _revision_entry(revision: Revision) -> RevisionEntry:
@@ -721,7 +724,9 @@ def _pdf_calibration(pdf: _Pdf, report: MrvReport) -> None:
         _more(pdf, len(over))
 
 
-def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | None) -> None:
+def _write_pdf(
+    path: Path, report: MrvReport, font: tuple[Path, Path | None] | None, charts: Sequence[Chart] = ()
+) -> None:
     period = report.period
     label = f"{period.year}" + (f"-{period.month:02d}" if period.month else "")
     title = f"MRV report {report.source} {label}"
@@ -933,6 +938,7 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
             f"substitution {method.substitution}",
             size=7,
         )
+    add_chart_pages(pdf, charts, text=pdf.text_of, family=pdf.family_name)
     pdf.output(str(path))
 
 
@@ -957,7 +963,8 @@ def write_report_files(produced: ProducedReport, directory: Path, *, font: Path 
     written.append(hourly)
     _write_xlsx(base.with_suffix(".xlsx"), produced)
     written.append(base.with_suffix(".xlsx"))
-    _write_pdf(base.with_suffix(".pdf"), report, find_unicode_font(font))
+    charts = report_charts(report, produced.hourly_header, produced.hourly_rows, produced.inputs)
+    _write_pdf(base.with_suffix(".pdf"), report, find_unicode_font(font), charts)
     written.append(base.with_suffix(".pdf"))
     return written
 
