@@ -30,6 +30,7 @@ from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
 from gateway.operating_log import add_operating_state_commands, run_operating_state_command
+from gateway.part75_log import add_cal_test_commands, run_cal_test_command
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
 from gateway.retention import retention_settings
 from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
@@ -398,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     add_dashboard_commands(commands)
     add_revision_commands(commands)
     add_operating_state_commands(commands)
+    add_cal_test_commands(commands)
     alerts = commands.add_parser("alerts", help="alert state, acknowledgements, silences, rules").add_subparsers(
         dest="alerts_command", required=True
     )
@@ -448,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_revisions_command(config, args)
     if args.command == "operating-state":
         return run_operating_state_command(config, args)
+    if args.command == "cal-test":
+        return run_cal_test_command(config, args)
     if args.command in MRV_COMMANDS:
         return run_mrv_command(config, args)
     if args.command == "run":

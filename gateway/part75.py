@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.substitution import Point
 
 __all__ = [
     "BAF_SPECIES",
@@ -44,13 +48,18 @@ __all__ = [
     "Kind",
     "Linearity",
     "LinearityLevel",
+    "Part75Section",
     "Part75Spec",
+    "Part75Tests",
     "PeriodStatus",
     "Rata",
     "RataResult",
     "calibration_error",
+    "channel_statuses",
+    "gate_points",
     "kind_of",
     "linearity_error",
+    "part75_section",
     "statuses",
 ]
 
@@ -458,3 +467,324 @@ class RataResult:
     @classmethod
     def of(cls, rata: Rata) -> RataResult:
         return cls(rata.id, rata.role, rata.at, rata.passed, rata.bias_adjustment_factor)
+
+
+@dataclass(frozen=True, slots=True)
+class Part75Tests:
+    """The tests of one source a report uses: those in its period and those before it still in effect."""
+
+    daily: tuple[DailyCalibration, ...] = ()
+    linearity: tuple[Linearity, ...] = ()
+    ratas: tuple[Rata, ...] = ()
+
+
+def channel_statuses(
+    spec: Part75Spec,
+    tests: Part75Tests,
+    channels: Sequence[tuple[str, str | None]],
+    *,
+    starts: Sequence[datetime],
+    step: timedelta,
+    operating: Sequence[bool],
+) -> dict[str, list[PeriodStatus]]:
+    """Per (role, species) of the source's channels under Part 75 QA (a span in `spec`, or the BAF applies):
+    the status of every base period."""
+    results = [RataResult.of(r) for r in tests.ratas]
+    spans = dict(spec.spans)
+    found: dict[str, list[PeriodStatus]] = {}
+    for role, species in channels:
+        baf = spec.baf_applies(role, species)
+        tested = role in spans or any(t.role == role for t in tests.linearity) or any(r.role == role for r in results)
+        if not tested and not baf:
+            continue
+        found[role] = statuses(
+            spec,
+            role,
+            starts,
+            step,
+            operating,
+            daily=tests.daily,
+            linearity=tests.linearity,
+            ratas=results,
+            daily_required=role in spans,
+            baf_applies=baf,
+        )
+    return found
+
+
+OUT_OF_CONTROL: Final = "out of control (40 CFR 75)"
+
+
+def gate_points(points: Sequence[Point], period_statuses: Sequence[PeriodStatus] | None) -> list[Point]:
+    """The measured grid as Part 75 lets it count: out-of-control values invalid (then substituted, §75.24),
+    the others multiplied by the bias adjustment factor in force (App. A §7.6.5). Raw readings are untouched."""
+    if period_statuses is None:
+        return list(points)
+    gated = []
+    for point, status in zip(points, period_statuses, strict=True):
+        if not status.in_control and point.valid:
+            gated.append(Point(point.start, None, False, f"{OUT_OF_CONTROL}: {status.reason}"))
+        elif status.baf != 1.0 and point.value is not None:
+            gated.append(Point(point.start, point.value * status.baf, point.valid, point.reason))
+        else:
+            gated.append(point)
+    return gated
+
+
+# -- the report's Part 75 section ----------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DailyCalibrationRow(_Model):
+    """One daily calibration error test (40 CFR 75 App. A §3.1, App. B §2.1)."""
+
+    id: int
+    channel: str
+    at_utc: datetime = Field(description="when the test was completed")
+    span: float
+    unit: str
+    zero_reference: float
+    zero_response: float
+    zero_error: float = Field(description="% of span (O2/CO2: |R − A| in % vol)")
+    high_reference: float
+    high_response: float
+    high_error: float
+    result: Literal["pass", "fail"] = Field(description="fail: out of control (App. B §2.1.4)")
+    within_spec: bool = Field(description="both levels within the App. A §3.1 performance specification")
+    criterion: str
+    by: str
+    why: str
+
+
+class LinearityRow(_Model):
+    """One linearity check (40 CFR 75 App. A §3.2)."""
+
+    id: int
+    channel: str
+    at_utc: datetime
+    unit: str
+    levels: list[str] = Field(description="reference → mean response: error % per level")
+    max_error_percent: float
+    result: Literal["pass", "fail"]
+    by: str
+    why: str
+
+
+class RataRow(_Model):
+    """One relative accuracy test audit (40 CFR 75 App. A §7) and its bias adjustment factor."""
+
+    id: int
+    channel: str
+    at_utc: datetime
+    runs: int
+    reference_mean: float
+    cem_mean: float
+    mean_difference: float = Field(description="d̄ = mean of RM − CEM (App. A Eq. A-7)")
+    confidence_coefficient: float = Field(description="cc (App. A Eq. A-9)")
+    relative_accuracy_percent: float = Field(description="RA (App. A Eq. A-10); ≤ 10 % passes")
+    bias_failed: bool = Field(description="d̄ > |cc| (App. A §7.6.4)")
+    baf: float = Field(description="bias adjustment factor (App. A Eq. A-12); 1 when the bias test passes")
+    result: Literal["pass", "fail"]
+    by: str
+    why: str
+
+
+class Part75Channel(_Model):
+    """One channel under Part 75 QA in the report's period."""
+
+    channel: str
+    span: float | None = Field(description="configured span; None: no daily calibration required (BAF only)")
+    operating_periods: int
+    out_of_control_periods: int = Field(description="operating periods not quality-assured: substituted")
+    grace_periods: int = Field(description="operating periods in a grace period (App. B §2.1.5)")
+    baf_periods: int = Field(description="periods multiplied by a bias adjustment factor other than 1")
+    baf_values: list[float] = Field(description="the factors applied, in time order")
+
+
+class OutOfControlRun(_Model):
+    """Consecutive operating periods of one channel out of control for one reason."""
+
+    channel: str
+    start_utc: datetime
+    end_utc: datetime = Field(description="exclusive")
+    periods: int
+    reason: str
+
+
+class Part75Section(_Model):
+    """40 CFR Part 75 QA: tests, out-of-control periods and bias adjustment (docs/regulatory-basis.md §8)."""
+
+    rules: str = Field(description="what the gateway applies, in words, with the clauses")
+    validity_hours: int
+    grace_operating_hours: int
+    bias_adjustment: bool
+    channels: list[Part75Channel]
+    daily: list[DailyCalibrationRow] = Field(description="daily calibration error tests in the period")
+    linearity: list[LinearityRow]
+    ratas: list[RataRow]
+    out_of_control: list[OutOfControlRun]
+
+
+def _result(passed: bool) -> Literal["pass", "fail"]:
+    return "pass" if passed else "fail"
+
+
+def _daily_row(test: DailyCalibration, name: str) -> DailyCalibrationRow:
+    zero, high = test.levels()
+    failing = [level for level in (zero, high) if not level.in_control]
+    return DailyCalibrationRow(
+        id=test.id,
+        channel=name,
+        at_utc=test.at,
+        span=test.span,
+        unit=test.unit,
+        zero_reference=test.zero_reference,
+        zero_response=test.zero_response,
+        zero_error=zero.error,
+        high_reference=test.high_reference,
+        high_response=test.high_response,
+        high_error=high.error,
+        result=_result(test.passed),
+        within_spec=zero.within_spec and high.within_spec,
+        criterion=(failing or [high])[0].criterion,
+        by=test.by,
+        why=test.why,
+    )
+
+
+def _linearity_row(test: Linearity, name: str) -> LinearityRow:
+    errors = test.errors()
+    return LinearityRow(
+        id=test.id,
+        channel=name,
+        at_utc=test.at,
+        unit=test.unit,
+        levels=[
+            f"{level.reference:g} → {level.mean_response:g}: {error:.2f} %{'' if ok else ' FAIL'}"
+            for level, (error, ok) in zip(test.levels, errors, strict=True)
+        ],
+        max_error_percent=max(error for error, _ in errors),
+        result=_result(test.passed),
+        by=test.by,
+        why=test.why,
+    )
+
+
+def _rata_row(test: Rata, name: str) -> RataRow:
+    return RataRow(
+        id=test.id,
+        channel=name,
+        at_utc=test.at,
+        runs=len(test.runs),
+        reference_mean=test.reference_mean,
+        cem_mean=test.cem_mean,
+        mean_difference=test.mean_difference,
+        confidence_coefficient=test.confidence_coefficient,
+        relative_accuracy_percent=test.relative_accuracy,
+        bias_failed=test.bias_failed,
+        baf=test.bias_adjustment_factor,
+        result=_result(test.passed),
+        by=test.by,
+        why=test.why,
+    )
+
+
+RULES_TEXT: Final = (
+    "Daily calibration error CE = |R − A| / span × 100 (40 CFR 75 App. A §3.1); out of control beyond twice the "
+    "specification (App. B §2.1.4): SO2/NOx 5 % of span or |R − A| > 5 ppm (span ≤ 50 ppm) / 10 ppm (span ≤ 200 ppm), "
+    "O2/CO2 1.0 % vol, flow 6 %; out-of-control hours and hours without a valid test are substituted (§75.24). A "
+    "passed test covers {validity} clock hours after its hour; after a window that ran out while the unit was off, "
+    "{grace} operating hours of grace (App. B §2.1.5). Failed linearity checks (App. A §3.2) and RATAs (App. A "
+    "§3.3) are out of control until passed; the last RATA's bias adjustment factor (App. A §7.6.5) multiplies "
+    "SO2, NOx and flow from the hour after it{baf}."
+)
+
+
+def part75_section(
+    spec: Part75Spec,
+    tests: Part75Tests,
+    names: Mapping[str, str],
+    *,
+    period_statuses: Mapping[str, Sequence[PeriodStatus]],
+    starts: Sequence[datetime],
+    step: timedelta,
+    operating: Sequence[bool],
+) -> Part75Section:
+    """The report's Part 75 section over the grid `starts`: the tests completed in it, and per channel the
+    out-of-control, grace and bias-adjusted periods."""
+    end = starts[-1] + step if starts else None
+
+    def within(moment: datetime) -> bool:
+        return bool(starts) and end is not None and starts[0] <= moment < end
+
+    spans = dict(spec.spans)
+    channels: list[Part75Channel] = []
+    runs: list[OutOfControlRun] = []
+    for role, items in period_statuses.items():
+        name = names.get(role, role)
+        on = [s for s, running in zip(items, operating, strict=True) if running]
+        bafs: list[float] = []
+        for item in items:
+            if item.baf != 1.0 and (not bafs or bafs[-1] != item.baf):
+                bafs.append(item.baf)
+        channels.append(
+            Part75Channel(
+                channel=name,
+                span=spans.get(role),
+                operating_periods=len(on),
+                out_of_control_periods=sum(not s.in_control for s in on),
+                grace_periods=sum(s.grace for s in on),
+                baf_periods=sum(s.baf != 1.0 for s in items),
+                baf_values=bafs,
+            )
+        )
+        run_start: int | None = None
+        for index in range(len(items) + 1):
+            current = items[index] if index < len(items) else None
+            out = current is not None and operating[index] and not current.in_control
+            if run_start is not None and (
+                not out or (current is not None and current.reason != items[run_start].reason)
+            ):
+                runs.append(
+                    OutOfControlRun(
+                        channel=name,
+                        start_utc=starts[run_start],
+                        end_utc=starts[index - 1] + step,
+                        periods=sum(operating[run_start:index]),
+                        reason=items[run_start].reason,
+                    )
+                )
+                run_start = None
+            if out and run_start is None:
+                run_start = index
+    roles = set(period_statuses)
+    return Part75Section(
+        rules=RULES_TEXT.format(
+            validity=spec.validity_hours,
+            grace=spec.grace_operating_hours,
+            baf="" if spec.bias_adjustment else " (switched off in [source.part75])",
+        ),
+        validity_hours=spec.validity_hours,
+        grace_operating_hours=spec.grace_operating_hours,
+        bias_adjustment=spec.bias_adjustment,
+        channels=channels,
+        daily=[
+            _daily_row(t, names.get(t.role, t.role))
+            for t in sorted(tests.daily, key=lambda t: (t.at, t.id))
+            if t.role in roles and within(t.at)
+        ],
+        linearity=[
+            _linearity_row(t, names.get(t.role, t.role))
+            for t in sorted(tests.linearity, key=lambda t: (t.at, t.id))
+            if t.role in roles and within(t.at)
+        ],
+        ratas=[
+            _rata_row(t, names.get(t.role, t.role))
+            for t in sorted(tests.ratas, key=lambda t: (t.at, t.id))
+            if t.role in roles and within(t.at)
+        ],
+        out_of_control=runs,
+    )
