@@ -487,15 +487,15 @@ def channel_statuses(
     step: timedelta,
     operating: Sequence[bool],
 ) -> dict[str, list[PeriodStatus]]:
-    """Per (role, species) of the source's channels under Part 75 QA (a span in `spec`, or the BAF applies):
-    the status of every base period."""
+    """Per (role, species) of the source's channels under Part 75 QA (a span in `spec`, or a linearity check or
+    RATA recorded): the status of every base period."""
     results = [RataResult.of(r) for r in tests.ratas]
     spans = dict(spec.spans)
     found: dict[str, list[PeriodStatus]] = {}
     for role, species in channels:
         baf = spec.baf_applies(role, species)
         tested = role in spans or any(t.role == role for t in tests.linearity) or any(r.role == role for r in results)
-        if not tested and not baf:
+        if not tested:
             continue
         found[role] = statuses(
             spec,
@@ -600,7 +600,7 @@ class Part75Channel(_Model):
     operating_periods: int
     out_of_control_periods: int = Field(description="operating periods not quality-assured: substituted")
     grace_periods: int = Field(description="operating periods in a grace period (App. B §2.1.5)")
-    baf_periods: int = Field(description="periods multiplied by a bias adjustment factor other than 1")
+    baf_periods: int = Field(description="operating periods multiplied by a bias adjustment factor other than 1")
     baf_values: list[float] = Field(description="the factors applied, in time order")
 
 
@@ -737,7 +737,7 @@ def part75_section(
                 operating_periods=len(on),
                 out_of_control_periods=sum(not s.in_control for s in on),
                 grace_periods=sum(s.grace for s in on),
-                baf_periods=sum(s.baf != 1.0 for s in items),
+                baf_periods=sum(s.baf != 1.0 for s in on),
                 baf_values=bafs,
             )
         )

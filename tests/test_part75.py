@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from openpyxl import load_workbook
 
+from aua_contract import Quality
+from gateway.cli import main as gateway_main
+from gateway.config import GatewayConfigError, load_gateway_config
 from gateway.part75 import (
     DailyCalibration,
     Kind,
     Linearity,
     LinearityLevel,
     Part75Spec,
+    Part75Tests,
     PeriodStatus,
     Rata,
     RataResult,
@@ -19,6 +27,10 @@ from gateway.part75 import (
     linearity_error,
     statuses,
 )
+from gateway.part75_log import Part75Log, Part75LogError
+from gateway.report_files import produce_report, write_report_files
+from gateway.rollup_engine import RollupEngine
+from gateway.stores import StoredReading, open_store
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -242,3 +254,176 @@ def test_baf_applies_to_so2_nox_and_flow_only() -> None:
     assert not SPEC.baf_applies("pollutant:co", "co")
     assert not SPEC.baf_applies("co2", "co2")
     assert not Part75Spec(spans=(), bias_adjustment=False).baf_applies("flow", None)
+
+
+# -- the log, the CLI and the report, end to end on a real SQLite store ---------------------------------------
+
+MAY_1 = datetime(2024, 5, 1, tzinfo=UTC)
+P75_SITE = "p75-site"
+P75_CONFIG = """[gateway]
+state = "state.sqlite"
+[store]
+url = "sqlite://aua.sqlite"
+[rollup.reports]
+directory = "reports"
+[[source]]
+id = "unit1"
+site = "p75-site"
+time_zone = "UTC"
+rule_set = "part75"
+flow = { instrument = "u1-flow", parameter = "flow", unit = "Nm3/h" }
+[[source.pollutant]]
+instrument = "u1-gas"
+parameter = "so2"
+name = "SO2"
+unit = "mg/m3"
+[source.part75]
+span = { so2 = 500 }
+"""
+
+
+def _write_config(folder: Path, text: str = P75_CONFIG) -> Path:
+    path = folder / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_log_is_append_only_and_refuses_bad_entries_naming_the_field(tmp_path: Path) -> None:
+    log = Part75Log(tmp_path / "state.sqlite")
+    now = MAY_1 + 48 * HOUR
+    test = log.add_daily(
+        "unit1", "pollutant:so2", at=MAY_1, span=500, unit="ppm", zero=(0, 1), high=(250, 255), by="kim", why="D-1",
+        now=now,
+    )  # fmt: skip
+    for call, message in (
+        (lambda: log.add_daily("unit1", "pollutant:so2", at=MAY_1, span=0, unit="ppm", zero=(0, 1), high=(250, 255),
+                               by="kim", why="x", now=now), "span: must be > 0"),
+        (lambda: log.add_daily("unit1", "pollutant:so2", at=MAY_1, span=500, unit="ppm", zero=(0, float("inf")),
+                               high=(250, 255), by="kim", why="x", now=now), "zero response"),
+        (lambda: log.add_daily("unit1", "pollutant:so2", at=now + 2 * HOUR, span=500, unit="ppm", zero=(0, 1),
+                               high=(250, 255), by="kim", why="x", now=now), "in the future"),
+        (lambda: log.add_daily("unit1", "pollutant:so2", at=MAY_1, span=500, unit="ppm", zero=(0, 1), high=(250, 255),
+                               by=" ", why="x", now=now), "by:"),
+        (lambda: log.add_linearity("unit1", "pollutant:so2", at=MAY_1, unit="ppm", levels=[(1, 1)] * 4, by="kim",
+                                   why="x", now=now), "1 to 3 levels"),
+        (lambda: log.add_rata("unit1", "pollutant:so2", at=MAY_1, runs=[(100, 95)] * 8, by="kim", why="x", now=now),
+         "9 to 12 runs"),
+    ):  # fmt: skip
+        with pytest.raises(Part75LogError, match=message):
+            call()
+    log.close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    with pytest.raises(sqlite3.DatabaseError, match="never changed"):
+        db.execute("UPDATE part75_test SET by = 'x'")
+    with pytest.raises(sqlite3.DatabaseError, match="never deleted"):
+        db.execute("DELETE FROM part75_test")
+    db.close()
+    log = Part75Log(tmp_path / "state.sqlite")
+    assert log.tests("unit1") == Part75Tests(daily=(test,))
+    assert log.tests("unit1", start=MAY_1 + HOUR) == Part75Tests()
+    log.close()
+
+
+def _readings() -> list[StoredReading]:
+    rows = []
+    for minute in range(24 * 60):
+        ts = MAY_1 + timedelta(minutes=minute)
+        rows.append(StoredReading(P75_SITE, "u1", "u1-gas", "so2", ts, 100.0, "mg/m3", Quality.OK))
+        rows.append(StoredReading(P75_SITE, "u1", "u1-flow", "flow", ts, 500_000.0, "Nm3/h", Quality.OK))
+    return rows
+
+
+async def test_report_substitutes_out_of_control_hours_and_applies_the_baf(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1 May 2024, SO2 100 mg/m³ and flow 500,000 Nm³/h every minute (50 kg SO2 an hour); the unit is off from
+    2 May (operator's log). Daily tests: passed 00:10, failed 06:20 (upscale 280 of 250 on a 500 span: 6 % > 5 %,
+    40 CFR 75 App. B §2.1.4), passed 09:05: hours 06-08 are out of control and substituted (§75.24). A RATA at
+    12:30 with d̄ = 5, cc = 0.5435 on RM̄ 100 gives BAF 1.053 (App. A Eq. A-12) from 13:00: measured SO2
+    = 10 hours × 50 kg + 11 hours × 50 × 1.053 kg."""
+    path = _write_config(tmp_path)
+    common = ["--channel", "so2", "--by", "kim", "--why", "sheet"]
+    at = "2024-05-01T"
+    cli = [
+        ["cal-test", "add", str(path), "unit1", *common, "--at", at + "00:10", "--zero", "0:0.5", "--high", "250:252"],
+        ["cal-test", "add", str(path), "unit1", *common, "--at", at + "06:20", "--zero", "0:0.5", "--high", "250:280"],
+        ["cal-test", "add", str(path), "unit1", *common, "--at", at + "09:05", "--zero", "0:0.5", "--high", "250:251"],
+        ["cal-test", "linearity", str(path), "unit1", *common, "--at", at + "15:00",
+         "--level", "100:101", "--level", "250:252", "--level", "400:405"],
+        ["cal-test", "rata", str(path), "unit1", *common, "--at", at + "12:30",
+         *[arg for d in (4, 6, 5, 5, 4, 6, 5, 5, 5) for arg in ("--run", f"100:{100 - d}")]],
+        ["operating-state", "log", str(path), "unit1", "--state", "off", "--from", "2024-05-02T00:00",
+         "--to", "2024-06-01T00:00", "--by", "kim", "--why", "outage"],
+    ]  # fmt: skip
+    for argv in cli:
+        assert gateway_main(argv) == 0, argv
+    capsys.readouterr()
+    assert gateway_main(["cal-test", "list", str(path), "unit1"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in listed] == ["#1", "#2", "#3", "#5", "#4"]  # in time order
+    assert "FAIL (out of control)" in listed[1]
+    assert "upscale 6.00 % of span" in listed[1]
+    assert "BAF 1.053" in listed[3]
+    assert "by kim" in listed[0]
+    assert gateway_main(["cal-test", "add", str(path), "unit1", *common, "--channel", "nox", "--at", at + "01:00",
+                         "--zero", "0:0", "--high", "1:1"]) == 1  # fmt: skip
+    assert "has no such channel" in capsys.readouterr().err
+
+    config = load_gateway_config(path)
+    async with open_store(config.store.url) as store:
+        await store.write(_readings())
+        engine = RollupEngine.from_config(config, store)
+        await engine.recompute(MAY_1, MAY_1 + 24 * HOUR)
+        engine.close()
+        produced = await produce_report(
+            config, store, "unit1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC)
+        )
+        raw = await store.query(site=P75_SITE, parameter="so2", start=MAY_1 + 13 * HOUR, end=MAY_1 + 14 * HOUR)
+    assert {r.value for r in raw} == {100.0}  # raw readings stay as measured
+    report = produced.report
+    section = report.part75
+    assert section is not None
+    [so2] = section.channels
+    assert (so2.channel, so2.span, so2.operating_periods, so2.out_of_control_periods) == ("SO2", 500.0, 24, 3)
+    assert (so2.grace_periods, so2.baf_periods, so2.baf_values) == (0, 11, [1.053])
+    assert [(t.id, t.result) for t in section.daily] == [(1, "pass"), (2, "fail"), (3, "pass")]
+    assert section.daily[1].high_error == pytest.approx(6.0)
+    assert [(t.id, t.result) for t in section.linearity] == [(4, "pass")]
+    [rata] = section.ratas
+    assert (rata.id, rata.baf, rata.bias_failed, rata.result) == (5, 1.053, True, "pass")
+    [run] = section.out_of_control
+    assert (run.start_utc, run.end_utc, run.periods) == (MAY_1 + 6 * HOUR, MAY_1 + 9 * HOUR, 3)
+    assert "#2 failed" in run.reason
+
+    total = next(t for t in report.totals if t.name == "SO2")
+    assert total.measured_t == pytest.approx((10 * 50.0 + 11 * 50.0 * 1.053) / 1000)
+    assert total.substituted_periods == 3
+    assert total.non_operating_periods == 30 * 24
+    assert any("3 operating periods out of control under 40 CFR Part 75" in w for w in report.warnings)
+    assert any("daily calibration error test #2 failed" in w for w in report.warnings)
+    assert report.reproducibility is not None
+    assert report.reproducibility.matches  # the raw recomputation applies the same tests
+
+    column = produced.hourly_header.index("SO2 [mg/m3]")
+    assert produced.hourly_rows[13][column] == pytest.approx(105.3)
+    assert produced.hourly_rows[12][column] == pytest.approx(100.0)
+
+    paths = write_report_files(produced, tmp_path / "out")
+    with (tmp_path / "out" / "unit1-2024-05-part75-daily.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["id"], r["result"], r["by"]) for r in rows] == [
+        ("1", "pass", "kim"),
+        ("2", "fail", "kim"),
+        ("3", "pass", "kim"),
+    ]
+    assert any(p.name == "unit1-2024-05-part75-out-of-control.csv" for p in paths)
+    assert "Part75-daily" in load_workbook(tmp_path / "out" / "unit1-2024-05.xlsx", read_only=True).sheetnames
+
+
+def test_part75_config_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(GatewayConfigError, match=r"part75\.span\.nox: no such channel"):
+        load_gateway_config(_write_config(tmp_path, P75_CONFIG.replace("so2 = 500", "so2 = 500, nox = 300")))
+    with pytest.raises(GatewayConfigError, match=r"part75\.span\.so2: the channel's rule set is 'ied-lcp'"):
+        load_gateway_config(_write_config(tmp_path, P75_CONFIG.replace('rule_set = "part75"\n', "")))
+    with pytest.raises(GatewayConfigError, match=r"span"):
+        load_gateway_config(_write_config(tmp_path, P75_CONFIG.replace("so2 = 500", "so2 = -1")))
