@@ -56,6 +56,7 @@ __all__ = [
     "RataResult",
     "calibration_error",
     "channel_statuses",
+    "daily_calibration_due",
     "gate_points",
     "kind_of",
     "linearity_error",
@@ -442,6 +443,37 @@ def statuses(
         else:
             result.append(PeriodStatus(True, "grace period" if grace else "", grace, baf, rata_id))
     return result
+
+
+def daily_calibration_due(
+    spec: Part75Spec, role: str, daily: Sequence[DailyCalibration], now: datetime
+) -> tuple[bool, datetime | None, str]:
+    """For an alert at `now`: (whether the channel's last daily test failed or its window has run out, since
+    when, in words). The operating state is not known here, so a window that ran out while the unit is off is
+    reported too; the grace period after a restart is only said (App. B §2.1.5)."""
+    tests = sorted((t for t in daily if t.role == role and t.at <= now), key=lambda t: (t.at, t.id))
+    if not tests:
+        return True, None, "no daily calibration error test recorded (40 CFR 75 App. B §2.1)"
+    last = tests[-1]
+    if not last.passed:
+        failing = [level.criterion for level in last.levels() if not level.in_control]
+        return (
+            True,
+            last.at,
+            f"test #{last.id} at {_z(last.at)} failed ({', '.join(failing)} not met): data out of control until a "
+            "test passes (40 CFR 75 App. B §2.1.4)",
+        )
+    hour = timedelta(hours=1)
+    expiry = last.at.replace(minute=0, second=0, microsecond=0) + (spec.validity_hours + 1) * hour
+    if now >= expiry:
+        return (
+            True,
+            expiry,
+            f"test #{last.id} passed at {_z(last.at)}; its {spec.validity_hours} clock hours ran out at {_z(expiry)}: "
+            f"test now (after a restart from a shutdown: within {spec.grace_operating_hours} operating hours; "
+            "40 CFR 75 App. B §2.1.5)",
+        )
+    return False, None, f"test #{last.id} passed at {_z(last.at)}, valid until {_z(expiry)}"
 
 
 def _off_at(moment: datetime, starts: Sequence[datetime], operating: Sequence[bool]) -> bool:

@@ -11,6 +11,8 @@ import pytest
 from openpyxl import load_workbook
 
 from aua_contract import Quality
+from gateway.alert_state import AlertKey, Phase
+from gateway.alerts import AlertEngine
 from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfigError, load_gateway_config
 from gateway.part75 import (
@@ -24,10 +26,12 @@ from gateway.part75 import (
     Rata,
     RataResult,
     calibration_error,
+    daily_calibration_due,
     linearity_error,
     statuses,
 )
 from gateway.part75_log import Part75Log, Part75LogError
+from gateway.qa_alerts import QaAlerts
 from gateway.report_files import produce_report, write_report_files
 from gateway.rollup_engine import RollupEngine
 from gateway.stores import StoredReading, open_store
@@ -135,9 +139,11 @@ def test_rata_needs_nine_to_twelve_runs(runs: int) -> None:
         _rata([5.0] * runs)
 
 
-def _daily(hour: float, *, passed: bool = True, test_id: int = 1, role: str = "pollutant:so2") -> DailyCalibration:
+def _daily(
+    hour: float, *, passed: bool = True, test_id: int = 1, role: str = "pollutant:so2", base: datetime = T0
+) -> DailyCalibration:
     high = 255.0 if passed else 290.0  # 1 % or 8 % of a 500 ppm span
-    return DailyCalibration(test_id, "boiler", role, T0 + hour * HOUR, 500.0, "ppm", 0.0, 1.0, 250.0, high)
+    return DailyCalibration(test_id, "boiler", role, base + hour * HOUR, 500.0, "ppm", 0.0, 1.0, 250.0, high)
 
 
 SPEC = Part75Spec(spans=(("pollutant:so2", 500.0),))
@@ -427,3 +433,75 @@ def test_part75_config_errors_name_the_key(tmp_path: Path) -> None:
         load_gateway_config(_write_config(tmp_path, P75_CONFIG.replace('rule_set = "part75"\n', "")))
     with pytest.raises(GatewayConfigError, match=r"span"):
         load_gateway_config(_write_config(tmp_path, P75_CONFIG.replace("so2 = 500", "so2 = -1")))
+
+
+@pytest.mark.parametrize(
+    ("tests", "now_hours", "firing", "since_hours", "words"),
+    [
+        ([], 1.0, True, None, "no daily calibration error test"),
+        ([(0.5, True)], 26.9, False, None, "valid until 2024-05-02T03:00Z"),  # App. B §2.1.5: hours 01 ... 26 after 00
+        ([(0.5, True)], 27.0, True, 27.0, "ran out at 2024-05-02T03:00Z"),
+        ([(0.5, True), (5.2, False)], 6.0, True, 5.2, "failed"),
+        ([(0.5, True), (5.2, False), (7.1, True)], 8.0, False, None, "#3 passed"),
+        ([(0.5, True), (9.0, False)], 8.0, False, None, "#1 passed"),  # a test after `now` does not count yet
+    ],
+)
+def test_daily_calibration_due_for_alerts(
+    tests: list[tuple[float, bool]], now_hours: float, firing: bool, since_hours: float | None, words: str
+) -> None:
+    """40 CFR 75 App. B §2.1.4 (failed: out of control) and §2.1.5 (26 clock hours after the test's hour)."""
+    daily = [_daily(hours, passed=ok, test_id=n, base=MAY_1) for n, (hours, ok) in enumerate(tests, start=1)]
+    result = daily_calibration_due(SPEC, "pollutant:so2", daily, MAY_1 + now_hours * HOUR)
+    assert result[0] is firing
+    assert result[1] == (None if since_hours is None else MAY_1 + since_hours * HOUR)
+    assert words in result[2]
+
+
+ALERTS = '[alerts]\ntimezone = "UTC"\ndata_rules = false\n'
+
+
+async def test_a_failed_or_overdue_daily_test_raises_an_alert_and_a_pass_resolves_it(tmp_path: Path) -> None:
+    """The gateway's QA task hands Part 75 findings to the alert engine (rule qa-part75-calibration)."""
+    config = load_gateway_config(_write_config(tmp_path, ALERTS + P75_CONFIG))
+    clock = [MAY_1 + 2 * HOUR]
+    engine = AlertEngine.from_config(config, notifiers=[])
+    key = AlertKey("qa-part75-calibration", P75_SITE, "", "unit1", "so2")
+    async with open_store(config.store.url) as store:
+        qa = QaAlerts(config, store, engine, now=lambda: clock[0])
+        assert QaAlerts.needed(config)
+        [finding] = await qa.tick()
+        assert finding.firing
+        state = engine.state_of(key)
+        assert state is not None
+        assert state.phase is Phase.FIRING
+        assert "no daily calibration error test" in state.detail
+
+        log = Part75Log(config.gateway.state)
+        log.add_daily("unit1", "pollutant:so2", at=MAY_1 + 2.5 * HOUR, span=500, unit="mg/m3", zero=(0, 1),
+                      high=(250, 252), by="kim", why="D-1", now=clock[0] + HOUR)  # fmt: skip
+        clock[0] = MAY_1 + 3 * HOUR
+        await qa.tick()
+        state = engine.state_of(key)
+        assert state is not None
+        assert state.phase is Phase.RESOLVED
+
+        clock[0] = MAY_1 + 29 * HOUR  # 26 clock hours after 02:00 ran out at 05:00 the next day
+        await qa.tick()
+        state = engine.state_of(key)
+        assert state is not None
+        assert state.phase is Phase.FIRING
+        assert state.since == MAY_1 + 29 * HOUR
+        assert "ran out at 2024-05-02T05:00Z" in state.detail
+
+        log.add_daily("unit1", "pollutant:so2", at=MAY_1 + 29.2 * HOUR, span=500, unit="mg/m3", zero=(0, 1),
+                      high=(250, 290), by="kim", why="D-2", now=clock[0] + HOUR)  # fmt: skip
+        log.close()
+        clock[0] = MAY_1 + 30 * HOUR
+        await qa.tick()
+        state = engine.state_of(key)
+        assert state is not None
+        assert state.phase is Phase.FIRING
+        assert "failed" in state.detail
+    engine.close()
+    notices = sqlite3.connect(tmp_path / "state.sqlite").execute("SELECT kind FROM alert_notice ORDER BY id").fetchall()
+    assert [kind for (kind,) in notices] == ["firing", "resolved", "firing"]
