@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from gateway.alert_state import AlertKey, Phase
 from gateway.alerts import AlertEngine
 from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfigError, load_gateway_config
+from gateway.mrv_config import Part75Config
 from gateway.part75 import (
     DailyCalibration,
     Kind,
@@ -505,3 +507,13 @@ async def test_a_failed_or_overdue_daily_test_raises_an_alert_and_a_pass_resolve
     engine.close()
     notices = sqlite3.connect(tmp_path / "state.sqlite").execute("SELECT kind FROM alert_notice ORDER BY id").fetchall()
     assert [kind for (kind,) in notices] == ["firing", "resolved", "firing"]
+
+
+def test_the_documented_example_is_valid() -> None:
+    """docs/mrv-limits.md's [source.part75] example loads with its values."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "mrv-limits.md").read_text(encoding="utf-8")
+    block = text[text.index("[source.part75]\n") :]
+    block = block[: block.index("```")]
+    table = tomllib.loads(block)["source"]["part75"]
+    spec = Part75Config.model_validate(table).spec()
+    assert spec == Part75Spec(spans=(("pollutant:nox", 300.0), ("pollutant:so2", 500.0)))
