@@ -725,9 +725,10 @@ def _rata_row(test: Rata, name: str) -> RataRow:
 
 
 RULES_TEXT: Final = (
-    "Daily calibration error CE = |R − A| / span × 100 (40 CFR 75 App. A §3.1); out of control beyond twice the "
-    "specification (App. B §2.1.4): SO2/NOx 5 % of span or |R − A| > 5 ppm (span ≤ 50 ppm) / 10 ppm (span ≤ 200 ppm), "
-    "O2/CO2 1.0 % vol, flow 6 %; out-of-control hours and hours without a valid test are substituted (§75.24). A "
+    "Daily calibration error CE = |R - A| / span × 100 (40 CFR 75 App. A §3.1); out of control beyond twice the "
+    "specification (App. B §2.1.4): SO2/NOx above 5 % of span unless |R - A| ≤ 5 ppm (span ≤ 50 ppm) or ≤ 10 ppm "
+    "(span ≤ 200 ppm), O2/CO2 above 1.0 % vol, flow above 6 %; out-of-control hours and hours without a valid "
+    "test are substituted (§75.24). A "
     "passed test covers {validity} clock hours after its hour; after a window that ran out while the unit was off, "
     "{grace} operating hours of grace (App. B §2.1.5). Failed linearity checks (App. A §3.2) and RATAs (App. A "
     "§3.3) are out of control until passed; the last RATA's bias adjustment factor (App. A §7.6.5) multiplies "

@@ -804,7 +804,7 @@ def _pdf_part75(pdf: _Pdf, report: MrvReport) -> None:
         )
     if section.ratas:
         pdf.grid(
-            ["test", "channel", "completed (UTC)", "runs", "RA %", "d̄", "cc", "BAF", "result", "by", "why"],
+            ["test", "channel", "completed (UTC)", "runs", "RA %", "mean d", "cc", "BAF", "result", "by", "why"],
             [
                 [
                     f"#{t.id}",
