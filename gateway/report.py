@@ -983,6 +983,7 @@ def _prepare(
     operating: Sequence[bool],
     manual: Sequence[ManualEntry] = (),
     gates: Mapping[str, Sequence[PeriodStatus]] | None = None,
+    part75_tests: Part75Tests | None = None,
 ) -> tuple[dict[str, list[Point]], dict[str, dict[datetime, Aggregate]], dict[str, list[FilledPeriod]]]:
     """Per role: the measured grid, the aggregates by start, and the grid filled by substitution over the
     operating periods (§4). `gates`: Part 75 statuses per role (out of control: invalid; BAF applied)."""
@@ -1009,6 +1010,10 @@ def _prepare(
             history_starts = base_starts(first, start, source.base)
             history_points, _ = _points(channel, past, history_starts, [])
             history_operating = [h.operating for h in _states(source, history_starts, history or {}, manual)]
+            if gates and channel.role in gates:  # Part 75 lookback and availability: quality-assured hours only
+                grid_before = _Grid(history_starts, base_duration(source.base), 0.0)
+                before = _part75_statuses(source, part75_tests, grid_before, history_operating)
+                history_points = gate_points(history_points, before.get(channel.role))
         filled[channel.role] = fill_operating(
             points[channel.role],
             channel.substitution,
@@ -1166,6 +1171,7 @@ def build_report_with_rows(
         operating=operating,
         manual=manual,
         gates=gates,
+        part75_tests=part75_tests,
     )
     mass = {c.role: _mass_series(source, c, filled, grid) for c in _mass_roles(source)}
     totals = [_total(c, mass[c.role], warnings, states) for c in _mass_roles(source)]

@@ -517,3 +517,42 @@ def test_the_documented_example_is_valid() -> None:
     table = tomllib.loads(block)["source"]["part75"]
     spec = Part75Config.model_validate(table).spec()
     assert spec == Part75Spec(spans=(("pollutant:nox", 300.0), ("pollutant:so2", 500.0)))
+
+
+async def test_part75_substitution_looks_back_at_quality_assured_hours_only(tmp_path: Path) -> None:
+    """§75.33 substitution (40 CFR 75) with the hours before the period: SO2 100 mg/m³ from 26 April 20:00 UTC, but
+    900 from 30 April 12:00, after a daily test that failed at 12:10 (out of control until the pass at 1 May
+    00:10, App. B §2.1.4); 1 May 00:00 is missing. Those 900s are not quality-assured, so the gap runs from 30 April
+    12:00 (13 hours, PMA 100 %): its substitute is the average of the hours around it, 100 and 100 = 100. Taking
+    the 900 of 23:00 as the hour before would give (900 + 100) / 2 = 500."""
+    text = P75_CONFIG.replace('rule_set = "part75"\n', 'rule_set = "part75"\nsubstitution = "part75"\n')
+    text = text.replace('unit = "Nm3/h" }', 'unit = "Nm3/h", max_potential = 900000 }')
+    text = text.replace('unit = "mg/m3"\n', 'unit = "mg/m3"\nmax_potential = 2000\n')
+    path = _write_config(tmp_path, text)
+    first = MAY_1 - timedelta(hours=100)
+    rows = []
+    for minute in range(124 * 60):
+        ts = first + timedelta(minutes=minute)
+        rows.append(StoredReading(P75_SITE, "u1", "u1-flow", "flow", ts, 500_000.0, "Nm3/h", Quality.OK))
+        if not MAY_1 <= ts < MAY_1 + HOUR:
+            value = 900.0 if MAY_1 - 12 * HOUR <= ts < MAY_1 else 100.0
+            rows.append(StoredReading(P75_SITE, "u1", "u1-gas", "so2", ts, value, "mg/m3", Quality.OK))
+    log = Part75Log(tmp_path / "state.sqlite")
+    for hours, high in ((-100.5, 251.0), (-76.0, 251.0), (-52.0, 251.0), (-28.0, 251.0), (-11.8, 290.0), (0.2, 251.0)):
+        log.add_daily("unit1", "pollutant:so2", at=MAY_1 + hours * HOUR, span=500, unit="mg/m3", zero=(0, 0.5),
+                      high=(250, high), by="kim", why="daily", now=MAY_1 + 48 * HOUR)  # fmt: skip
+    log.close()
+    config = load_gateway_config(path)
+    async with open_store(config.store.url) as store:
+        await store.write(rows)
+        engine = RollupEngine.from_config(config, store)
+        await engine.recompute(first, MAY_1 + 24 * HOUR)
+        engine.close()
+        produced = await produce_report(
+            config, store, "unit1", year=2024, month=5, now=datetime(2024, 6, 2, tzinfo=UTC), check_raw=False
+        )
+    [run] = [r for r in produced.report.substituted if r.name == "SO2" and r.start_utc == MAY_1]
+    assert run.periods == 1
+    assert run.value == pytest.approx(100.0)
+    assert "gap 13 h" in run.method
+    assert "average of the hour before and the hour after" in run.method
