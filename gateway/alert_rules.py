@@ -433,7 +433,30 @@ class ClockSkewRule(RuleBase):
         return self.title or "clock skew"
 
 
-Rule = ThresholdRule | OfflineRule | FailureRule | GapRule | StuckRule | ClockSkewRule
+@dataclass(frozen=True, kw_only=True)
+class QaRule(RuleBase):
+    """An analyzer QA finding from a check outside the data stream (gateway/qa_alerts.py: a new QAL2 due, a
+    Part 75 daily calibration error test failed or overdue), fed by `AlertEngine.on_qa`. One alert per source
+    (in the instrument field) and channel (in the parameter field)."""
+
+    def describe(self) -> str:
+        return self.title or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class QaFinding:
+    """One QA check's result for one channel of one source: `firing` (the condition holds, since `since`) or not."""
+
+    rule: str
+    site: str
+    source: str
+    channel: str
+    firing: bool
+    detail: str
+    since: datetime | None = None
+
+
+Rule = ThresholdRule | OfflineRule | FailureRule | GapRule | StuckRule | ClockSkewRule | QaRule
 
 
 def alert_key(rule: Rule, site: str, agent: str, instrument: str = "", parameter: str = "") -> AlertKey:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
@@ -49,6 +49,8 @@ from gateway.alert_rules import (
     FailureRule,
     GapRule,
     OfflineRule,
+    QaFinding,
+    QaRule,
     Rule,
     Sample,
     StuckEvaluator,
@@ -77,6 +79,7 @@ from gateway.alert_state import (
     Observation,
     Phase,
     Queued,
+    Severity,
     Silence,
     Transition,
     plan_dispatch,
@@ -654,6 +657,22 @@ class _Admission:
         return True
 
 
+QA_RULES: Final = (
+    QaRule(
+        name="qa-qal2-due",
+        title="new QAL2 due (EN 14181:2014 valid calibration range check)",
+        note="thresholds: [source.vcr_check] (defaults from UK guidance on EN 14181:2014)",
+    ),
+    QaRule(
+        name="qa-part75-calibration",
+        severity=Severity.CRITICAL,
+        title="Part 75 daily calibration error test failed or overdue",
+        note="40 CFR 75 App. B §2.1.4-2.1.5: data out of control until a test passes",
+    ),
+)
+"""Built-in rules of the QA findings (gateway/qa_alerts.py), in force whenever alerts are: names are reserved."""
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -741,7 +760,7 @@ class AlertEngine:
                 alerts.notify, config.mqtt, gateway_id=config.gateway.id, message_format=message_format
             )
         return cls(
-            alerts.effective_rules() if alerts.enabled else [],
+            [*alerts.effective_rules(), *QA_RULES] if alerts.enabled else [],
             AlertStore(config.gateway.state, keep=alerts.history_keep, max_notices=alerts.history_max_notices),
             notifiers,
             tz=tz,
@@ -800,6 +819,26 @@ class AlertEngine:
                 await self._commit(told, received_at)
         except (sqlite3.Error, OSError) as error:
             log.error("alerts: batch %s/%s #%d not evaluated: %s", batch.site, batch.agent, batch.seq, error)
+
+    async def on_qa(self, findings: Sequence[QaFinding], now: datetime) -> None:
+        """Results of analyzer QA checks (gateway/qa_alerts.py): each fires or clears the alert of its rule for
+        its source and channel. Findings of rules not in force (alerts disabled) are ignored; errors of the state
+        DB are logged, never raised."""
+        try:
+            async with self._lock:
+                self._started = self._started or now
+                told: list[_Told] = []
+                for finding in findings:
+                    rule = self.rules.get(finding.rule)
+                    if not isinstance(rule, QaRule):
+                        continue
+                    alert = self._alert(rule, finding.site, "", finding.source, finding.channel)
+                    level = Level.TRIGGER if finding.firing else Level.CLEAR
+                    since = min(finding.since or now, now)
+                    self._observe(alert, Observation(level, now, since, None, finding.detail), told)
+                await self._commit(told, now)
+        except (sqlite3.Error, OSError) as error:
+            log.error("alerts: %d QA findings not recorded: %s", len(findings), error)
 
     async def tick(self, now: datetime) -> None:
         """Time-driven work: gaps, offline for N s, reminders, ended silences; then message and deliver."""
@@ -1044,6 +1083,8 @@ class AlertEngine:
             unit, measure = alert.unit, "repeated value"
         elif isinstance(rule, FailureRule):
             measure = "parameters flagged failure"
+        elif isinstance(rule, QaRule):
+            measure = "analyzer QA"
         else:
             measure = "agent status"
         return Notice(

@@ -30,6 +30,8 @@ from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
 from gateway.operating_log import add_operating_state_commands, run_operating_state_command
+from gateway.part75_log import add_cal_test_commands, run_cal_test_command
+from gateway.qa_alerts import QaAlerts
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
 from gateway.retention import retention_settings
 from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
@@ -114,6 +116,8 @@ async def _serve(config: GatewayConfig) -> int:
         supervisor.start("report-feed", feed.run())
     if state_feed is not None:
         supervisor.start("state-feed", state_feed.run())
+    if alerts is not None and QaAlerts.needed(config):  # new QAL2 due, Part 75 daily calibration (gateway/qa_alerts.py)
+        supervisor.start("qa-alerts", QaAlerts(config, store, alerts).run())
     code = 0
     try:
         await ingest.run()
@@ -398,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     add_dashboard_commands(commands)
     add_revision_commands(commands)
     add_operating_state_commands(commands)
+    add_cal_test_commands(commands)
     alerts = commands.add_parser("alerts", help="alert state, acknowledgements, silences, rules").add_subparsers(
         dest="alerts_command", required=True
     )
@@ -448,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_revisions_command(config, args)
     if args.command == "operating-state":
         return run_operating_state_command(config, args)
+    if args.command == "cal-test":
+        return run_cal_test_command(config, args)
     if args.command in MRV_COMMANDS:
         return run_mrv_command(config, args)
     if args.command == "run":

@@ -21,6 +21,7 @@ from gateway.alert_rules import Rule, ThresholdRule
 from gateway.calibration import Qal2Function, VcrThresholds
 from gateway.compliance import Compliance, ComplianceCheck, compliance_for
 from gateway.operating_state import MIN_REQUIRED, Criterion, OperatingSpec, State, StatusTag
+from gateway.part75 import Part75Spec
 from gateway.report import ChannelInput, SourceInput
 from gateway.rollup import RULE_SETS, BaseRule, Period, RuleSet
 from gateway.substitution import Method, SubstitutionSpec
@@ -29,6 +30,7 @@ __all__ = [
     "ChannelConfig",
     "CriterionConfig",
     "OperatingConfig",
+    "Part75Config",
     "PollutantConfig",
     "Qal2Config",
     "ReportsSection",
@@ -248,6 +250,49 @@ class VcrCheckConfig(_Strict):
         return VcrThresholds(self.week_percent, self.weeks_allowed, self.any_week_percent)
 
 
+class Part75Config(_Strict):
+    """`[source.part75]`: 40 CFR Part 75 quality assurance of the source's channels whose rule set is part75
+    (docs/regulatory-basis.md §8): daily calibration error tests, linearity checks and RATAs entered with
+    `cems-gateway cal-test`, the hours they leave out of control substituted, the bias adjustment factor applied."""
+
+    span: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        description="span per channel (so2, nox, … as the pollutant's parameter; flow, o2, co2), in the channel's "
+        "unit: these channels need a passed daily calibration error test (40 CFR 75 App. B §2.1)",
+    )
+    validity_hours: Annotated[int, Field(ge=1, le=168)] = Field(
+        default=26, description="clock hours after its hour a passed daily test covers (40 CFR 75 App. B §2.1.5)"
+    )
+    grace_operating_hours: Annotated[int, Field(ge=0, le=168)] = Field(
+        default=8,
+        description="operating hours after a restart to pass a test when the window ran out while the unit was off "
+        "(40 CFR 75 App. B §2.1.5)",
+    )
+    bias_adjustment: bool = Field(
+        default=True, description="multiply SO2, NOx and flow by the last RATA's BAF (40 CFR 75 App. A §7.6.5)"
+    )
+
+    @field_validator("span")
+    @classmethod
+    def _some(cls, span: dict[str, float]) -> dict[str, float]:
+        if not span:
+            raise ValueError("name at least one channel and its span, e.g. span = { so2 = 500 }")
+        return span
+
+    def spec(self) -> Part75Spec:
+        return Part75Spec(
+            spans=tuple((part75_role(name), value) for name, value in sorted(self.span.items())),
+            validity_hours=self.validity_hours,
+            grace_operating_hours=self.grace_operating_hours,
+            bias_adjustment=self.bias_adjustment,
+        )
+
+
+def part75_role(channel: str) -> str:
+    """The report role of a channel as `[source.part75]` and `cal-test` name it: flow, o2, co2, else a pollutant's
+    parameter."""
+    return channel if channel in ("flow", "o2", "co2") else f"pollutant:{channel}"
+
+
 class ChannelConfig(_Strict):
     """Where a measured quantity comes from and on which basis it is measured (docs/regulatory-basis.md §2)."""
 
@@ -421,6 +466,9 @@ class SourceConfig(_Strict):
     vcr_check: VcrCheckConfig = Field(
         default_factory=VcrCheckConfig, description="'new QAL2 due' thresholds of the weekly VCR check"
     )
+    part75: Part75Config | None = Field(
+        default=None, description="40 CFR Part 75 QA: daily calibration error, linearity, RATA and BAF"
+    )
 
     @field_validator("time_zone")
     @classmethod
@@ -503,6 +551,12 @@ class SourceConfig(_Strict):
                 spec = self.substitution_spec(role)
                 if spec.method is Method.PART75 and spec.conservative == "high" and spec.max_potential is None:
                     problems.append(f"{role}.max_potential: Part 75 substitution needs the maximum potential value")
+        if self.part75 is not None:
+            problems += [
+                f"part75.span.{name}: no such channel (flow, o2, co2 or a pollutant's parameter)"
+                for name in sorted(self.part75.span)
+                if part75_role(name) not in self.channels()
+            ]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -596,6 +650,20 @@ def source_problems(rollup: RollupSection, sources: Sequence[SourceConfig]) -> l
         if part75 and any(rule_sets[n].base is not Period.HOUR for n in names):
             # its gap lengths, 8,760-hour availability window and lookbacks count hours (§4)
             problems.append((at, f"{where}: Part 75 substitution needs hourly base periods"))
+        if source.part75 is not None:
+            channels = source.channels()
+            for name in sorted(source.part75.span):
+                channel = channels.get(part75_role(name))
+                chosen = (channel.rule_set if channel else None) or source.rule_set
+                custom = rollup.rule_sets.get(chosen)
+                if chosen != "part75" and (custom is None or custom.based_on != "part75"):
+                    problems.append(
+                        (
+                            (*at, "part75", "span", name),
+                            f"{where}.part75.span.{name}: the channel's rule set is {chosen!r}; Part 75 QA applies to "
+                            "channels under the part75 rule set (or one based on it)",
+                        )
+                    )
         base = rule_sets[source.rule_set].base
         problems += [
             (
@@ -752,4 +820,5 @@ def source_input(
         channels=tuple(channels),
         operating=source.operating.spec() if source.operating is not None else None,
         vcr_thresholds=source.vcr_check.thresholds(),
+        part75=source.part75.spec() if source.part75 is not None else None,
     )

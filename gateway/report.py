@@ -39,6 +39,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway import compliance, mrv
 from gateway.calibration import THRESHOLDS_SOURCE, Qal2Function, VcrThresholds, new_qal2_due, weekly_vcr
 from gateway.operating_state import HourState, ManualEntry, OperatingSpec, State, derive_states
+from gateway.part75 import (
+    Part75Section,
+    Part75Spec,
+    Part75Tests,
+    PeriodStatus,
+    channel_statuses,
+    gate_points,
+    part75_section,
+)
 from gateway.rollup import (
     Aggregate,
     Period,
@@ -451,6 +460,9 @@ class MrvReport(_Model):
     calibration: CalibrationSection | None = Field(
         default=None, description="QAL2 calibration functions and the weekly VCR check; None: no channel has one"
     )
+    part75: Part75Section | None = Field(
+        default=None, description="40 CFR Part 75 QA (daily calibration, linearity, RATA, BAF); None: not configured"
+    )
 
 
 # -- inputs --------------------------------------------------------------------------------------------------
@@ -493,6 +505,8 @@ class SourceInput:
     """what decides the operating state per period; None: every period is operating"""
     vcr_thresholds: VcrThresholds = field(default_factory=VcrThresholds)
     """when the weekly VCR check says a new QAL2 is due"""
+    part75: Part75Spec | None = None
+    """40 CFR Part 75 QA of the channels it names ([source.part75]); None: none"""
 
     def channel(self, role: str) -> ChannelInput | None:
         for channel in self.channels:
@@ -979,9 +993,11 @@ def _prepare(
     warnings: list[str],
     operating: Sequence[bool],
     manual: Sequence[ManualEntry] = (),
+    gates: Mapping[str, Sequence[PeriodStatus]] | None = None,
+    part75_tests: Part75Tests | None = None,
 ) -> tuple[dict[str, list[Point]], dict[str, dict[datetime, Aggregate]], dict[str, list[FilledPeriod]]]:
     """Per role: the measured grid, the aggregates by start, and the grid filled by substitution over the
-    operating periods (§4)."""
+    operating periods (§4). `gates`: Part 75 statuses per role (out of control: invalid; BAF applied)."""
     points: dict[str, list[Point]] = {}
     by_start: dict[str, dict[datetime, Aggregate]] = {}
     filled: dict[str, list[FilledPeriod]] = {}
@@ -989,6 +1005,8 @@ def _prepare(
         points[channel.role], by_start[channel.role] = _points(
             channel, aggregates.get(channel.role, ()), grid.starts, warnings
         )
+        if gates and channel.role in gates:
+            points[channel.role] = gate_points(points[channel.role], gates[channel.role])
         if channel.substitution is None:  # not used for mass: measured values only
             filled[channel.role] = [
                 FilledPeriod(p.start, p.value, True) if p.valid else FilledPeriod(p.start, None, False, "", p.reason)
@@ -1003,6 +1021,10 @@ def _prepare(
             history_starts = base_starts(first, start, source.base)
             history_points, _ = _points(channel, past, history_starts, [])
             history_operating = [h.operating for h in _states(source, history_starts, history or {}, manual)]
+            if gates and channel.role in gates:  # Part 75 lookback and availability: quality-assured hours only
+                grid_before = _Grid(history_starts, base_duration(source.base), 0.0)
+                before = _part75_statuses(source, part75_tests, grid_before, history_operating)
+                history_points = gate_points(history_points, before.get(channel.role))
         filled[channel.role] = fill_operating(
             points[channel.role],
             channel.substitution,
@@ -1029,6 +1051,58 @@ def _states(
     return derive_states(source.operating, starts, signals, manual)
 
 
+def _part75_statuses(
+    source: SourceInput, tests: Part75Tests | None, grid: _Grid, operating: Sequence[bool]
+) -> dict[str, list[PeriodStatus]]:
+    """Per channel under 40 CFR Part 75 QA: each base period in control or not, and the BAF in force."""
+    if source.part75 is None:
+        return {}
+    return channel_statuses(
+        source.part75,
+        tests or Part75Tests(),
+        [(c.role, c.basis.species or c.parameter) for c in source.channels],
+        starts=grid.starts,
+        step=grid.step,
+        operating=operating,
+    )
+
+
+def _part75_section(
+    source: SourceInput,
+    tests: Part75Tests | None,
+    gates: Mapping[str, Sequence[PeriodStatus]],
+    grid: _Grid,
+    *,
+    operating: Sequence[bool],
+    warnings: list[str],
+) -> Part75Section | None:
+    """The report's Part 75 QA section, and a warning per channel with out-of-control operating periods."""
+    if source.part75 is None:
+        return None
+    section = part75_section(
+        source.part75,
+        tests or Part75Tests(),
+        {c.role: c.name for c in source.channels},
+        period_statuses=gates,
+        starts=grid.starts,
+        step=grid.step,
+        operating=operating,
+    )
+    warnings.extend(
+        f"{c.channel}: {c.out_of_control_periods} operating periods out of control under 40 CFR Part 75 (failed or "
+        "missing daily calibration, failed linearity or RATA): not quality-assured, substituted (§75.24)"
+        for c in section.channels
+        if c.out_of_control_periods
+    )
+    warnings.extend(
+        f"{t.channel}: daily calibration error test #{t.id} failed at {t.at_utc.isoformat(timespec='minutes')} "
+        "(40 CFR 75 App. B §2.1.4)"
+        for t in section.daily
+        if t.result == "fail"
+    )
+    return section
+
+
 def _mass_roles(source: SourceInput) -> list[ChannelInput]:
     """Pollutants, then CO2: the channels with mass totals."""
     pollutants = [c for c in source.channels if c.role.startswith("pollutant:")]
@@ -1048,12 +1122,14 @@ def build_report(
     reproducibility: Reproducibility | None = None,
     revisions: Sequence[RevisionEntry] = (),
     manual: Sequence[ManualEntry] = (),
+    part75_tests: Part75Tests | None = None,
 ) -> MrvReport:
     """The report of `source` for a year (month None) or a month, from its base-period aggregates by role.
 
     `history`: base aggregates before the period, by role (Part 75 PMA and lookback; up to 8,760 hours).
     `revisions`: those of the source's raw readings in the period, for the audit section.
     `manual`: the operator's operating-state log entries of the source, in recording order.
+    `part75_tests`: the source's Part 75 QA tests (used when the source has `part75`).
     `aggregates` also holds the operating-state signals' base aggregates under SIGNAL_ROLE + "instrument/parameter".
     """
     report, _, _ = build_report_with_rows(
@@ -1067,6 +1143,7 @@ def build_report(
         reproducibility=reproducibility,
         revisions=revisions,
         manual=manual,
+        part75_tests=part75_tests,
         rows=False,
     )
     return report
@@ -1084,6 +1161,7 @@ def build_report_with_rows(
     reproducibility: Reproducibility | None = None,
     revisions: Sequence[RevisionEntry] = (),
     manual: Sequence[ManualEntry] = (),
+    part75_tests: Part75Tests | None = None,
     rows: bool = True,
 ) -> tuple[MrvReport, list[str], list[list[object]]]:
     """The report, and the base-period table a verifier checks (every channel's value, validity, substitution
@@ -1093,6 +1171,7 @@ def build_report_with_rows(
     manual = [entry for entry in manual if entry.source == source.id]
     states = _states(source, grid.starts, aggregates, manual)
     operating = [h.operating for h in states]
+    gates = _part75_statuses(source, part75_tests, grid, operating)
     points, by_start, filled = _prepare(
         source,
         grid,
@@ -1102,6 +1181,8 @@ def build_report_with_rows(
         warnings=warnings,
         operating=operating,
         manual=manual,
+        gates=gates,
+        part75_tests=part75_tests,
     )
     mass = {c.role: _mass_series(source, c, filled, grid) for c in _mass_roles(source)}
     totals = [_total(c, mass[c.role], warnings, states) for c in _mass_roles(source)]
@@ -1170,6 +1251,7 @@ def build_report_with_rows(
     if month is not None:
         warnings.append("monthly report: substitutes use this month's data only (provisional; the year decides)")
     operating_section = _operating_section(source, states, manual, grid)
+    part75_qa = _part75_section(source, part75_tests, gates, grid, operating=operating, warnings=warnings)
     calibration = _calibration(source, points, grid=grid, operating=operating, start=start, warnings=warnings)
     if operating_section.assumed_periods and source.operating is not None:
         warnings.append(
@@ -1220,6 +1302,7 @@ def build_report_with_rows(
         revisions=audit,
         operating=operating_section,
         calibration=calibration,
+        part75=part75_qa,
     )
     if not rows:
         return report, [], []

@@ -43,6 +43,9 @@ from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
 from gateway.mrv_config import SourceConfig, find_source, source_input
 from gateway.operating_log import OperatingLog
+from gateway.part75 import Part75Tests
+from gateway.part75_log import LOOKBACK as PART75_LOOKBACK
+from gateway.part75_log import Part75Log
 from gateway.report import (
     SIGNAL_ROLE,
     TOTALS_TOLERANCE_T,
@@ -325,6 +328,7 @@ async def produce_report(
         manual = operating_log.entries(source.id, start=start - timedelta(hours=HISTORY_HOURS), end=end)
     finally:
         operating_log.close()
+    part75_tests = _part75_tests(config, source, start, end)
     channels = {(c.instrument, c.parameter) for c in inputs.channels}
     revisions = [
         _revision_entry(r)
@@ -341,6 +345,7 @@ async def produce_report(
         generated_at=generated_at,
         revisions=revisions,
         manual=manual,
+        part75_tests=part75_tests,
     )
     if check_raw:
         if workers is None:
@@ -371,6 +376,7 @@ async def produce_report(
             config=record,
             generated_at=generated_at,
             manual=manual,
+            part75_tests=part75_tests,
         )
         totals = {t.name: t.total_t for t in recomputed.totals}
         difference = totals_difference(report.totals, totals)
@@ -395,6 +401,17 @@ async def produce_report(
             )
         report = report.model_copy(update={"reproducibility": check, "warnings": warnings})
     return ProducedReport(report, header, rows, inputs)
+
+
+def _part75_tests(config: GatewayConfig, source: SourceConfig, start: datetime, end: datetime) -> Part75Tests | None:
+    """The source's Part 75 QA tests a report of [start, end) uses (None: no [source.part75])."""
+    if source.part75 is None:
+        return None
+    log = Part75Log(config.gateway.state)
+    try:
+        return log.tests(source.id, start=start - PART75_LOOKBACK, end=end)
+    finally:
+        log.close()
 
 
 def _revision_entry(revision: Revision) -> RevisionEntry:
@@ -466,6 +483,21 @@ def _sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]
         "operating-months": _table(report.operating.by_month if report.operating else []),
         "calibration": _table(report.calibration.functions if report.calibration else []),
         "vcr": _table(report.calibration.weeks if report.calibration else []),
+        **_part75_sections(report),
+    }
+
+
+def _part75_sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]]]]:
+    """CSV files / XLSX sheets of the 40 CFR Part 75 QA section (only when the source has one)."""
+    section = report.part75
+    if section is None:
+        return {}
+    return {
+        "part75-channels": _table(section.channels),
+        "part75-daily": _table(section.daily),
+        "part75-linearity": _table(section.linearity),
+        "part75-rata": _table(section.ratas),
+        "part75-out-of-control": _table(section.out_of_control),
     }
 
 
@@ -724,6 +756,83 @@ def _pdf_calibration(pdf: _Pdf, report: MrvReport) -> None:
         _more(pdf, len(over))
 
 
+def _pdf_part75(pdf: _Pdf, report: MrvReport) -> None:
+    """40 CFR Part 75 QA: channels, tests, out-of-control periods, bias adjustment."""
+    section = report.part75
+    if section is None:
+        return
+    pdf.heading("40 CFR Part 75 quality assurance: calibration, linearity, RATA, bias adjustment")
+    pdf.line_text(section.rules, size=7)
+    pdf.grid(
+        ["channel", "span", "operating", "out of control", "grace", "BAF periods", "BAF"],
+        [
+            [
+                c.channel,
+                _number(c.span, 1),
+                c.operating_periods,
+                c.out_of_control_periods,
+                c.grace_periods,
+                c.baf_periods,
+                ", ".join(f"{b:.3f}" for b in c.baf_values) or "1.000",
+            ]
+            for c in section.channels
+        ],
+    )
+    if section.daily:
+        pdf.grid(
+            ["test", "channel", "completed (UTC)", "span", "zero error", "upscale error", "result", "by", "why"],
+            [
+                [
+                    f"#{t.id}",
+                    t.channel,
+                    t.at_utc,
+                    f"{t.span:g} {t.unit}",
+                    _number(t.zero_error, 2),
+                    _number(t.high_error, 2),
+                    t.result.upper(),
+                    t.by,
+                    t.why,
+                ]
+                for t in section.daily[:_PDF_ROWS]
+            ],
+        )
+        _more(pdf, len(section.daily))
+    if section.linearity:
+        pdf.grid(
+            ["test", "channel", "completed (UTC)", "levels", "result", "by", "why"],
+            [
+                [f"#{t.id}", t.channel, t.at_utc, "; ".join(t.levels), t.result.upper(), t.by, t.why]
+                for t in section.linearity[:_PDF_ROWS]
+            ],
+        )
+    if section.ratas:
+        pdf.grid(
+            ["test", "channel", "completed (UTC)", "runs", "RA %", "mean d", "cc", "BAF", "result", "by", "why"],
+            [
+                [
+                    f"#{t.id}",
+                    t.channel,
+                    t.at_utc,
+                    t.runs,
+                    _number(t.relative_accuracy_percent, 2),
+                    _number(t.mean_difference, 3),
+                    _number(t.confidence_coefficient, 3),
+                    f"{t.baf:.3f}",
+                    t.result.upper(),
+                    t.by,
+                    t.why,
+                ]
+                for t in section.ratas[:_PDF_ROWS]
+            ],
+        )
+    if section.out_of_control:
+        pdf.grid(
+            ["channel", "from (UTC)", "to (UTC)", "operating periods", "why"],
+            [[r.channel, r.start_utc, r.end_utc, r.periods, r.reason] for r in section.out_of_control[:_PDF_ROWS]],
+        )
+        _more(pdf, len(section.out_of_control))
+
+
 def _write_pdf(
     path: Path, report: MrvReport, font: tuple[Path, Path | None] | None, charts: Sequence[Chart] = ()
 ) -> None:
@@ -803,6 +912,7 @@ def _write_pdf(
     )
     _pdf_operating(pdf, report)
     _pdf_calibration(pdf, report)
+    _pdf_part75(pdf, report)
     pdf.heading("Emission limits (validated values: O2-corrected, confidence interval subtracted)")
     pdf.grid(
         [

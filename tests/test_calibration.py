@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from aua_contract import Quality
+from gateway.alert_state import AlertKey, Phase
+from gateway.alerts import AlertEngine
 from gateway.calibration import Qal2Function, VcrThresholds, VcrWeek, new_qal2_due, weekly_vcr
+from gateway.config import load_gateway_config
+from gateway.qa_alerts import QaAlerts
+from gateway.rollup_engine import RollupEngine
+from gateway.stores import StoredReading, open_store
 
 TASHKENT = ZoneInfo("Asia/Tashkent")  # UTC+5 all year, no DST
 
@@ -96,3 +104,75 @@ def test_new_qal2_due(percents: list[float], thresholds: VcrThresholds, due: lis
 def test_due_reason_names_the_week() -> None:
     [reason] = new_qal2_due(_weeks([0, 50]))
     assert "2024-01-08" in reason
+
+
+# -- "new QAL2 due" as an alert ------------------------------------------------------------------------------
+
+VCR_CONFIG = """[gateway]
+state = "state.sqlite"
+[store]
+url = "sqlite://aua.sqlite"
+[alerts]
+timezone = "UTC"
+data_rules = false
+[[source]]
+id = "stack9"
+site = "vcr-site"
+time_zone = "UTC"
+flow = { instrument = "s9-flow", parameter = "flow", unit = "Nm3/h" }
+[[source.pollutant]]
+instrument = "s9-gas"
+parameter = "so2"
+name = "SO2"
+unit = "mg/m3"
+o2_correction = false
+qal2 = { id = "Q-SO2", date = 2024-01-10, a = 0.0, b = 1.0, vcr = 150 }
+[[source.pollutant]]
+instrument = "s9-gas"
+parameter = "nox"
+name = "NOx"
+unit = "mg/m3"
+o2_correction = false
+qal2 = { id = "Q-NOX", date = 2024-01-10, a = 0.0, b = 1.0, vcr = 150 }
+"""
+
+
+async def test_a_new_qal2_due_raises_an_alert(tmp_path: Path) -> None:
+    """1 May 2024 (a Wednesday): SO2 200 mg/m³ all day above its VCR 150, NOx 100 below. The week of Monday 29
+    April has 24 of 24 SO2 values above the VCR: more than 40 % in one week, a new QAL2 is due (UK guidance on
+    EN 14181:2014): the QA task's finding fires the alert qa-qal2-due for SO2, not for NOx."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(VCR_CONFIG, encoding="utf-8")
+    config = load_gateway_config(path)
+    may_1 = datetime(2024, 5, 1, tzinfo=UTC)
+    rows = []
+    for minute in range(24 * 60):
+        ts = may_1 + timedelta(minutes=minute)
+        for instrument, parameter, value, unit in (
+            ("s9-gas", "so2", 200.0, "mg/m3"),
+            ("s9-gas", "nox", 100.0, "mg/m3"),
+            ("s9-flow", "flow", 500_000.0, "Nm3/h"),
+        ):
+            rows.append(StoredReading("vcr-site", "s9", instrument, parameter, ts, value, unit, Quality.OK))
+    engine = AlertEngine.from_config(config, notifiers=[])
+    now = may_1 + timedelta(days=1, hours=1)
+    async with open_store(config.store.url) as store:
+        await store.write(rows)
+        rollups = RollupEngine.from_config(config, store)
+        await rollups.recompute(may_1, may_1 + timedelta(days=1))
+        rollups.close()
+        qa = QaAlerts(config, store, engine, now=lambda: now)
+        assert QaAlerts.needed(config)
+        findings = await qa.tick()
+    assert [(f.rule, f.source, f.channel, f.firing) for f in findings] == [
+        ("qa-qal2-due", "stack9", "SO2", True),
+        ("qa-qal2-due", "stack9", "NOx", False),
+    ]
+    so2 = engine.state_of(AlertKey("qa-qal2-due", "vcr-site", "", "stack9", "SO2"))
+    assert so2 is not None
+    assert so2.phase is Phase.FIRING
+    assert "QAL2 Q-SO2" in so2.detail
+    assert "more than 40 % of values above the VCR in the week of 2024-04-29" in so2.detail
+    nox = engine.state_of(AlertKey("qa-qal2-due", "vcr-site", "", "stack9", "NOx"))
+    assert nox is None or nox.phase is not Phase.FIRING
+    engine.close()
