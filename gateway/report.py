@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import compliance, mrv
+from gateway import compliance, mrv, qal3
 from gateway.calibration import THRESHOLDS_SOURCE, Qal2Function, VcrThresholds, new_qal2_due, weekly_vcr
 from gateway.operating_state import HourState, ManualEntry, OperatingSpec, State, derive_states
 from gateway.rollup import (
@@ -66,6 +66,9 @@ __all__ = [
     "SIGNAL_ROLE",
     "ChannelInput",
     "MrvReport",
+    "QaInput",
+    "QaLogEntry",
+    "Qal3Component",
     "RevisionAudit",
     "RevisionEntry",
     "build_report",
@@ -419,6 +422,62 @@ class CalibrationSection(_Model):
     weeks: list[VcrWeekRow]
 
 
+class QaCheckRow(_Model):
+    """One zero or span check of the calibration-check log (EN 14181:2014 §7; EN 17255-2's record of a check)."""
+
+    id: int
+    component: str = Field(description="INSTRUMENT/PARAMETER")
+    kind: str = Field(description="zero or span")
+    at_utc: datetime
+    at_local: datetime
+    reference: float = Field(description="certified value of the check gas")
+    reading: float = Field(description="the analyzer's response")
+    deviation: float = Field(description="reading − reference")
+    adjusted: bool = Field(description="recorded after an adjustment: the control charts restart")
+    status: str = Field(description="the chart's state after this check: in-control, warning, out-of-control, ...")
+    origin: str = Field(description="auto (captured from the analyzer's check mode) or manual")
+    by: str
+    why: str
+
+
+class Qal3ComponentState(_Model):
+    """A component's QAL3 control charts at the end of the period."""
+
+    component: str
+    method: str
+    s_ams_zero: float
+    s_ams_span: float
+    checks: int = Field(description="checks in the period")
+    zero_status: str = Field(description="state of the zero chart after its last check up to the period's end")
+    span_status: str
+    statistics: dict[str, float] = Field(description="the charts' statistics then, 'zero.drift_pos', ...")
+    limits: dict[str, float]
+    out_of_control_periods: int
+    affected_periods: int = Field(description="operating base periods of the channel in an out-of-control period")
+
+
+class OutOfControlRow(_Model):
+    """From a QAL3 signal to the next adjusted check (EN 14181:2014 §7): the data's fate is the config's."""
+
+    component: str
+    start_utc: datetime
+    end_utc: datetime | None = Field(description="the adjusted check; None: not adjusted by the period's end")
+    start_local: datetime
+    end_local: datetime | None
+    signals: list[str]
+    treatment: str = Field(description="invalid (substituted when operating) or flag (kept valid)")
+
+
+class QaSection(_Model):
+    """Calibration checks and QAL3 drift and precision control (EN 14181:2014 §7; docs/regulatory-basis.md §8)."""
+
+    rule: str = Field(description="the charts, their limits and what happens to out-of-control data")
+    flag_out_of_control: str
+    checks: list[QaCheckRow]
+    components: list[Qal3ComponentState]
+    out_of_control: list[OutOfControlRow]
+
+
 class MrvReport(_Model):
     """Annual or monthly MRV report of one emission source (docs/regulatory-basis.md §7)."""
 
@@ -450,6 +509,9 @@ class MrvReport(_Model):
     )
     calibration: CalibrationSection | None = Field(
         default=None, description="QAL2 calibration functions and the weekly VCR check; None: no channel has one"
+    )
+    qa: QaSection | None = Field(
+        default=None, description="calibration checks and QAL3 control charts; None: no [source.qal3]"
     )
 
 
@@ -503,6 +565,35 @@ class SourceInput:
     @property
     def base(self) -> Period:
         return self.channels[0].rules.base
+
+
+@dataclass(frozen=True, slots=True)
+class QaLogEntry:
+    """A check of the calibration-check log as the report needs it (gateway.qa_checks.RecordedCheck)."""
+
+    id: int
+    instrument: str
+    parameter: str
+    result: qal3.CheckResult
+    origin: str = "manual"
+    by: str = ""
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Qal3Component:
+    instrument: str
+    parameter: str
+    spec: qal3.Qal3Spec
+
+
+@dataclass(frozen=True, slots=True)
+class QaInput:
+    """[source.qal3] and the source's checks up to the period's end (the charts need their history)."""
+
+    components: tuple[Qal3Component, ...]
+    checks: tuple[QaLogEntry, ...]
+    flag_out_of_control: Literal["invalid", "flag"] = "invalid"
 
 
 def config_hash(canonical: Mapping[str, Any]) -> str:
@@ -968,16 +1059,21 @@ def _prepare(
     warnings: list[str],
     operating: Sequence[bool],
     manual: Sequence[ManualEntry] = (),
+    out_of_control: Mapping[tuple[str, str], Sequence[qal3.OutOfControl]] | None = None,
 ) -> tuple[dict[str, list[Point]], dict[str, dict[datetime, Aggregate]], dict[str, list[FilledPeriod]]]:
     """Per role: the measured grid, the aggregates by start, and the grid filled by substitution over the
     operating periods (§4)."""
     points: dict[str, list[Point]] = {}
     by_start: dict[str, dict[datetime, Aggregate]] = {}
     filled: dict[str, list[FilledPeriod]] = {}
+    out_of_control = out_of_control or {}
     for channel in source.channels:
         points[channel.role], by_start[channel.role] = _points(
             channel, aggregates.get(channel.role, ()), grid.starts, warnings
         )
+        spans = out_of_control.get((channel.instrument, channel.parameter))
+        if spans:  # EN 14181:2014 §7: from a QAL3 signal to the adjustment, [source.qal3] flag_out_of_control
+            points[channel.role] = _out_of_control_points(points[channel.role], spans, grid.step)
         if channel.substitution is None:  # not used for mass: measured values only
             filled[channel.role] = [
                 FilledPeriod(p.start, p.value, True) if p.valid else FilledPeriod(p.start, None, False, "", p.reason)
@@ -1037,6 +1133,7 @@ def build_report(
     reproducibility: Reproducibility | None = None,
     revisions: Sequence[RevisionEntry] = (),
     manual: Sequence[ManualEntry] = (),
+    qa: QaInput | None = None,
 ) -> MrvReport:
     """The report of `source` for a year (month None) or a month, from its base-period aggregates by role.
 
@@ -1056,6 +1153,7 @@ def build_report(
         reproducibility=reproducibility,
         revisions=revisions,
         manual=manual,
+        qa=qa,
         rows=False,
     )
     return report
@@ -1073,6 +1171,7 @@ def build_report_with_rows(
     reproducibility: Reproducibility | None = None,
     revisions: Sequence[RevisionEntry] = (),
     manual: Sequence[ManualEntry] = (),
+    qa: QaInput | None = None,
     rows: bool = True,
 ) -> tuple[MrvReport, list[str], list[list[object]]]:
     """The report, and the base-period table a verifier checks (every channel's value, validity, substitution
@@ -1082,6 +1181,8 @@ def build_report_with_rows(
     manual = [entry for entry in manual if entry.source == source.id]
     states = _states(source, grid.starts, aggregates, manual)
     operating = [h.operating for h in states]
+    charts = _qa_charts(qa, end) if qa is not None else {}
+    invalidated = {key: c.periods for key, c in charts.items()} if qa and qa.flag_out_of_control == "invalid" else {}
     points, by_start, filled = _prepare(
         source,
         grid,
@@ -1091,6 +1192,7 @@ def build_report_with_rows(
         warnings=warnings,
         operating=operating,
         manual=manual,
+        out_of_control=invalidated,
     )
     mass = {c.role: _mass_series(source, c, filled, grid) for c in _mass_roles(source)}
     totals = [_total(c, mass[c.role], warnings, states) for c in _mass_roles(source)]
@@ -1157,6 +1259,11 @@ def build_report_with_rows(
         warnings.append("monthly report: substitutes use this month's data only (provisional; the year decides)")
     operating_section = _operating_section(source, states, manual, grid)
     calibration = _calibration(source, points, grid=grid, operating=operating, start=start, warnings=warnings)
+    qa_section = (
+        _qa_section(source, qa, charts, grid, start=start, end=end, operating=operating, warnings=warnings)
+        if qa is not None
+        else None
+    )
     if operating_section.assumed_periods and source.operating is not None:
         warnings.append(
             f"{operating_section.assumed_periods} periods have no operating-state signal and are taken as operating "
@@ -1206,6 +1313,7 @@ def build_report_with_rows(
         revisions=audit,
         operating=operating_section,
         calibration=calibration,
+        qa=qa_section,
     )
     if not rows:
         return report, [], []
@@ -1599,3 +1707,162 @@ def _hourly_table(
         for index, start in enumerate(grid.starts)
     ]
     return header, table
+
+
+# -- QA section: calibration checks and QAL3 (EN 14181:2014 §7) ---------------------------------------------
+
+QAL3_REASON: Final = "QAL3 out of control (EN 14181:2014 §7): between a signal and the adjustment"
+
+
+@dataclass(frozen=True, slots=True)
+class _Chart:
+    component: Qal3Component
+    entries: list[QaLogEntry]
+    points: list[qal3.ChartPoint]
+    periods: list[qal3.OutOfControl]
+
+
+def _qa_charts(qa: QaInput, end: datetime) -> dict[tuple[str, str], _Chart]:
+    """Each component's charts over its checks before `end`, and its out-of-control periods."""
+    charts = {}
+    for component in qa.components:
+        key = (component.instrument, component.parameter)
+        entries = sorted(
+            (e for e in qa.checks if (e.instrument, e.parameter) == key and e.result.at < end),
+            key=lambda e: e.result.at,
+        )
+        points = qal3.evaluate([e.result for e in entries], component.spec)  # same stable time order
+        charts[key] = _Chart(component, entries, points, qal3.out_of_control_periods(points))
+    return charts
+
+
+def _out_of_control_points(points: Sequence[Point], spans: Sequence[qal3.OutOfControl], step: timedelta) -> list[Point]:
+    return [
+        Point(p.start, p.value, False, QAL3_REASON)
+        if p.valid and any(o.covers(p.start, p.start + step) for o in spans)
+        else p
+        for p in points
+    ]
+
+
+def _qal3_rule(qa: QaInput) -> str:
+    methods = sorted({c.spec.method for c in qa.components})
+    texts = []
+    for method in methods:
+        spec = next(c.spec for c in qa.components if c.spec.method is method)
+        if method is qal3.Method.CUSUM:
+            texts.append(
+                f"CUSUM ({qal3.CUSUM_CLAUSE}): precision judged first, k_s = {qal3.K_PRECISION}·s²_AMS, "
+                f"h_s = {qal3.H_PRECISION}·s²_AMS; drift k = {qal3.K_DRIFT}·s_AMS, h = {qal3.H_DRIFT}·s_AMS"
+            )
+        elif method is qal3.Method.SHEWHART:
+            texts.append(
+                f"Shewhart ({qal3.CLAUSE}): warning ±{spec.shewhart_warning:g}·s_AMS, "
+                f"action ±{spec.shewhart_action:g}·s_AMS"
+            )
+        else:
+            texts.append(f"EWMA ({qal3.CLAUSE}): λ = {spec.ewma_lambda:g}, limits ±{spec.ewma_limit:g}·σ_EWMA")
+    treatment = (
+        "invalid (substituted where the source operated)"
+        if qa.flag_out_of_control == "invalid"
+        else "kept valid and flagged here"
+    )
+    return (
+        "; ".join(texts)
+        + "; zero and span charted separately over d = reading − reference, s_AMS from the QAL1; a check after an "
+        f"adjustment restarts the charts; data from a signal to the adjustment: {treatment} "
+        "(the standard leaves this to the operator and authority)"
+    )
+
+
+def _signal_text(signal: qal3.Signal, zone: tzinfo) -> str:
+    when = _local(signal.at, zone)
+    return f"{when:%Y-%m-%d %H:%M} {signal.kind.value} {signal.statistic} {signal.value:.4g} > {signal.limit:.4g}"
+
+
+def _qa_section(
+    source: SourceInput,
+    qa: QaInput,
+    charts: Mapping[tuple[str, str], _Chart],
+    grid: _Grid,
+    *,
+    start: datetime,
+    end: datetime,
+    operating: Sequence[bool],
+    warnings: list[str],
+) -> QaSection:
+    zone = source.zone
+    rows: list[QaCheckRow] = []
+    components: list[Qal3ComponentState] = []
+    periods: list[OutOfControlRow] = []
+    for (instrument, parameter), chart in charts.items():
+        name = f"{instrument}/{parameter}"
+        in_period = [(e, p) for e, p in zip(chart.entries, chart.points, strict=True) if e.result.at >= start]
+        rows += [
+            QaCheckRow(
+                id=e.id,
+                component=name,
+                kind=e.result.kind.value,
+                at_utc=e.result.at,
+                at_local=_local(e.result.at, zone),
+                reference=e.result.reference,
+                reading=e.result.reading,
+                deviation=e.result.deviation,
+                adjusted=e.result.adjusted,
+                status=p.status.value,
+                origin=e.origin,
+                by=e.by,
+                why=e.why,
+            )
+            for e, p in in_period
+        ]
+        overlapping = [o for o in chart.periods if o.covers(start, end)]
+        affected = sum(
+            1
+            for t, on in zip(grid.starts, operating, strict=True)
+            if on and any(o.covers(t, t + grid.step) for o in overlapping)
+        )
+        last = {kind: next((p for p in reversed(chart.points) if p.kind is kind), None) for kind in qal3.CheckKind}
+        statistics = {f"{k.value}.{n}": v for k, p in last.items() if p for n, v in p.statistics.items()}
+        limits = {f"{k.value}.{n}": v for k, p in last.items() if p for n, v in p.limits.items()}
+        spec = chart.component.spec
+        components.append(
+            Qal3ComponentState(
+                component=name,
+                method=spec.method.value,
+                s_ams_zero=spec.s_ams_zero,
+                s_ams_span=spec.s_ams_span,
+                checks=len(in_period),
+                zero_status=(z.status.value if (z := last[qal3.CheckKind.ZERO]) else "no checks"),
+                span_status=(s.status.value if (s := last[qal3.CheckKind.SPAN]) else "no checks"),
+                statistics=statistics,
+                limits=limits,
+                out_of_control_periods=len(overlapping),
+                affected_periods=affected,
+            )
+        )
+        periods.extend(
+            OutOfControlRow(
+                component=name,
+                start_utc=o.start,
+                end_utc=o.end,
+                start_local=_local(o.start, zone),
+                end_local=None if o.end is None else _local(o.end, zone),
+                signals=[_signal_text(g, zone) for g in o.signals],
+                treatment=qa.flag_out_of_control,
+            )
+            for o in overlapping
+        )
+        if overlapping:
+            open_ = " (not adjusted by the period's end)" if overlapping[-1].end is None else ""
+            warnings.append(
+                f"QAL3: {name} out of control in {len(overlapping)} period(s){open_}; {affected} operating base "
+                f"periods {'invalid' if qa.flag_out_of_control == 'invalid' else 'flagged'} ({qal3.CLAUSE})"
+            )
+    return QaSection(
+        rule=_qal3_rule(qa),
+        flag_out_of_control=qa.flag_out_of_control,
+        checks=sorted(rows, key=lambda r: (r.at_utc, r.id)),
+        components=components,
+        out_of_control=periods,
+    )

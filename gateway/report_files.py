@@ -43,11 +43,15 @@ from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
 from gateway.mrv_config import SourceConfig, find_source, source_input
 from gateway.operating_log import OperatingLog
+from gateway.qa_checks import QaCheckLog
 from gateway.report import (
     SIGNAL_ROLE,
     TOTALS_TOLERANCE_T,
     ConfigRecord,
     MrvReport,
+    QaInput,
+    Qal3Component,
+    QaLogEntry,
     Reproducibility,
     RevisionEntry,
     SourceInput,
@@ -322,6 +326,7 @@ async def produce_report(
         manual = operating_log.entries(source.id, start=start - timedelta(hours=HISTORY_HOURS), end=end)
     finally:
         operating_log.close()
+    qa = qa_input(config, source, end)
     channels = {(c.instrument, c.parameter) for c in inputs.channels}
     revisions = [
         _revision_entry(r)
@@ -338,6 +343,7 @@ async def produce_report(
         generated_at=generated_at,
         revisions=revisions,
         manual=manual,
+        qa=qa,
     )
     if check_raw:
         if workers is None:
@@ -368,6 +374,7 @@ async def produce_report(
             config=record,
             generated_at=generated_at,
             manual=manual,
+            qa=qa,
         )
         totals = {t.name: t.total_t for t in recomputed.totals}
         difference = totals_difference(report.totals, totals)
@@ -392,6 +399,24 @@ async def produce_report(
             )
         report = report.model_copy(update={"reproducibility": check, "warnings": warnings})
     return ProducedReport(report, header, rows)
+
+
+def qa_input(config: GatewayConfig, source: SourceConfig, end: datetime) -> QaInput | None:
+    """[source.qal3] and every check of its components before `end` from the calibration-check log (the charts
+    need their history; the log keeps at most MAX_CHECKS_PER_COMPONENT per component)."""
+    if source.qal3 is None:
+        return None
+    checks_log = QaCheckLog(config.gateway.state)
+    try:
+        recorded = checks_log.checks(source.id, end=end)
+    finally:
+        checks_log.close()
+    qal3 = source.qal3
+    return QaInput(
+        components=tuple(Qal3Component(c.instrument, c.parameter, qal3.spec(c)) for c in qal3.component),
+        checks=tuple(QaLogEntry(r.id, r.instrument, r.parameter, r.result(), r.origin, r.by, r.why) for r in recorded),
+        flag_out_of_control=qal3.flag_out_of_control,
+    )
 
 
 def _revision_entry(revision: Revision) -> RevisionEntry:
@@ -463,6 +488,21 @@ def _sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]
         "operating-months": _table(report.operating.by_month if report.operating else []),
         "calibration": _table(report.calibration.functions if report.calibration else []),
         "vcr": _table(report.calibration.weeks if report.calibration else []),
+        **_qa_tables(report),
+    }
+
+
+def _qa_tables(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]]]]:
+    """The QA section's tables: the calibration-check log, QAL3 chart state per component, out-of-control
+    periods (EN 14181:2014 §7). None without [source.qal3]."""
+    qa = report.qa
+    if qa is None:
+        return {}
+    header, rows = _table(qa.components)
+    return {
+        "qa-checks": _table(qa.checks),
+        "qal3": (header, [[json.dumps(c) if isinstance(c, dict) else c for c in row] for row in rows]),
+        "out-of-control": _table(qa.out_of_control),
     }
 
 
@@ -721,6 +761,46 @@ def _pdf_calibration(pdf: _Pdf, report: MrvReport) -> None:
         _more(pdf, len(over))
 
 
+def _pdf_qa(pdf: _Pdf, report: MrvReport) -> None:
+    """Calibration checks, QAL3 chart state per component and out-of-control periods (EN 14181:2014 §7)."""
+    qa = report.qa
+    if qa is None:
+        return
+    pdf.heading("Calibration checks and QAL3 drift and precision control (EN 14181:2014 §7)")
+    pdf.line_text(qa.rule, size=7)
+    pdf.grid(
+        ["component", "method", "s_AMS zero", "s_AMS span", "checks", "zero chart", "span chart", "out of control",
+         "periods affected"],
+        [
+            [c.component, c.method, _number(c.s_ams_zero, 4), _number(c.s_ams_span, 4), c.checks, c.zero_status,
+             c.span_status, c.out_of_control_periods, c.affected_periods]
+            for c in qa.components
+        ],
+    )  # fmt: skip
+    if qa.out_of_control:
+        pdf.grid(
+            ["component", "from (local)", "to (local)", "signals", "data"],
+            [
+                [o.component, o.start_local, o.end_local or "not adjusted", "; ".join(o.signals), o.treatment]
+                for o in qa.out_of_control[:_PDF_ROWS]
+            ],
+        )
+        _more(pdf, len(qa.out_of_control))
+    if qa.checks:
+        pdf.grid(
+            ["#", "component", "kind", "time (local)", "reference", "reading", "d", "chart", "by"],
+            [
+                [c.id, c.component, c.kind + (" (adjusted)" if c.adjusted else ""), c.at_local,
+                 _number(c.reference, 4), _number(c.reading, 4), _number(c.deviation, 4), c.status,
+                 f"{c.origin}: {c.by}"]
+                for c in qa.checks[:_PDF_ROWS]
+            ],
+        )  # fmt: skip
+        _more(pdf, len(qa.checks))
+    else:
+        pdf.line_text("no calibration checks recorded in the period", size=7)
+
+
 def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | None) -> None:
     period = report.period
     label = f"{period.year}" + (f"-{period.month:02d}" if period.month else "")
@@ -798,6 +878,7 @@ def _write_pdf(path: Path, report: MrvReport, font: tuple[Path, Path | None] | N
     )
     _pdf_operating(pdf, report)
     _pdf_calibration(pdf, report)
+    _pdf_qa(pdf, report)
     pdf.heading("Emission limits (validated values: O2-corrected, confidence interval subtracted)")
     pdf.grid(
         [
