@@ -353,3 +353,13 @@ async def test_report_qa_section_and_out_of_control_data(tmp_path: Path, flag: s
     assert {"Qa-checks", "Qal3", "Out-of-control"} <= set(workbook.sheetnames)
     workbook.close()
     assert (tmp_path / "out" / f"{base}.pdf").stat().st_size > 0
+
+
+def test_the_shipped_source_example_with_qal3_loads_when_uncommented(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "config" / "gateway.toml").read_text(encoding="utf-8")
+    block = text[text.index("# [[source]]") : text.index("# # Real-time feed")]
+    path = tmp_path / "gw.toml"
+    path.write_text("\n".join(line.removeprefix("# ") for line in block.splitlines()) + "\n", encoding="utf-8")
+    qal3 = load_gateway_config(path).sources[0].qal3
+    assert qal3 is not None
+    assert (qal3.method.value, qal3.flag_out_of_control, qal3.component[0].span_bit) == ("cusum", "invalid", 17)
