@@ -66,6 +66,8 @@ WINDOW_GAP: Final = timedelta(minutes=15)
 """Readings further apart than this are not one window."""
 QA_WATCH_LOOKBACK: Final = MAX_WINDOW + timedelta(minutes=5)
 """How far back each pass of the gateway's watch looks: a whole window and the pass interval."""
+CATCH_UP: Final = timedelta(days=7)
+"""The watch's first pass looks back to the last captured check, at most this far (older: `qa-check capture`)."""
 MAX_BY: Final = 100
 MAX_WHY: Final = 2000
 ORIGINS: Final = ("auto", "manual")
@@ -420,14 +422,22 @@ class QaWatch:
         self.log = QaCheckLog(config.gateway.state)
         self.captured = 0
         """checks captured from readings by this process"""
+        self._started = False
 
     async def pass_once(self, now: datetime) -> int:
-        """Capture the windows that ended in the last `lookback`, then report each component's chart state."""
+        """Capture the windows that ended in the last `lookback` (the first pass: since the last captured check,
+        at most CATCH_UP back, so checks made while the gateway was down are found), then report each component's
+        chart state."""
         recorded = 0
+        first, self._started = not self._started, True
         for source in self.sources:
             qal3 = source.qal3
             assert qal3 is not None
-            _, new = await capture(self.store, self.log, source, start=now - self.lookback, end=now, now=now)
+            start = now - self.lookback
+            if first:
+                captured = [c.at for c in await asyncio.to_thread(self.log.checks, source.id) if c.origin == "auto"]
+                start = max(min(start, max(captured, default=now) - self.lookback), now - CATCH_UP)
+            _, new = await capture(self.store, self.log, source, start=start, end=now, now=now)
             recorded += len(new)
             for component in qal3.component:
                 checks = await asyncio.to_thread(

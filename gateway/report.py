@@ -438,6 +438,10 @@ class QaCheckRow(_Model):
     origin: str = Field(description="auto (captured from the analyzer's check mode) or manual")
     by: str
     why: str
+    statistics: dict[str, float] = Field(
+        default_factory=dict, description="the chart's statistics after this check (CUSUM drift_pos, drift_neg, …)"
+    )
+    limits: dict[str, float] = Field(default_factory=dict, description="the limit each statistic is held against")
 
 
 class Qal3ComponentState(_Model):
@@ -476,6 +480,25 @@ class QaSection(_Model):
     checks: list[QaCheckRow]
     components: list[Qal3ComponentState]
     out_of_control: list[OutOfControlRow]
+
+    def chart_series(self) -> dict[str, dict[str, dict[str, list[object]]]]:
+        """The period's control charts for drawing, per component and check kind, as plain columns (the layout
+        of gateway.qal3.chart_series): at, deviation, status, adjusted, each statistic and "<statistic>_limit"."""
+        charts: dict[str, dict[str, dict[str, list[object]]]] = {}
+        for row in self.checks:
+            chart = charts.setdefault(row.component, {}).setdefault(
+                row.kind, {"at": [], "deviation": [], "status": [], "adjusted": []}
+            )
+            chart["at"].append(row.at_utc)
+            chart["deviation"].append(row.deviation)
+            chart["status"].append(row.status)
+            chart["adjusted"].append(row.adjusted)
+            for name, value in row.statistics.items():
+                if name != "deviation":
+                    chart.setdefault(name, []).append(value)
+            for name, value in row.limits.items():
+                chart.setdefault(f"{name}_limit", []).append(value)
+        return charts
 
 
 class MrvReport(_Model):
@@ -1813,6 +1836,8 @@ def _qa_section(
                 origin=e.origin,
                 by=e.by,
                 why=e.why,
+                statistics=p.statistics,
+                limits=p.limits,
             )
             for e, p in in_period
         ]

@@ -498,10 +498,14 @@ def _qa_tables(report: MrvReport) -> dict[str, tuple[list[str], list[list[object
     qa = report.qa
     if qa is None:
         return {}
-    header, rows = _table(qa.components)
+
+    def flat(table: tuple[list[str], list[list[object]]]) -> tuple[list[str], list[list[object]]]:
+        header, rows = table  # statistics and limits (dicts) as JSON text in one cell
+        return header, [[json.dumps(c, sort_keys=True) if isinstance(c, dict) else c for c in row] for row in rows]
+
     return {
-        "qa-checks": _table(qa.checks),
-        "qal3": (header, [[json.dumps(c) if isinstance(c, dict) else c for c in row] for row in rows]),
+        "qa-checks": flat(_table(qa.checks)),
+        "qal3": flat(_table(qa.components)),
         "out-of-control": _table(qa.out_of_control),
     }
 

@@ -322,6 +322,10 @@ async def test_report_qa_section_and_out_of_control_data(tmp_path: Path, flag: s
     assert component.zero_status == "in-control"
     assert component.span_status == "no checks"
     assert component.statistics["zero.drift_pos"] == 0.0  # restarted at the adjustment: 0.1 < k
+    series = qa.chart_series()["gas/so2"]["zero"]  # what a PDF chart draws
+    assert series["at"] == [DAY + timedelta(hours=h) for h in (6, 7, 10)]
+    assert series["drift_pos"] == pytest.approx([1.499, 2.998, 0.0])  # 2 − 0.501, + 2 − 0.501; restarted
+    assert series["drift_pos_limit"] == pytest.approx([2.85] * 3)
     [period] = qa.out_of_control
     assert (period.start_utc, period.end_utc, period.treatment) == (
         DAY + timedelta(hours=7),
@@ -363,3 +367,36 @@ def test_the_shipped_source_example_with_qal3_loads_when_uncommented(tmp_path: P
     qal3 = load_gateway_config(path).sources[0].qal3
     assert qal3 is not None
     assert (qal3.method.value, qal3.flag_out_of_control, qal3.component[0].span_bit) == ("cusum", "invalid", 17)
+
+
+async def test_a_restarted_watch_catches_up_from_its_last_captured_check(tmp_path: Path) -> None:
+    """Checks made while the gateway was down are found by the first pass after the restart (back to the last
+    captured check), later passes look back `lookback` only."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    config = load_gateway_config(path)
+    store = open_store(config.store.url)
+    await store.open()
+
+    async def window(at: datetime, value: float) -> None:
+        items = [(0, value, CHECK, 0), (1, 200.0, OK, 0)]
+        await store.write(
+            [StoredReading("chp", "a", "gas", "so2", at + m * MINUTE, v, "mg/Nm3", q, s) for m, v, q, s in items]
+        )
+
+    try:
+        watch = QaWatch(config, store, None, lookback=timedelta(hours=1))
+        await window(DAY, 0.5)
+        assert await watch.pass_once(DAY + 10 * MINUTE) == 1
+        watch.close()
+        await window(DAY + timedelta(hours=5), 0.6)  # while the gateway is down
+        await window(DAY + timedelta(hours=9), 0.7)
+        restarted = QaWatch(config, store, None, lookback=timedelta(hours=1))
+        assert await restarted.pass_once(DAY + timedelta(hours=9, minutes=10)) == 2
+        await window(DAY + timedelta(hours=11), 0.8)
+        await window(DAY + timedelta(hours=13), 0.9)
+        assert await restarted.pass_once(DAY + timedelta(hours=13, minutes=10)) == 1  # 11:00: beyond lookback (passes come each minute)
+        assert [c.reading for c in restarted.log.checks("boiler2")] == [0.5, 0.6, 0.7, 0.9]
+        restarted.close()
+    finally:
+        await store.close()
