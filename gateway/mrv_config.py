@@ -296,6 +296,11 @@ class Qal3Config(_Strict):
         "or 'flag' (kept valid, listed in the QA section)",
     )
     alert: bool = Field(default=True, description="raise the qal3-out-of-control alert on a signal")
+    max_check_interval_days: Annotated[float, Field(gt=0, le=366)] | None = Field(
+        default=None,
+        description="the maintenance interval (QAL1): the report warns when a component went longer without a zero "
+        "or a span check (EN 14181:2014 §7: at least once per maintenance interval)",
+    )
     shewhart_warning: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
         default=2.0, description="Shewhart warning limits, ± this many s_AMS"
     )

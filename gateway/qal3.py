@@ -26,10 +26,11 @@ the adjustment are "out of control": no rule in the standard says what becomes o
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
@@ -46,6 +47,7 @@ __all__ = [
     "Status",
     "chart_series",
     "evaluate",
+    "longest_interval",
     "out_of_control_periods",
 ]
 
@@ -316,6 +318,17 @@ def out_of_control_periods(points: Sequence[ChartPoint]) -> list[OutOfControl]:
     if start is not None:
         periods.append(OutOfControl(start, None, tuple(signals)))
     return periods
+
+
+def longest_interval(checks: Iterable[CheckResult], kind: CheckKind, start: datetime, end: datetime) -> timedelta:
+    """The longest stretch up to `end` without a `kind` check, counting the intervals that reach into
+    [start, end): from the last check before `start` (else from `start`) through the checks in the period to `end`.
+    EN 14181:2014 §7 asks for a check at least once per maintenance interval (the QAL1's)."""
+    times = sorted(c.at for c in checks if c.kind is kind and c.at < end)
+    marks = [max((t for t in times if t < start), default=start)]
+    marks += [t for t in times if t >= start]
+    marks.append(end)
+    return max(b - a for a, b in itertools.pairwise(marks))
 
 
 def chart_series(points: Sequence[ChartPoint]) -> dict[str, dict[str, list[object]]]:

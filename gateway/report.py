@@ -458,6 +458,8 @@ class Qal3ComponentState(_Model):
     limits: dict[str, float]
     out_of_control_periods: int
     affected_periods: int = Field(description="operating base periods of the channel in an out-of-control period")
+    longest_zero_interval_days: float = Field(description="longest stretch without a zero check, reaching the period")
+    longest_span_interval_days: float
 
 
 class OutOfControlRow(_Model):
@@ -477,6 +479,7 @@ class QaSection(_Model):
 
     rule: str = Field(description="the charts, their limits and what happens to out-of-control data")
     flag_out_of_control: str
+    max_check_interval_days: float | None = Field(description="the maintenance interval checked against; None: not set")
     checks: list[QaCheckRow]
     components: list[Qal3ComponentState]
     out_of_control: list[OutOfControlRow]
@@ -617,6 +620,8 @@ class QaInput:
     components: tuple[Qal3Component, ...]
     checks: tuple[QaLogEntry, ...]
     flag_out_of_control: Literal["invalid", "flag"] = "invalid"
+    max_check_interval: timedelta | None = None
+    """the maintenance interval: warn when a component went longer without a zero or span check"""
 
 
 def config_hash(canonical: Mapping[str, Any]) -> str:
@@ -1283,7 +1288,9 @@ def build_report_with_rows(
     operating_section = _operating_section(source, states, manual, grid)
     calibration = _calibration(source, points, grid=grid, operating=operating, start=start, warnings=warnings)
     qa_section = (
-        _qa_section(source, qa, charts, grid, start=start, end=end, operating=operating, warnings=warnings)
+        _qa_section(
+            source, qa, charts, grid, start=start, end=end, now=generated_at, operating=operating, warnings=warnings
+        )
         if qa is not None
         else None
     )
@@ -1811,6 +1818,7 @@ def _qa_section(
     *,
     start: datetime,
     end: datetime,
+    now: datetime,
     operating: Sequence[bool],
     warnings: list[str],
 ) -> QaSection:
@@ -1851,6 +1859,16 @@ def _qa_section(
         statistics = {f"{k.value}.{n}": v for k, p in last.items() if p for n, v in p.statistics.items()}
         limits = {f"{k.value}.{n}": v for k, p in last.items() if p for n, v in p.limits.items()}
         spec = chart.component.spec
+        until = min(end, now)
+        results = [e.result for e in chart.entries]
+        intervals = {kind: qal3.longest_interval(results, kind, start, until) for kind in qal3.CheckKind}
+        day = timedelta(days=1)
+        too_long = [k.value for k, v in intervals.items() if qa.max_check_interval and v > qa.max_check_interval]
+        if too_long and qa.max_check_interval is not None:
+            warnings.append(
+                f"QAL3: {name} went longer than the maintenance interval ({qa.max_check_interval / day:g} days) "
+                f"without a {' or '.join(too_long)} check ({qal3.CLAUSE}: at least once per maintenance interval)"
+            )
         components.append(
             Qal3ComponentState(
                 component=name,
@@ -1864,6 +1882,8 @@ def _qa_section(
                 limits=limits,
                 out_of_control_periods=len(overlapping),
                 affected_periods=affected,
+                longest_zero_interval_days=round(intervals[qal3.CheckKind.ZERO] / day, 6),
+                longest_span_interval_days=round(intervals[qal3.CheckKind.SPAN] / day, 6),
             )
         )
         periods.extend(
@@ -1887,6 +1907,7 @@ def _qa_section(
     return QaSection(
         rule=_qal3_rule(qa),
         flag_out_of_control=qa.flag_out_of_control,
+        max_check_interval_days=None if qa.max_check_interval is None else qa.max_check_interval / timedelta(days=1),
         checks=sorted(rows, key=lambda r: (r.at_utc, r.id)),
         components=components,
         out_of_control=periods,

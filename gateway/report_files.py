@@ -416,6 +416,9 @@ def qa_input(config: GatewayConfig, source: SourceConfig, end: datetime) -> QaIn
         components=tuple(Qal3Component(c.instrument, c.parameter, qal3.spec(c)) for c in qal3.component),
         checks=tuple(QaLogEntry(r.id, r.instrument, r.parameter, r.result(), r.origin, r.by, r.why) for r in recorded),
         flag_out_of_control=qal3.flag_out_of_control,
+        max_check_interval=(
+            None if qal3.max_check_interval_days is None else timedelta(days=qal3.max_check_interval_days)
+        ),
     )
 
 
@@ -774,10 +777,11 @@ def _pdf_qa(pdf: _Pdf, report: MrvReport) -> None:
     pdf.line_text(qa.rule, size=7)
     pdf.grid(
         ["component", "method", "s_AMS zero", "s_AMS span", "checks", "zero chart", "span chart", "out of control",
-         "periods affected"],
+         "periods affected", "longest without zero/span check (d)"],
         [
             [c.component, c.method, _number(c.s_ams_zero, 4), _number(c.s_ams_span, 4), c.checks, c.zero_status,
-             c.span_status, c.out_of_control_periods, c.affected_periods]
+             c.span_status, c.out_of_control_periods, c.affected_periods,
+             f"{c.longest_zero_interval_days:.1f} / {c.longest_span_interval_days:.1f}"]
             for c in qa.components
         ],
     )  # fmt: skip

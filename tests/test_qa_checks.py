@@ -283,7 +283,8 @@ async def test_report_qa_section_and_out_of_control_data(tmp_path: Path, flag: s
     So2's hours 07, 08 and 09 are out of control: with 'invalid' they are substituted (mean + 2σ of the other
     hours, all 200, so the total stays 24 × 20 kg), with 'flag' kept valid and listed."""
     path = tmp_path / "gateway.toml"
-    path.write_text(CONFIG.replace('"invalid"', f'"{flag}"'), encoding="utf-8")
+    text = CONFIG.replace('"invalid"', f'"{flag}"\nmax_check_interval_days = 7')
+    path.write_text(text, encoding="utf-8")
     config = load_gateway_config(path)
     log = QaCheckLog(config.gateway.state)
     for hour, reading, adjusted in ((6, 2.0, False), (7, 2.0, False), (10, 0.1, True)):
@@ -322,6 +323,14 @@ async def test_report_qa_section_and_out_of_control_data(tmp_path: Path, flag: s
     assert component.zero_status == "in-control"
     assert component.span_status == "no checks"
     assert component.statistics["zero.drift_pos"] == 0.0  # restarted at the adjustment: 0.1 < k
+    # EN 14181:2014 §7, a check at least once per maintenance interval: from 1 March (no check before) to 06:00
+    # on the 2nd, then from 10:00 on the 2nd to the end of March; no span check at all
+    assert component.longest_zero_interval_days == pytest.approx(29 + 14 / 24)
+    assert component.longest_span_interval_days == 31
+    assert qa.max_check_interval_days == 7
+    assert any(
+        "longer than the maintenance interval (7 days) without a zero or span check" in w for w in report.warnings
+    )
     series = qa.chart_series()["gas/so2"]["zero"]  # what a PDF chart draws
     assert series["at"] == [DAY + timedelta(hours=h) for h in (6, 7, 10)]
     assert series["drift_pos"] == pytest.approx([1.499, 2.998, 0.0])  # 2 − 0.501, + 2 − 0.501; restarted

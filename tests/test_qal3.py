@@ -16,6 +16,7 @@ from gateway.qal3 import (
     Status,
     chart_series,
     evaluate,
+    longest_interval,
     out_of_control_periods,
 )
 
@@ -220,3 +221,20 @@ def test_chart_series_is_plain_columns_per_kind() -> None:
     assert series["span"]["drift_neg"] == pytest.approx([0.499])
     assert chart_series([]) == {}
     assert all(isinstance(p, ChartPoint) for p in evaluate(checks, Qal3Spec(1.0, 1.0)))
+
+
+@pytest.mark.parametrize(
+    ("days", "kind", "longest"),
+    [
+        ([], ZERO, 30),  # no check at all: the whole period
+        ([-5, 3, 10], ZERO, 20),  # 10 → the period's end (30)
+        ([-5, 3, 10, 29], ZERO, 19),
+        ([-20, 12, 20, 29], ZERO, 32),  # the interval from the check before the period counts whole
+        ([1, 8, 15, 22, 29], SPAN, 30),  # those are zero checks: no span check in the period
+        ([1, 8, 15, 22, 29, 31], ZERO, 7),  # a check after the end does not count
+    ],
+)
+def test_longest_interval_without_a_check(days: list[int], kind: CheckKind, longest: int) -> None:
+    """EN 14181:2014 §7: a QAL3 check at least once per maintenance interval."""
+    checks = [CheckResult(_day(d), ZERO, 0.0, 0.0) for d in days]
+    assert longest_interval(checks, kind, _day(0), _day(30)) == timedelta(days=longest)
