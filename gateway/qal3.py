@@ -51,8 +51,8 @@ __all__ = [
     "out_of_control_periods",
 ]
 
-CLAUSE: Final = "EN 14181:2014 §7 (QAL3)"
-CUSUM_CLAUSE: Final = "EN 14181:2004 Annex C (CUSUM)"
+CLAUSE: Final = "EN 14181:2014 §7"
+CUSUM_CLAUSE: Final = "EN 14181:2004 Annex C"
 
 K_DRIFT: Final = 0.501
 """k = 0.501·s_AMS (EN 14181:2004 Annex C)"""

@@ -44,6 +44,7 @@ from gateway.config import GatewayConfig
 from gateway.mrv_config import SourceConfig, find_source, source_input
 from gateway.operating_log import OperatingLog
 from gateway.qa_checks import QaCheckLog
+from gateway.qal3 import CLAUSE
 from gateway.report import (
     SIGNAL_ROLE,
     TOTALS_TOLERANCE_T,
@@ -773,7 +774,7 @@ def _pdf_qa(pdf: _Pdf, report: MrvReport) -> None:
     qa = report.qa
     if qa is None:
         return
-    pdf.heading("Calibration checks and QAL3 drift and precision control (EN 14181:2014 §7)")
+    pdf.heading(f"Calibration checks and QAL3 drift and precision control ({CLAUSE})")
     pdf.line_text(qa.rule, size=7)
     pdf.grid(
         ["component", "method", "s_AMS zero", "s_AMS span", "checks", "zero chart", "span chart", "out of control",
@@ -789,7 +790,13 @@ def _pdf_qa(pdf: _Pdf, report: MrvReport) -> None:
         pdf.grid(
             ["component", "from (local)", "to (local)", "signals", "data"],
             [
-                [o.component, o.start_local, o.end_local or "not adjusted", "; ".join(o.signals), o.treatment]
+                [
+                    o.component,
+                    f"{o.start_local:%Y-%m-%d %H:%M}",
+                    f"{o.end_local:%Y-%m-%d %H:%M}" if o.end_local else "not adjusted",
+                    "; ".join(o.signals),
+                    o.treatment,
+                ]
                 for o in qa.out_of_control[:_PDF_ROWS]
             ],
         )
@@ -798,7 +805,7 @@ def _pdf_qa(pdf: _Pdf, report: MrvReport) -> None:
         pdf.grid(
             ["#", "component", "kind", "time (local)", "reference", "reading", "d", "chart", "by"],
             [
-                [c.id, c.component, c.kind + (" (adjusted)" if c.adjusted else ""), c.at_local,
+                [c.id, c.component, c.kind + (" (adjusted)" if c.adjusted else ""), f"{c.at_local:%Y-%m-%d %H:%M}",
                  _number(c.reference, 4), _number(c.reading, 4), _number(c.deviation, 4), c.status,
                  f"{c.origin}: {c.by}"]
                 for c in qa.checks[:_PDF_ROWS]
