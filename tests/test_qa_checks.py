@@ -3,6 +3,7 @@ analyzer's check mode in real stored readings, entered from the CLI, charted, al
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -410,3 +411,27 @@ async def test_a_restarted_watch_catches_up_from_its_last_captured_check(tmp_pat
         restarted.close()
     finally:
         await store.close()
+
+
+def test_cli_capture_from_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    config = load_gateway_config(path)
+
+    async def write() -> None:
+        store = open_store(config.store.url)
+        await store.open()
+        items = [(0, 200.0, OK, 0), (1, 181.0, CHECK, 0), (2, 180.6, CHECK, 0), (3, 200.0, OK, 0)]
+        await store.write(_series(items))
+        await store.close()
+
+    asyncio.run(write())
+    args = ["qa-check", "capture", str(path), "boiler2", "--from", "2026-03-02T00:00", "--to", "2026-03-03T00:00"]
+    assert gateway_main(args) == 0
+    out = capsys.readouterr().out
+    assert "found 1 checks, recorded 1 new" in out
+    assert "#1 gas/so2 span 2026-03-02T00:02:00Z reading 180.6 reference 180 (d +0.6) auto by gateway" in out
+    assert gateway_main(args) == 0
+    assert "found 1 checks, recorded 0 new" in capsys.readouterr().out
+    assert gateway_main([*args[:4], "--from", "2026-03-03", "--to", "2026-03-02"]) == 1
+    assert "is not after --from" in capsys.readouterr().err
