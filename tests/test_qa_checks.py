@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiomqtt
 import pytest
+from gateway_run import eventually, running_gateway
 from openpyxl import load_workbook
+from servers import MosquittoServer
 
-from aua_contract import Quality
+from aua_contract import Batch, Quality, Reading, encode_batch, readings_topic
 from gateway.alert_rules import QAL3_RULE, Qal3Rule
 from gateway.alert_state import AlertKey, Phase
 from gateway.alerts import AlertEngine, AlertStore
 from gateway.cli import main as gateway_main
-from gateway.config import GatewayConfigError, load_gateway_config
+from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
 from gateway.mrv_config import Qal3ComponentConfig
 from gateway.operating_log import OperatingLog
 from gateway.qa_checks import QaCheckError, QaCheckLog, QaWatch, RecordedCheck, capture, checks_from_readings
@@ -435,3 +439,55 @@ def test_cli_capture_from_the_store(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "found 1 checks, recorded 0 new" in capsys.readouterr().out
     assert gateway_main([*args[:4], "--from", "2026-03-03", "--to", "2026-03-02"]) == 1
     assert "is not after --from" in capsys.readouterr().err
+
+
+async def test_checks_from_an_agents_batches_through_broker_and_gateway(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    """End to end: an agent publishes its analyzer's zero checks (check_function, the zero-mode status bit) over
+    MQTT, the gateway stores them, the watch captures them, and two +2 zero checks (s_AMS 1) fire the alert."""
+    site = f"s{uuid.uuid4().hex[:8]}"
+    gas = {"instrument": "gas", "unit": "mg/Nm3"}
+    component = {"instrument": "gas", "parameter": "so2", "s_ams_zero": 1.0, "s_ams_span": 2.0}
+    config = GatewayConfig.model_validate(
+        {
+            "gateway": {"id": f"gw-{site}", "state": str(tmp_path / "state.sqlite")},
+            "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "sites": site},
+            "store": {"url": f"sqlite://{tmp_path / 'aua.sqlite'}"},
+            "source": [
+                {
+                    "id": "boiler2",
+                    "site": site,
+                    "flow": {"instrument": "flow", "parameter": "flow", "unit": "Nm3/h"},
+                    "pollutant": [gas | {"parameter": "so2"}],
+                    "qal3": {"component": [component | {"span_reference": 180.0, "zero_bit": 16, "span_bit": 17}]},
+                }
+            ],
+        }
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    readings = []
+    for start in (now - timedelta(minutes=40), now - timedelta(minutes=20)):
+        window = [(0, 2.6, CHECK, 1 << 16), (1, 2.0, CHECK, 1 << 16), (2, 200.0, OK, 0)]
+        readings += [
+            Reading(
+                instrument="gas", parameter="so2", value=v, unit="mg/Nm3", ts=start + m * MINUTE, quality=q, status=s
+            )
+            for m, v, q, s in window
+        ]
+    payload = encode_batch(Batch(site=site, agent="a1", seq=0, sent_at=now, readings=readings))
+    engine = AlertEngine([Qal3Rule(name=QAL3_RULE)], AlertStore(tmp_path / "alerts.sqlite"))
+    async with running_gateway(config) as ingest:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"pub-{site}") as client:
+            await client.publish(readings_topic(site, "a1"), payload, qos=1)
+        await eventually(lambda: ingest.stats.batches == 1)
+        await asyncio.wait_for(ingest.flushed(), timeout=10)
+        watch = QaWatch(config, ingest.store, engine, lookback=timedelta(hours=1))
+        assert await watch.pass_once(now) == 2
+        checks = watch.log.checks("boiler2")
+        watch.close()
+    assert [(c.kind, c.reading, c.origin) for c in checks] == [(CheckKind.ZERO, 2.0, "auto")] * 2
+    state = engine.state_of(AlertKey(QAL3_RULE, site, "", "gas", "so2"))
+    engine.close()
+    assert state is not None
+    assert state.phase is Phase.FIRING
