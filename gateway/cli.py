@@ -119,6 +119,7 @@ async def _serve(config: GatewayConfig) -> int:
         QaWatch(config, store, alerts, lookback=QA_WATCH_LOOKBACK) if any(s.qal3 for s in config.sources) else None
     )
     if qa_watch is not None:  # QAL3 checks captured as they end, out-of-control alerts (EN 14181:2014 §7)
+        ingest.metrics.registry.register(qa_watch)
         supervisor.start("qa-watch", qa_watch.run())
     code = 0
     try:

@@ -26,11 +26,13 @@ import asyncio
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
+
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from aua_contract import Quality
 from gateway.alert_state import Level, Observation
@@ -422,7 +424,25 @@ class QaWatch:
         self.log = QaCheckLog(config.gateway.state)
         self.captured = 0
         """checks captured from readings by this process"""
+        self.failed_passes = 0
         self._started = False
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus collector (registered on the gateway's /metrics registry): what the watch captured and the
+        log pruned to keep its bound."""
+        yield CounterMetricFamily(
+            "aua_gateway_qa_checks_captured", "zero/span checks captured from readings", value=self.captured
+        )
+        yield CounterMetricFamily(
+            "aua_gateway_qa_checks_pruned",
+            f"oldest checks pruned beyond {self.log.max_per_component} per component",
+            value=self.log.pruned,
+        )
+        yield CounterMetricFamily(
+            "aua_gateway_qa_watch_failures",
+            "capture passes that failed (tried again next time)",
+            value=self.failed_passes,
+        )
 
     async def pass_once(self, now: datetime) -> int:
         """Capture the windows that ended in the last `lookback` (the first pass: since the last captured check,
@@ -454,6 +474,7 @@ class QaWatch:
             try:
                 await self.pass_once(datetime.now(UTC))
             except Exception as error:  # one bad pass must not stop the gateway; the next one tries again
+                self.failed_passes += 1
                 log.error("qa-check capture failed: %s; trying again in %.0f s", error, interval)
             await asyncio.sleep(interval)
 

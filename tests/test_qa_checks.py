@@ -412,6 +412,12 @@ async def test_a_restarted_watch_catches_up_from_its_last_captured_check(tmp_pat
         # later passes look back an hour (in the gateway they come every minute): 11:00 is beyond it here
         assert await restarted.pass_once(DAY + timedelta(hours=13, minutes=10)) == 1
         assert [c.reading for c in restarted.log.checks("boiler2")] == [0.5, 0.6, 0.7, 0.9]
+        metrics = {m.name: m.samples[0].value for m in restarted.collect()}
+        assert metrics == {
+            "aua_gateway_qa_checks_captured": 3,
+            "aua_gateway_qa_checks_pruned": 0,
+            "aua_gateway_qa_watch_failures": 0,
+        }
         restarted.close()
     finally:
         await store.close()
