@@ -13,7 +13,7 @@ docs/regulatory-basis.md §8).
 
 Kept in the gateway's state file (SQLite, [gateway] state) like the operating log (gateway/operating_log.py):
 rows are never changed; the oldest of a component beyond MAX_CHECKS_PER_COMPONENT are pruned (counted), which at
-five checks a day is more than ten years, the records' keeping time under EU MRR 2018/2066 Art. 66.
+five checks a day is more than ten years of checks.
 
 `QaWatch` runs in the gateway: every interval it captures the recent windows from the store, evaluates each
 component's chart and tells the alert engine (rule qal3-out-of-control) whether it is out of control.
