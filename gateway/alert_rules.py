@@ -456,7 +456,19 @@ class QaFinding:
     since: datetime | None = None
 
 
-Rule = ThresholdRule | OfflineRule | FailureRule | GapRule | StuckRule | ClockSkewRule | QaRule
+@dataclass(frozen=True, slots=True)
+class Qal3Rule(RuleBase):
+    """A component's QAL3 control chart is out of control (EN 14181:2014 §7): observed from its zero and span
+    checks (gateway/qa_checks.py), not from readings; one alert per component, clear once the AMS is adjusted."""
+
+    def describe(self) -> str:
+        return self.title or "QAL3 out of control"
+
+
+QAL3_RULE: Final = "qal3-out-of-control"
+"""The rule a gateway adds when a [[source]] has [source.qal3] with alert = true."""
+
+Rule = ThresholdRule | OfflineRule | FailureRule | GapRule | StuckRule | ClockSkewRule | QaRule | Qal3Rule
 
 
 def alert_key(rule: Rule, site: str, agent: str, instrument: str = "", parameter: str = "") -> AlertKey:

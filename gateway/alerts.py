@@ -45,11 +45,13 @@ from zoneinfo import ZoneInfo
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
 from aua_ops import redact_text
 from gateway.alert_rules import (
+    QAL3_RULE,
     ClockSkewRule,
     FailureRule,
     GapRule,
     OfflineRule,
     QaFinding,
+    Qal3Rule,
     QaRule,
     Rule,
     Sample,
@@ -759,8 +761,12 @@ class AlertEngine:
             notifiers = notifiers_from_config(
                 alerts.notify, config.mqtt, gateway_id=config.gateway.id, message_format=message_format
             )
+        rules = [*alerts.effective_rules(), *QA_RULES] if alerts.enabled else []
+        if alerts.enabled and any(s.qal3 is not None and s.qal3.alert for s in config.sources):
+            note = "EN 14181:2014 §7: adjust the AMS, then record a check with `cems-gateway qa-check add --adjusted`"
+            rules.append(Qal3Rule(name=QAL3_RULE, note=note))
         return cls(
-            [*alerts.effective_rules(), *QA_RULES] if alerts.enabled else [],
+            rules,
             AlertStore(config.gateway.state, keep=alerts.history_keep, max_notices=alerts.history_max_notices),
             notifiers,
             tz=tz,
@@ -839,6 +845,20 @@ class AlertEngine:
                 await self._commit(told, now)
         except (sqlite3.Error, OSError) as error:
             log.error("alerts: %d QA findings not recorded: %s", len(findings), error)
+
+    async def on_qal3(self, site: str, instrument: str, parameter: str, obs: Observation, now: datetime) -> None:
+        """A component's QAL3 chart state (gateway/qa_checks.py): TRIGGER while out of control, CLEAR once
+        adjusted. Ignored without the QAL3 rule; errors of the state DB are logged, never raised."""
+        rule = self.rules.get(QAL3_RULE)
+        if not isinstance(rule, Qal3Rule):
+            return
+        try:
+            async with self._lock:
+                told: list[_Told] = []
+                self._observe(self._alert(rule, site, "", instrument, parameter), obs, told)
+                await self._commit(told, now)
+        except (sqlite3.Error, OSError) as error:
+            log.error("alerts: QAL3 state of %s/%s/%s not recorded: %s", site, instrument, parameter, error)
 
     async def tick(self, now: datetime) -> None:
         """Time-driven work: gaps, offline for N s, reminders, ended silences; then message and deliver."""

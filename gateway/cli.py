@@ -32,6 +32,7 @@ from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_fro
 from gateway.operating_log import add_operating_state_commands, run_operating_state_command
 from gateway.part75_log import add_cal_test_commands, run_cal_test_command
 from gateway.qa_alerts import QaAlerts
+from gateway.qa_checks import QA_WATCH_LOOKBACK, QaWatch, add_qa_check_commands, run_qa_check_command
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
 from gateway.retention import retention_settings
 from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
@@ -118,6 +119,12 @@ async def _serve(config: GatewayConfig) -> int:
         supervisor.start("state-feed", state_feed.run())
     if alerts is not None and QaAlerts.needed(config):  # new QAL2 due, Part 75 daily calibration (gateway/qa_alerts.py)
         supervisor.start("qa-alerts", QaAlerts(config, store, alerts).run())
+    qa_watch = (
+        QaWatch(config, store, alerts, lookback=QA_WATCH_LOOKBACK) if any(s.qal3 for s in config.sources) else None
+    )
+    if qa_watch is not None:  # QAL3 checks captured as they end, out-of-control alerts (EN 14181:2014 §7)
+        ingest.metrics.registry.register(qa_watch)
+        supervisor.start("qa-watch", qa_watch.run())
     code = 0
     try:
         await ingest.run()
@@ -134,6 +141,8 @@ async def _serve(config: GatewayConfig) -> int:
         closes += [(name, obj.close) for name, obj in (("alerts", alerts), ("report feed", feed)) if obj is not None]
         if state_feed is not None:
             closes.append(("state feed", state_feed.close))
+        if qa_watch is not None:
+            closes.append(("qa watch", qa_watch.close))
         for name, close in closes:
             try:
                 result = close()
@@ -403,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     add_revision_commands(commands)
     add_operating_state_commands(commands)
     add_cal_test_commands(commands)
+    add_qa_check_commands(commands)
     alerts = commands.add_parser("alerts", help="alert state, acknowledgements, silences, rules").add_subparsers(
         dest="alerts_command", required=True
     )
@@ -455,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_operating_state_command(config, args)
     if args.command == "cal-test":
         return run_cal_test_command(config, args)
+    if args.command == "qa-check":
+        return run_qa_check_command(config, args)
     if args.command in MRV_COMMANDS:
         return run_mrv_command(config, args)
     if args.command == "run":

@@ -22,6 +22,8 @@ from gateway.calibration import Qal2Function, VcrThresholds
 from gateway.compliance import Compliance, ComplianceCheck, compliance_for
 from gateway.operating_state import MIN_REQUIRED, Criterion, OperatingSpec, State, StatusTag
 from gateway.part75 import Part75Spec
+from gateway.qal3 import Method as Qal3Method
+from gateway.qal3 import Qal3Spec
 from gateway.report import ChannelInput, SourceInput
 from gateway.rollup import RULE_SETS, BaseRule, Period, RuleSet
 from gateway.substitution import Method, SubstitutionSpec
@@ -33,6 +35,8 @@ __all__ = [
     "Part75Config",
     "PollutantConfig",
     "Qal2Config",
+    "Qal3ComponentConfig",
+    "Qal3Config",
     "ReportsSection",
     "RollupSection",
     "RuleResolver",
@@ -293,6 +297,99 @@ def part75_role(channel: str) -> str:
     return channel if channel in ("flow", "o2", "co2") else f"pollutant:{channel}"
 
 
+class Qal3ComponentConfig(_Strict):
+    """`[[source.qal3.component]]`: one analyzer component under QAL3 control (EN 14181:2014 §7): its s_AMS at zero
+    and span from the QAL1 (EN 15267-3 / EN ISO 14956), its check gases, and how its checks are recognised."""
+
+    instrument: Identifier
+    parameter: Identifier
+    s_ams_zero: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        description="standard deviation of the AMS at zero (QAL1), in the channel's unit"
+    )
+    s_ams_span: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        description="standard deviation of the AMS at span (QAL1), in the channel's unit"
+    )
+    zero_reference: FiniteFloat = Field(default=0.0, description="certified value of the zero gas")
+    span_reference: FiniteFloat = Field(description="certified value of the span (reference) gas")
+    zero_bit: Annotated[int, Field(ge=0, le=62)] | None = Field(
+        default=None, description="bit of the readings' status word set during the zero check (else: nearest gas)"
+    )
+    span_bit: Annotated[int, Field(ge=0, le=62)] | None = Field(
+        default=None, description="bit of the readings' status word set during the span check (else: nearest gas)"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        where = f"{self.instrument}/{self.parameter}"
+        if self.zero_reference == self.span_reference:
+            raise ValueError(f"{where}: zero_reference and span_reference must differ")
+        if (self.zero_bit is None) != (self.span_bit is None):
+            raise ValueError(f"{where}: set both zero_bit and span_bit, or neither")
+        if self.zero_bit is not None and self.zero_bit == self.span_bit:
+            raise ValueError(f"{where}: zero_bit and span_bit must differ")
+        return self
+
+
+class Qal3Config(_Strict):
+    """`[source.qal3]`: QAL3 drift and precision control of the source's analyzers (EN 14181:2014 §7;
+    docs/regulatory-basis.md §8)."""
+
+    method: Qal3Method = Field(default=Qal3Method.CUSUM, description="cusum, shewhart or ewma")
+    flag_out_of_control: Literal["invalid", "flag"] = Field(
+        default="invalid",
+        description="the component's data from a signal to the adjustment: 'invalid' (substituted when operating) "
+        "or 'flag' (kept valid, listed in the QA section)",
+    )
+    alert: bool = Field(default=True, description="raise the qal3-out-of-control alert on a signal")
+    max_check_interval_days: Annotated[float, Field(gt=0, le=366)] | None = Field(
+        default=None,
+        description="the maintenance interval (QAL1): the report warns when a component went longer without a zero "
+        "or a span check (EN 14181:2014 §7: at least once per maintenance interval)",
+    )
+    shewhart_warning: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        default=2.0, description="Shewhart warning limits, ± this many s_AMS"
+    )
+    shewhart_action: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        default=3.0, description="Shewhart action limits, ± this many s_AMS (out of control beyond)"
+    )
+    ewma_lambda: Annotated[float, Field(gt=0, le=1)] = Field(default=0.2, description="EWMA weight of a new check")
+    ewma_limit: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        default=3.0, description="EWMA control limits, L in ± L·s_AMS·√(λ/(2−λ)·(1−(1−λ)^2t))"
+    )
+    component: list[Qal3ComponentConfig] = Field(min_length=1, description="the components under control")
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        if self.shewhart_warning >= self.shewhart_action:
+            raise ValueError(
+                f"shewhart_warning ({self.shewhart_warning:g}) must be below shewhart_action ({self.shewhart_action:g})"
+            )
+        seen: set[tuple[str, str]] = set()
+        for component in self.component:
+            key = (component.instrument, component.parameter)
+            if key in seen:
+                raise ValueError(f"component {component.instrument}/{component.parameter} is listed twice")
+            seen.add(key)
+        return self
+
+    def spec(self, component: Qal3ComponentConfig) -> Qal3Spec:
+        return Qal3Spec(
+            s_ams_zero=component.s_ams_zero,
+            s_ams_span=component.s_ams_span,
+            method=self.method,
+            shewhart_warning=self.shewhart_warning,
+            shewhart_action=self.shewhart_action,
+            ewma_lambda=self.ewma_lambda,
+            ewma_limit=self.ewma_limit,
+        )
+
+    def find(self, instrument: str, parameter: str) -> Qal3ComponentConfig | None:
+        for component in self.component:
+            if (component.instrument, component.parameter) == (instrument, parameter):
+                return component
+        return None
+
+
 class ChannelConfig(_Strict):
     """Where a measured quantity comes from and on which basis it is measured (docs/regulatory-basis.md §2)."""
 
@@ -469,6 +566,9 @@ class SourceConfig(_Strict):
     part75: Part75Config | None = Field(
         default=None, description="40 CFR Part 75 QA: daily calibration error, linearity, RATA and BAF"
     )
+    qal3: Qal3Config | None = Field(
+        default=None, description="QAL3 drift and precision control of the analyzers (EN 14181:2014 §7)"
+    )
 
     @field_validator("time_zone")
     @classmethod
@@ -525,6 +625,13 @@ class SourceConfig(_Strict):
                 problems.append(f"{role} and {keys[key]} both name {channel.instrument}/{channel.parameter}")
             keys[key] = role
         problems += self._units()
+        if self.qal3 is not None:
+            problems += [
+                f"qal3.component {c.instrument}/{c.parameter}: not a channel of this source (its QAL3 state "
+                "decides the validity of that channel's data)"
+                for c in self.qal3.component
+                if (c.instrument, c.parameter) not in keys
+            ]
         limited = [p for p in self.pollutant if p.elv is not None and p.o2_correction]
         if limited and self.o2_reference is None:
             problems.append(f"pollutant {limited[0].label} has an elv: set reference_o2 or fuel")

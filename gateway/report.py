@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import compliance, mrv
+from gateway import compliance, mrv, qal3
 from gateway.calibration import THRESHOLDS_SOURCE, Qal2Function, VcrThresholds, new_qal2_due, weekly_vcr
 from gateway.operating_state import HourState, ManualEntry, OperatingSpec, State, derive_states
 from gateway.part75 import (
@@ -75,6 +75,9 @@ __all__ = [
     "SIGNAL_ROLE",
     "ChannelInput",
     "MrvReport",
+    "QaInput",
+    "QaLogEntry",
+    "Qal3Component",
     "RevisionAudit",
     "RevisionEntry",
     "build_report",
@@ -428,6 +431,88 @@ class CalibrationSection(_Model):
     weeks: list[VcrWeekRow]
 
 
+class QaCheckRow(_Model):
+    """One zero or span check of the calibration-check log (EN 14181:2014 §7; EN 17255-2's record of a check)."""
+
+    id: int
+    component: str = Field(description="INSTRUMENT/PARAMETER")
+    kind: str = Field(description="zero or span")
+    at_utc: datetime
+    at_local: datetime
+    reference: float = Field(description="certified value of the check gas")
+    reading: float = Field(description="the analyzer's response")
+    deviation: float = Field(description="reading − reference")
+    adjusted: bool = Field(description="recorded after an adjustment: the control charts restart")
+    status: str = Field(description="the chart's state after this check: in-control, warning, out-of-control, ...")
+    origin: str = Field(description="auto (captured from the analyzer's check mode) or manual")
+    by: str
+    why: str
+    statistics: dict[str, float] = Field(
+        default_factory=dict, description="the chart's statistics after this check (CUSUM drift_pos, drift_neg, …)"
+    )
+    limits: dict[str, float] = Field(default_factory=dict, description="the limit each statistic is held against")
+
+
+class Qal3ComponentState(_Model):
+    """A component's QAL3 control charts at the end of the period."""
+
+    component: str
+    method: str
+    s_ams_zero: float
+    s_ams_span: float
+    checks: int = Field(description="checks in the period")
+    zero_status: str = Field(description="state of the zero chart after its last check up to the period's end")
+    span_status: str
+    statistics: dict[str, float] = Field(description="the charts' statistics then, 'zero.drift_pos', ...")
+    limits: dict[str, float]
+    out_of_control_periods: int
+    affected_periods: int = Field(description="operating base periods of the channel in an out-of-control period")
+    longest_zero_interval_days: float = Field(description="longest stretch without a zero check, reaching the period")
+    longest_span_interval_days: float
+
+
+class OutOfControlRow(_Model):
+    """From a QAL3 signal to the next adjusted check (EN 14181:2014 §7): the data's fate is the config's."""
+
+    component: str
+    start_utc: datetime
+    end_utc: datetime | None = Field(description="the adjusted check; None: not adjusted by the period's end")
+    start_local: datetime
+    end_local: datetime | None
+    signals: list[str]
+    treatment: str = Field(description="invalid (substituted when operating) or flag (kept valid)")
+
+
+class QaSection(_Model):
+    """Calibration checks and QAL3 drift and precision control (EN 14181:2014 §7; docs/regulatory-basis.md §8)."""
+
+    rule: str = Field(description="the charts, their limits and what happens to out-of-control data")
+    flag_out_of_control: str
+    max_check_interval_days: float | None = Field(description="the maintenance interval checked against; None: not set")
+    checks: list[QaCheckRow]
+    components: list[Qal3ComponentState]
+    out_of_control: list[OutOfControlRow]
+
+    def chart_series(self) -> dict[str, dict[str, dict[str, list[object]]]]:
+        """The period's control charts for drawing, per component and check kind, as plain columns (the layout
+        of gateway.qal3.chart_series): at, deviation, status, adjusted, each statistic and "<statistic>_limit"."""
+        charts: dict[str, dict[str, dict[str, list[object]]]] = {}
+        for row in self.checks:
+            chart = charts.setdefault(row.component, {}).setdefault(
+                row.kind, {"at": [], "deviation": [], "status": [], "adjusted": []}
+            )
+            chart["at"].append(row.at_utc)
+            chart["deviation"].append(row.deviation)
+            chart["status"].append(row.status)
+            chart["adjusted"].append(row.adjusted)
+            for name, value in row.statistics.items():
+                if name != "deviation":
+                    chart.setdefault(name, []).append(value)
+            for name, value in row.limits.items():
+                chart.setdefault(f"{name}_limit", []).append(value)
+        return charts
+
+
 class MrvReport(_Model):
     """Annual or monthly MRV report of one emission source (docs/regulatory-basis.md §7)."""
 
@@ -462,6 +547,9 @@ class MrvReport(_Model):
     )
     part75: Part75Section | None = Field(
         default=None, description="40 CFR Part 75 QA (daily calibration, linearity, RATA, BAF); None: not configured"
+    )
+    qa: QaSection | None = Field(
+        default=None, description="calibration checks and QAL3 control charts; None: no [source.qal3]"
     )
 
 
@@ -517,6 +605,37 @@ class SourceInput:
     @property
     def base(self) -> Period:
         return self.channels[0].rules.base
+
+
+@dataclass(frozen=True, slots=True)
+class QaLogEntry:
+    """A check of the calibration-check log as the report needs it (gateway.qa_checks.RecordedCheck)."""
+
+    id: int
+    instrument: str
+    parameter: str
+    result: qal3.CheckResult
+    origin: str = "manual"
+    by: str = ""
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Qal3Component:
+    instrument: str
+    parameter: str
+    spec: qal3.Qal3Spec
+
+
+@dataclass(frozen=True, slots=True)
+class QaInput:
+    """[source.qal3] and the source's checks up to the period's end (the charts need their history)."""
+
+    components: tuple[Qal3Component, ...]
+    checks: tuple[QaLogEntry, ...]
+    flag_out_of_control: Literal["invalid", "flag"] = "invalid"
+    max_check_interval: timedelta | None = None
+    """the maintenance interval: warn when a component went longer without a zero or span check"""
 
 
 def config_hash(canonical: Mapping[str, Any]) -> str:
@@ -995,18 +1114,23 @@ def _prepare(
     manual: Sequence[ManualEntry] = (),
     gates: Mapping[str, Sequence[PeriodStatus]] | None = None,
     part75_tests: Part75Tests | None = None,
+    out_of_control: Mapping[tuple[str, str], Sequence[qal3.OutOfControl]] | None = None,
 ) -> tuple[dict[str, list[Point]], dict[str, dict[datetime, Aggregate]], dict[str, list[FilledPeriod]]]:
     """Per role: the measured grid, the aggregates by start, and the grid filled by substitution over the
     operating periods (§4). `gates`: Part 75 statuses per role (out of control: invalid; BAF applied)."""
     points: dict[str, list[Point]] = {}
     by_start: dict[str, dict[datetime, Aggregate]] = {}
     filled: dict[str, list[FilledPeriod]] = {}
+    out_of_control = out_of_control or {}
     for channel in source.channels:
         points[channel.role], by_start[channel.role] = _points(
             channel, aggregates.get(channel.role, ()), grid.starts, warnings
         )
         if gates and channel.role in gates:
             points[channel.role] = gate_points(points[channel.role], gates[channel.role])
+        spans = out_of_control.get((channel.instrument, channel.parameter))
+        if spans:  # EN 14181:2014 §7: from a QAL3 signal to the adjustment, [source.qal3] flag_out_of_control
+            points[channel.role] = _out_of_control_points(points[channel.role], spans, grid.step)
         if channel.substitution is None:  # not used for mass: measured values only
             filled[channel.role] = [
                 FilledPeriod(p.start, p.value, True) if p.valid else FilledPeriod(p.start, None, False, "", p.reason)
@@ -1123,6 +1247,7 @@ def build_report(
     revisions: Sequence[RevisionEntry] = (),
     manual: Sequence[ManualEntry] = (),
     part75_tests: Part75Tests | None = None,
+    qa: QaInput | None = None,
 ) -> MrvReport:
     """The report of `source` for a year (month None) or a month, from its base-period aggregates by role.
 
@@ -1144,6 +1269,7 @@ def build_report(
         revisions=revisions,
         manual=manual,
         part75_tests=part75_tests,
+        qa=qa,
         rows=False,
     )
     return report
@@ -1162,6 +1288,7 @@ def build_report_with_rows(
     revisions: Sequence[RevisionEntry] = (),
     manual: Sequence[ManualEntry] = (),
     part75_tests: Part75Tests | None = None,
+    qa: QaInput | None = None,
     rows: bool = True,
 ) -> tuple[MrvReport, list[str], list[list[object]]]:
     """The report, and the base-period table a verifier checks (every channel's value, validity, substitution
@@ -1172,6 +1299,8 @@ def build_report_with_rows(
     states = _states(source, grid.starts, aggregates, manual)
     operating = [h.operating for h in states]
     gates = _part75_statuses(source, part75_tests, grid, operating)
+    charts = _qa_charts(qa, end) if qa is not None else {}
+    invalidated = {key: c.periods for key, c in charts.items()} if qa and qa.flag_out_of_control == "invalid" else {}
     points, by_start, filled = _prepare(
         source,
         grid,
@@ -1183,6 +1312,7 @@ def build_report_with_rows(
         manual=manual,
         gates=gates,
         part75_tests=part75_tests,
+        out_of_control=invalidated,
     )
     mass = {c.role: _mass_series(source, c, filled, grid) for c in _mass_roles(source)}
     totals = [_total(c, mass[c.role], warnings, states) for c in _mass_roles(source)]
@@ -1253,6 +1383,13 @@ def build_report_with_rows(
     operating_section = _operating_section(source, states, manual, grid)
     part75_qa = _part75_section(source, part75_tests, gates, grid, operating=operating, warnings=warnings)
     calibration = _calibration(source, points, grid=grid, operating=operating, start=start, warnings=warnings)
+    qa_section = (
+        _qa_section(
+            source, qa, charts, grid, start=start, end=end, now=generated_at, operating=operating, warnings=warnings
+        )
+        if qa is not None
+        else None
+    )
     if operating_section.assumed_periods and source.operating is not None:
         warnings.append(
             f"{operating_section.assumed_periods} periods have no operating-state signal and are taken as operating "
@@ -1303,6 +1440,7 @@ def build_report_with_rows(
         operating=operating_section,
         calibration=calibration,
         part75=part75_qa,
+        qa=qa_section,
     )
     if not rows:
         return report, [], []
@@ -1696,3 +1834,178 @@ def _hourly_table(
         for index, start in enumerate(grid.starts)
     ]
     return header, table
+
+
+# -- QA section: calibration checks and QAL3 (EN 14181:2014 §7) ---------------------------------------------
+
+QAL3_REASON: Final = "QAL3 out of control (EN 14181:2014 §7): between a signal and the adjustment"
+
+
+@dataclass(frozen=True, slots=True)
+class _Chart:
+    component: Qal3Component
+    entries: list[QaLogEntry]
+    points: list[qal3.ChartPoint]
+    periods: list[qal3.OutOfControl]
+
+
+def _qa_charts(qa: QaInput, end: datetime) -> dict[tuple[str, str], _Chart]:
+    """Each component's charts over its checks before `end`, and its out-of-control periods."""
+    charts = {}
+    for component in qa.components:
+        key = (component.instrument, component.parameter)
+        entries = sorted(
+            (e for e in qa.checks if (e.instrument, e.parameter) == key and e.result.at < end),
+            key=lambda e: e.result.at,
+        )
+        points = qal3.evaluate([e.result for e in entries], component.spec)  # same stable time order
+        charts[key] = _Chart(component, entries, points, qal3.out_of_control_periods(points))
+    return charts
+
+
+def _out_of_control_points(points: Sequence[Point], spans: Sequence[qal3.OutOfControl], step: timedelta) -> list[Point]:
+    return [
+        Point(p.start, p.value, False, QAL3_REASON)
+        if p.valid and any(o.covers(p.start, p.start + step) for o in spans)
+        else p
+        for p in points
+    ]
+
+
+def _qal3_rule(qa: QaInput) -> str:
+    methods = sorted({c.spec.method for c in qa.components})
+    texts = []
+    for method in methods:
+        spec = next(c.spec for c in qa.components if c.spec.method is method)
+        if method is qal3.Method.CUSUM:
+            texts.append(
+                f"CUSUM ({qal3.CUSUM_CLAUSE}): precision judged first, k_s = {qal3.K_PRECISION}·s²_AMS, "
+                f"h_s = {qal3.H_PRECISION}·s²_AMS; drift k = {qal3.K_DRIFT}·s_AMS, h = {qal3.H_DRIFT}·s_AMS"
+            )
+        elif method is qal3.Method.SHEWHART:
+            texts.append(
+                f"Shewhart ({qal3.CLAUSE}): warning ±{spec.shewhart_warning:g}·s_AMS, "
+                f"action ±{spec.shewhart_action:g}·s_AMS"
+            )
+        else:
+            texts.append(f"EWMA ({qal3.CLAUSE}): λ = {spec.ewma_lambda:g}, limits ±{spec.ewma_limit:g}·σ_EWMA")
+    treatment = (
+        "invalid (substituted where the source operated)"
+        if qa.flag_out_of_control == "invalid"
+        else "kept valid and flagged here"
+    )
+    return (
+        "; ".join(texts)
+        + "; zero and span charted separately over d = reading − reference, s_AMS from the QAL1; a check after an "
+        f"adjustment restarts the charts; data from a signal to the adjustment: {treatment} "
+        "(the standard leaves this to the operator and authority)"
+    )
+
+
+def _signal_text(signal: qal3.Signal, zone: tzinfo) -> str:
+    when = _local(signal.at, zone)
+    return f"{when:%Y-%m-%d %H:%M} {signal.kind.value} {signal.statistic} {signal.value:.4g} > {signal.limit:.4g}"
+
+
+def _qa_section(
+    source: SourceInput,
+    qa: QaInput,
+    charts: Mapping[tuple[str, str], _Chart],
+    grid: _Grid,
+    *,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    operating: Sequence[bool],
+    warnings: list[str],
+) -> QaSection:
+    zone = source.zone
+    rows: list[QaCheckRow] = []
+    components: list[Qal3ComponentState] = []
+    periods: list[OutOfControlRow] = []
+    for (instrument, parameter), chart in charts.items():
+        name = f"{instrument}/{parameter}"
+        in_period = [(e, p) for e, p in zip(chart.entries, chart.points, strict=True) if e.result.at >= start]
+        rows += [
+            QaCheckRow(
+                id=e.id,
+                component=name,
+                kind=e.result.kind.value,
+                at_utc=e.result.at,
+                at_local=_local(e.result.at, zone),
+                reference=e.result.reference,
+                reading=e.result.reading,
+                deviation=e.result.deviation,
+                adjusted=e.result.adjusted,
+                status=p.status.value,
+                origin=e.origin,
+                by=e.by,
+                why=e.why,
+                statistics=p.statistics,
+                limits=p.limits,
+            )
+            for e, p in in_period
+        ]
+        overlapping = [o for o in chart.periods if o.covers(start, end)]
+        affected = sum(
+            1
+            for t, on in zip(grid.starts, operating, strict=True)
+            if on and any(o.covers(t, t + grid.step) for o in overlapping)
+        )
+        last = {kind: next((p for p in reversed(chart.points) if p.kind is kind), None) for kind in qal3.CheckKind}
+        statistics = {f"{k.value}.{n}": v for k, p in last.items() if p for n, v in p.statistics.items()}
+        limits = {f"{k.value}.{n}": v for k, p in last.items() if p for n, v in p.limits.items()}
+        spec = chart.component.spec
+        until = min(end, now)
+        results = [e.result for e in chart.entries]
+        intervals = {kind: qal3.longest_interval(results, kind, start, until) for kind in qal3.CheckKind}
+        day = timedelta(days=1)
+        too_long = [k.value for k, v in intervals.items() if qa.max_check_interval and v > qa.max_check_interval]
+        if too_long and qa.max_check_interval is not None:
+            warnings.append(
+                f"QAL3: {name} went longer than the maintenance interval ({qa.max_check_interval / day:g} days) "
+                f"without a {' or '.join(too_long)} check ({qal3.CLAUSE}: at least once per maintenance interval)"
+            )
+        components.append(
+            Qal3ComponentState(
+                component=name,
+                method=spec.method.value,
+                s_ams_zero=spec.s_ams_zero,
+                s_ams_span=spec.s_ams_span,
+                checks=len(in_period),
+                zero_status=(z.status.value if (z := last[qal3.CheckKind.ZERO]) else "no checks"),
+                span_status=(s.status.value if (s := last[qal3.CheckKind.SPAN]) else "no checks"),
+                statistics=statistics,
+                limits=limits,
+                out_of_control_periods=len(overlapping),
+                affected_periods=affected,
+                longest_zero_interval_days=round(intervals[qal3.CheckKind.ZERO] / day, 6),
+                longest_span_interval_days=round(intervals[qal3.CheckKind.SPAN] / day, 6),
+            )
+        )
+        periods.extend(
+            OutOfControlRow(
+                component=name,
+                start_utc=o.start,
+                end_utc=o.end,
+                start_local=_local(o.start, zone),
+                end_local=None if o.end is None else _local(o.end, zone),
+                signals=[_signal_text(g, zone) for g in o.signals],
+                treatment=qa.flag_out_of_control,
+            )
+            for o in overlapping
+        )
+        if overlapping:
+            open_ = " (not adjusted by the period's end)" if overlapping[-1].end is None else ""
+            warnings.append(
+                f"QAL3: {name} out of control in {len(overlapping)} period(s){open_}; {affected} operating base "
+                f"periods {'invalid' if qa.flag_out_of_control == 'invalid' else 'flagged'} ({qal3.CLAUSE})"
+            )
+    return QaSection(
+        rule=_qal3_rule(qa),
+        flag_out_of_control=qa.flag_out_of_control,
+        max_check_interval_days=None if qa.max_check_interval is None else qa.max_check_interval / timedelta(days=1),
+        checks=sorted(rows, key=lambda r: (r.at_utc, r.id)),
+        components=components,
+        out_of_control=periods,
+    )

@@ -46,11 +46,16 @@ from gateway.operating_log import OperatingLog
 from gateway.part75 import Part75Tests
 from gateway.part75_log import LOOKBACK as PART75_LOOKBACK
 from gateway.part75_log import Part75Log
+from gateway.qa_checks import QaCheckLog
+from gateway.qal3 import CLAUSE
 from gateway.report import (
     SIGNAL_ROLE,
     TOTALS_TOLERANCE_T,
     ConfigRecord,
     MrvReport,
+    QaInput,
+    Qal3Component,
+    QaLogEntry,
     Reproducibility,
     RevisionEntry,
     SourceInput,
@@ -329,6 +334,7 @@ async def produce_report(
     finally:
         operating_log.close()
     part75_tests = _part75_tests(config, source, start, end)
+    qa = qa_input(config, source, end)
     channels = {(c.instrument, c.parameter) for c in inputs.channels}
     revisions = [
         _revision_entry(r)
@@ -346,6 +352,7 @@ async def produce_report(
         revisions=revisions,
         manual=manual,
         part75_tests=part75_tests,
+        qa=qa,
     )
     if check_raw:
         if workers is None:
@@ -377,6 +384,7 @@ async def produce_report(
             generated_at=generated_at,
             manual=manual,
             part75_tests=part75_tests,
+            qa=qa,
         )
         totals = {t.name: t.total_t for t in recomputed.totals}
         difference = totals_difference(report.totals, totals)
@@ -412,6 +420,27 @@ def _part75_tests(config: GatewayConfig, source: SourceConfig, start: datetime, 
         return log.tests(source.id, start=start - PART75_LOOKBACK, end=end)
     finally:
         log.close()
+
+
+def qa_input(config: GatewayConfig, source: SourceConfig, end: datetime) -> QaInput | None:
+    """[source.qal3] and every check of its components before `end` from the calibration-check log (the charts
+    need their history; the log keeps at most MAX_CHECKS_PER_COMPONENT per component)."""
+    if source.qal3 is None:
+        return None
+    checks_log = QaCheckLog(config.gateway.state)
+    try:
+        recorded = checks_log.checks(source.id, end=end)
+    finally:
+        checks_log.close()
+    qal3 = source.qal3
+    return QaInput(
+        components=tuple(Qal3Component(c.instrument, c.parameter, qal3.spec(c)) for c in qal3.component),
+        checks=tuple(QaLogEntry(r.id, r.instrument, r.parameter, r.result(), r.origin, r.by, r.why) for r in recorded),
+        flag_out_of_control=qal3.flag_out_of_control,
+        max_check_interval=(
+            None if qal3.max_check_interval_days is None else timedelta(days=qal3.max_check_interval_days)
+        ),
+    )
 
 
 def _revision_entry(revision: Revision) -> RevisionEntry:
@@ -484,6 +513,7 @@ def _sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]
         "calibration": _table(report.calibration.functions if report.calibration else []),
         "vcr": _table(report.calibration.weeks if report.calibration else []),
         **_part75_sections(report),
+        **_qa_tables(report),
     }
 
 
@@ -498,6 +528,24 @@ def _part75_sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[
         "part75-linearity": _table(section.linearity),
         "part75-rata": _table(section.ratas),
         "part75-out-of-control": _table(section.out_of_control),
+    }
+
+
+def _qa_tables(report: MrvReport) -> dict[str, tuple[list[str], list[list[object]]]]:
+    """The QA section's tables: the calibration-check log, QAL3 chart state per component, out-of-control
+    periods (EN 14181:2014 §7). None without [source.qal3]."""
+    qa = report.qa
+    if qa is None:
+        return {}
+
+    def flat(table: tuple[list[str], list[list[object]]]) -> tuple[list[str], list[list[object]]]:
+        header, rows = table  # statistics and limits (dicts) as JSON text in one cell
+        return header, [[json.dumps(c, sort_keys=True) if isinstance(c, dict) else c for c in row] for row in rows]
+
+    return {
+        "qa-checks": flat(_table(qa.checks)),
+        "qal3": flat(_table(qa.components)),
+        "out-of-control": _table(qa.out_of_control),
     }
 
 
@@ -833,6 +881,53 @@ def _pdf_part75(pdf: _Pdf, report: MrvReport) -> None:
         _more(pdf, len(section.out_of_control))
 
 
+def _pdf_qa(pdf: _Pdf, report: MrvReport) -> None:
+    """Calibration checks, QAL3 chart state per component and out-of-control periods (EN 14181:2014 §7)."""
+    qa = report.qa
+    if qa is None:
+        return
+    pdf.heading(f"Calibration checks and QAL3 drift and precision control ({CLAUSE})")
+    pdf.line_text(qa.rule, size=7)
+    pdf.grid(
+        ["component", "method", "s_AMS zero", "s_AMS span", "checks", "zero chart", "span chart", "out of control",
+         "periods affected", "longest without zero/span check (d)"],
+        [
+            [c.component, c.method, _number(c.s_ams_zero, 4), _number(c.s_ams_span, 4), c.checks, c.zero_status,
+             c.span_status, c.out_of_control_periods, c.affected_periods,
+             f"{c.longest_zero_interval_days:.1f} / {c.longest_span_interval_days:.1f}"]
+            for c in qa.components
+        ],
+    )  # fmt: skip
+    if qa.out_of_control:
+        pdf.grid(
+            ["component", "from (local)", "to (local)", "signals", "data"],
+            [
+                [
+                    o.component,
+                    f"{o.start_local:%Y-%m-%d %H:%M}",
+                    f"{o.end_local:%Y-%m-%d %H:%M}" if o.end_local else "not adjusted",
+                    "; ".join(o.signals),
+                    o.treatment,
+                ]
+                for o in qa.out_of_control[:_PDF_ROWS]
+            ],
+        )
+        _more(pdf, len(qa.out_of_control))
+    if qa.checks:
+        pdf.grid(
+            ["#", "component", "kind", "time (local)", "reference", "reading", "d", "chart", "by"],
+            [
+                [c.id, c.component, c.kind + (" (adjusted)" if c.adjusted else ""), f"{c.at_local:%Y-%m-%d %H:%M}",
+                 _number(c.reference, 4), _number(c.reading, 4), _number(c.deviation, 4), c.status,
+                 f"{c.origin}: {c.by}"]
+                for c in qa.checks[:_PDF_ROWS]
+            ],
+        )  # fmt: skip
+        _more(pdf, len(qa.checks))
+    else:
+        pdf.line_text("no calibration checks recorded in the period", size=7)
+
+
 def _write_pdf(
     path: Path, report: MrvReport, font: tuple[Path, Path | None] | None, charts: Sequence[Chart] = ()
 ) -> None:
@@ -913,6 +1008,7 @@ def _write_pdf(
     _pdf_operating(pdf, report)
     _pdf_calibration(pdf, report)
     _pdf_part75(pdf, report)
+    _pdf_qa(pdf, report)
     pdf.heading("Emission limits (validated values: O2-corrected, confidence interval subtracted)")
     pdf.grid(
         [
