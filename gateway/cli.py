@@ -37,6 +37,7 @@ from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
 from gateway.stores import InfluxStore, StoreError, open_store
 from gateway.supervisor import Supervisor, TaskFailed, describe
+from gateway.time_ns import from_ns
 
 log = logging.getLogger("gateway.cli")  # not __main__ under `python -m gateway.cli`
 
@@ -188,7 +189,7 @@ def _accounting(config: GatewayConfig) -> int:
 def _dead_letters(config: GatewayConfig) -> int:
     ledger = Ledger(config.gateway.state, config.ledger)
     for letter in ledger.dead_letters():
-        when = datetime.fromtimestamp(letter.received_ns / 1e9, UTC).isoformat(timespec="seconds")
+        when = from_ns(letter.received_ns).isoformat(timespec="seconds")
         kept = f", first {len(letter.payload)} kept, sha256 {letter.sha256}" if letter.truncated else ""
         print(f"{when} {letter.topic}: {letter.reason} ({letter.size} bytes{kept})")
     ledger.close()

@@ -44,8 +44,8 @@ from gateway.quality_checks import BatchScreen
 from gateway.rollup_engine import RollupEngine
 from gateway.spool import Spool
 from gateway.stores import BatchReceipt, Store, StoreError
-from gateway.stores.base import to_ns
 from gateway.supervisor import Supervisor
+from gateway.time_ns import from_ns, to_ns
 from gateway.validation import Rejected, validate_message
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,6 @@ def _runs(seqs: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((seq, seq))
     return runs
-
-
-def _moment(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
 class _Ack:
@@ -443,7 +439,7 @@ class Ingest:
             await asyncio.to_thread(self.ledger.agent_state, result, now)
             ack.settle()
             if self.alerts is not None:
-                await self.alerts.on_status(result, _moment(now))
+                await self.alerts.on_status(result, from_ns(now))
             return
         batch = result
         key = (batch.site, batch.agent, batch.seq)
@@ -550,7 +546,7 @@ class Ingest:
             if self.on_batch is not None:
                 self.on_batch(pending.batch)
             if self.alerts is not None:
-                await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
+                await self.alerts.on_batch(pending.batch, from_ns(pending.received_ns))
         held = {id(pending) for pending in waiting}
         for pending in group:
             if id(pending) in held:

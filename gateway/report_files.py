@@ -62,7 +62,8 @@ from gateway.rollup import Aggregate, base_aggregates_from_samples, month_bounds
 from gateway.rollup_engine import RollupEngine
 from gateway.state_file import StateFile
 from gateway.stores import Store, StoredReading, StoreError, open_store
-from gateway.stores.base import Revision, from_ns
+from gateway.stores.base import Revision
+from gateway.time_ns import from_ns
 
 __all__ = [
     "SCHEMA_PATH",

@@ -65,7 +65,7 @@ from gateway.rollup import (
 )
 from gateway.state_file import StateFile
 from gateway.stores import Store, StoredReading, StoreError
-from gateway.stores.base import from_ns, to_ns
+from gateway.time_ns import from_ns, to_ns
 
 __all__ = ["ALL_MINUTES", "DirtyMarks", "EngineCounters", "RecomputeStats", "RollupEngine"]
 

@@ -51,14 +51,13 @@ from gateway.stores.base import (
     StoredReading,
     StoreError,
     aggregate_sort_key,
-    from_ns,
     health_sort_key,
     not_pending,
     revision_id,
     revision_sort_key,
     sort_key,
-    to_ns,
 )
+from gateway.time_ns import from_ns, to_ns
 
 log = logging.getLogger(__name__)
 
