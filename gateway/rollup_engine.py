@@ -421,6 +421,10 @@ class RollupEngine:
             {(b.site, r.instrument, r.parameter, _minute_ns(to_ns(r.ts))) for b in batches for r in b.readings}
         )
 
+    async def mark_minutes(self, keys: set[tuple[str, str, str, int]]) -> None:
+        """Mark (site, instrument, parameter, minute ns) pairs stored elsewhere (gateway/stored_batches.py)."""
+        await self._mark(keys)
+
     async def _mark(self, keys: set[tuple[str, str, str, int]]) -> None:
         if keys:
             await asyncio.to_thread(self.marks.add, keys)
