@@ -55,9 +55,7 @@ from gateway.alert_rules import (
     StuckRule,
     ThresholdEvaluator,
     ThresholdRule,
-    UnitError,
     alert_key,
-    conversion_factor,
     failure_observation,
     format_duration,
     gap_observation,
@@ -86,6 +84,7 @@ from gateway.alert_state import (
     step,
 )
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.notify import (
     Message,
     MessageFormat,
@@ -97,6 +96,7 @@ from gateway.notify import (
 )
 from gateway.state_file import StateFile
 from gateway.time_ns import from_ns, from_ns_or_none, to_ns, to_ns_or_none
+from gateway.units import UnitError, conversion_factor
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ CREATE TABLE IF NOT EXISTS alert_source (
 """
 
 
-class AlertError(ValueError):
+class AlertError(GatewayError, ValueError):
     """An alert command that cannot be done (unknown id, nothing to acknowledge); the message says why."""
 
 
