@@ -42,6 +42,7 @@ from gateway.alert_rules import (
     parse_duration,
 )
 from gateway.alert_state import DeliveryPolicy, Severity
+from gateway.errors import GatewayError
 from gateway.mrv_config import (
     RollupSection,
     SourceConfig,
@@ -54,7 +55,7 @@ from gateway.roles import ALL_ROLES, Role, role_problems
 from gateway.stores import open_store
 
 
-class GatewayConfigError(ConfigError):
+class GatewayConfigError(GatewayError, ConfigError):
     """A gateway config that cannot be used; one line per problem: FILE:LINE: KEY: what."""
 
 
@@ -692,12 +693,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(document, context={"sources_checked_by_caller": True})
     except ValidationError as error:
-        raise GatewayConfigError(describe_validation_error(error, str(path), text)) from None
+        raise GatewayConfigError(describe_validation_error(error, str(path), text, model=GatewayConfig)) from None
     located = ConfigFile(path, text)
-    problems = [
-        f"{located.path}{f':{line}' if (line := located.line(at)) else ''}: {what}"
-        for at, what in source_problems(config.rollup, config.sources)
-    ]
+    problems = [f"{located.at(at)}: {what}" for at, what in source_problems(config.rollup, config.sources)]
     problems += [located.problem(("gateway", "roles"), what) for what in config.role_problems()]
     if problems:
         raise GatewayConfigError("\n".join(problems))
