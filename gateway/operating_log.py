@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.mrv_config import find_source
 from gateway.operating_state import ManualEntry, State
 from gateway.state_file import StateFile
@@ -64,7 +65,7 @@ BEGIN SELECT RAISE(ABORT, 'operating_log entries are never deleted: record a new
 """
 
 
-class OperatingLogError(ValueError):
+class OperatingLogError(GatewayError, ValueError):
     """An entry that cannot be recorded; the message says which field and why."""
 
 

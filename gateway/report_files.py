@@ -41,6 +41,7 @@ from openpyxl import Workbook
 
 from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.mrv_config import SourceConfig, find_source, source_input
 from gateway.operating_log import OperatingLog
 from gateway.report import (
@@ -93,7 +94,7 @@ FONT_CANDIDATES = (
 )
 
 
-class ReportError(Exception):
+class ReportError(GatewayError):
     """A report cannot be produced or delivered; the message says what and where."""
 
 

@@ -12,10 +12,11 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from aua_contract import Batch, Quality, Reading
+from gateway.errors import GatewayError
 from gateway.rollup import Aggregate, Period
 
 
-class StoreError(Exception):
+class StoreError(GatewayError):
     """A store operation failed; `retryable` says whether trying the same call again later can succeed.
 
     Retryable: the server is unreachable, timed out or answered 5xx/429. Not retryable: the server
@@ -139,7 +140,7 @@ class RevisionCount:
         return self.pending + self.approved + self.superseded
 
 
-class RevisionError(LookupError):
+class RevisionError(GatewayError, LookupError):
     """An approval that cannot be done: no such revision, or it is not pending (says which and why)."""
 
 

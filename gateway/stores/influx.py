@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from aua_contract import Batch, Quality, Reading
+from gateway.errors import GatewayError
 from gateway.rollup import Aggregate, Period
 from gateway.stores import line_protocol
 from gateway.stores import retention as retention_rules
@@ -224,7 +225,7 @@ def decode_documents(text: str) -> Iterator[dict[str, Any]]:
         yield document
 
 
-class StatementError(ValueError):
+class StatementError(GatewayError, ValueError):
     """InfluxDB answered 200 but the statement failed (e.g. "database not found"); holds InfluxDB's text."""
 
 
