@@ -30,6 +30,7 @@ from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.roles import Role, plan, role_problems
 from gateway.rollup import Period
+from gateway.stored_batches import MAX_RANGE, AwaitingReceipts, minute_keys
 from gateway.stores import open_store
 
 # -- which role set runs what, and which is refused (pure) ----------------------------------------------------
@@ -110,6 +111,51 @@ def test_a_refused_role_set_is_one_line_naming_the_key(tmp_path: Path, text: str
 def test_a_config_built_in_code_is_refused_too() -> None:
     with pytest.raises(ValueError, match=r"gateway\.roles: alerts and mrv cannot run on a shared subscription"):
         GatewayConfig(mqtt=MqttSection(shared_group="aua"))
+
+
+# -- the mrv instance's batches waiting for their receipt (pure) --------------------------------------------
+
+
+def _batch(seq: int, agent: str = "a1", second: int = 0) -> Batch:
+    at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC) + timedelta(seconds=second)
+    reading = Reading(instrument="gas", parameter="so2", value=1.0, unit="mg/m3", ts=at)
+    return Batch(site="s", agent=agent, seq=seq, sent_at=at, readings=[reading])
+
+
+def test_a_batch_s_minutes_are_marked_once_its_receipt_is_found() -> None:
+    waiting = AwaitingReceipts()
+    for seq in (3, 4, 5):
+        assert waiting.add(_batch(seq, second=seq * 30)) == []
+    assert waiting.ranges() == [("s", "a1", 3, 5)]
+    marked = waiting.stored("s", "a1", [3, 5, 99])  # 4 not stored yet; 99 never seen
+    assert marked == minute_keys(_batch(3, second=90)) | minute_keys(_batch(5, second=150))
+    assert waiting.ranges() == [("s", "a1", 4, 4)]
+    assert (len(waiting), waiting.counts.confirmed, waiting.counts.given_up) == (1, 2, 0)
+
+
+@pytest.mark.parametrize(
+    ("seqs", "ranges"),
+    [
+        ([0, 1, 2], [(0, 2)]),
+        ([0, MAX_RANGE - 1], [(0, MAX_RANGE - 1)]),
+        ([0, MAX_RANGE], [(0, 0), (MAX_RANGE, MAX_RANGE)]),
+        ([5, 0, 2 * MAX_RANGE + 7], [(0, 5), (2 * MAX_RANGE + 7, 2 * MAX_RANGE + 7)]),
+    ],
+)
+def test_receipt_lookups_are_bounded_ranges(seqs: list[int], ranges: list[tuple[int, int]]) -> None:
+    waiting = AwaitingReceipts()
+    for seq in seqs:
+        waiting.add(_batch(seq))
+    assert waiting.ranges() == [("s", "a1", first, last) for first, last in ranges]
+
+
+def test_past_the_bound_the_oldest_batch_is_given_up_and_counted() -> None:
+    waiting = AwaitingReceipts(max_batches=2)
+    assert waiting.add(_batch(0, second=0)) == []
+    assert waiting.add(_batch(1, second=60)) == []
+    assert waiting.add(_batch(2, second=120)) == [minute_keys(_batch(0, second=0))]
+    assert (len(waiting), waiting.counts.given_up) == (2, 1)
+    assert waiting.stored("s", "a1", [0]) == set()  # given up already: not marked twice
 
 
 # -- two ingest instances on a shared group, one alerts + mrv instance (real mosquitto and InfluxDB) -----------
