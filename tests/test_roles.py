@@ -15,6 +15,7 @@ from servers import MosquittoServer
 
 from aua_contract import Batch, Reading, encode_batch, readings_topic
 from gateway.alerts import AlertStore
+from gateway.cli import main as gateway_main
 from gateway.cli import role_parts
 from gateway.config import (
     AlertsSection,
@@ -106,6 +107,33 @@ def test_a_refused_role_set_is_one_line_naming_the_key(tmp_path: Path, text: str
     [problem] = str(raised.value).splitlines()
     assert problem.startswith(f"{path}:{line}: gateway.roles"), problem
     assert says in problem
+
+
+def test_check_names_what_this_instance_leaves_to_another(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An ingest-only instance with [alerts] and a state feed is valid (another instance runs them); `check`
+    says so in a warning line each, naming the key, and still passes."""
+    text = (
+        '[gateway]\nstate = "state.sqlite"\nroles = ["ingest"]\n\n[store]\nurl = "sqlite://aua.sqlite"\n\n'
+        '[alerts]\ndata_rules = false\n\n[state_feed]\nurl = "http://127.0.0.1:9/feed"\n'
+    )
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    code = gateway_main(["check", str(path), "--no-servers"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    line_of = {
+        needle: number
+        for number, content in enumerate(text.splitlines(), 1)
+        for needle in ("[alerts]", "[state_feed]")
+        if content == needle
+    }
+    assert code == 0
+    assert lines == [
+        f"{path}:{line_of['[alerts]']}: alerts: not evaluated here: [gateway] roles has no alerts; another instance "
+        'must run them (docs/gateway.md, "Roles") [warning]',
+        f"{path}:{line_of['[state_feed]']}: state_feed: not sent from here: [gateway] roles has no mrv; another "
+        'instance must run them (docs/gateway.md, "Roles") [warning]',
+        f"{path}: ok, 2 warnings",
+    ]
 
 
 def test_a_config_built_in_code_is_refused_too() -> None:
