@@ -2,7 +2,8 @@
 with the line of every key (so a problem is one line, FILE:LINE: KEY: what), start-up problems in that
 form, and log output with no secret in it."""
 
-from aua_ops.config_files import ConfigError, ConfigFile, describe_validation_error, read_toml_text
+from aua_ops.config_errors import ConfigError, describe_validation_error, problem_line
+from aua_ops.config_files import ConfigFile, read_toml_text
 from aua_ops.durations import spoken_duration
 from aua_ops.redaction import SecretFilter, install_secret_filter, redact_text, redact_url, secrets_of
 from aua_ops.startup import bind_problem, path_problem
@@ -15,6 +16,7 @@ __all__ = [
     "describe_validation_error",
     "install_secret_filter",
     "path_problem",
+    "problem_line",
     "read_toml_text",
     "redact_text",
     "redact_url",

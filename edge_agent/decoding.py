@@ -14,6 +14,8 @@ from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 
+from edge_agent.errors import AgentError
+
 
 class DataType(StrEnum):
     INT16 = "int16"
@@ -62,7 +64,7 @@ _STRUCT = {
 }
 
 
-class DecodeError(ValueError):
+class DecodeError(AgentError, ValueError):
     """Registers that cannot be a value of the declared type (wrong count, NaN, out of 16 bits)."""
 
 

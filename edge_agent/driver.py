@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from edge_agent.errors import AgentError
+
 if TYPE_CHECKING:
     from edge_agent.config import Instrument
     from edge_agent.planner import ReadRequest
@@ -30,7 +32,7 @@ Answer = list[int] | list[bool]
 ILLEGAL_ADDRESS = 2
 
 
-class DriverError(Exception):
+class DriverError(AgentError):
     """A read that did not give values; the message says what and where."""
 
     kind = "error"

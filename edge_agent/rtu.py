@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from edge_agent.errors import AgentError
+
 READ_FUNCTIONS = frozenset({1, 2, 3, 4})
 """coils, discrete inputs, holding registers, input registers"""
 
@@ -87,7 +89,7 @@ def frame_size(head: bytes) -> int | None:
     return 3 + head[2] + 2
 
 
-class FrameError(ValueError):
+class FrameError(AgentError, ValueError):
     """Bytes that are not a valid answer to the request (bad CRC, wrong size, another device's frame)."""
 
 

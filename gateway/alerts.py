@@ -59,9 +59,7 @@ from gateway.alert_rules import (
     StuckRule,
     ThresholdEvaluator,
     ThresholdRule,
-    UnitError,
     alert_key,
-    conversion_factor,
     failure_observation,
     format_duration,
     gap_observation,
@@ -91,6 +89,7 @@ from gateway.alert_state import (
     step,
 )
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.notify import (
     Message,
     MessageFormat,
@@ -101,6 +100,8 @@ from gateway.notify import (
     notifiers_from_config,
 )
 from gateway.state_file import StateFile
+from gateway.time_ns import from_ns, from_ns_or_none, to_ns, to_ns_or_none
+from gateway.units import UnitError, conversion_factor
 
 log = logging.getLogger(__name__)
 
@@ -185,24 +186,8 @@ CREATE TABLE IF NOT EXISTS alert_source (
 ) WITHOUT ROWID;
 """
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-
-def _ns(moment: datetime | None) -> int | None:
-    if moment is None:
-        return None
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-def _at(ns: int | None) -> datetime | None:
-    return None if ns is None else _EPOCH + timedelta(microseconds=ns // 1000)
-
-
-def _must(ns: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=ns // 1000)
-
-
-class AlertError(ValueError):
+class AlertError(GatewayError, ValueError):
     """An alert command that cannot be done (unknown id, nothing to acknowledge); the message says why."""
 
 
@@ -258,7 +243,7 @@ class AlertStore(StateFile):
         (or suppressed) before `keep` or beyond the newest `max_notices`, their messages and deliveries once
         delivered or abandoned, acknowledgements of past episodes, silences ended before `keep`. Queued notices,
         deliveries still being tried, and the current episode's acknowledgement stay."""
-        cutoff = _ns(now - self.keep)
+        cutoff = to_ns(now - self.keep)
         pending = (
             "SELECT 1 FROM alert_delivery d "
             "WHERE d.message_id = {} AND d.delivered_ns IS NULL AND d.abandoned_ns IS NULL"
@@ -314,19 +299,19 @@ class AlertStore(StateFile):
                 state=AlertState(
                     phase=Phase(row[6]),
                     episode=int(row[7]),
-                    since=_at(row[8]),
-                    fired_at=_at(row[9]),
-                    resolved_at=_at(row[10]),
-                    clearing_since=_at(row[11]),
-                    last_at=_at(row[12]),
-                    reminded_at=_at(row[13]),
+                    since=from_ns_or_none(row[8]),
+                    fired_at=from_ns_or_none(row[9]),
+                    resolved_at=from_ns_or_none(row[10]),
+                    clearing_since=from_ns_or_none(row[11]),
+                    last_at=from_ns_or_none(row[12]),
+                    reminded_at=from_ns_or_none(row[13]),
                     value=row[14],
                     peak=row[15],
                     detail=row[16],
                 ),
                 firing_sent=bool(row[17]),
                 acked_by=row[18],
-                acked_at=_at(row[19]),
+                acked_at=from_ns_or_none(row[19]),
             )
             for row in rows
         ]
@@ -341,7 +326,7 @@ class AlertStore(StateFile):
                     """INSERT OR IGNORE INTO alert (rule, site, agent, instrument, parameter, phase, episode, detail,
                                                     firing_sent, updated_ns)
                        VALUES (?, ?, ?, ?, ?, 'inactive', 0, '', 0, ?)""",
-                    (*fields, _ns(now)),
+                    (*fields, to_ns(now)),
                 )
                 row = db.execute(
                     "SELECT id FROM alert "
@@ -366,17 +351,17 @@ class AlertStore(StateFile):
                     (
                         state.phase.value,
                         state.episode,
-                        _ns(state.since),
-                        _ns(state.fired_at),
-                        _ns(state.resolved_at),
-                        _ns(state.clearing_since),
-                        _ns(state.last_at),
-                        _ns(state.reminded_at),
+                        to_ns_or_none(state.since),
+                        to_ns_or_none(state.fired_at),
+                        to_ns_or_none(state.resolved_at),
+                        to_ns_or_none(state.clearing_since),
+                        to_ns_or_none(state.last_at),
+                        to_ns_or_none(state.reminded_at),
                         state.value,
                         state.peak,
                         state.detail,
                         int(firing_sent),
-                        _ns(now),
+                        to_ns(now),
                         alert_id,
                     )
                     for alert_id, state, firing_sent in states
@@ -391,7 +376,7 @@ class AlertStore(StateFile):
                         write.notice.kind.value,
                         write.notice.episode,
                         write.group,
-                        _ns(write.queued_at),
+                        to_ns_or_none(write.queued_at),
                         json.dumps(notice_document(write.notice), ensure_ascii=False),
                         "queued" if write.send else "suppressed",
                     )
@@ -408,7 +393,9 @@ class AlertStore(StateFile):
 
     def add_sources(self, sources: Iterable[tuple[str, str, str]], now: datetime) -> None:
         with self.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO alert_source VALUES (?, ?, ?, ?)", [(*s, _ns(now)) for s in sources])
+            db.executemany(
+                "INSERT OR IGNORE INTO alert_source VALUES (?, ?, ?, ?)", [(*s, to_ns(now)) for s in sources]
+            )
 
     # ---- notices, messages, deliveries ----
 
@@ -417,14 +404,14 @@ class AlertStore(StateFile):
             rows = self._db.execute(
                 "SELECT id, group_key, queued_ns FROM alert_notice WHERE status = 'queued' ORDER BY id"
             ).fetchall()
-        return [Queued(int(i), str(g), _must(n)) for i, g, n in rows]
+        return [Queued(int(i), str(g), from_ns(n)) for i, g, n in rows]
 
     def message_times(self, since: datetime) -> list[datetime]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT created_ns FROM alert_message WHERE created_ns > ?", (_ns(since),)
+                "SELECT created_ns FROM alert_message WHERE created_ns > ?", (to_ns_or_none(since),)
             ).fetchall()
-        return [_must(ns) for (ns,) in rows]
+        return [from_ns(ns) for (ns,) in rows]
 
     def create_messages(self, dispatches: Sequence[Dispatch], notifiers: Sequence[str], now: datetime) -> list[int]:
         """The messages, their deliveries (the outbox: one per notifier, each tried until it ends) and their
@@ -434,12 +421,12 @@ class AlertStore(StateFile):
         status = "sending" if notifiers else "undelivered"
         with self.transaction() as db:
             for dispatch in dispatches:
-                cursor = db.execute("INSERT INTO alert_message (created_ns) VALUES (?)", (_ns(now),))
+                cursor = db.execute("INSERT INTO alert_message (created_ns) VALUES (?)", (to_ns(now),))
                 message_id = int(cursor.lastrowid or 0)
                 ids.append(message_id)
                 db.executemany(
                     "INSERT INTO alert_delivery (message_id, notifier, next_ns) VALUES (?, ?, ?)",
-                    [(message_id, name, _ns(now)) for name in notifiers],
+                    [(message_id, name, to_ns(now)) for name in notifiers],
                 )
                 db.executemany(
                     "UPDATE alert_notice SET status = ?, message_id = ? WHERE id = ? AND status = 'queued'",
@@ -464,7 +451,7 @@ class AlertStore(StateFile):
         with self._lock:
             rows = self._db.execute(query + " ORDER BY d.message_id, d.notifier").fetchall()
         return [
-            DeliveryRow(int(m), str(n), int(a), _must(c), _must(x), _at(d), _at(b), e)
+            DeliveryRow(int(m), str(n), int(a), from_ns(c), from_ns(x), from_ns_or_none(d), from_ns_or_none(b), e)
             for m, n, a, c, x, d, b, e in rows
         ]
 
@@ -474,7 +461,7 @@ class AlertStore(StateFile):
             db.execute(
                 "UPDATE alert_delivery SET delivered_ns = ?, attempts = attempts + 1, error = NULL "
                 "WHERE message_id = ? AND notifier = ?",
-                (_ns(now), message_id, notifier),
+                (to_ns(now), message_id, notifier),
             )
             _settle(db, message_id)
 
@@ -486,7 +473,7 @@ class AlertStore(StateFile):
             db.execute(
                 "UPDATE alert_delivery SET attempts = attempts + 1, error = ?, next_ns = ?, abandoned_ns = ? "
                 "WHERE message_id = ? AND notifier = ?",
-                (redact_text(error), _ns(next_at), _ns(abandon_at), message_id, notifier),
+                (redact_text(error), to_ns_or_none(next_at), to_ns_or_none(abandon_at), message_id, notifier),
             )
             _settle(db, message_id)
 
@@ -509,14 +496,15 @@ class AlertStore(StateFile):
             cursor = self._db.execute(
                 "INSERT INTO alert_silence (rule, site, instrument, starts_ns, ends_ns, reason, by_whom) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (rule, site, instrument, _ns(starts), _ns(ends), reason, by),
+                (rule, site, instrument, to_ns_or_none(starts), to_ns_or_none(ends), reason, by),
             )
         return int(cursor.lastrowid or 0)
 
     def end_silence(self, silence_id: int, now: datetime) -> None:
         with self._lock:
             changed = self._db.execute(
-                "UPDATE alert_silence SET ends_ns = ? WHERE id = ? AND ends_ns > ?", (_ns(now), silence_id, _ns(now))
+                "UPDATE alert_silence SET ends_ns = ? WHERE id = ? AND ends_ns > ?",
+                (to_ns(now), silence_id, to_ns(now)),
             ).rowcount
         if not changed:
             raise AlertError(f"no active silence {silence_id} (see `cems-gateway alerts list`)")
@@ -527,10 +515,10 @@ class AlertStore(StateFile):
         params: tuple[int | None, ...] = ()
         if now is not None:
             query += " WHERE starts_ns <= ? AND ends_ns > ?"
-            params = (_ns(now), _ns(now))
+            params = (to_ns(now), to_ns(now))
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", params).fetchall()
-        return [Silence(int(i), _must(s), _must(e), r, si, ins, re, by) for i, s, e, r, si, ins, re, by in rows]
+        return [Silence(int(i), from_ns(s), from_ns(e), r, si, ins, re, by) for i, s, e, r, si, ins, re, by in rows]
 
     def acknowledge(self, alert_id: int, *, by: str, now: datetime, note: str = "") -> AlertRow:
         with self.transaction() as db:  # the phase checked is the phase acknowledged (the engine writes it too)
@@ -541,7 +529,8 @@ class AlertStore(StateFile):
             if phase is not Phase.FIRING:
                 raise AlertError(f"alert {alert_id} is {phase.value}: only a firing alert can be acknowledged")
             db.execute(
-                "INSERT OR REPLACE INTO alert_ack VALUES (?, ?, ?, ?, ?)", (alert_id, episode, by, _ns(now), note)
+                "INSERT OR REPLACE INTO alert_ack VALUES (?, ?, ?, ?, ?)",
+                (alert_id, episode, by, to_ns(now), note),
             )
         return next(r for r in self.load() if r.id == alert_id)
 

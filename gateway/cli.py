@@ -36,10 +36,12 @@ from gateway.qa_checks import QA_WATCH_LOOKBACK, QaWatch, add_qa_check_commands,
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
 from gateway.retention import retention_settings
 from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
+from gateway.roles import plan
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
-from gateway.stores import InfluxStore, StoreError, open_store
+from gateway.stores import InfluxStore, Store, StoreError, open_store
 from gateway.supervisor import Supervisor, TaskFailed, describe
+from gateway.time_ns import from_ns
 
 log = logging.getLogger("gateway.cli")  # not __main__ under `python -m gateway.cli`
 
@@ -90,6 +92,20 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def role_parts(
+    config: GatewayConfig, store: Store
+) -> tuple[AlertEngine | None, RollupEngine | None, ReportFeed | None, StateFeed | None]:
+    """What this instance computes besides ingest, by its `[gateway] roles` (gateway/roles.py): the alert
+    engine (alerts), and the rollups, scheduled reports and state feed (mrv); None for what it leaves to
+    another instance or what the config does not ask for."""
+    roles = plan(config.gateway.roles, shared_group=config.mqtt.shared_group)
+    alerts = AlertEngine.from_config(config) if roles.alerts and config.alerts is not None else None
+    rollups = RollupEngine.from_config(config, store) if roles.mrv else None
+    feed = ReportFeed(config, store, engine=rollups) if rollups and config.rollup.reports.schedule else None
+    state_feed = StateFeed(config, store) if roles.mrv and config.state_feed is not None else None
+    return alerts, rollups, feed, state_feed
+
+
 async def _serve(config: GatewayConfig) -> int:
     """Run until SIGINT/SIGTERM (exit 0) or until a background task fails (one log line, exit 1).
 
@@ -106,10 +122,8 @@ async def _serve(config: GatewayConfig) -> int:
     else:
         await store.open()
     ledger = Ledger(config.gateway.state, config.ledger)
-    alerts = AlertEngine.from_config(config) if config.alerts is not None else None
-    rollups = RollupEngine.from_config(config, store)
-    feed = ReportFeed(config, store, engine=rollups) if config.rollup.reports.schedule else None
-    state_feed = StateFeed(config, store) if config.state_feed is not None else None
+    log.info("roles: %s", ", ".join(config.gateway.roles))
+    alerts, rollups, feed, state_feed = role_parts(config, store)
     supervisor = Supervisor(stall_s=config.gateway.stall_s)
     ingest = Ingest(config, store, ledger, alerts=alerts, rollups=rollups, supervisor=supervisor)
     supervisor.start("health-writer", HealthWriter(ingest, store).run())
@@ -137,8 +151,12 @@ async def _serve(config: GatewayConfig) -> int:
         if failure.error is not None:
             log.debug("traceback of the failed task", exc_info=failure.error)
     finally:
-        closes = [("store", store.close), ("ledger", ledger.close), ("rollups", rollups.close)]
-        closes += [(name, obj.close) for name, obj in (("alerts", alerts), ("report feed", feed)) if obj is not None]
+        closes = [("store", store.close), ("ledger", ledger.close)]
+        closes += [
+            (name, obj.close)
+            for name, obj in (("rollups", rollups), ("alerts", alerts), ("report feed", feed))
+            if obj is not None
+        ]
         if state_feed is not None:
             closes.append(("state feed", state_feed.close))
         if qa_watch is not None:
@@ -201,7 +219,7 @@ def _accounting(config: GatewayConfig) -> int:
 def _dead_letters(config: GatewayConfig) -> int:
     ledger = Ledger(config.gateway.state, config.ledger)
     for letter in ledger.dead_letters():
-        when = datetime.fromtimestamp(letter.received_ns / 1e9, UTC).isoformat(timespec="seconds")
+        when = from_ns(letter.received_ns).isoformat(timespec="seconds")
         kept = f", first {len(letter.payload)} kept, sha256 {letter.sha256}" if letter.truncated else ""
         print(f"{when} {letter.topic}: {letter.reason} ({letter.size} bytes{kept})")
     ledger.close()

@@ -42,6 +42,7 @@ from gateway.alert_rules import (
     parse_duration,
 )
 from gateway.alert_state import DeliveryPolicy, Severity
+from gateway.errors import GatewayError
 from gateway.mrv_config import (
     RollupSection,
     SourceConfig,
@@ -50,10 +51,11 @@ from gateway.mrv_config import (
     source_problems,
     wet_o2_alert_problems,
 )
+from gateway.roles import ALL_ROLES, Role, role_problems
 from gateway.stores import open_store
 
 
-class GatewayConfigError(ConfigError):
+class GatewayConfigError(GatewayError, ConfigError):
     """A gateway config that cannot be used; one line per problem: FILE:LINE: KEY: what."""
 
 
@@ -61,8 +63,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+RoleName = Literal["ingest", "alerts", "mrv"]
+ROLE_NAMES: dict[Role, RoleName] = {Role.INGEST: "ingest", Role.ALERTS: "alerts", Role.MRV: "mrv"}
+
+
 class GatewaySection(_Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "gateway-1"
+    roles: list[RoleName] = Field(
+        default_factory=lambda: [ROLE_NAMES[role] for role in ALL_ROLES],
+        description="what this instance does (gateway/roles.py): ingest scales out with [mqtt] shared_group; "
+        "alerts and mrv need every reading, so each runs in exactly one instance without shared_group",
+    )
     state: Path = Field(default=Path("var/gateway-state.sqlite"), description="ledger and dead letters")
     spool: Path | None = Field(
         default=None, description="batches waiting while the store is down; default: next to `state`"
@@ -114,6 +125,14 @@ class GatewaySection(_Strict):
     stall_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
         default=120.0, description="a store write (or spool write) running longer than this is a stall in /health"
     )
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_once(cls, value: list[str]) -> list[str]:
+        problems = role_problems(value, shared_group=None)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("http")
     @classmethod
@@ -637,6 +656,18 @@ class GatewayConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _roles_fit_subscription(self, info: ValidationInfo) -> GatewayConfig:
+        if not (info.context or {}).get("sources_checked_by_caller"):  # the loader names the key's line
+            problems = self.role_problems()
+            if problems:
+                raise ValueError(f"gateway.roles: {'; '.join(problems)}")
+        return self
+
+    def role_problems(self) -> list[str]:
+        """Roles that would compute on partial data with this subscription (gateway/roles.py)."""
+        return role_problems(self.gateway.roles, shared_group=self.mqtt.shared_group)
+
+    @model_validator(mode="after")
     def _no_wet_o2_taken_as_dry(self) -> GatewayConfig:
         if self.alerts is not None and self.sources:
             problems = wet_o2_alert_problems(self.alerts.effective_rules(), self.sources)
@@ -662,12 +693,10 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(document, context={"sources_checked_by_caller": True})
     except ValidationError as error:
-        raise GatewayConfigError(describe_validation_error(error, str(path), text)) from None
+        raise GatewayConfigError(describe_validation_error(error, str(path), text, model=GatewayConfig)) from None
     located = ConfigFile(path, text)
-    problems = [
-        f"{located.path}{f':{line}' if (line := located.line(at)) else ''}: {what}"
-        for at, what in source_problems(config.rollup, config.sources)
-    ]
+    problems = [f"{located.at(at)}: {what}" for at, what in source_problems(config.rollup, config.sources)]
+    problems += [located.problem(("gateway", "roles"), what) for what in config.role_problems()]
     if problems:
         raise GatewayConfigError("\n".join(problems))
     base = path.parent

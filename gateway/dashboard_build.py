@@ -15,8 +15,8 @@ everything goes to the database's default policy (`autogen`, or the store URL's 
 variables from the gateway's config (gateway/dashboards.py), and each is a drop-down on the dashboard.
 
 Units on the ambient dashboard: SO2 and NO2 arrive in ppb (config/profiles/ambient-gas-analyzer.toml) and
-PM in µg/m³; the panels convert them in the query to mg/m³ at 0 °C and 101.325 kPa (docs/regulatory-basis.md §2: ppb ×
-M / 22.414 / 1000), so the thresholds are the ПДК of regulatory-basis.md §5 as written there. Mercury stays in ng/m³.
+PM in µg/m³; the panels convert them in the query to mg/m³ at 0 °C and 101.3 kPa (docs/regulatory-basis.md §2: ppb ×
+M / 22.42 / 1000), so the thresholds are the ПДК of regulatory-basis.md §5 as written there. Mercury stays in ng/m³.
 
 O2-corrected concentrations and mass rates are computed by Grafana transformations (join by time, then
 binary calculations): InfluxQL cannot combine two series (so2 and o2) in one expression.
@@ -29,11 +29,12 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.alert_rules import AMBIENT_PDK, MOLAR_MASS_G_PER_MOL, MOLAR_VOLUME_0C_L
+from gateway.alert_rules import AMBIENT_PDK
 from gateway.rollup import Period
 from gateway.stores.base import HEALTH_MEASUREMENT
 from gateway.stores.line_protocol import AGGREGATE_MEASUREMENT, MEASUREMENT
 from gateway.stores.retention import RAW_POLICY, ROLLUP_POLICY
+from gateway.units import mg_m3_per_ppm
 
 DATASOURCE_UID: Final = "aua-influxdb"
 DATASOURCE: Final = {"type": "influxdb", "uid": DATASOURCE_UID}
@@ -77,8 +78,9 @@ GREEN: Final = "green"
 
 
 def ppb_to_mg_m3(species: str) -> float:
-    """mg/m³ per ppb at 0 °C, 101.325 kPa (docs/regulatory-basis.md §2), the factor the ambient queries multiply by."""
-    return round(MOLAR_MASS_G_PER_MOL[species] / MOLAR_VOLUME_0C_L / 1000, 8)
+    """mg/m³ per ppb at 0 °C, 101.3 kPa (docs/regulatory-basis.md §2, gateway/units.py), the factor the ambient
+    queries multiply by."""
+    return round(mg_m3_per_ppm(species) / 1000, 8)
 
 
 def _limit(parameter: str) -> tuple[float | None, float | None]:

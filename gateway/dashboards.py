@@ -40,6 +40,7 @@ from gateway.dashboard_build import (
     RAW_RP,
     ROLLUP_RP,
 )
+from gateway.errors import GatewayError
 from gateway.stores.retention import RAW_POLICY, ROLLUP_POLICY
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ FOLDER_UID = "aua"
 TOKEN_ENV = "AUA_GRAFANA_TOKEN"
 
 
-class DashboardPushError(RuntimeError):
+class DashboardPushError(GatewayError, RuntimeError):
     """The push failed; the message names the dashboard and quotes Grafana."""
 
 

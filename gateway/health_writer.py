@@ -24,6 +24,7 @@ from pathlib import Path
 from gateway.ingest import Ingest
 from gateway.stores import Store, StoreError
 from gateway.stores.base import HEALTH_NOT_APPLICABLE, HealthPoint
+from gateway.time_ns import to_ns
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class HealthWriter:
         cursors = ledger.agent_cursors()
         resends = ledger.resend_requests()
         states = agent_states(ingest.config.gateway.state)
-        now_ns = int(now.timestamp() * 1e9)
+        now_ns = to_ns(now)
         for site, agent in sorted(set(accounts) | set(cursors) | set(states)):
             fields: dict[str, int] = {"resend_requests": resends.get((site, agent), 0)}
             account = accounts.get((site, agent))

@@ -41,11 +41,13 @@ from gateway.http_api import HttpApi
 from gateway.ledger import Arrival, Ledger, Recorded
 from gateway.metrics import GatewayMetrics, Health
 from gateway.quality_checks import BatchScreen
+from gateway.roles import plan
 from gateway.rollup_engine import RollupEngine
 from gateway.spool import Spool
+from gateway.stored_batches import AwaitingReceipts, mark_stored_forever
 from gateway.stores import BatchReceipt, Store, StoreError
-from gateway.stores.base import to_ns
 from gateway.supervisor import Supervisor
+from gateway.time_ns import from_ns, to_ns
 from gateway.validation import Rejected, validate_message
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,6 @@ def _runs(seqs: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((seq, seq))
     return runs
-
-
-def _moment(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
 class _Ack:
@@ -161,6 +159,8 @@ class IngestStats:
     refused_batches: int = 0
     agents_refused: int = 0
     """Messages of new agent ids refused beyond [ledger] max_agents (dead letters)."""
+    observed: int = 0
+    """Batches seen and not stored here (an instance without the ingest role, gateway/roles.py)."""
 
 
 def _arrival(pending: _Pending) -> Arrival:
@@ -202,6 +202,9 @@ class Ingest:
         self.stats = IngestStats()
         self.http_port: int | None = None
         self.connected = asyncio.Event()
+        self.roles = plan(config.gateway.roles, shared_group=config.mqtt.shared_group)
+        self.awaiting = AwaitingReceipts() if self.roles.rolls_up_from_receipts and rollups is not None else None
+        """mrv without ingest: batches seen, rolled up once a receipt shows them stored (gateway/stored_batches.py)"""
         self.metrics = GatewayMetrics()
         self.screen = BatchScreen(config.registry)
         self._agents = frozenset(config.registry.agents)
@@ -265,12 +268,19 @@ class Ingest:
                 self.http_port = await api.start(host, int(port))
                 log.info("serving /health and /metrics on %s:%s", host, self.http_port)
             supervisor.start("consume", self.consume_forever())
-            supervisor.start("write", self.write_forever())
-            supervisor.start("drain-spool", self.drain_spool_forever())
+            if self.roles.ingest:
+                supervisor.start("write", self.write_forever())
+                supervisor.start("drain-spool", self.drain_spool_forever())
             if self.alerts is not None:
                 supervisor.start("alerts", self.alerts.run())
             if self.rollups is not None:
                 supervisor.start("rollups", self.rollups.run())
+            if self.awaiting is not None and self.rollups is not None:
+                mark = self.rollups.mark_minutes
+                every_s = self.config.gateway.gap_check_s
+                supervisor.start(
+                    "stored-batches", mark_stored_forever(self.awaiting, self.store, mark, every_s=every_s)
+                )
             await supervisor.run()
         finally:
             await supervisor.stop()
@@ -297,7 +307,8 @@ class Ingest:
                     backoff = 0.5
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._consume(client, acks))
-                        group.create_task(self._repair_forever(client))
+                        if self.roles.ingest:  # an instance that stores nothing owes nobody a gap check
+                            group.create_task(self._repair_forever(client))
             except* aiomqtt.MqttError as errors:
                 if self.supervisor.stopping:  # (not Task.cancelling(): a 3.11 TaskGroup leaves it raised)
                     raise  # a disconnect error while stopping must not turn the stop into a reconnect
@@ -335,7 +346,7 @@ class Ingest:
                     self.ledger.count_resend_request, request.site, request.agent, request.first, request.last
                 )
                 self.stats.resend_requests += 1
-            if self.config.mqtt.shared_group is not None:
+            if self.roles.writes_receipts:  # (shared, or an mrv instance elsewhere reads them)
                 try:
                     await self.prune_receipts()
                 except StoreError as error:
@@ -443,7 +454,7 @@ class Ingest:
             await asyncio.to_thread(self.ledger.agent_state, result, now)
             ack.settle()
             if self.alerts is not None:
-                await self.alerts.on_status(result, _moment(now))
+                await self.alerts.on_status(result, from_ns(now))
             return
         batch = result
         key = (batch.site, batch.agent, batch.seq)
@@ -458,9 +469,27 @@ class Ingest:
             return
         self._remember(key, batch.sent_at)
         screened = self.screen.screen(batch, datetime.now(UTC))
+        if not self.roles.ingest:
+            await self._observe(batch.model_copy(update={"readings": screened.keep}), now)
+            ack.settle()
+            return
         if screened.refused:
             await self._refuse_readings(topic, batch, screened.refused, now)
         await self._enqueue(_Pending(batch.model_copy(update={"readings": screened.keep}), topic, now, [ack]))
+
+    async def _observe(self, batch: Batch, received_ns: int) -> None:
+        """Without the ingest role (gateway/roles.py): the batch is another instance's to store; evaluate alerts
+        on it now, and hold it for the rollups until its receipt shows it stored."""
+        self.stats.observed += 1
+        if self.alerts is not None:
+            await self.alerts.on_batch(batch, from_ns(received_ns))
+        if self.awaiting is not None and self.rollups is not None:
+            given_up = self.awaiting.add(batch)
+            if given_up:
+                log.warning(
+                    "stored batches: %d batches waited too long for their receipt; rolled up anyway", len(given_up)
+                )
+                await self.rollups.mark_minutes(set().union(*given_up))
 
     def _admit(self, site: str, agent: str) -> bool:
         """Whether the gateway follows this agent: any the registry lists (it refused the others), else the ones
@@ -550,7 +579,7 @@ class Ingest:
             if self.on_batch is not None:
                 self.on_batch(pending.batch)
             if self.alerts is not None:
-                await self.alerts.on_batch(pending.batch, _moment(pending.received_ns))
+                await self.alerts.on_batch(pending.batch, from_ns(pending.received_ns))
         held = {id(pending) for pending in waiting}
         for pending in group:
             if id(pending) in held:
@@ -661,7 +690,7 @@ class Ingest:
         the other instances need to see the batches' receipts."""
         if self.rollups is not None:
             await self.rollups.note_batches(batches)
-        if self.config.mqtt.shared_group is not None:
+        if self.roles.writes_receipts:
             receipts = [BatchReceipt(b.site, b.agent, b.seq, len(b.readings)) for b in batches]
             await self.store.write_receipts(receipts)
 

@@ -49,6 +49,21 @@ class _IngestCollector(Collector):
         yield from _spool(self.ingest)
         if self.ingest.rollups is not None:
             yield from _rollup_bounds(self.ingest.rollups.counters)
+        if self.ingest.awaiting is not None:  # mrv without ingest (gateway/stored_batches.py)
+            awaiting = self.ingest.awaiting
+            yield GaugeMetricFamily(
+                "aua_gateway_batches_awaiting_receipt", "batches seen, not yet shown stored", value=len(awaiting)
+            )
+            yield CounterMetricFamily(
+                "aua_gateway_batches_receipt_given_up",
+                "batches rolled up without their receipt (more than the bound were waiting)",
+                value=awaiting.counts.given_up,
+            )
+        yield CounterMetricFamily(
+            "aua_gateway_batches_observed",
+            "batches seen and left to the ingest instances to store",
+            value=self.ingest.stats.observed,
+        )
         yield GaugeMetricFamily(
             "aua_gateway_broker_connected", "1 while subscribed", value=float(self.ingest.connected.is_set())
         )

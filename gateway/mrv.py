@@ -18,11 +18,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from gateway.errors import GatewayError
+from gateway.units import (
+    CELSIUS_TO_KELVIN,
+    FLOW_NM3_PER_H,
+    MASS_CONCENTRATION_MG_PER_M3,
+    MIXING_RATIO_PPM,
+    PERCENT_UNITS,
+    STANDARD_PRESSURE_KPA,
+    STANDARD_TEMPERATURE_K,
+    mg_m3_per_ppm,
+)
+
 __all__ = [
     "CO2_DENSITY_KG_NM3",
     "CONCENTRATION_UNITS",
     "O2_AIR",
     "O2_GUARD",
+    "PERCENT_UNITS",
     "PPM_TO_MG_M3",
     "REFERENCE_O2",
     "STANDARD_PRESSURE_KPA",
@@ -47,10 +60,6 @@ __all__ = [
     "wet_to_dry",
 ]
 
-STANDARD_TEMPERATURE_K: Final = 273.15
-STANDARD_PRESSURE_KPA: Final = 101.3
-"""§2: the EU/IED standard reference, 273.15 K and 101.3 kPa, dry gas."""
-CELSIUS_TO_KELVIN: Final = 273.15
 O2_AIR: Final = 21.0
 O2_GUARD: Final = 19.5
 """§2: at or above ~19.5 % measured O2 the correction factor explodes: such values are flagged, not divided."""
@@ -69,40 +78,19 @@ REFERENCE_O2: Final[Mapping[str, float]] = {
 engines 15, waste incineration 11."""
 
 PPM_TO_MG_M3: Final[Mapping[str, float]] = {
-    "so2": 2.858,
-    "no2": 2.053,
-    "nox": 2.053,  # NOx is reported as NO2
-    "no": 1.339,
-    "co": 1.250,
-    "hcl": 1.627,
-    "nh3": 0.760,
-    "hf": 0.893,
-    "co2": 1.964,
-    "hg": 8.949,
+    species: mg_m3_per_ppm(species) for species in ("so2", "no2", "nox", "no", "co", "hcl", "nh3", "hf", "co2", "hg")
 }
-"""§2: ppm → mg/m³ at 273.15 K and 101.325 kPa (M / 22.414). NOx as NO2: NO ppm × 2.053."""
+"""§2: ppm → mg/m³ at the standard condition, 273.15 K and 101.3 kPa: M / 22.4195 (gateway/units.py), e.g.
+SO2 2.8576, NO2 2.0520, CO 1.2494, Hg 8.9471. NOx is reported as NO2."""
 
-CONCENTRATION_UNITS: Final[Mapping[str, float]] = {
-    "mg/m3": 1.0,
-    "mg/m³": 1.0,
-    "mg/Nm3": 1.0,
-    "mg/Nm³": 1.0,
-    "g/m3": 1000.0,
-    "g/Nm3": 1000.0,
-    "ug/m3": 1e-3,
-    "µg/m3": 1e-3,
-    "µg/m³": 1e-3,
-    "ng/m3": 1e-6,
-    "ng/m³": 1e-6,
-}
-"""Mass concentration units and their factor to mg/m³. "Nm3" units are at standard conditions by definition."""
-
-VOLUME_RATIO_UNITS: Final[Mapping[str, float]] = {"ppm": 1.0, "ppb": 1e-3}
-PERCENT_UNITS: Final = frozenset({"%", "%vol", "% vol", "vol%"})
-FLOW_UNITS: Final[Mapping[str, float]] = {"Nm3/h": 1.0, "Nm³/h": 1.0, "m3/h": 1.0, "m³/h": 1.0, "Nm3/s": 3600.0}
+CONCENTRATION_UNITS: Final = MASS_CONCENTRATION_MG_PER_M3
+"""Mass concentration units and their factor to mg/m³, any spelling (gateway/units.py). "Nm3" units are at
+standard conditions by definition."""
+VOLUME_RATIO_UNITS: Final = MIXING_RATIO_PPM
+FLOW_UNITS: Final = FLOW_NM3_PER_H
 
 
-class StandardisationError(ValueError):
+class StandardisationError(GatewayError, ValueError):
     """A value cannot be brought to the standard basis (O2 at the guard, moisture ≥ 100 %, p ≤ 0 …)."""
 
 
@@ -159,7 +147,8 @@ def to_standard_conditions(concentration: float, temperature_c: float, pressure_
 
 
 def ppm_to_mg_m3(ppm: float, species: str) -> float:
-    """ppm × M / 22.414 at 273.15 K, 101.325 kPa (§2); NOx counts as NO2."""
+    """ppm × M / 22.4195 at the standard condition, 273.15 K and 101.3 kPa (§2, gateway/units.py); NOx counts
+    as NO2."""
     try:
         return ppm * PPM_TO_MG_M3[species.lower()]
     except KeyError:

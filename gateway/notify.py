@@ -36,12 +36,13 @@ from aua_ops import redact_url
 from gateway.alert_rules import format_duration
 from gateway.alert_state import AlertKey, Notice, NoticeKind, Severity
 from gateway.config import AlertNotifySection, MqttSection
+from gateway.errors import GatewayError
 
 DOCUMENT_VERSION = 1
 """`v` of the JSON documents on the alerts topic."""
 
 
-class NotifyError(Exception):
+class NotifyError(GatewayError):
     """A channel could not deliver; `retryable` says whether trying again later can succeed."""
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:

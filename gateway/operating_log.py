@@ -24,9 +24,11 @@ from typing import Any, Final
 
 from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.mrv_config import find_source
 from gateway.operating_state import ManualEntry, State
 from gateway.state_file import StateFile
+from gateway.time_ns import from_ns, to_ns
 
 __all__ = [
     "MAX_SPAN",
@@ -63,17 +65,8 @@ BEGIN SELECT RAISE(ABORT, 'operating_log entries are never deleted: record a new
 """
 
 
-class OperatingLogError(ValueError):
+class OperatingLogError(GatewayError, ValueError):
     """An entry that cannot be recorded; the message says which field and why."""
-
-
-def _ns(moment: datetime) -> int:
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
-def _at(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
 
 
 class OperatingLog(StateFile):
@@ -101,7 +94,7 @@ class OperatingLog(StateFile):
             cursor = self._db.execute(
                 "INSERT INTO operating_log (source, state, start_ns, end_ns, by, why, recorded_ns) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (source, state, _ns(start), _ns(end), by, why, _ns(now)),
+                (source, state, to_ns(start), to_ns(end), by, why, to_ns(now)),
             )
             entry_id = cursor.lastrowid
         assert entry_id is not None
@@ -118,14 +111,16 @@ class OperatingLog(StateFile):
             args.append(source)
         if end is not None:
             query += " AND start_ns < ?"
-            args.append(_ns(end))
+            args.append(to_ns(end))
         if start is not None:
             query += " AND end_ns > ?"
-            args.append(_ns(start))
+            args.append(to_ns(start))
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [
-            ManualEntry(row[0], row[1], _state(row[2]), _at(row[3]), _at(row[4]), row[5], row[6], _at(row[7]))
+            ManualEntry(
+                row[0], row[1], _state(row[2]), from_ns(row[3]), from_ns(row[4]), row[5], row[6], from_ns(row[7])
+            )
             for row in rows
         ]
 

@@ -73,7 +73,25 @@ def static_findings(config: GatewayConfig, located: ConfigFile) -> Findings:
         problem = bind_problem(*address)
         if problem is not None:
             findings.errors.append(located.problem(("gateway", "http"), problem))
+    findings.warnings += [located.problem(location, what) for location, what in role_warnings(config)]
     return findings
+
+
+def role_warnings(config: GatewayConfig) -> list[tuple[Location, str]]:
+    """Sections this instance will not run by its [gateway] roles (gateway/roles.py), and a role with nothing
+    to do: not wrong in a scale-out (another instance runs them), but worth a line in `check`."""
+    roles = set(config.gateway.roles)
+    elsewhere = 'another instance must run them (docs/gateway.md, "Roles")'
+    found: list[tuple[Location, str]] = []
+    if "alerts" not in roles and config.alerts is not None:
+        found.append((("alerts",), f"not evaluated here: [gateway] roles has no alerts; {elsewhere}"))
+    if "mrv" not in roles and config.rollup.reports.schedule:
+        found.append((("rollup", "reports", "schedule"), f"not run here: [gateway] roles has no mrv; {elsewhere}"))
+    if "mrv" not in roles and config.state_feed is not None:
+        found.append((("state_feed",), f"not sent from here: [gateway] roles has no mrv; {elsewhere}"))
+    if "alerts" in roles and config.alerts is None and "roles" in config.gateway.model_fields_set:
+        found.append((("gateway", "roles"), "has alerts, but the config has no [alerts] section: nothing to evaluate"))
+    return found
 
 
 async def store_problem(config: GatewayConfig, timeout_s: float) -> str | None:

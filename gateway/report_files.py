@@ -41,6 +41,7 @@ from openpyxl import Workbook
 
 from gateway.cli_time import cli_time
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.mrv_config import SourceConfig, find_source, source_input
 from gateway.operating_log import OperatingLog
 from gateway.part75 import Part75Tests
@@ -71,7 +72,8 @@ from gateway.rollup import Aggregate, base_aggregates_from_samples, month_bounds
 from gateway.rollup_engine import RollupEngine
 from gateway.state_file import StateFile
 from gateway.stores import Store, StoredReading, StoreError, open_store
-from gateway.stores.base import Revision, from_ns
+from gateway.stores.base import Revision
+from gateway.time_ns import from_ns
 
 __all__ = [
     "SCHEMA_PATH",
@@ -101,7 +103,7 @@ FONT_CANDIDATES = (
 )
 
 
-class ReportError(Exception):
+class ReportError(GatewayError):
     """A report cannot be produced or delivered; the message says what and where."""
 
 

@@ -65,7 +65,7 @@ from gateway.rollup import (
 )
 from gateway.state_file import StateFile
 from gateway.stores import Store, StoredReading, StoreError
-from gateway.stores.base import from_ns, to_ns
+from gateway.time_ns import from_ns, to_ns
 
 __all__ = ["ALL_MINUTES", "DirtyMarks", "EngineCounters", "RecomputeStats", "RollupEngine"]
 
@@ -420,6 +420,10 @@ class RollupEngine:
         await self._mark(
             {(b.site, r.instrument, r.parameter, _minute_ns(to_ns(r.ts))) for b in batches for r in b.readings}
         )
+
+    async def mark_minutes(self, keys: set[tuple[str, str, str, int]]) -> None:
+        """Mark (site, instrument, parameter, minute ns) pairs stored elsewhere (gateway/stored_batches.py)."""
+        await self._mark(keys)
 
     async def _mark(self, keys: set[tuple[str, str, str, int]]) -> None:
         if keys:

@@ -34,7 +34,7 @@ from gateway.mrv_config import RuleResolver
 from gateway.rollup import Aggregate, Period, base_duration, day_bounds, local_date
 from gateway.state_file import StateFile
 from gateway.stores import Store, StoreError
-from gateway.stores.base import to_ns
+from gateway.time_ns import to_ns
 from gateway.twenty_minute import LABEL as TWENTY_MINUTE_LABEL
 from gateway.twenty_minute import TWENTY_MINUTES, TwentyMinuteAverage, twenty_minute_averages
 

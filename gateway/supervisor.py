@@ -16,10 +16,12 @@ import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
+from gateway.errors import GatewayError
+
 log = logging.getLogger(__name__)
 
 
-class TaskFailed(Exception):
+class TaskFailed(GatewayError):
     """A supervised task raised or ended; `name` says which and `error` what it raised (None: it returned)."""
 
     def __init__(self, name: str, error: BaseException | None) -> None:

@@ -26,10 +26,8 @@ from gateway.alert_rules import (
     Threshold,
     ThresholdEvaluator,
     ThresholdRule,
-    UnitError,
     Window,
     WindowKind,
-    conversion_factor,
     day_bounds,
     failure_observation,
     format_duration,
@@ -43,6 +41,7 @@ from gateway.alert_rules import (
 from gateway.alert_state import AlertKey, Level, Phase
 from gateway.alerts import AlertEngine, AlertStore
 from gateway.config import AlertsSection, GatewayConfigError, load_gateway_config
+from gateway.units import UnitError, conversion_factor
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)  # 11:00 in Pavlodar (UTC+5)
 ALMATY = ZoneInfo("Asia/Almaty")
@@ -86,22 +85,22 @@ def test_durations_read_well(seconds: int, text: str) -> None:
 
 @pytest.mark.parametrize(
     ("species", "factor"),
-    [("so2", 2.858), ("no2", 2.053), ("no", 1.339), ("co", 1.250), ("hcl", 1.627), ("nh3", 0.760), ("hf", 0.893),
-     ("co2", 1.964), ("hg", 8.949), ("nox", 2.053)],
+    [("so2", 2.8576), ("no2", 2.0520), ("no", 1.3384), ("co", 1.2494), ("hcl", 1.6263), ("nh3", 0.7597),
+     ("hf", 0.8923), ("co2", 1.9630), ("hg", 8.9471), ("nox", 2.0520)],
 )  # fmt: skip
 def test_ppm_to_mg_per_m3_at_0_degrees_matches_the_domain_factors(species: str, factor: float) -> None:
-    """§2: ppm -> mg/m³ at 273.15 K, 101.325 kPa is M / 22.414; NOx is reported as NO2."""
+    """§2: ppm -> mg/m³ at 273.15 K, 101.3 kPa (IED Annex VI Part 2) is M / 22.4195; NOx is reported as NO2."""
     assert conversion_factor("ppm", "mg/m3", species=species, reference_temperature_c=0.0) == pytest.approx(
-        factor, abs=6e-4
+        factor, abs=6e-5
     )
 
 
 def test_ppb_of_so2_at_20_degrees_is_7_percent_less_mass_than_at_0() -> None:
-    """The EU ambient reference (293 K) gives 2.663 µg/m³ per ppb of SO2; 0 °C gives 2.858 (§2)."""
+    """The EU ambient reference (293 K, 101.3 kPa) gives 2.6626 µg/m³ per ppb of SO2; 0 °C gives 2.8576 (§2)."""
     at_0 = conversion_factor("ppb", "ug/m3", species="so2", reference_temperature_c=0.0)
     at_20 = conversion_factor("ppb", "µg/m³", species="so2", reference_temperature_c=20.0)
-    assert at_0 == pytest.approx(2.858, abs=6e-4)
-    assert at_20 == pytest.approx(2.663, abs=6e-4)
+    assert at_0 == pytest.approx(2.8576, abs=6e-5)
+    assert at_20 == pytest.approx(2.6626, abs=6e-5)
     assert at_0 / at_20 == pytest.approx(293.15 / 273.15)
 
 
@@ -115,9 +114,9 @@ def test_mass_to_mass_and_ratio_to_ratio_need_no_species(source: str, target: st
 
 
 def test_the_mercury_ppb_an_ambient_hg_analyzer_would_never_report_still_converts() -> None:
-    """300 ng/m³ of Hg (the daily ПДК, §5) is 0.0335 ppb at 0 °C: 300 / 8.949 / 1000."""
+    """300 ng/m³ of Hg (the daily ПДК, §5) is 0.0335 ppb at 0 °C: 300 / 8.9471 / 1000."""
     factor = conversion_factor("ng/m3", "ppb", species="hg", reference_temperature_c=0.0)
-    assert 300 * factor == pytest.approx(300 / 8.949 / 1000, rel=1e-4)
+    assert 300 * factor == pytest.approx(300 / 8.9471 / 1000, rel=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -222,9 +222,10 @@ def test_provisioning_points_at_the_datasource_uid_and_the_json_folder() -> None
 
 
 def test_ambient_limits_are_the_pdk_converted() -> None:
-    """ppb -> mg/m³ at 0 °C: SO2 1 ppb = 2.858 µg/m³, NO2 1 ppb = 2.053 µg/m³ (docs/regulatory-basis.md §2)."""
-    assert dashboard_build.ppb_to_mg_m3("so2") == pytest.approx(0.0028583, rel=1e-4)
-    assert dashboard_build.ppb_to_mg_m3("no2") == pytest.approx(0.0020525, rel=1e-4)
+    """ppb -> mg/m³ at 0 °C, 101.3 kPa: SO2 1 ppb = 2.8576 µg/m³, NO2 1 ppb = 2.0520 µg/m³ (docs/regulatory-basis.md
+    §2)."""
+    assert dashboard_build.ppb_to_mg_m3("so2") == pytest.approx(0.0028576, rel=1e-4)
+    assert dashboard_build.ppb_to_mg_m3("no2") == pytest.approx(0.0020520, rel=1e-4)
     ambient = json.loads((DASHBOARDS / "json" / "aua-ambient.json").read_text())
     so2 = next(p for p in ambient["panels"] if p["title"].startswith("SO2"))
     steps = [step["value"] for step in so2["fieldConfig"]["defaults"]["thresholds"]["steps"]]

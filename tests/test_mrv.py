@@ -94,34 +94,36 @@ def test_to_standard_conditions(actual: float, t_c: float, p: float, standard: f
 @pytest.mark.parametrize(
     ("species", "factor"),
     [
-        ("so2", 2.858),
-        ("no2", 2.053),
-        ("no", 1.339),
-        ("nox", 2.053),
-        ("co", 1.250),
-        ("hcl", 1.627),
-        ("nh3", 0.760),
-        ("hf", 0.893),
-        ("co2", 1.964),
-        ("hg", 8.949),
+        ("so2", 2.8576),
+        ("no2", 2.0520),
+        ("no", 1.3384),
+        ("nox", 2.0520),
+        ("co", 1.2494),
+        ("hcl", 1.6263),
+        ("nh3", 0.7597),
+        ("hf", 0.8923),
+        ("co2", 1.9630),
+        ("hg", 8.9471),
     ],
     ids=lambda value: f"§2 ppm→mg/m³ {value}",
 )
 def test_ppm_factors(species: str, factor: float) -> None:
-    assert mrv.ppm_to_mg_m3(100.0, species) == pytest.approx(100 * factor)
-    assert mrv.ppm_to_mg_m3(1.0, species.upper()) == factor
+    """§2 at the IED standard condition, 273.15 K and 101.3 kPa (gateway/units.py)."""
+    assert mrv.ppm_to_mg_m3(100.0, species) == pytest.approx(100 * factor, abs=5e-3)
+    assert mrv.ppm_to_mg_m3(1.0, species.upper()) == mrv.ppm_to_mg_m3(1.0, species)
 
 
 def test_ppm_factors_follow_molar_mass_over_molar_volume() -> None:
-    """§2: M / 22.414 — so2 64.066, co 28.010, no2 46.006 g/mol."""
+    """§2: M / Vm, Vm = 22.414 L/mol at 101.325 kPa taken to the Directive's 101.3 kPa — so2 64.066, co 28.010,
+    no2 46.006 g/mol."""
     for species, molar_mass in (("so2", 64.066), ("co", 28.010), ("no2", 46.006)):
-        assert mrv.PPM_TO_MG_M3[species] == pytest.approx(molar_mass / 22.414, abs=5e-4)
+        assert mrv.PPM_TO_MG_M3[species] == pytest.approx(molar_mass / (22.414 * 101.325 / 101.3), abs=5e-4)
 
 
 def test_nox_is_reported_as_no2() -> None:
-    """§2: NOx as NO2: NO ppm × 2.053, not × 1.339."""
+    """§2: NOx as NO2: NO ppm × 2.0520, not × 1.3384 (101.3 kPa)."""
     basis = Basis("ppm", species="nox")
-    assert mrv.to_dry_standard(100.0, basis) == pytest.approx(205.3)
+    assert mrv.to_dry_standard(100.0, basis) == pytest.approx(205.20, abs=5e-3)
 
 
 def test_unknown_species_is_refused_with_the_known_ones() -> None:
@@ -182,7 +184,12 @@ def test_totals_do_not_depend_on_order(values: list[float], rng: object) -> None
         (100.0, Basis("mg/m3"), {}, 100.0),
         (88.0, Basis("mg/m3", wet=True), {"h2o_percent": 12.0}, 100.0),
         (100.0, Basis("mg/m3", actual_conditions=True), {"temperature_c": 273.15, "pressure_kpa": 101.3}, 200.0),
-        (100.0, Basis("ppm", species="so2", actual_conditions=True), {"temperature_c": 500, "pressure_kpa": 50}, 285.8),
+        (
+            100.0,
+            Basis("ppm", species="so2", actual_conditions=True),
+            {"temperature_c": 500, "pressure_kpa": 50},
+            285.76,
+        ),
         (50.0, Basis("ug/m3"), {}, 0.05),
         (9.0, Basis("%vol", wet=True), {"h2o_percent": 10.0}, 10.0),
     ],

@@ -20,7 +20,8 @@ from gateway.cli import main as gateway_main
 from gateway.config import load_gateway_config
 from gateway.rollup_engine import DirtyMarks
 from gateway.stores import StoredReading, open_store
-from gateway.stores.base import RevisionState, to_ns
+from gateway.stores.base import RevisionState
+from gateway.time_ns import to_ns
 
 HOUR_NS = 3_600_000_000_000
 

@@ -27,7 +27,8 @@ from gateway.mrv_config import RollupSection, RuleResolver
 from gateway.rollup import Aggregate, Period, RuleSet
 from gateway.rollup_engine import ALL_MINUTES, DirtyMarks, RollupEngine
 from gateway.stores import SqliteStore, Store, StoredReading, StoreError, open_store
-from gateway.stores.base import RevisionState, from_ns
+from gateway.stores.base import RevisionState
+from gateway.time_ns import from_ns
 
 ALMATY = ZoneInfo("Asia/Almaty")
 T0 = datetime(2024, 5, 1, tzinfo=ALMATY).astimezone(UTC)  # local midnight = 2024-04-30 19:00 UTC

@@ -41,6 +41,7 @@ async def test_two_gateways_on_a_shared_subscription(
             gateway=GatewaySection(
                 id=f"gw-{group}-{name}",
                 state=tmp_path / f"state-{name}.sqlite",
+                roles=["ingest"],  # alerts and mrv need every batch: not on a shared subscription
                 gap_check_s=0.3,
                 gap_grace_s=3.0,  # the other instance's receipts may take a second or two on a loaded machine
                 gap_retry_s=2.0,

@@ -613,7 +613,7 @@ async def test_receipts_stay_at_their_bound_and_what_is_pruned_is_counted(tmp_pa
     [ledger] receipt_batches numbers per agent (and none below the agent's oldest_seq), so the table stops
     growing; what it drops is counted in the ledger, accounting and /metrics."""
     config = GatewayConfig(
-        gateway=GatewaySection(state=tmp_path / "state.sqlite"),
+        gateway=GatewaySection(state=tmp_path / "state.sqlite", roles=["ingest"]),  # (alerts, mrv: not shared)
         mqtt=MqttSection(shared_group="g"),
         store=StoreSection(url=f"sqlite://{tmp_path}/aua.sqlite"),
         ledger=LedgerSection(receipt_batches=1_000),

@@ -17,7 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.rollup import RULE_SETS, Aggregate, Period, RuleSet
 from gateway.state_feed import StateFeed, due_values, feed_document, fingerprint, period_end
 from gateway.stores import open_store
-from gateway.stores.base import to_ns
+from gateway.time_ns import to_ns
 from gateway.twenty_minute import twenty_minute_averages
 
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)

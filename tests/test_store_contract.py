@@ -36,8 +36,9 @@ from gateway.stores import (
 )
 from gateway.stores import influx as influx_module
 from gateway.stores import sqlite as sqlite_module
-from gateway.stores.base import HealthPoint, RevisionCount, RevisionError, RevisionState, revision_id, sort_key, to_ns
+from gateway.stores.base import HealthPoint, RevisionCount, RevisionError, RevisionState, revision_id, sort_key
 from gateway.stores.influx import is_retryable_status, redact_url
+from gateway.time_ns import to_ns
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)

@@ -6,19 +6,17 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from aua_contract import Batch, Quality, Reading
+from gateway.errors import GatewayError
 from gateway.rollup import Aggregate, Period
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
-
-class StoreError(Exception):
+class StoreError(GatewayError):
     """A store operation failed; `retryable` says whether trying the same call again later can succeed.
 
     Retryable: the server is unreachable, timed out or answered 5xx/429. Not retryable: the server
@@ -142,7 +140,7 @@ class RevisionCount:
         return self.pending + self.approved + self.superseded
 
 
-class RevisionError(LookupError):
+class RevisionError(GatewayError, LookupError):
     """An approval that cannot be done: no such revision, or it is not pending (says which and why)."""
 
 
@@ -242,23 +240,11 @@ def aggregate_sort_key(aggregate: Aggregate) -> tuple[datetime, str, str, str, s
     return (aggregate.start, aggregate.instrument, aggregate.parameter, aggregate.site, aggregate.period.value)
 
 
-def to_ns(ts: datetime) -> int:
-    """Aware datetime -> integer nanoseconds since the Unix epoch, exact (no float rounding)."""
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        raise ValueError(f"naive datetime {ts.isoformat()} has no time zone")
-    return (ts - EPOCH) // _MICROSECOND * 1000
-
-
 FIRST_STORABLE = datetime(1677, 9, 21, 0, 12, 43, 145225, tzinfo=UTC)
 LAST_STORABLE = datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=UTC)
 """The first and last microsecond whose time in ns fits a signed 64-bit integer: what InfluxDB and the SQLite
 schema (ts_ns INTEGER) hold. A contract reading may carry any year from 1 to 9999; the gateway refuses the
 readings outside these (a broken clock), not their whole batch."""
-
-
-def from_ns(ns: int) -> datetime:
-    """Integer nanoseconds -> aware UTC datetime; datetime holds microseconds, so finer digits are dropped."""
-    return EPOCH + timedelta(microseconds=ns // 1000)
 
 
 @runtime_checkable

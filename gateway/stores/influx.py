@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from aua_contract import Batch, Quality, Reading
+from gateway.errors import GatewayError
 from gateway.rollup import Aggregate, Period
 from gateway.stores import line_protocol
 from gateway.stores import retention as retention_rules
@@ -51,14 +52,13 @@ from gateway.stores.base import (
     StoredReading,
     StoreError,
     aggregate_sort_key,
-    from_ns,
     health_sort_key,
     not_pending,
     revision_id,
     revision_sort_key,
     sort_key,
-    to_ns,
 )
+from gateway.time_ns import from_ns, to_ns
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def decode_documents(text: str) -> Iterator[dict[str, Any]]:
         yield document
 
 
-class StatementError(ValueError):
+class StatementError(GatewayError, ValueError):
     """InfluxDB answered 200 but the statement failed (e.g. "database not found"); holds InfluxDB's text."""
 
 

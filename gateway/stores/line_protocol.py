@@ -29,8 +29,8 @@ from gateway.stores.base import (
     HealthPoint,
     Revision,
     StoredReading,
-    to_ns,
 )
+from gateway.time_ns import to_ns
 
 MEASUREMENT = "reading"
 TAG_KEYS = ("agent", "instrument", "parameter", "site")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway.state_file import transaction
-from gateway.stores.base import from_ns, to_ns
+from gateway.time_ns import from_ns, to_ns
 
 __all__ = [
     "DEFAULT_ROLLUP_RETENTION_DAYS",

@@ -30,13 +30,12 @@ from gateway.stores.base import (
     RevisionState,
     StoredReading,
     StoreError,
-    from_ns,
     health_sort_key,
     not_pending,
     revision_sort_key,
-    to_ns,
 )
 from gateway.stores.retention import raw_instruments
+from gateway.time_ns import from_ns, to_ns
 
 SCHEMA_VERSION = 4
 """Stored in PRAGMA user_version; bump it with a migration when the table changes.
