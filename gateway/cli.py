@@ -36,7 +36,7 @@ from gateway.qa_checks import QA_WATCH_LOOKBACK, QaWatch, add_qa_check_commands,
 from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
 from gateway.retention import retention_settings
 from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
-from gateway.roles import plan
+from gateway.roles import Role, plan
 from gateway.rollup_engine import RollupEngine
 from gateway.state_feed import StateFeed
 from gateway.stores import InfluxStore, Store, StoreError, open_store
@@ -131,10 +131,15 @@ async def _serve(config: GatewayConfig) -> int:
         supervisor.start("report-feed", feed.run())
     if state_feed is not None:
         supervisor.start("state-feed", state_feed.run())
-    if alerts is not None and QaAlerts.needed(config):  # new QAL2 due, Part 75 daily calibration (gateway/qa_alerts.py)
+    # Analyzer QA reads the store and the QA logs in this instance's state file: the mrv role's work (one
+    # instance), raising alerts when that instance also has the alerts role.
+    analyses = Role.MRV in config.gateway.roles
+    if analyses and alerts is not None and QaAlerts.needed(config):  # new QAL2 due, Part 75 daily calibration
         supervisor.start("qa-alerts", QaAlerts(config, store, alerts).run())
     qa_watch = (
-        QaWatch(config, store, alerts, lookback=QA_WATCH_LOOKBACK) if any(s.qal3 for s in config.sources) else None
+        QaWatch(config, store, alerts, lookback=QA_WATCH_LOOKBACK)
+        if analyses and any(s.qal3 for s in config.sources)
+        else None
     )
     if qa_watch is not None:  # QAL3 checks captured as they end, out-of-control alerts (EN 14181:2014 §7)
         ingest.metrics.registry.register(qa_watch)
