@@ -143,7 +143,7 @@ def _starts_servers(obj: object) -> bool:
 
 def _defined_in_tests(obj: object) -> bool:
     try:
-        return Path(inspect.getfile(obj)).resolve().parent == TESTS_DIR  # type: ignore[arg-type]
+        return Path(inspect.getfile(obj)).resolve().is_relative_to(TESTS_DIR)  # type: ignore[arg-type]
     except (OSError, TypeError):
         return False
 
