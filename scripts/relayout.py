@@ -208,7 +208,8 @@ def ensure_package(plan: Plan, dotted: str) -> None:
         print(f"new   {init.relative_to(ROOT)}")
         if not plan.dry_run:
             init.parent.mkdir(parents=True, exist_ok=True)
-            init.write_text(f'"""{doc.rstrip()}\n"""\n' if doc else "")
+            doc = doc.rstrip()
+            init.write_text((f'"""{doc}\n"""\n' if "\n" in doc else f'"""{doc}"""\n') if doc else "")
             git("add", str(init.relative_to(ROOT)))
 
 
@@ -413,6 +414,31 @@ def rewrite_climbs(text: str, delta: int) -> tuple[str, list[str]]:
     return PATH_CLIMB.sub(climb, text), warnings
 
 
+LINE_LENGTH = 120
+
+
+def wrap_long_lines(text: str, before: str) -> str:
+    """Comment and docstring lines the rewrite made longer than the line length, broken at a space."""
+    old_lines = set(before.splitlines())
+    spans = text_spans(text)
+    out: list[str] = []
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\n")
+        start = offset + len(body) - len(body.lstrip())
+        offset += len(line)
+        cut = body.rfind(" ", 0, LINE_LENGTH + 1)
+        comment = body.lstrip().startswith("#")
+        in_string = any(a <= start < b for a, b in spans)
+        if len(body) <= LINE_LENGTH or body in old_lines or not (comment or in_string) or cut <= start:
+            out.append(line)
+            continue
+        indent = body[: len(body) - len(body.lstrip())] + ("# " if comment else "")
+        out.append(body[:cut].rstrip() + "\n")
+        out.append(indent + body[cut + 1 :] + line[len(body) :])
+    return "".join(out)
+
+
 def ensure_pyproject(text: str) -> str:
     """aua_simulator in the wheel's and mypy's package lists."""
 
@@ -479,8 +505,10 @@ def rewrite_all(plan: Plan, effective: dict[str, str]) -> list[str]:
                 new, warnings = rewrite_climbs(new, delta)
                 for warning in warnings:
                     plan.notes.append(f"{rel}: `{warning}` names its own folder, which moved: check it")
-                if "with_name(" in new:
+                if re.search(r"__file__\)(\.resolve\(\))?\.with_name", new):
                     plan.notes.append(f"{rel}: uses Path.with_name on a file that moved: check it")
+        if python and new != text:
+            new = wrap_long_lines(new, text)
         if new != text:
             changed.append(rel)
             print(f"edit  {rel}")
