@@ -425,15 +425,16 @@ def wrap_long_lines(text: str, before: str) -> str:
     offset = 0
     for line in text.splitlines(keepends=True):
         body = line.rstrip("\n")
-        start = offset + len(body) - len(body.lstrip())
+        indent = body[: len(body) - len(body.lstrip())]
+        start = offset + len(indent)
         offset += len(line)
         cut = body.rfind(" ", 0, LINE_LENGTH + 1)
         comment = body.lstrip().startswith("#")
         in_string = any(a <= start < b for a, b in spans)
-        if len(body) <= LINE_LENGTH or body in old_lines or not (comment or in_string) or cut <= start:
+        if len(body) <= LINE_LENGTH or body in old_lines or not (comment or in_string) or cut <= len(indent):
             out.append(line)
             continue
-        indent = body[: len(body) - len(body.lstrip())] + ("# " if comment else "")
+        indent += "# " if comment else ""
         out.append(body[:cut].rstrip() + "\n")
         out.append(indent + body[cut + 1 :] + line[len(body) :])
     return "".join(out)
