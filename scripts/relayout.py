@@ -381,7 +381,9 @@ def rewrite_dotted(text: str, effective: dict[str, str], disk: set[str], python:
         if python and not in_text(pos):
             # code: only import statements and `gateway.x.y` after `import gateway.x` (a variable called
             # `gateway` with an attribute `alerts` is not the package)
-            if not (re.match(r"\s*(import|from)\s", line) or binds_package):
+            if re.match(r"\s*from\s", line):  # from-imports: rewrite_import_froms has them
+                continue
+            if not (re.match(r"\s*import\s", line) or binds_package):
                 continue
         elif name in CONFIG_KEYS:
             before = text[line_start:pos]
