@@ -194,7 +194,11 @@ class Plan:
         self.moved[old] = new
         if not self.dry_run:
             (ROOT / new).parent.mkdir(parents=True, exist_ok=True)
-            git("mv", old, new)
+            if git("ls-files", old):
+                git("mv", old, new)
+            else:  # not committed yet: moved and added
+                (ROOT / old).rename(ROOT / new)
+                git("add", new)
 
 
 def ensure_package(plan: Plan, dotted: str) -> None:
