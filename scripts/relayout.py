@@ -47,7 +47,7 @@ PACKAGES: dict[str, str] = {
         "Pure core: rules, state, messages. I/O: engine (the running service and its state file), notify\n"
         "(the delivery channels).\n"
     ),
-    "gateway.dashboards": ("Grafana dashboards: built from code (build) and pushed to a Grafana server (push).\n"),
+    "gateway.dashboards": ("Grafana dashboards: built from code (build) and pushed to a Grafana server (grafana).\n"),
     "aua_simulator": (
         "Simulated instruments on Modbus TCP/RTU for the demo, the tests and the benches.\n\n"
         "Not part of the edge agent: `edge_agent` never imports it (tests/test_purity.py checks), so a plant's\n"
@@ -94,7 +94,7 @@ MODULE_MOVES: dict[str, str] = {
     "gateway.notify": "gateway.alerts.notify",
     "gateway.alert_messages": "gateway.alerts.messages",
     # dashboards
-    "gateway.dashboards": "gateway.dashboards.push",
+    "gateway.dashboards": "gateway.dashboards.grafana",
     "gateway.dashboard_build": "gateway.dashboards.build",
     # the simulator leaves the agent
     "edge_agent.simulator": "aua_simulator.instruments",
@@ -215,6 +215,25 @@ def ensure_package(plan: Plan, dotted: str) -> None:
             doc = doc.rstrip()
             init.write_text((f'"""{doc}\n"""\n' if "\n" in doc else f'"""{doc}"""\n') if doc else "")
             git("add", str(init.relative_to(ROOT)))
+
+
+def shadowed_names(effective: dict[str, str]) -> list[str]:
+    """`gateway.mrv` was a module and is now a package: a name the old module defined that is also a module
+    of the new package (`from gateway.dashboards import push`) would be read as the module."""
+    found = []
+    for old, new in effective.items():
+        package = new.rsplit(".", 1)[0]
+        if package != old:
+            continue
+        source = module_path(new)
+        defined = {
+            node.name
+            for node in ast.parse(source.read_text()).body
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        }
+        submodules = {path.stem for path in module_path(new).parent.glob("*.py")}
+        found += [f"{new}.{name} is also the module {package}.{name}: rename one" for name in defined & submodules]
+    return found
 
 
 def move_modules(plan: Plan) -> dict[str, str]:
@@ -544,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(args.dry_run)
     effective = move_modules(plan)
     unplaced = move_tests(plan)
+    plan.notes += [] if plan.dry_run else shadowed_names(effective)
     changed = rewrite_all(plan, effective)
     if not plan.dry_run:
         tidy(changed)
