@@ -558,7 +558,7 @@ def tidy(changed: Iterable[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--dry-run", action="store_true", help="print what would move and change, touch nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print roughly what would change, touch nothing")
     args = parser.parse_args(argv)
     plan = Plan(args.dry_run)
     effective = move_modules(plan)
