@@ -87,6 +87,8 @@ MODULE_MOVES: dict[str, str] = {
     "gateway.qa_checks": "gateway.mrv.qa_checks",
     "gateway.part75": "gateway.mrv.part75",
     "gateway.part75_log": "gateway.mrv.part75_log",
+    "gateway.qa_alerts": "gateway.mrv.qa_alerts",
+    "gateway.stored_batches": "gateway.mrv.stored_batches",
     # alerts
     "gateway.alerts": "gateway.alerts.engine",
     "gateway.alert_rules": "gateway.alerts.rules",
@@ -129,6 +131,12 @@ TEST_FOLDERS: dict[str, str] = {
     "test_state_transactions.py": "gateway",
     "test_log_secrets.py": "gateway",
     "test_config.py": "gateway",
+    "test_roles.py": "gateway",
+    "test_units.py": "gateway",
+    "test_errors.py": "gateway",
+    "test_config_errors.py": "aua_ops",
+    "test_demo_replay.py": "aua_demo",
+    "test_simulator_story.py": "aua_simulator",
     # whole-system tests stay at the top: test_end_to_end, test_deployment, test_hostile_input,
     # test_purity, test_steady_state*
 }
