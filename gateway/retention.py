@@ -52,7 +52,11 @@ async def raw_kept_from(store: Store, now: datetime | None = None) -> datetime |
 
 class Retention:
     """Prunes raw readings and old rollups of a SQLite store every `every_s`; InfluxDB prunes itself (its
-    retention policies, created by InfluxStore.open)."""
+    retention policies, created by InfluxStore.open).
+
+    A pass deletes what fell due since the last one (raw readings to the minute, `raw_delete_before`): at a
+    steady rate its cost is the same every pass, whatever the store holds, and small when passes are frequent
+    (every minute by default: at 600 readings/s about 36,000 rows, in steps of `step_rows`)."""
 
     def __init__(
         self,
@@ -61,7 +65,7 @@ class Retention:
         *,
         step_rows: int = 5_000,
         pause_s: float = 0.02,
-        every_s: float = 600.0,
+        every_s: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -96,7 +100,7 @@ class Retention:
         go in between); raw data from `keep_from` (the oldest hour still to be rolled up) on stays."""
         if not isinstance(self.store, SqliteStore):
             return 0
-        raw = self.settings.raw_cutoff(now)
+        raw = self.settings.raw_delete_before(now)
         if raw is not None and keep_from is not None:
             raw = min(raw, keep_from.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
         step = functools.partial(
