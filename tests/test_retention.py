@@ -182,6 +182,37 @@ async def test_passes_every_minute_delete_a_minute_each_across_the_hour(tmp_path
             assert await raw_kept_from(store, now) == whole_hour  # hours before it count as expired
 
 
+async def test_a_backlog_goes_over_several_passes_each_at_most_max_steps(tmp_path: Path) -> None:
+    """A shortened retention makes months due at once: each pass stops after `max_steps` steps (the rollup
+    pass after it is not held up for hours) and the next due pass, not waiting `every_s`, goes on."""
+    now = datetime(2025, 3, 10, 12, tzinfo=UTC)
+    clock = [now]
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        await store.run_on_connection(
+            lambda c: bulk_insert(c, rows_at(now - timedelta(days=2), 2 * 1440, timedelta(minutes=1)))
+        )
+        retention = Retention(
+            store,
+            RetentionSettings(raw_days=1, rollup_days=None),
+            step_rows=100,
+            max_steps=3,
+            pause_s=0,
+            every_s=3600,
+            clock=lambda: clock[0],
+        )
+        passes = []
+        while deleted := await retention.prune_due():
+            passes.append(deleted)
+            clock[0] += timedelta(seconds=1)
+        assert passes == [300, 300, 300, 300, 240]  # the 1,440 readings of the day before yesterday
+        assert retention.behind is False
+        assert await retention.prune_due() == 0
+        clock[0] += timedelta(minutes=5)
+        assert await retention.prune_due() == 0  # no backlog: it waits every_s again
+        clock[0] += timedelta(hours=1)
+        assert await retention.prune_due() == 65  # readings of 12:00 to 13:04 the day before: due at 13:05:05
+
+
 def _plan(connection: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> str:
     return " | ".join(row[-1] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params))
 
