@@ -26,6 +26,9 @@ file-backed (mapped code and libraries) from /proc/PID/smaps_rollup, so growth c
 writes, every `--trace-every` seconds, the top allocations by traceback that grew since the first snapshot
 after start-up and since the previous one, to `tracemalloc.txt` in the run's folder (use `--keep`). Tracing
 costs the gateway CPU and memory of its own, so CPU and RSS of such a run are not comparable with others.
+tracemalloc sees Python's allocations only: each snapshot line also gives C malloc's totals (glibc mallinfo2:
+in use and kept free, e.g. SQLite's page caches), and `--malloc-stats` writes those alone (`malloc.txt`) at
+no tracing cost.
 
 Run: .venv/bin/python bench/soak.py [--minutes 60] [--devices 20]   (20 devices x 30 tags = 600 readings/s)
 Stops by itself; everything it starts is ended on the way out.
@@ -34,6 +37,7 @@ Stops by itself; everything it starts is ended on the way out.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import os
 import re
@@ -122,15 +126,42 @@ def memory_mb(pids: list[int]) -> tuple[float, float]:
 
 
 TRACED_GATEWAY = "--traced-gateway"
-"""argv[1] of this script when it runs the gateway under tracemalloc (started so by `run`)."""
+"""argv[1] of this script when it runs the gateway with its memory watched (started so by `run`)."""
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (glibc 2.33+): totals over every malloc arena."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def malloc_summary() -> str:
+    """What C malloc holds (SQLite's page caches and statements, Python's large objects) and what it keeps free
+    (fragmentation): anonymous memory tracemalloc cannot see. Python's pymalloc arenas are mmapped apart."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return "malloc: mallinfo2 not available"
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return (
+        f"malloc: arenas {info.arena / 2**20:.1f} MiB (in use {info.uordblks / 2**20:.1f}, free "
+        f"{info.fordblks / 2**20:.1f}), mmapped {info.hblkhd / 2**20:.1f} MiB in {info.hblks}; "
+        f"Python blocks allocated {sys.getallocatedblocks():,}"
+    )
 
 
 def traced_gateway(frames: int, every_s: float, out: Path, gateway_argv: list[str], top: int = 25) -> int:
-    """`cems-gateway` in this process with tracemalloc on: every `every_s` the allocations that grew most, by
-    traceback, since the first snapshot (taken `every_s` after start, past start-up) and since the previous one."""
+    """`cems-gateway` in this process, writing every `every_s` what C malloc holds and, with `frames`, the
+    allocations (tracemalloc) that grew most by traceback since the first snapshot (taken `every_s` after start,
+    past start-up) and since the previous one."""
     from gateway.cli import main as gateway_main  # noqa: PLC0415 (only this child runs the gateway)
 
-    tracemalloc.start(frames)
+    if frames:
+        tracemalloc.start(frames)
     leave_out = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib*")]
 
     def report(title: str, now: tracemalloc.Snapshot, then: tracemalloc.Snapshot, sink: TextIO) -> None:
@@ -152,11 +183,18 @@ def traced_gateway(frames: int, every_s: float, out: Path, gateway_argv: list[st
         first = previous = None
         while True:
             time.sleep(every_s)
+            if not frames:
+                with out.open("a") as sink:
+                    print(f"== {time.strftime('%H:%M:%S', time.gmtime())} UTC {malloc_summary()}", file=sink)
+                continue
             snapshot = tracemalloc.take_snapshot().filter_traces(leave_out)
             traced, peak = tracemalloc.get_traced_memory()
             with out.open("a") as sink:
                 stamp = time.strftime("%H:%M:%S", time.gmtime())
-                print(f"== {stamp} UTC traced {traced / 2**20:.1f} MiB (peak {peak / 2**20:.1f})", file=sink)
+                print(
+                    f"== {stamp} UTC traced {traced / 2**20:.1f} MiB (peak {peak / 2**20:.1f}); {malloc_summary()}",
+                    file=sink,
+                )
                 if first is not None and previous is not None:
                     report("since the first snapshot", snapshot, first, sink)
                     report("since the previous snapshot", snapshot, previous, sink)
@@ -304,8 +342,9 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
         start([mosquitto_binary(), "-c", str(folder / "mosquitto.conf")])
         start([sys.executable, "-m", "edge_agent.simulator", "--tick", "1", str(folder / "site.toml")])
         gateway_argv = ["run", str(folder / "gateway.toml")]
-        if args.tracemalloc:
-            trace = [TRACED_GATEWAY, str(args.tracemalloc), str(args.trace_every), str(folder / "tracemalloc.txt")]
+        if args.tracemalloc or args.malloc_stats:
+            out = folder / ("tracemalloc.txt" if args.tracemalloc else "malloc.txt")
+            trace = [TRACED_GATEWAY, str(args.tracemalloc), str(args.trace_every), str(out)]
             gateway = start([sys.executable, str(Path(__file__).resolve()), *trace, *gateway_argv])
         else:
             gateway = start([str(BIN / "cems-gateway"), *gateway_argv])
@@ -416,11 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-retention-h", type=float, default=1.0, help="gateway raw retention, hours (min 1)")
     parser.add_argument("--ledger-detail", type=int, default=1000, help="gateway [ledger] detail_batches")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES", help="trace the gateway's memory")
-    parser.add_argument("--trace-every", type=float, default=120.0, help="seconds between tracemalloc snapshots")
+    parser.add_argument(
+        "--malloc-stats", action="store_true", help="write the gateway's malloc totals to malloc.txt (no tracemalloc)"
+    )
+    parser.add_argument("--trace-every", type=float, default=120.0, help="seconds between memory snapshots")
     parser.add_argument("--keep", type=Path, help="keep the run's files in this folder")
     args = parser.parse_args(argv)
-    if args.tracemalloc and not args.keep:
-        parser.error("--tracemalloc writes tracemalloc.txt into the run's folder: give --keep FOLDER")
+    if (args.tracemalloc or args.malloc_stats) and not args.keep:
+        parser.error("--tracemalloc and --malloc-stats write into the run's folder: give --keep FOLDER")
     # SIGTERM (and SIGINT, which a shell ignores for background jobs) end the run through `finally`, so the
     # programs it started are stopped too.
     for sig in (signal.SIGTERM, signal.SIGINT):
