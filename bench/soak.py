@@ -150,8 +150,36 @@ def malloc_summary() -> str:
     return (
         f"malloc: arenas {info.arena / 2**20:.1f} MiB (in use {info.uordblks / 2**20:.1f}, free "
         f"{info.fordblks / 2**20:.1f}), mmapped {info.hblkhd / 2**20:.1f} MiB in {info.hblks}; "
-        f"Python blocks allocated {sys.getallocatedblocks():,}"
+        f"Python blocks allocated {sys.getallocatedblocks():,}; {pymalloc_summary()}"
     )
+
+
+_PYMALLOC_LINES = ("# arenas allocated current", "# arenas highwater mark", "# bytes in allocated blocks")
+
+
+def pymalloc_summary() -> str:
+    """pymalloc's arenas (1 MiB each, mmapped; one is returned only when every block in it is free) and the
+    bytes of live small objects in them: arenas x 1 MiB far above the live bytes is fragmentation. From
+    sys._debugmallocstats, which writes to file descriptor 2: redirected for the call (a log line written
+    meanwhile by another thread lands in the dump's file)."""
+    with tempfile.TemporaryFile("w+") as dump:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(dump.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        dump.seek(0)
+        found = {
+            line.split("=")[0].strip(): line.split("=")[1].strip().replace(",", "")
+            for line in dump
+            if line.startswith(_PYMALLOC_LINES)
+        }
+    arenas = found.get("# arenas allocated current", "?")
+    live = int(found.get("# bytes in allocated blocks", "0")) / 2**20
+    return f"pymalloc: {arenas} arenas (highwater {found.get('# arenas highwater mark', '?')}), live {live:.1f} MiB"
 
 
 def traced_gateway(frames: int, every_s: float, out: Path, gateway_argv: list[str], top: int = 25) -> int:
