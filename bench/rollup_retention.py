@@ -79,6 +79,8 @@ async def run(args: argparse.Namespace, folder: Path) -> int:
             return 0
 
         await store.run_on_connection(lambda c: c.set_progress_handler(count, 1000))
+        if args.cache_mb:
+            await store.run_on_connection(lambda c: c.execute(f"PRAGMA cache_size = {-args.cache_mb * 1024}"))
         print(
             f"{'pass':>4} {'sim UTC':>8} {'deleted':>9} {'CPU ms':>8} {'µs/del':>7} {'VM k/del':>8} "
             f"{'insert ms':>9} {'µs/ins':>7} {'pages':>8} {'free':>6}",
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=1.0, help="raw retention, and what the store holds (h)")
     parser.add_argument("--every", type=float, default=60.0, help="simulated seconds between passes")
     parser.add_argument("--passes", type=int, default=40)
+    parser.add_argument("--cache-mb", type=int, default=0, help="the store's SQLite page cache (default: 2 MB)")
     parser.add_argument("--step", type=int, default=5_000, help="rows per prune transaction (Retention.step_rows)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="aua-retention-") as folder:
