@@ -9,6 +9,7 @@ reached only after ~100,000 messages. Counted here, not timed: objects alive bef
 from __future__ import annotations
 
 import gc
+import types
 import weakref
 from collections.abc import Iterator
 
@@ -34,7 +35,8 @@ def ingest_thresholds() -> Iterator[None]:
 
 def matcher_cycles() -> int:
     """paho's per-message closures still in memory."""
-    return sum(1 for o in gc.get_objects() if getattr(o, "__qualname__", "") == "MQTTMatcher.iter_match.<locals>.rec")
+    name = "MQTTMatcher.iter_match.<locals>.rec"
+    return sum(1 for o in gc.get_objects() if isinstance(o, types.FunctionType) and o.__qualname__ == name)
 
 
 def receive(matcher: MQTTMatcher, count: int) -> None:
