@@ -18,6 +18,18 @@ reach the bounds sooner the run sets them small: the agent's outbox (`--outbox-m
 `--outbox-retention-s`), the gateway's per-batch ledger window (`--ledger-detail`) and its raw retention
 (`--raw-retention-h`, at least the one hour the config allows: the store reaches its bound after that long).
 
+Each row also gives CPU per stored reading (µs of CPU per reading, steadier than % of a core on a shared
+machine) and each program's resident memory split into anonymous (heap: Python objects, SQLite caches) and
+file-backed (mapped code and libraries) from /proc/PID/smaps_rollup, so growth can be told apart.
+
+`--tracemalloc FRAMES` starts the gateway under tracemalloc (bench only: the gateway itself is unchanged) and
+writes, every `--trace-every` seconds, the top allocations by traceback that grew since the first snapshot
+after start-up and since the previous one, to `tracemalloc.txt` in the run's folder (use `--keep`). Tracing
+costs the gateway CPU and memory of its own, so CPU and RSS of such a run are not comparable with others.
+tracemalloc sees Python's allocations only: each snapshot line also gives C malloc's totals (glibc mallinfo2:
+in use and kept free, e.g. SQLite's page caches), and `--malloc-stats` writes those alone (`malloc.txt`) at
+no tracing cost.
+
 Run: .venv/bin/python bench/soak.py [--minutes 60] [--devices 20]   (20 devices x 30 tags = 600 readings/s)
 Stops by itself; everything it starts is ended on the way out.
 """
@@ -25,6 +37,7 @@ Stops by itself; everything it starts is ended on the way out.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import os
 import re
@@ -33,10 +46,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import tracemalloc
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -95,9 +111,132 @@ def rss_mb(pids: list[int]) -> float:
     return total_kb / 1024
 
 
+def memory_mb(pids: list[int]) -> tuple[float, float]:
+    """Resident memory of the processes as (anonymous, file-backed) MB, from /proc/PID/smaps_rollup."""
+    anonymous_kb = resident_kb = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:] if line.endswith("kB")}
+        anonymous_kb += fields.get("Anonymous", 0)
+        resident_kb += fields.get("Rss", 0)
+    return anonymous_kb / 1024, (resident_kb - anonymous_kb) / 1024
+
+
+TRACED_GATEWAY = "--traced-gateway"
+"""argv[1] of this script when it runs the gateway with its memory watched (started so by `run`)."""
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (glibc 2.33+): totals over every malloc arena."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def malloc_summary() -> str:
+    """What C malloc holds (SQLite's page caches and statements, Python's large objects) and what it keeps free
+    (fragmentation): anonymous memory tracemalloc cannot see. Python's pymalloc arenas are mmapped apart."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return "malloc: mallinfo2 not available"
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return (
+        f"malloc: arenas {info.arena / 2**20:.1f} MiB (in use {info.uordblks / 2**20:.1f}, free "
+        f"{info.fordblks / 2**20:.1f}), mmapped {info.hblkhd / 2**20:.1f} MiB in {info.hblks}; "
+        f"Python blocks allocated {sys.getallocatedblocks():,}; {pymalloc_summary()}"
+    )
+
+
+_PYMALLOC_LINES = ("# arenas allocated current", "# arenas highwater mark", "# bytes in allocated blocks")
+
+
+def pymalloc_summary() -> str:
+    """pymalloc's arenas (1 MiB each, mmapped; one is returned only when every block in it is free) and the
+    bytes of live small objects in them: arenas x 1 MiB far above the live bytes is fragmentation. From
+    sys._debugmallocstats, which writes to file descriptor 2: redirected for the call (a log line written
+    meanwhile by another thread lands in the dump's file)."""
+    with tempfile.TemporaryFile("w+") as dump:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(dump.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        dump.seek(0)
+        found = {
+            line.split("=")[0].strip(): line.split("=")[1].strip().replace(",", "")
+            for line in dump
+            if line.startswith(_PYMALLOC_LINES)
+        }
+    arenas = found.get("# arenas allocated current", "?")
+    live = int(found.get("# bytes in allocated blocks", "0")) / 2**20
+    return f"pymalloc: {arenas} arenas (highwater {found.get('# arenas highwater mark', '?')}), live {live:.1f} MiB"
+
+
+def traced_gateway(frames: int, every_s: float, out: Path, gateway_argv: list[str], top: int = 25) -> int:
+    """`cems-gateway` in this process, writing every `every_s` what C malloc holds and, with `frames`, the
+    allocations (tracemalloc) that grew most by traceback since the first snapshot (taken `every_s` after start,
+    past start-up) and since the previous one."""
+    from gateway.cli import main as gateway_main  # noqa: PLC0415 (only this child runs the gateway)
+
+    if frames:
+        tracemalloc.start(frames)
+    leave_out = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib*")]
+
+    def report(title: str, now: tracemalloc.Snapshot, then: tracemalloc.Snapshot, sink: TextIO) -> None:
+        stats = now.compare_to(then, "traceback")
+        grew = sorted(stats, key=lambda stat: stat.size_diff, reverse=True)[:top]
+        total = sum(stat.size_diff for stat in stats)
+        print(f"-- {title}: {total / 1024:+.0f} KiB net, {sum(s.count_diff for s in stats):+d} blocks", file=sink)
+        for stat in grew:
+            if stat.size_diff <= 0:
+                break
+            print(
+                f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks (now {stat.size / 1024:.1f} KiB)",
+                file=sink,
+            )
+            for line in stat.traceback.format(most_recent_first=True):
+                print(f"      {line}", file=sink)
+
+    def dump_forever() -> None:
+        first = previous = None
+        while True:
+            time.sleep(every_s)
+            if not frames:
+                with out.open("a") as sink:
+                    print(f"== {time.strftime('%H:%M:%S', time.gmtime())} UTC {malloc_summary()}", file=sink)
+                continue
+            snapshot = tracemalloc.take_snapshot().filter_traces(leave_out)
+            traced, peak = tracemalloc.get_traced_memory()
+            with out.open("a") as sink:
+                stamp = time.strftime("%H:%M:%S", time.gmtime())
+                print(
+                    f"== {stamp} UTC traced {traced / 2**20:.1f} MiB (peak {peak / 2**20:.1f}); {malloc_summary()}",
+                    file=sink,
+                )
+                if first is not None and previous is not None:
+                    report("since the first snapshot", snapshot, first, sink)
+                    report("since the previous snapshot", snapshot, previous, sink)
+            first = first or snapshot
+            previous = snapshot
+
+    threading.Thread(target=dump_forever, name="soak-tracemalloc", daemon=True).start()
+    return gateway_main(gateway_argv)
+
+
 def scrape(port: int) -> dict[str, float]:
-    """Prometheus text -> metric name -> sum over its labels."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    """Prometheus text -> metric name -> sum over its labels (a tracemalloc snapshot stalls the gateway for
+    seconds, hence the long timeout)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
     totals: dict[str, float] = {}
     for line in text.splitlines():
         if line and line[0] != "#":
@@ -163,6 +302,12 @@ class Row:
     overruns: float
     missing: float
     files: dict[str, float] = field(default_factory=dict)
+    gateway_us: float = 0.0
+    """gateway CPU µs per stored reading"""
+    agent_us: float = 0.0
+    """agent CPU µs per stored reading"""
+    memory: dict[str, float] = field(default_factory=dict)
+    """MB: gateway anon/file, agent anon/file (smaps_rollup)"""
 
 
 def slope_per_hour(xs: list[float], ys: list[float]) -> float:
@@ -185,7 +330,11 @@ def trends(rows: list[Row], warmup: int) -> dict[str, float]:
         "agent CPU": slope_per_hour(xs, [row.agent_cpu for row in steady]),
         "gateway CPU": slope_per_hour(xs, [row.gateway_cpu for row in steady]),
         "RSS": slope_per_hour(xs, [row.rss_mb for row in steady]),
+        "gateway µs/reading": slope_per_hour(xs, [row.gateway_us for row in steady]),
+        "agent µs/reading": slope_per_hour(xs, [row.agent_us for row in steady]),
     }
+    for name in steady[0].memory if steady else ():
+        found[f"{name} MB"] = slope_per_hour(xs, [row.memory[name] for row in steady])
     second_half = steady[len(steady) // 2 :]
     for name in steady[0].files if steady else ():
         found[f"{name} MB"] = slope_per_hour(
@@ -220,7 +369,13 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
     try:
         start([mosquitto_binary(), "-c", str(folder / "mosquitto.conf")])
         start([sys.executable, "-m", "edge_agent.simulator", "--tick", "1", str(folder / "site.toml")])
-        gateway = start([str(BIN / "cems-gateway"), "run", str(folder / "gateway.toml")])
+        gateway_argv = ["run", str(folder / "gateway.toml")]
+        if args.tracemalloc or args.malloc_stats:
+            out = folder / ("tracemalloc.txt" if args.tracemalloc else "malloc.txt")
+            trace = [TRACED_GATEWAY, str(args.tracemalloc), str(args.trace_every), str(out)]
+            gateway = start([sys.executable, str(Path(__file__).resolve()), *trace, *gateway_argv])
+        else:
+            gateway = start([str(BIN / "cems-gateway"), *gateway_argv])
         time.sleep(3)
         agent = start([str(BIN / "edge-agent"), "run", str(folder / "site.toml")])
         deadline = time.monotonic() + 60
@@ -241,7 +396,8 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
         header = (
             f"{'min':>4} {'UTC':>8} {'stored/s':>9} {'agent CPU%':>10} {'gw CPU%':>8} {'RSS MB':>7} {'overruns':>8} "
         )
-        header += f"{'missing':>8} " + " ".join(f"{name + ' MB':>16}" for name in files)
+        header += f"{'missing':>8} {'gw µs/rd':>8} {'ag µs/rd':>8} {'gw anon':>7} {'gw file':>7} {'ag anon':>7} "
+        header += f"{'ag file':>7} " + " ".join(f"{name + ' MB':>16}" for name in files)
         print(header, flush=True)
         began = time.monotonic()
         previous = (time.monotonic(), scrape(ports["gateway_http"]), scrape(ports["agent_metrics"]))
@@ -256,9 +412,12 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
             agent_cpu, gateway_cpu = cpu_seconds(tree(agent.pid)), cpu_seconds(tree(gateway.pid))
             # Aua's own programs: the simulator keeps what it served (for the tests' exactness checks) and grows
             ours = [pid for process in (agent, gateway) for pid in tree(process.pid)]
+            stored = gw["aua_gateway_readings_total"] - previous[1]["aua_gateway_readings_total"]
+            gateway_anon, gateway_file = memory_mb(tree(gateway.pid))
+            agent_anon, agent_file = memory_mb(tree(agent.pid))
             row = Row(
                 minute=(now - began) / 60,
-                stored_per_s=(gw["aua_gateway_readings_total"] - previous[1]["aua_gateway_readings_total"]) / elapsed,
+                stored_per_s=stored / elapsed,
                 agent_cpu=100 * (agent_cpu - agent_cpu_before) / elapsed,
                 gateway_cpu=100 * (gateway_cpu - gateway_cpu_before) / elapsed,
                 rss_mb=rss_mb(ours),
@@ -266,6 +425,14 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
                 - previous[2].get("aua_agent_cycle_overruns_total", 0),
                 missing=gw.get("aua_gateway_missing_batches", 0),
                 files={name: size_mb(path) for name, path in files.items()},
+                gateway_us=1e6 * (gateway_cpu - gateway_cpu_before) / max(stored, 1),
+                agent_us=1e6 * (agent_cpu - agent_cpu_before) / max(stored, 1),
+                memory={
+                    "gateway anon": gateway_anon,
+                    "gateway file": gateway_file,
+                    "agent anon": agent_anon,
+                    "agent file": agent_file,
+                },
             )
             rows.append(row)
             previous = (now, gw, ag)
@@ -274,6 +441,9 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
                 f"{row.minute:>4.1f} {time.strftime('%H:%M:%S', time.gmtime()):>8} "
                 f"{row.stored_per_s:>9.0f} {row.agent_cpu:>10.1f} {row.gateway_cpu:>8.1f} "
                 f"{row.rss_mb:>7.0f} {row.overruns:>8.0f} {row.missing:>8.0f} "
+                f"{row.gateway_us:>8.1f} {row.agent_us:>8.1f} "
+                + " ".join(f"{row.memory[name]:>7.1f}" for name in row.memory)
+                + " "
                 + " ".join(f"{row.files[name]:>16.1f}" for name in files),
                 flush=True,
             )
@@ -296,6 +466,10 @@ def _interrupted(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [TRACED_GATEWAY]:
+        frames, every_s, out, *gateway_argv = argv[1:]
+        return traced_gateway(int(frames), float(every_s), Path(out), gateway_argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=60.0, help="how long to run (default 60)")
     parser.add_argument("--devices", type=int, default=20, help="simulated devices of 30 tags (default 20)")
@@ -308,8 +482,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outbox-mb", type=int, default=32, help="agent outbox_max_bytes in MiB (default 32)")
     parser.add_argument("--raw-retention-h", type=float, default=1.0, help="gateway raw retention, hours (min 1)")
     parser.add_argument("--ledger-detail", type=int, default=1000, help="gateway [ledger] detail_batches")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES", help="trace the gateway's memory")
+    parser.add_argument(
+        "--malloc-stats", action="store_true", help="write the gateway's malloc totals to malloc.txt (no tracemalloc)"
+    )
+    parser.add_argument("--trace-every", type=float, default=120.0, help="seconds between memory snapshots")
     parser.add_argument("--keep", type=Path, help="keep the run's files in this folder")
     args = parser.parse_args(argv)
+    if (args.tracemalloc or args.malloc_stats) and not args.keep:
+        parser.error("--tracemalloc and --malloc-stats write into the run's folder: give --keep FOLDER")
     # SIGTERM (and SIGINT, which a shell ignores for background jobs) end the run through `finally`, so the
     # programs it started are stopped too.
     for sig in (signal.SIGTERM, signal.SIGINT):

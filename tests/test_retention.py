@@ -83,7 +83,9 @@ def test_cutoffs_are_whole_hours() -> None:
     now = datetime(2025, 3, 10, 12, 34, 56, tzinfo=UTC)
     settings = RetentionSettings(raw_days=30, rollup_days=None)
     assert settings.raw_cutoff(now) == datetime(2025, 2, 8, 13, tzinfo=UTC)
+    assert settings.raw_delete_before(now) == datetime(2025, 2, 8, 12, 34, tzinfo=UTC)  # never before raw_cutoff
     assert settings.rollup_cutoff(now) is None
+    assert RetentionSettings(raw_days=None).raw_delete_before(now) is None
     with pytest.raises(ValueError, match="at least one hour"):
         RetentionSettings(raw_days=0.001)
 
@@ -121,6 +123,94 @@ async def test_a_prune_step_costs_the_same_at_1k_and_100k_old_rows(tmp_path: Pat
             assert deleted == 500
             costs.append(cost)
     assert costs[1] <= costs[0] * 1.5, costs
+
+
+def _vm_steps(connection: sqlite3.Connection, counter: list[int]) -> None:
+    """Count SQLite VM steps (in hundreds) on the connection from now on into counter[0]."""
+
+    def count() -> int:
+        counter[0] += 1
+        return 0
+
+    connection.set_progress_handler(count, 100)
+
+
+async def test_a_pass_at_the_bound_costs_the_same_with_1k_and_100k_readings_kept(tmp_path: Path) -> None:
+    """Steady state: a pass deletes the minute that fell due (5 instruments x 60 s) whatever the store keeps
+    beyond it; its VM steps (the whole pass, every step and the search for nothing left) do not grow."""
+    now = datetime(2025, 3, 10, 12, 0, 30, tzinfo=UTC)
+    due_from = datetime(2025, 3, 10, 10, 59, tzinfo=UTC)  # the minute that falls due at `now` with 1 h kept
+    costs = []
+    for kept in (1_000, 100_000):
+        async with SqliteStore(tmp_path / f"{kept}.sqlite") as store:
+            rows = [
+                (row[0], f"gas-{i}", *row[2:])
+                for i in range(5)
+                for row in rows_at(due_from, 60 + kept // 5, timedelta(seconds=1))
+            ]
+            await store.run_on_connection(lambda c, r=rows: bulk_insert(c, r))
+            steps = [0]
+            await store.run_on_connection(lambda c, n=steps: _vm_steps(c, n))
+            retention = Retention(store, RetentionSettings(raw_days=1 / 24, rollup_days=None), pause_s=0)
+            deleted = await retention.prune(now)
+            await store.run_on_connection(lambda c: c.set_progress_handler(None, 100))
+            assert deleted == 5 * 60
+            assert len(await store.query()) == kept
+            costs.append(steps[0])
+    assert costs[1] <= costs[0] * 1.2, costs
+
+
+async def test_passes_every_minute_delete_a_minute_each_across_the_hour(tmp_path: Path) -> None:
+    """Before, raw readings fell due an hour at a time (the cutoff was rounded up to the hour): the first pass
+    after each hour deleted a whole hour, readings only a minute old among them. Now each pass takes the
+    minute that passed, the store keeps at least the retention, and reports still see whole raw hours."""
+    start = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        rows = [(*row[:2], p, *row[3:]) for p in ("so2", "nox") for row in rows_at(start, 1080, timedelta(seconds=10))]
+        await store.run_on_connection(lambda c: bulk_insert(c, rows))
+        settings = RetentionSettings(raw_days=1 / 24, rollup_days=None)
+        retention = Retention(store, settings, pause_s=0)
+        now = start + timedelta(hours=1, minutes=30, seconds=20)
+        first = await retention.prune(now)
+        assert first == 2 * 30 * 6  # 09:00-09:30
+        for _ in range(45):  # 10:30:20 to 11:15:20, across 11:00
+            now += timedelta(minutes=1)
+            assert await retention.prune(now) == 2 * 6  # one minute of two series at one reading per 10 s
+            deleted_before = (now - timedelta(hours=1)).replace(second=0)
+            assert min(r.ts for r in await store.query(end=now)) == deleted_before
+            whole_hour = deleted_before.replace(minute=0) + timedelta(hours=int(deleted_before.minute > 0))
+            assert await raw_kept_from(store, now) == whole_hour  # hours before it count as expired
+
+
+async def test_a_backlog_goes_over_several_passes_each_at_most_max_steps(tmp_path: Path) -> None:
+    """A shortened retention makes months due at once: each pass stops after `max_steps` steps (the rollup
+    pass after it is not held up for hours) and the next due pass, not waiting `every_s`, goes on."""
+    now = datetime(2025, 3, 10, 12, tzinfo=UTC)
+    clock = [now]
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        await store.run_on_connection(
+            lambda c: bulk_insert(c, rows_at(now - timedelta(days=2), 2 * 1440, timedelta(minutes=1)))
+        )
+        retention = Retention(
+            store,
+            RetentionSettings(raw_days=1, rollup_days=None),
+            step_rows=100,
+            max_steps=3,
+            pause_s=0,
+            every_s=3600,
+            clock=lambda: clock[0],
+        )
+        passes = []
+        while deleted := await retention.prune_due():
+            passes.append(deleted)
+            clock[0] += timedelta(seconds=1)
+        assert passes == [300, 300, 300, 300, 240]  # the 1,440 readings of the day before yesterday
+        assert retention.behind is False
+        assert await retention.prune_due() == 0
+        clock[0] += timedelta(minutes=5)
+        assert await retention.prune_due() == 0  # no backlog: it waits every_s again
+        clock[0] += timedelta(hours=1)
+        assert await retention.prune_due() == 65  # readings of 12:00 to 13:04 the day before: due at 13:05:05
 
 
 def _plan(connection: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> str:

@@ -48,6 +48,10 @@ ROLLUP_POLICY = "aua_rollup"
 _HOUR = timedelta(hours=1)
 
 
+def _floor_minute(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)
+
+
 def _ceil_hour(ts: datetime) -> datetime:
     floor = ts.replace(minute=0, second=0, microsecond=0)
     return floor if floor == ts else floor + _HOUR
@@ -67,8 +71,18 @@ class RetentionSettings:
                 raise ValueError(f"{name} must be at least one hour (1/24 day), got {days!r}")
 
     def raw_cutoff(self, now: datetime) -> datetime | None:
-        """Raw readings before this may be deleted: whole hours, so no hour is left half raw."""
+        """Raw data before this may be incomplete (the horizon reports and recomputation go by): whole hours,
+        so no hour counts as half raw; `raw_delete_before(now)` is never later."""
         return None if self.raw_days is None else _ceil_hour(now - timedelta(days=self.raw_days))
+
+    def raw_delete_before(self, now: datetime) -> datetime | None:
+        """Raw readings before this are deleted now: exactly `raw_days` ago, to the whole minute (no 1-minute
+        rollup's raw data half gone). Not rounded to the hour: then each hour's readings fell due at once and
+        a single pass deleted an hour of them (2.16 million at 600 readings/s, found by the soak), so passes
+        every minute each delete a minute's worth instead."""
+        if self.raw_days is None:
+            return None
+        return _floor_minute(now - timedelta(days=self.raw_days))
 
     def rollup_cutoff(self, now: datetime) -> datetime | None:
         """Rollups of periods that start before this may be deleted."""
@@ -88,11 +102,16 @@ _ROLLUP_PERIODS = ("1m", "30m", "1h", "1d", "1mo", "1y")
 
 
 def prune_step(
-    connection: sqlite3.Connection, *, raw_before: datetime | None, rollup_before: datetime | None, limit: int
+    connection: sqlite3.Connection,
+    *,
+    raw_before: datetime | None,
+    rollup_before: datetime | None,
+    limit: int,
 ) -> int:
     """Delete up to `limit` raw readings before `raw_before` and up to `limit` rollups starting before
     `rollup_before`, oldest first (raw: per instrument), in one transaction; returns how many rows went (0:
-    nothing left to do).
+    nothing left to do). `raw_before` to the next whole hour is recorded as where complete raw data begins
+    (`raw_pruned_before`): reports and recomputation take whole hours from raw data or none of them.
 
     Raw readings are found per instrument through reading_series_ts, rollups through rollup_start: a step
     costs the same whatever the tables hold (one index search per instrument, plus the rows it deletes)."""
@@ -101,6 +120,7 @@ def prune_step(
         if raw_before is not None:
             connection.execute(_MARK_SCHEMA)
             cutoff = to_ns(raw_before)
+            horizon = to_ns(_ceil_hour(raw_before))
             left = limit
             for site, instrument in raw_instruments(connection):
                 if left <= 0:
@@ -111,7 +131,7 @@ def prune_step(
             connection.execute(
                 "INSERT INTO retention VALUES ('raw', ?) ON CONFLICT (what) DO UPDATE SET "
                 "before_ns = max(before_ns, excluded.before_ns)",
-                (cutoff,),
+                (horizon,),
             )
         if rollup_before is not None:
             cutoff = to_ns(rollup_before)
