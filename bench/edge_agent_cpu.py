@@ -109,6 +109,12 @@ def mosquitto_binary() -> str:
     return found
 
 
+def sleep_to_mid_second() -> None:
+    """Windows start half-way between poll ticks: a window of N whole seconds then sees N cycles' batches arrive
+    (not N +- 1, as a window opened at any moment would)."""
+    time.sleep((0.5 - time.time() % 1) % 1)
+
+
 def broker_listening(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), 1):
         return True
@@ -206,6 +212,7 @@ class Bench:
             with TreeMonitor(process.pid) as lifetime:
                 wait_for(lambda: process.poll() is None and warmed_up(), 60, f"{agent}: three poll cycles")
                 time.sleep(2)
+                sleep_to_mid_second()
                 before = self.counter.snapshot(agent)
                 metrics = scrape(self.metrics_port) if agent == AGENT else {}
                 with TreeMonitor(process.pid) as window:
@@ -261,7 +268,7 @@ def run_size(size: int, window: float, repeats: int) -> tuple[dict[str, list[Run
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--window", type=float, default=10.0, help="seconds measured per run (default 10)")
+    parser.add_argument("--window", type=int, default=10, help="whole seconds measured per run (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each poller (default 3)")
     parser.add_argument("--sizes", default="10,100,500")
     options = parser.parse_args()
