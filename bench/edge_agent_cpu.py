@@ -20,6 +20,7 @@ machine's load is printed with the results. Each run: a fresh poller, a warm-up 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import signal
 import socket
@@ -50,13 +51,23 @@ RSS_LIMIT_MB = 150
 
 
 def free_ports(count: int) -> list[int]:
+    """Ports free now, below the ephemeral range: on a shared machine every new outgoing connection takes an
+    ephemeral port, and with hundreds of them a port picked there is often gone before the simulator binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(10_000, low))
+    random.shuffle(candidates)
+    ports: list[int] = []
     with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        for port in candidates:
             sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError(f"fewer than {count} free ports between 10000 and {low}")
 
 
 def write_site(folder: Path, ports: list[int], broker_port: int, metrics_port: int) -> Path:
@@ -291,7 +302,10 @@ def main() -> int:
     simulator_cores: dict[int, float] = {}
     for size in sizes:
         print(f"{size} instruments x {TAGS} tags, {options.repeats} x {options.window:.0f} s each ...", flush=True)
-        results[size], simulator_cores[size] = run_size(size, options.window, options.repeats)
+        try:
+            results[size], simulator_cores[size] = run_size(size, options.window, options.repeats)
+        except (SystemExit, RuntimeError) as error:  # the sizes measured so far are still printed
+            print(f"  {size} instruments not measured: {error}", flush=True)
 
     print(f"\nN Modbus TCP devices x {TAGS} float32 tags every second (values change every second), QoS 1 to a")
     print("local mosquitto; median (min–max) of the interleaved runs; delivered = counted by a subscriber.\n")
