@@ -5,7 +5,8 @@
 - `TreeMonitor`: CPU and peak memory of whole process trees (a process and every descendant: worker
   pools, subprocesses), from /proc. CPU is exact (live processes' utime + stime plus what reaped children
   left in their parent's cutime + cstime); memory is the sum of the tree's RSS, sampled every `interval`
-  seconds, so a spike shorter than that can be missed.
+  seconds, so a spike shorter than that can be missed, and pages shared between processes (libraries, a
+  forked parent's memory) count once per process: an upper bound of what the tree holds.
 - The machine's load during the window (load average before/after and the CPU that processes outside the
   measured trees used), printed with every result: the machine is shared.
 - `markdown_table`: results as a table to paste into the docs.
