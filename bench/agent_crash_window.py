@@ -25,7 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _harness import TreeMonitor, machine_note  # noqa: E402
 from agent_site import write_site  # noqa: E402
 from ports import free_port  # noqa: E402
 from servers import MosquittoServer  # noqa: E402
@@ -135,10 +137,13 @@ def main() -> None:
     parser.add_argument("--instruments", type=int, default=10)
     args = parser.parse_args()
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    with tempfile.TemporaryDirectory(prefix="aua-crash-") as folder:
+    with tempfile.TemporaryDirectory(prefix="aua-crash-") as folder, TreeMonitor() as monitor:
         result = asyncio.run(run(args.trials, args.instruments, Path(folder)))
     for key, value in result.items():
         print(f"{key}: {value}")
+    assert monitor.usage is not None
+    # the loss window is a matter of milliseconds: the machine's load decides how much a kill catches
+    print(machine_note([monitor.usage]))
 
 
 if __name__ == "__main__":

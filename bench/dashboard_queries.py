@@ -35,7 +35,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _harness import TreeMonitor, machine_note  # noqa: E402
 from servers import InfluxServer  # noqa: E402
 
 from aua_contract import Quality  # noqa: E402
@@ -213,15 +215,24 @@ def main(argv: list[str] | None = None) -> int:
                 points = fill(client, args.days, args.raw_hours, end, policies)
                 print(f"  {points:,} points in {time.monotonic() - began:.0f} s; letting influxd compact ...")
                 time.sleep(5)
-                return measure(
-                    client,
-                    panel_queries(policies),
-                    ranges,
-                    end,
-                    repeats=args.repeats,
-                    budget_s=args.budget_s,
-                    whole=f"{args.days}d",
+                assert influx.process is not None
+                with TreeMonitor(influx.process.pid) as monitor:
+                    status = measure(
+                        client,
+                        panel_queries(policies),
+                        ranges,
+                        end,
+                        repeats=args.repeats,
+                        budget_s=args.budget_s,
+                        whole=f"{args.days}d",
+                    )
+                assert monitor.usage is not None
+                usage = monitor.usage
+                print(
+                    f"influxd during the queries: {usage.cpu_s:.1f} CPU-s, peak RSS {usage.peak_rss_mb:.0f} MB (tree)"
                 )
+                print(machine_note([usage]))
+                return status
         finally:
             influx.terminate()
 

@@ -8,7 +8,9 @@ one simulator (`python -m edge_agent.simulator`, a Modbus TCP port per instrumen
 (`edge-agent run`, its own process) is started for each measurement, alternately on a fresh outbox and on
 one filled to its `outbox_max_bytes` before the first run (bulk insert of acknowledged batches of the size the
 agent seals, then opened by the agent as an older file would be: counters from one count). After
-warm-up the agent's CPU (all threads, /proc schedstat) is taken over the window; cycles from its /metrics.
+warm-up the agent's CPU (its process tree) is taken over the window, and the readings an independent MQTT
+subscriber received in it (with a value; failed reads are not throughput); the simulator's values change every
+second. Overruns from the agent's /metrics, the machine's load printed with the results.
 Prints each run, then the median and spread per mode. The defaults (200 instruments, a 256 MiB bound) keep a run
 near 2 minutes on a shared 2-core machine, where 500 instruments overran their cycles whatever the outbox held;
 `--instruments 500 --max-bytes 1073741824` is the full-size run (the default bound; the fill alone takes 6-30 s).
@@ -26,23 +28,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _delivery import DeliveryCounter, difference
+from _harness import TreeMonitor, TreeUsage, machine_note, markdown_table, spread
 from edge_agent_cpu import (
+    AGENT,
     ROOT,
+    SITE,
     TAGS,
     PortTaken,
-    cpu_seconds,
+    broker_listening,
     free_ports,
-    memory_mb,
     mosquitto_binary,
     scrape,
+    sleep_to_mid_second,
     wait_for,
     write_site,
 )
 
-from aua_contract import Quality
+from aua_contract import Quality, TopicKind, subscription
 from edge_agent.config import AgentSection
 from edge_agent.outbox import Outbox
 from edge_agent.sealing import Sample, batch_payload
@@ -80,7 +87,9 @@ def files_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / (1 << 20)
 
 
-def measure(config: Path, metrics_port: int, window: float, log: Path) -> dict[str, float]:
+def measure(config: Path, metrics_port: int, window: float, log: Path, counter: DeliveryCounter) -> dict[str, float]:
+    """One run: a fresh agent process, warm-up, then `window` seconds; throughput is what the subscriber got."""
+    counter.forget(AGENT)  # each mode's outbox numbers batches its own way
     with log.open("ab") as output:
         agent = subprocess.Popen(
             [str(Path(sys.executable).parent / "edge-agent"), "run", str(config)],
@@ -89,34 +98,42 @@ def measure(config: Path, metrics_port: int, window: float, log: Path) -> dict[s
             cwd=config.parent,
         )
         try:
-            wait_for(lambda: scrape(metrics_port).get("aua_agent_cycles_total", 0) >= 2, 60, "two poll cycles")
-            time.sleep(1)
-            before = scrape(metrics_port)
-            cpu_before, started = cpu_seconds(agent.pid), time.monotonic()
-            time.sleep(window)
-            cpu, elapsed = cpu_seconds(agent.pid) - cpu_before, time.monotonic() - started
-            after = scrape(metrics_port)
-            rss, _ = memory_mb(agent.pid)
+            with TreeMonitor(agent.pid) as lifetime:
+                wait_for(lambda: scrape(metrics_port).get("aua_agent_cycles_total", 0) >= 2, 60, "two poll cycles")
+                time.sleep(1)
+                sleep_to_mid_second()
+                before, delivered_before = scrape(metrics_port), counter.snapshot(AGENT)
+                with TreeMonitor(agent.pid) as monitor:
+                    time.sleep(window)
+                after, delivered_after = scrape(metrics_port), counter.snapshot(AGENT)
         finally:
             agent.kill()  # nothing to flush for a bench, and the outbox survives kill -9 by design
             agent.wait(10)
-    cycles = after["aua_agent_cycles_total"] - before["aua_agent_cycles_total"]
-    instruments = sum(1 for line in config.read_text().splitlines() if line == "[[instrument]]")
+    usage: TreeUsage | None = monitor.usage
+    assert usage is not None
+    assert lifetime.usage is not None
+    counts = difference(delivered_after, delivered_before)
     return {
-        "tags_per_cpu_s": cycles * instruments * TAGS / cpu,
-        "cpu_percent": 100 * cpu / elapsed,
-        "cycles": cycles,
+        "tags_per_cpu_s": counts.delivered / usage.cpu_s if usage.cpu_s else float("inf"),
+        "delivered_per_s": counts.delivered / usage.wall_s,
+        "failed": counts.failed,
+        "cpu_percent": 100 * usage.cpu_cores,
+        "cycles": after["aua_agent_cycles_total"] - before["aua_agent_cycles_total"],
         "overruns": after["aua_agent_cycle_overruns_total"] - before["aua_agent_cycle_overruns_total"],
         "dropped": after["aua_agent_outbox_dropped_total"],
         "outbox_mb": after["aua_agent_outbox_bytes"] / (1 << 20),
-        "rss_mb": rss,
+        "rss_mb": lifetime.usage.peak_rss_mb,
+        "others_cores": usage.others_cores,
+        "load_before": usage.load_before,
+        "load_after": usage.load_after,
+        "wall_s": usage.wall_s,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instruments", type=int, default=200)
-    parser.add_argument("--window", type=float, default=8.0, help="seconds measured per run (default 8)")
+    parser.add_argument("--window", type=int, default=8, help="whole seconds measured per run (default 8)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--max-bytes", type=int, default=256 << 20, help="outbox_max_bytes in both modes' configs (default 256 MiB)"
@@ -147,6 +164,7 @@ def main() -> int:
         )
         log = folder / "bench.log"
         processes: list[subprocess.Popen[bytes]] = []
+        processes_closing: list[Callable[[], None]] = []
         results: dict[str, list[dict[str, float]]] = {"empty": [], "full": []}
         try:
             with log.open("ab") as output:
@@ -156,7 +174,7 @@ def main() -> int:
                     )
                 )
                 simulator = subprocess.Popen(
-                    [sys.executable, "-m", "edge_agent.simulator", "--tick", "3600", str(sites["empty"])],
+                    [sys.executable, "-m", "edge_agent.simulator", "--tick", "1", str(sites["empty"])],
                     stdout=subprocess.PIPE,
                     stderr=output,
                     cwd=ROOT,
@@ -165,16 +183,20 @@ def main() -> int:
                 assert simulator.stdout is not None
                 if not any(line.startswith(b"simulating") for line in simulator.stdout):
                     raise PortTaken(f"the simulator did not start; see {log}")
+            wait_for(lambda: broker_listening(broker_port), 10, "the broker listening")
+            counter = DeliveryCounter("127.0.0.1", broker_port, subscription(TopicKind.READINGS, SITE))
+            processes_closing.append(counter.close)
             for repeat in range(options.repeats):
                 for mode in ("empty", "full"):
                     outbox = folder / mode / "outbox.sqlite"
                     if mode == "empty":
                         for path in outbox.parent.glob(outbox.name + "*"):
                             path.unlink()
-                    result = measure(sites[mode], metrics_port, options.window, log)
+                    result = measure(sites[mode], metrics_port, options.window, log, counter)
                     results[mode].append(result)
                     print(
-                        f"run {repeat + 1} {mode:>5}: {result['tags_per_cpu_s']:>9,.0f} tags per CPU-s,"
+                        f"run {repeat + 1} {mode:>5}: {result['tags_per_cpu_s']:>9,.0f} tags per CPU-s"
+                        f" ({result['delivered_per_s']:,.0f} delivered/s, {result['failed']:.0f} failed reads),"
                         f" CPU {result['cpu_percent']:5.1f} %, {result['cycles']:.0f} cycles,"
                         f" {result['overruns']:.0f} overruns, outbox {result['outbox_mb']:,.0f} MiB"
                         f" (file {files_mb(outbox):,.0f} MiB), dropped {result['dropped']:.0f},"
@@ -182,6 +204,8 @@ def main() -> int:
                         flush=True,
                     )
         finally:
+            for close in processes_closing:
+                close()
             for process in reversed(processes):
                 process.send_signal(signal.SIGTERM)
             for process in reversed(processes):
@@ -197,12 +221,31 @@ def main() -> int:
                 )
     medians = {mode: statistics.median(r["tags_per_cpu_s"] for r in runs) for mode, runs in results.items()}
     print(
-        f"\n{options.instruments} instruments x {TAGS} tags,"
-        f" {options.repeats} interleaved runs of {options.window:.0f} s"
+        f"\n{options.instruments} instruments x {TAGS} tags (values change every second), {options.repeats}"
+        f" interleaved runs of {options.window:.0f} s; median (min–max); delivered = counted by a subscriber\n"
     )
-    for mode, runs in results.items():
-        values = [r["tags_per_cpu_s"] for r in runs]
-        print(f"{mode:>5}: median {medians[mode]:,.0f} tags per CPU-s (min {min(values):,.0f}, max {max(values):,.0f})")
+    rows = [
+        (
+            mode,
+            spread(r["tags_per_cpu_s"] for r in runs),
+            spread(r["delivered_per_s"] for r in runs),
+            f"{sum(r['failed'] for r in runs):.0f}",
+            spread((r["cpu_percent"] for r in runs), ".1f"),
+            spread(r["rss_mb"] for r in runs),
+            f"{sum(r['overruns'] for r in runs):.0f}",
+            spread(r["outbox_mb"] for r in runs),
+        )
+        for mode, runs in results.items()
+    ]
+    headers = ["outbox", "tags per CPU-s", "delivered/s", "failed reads", "CPU % of a core", "peak RSS MB (tree)",
+               "overruns", "outbox MiB"]  # fmt: skip
+    print(markdown_table(headers, rows))
+    usages = [
+        TreeUsage(r["wall_s"], 0, 0, 0, r["others_cores"], r["load_before"], r["load_after"])
+        for runs in results.values()
+        for r in runs
+    ]
+    print(machine_note(usages))
     ratio = medians["full"] / medians["empty"]
     verdict = "PASS" if ratio >= 1 - TARGET else "FAIL"
     print(f"{verdict}: full outbox at {100 * ratio:.1f} % of empty (target >= {100 * (1 - TARGET):.0f} %)")

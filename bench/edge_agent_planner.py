@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _harness import TreeMonitor, machine_note, markdown_table, spread  # noqa: E402
 
 from edge_agent import rtu  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
@@ -83,7 +87,7 @@ def wire_seconds(requests: list[ReadRequest], baudrate: int = 9600) -> float:
     return total
 
 
-async def measure(config: Path, cycles: int) -> list[tuple[str, int, float, float, float]]:
+async def measure(config: Path, cycles: int) -> tuple[list[tuple[str, int, str, float]], dict[str, list[float]]]:
     loaded = load_config(config)
     plans = {
         "planner (max_gap 10)": {i.id: plan(spans_of(i.profile), max_gap=i.config.max_gap) for i in loaded.instruments},
@@ -118,12 +122,11 @@ async def measure(config: Path, cycles: int) -> list[tuple[str, int, float, floa
             (
                 name,
                 requests,
-                statistics.median(times[name]) * 1000,
-                max(times[name]) * 1000,
+                spread((t * 1000 for t in times[name]), ".1f"),
                 wire_seconds(one_instrument) * len(by_instrument),
             )
         )
-    return rows
+    return rows, times
 
 
 def main() -> int:
@@ -134,19 +137,22 @@ def main() -> int:
         config = write_site(Path(folder), free_port())
         simulator = start_simulator(config)
         try:
-            rows = asyncio.run(measure(config, options.cycles))
+            with TreeMonitor(os.getpid(), simulator.pid) as monitor:
+                rows, times = asyncio.run(measure(config, options.cycles))
         finally:
             simulator.terminate()
             simulator.wait(10)
     tags = INSTRUMENTS * TAGS
     print(f"\n{tags} tags ({INSTRUMENTS} x {TAGS} float32), Modbus TCP on loopback, {options.cycles} cycles\n")
-    print(f"{'plan':<22} {'requests/cycle':>15} {'cycle ms (median)':>18} {'cycle ms (max)':>15} {'RTU 9600 bd s':>14}")
-    for name, requests, median, worst, wire in rows:
-        print(f"{name:<22} {requests:>15} {median:>18.1f} {worst:>15.1f} {wire:>14.2f}")
+    headers = ["plan", "requests/cycle", "cycle ms, median (min–max)", "9600-baud line, s/cycle"]
+    print(markdown_table(headers, [(name, requests, ms, f"{wire:.2f}") for name, requests, ms, wire in rows]))
+    assert monitor.usage is not None
+    print(machine_note([monitor.usage]))
     planner, baseline = rows
+    shorter = statistics.median(times["one request per tag"]) / statistics.median(times["planner (max_gap 10)"])
     print(
-        f"\nplanner: {baseline[1] / planner[1]:.0f}x fewer requests, cycle {baseline[2] / planner[2]:.1f}x shorter on"
-        f" TCP; on a 9600-baud line {baseline[4]:.1f} s -> {planner[4]:.1f} s per cycle"
+        f"\nplanner: {baseline[1] / planner[1]:.0f}x fewer requests, cycle {shorter:.1f}x shorter on"
+        f" TCP (medians); on a 9600-baud line {baseline[3]:.1f} s -> {planner[3]:.1f} s per cycle"
         " (one request per tag cannot poll 300 tags every second on one line)"
     )
     return 0

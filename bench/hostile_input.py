@@ -26,7 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _harness import TreeMonitor, machine_note  # noqa: E402
 from hostile_campaign import (  # noqa: E402
     REAL_AGENT,
     Outcome,
@@ -165,6 +167,7 @@ async def main() -> int:
     failed = False
     began = time.monotonic()
     number = 0
+    monitor = TreeMonitor().__enter__()  # this process and everything it starts: the machine's load beside it
     while number < args.rounds or time.monotonic() - began < args.minutes * 60:
         with tempfile.TemporaryDirectory(prefix="aua-hostile-") as directory:
             try:
@@ -184,6 +187,9 @@ async def main() -> int:
         "warm-up; sealed/resent: the real agent's batches)"
     )
     print("\n".join(lines))
+    monitor.__exit__(None, None, None)
+    assert monitor.usage is not None
+    print(f"{machine_note([monitor.usage])}; this bench's process tree peaked at {monitor.usage.peak_rss_mb:.0f} MB")
     return 1 if failed else 0
 
 

@@ -1,8 +1,13 @@
 """Gateway ingest benchmark (issue 5): sustained readings/s stored into a real InfluxDB, next to the raw
 InfluxDB /write ceiling measured in the same run, and sample-to-stored latency at 1,000 readings/s.
 
-Run: .venv/bin/python bench/ingest_throughput.py [--readings 1000000]
+Run: .venv/bin/python bench/ingest_throughput.py [--readings 1000000] [--repeats 3]
 Targets: >= 50 % of the raw ceiling and >= 50,000 readings/s on 2 cores; p99 latency reported.
+
+The ceiling is InfluxDB written the gateway's way (the same request size and concurrency as
+gateway/stores/influx.py), measured before and after every gateway run (C G C G C G C); each gateway run is
+compared with the mean of the two around it. Every throughput is what InfluxDB held afterwards (a count
+query), CPU and memory are per process tree, and the machine's load is printed with the results.
 
 `--ledger` (issue 12) compares, in one run, the gateway at an empty ledger with the gateway at a ledger holding
 a year of 1 s batches for four agents (bulk-inserted as the ledger keeps them: sequence ranges with an hourly
@@ -25,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _harness import TreeMonitor, TreeUsage, machine_note, markdown_table, spread  # noqa: E402
 from _publisher import make_batch  # noqa: E402
 from servers import InfluxServer, MosquittoServer  # noqa: E402
 
@@ -43,60 +50,64 @@ from gateway.gc_tuning import tune_for_ingest  # noqa: E402
 from gateway.ingest import Ingest  # noqa: E402
 from gateway.ledger import Ledger  # noqa: E402
 from gateway.stores import open_store  # noqa: E402
+from gateway.stores.influx import WRITE_BATCH_LINES  # noqa: E402
 
 BATCH_READINGS = 500
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (/proc/PID/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+async def stored_count(influx: InfluxServer, database: str) -> int:
+    """Points InfluxDB holds in `database`: what a run stored, counted by a query, not by the writer."""
+    store = open_store(influx.database_url(database))
+    await store.open()
+    try:
+        return sum((await store.count_by_instrument()).values())
+    finally:
+        await store.close()
 
 
-class CpuMeter:
-    """CPU seconds each named process used between start() and stop()."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.used: dict[str, float] = {}
-
-    def start(self) -> None:
-        self._began = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-
-    def stop(self) -> None:
-        self.used = {name: cpu_seconds(pid) - self._began[name] for name, pid in self.pids.items()}
+@dataclass(frozen=True)
+class CeilingRun:
+    points_per_s: float
+    influxd: TreeUsage
+    client: TreeUsage
 
 
-async def raw_ceiling(influx: InfluxServer, readings: int) -> tuple[float, dict[str, float]]:
-    """Points/s of gzip line-protocol writes of 5,000 lines from one client, as the gateway's writes are,
-    and the CPU seconds influxd and this client used for them."""
+async def raw_ceiling(influx: InfluxServer, readings: int) -> CeilingRun:
+    """Points/s InfluxDB stores when written the gateway's way (gateway/stores/influx.py): gzip bodies of
+    WRITE_BATCH_LINES lines, write_max_readings of them posted at once, the next group after the answers;
+    counted by a query afterwards. The bodies are compressed before the clock starts (the gateway's gzip is
+    its own CPU), so this is influxd's ceiling, not the client's."""
     database = f"ceiling_{uuid.uuid4().hex[:8]}"
     assert influx.process is not None
-    meter = CpuMeter({"influxd": influx.process.pid, "client": os.getpid()})
+    group = GatewaySection.model_fields["write_max_readings"].default // WRITE_BATCH_LINES
     async with httpx.AsyncClient(base_url=influx.url, timeout=60) as client:
         await client.post("/query", params={"q": f'CREATE DATABASE "{database}"'})
         bodies = []
-        for start in range(0, readings, 5000):
+        for start in range(0, readings, WRITE_BATCH_LINES):
             lines = [
                 f"reading,agent=a1,instrument=i{n % 50},parameter=p{n // 50 % 10},site=s1 "
-                f'quality="ok",unit="mg/m3",value={n / 7} {1_700_000_000_000_000_000 + n * 1_000_000}'
-                for n in range(start, min(readings, start + 5000))
+                f'quality="ok",unit="mg/m3",value={n / 7} {1_700_000_000_000_000_000 + n * 1_000_000}\n'
+                for n in range(start, min(readings, start + WRITE_BATCH_LINES))
             ]
-            bodies.append(gzip.compress("\n".join(lines).encode(), compresslevel=1))
-        meter.start()
-        began = time.perf_counter()
-        for body in bodies:
+            bodies.append(gzip.compress("".join(lines).encode(), compresslevel=1))
+
+        async def post(body: bytes) -> None:
             response = await client.post(
                 "/write",
                 params={"db": database, "precision": "ns"},
                 content=body,
-                headers={"Content-Encoding": "gzip"},
+                headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
             )
             response.raise_for_status()
-        elapsed = time.perf_counter() - began
-        meter.stop()
-        return readings / elapsed, meter.used
+
+        with TreeMonitor(influx.process.pid) as influxd, TreeMonitor(os.getpid(), descendants=False) as me:
+            for first in range(0, len(bodies), group):
+                await asyncio.gather(*(post(body) for body in bodies[first : first + group]))
+    assert influxd.usage is not None
+    assert me.usage is not None
+    stored = await stored_count(influx, database)
+    assert stored == readings, f"InfluxDB holds {stored} of the {readings} points written"
+    return CeilingRun(stored / influxd.usage.wall_s, influxd.usage, me.usage)
 
 
 YEAR_OF_BATCHES = 365 * 86_400
@@ -171,16 +182,26 @@ def start_publisher(
     return process
 
 
+@dataclass(frozen=True)
+class GatewayRun:
+    readings_per_s: float
+    latencies: list[float]
+    usage: dict[str, TreeUsage]
+    """gateway (this process alone), influxd, mosquitto, publisher"""
+
+
 async def gateway_run(
     influx: InfluxServer,
     broker: MosquittoServer,
     workdir: Path,
     readings: int,
     rate: float,
-) -> tuple[float, list[float], dict[str, float]]:
-    """Returns (readings/s, latencies of each batch from sample time to durable, CPU seconds per process)."""
+) -> GatewayRun:
+    """The gateway's ingest (in this process) fed by a publisher process through mosquitto into InfluxDB; the
+    readings/s are what InfluxDB holds afterwards (a query), over the time until the gateway had stored them all."""
     site = f"bench{uuid.uuid4().hex[:6]}"
-    url = influx.database_url(f"gw_{uuid.uuid4().hex[:8]}")
+    database = f"gw_{uuid.uuid4().hex[:8]}"
+    url = influx.database_url(database)
     config = GatewayConfig(
         gateway=GatewaySection(id=f"gw-{site}", state=workdir / f"{site}.sqlite"),
         mqtt=MqttSection(host=broker.host, port=broker.port, sites=site),
@@ -197,22 +218,22 @@ async def gateway_run(
 
     ingest = Ingest(config, store, ledger, on_batch=arrived)
     task = asyncio.create_task(ingest.run())
-    await asyncio.wait_for(ingest.connected.wait(), timeout=10)
+    async with asyncio.timeout(10):
+        await ingest.connected.wait()
     size = 100 if rate else BATCH_READINGS
     batches = readings // size
     publisher = start_publisher(broker, site, "a1", batches, size, rate=rate / size if rate else 0)
     assert publisher.stdin is not None
     assert influx.process is not None
     assert broker.process is not None
-    meter = CpuMeter(
-        {
-            "gateway": os.getpid(),
-            "influxd": influx.process.pid,
-            "mosquitto": broker.process.pid,
-            "publisher": publisher.pid,
-        }
-    )
-    meter.start()
+    monitors = {
+        "gateway": TreeMonitor(os.getpid(), descendants=False),
+        "influxd": TreeMonitor(influx.process.pid),
+        "mosquitto": TreeMonitor(broker.process.pid),
+        "publisher": TreeMonitor(publisher.pid),
+    }
+    for monitor in monitors.values():
+        monitor.__enter__()
     began = time.perf_counter()
     publisher.stdin.write("go\n")
     publisher.stdin.flush()
@@ -221,28 +242,34 @@ async def gateway_run(
         if time.perf_counter() - began > 600:
             raise TimeoutError(f"only {ingest.stats.readings} of {batches * size} readings stored in 600 s")
     elapsed = time.perf_counter() - began
-    meter.stop()
+    for monitor in monitors.values():
+        monitor.__exit__(None, None, None)
     publisher.wait(timeout=30)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    counted = sum((await store.count_by_instrument()).values())
     await store.close()
     ledger.close()
-    assert counted == batches * size, f"stored {counted}, sent {batches * size}"
-    return batches * size / elapsed, latencies, {name: used / elapsed for name, used in meter.used.items()}
+    stored = await stored_count(influx, database)
+    assert stored == batches * size, f"InfluxDB holds {stored}, {batches * size} were sent"
+    usage = {name: monitor.usage for name, monitor in monitors.items() if monitor.usage is not None}
+    return GatewayRun(stored / elapsed, latencies, usage)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--readings", type=int, default=1_000_000)
-    parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="gateway runs, each between two ceiling runs")
+    parser.add_argument("--latency-seconds", type=float, default=10, help="per latency run (3 runs)")
     parser.add_argument("--ledger", action="store_true", help="only: empty ledger vs a year of history")
     parser.add_argument("--batch-readings", type=int, default=20, help="with --ledger: readings per batch")
     parser.add_argument("--ledger-batches", type=int, default=10_000, help="with --ledger: batches per run")
     args = parser.parse_args()
     if args.ledger:
-        await ledger_comparison(args.ledger_batches * args.batch_readings, args.batch_readings)
+        await ledger_comparison(args.ledger_batches * args.batch_readings, args.batch_readings, args.repeats)
         return
+    ceilings: list[CeilingRun] = []
+    gateways: list[GatewayRun] = []
+    latency_runs: list[GatewayRun] = []
     with tempfile.TemporaryDirectory(prefix="aua-bench-") as folder:
         workdir = Path(folder)
         influx = InfluxServer(workdir / "influxd")
@@ -250,30 +277,56 @@ async def main() -> None:
         influx.start()
         broker.start()
         try:
-            ceiling, ceiling_cpu = await raw_ceiling(influx, args.readings)
             tune_for_ingest()  # as `cems-gateway run` does
-            throughput, _, busy = await gateway_run(influx, broker, workdir, args.readings, rate=0)
-            _, latencies, _ = await gateway_run(influx, broker, workdir, int(1000 * args.latency_seconds), rate=1000)
+            # ceiling, gateway, ceiling, gateway, ..., ceiling: each gateway run between two ceiling runs
+            ceilings.append(await raw_ceiling(influx, args.readings))
+            for round_index in range(args.repeats):
+                print(f"  round {round_index + 1}/{args.repeats}: gateway, then ceiling ...", flush=True)
+                gateways.append(await gateway_run(influx, broker, workdir, args.readings, rate=0))
+                ceilings.append(await raw_ceiling(influx, args.readings))
+            for _ in range(3):
+                latency = await gateway_run(influx, broker, workdir, int(1000 * args.latency_seconds), rate=1000)
+                latency_runs.append(latency)
         finally:
             broker.terminate()
             influx.terminate()
-    latencies.sort()
-    p50 = statistics.median(latencies)
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    ratios = [
+        g.readings_per_s / ((before.points_per_s + after.points_per_s) / 2)
+        for g, before, after in zip(gateways, ceilings, ceilings[1:], strict=False)
+    ]
+    p50 = [statistics.median(run.latencies) * 1000 for run in latency_runs]
+    p99 = [sorted(run.latencies)[int(len(run.latencies) * 0.99) - 1] * 1000 for run in latency_runs]
+    group = GatewaySection.model_fields["write_max_readings"].default
     print()
-    print(f"{'measure':<52} {'value':>14} {'target':>22}")
-    baseline = "(baseline, same run)"
-    print(f"{'raw InfluxDB /write ceiling (5,000-line gzip batches)':<52} {ceiling:>12,.0f}/s {baseline:>22}")
-    print(f"{'gateway: MQTT -> validate -> InfluxDB, readings/s':<52} {throughput:>12,.0f}/s {'>= 50,000/s':>22}")
-    print(f"{'gateway / ceiling':<52} {throughput / ceiling:>13.0%} {'>= 50 %':>22}")
-    print(f"{'latency sample -> stored at 1,000 readings/s, p50':<52} {p50 * 1000:>11.1f} ms")
-    print(f"{'latency sample -> stored at 1,000 readings/s, p99':<52} {p99 * 1000:>11.1f} ms")
+    print(f"{args.readings:,} readings per run, median (min–max) of {len(gateways)} gateway runs and the")
+    print(f"{len(ceilings)} ceiling runs around them; every count is what InfluxDB held afterwards (a query).")
     print()
-    print("CPU: microseconds per reading (cores busy during the run)")
-    for name, used in ceiling_cpu.items():
-        print(f"  ceiling run  {name:<12} {used / args.readings * 1e6:>6.2f} us")
-    for name, cores in busy.items():
-        print(f"  gateway run  {name:<12} {cores / throughput * 1e6:>6.2f} us   ({cores:.2f} cores)")
+    rows = [
+        (
+            f"raw InfluxDB /write ceiling, the gateway's way ({group:,} lines as concurrent "
+            f"{WRITE_BATCH_LINES:,}-line gzip requests)",
+            spread(c.points_per_s for c in ceilings) + " points/s",
+            "baseline, same run",
+        ),
+        ("gateway: MQTT -> validate -> InfluxDB", spread(g.readings_per_s for g in gateways) + " readings/s",
+         ">= 50,000/s"),
+        ("gateway / mean of the ceilings before and after", spread((r * 100 for r in ratios), ".0f", " %"),
+         ">= 50 %"),
+        ("latency sample -> stored at 1,000 readings/s, p50", spread(p50, ".1f", " ms"), ""),
+        ("latency sample -> stored at 1,000 readings/s, p99", spread(p99, ".1f", " ms"), ""),
+        ("CPU per reading: gateway process", spread(
+            (g.usage["gateway"].cpu_s / (g.readings_per_s * g.usage["gateway"].wall_s) * 1e6 for g in gateways),
+            ".2f", " us"), ""),
+        ("CPU per reading: influxd (gateway run / ceiling run)",
+         spread((g.usage["influxd"].cpu_s / (g.readings_per_s * g.usage["influxd"].wall_s) * 1e6 for g in gateways),
+                ".2f", " us") + " / " + spread((c.influxd.cpu_s / args.readings * 1e6 for c in ceilings), ".2f", " us"),
+         ""),
+        ("peak RSS: gateway process / influxd tree", spread(g.usage["gateway"].peak_rss_mb for g in gateways)
+         + " / " + spread(g.usage["influxd"].peak_rss_mb for g in gateways) + " MB", ""),
+    ]  # fmt: skip
+    print(markdown_table(["measure", "value", "target"], rows))
+    print()
+    print(machine_note([g.usage["gateway"] for g in gateways] + [c.influxd for c in ceilings]))
     print("(thingsboard-gateway users report ~200 datapoints/s: thingsboard-gateway issue #1484)")
 
 
@@ -311,40 +364,59 @@ async def ledger_run(
     [account] = [a for a in ledger.accounts() if a.agent == "a1"]
     assert account.last_seq == first + batches - 1
     assert ingest.stats.batches == batches
+    stored = sum((await store.count_by_instrument()).values())
+    assert stored == batches * size, f"InfluxDB holds {stored}, {batches * size} were fed"
     ingest.spool.close()
     ledger.close()
     await store.close()
-    return batches * size / elapsed, cpu / batches
+    return stored / elapsed, cpu / batches
 
 
-async def ledger_comparison(readings: int, batch_readings: int) -> None:
-    """Empty ledger, a year of ledger, twice each alternating (to see the loaded machine's drift), one run."""
+async def ledger_comparison(readings: int, batch_readings: int, repeats: int) -> None:
+    """Empty ledger, a year of ledger, interleaved `repeats` times (the loaded machine's drift hits both)."""
     batches = readings // batch_readings
     with tempfile.TemporaryDirectory(prefix="aua-bench-") as folder:
         workdir = Path(folder)
         influx = InfluxServer(workdir / "influxd")
         influx.start()
-        results = []
         try:
             tune_for_ingest()
-            for year in (False, True, False, True):
-                throughput, cpu_per_batch = await ledger_run(influx, workdir, batches, batch_readings, year=year)
-                results.append((year, throughput, cpu_per_batch))
+            results: dict[bool, list[tuple[float, float, TreeUsage]]] = {False: [], True: []}
+            for round_index in range(repeats):
+                for year in (False, True):
+                    print(f"  round {round_index + 1}/{repeats}: {'a year' if year else 'empty'} ...", flush=True)
+                    with TreeMonitor(os.getpid(), descendants=False) as monitor:
+                        throughput, cpu_per_batch = await ledger_run(
+                            influx, workdir, batches, batch_readings, year=year
+                        )
+                    assert monitor.usage is not None
+                    results[year].append((throughput, cpu_per_batch, monitor.usage))
         finally:
             influx.terminate()
     print()
-    print(f"{batches:,} batches of {batch_readings} readings, fed in-process into a real InfluxDB")
-    print(f"{'ledger':<18} {'readings/s':>12} {'batches/s':>10} {'gateway CPU per batch':>22}")
-    for year, throughput, cpu_per_batch in results:
-        name = "a year, 4 agents" if year else "empty"
-        print(f"{name:<18} {throughput:>12,.0f} {throughput / batch_readings:>10,.0f} {cpu_per_batch * 1e6:>19.0f} us")
-    empty = statistics.mean(t for year, t, _ in results if not year)
-    full = statistics.mean(t for year, t, _ in results if year)
-    print(f"a year / empty, readings/s: {full / empty:.0%} (target: >= 90 %)")
-    cpu_empty = statistics.mean(c for year, _, c in results if not year)
-    cpu_full = statistics.mean(c for year, _, c in results if year)
-    print(f"a year / empty, gateway CPU per batch: {cpu_full / cpu_empty:.0%} (target: <= 110 %; steadier than")
-    print("readings/s on a shared machine, where the wall clock also measures the other processes)")
+    print(f"{batches:,} batches of {batch_readings} readings, fed in-process into a real InfluxDB; median (min–max)")
+    print(f"of {repeats} interleaved runs; readings counted in InfluxDB afterwards.")
+    print()
+    rows = [
+        (
+            "a year, 4 agents" if year else "empty",
+            spread(t for t, _, _ in runs),
+            spread(t / batch_readings for t, _, _ in runs),
+            spread((c * 1e6 for _, c, _ in runs), ",.0f", " us"),
+            spread(u.peak_rss_mb for _, _, u in runs),
+        )
+        for year, runs in results.items()
+    ]
+    print(markdown_table(["ledger", "readings/s", "batches/s", "gateway CPU per batch", "peak RSS MB"], rows))
+    empty = statistics.median(t for t, _, _ in results[False])
+    full = statistics.median(t for t, _, _ in results[True])
+    cpu_empty = statistics.median(c for _, c, _ in results[False])
+    cpu_full = statistics.median(c for _, c, _ in results[True])
+    print()
+    print(f"a year / empty, readings/s (medians): {full / empty:.0%} (target: >= 90 %)")
+    print(f"a year / empty, gateway CPU per batch (medians): {cpu_full / cpu_empty:.0%} (target: <= 110 %; steadier")
+    print("than readings/s on a shared machine, where the wall clock also measures the other processes)")
+    print(machine_note(u for runs in results.values() for _, _, u in runs))
 
 
 if __name__ == "__main__":
