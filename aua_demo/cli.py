@@ -23,18 +23,18 @@ from aua_contract import Batch, Quality
 from aua_demo.broker import embedded_broker, free_port
 from aua_demo.replay import ReplayClock, history_then_live
 from aua_demo.sites import CONFIG_DIR, demo_sites, relocate, with_unit_signals
+from aua_simulator.instruments import Incidents, PlantStory, simulator_for_config
 from edge_agent.config import LoadedConfig
 from edge_agent.poller import Agent
-from edge_agent.simulator import Incidents, PlantStory, simulator_for_config
-from gateway.alerts import AlertEngine
+from gateway.alerts.engine import AlertEngine
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.health_writer import HealthWriter
-from gateway.ingest import Ingest
-from gateway.ledger import Ledger
-from gateway.report import MrvReport
-from gateway.report_files import produce_report, write_report_files
-from gateway.rollup import Period
-from gateway.rollup_engine import RollupEngine
+from gateway.ingest.ledger import Ledger
+from gateway.ingest.service import Ingest
+from gateway.mrv.report import MrvReport
+from gateway.mrv.report_files import produce_report, write_report_files
+from gateway.mrv.rollup import Period
+from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import Store, open_store
 
 # What the live view shows per site: (instrument suffix, parameter) pairs.

@@ -33,9 +33,9 @@ from ports import free_port  # noqa: E402
 from servers import MosquittoServer  # noqa: E402
 
 from aua_contract import decode_batch  # noqa: E402
+from aua_simulator.instruments import Incidents, simulator_for_config  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.outbox import Outbox  # noqa: E402
-from edge_agent.simulator import Incidents, simulator_for_config  # noqa: E402
 
 EDGE_AGENT = Path(sys.executable).parent / "edge-agent"
 KILL_DELAYS_MS = (4, 6, 8, 10, 12, 14, 16, 20)

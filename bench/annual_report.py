@@ -44,9 +44,9 @@ from _harness import TreeMonitor, TreeUsage, machine_note, markdown_table, sprea
 
 from aua_contract import Quality  # noqa: E402
 from gateway.config import load_gateway_config  # noqa: E402
-from gateway.report_files import ProducedReport, produce_report, write_report_files  # noqa: E402
-from gateway.rollup import Period  # noqa: E402
-from gateway.rollup_engine import RollupEngine  # noqa: E402
+from gateway.mrv.report_files import ProducedReport, produce_report, write_report_files  # noqa: E402
+from gateway.mrv.rollup import Period  # noqa: E402
+from gateway.mrv.rollup_engine import RollupEngine  # noqa: E402
 from gateway.stores import SqliteStore, StoredReading  # noqa: E402
 
 ZONE = ZoneInfo("Asia/Almaty")

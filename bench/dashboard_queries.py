@@ -42,9 +42,9 @@ from servers import InfluxServer  # noqa: E402
 
 from aua_contract import Quality  # noqa: E402
 from aua_demo.sites import demo_sites  # noqa: E402
-from gateway import dashboard_build  # noqa: E402
-from gateway.dashboards import Policies, with_policies  # noqa: E402
-from gateway.rollup import Aggregate, Period  # noqa: E402
+from gateway.dashboards import build as dashboard_build  # noqa: E402
+from gateway.dashboards.grafana import Policies, with_policies  # noqa: E402
+from gateway.mrv.rollup import Aggregate, Period  # noqa: E402
 from gateway.stores import StoredReading  # noqa: E402
 from gateway.stores import line_protocol as lp  # noqa: E402
 from gateway.stores.base import HEALTH_NOT_APPLICABLE, HealthPoint  # noqa: E402

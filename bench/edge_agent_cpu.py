@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/edge_agent_cpu.py [--window 10] [--repeats 3] [--sizes 10,100,500] [--markdown]
 
-The instruments are Modbus TCP devices, one port each, played by `python -m edge_agent.simulator --tick 1`
+The instruments are Modbus TCP devices, one port each, played by `python -m aua_simulator.instruments --tick 1`
 in another process: every value changes every second (the subscriber checks it). Two pollers take turns on
 the same simulator and the same local mosquitto, interleaved (agent, baseline, agent, baseline, ...):
 
@@ -189,7 +189,7 @@ class Bench:
                 )
             )
             simulator = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.simulator", "--tick", "1", str(self.config)],
+                [sys.executable, "-m", "aua_simulator.instruments", "--tick", "1", str(self.config)],
                 stdout=subprocess.PIPE,
                 stderr=self.log,
                 cwd=ROOT,

@@ -4,7 +4,7 @@
 
 Issue 12's steady-state target: at 500 instruments x 30 tags the agent with its outbox full (every append
 evicts the oldest batches) does within 10 % of its tags per CPU-second with an empty outbox. One mosquitto and
-one simulator (`python -m edge_agent.simulator`, a Modbus TCP port per instrument) run throughout; the agent
+one simulator (`python -m aua_simulator.instruments`, a Modbus TCP port per instrument) run throughout; the agent
 (`edge-agent run`, its own process) is started for each measurement, alternately on a fresh outbox and on
 one filled to its `outbox_max_bytes` before the first run (bulk insert of acknowledged batches of the size the
 agent seals, then opened by the agent as an older file would be: counters from one count). After
@@ -14,7 +14,8 @@ second. Overruns from the agent's /metrics, the machine's load printed with the 
 Prints each run, then the median and spread per mode. The defaults (200 instruments, a 256 MiB bound) keep a run
 near 2 minutes on a shared 2-core machine, where 500 instruments overran their cycles whatever the outbox held;
 `--instruments 500 --max-bytes 1073741824` is the full-size run (the default bound; the fill alone takes 6-30 s).
-Each operation's cost does not depend on the outbox's size (tests/test_outbox.py counts it), so the smaller bound
+Each operation's cost does not depend on the outbox's size (tests/edge_agent/test_outbox.py counts it), so the smaller
+bound
 measures the same steady state: every append evicts.
 """
 
@@ -174,7 +175,7 @@ def main() -> int:
                     )
                 )
                 simulator = subprocess.Popen(
-                    [sys.executable, "-m", "edge_agent.simulator", "--tick", "1", str(sites["empty"])],
+                    [sys.executable, "-m", "aua_simulator.instruments", "--tick", "1", str(sites["empty"])],
                     stdout=subprocess.PIPE,
                     stderr=output,
                     cwd=ROOT,

@@ -66,7 +66,7 @@ def free_port() -> int:
 
 def start_simulator(config: Path) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.simulator", str(config)],
+        [sys.executable, "-m", "aua_simulator.instruments", str(config)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,

@@ -47,8 +47,8 @@ from servers import InfluxServer, MosquittoServer  # noqa: E402
 from aua_contract import Batch, readings_topic  # noqa: E402
 from gateway.config import GatewayConfig, GatewaySection, LedgerSection, MqttSection, StoreSection  # noqa: E402
 from gateway.gc_tuning import tune_for_ingest  # noqa: E402
-from gateway.ingest import Ingest  # noqa: E402
-from gateway.ledger import Ledger  # noqa: E402
+from gateway.ingest.ledger import Ledger  # noqa: E402
+from gateway.ingest.service import Ingest  # noqa: E402
 from gateway.stores import open_store  # noqa: E402
 from gateway.stores.influx import WRITE_BATCH_LINES  # noqa: E402
 

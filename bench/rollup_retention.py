@@ -4,7 +4,7 @@ The soak cannot reach a raw bound before an hour has passed (the config's least 
 not accelerated there. This bench fills a store to the bound at once (bulk insert: `--hours` of raw readings from
 `--instruments` x `--tags` series at one reading a second), then plays steady state on a simulated clock: every
 `--every` seconds the new readings of that interval are inserted and one retention pass runs
-(gateway.retention.Retention.prune, the code the rollup engine calls), `--passes` times across an hour's end.
+(gateway.mrv.retention.Retention.prune, the code the rollup engine calls), `--passes` times across an hour's end.
 
 Per pass: readings deleted, CPU seconds of the process (the store's thread included), CPU µs per deleted reading,
 SQLite VM steps (set_progress_handler, every 1,000), and the file's pages and free pages. A pass at steady state
@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.retention import Retention
+from gateway.mrv.retention import Retention
 from gateway.stores import SqliteStore
 from gateway.stores.retention import RetentionSettings
 

@@ -9,7 +9,7 @@ only when a period's totals are first built: the first pass, each new hour, day,
 before them read the hour's stored minutes, up to 60 per series, and the year's days every pass) and its CPU
 time (process CPU, so the SQLite thread counts too). The CPU share a real-time gateway would spend on rollups
 is that CPU over the 60 s interval. Fails if the raw readings read per pass grow through the hour.
-`--compare-with REV` first runs gateway/rollup_engine.py of that git revision on the same data (the engine
+`--compare-with REV` first runs gateway/mrv/rollup_engine.py of that git revision on the same data (the engine
 before issue 12 read the whole hour so far every pass, and under live ingest ran passes back to back).
 """
 
@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aua_contract import Batch, Reading  # noqa: E402
-from gateway import rollup_engine as current_engine  # noqa: E402
-from gateway.mrv_config import RollupSection, RuleResolver  # noqa: E402
+from gateway.mrv import rollup_engine as current_engine  # noqa: E402
+from gateway.mrv.config import RollupSection, RuleResolver  # noqa: E402
 from gateway.stores import SqliteStore  # noqa: E402
 
 PARAMETERS = 30
@@ -43,7 +43,7 @@ def engine_module(revision: str | None) -> ModuleType:
     if revision is None:
         return current_engine
     source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{revision}:gateway/rollup_engine.py"],
+        ["git", "-C", str(ROOT), "show", f"{revision}:gateway/mrv/rollup_engine.py"],
         check=True,
         capture_output=True,
         text=True,

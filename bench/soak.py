@@ -368,7 +368,7 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
     rows: list[Row] = []
     try:
         start([mosquitto_binary(), "-c", str(folder / "mosquitto.conf")])
-        start([sys.executable, "-m", "edge_agent.simulator", "--tick", "1", str(folder / "site.toml")])
+        start([sys.executable, "-m", "aua_simulator.instruments", "--tick", "1", str(folder / "site.toml")])
         gateway_argv = ["run", str(folder / "gateway.toml")]
         if args.tracemalloc or args.malloc_stats:
             out = folder / ("tracemalloc.txt" if args.tracemalloc else "malloc.txt")

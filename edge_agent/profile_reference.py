@@ -184,7 +184,7 @@ def render() -> str:
     parts = [
         "# Device profile reference\n",
         "<!-- Generated from edge_agent/profiles.py by `python -m edge_agent.profile_reference >"
-        " docs/profile-reference.md`; tests/test_profiles.py fails when this file is stale. -->\n",
+        " docs/profile-reference.md`; tests/edge_agent/test_profiles.py fails when this file is stale. -->\n",
         "A device profile is a TOML file describing one instrument's Modbus register map: where each value is,"
         " how to decode it, which status bits set its quality, and test vectors proving the decoding. A site"
         ' config names the profile of each instrument (`profile = "profiles/stack-gas-analyzer.toml"`);'

@@ -18,27 +18,32 @@ from pathlib import Path
 
 from aua_ops import ConfigFile, install_secret_filter, secrets_of
 from gateway import preflight
-from gateway.accounting import accounting_lines
-from gateway.alert_rules import ThresholdRule, format_duration, parse_duration
-from gateway.alert_state import Phase
-from gateway.alerts import AlertEngine, AlertError, AlertStore
+from gateway.alerts.engine import AlertEngine, AlertError, AlertStore
+from gateway.alerts.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
+from gateway.alerts.rules import ThresholdRule, format_duration, parse_duration
+from gateway.alerts.state import Phase
 from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
-from gateway.dashboards import add_dashboard_commands, run_dashboards_command
+from gateway.dashboards.grafana import add_dashboard_commands, run_dashboards_command
 from gateway.gc_tuning import tune_for_ingest
 from gateway.health_writer import HealthWriter
-from gateway.ingest import Ingest
-from gateway.ledger import Ledger
-from gateway.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
-from gateway.operating_log import add_operating_state_commands, run_operating_state_command
-from gateway.part75_log import add_cal_test_commands, run_cal_test_command
-from gateway.qa_alerts import QaAlerts
-from gateway.qa_checks import QA_WATCH_LOOKBACK, QaWatch, add_qa_check_commands, run_qa_check_command
-from gateway.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
-from gateway.retention import retention_settings
-from gateway.revisions_cli import add_revision_commands, revision_count_lines, revision_counts, run_revisions_command
+from gateway.ingest.accounting import accounting_lines
+from gateway.ingest.ledger import Ledger
+from gateway.ingest.revisions_cli import (
+    add_revision_commands,
+    revision_count_lines,
+    revision_counts,
+    run_revisions_command,
+)
+from gateway.ingest.service import Ingest
+from gateway.mrv.operating_log import add_operating_state_commands, run_operating_state_command
+from gateway.mrv.part75_log import add_cal_test_commands, run_cal_test_command
+from gateway.mrv.qa_alerts import QaAlerts
+from gateway.mrv.qa_checks import QA_WATCH_LOOKBACK, QaWatch, add_qa_check_commands, run_qa_check_command
+from gateway.mrv.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
+from gateway.mrv.retention import retention_settings
+from gateway.mrv.rollup_engine import RollupEngine
+from gateway.mrv.state_feed import StateFeed
 from gateway.roles import Role, plan
-from gateway.rollup_engine import RollupEngine
-from gateway.state_feed import StateFeed
 from gateway.stores import InfluxStore, Store, StoreError, open_store
 from gateway.supervisor import Supervisor, TaskFailed, describe
 from gateway.time_ns import from_ns

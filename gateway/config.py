@@ -24,7 +24,7 @@ from pydantic import (
 from aua_contract import IDENTIFIER_PATTERN
 from aua_mqtt import BrokerConnection, is_placeholder
 from aua_ops import ConfigError, ConfigFile, describe_validation_error, read_toml_text
-from gateway.alert_rules import (
+from gateway.alerts.rules import (
     AMBIENT_PDK,
     ONE_TIME_MINUTES,
     ClockSkewRule,
@@ -41,9 +41,9 @@ from gateway.alert_rules import (
     WindowKind,
     parse_duration,
 )
-from gateway.alert_state import DeliveryPolicy, Severity
+from gateway.alerts.state import DeliveryPolicy, Severity
 from gateway.errors import GatewayError
-from gateway.mrv_config import (
+from gateway.mrv.config import (
     RollupSection,
     SourceConfig,
     check_sources,
@@ -154,7 +154,7 @@ class GatewaySection(_Strict):
 
 
 class LedgerSection(_Strict):
-    """[ledger]: bounds of the gateway's own state file (gateway/ledger.py), so it stops growing once full."""
+    """[ledger]: bounds of the gateway's own state file (gateway/ingest/ledger.py), so it stops growing once full."""
 
     detail_batches: Annotated[int, Field(ge=1, le=100_000_000)] = Field(
         default=100_000,
@@ -229,7 +229,7 @@ class StoreSection(_Strict):
     )
     raw_retention_days: Annotated[float, Field(ge=1 / 24, le=36_500)] | None = Field(
         default=None,
-        description="raw readings kept this many days (rollups stay); unset: forever (gateway/retention.py)",
+        description="raw readings kept this many days (rollups stay); unset: forever (gateway/mrv/retention.py)",
     )
     rollup_retention_days: Annotated[float, Field(ge=1 / 24, le=36_500)] | None = Field(
         default=3653.0, description="rollups kept this many days; 10 years: EU MRR 2018/2066 Art. 67(1)"
@@ -269,7 +269,7 @@ class StoreSection(_Strict):
 
 
 # --------------------------------------------------------------------------------------------------
-# [alerts]: threshold and data alerts (gateway/alert_rules.py, gateway/alerts.py)
+# [alerts]: threshold and data alerts (gateway/alerts/rules.py, gateway/alerts/engine.py)
 # --------------------------------------------------------------------------------------------------
 
 

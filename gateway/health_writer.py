@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.ingest import Ingest
+from gateway.ingest.service import Ingest
 from gateway.stores import Store, StoreError
 from gateway.stores.base import HEALTH_NOT_APPLICABLE, HealthPoint
 from gateway.time_ns import to_ns

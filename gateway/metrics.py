@@ -17,11 +17,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from gateway.alerts import AlertEngine
+    from gateway.alerts.engine import AlertEngine
     from gateway.http_api import HttpApi
-    from gateway.ingest import Ingest
-    from gateway.ledger import AgentAccount
-    from gateway.rollup_engine import EngineCounters
+    from gateway.ingest.ledger import AgentAccount
+    from gateway.ingest.service import Ingest
+    from gateway.mrv.rollup_engine import EngineCounters
 
 OTHER = "_other"
 """site and agent label of the one series that sums the agents beyond the label limit."""
@@ -49,7 +49,7 @@ class _IngestCollector(Collector):
         yield from _spool(self.ingest)
         if self.ingest.rollups is not None:
             yield from _rollup_bounds(self.ingest.rollups.counters)
-        if self.ingest.awaiting is not None:  # mrv without ingest (gateway/stored_batches.py)
+        if self.ingest.awaiting is not None:  # mrv without ingest (gateway/mrv/stored_batches.py)
             awaiting = self.ingest.awaiting
             yield GaugeMetricFamily(
                 "aua_gateway_batches_awaiting_receipt", "batches seen, not yet shown stored", value=len(awaiting)
@@ -132,7 +132,7 @@ def _spool(ingest: Ingest) -> Iterator[Metric]:
 
 def _rollup_bounds(counters: EngineCounters) -> Iterator[Metric]:
     """The rollup engine's running periods in memory, and how often they were rebuilt from the store or
-    dropped to keep their bound (gateway/rollup_engine.py): a bound too small for the series shows as seeds
+    dropped to keep their bound (gateway/mrv/rollup_engine.py): a bound too small for the series shows as seeds
     and evictions that keep rising."""
     yield GaugeMetricFamily(
         "aua_gateway_rollup_open_periods", "running rollup periods held in memory", value=counters.open_periods
@@ -161,7 +161,7 @@ def _bounded_accounts(ingest: Ingest) -> tuple[list[AgentAccount], list[AgentAcc
 
 
 def _alert_bounds(alerts: AlertEngine) -> Iterator[Metric]:
-    """The alert engine's per-name state and caches ([alerts] max_series, gateway/alerts.py)."""
+    """The alert engine's per-name state and caches ([alerts] max_series, gateway/alerts/engine.py)."""
     yield GaugeMetricFamily(
         "aua_gateway_alert_series", "agents, instruments and series with alert state", value=len(alerts.tracked)
     )
@@ -183,7 +183,7 @@ def _alert_bounds(alerts: AlertEngine) -> Iterator[Metric]:
 
 
 def _ledger_bounds(ingest: Ingest) -> Iterator[Metric]:
-    """What the [ledger] bounds hold and drop (gateway/ledger.py), and what gap repair left for later."""
+    """What the [ledger] bounds hold and drop (gateway/ingest/ledger.py), and what gap repair left for later."""
     stats = ingest.stats
     yield GaugeMetricFamily(
         "aua_gateway_resend_not_asked", "owed batches the last gap check left for later", value=stats.resend_not_asked

@@ -1,5 +1,5 @@
-"""Units and their conversions, at one reference condition, for MRV (gateway/mrv.py), alerts
-(gateway/alert_rules.py) and dashboards alike. Pure.
+"""Units and their conversions, at one reference condition, for MRV (gateway/mrv/arithmetic.py), alerts
+(gateway/alerts/rules.py) and dashboards alike. Pure.
 
 The reference is the standard condition of Directive 2010/75/EU (IED) Annex VI Part 2 (and Annex V Part 1):
 273.15 K and 101.3 kPa, dry gas, written exactly as the Directive writes it. Every conversion between mass

@@ -11,8 +11,8 @@ from typing import Any
 from eventually import eventually as poll
 
 from gateway.config import GatewayConfig
-from gateway.ingest import Ingest
-from gateway.ledger import Ledger
+from gateway.ingest.ledger import Ledger
+from gateway.ingest.service import Ingest
 from gateway.stores import open_store
 
 

@@ -4,7 +4,7 @@ tests/test_hostile_input.py (fast, ≥ 10,000 messages) and bench/hostile_input.
 Valid batches from a few good agents are interleaved with poison from others: hypothesis-generated JSON and
 bytes, and the known classes that crashed Aua (integers ≥ 2**63, times outside what the stores hold, control
 characters, values whose sum overflows, spoofed and malformed topics, non-JSON, huge payloads), some published
-retained so every restart of the gateway sees them again. The pure validation (gateway.validation) is the
+retained so every restart of the gateway sees them again. The pure validation (gateway.ingest.validation) is the
 oracle for what must become a dead letter; the store is the judge of what was kept.
 """
 
@@ -46,10 +46,10 @@ from aua_contract import (
 )
 from aua_contract.models import MAX_READINGS_PER_BATCH
 from edge_agent.outbox import Outbox
-from gateway.ledger import Ledger
+from gateway.ingest.ledger import Ledger
+from gateway.ingest.validation import Rejected, validate_message
 from gateway.stores import StoredReading, open_store
 from gateway.stores.base import RevisionCount
-from gateway.validation import Rejected, validate_message
 
 GOOD_AGENTS = ("good-1", "good-2", "good-3", "good-big")
 ROTATION = GOOD_AGENTS[:3]
@@ -635,7 +635,7 @@ AGENT_RESEND = {"resend_max_batches": 10, "resend_max_queued": 20, "resend_rate"
 
 
 class AgentProcess:
-    """`edge-agent run` polling `python -m edge_agent.simulator` (a pymodbus server), both child processes,
+    """`edge-agent run` polling `python -m aua_simulator.instruments` (a pymodbus server), both child processes,
     the agent's Prometheus endpoint on."""
 
     def __init__(self, workdir: Path, site: str, broker: tuple[str, int], agent: str = REAL_AGENT) -> None:
@@ -671,7 +671,7 @@ class AgentProcess:
 
     def start_simulator(self) -> None:
         if self.simulator is None:
-            self.simulator = self._spawn([sys.executable, "-m", "edge_agent.simulator", str(self.config)])
+            self.simulator = self._spawn([sys.executable, "-m", "aua_simulator.instruments", str(self.config)])
 
     async def start(self) -> None:
         """The simulator (once), then the agent; returns when the agent is connected to the broker."""

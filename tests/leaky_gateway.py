@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from gateway import cli
-from gateway.ingest import Ingest
+from gateway.ingest.service import Ingest
 
 _kept: list[bytes] = []
 

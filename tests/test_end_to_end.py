@@ -17,13 +17,13 @@ from servers import MosquittoServer
 
 from aua_contract import Quality, decode_batch
 from aua_demo.sites import demo_sites, relocate
+from aua_simulator.instruments import simulator_for_config
 from edge_agent.config import LoadedConfig
 from edge_agent.outbox import Outbox
 from edge_agent.poller import Agent
-from edge_agent.simulator import simulator_for_config
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
-from gateway.ingest import Ingest
-from gateway.ledger import Ledger
+from gateway.ingest.ledger import Ledger
+from gateway.ingest.service import Ingest
 from gateway.stores import StoredReading, open_store
 
 POLL_SECONDS = 4.5

@@ -34,7 +34,7 @@ from hostile_campaign import (
 )
 from servers import InfluxServer, MosquittoServer
 
-from gateway.ledger import Ledger
+from gateway.ingest.ledger import Ledger
 
 MESSAGES = 10_000
 

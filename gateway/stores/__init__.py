@@ -32,7 +32,7 @@ def open_store(url_or_path: str | Path, *, retention: RetentionSettings | None =
       high-water marks (0: learn them from the store on every write, for gateways sharing a subscription).
 
     `retention`: InfluxDB creates its raw/rollup retention policies from it at open (gateway.stores.retention);
-    SQLite is pruned by gateway.retention instead.
+    SQLite is pruned by gateway.mrv.retention instead.
     """
     if isinstance(url_or_path, Path):
         return SqliteStore(url_or_path)

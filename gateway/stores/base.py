@@ -13,7 +13,7 @@ from typing import Protocol, Self, runtime_checkable
 
 from aua_contract import Batch, Quality, Reading
 from gateway.errors import GatewayError
-from gateway.rollup import Aggregate, Period
+from gateway.mrv.rollup import Aggregate, Period
 
 
 class StoreError(GatewayError):

@@ -34,7 +34,7 @@ import httpx
 
 from aua_contract import Batch, Quality, Reading
 from gateway.errors import GatewayError
-from gateway.rollup import Aggregate, Period
+from gateway.mrv.rollup import Aggregate, Period
 from gateway.stores import line_protocol
 from gateway.stores import retention as retention_rules
 from gateway.stores.base import (

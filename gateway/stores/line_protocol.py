@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from aua_contract import Batch, Reading
-from gateway.rollup import Aggregate
+from gateway.mrv.rollup import Aggregate
 from gateway.stores.base import (
     HEALTH_MEASUREMENT,
     HEALTH_TAG_KEYS,

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from aua_contract import Batch, Quality, Reading
-from gateway.rollup import Aggregate, Period
+from gateway.mrv.rollup import Aggregate, Period
 from gateway.state_file import transaction
 from gateway.stores.base import (
     Approval,

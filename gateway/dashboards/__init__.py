@@ -1,0 +1,1 @@
+"""Grafana dashboards: built from code (build) and pushed to a Grafana server (grafana)."""
