@@ -19,7 +19,8 @@ from pathlib import Path
 from aua_ops import ConfigFile, install_secret_filter, secrets_of
 from gateway import preflight
 from gateway.alerts.engine import AlertEngine, AlertError, AlertStore
-from gateway.alerts.notify import MessageFormat, NotifyError, both_times, notifiers_from_config, test_message
+from gateway.alerts.messages import MessageFormat, NotifyError, both_times, test_message
+from gateway.alerts.notify import notifiers_from_config
 from gateway.alerts.rules import ThresholdRule, format_duration, parse_duration
 from gateway.alerts.state import Phase
 from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config

@@ -44,15 +44,8 @@ from zoneinfo import ZoneInfo
 
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
 from aua_ops import redact_text
-from gateway.alerts.notify import (
-    Message,
-    MessageFormat,
-    Notifier,
-    NotifyError,
-    notice_document,
-    notice_from_document,
-    notifiers_from_config,
-)
+from gateway.alerts.messages import Message, MessageFormat, Notifier, NotifyError, notice_document, notice_from_document
+from gateway.alerts.notify import notifiers_from_config
 from gateway.alerts.rules import (
     QAL3_RULE,
     ClockSkewRule,

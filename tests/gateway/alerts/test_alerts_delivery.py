@@ -42,18 +42,13 @@ from aua_simulator.instruments import Incidents, simulator_for_config
 from edge_agent.config import load_config
 from edge_agent.quality import quality_from_bits
 from gateway.alerts.engine import AlertEngine, AlertStore
+from gateway.alerts.messages import Message, MessageFormat, Notifier, NotifyError, notice_document, notice_from_document
 from gateway.alerts.notify import (
     AppriseNotifier,
     ConsoleNotifier,
     GrafanaAnnotationNotifier,
-    Message,
-    MessageFormat,
     MqttNotifier,
-    Notifier,
-    NotifyError,
     alerts_topic,
-    notice_document,
-    notice_from_document,
 )
 from gateway.alerts.state import AlertKey, Notice, NoticeKind, Phase, Severity
 from gateway.cli import main as gateway_main
