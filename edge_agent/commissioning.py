@@ -17,7 +17,8 @@ from typing import TextIO
 
 from aua_contract import Quality, Reading
 from aua_mqtt import broker_problem
-from aua_ops import ConfigFile, bind_problem, path_problem
+from aua_ops import ConfigFile
+from aua_ops.startup import bind_problem, path_problem
 from edge_agent.config import Instrument, LoadedConfig, Transport
 from edge_agent.driver import Answer
 from edge_agent.instrument_reader import ModbusReader, readings_from_answers, words_by_span

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aua_mqtt import broker_problem, reach_problem
-from aua_ops import ConfigFile, bind_problem, path_problem
+from aua_ops import ConfigFile
+from aua_ops.startup import bind_problem, path_problem
 from gateway.config import GatewayConfig
 from gateway.stores import InfluxStore, SqliteStore, StoreError, open_store
 

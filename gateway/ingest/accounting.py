@@ -4,9 +4,12 @@ which sequence ranges are still missing. Pure: the CLI reads the ledger and prin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from gateway.ingest.gap_repair import Owed, SeqRange
-from gateway.ingest.ledger import AgentAccount
+
+if TYPE_CHECKING:
+    from gateway.ingest.ledger import AgentAccount  # the ledger's row type; the ledger itself is I/O
 
 HEADER = (
     f"{'site':<20} {'agent':<20} {'batches':>8} {'readings':>9} {'seqs':>15} {'dups':>6} {'late':>6} "

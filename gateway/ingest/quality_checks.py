@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from aua_contract import Batch, Quality, Reading
-from gateway.config import RegistrySection
+
+if TYPE_CHECKING:
+    from gateway.config import RegistrySection
 
 # Worst first wins. Excluded-from-averages flags rank above the usable ones.
 SEVERITY: dict[Quality, int] = {

@@ -1,17 +1,22 @@
 """Where the gateway keeps readings: SQLite (default, zero setup) or InfluxDB (1.x, or 2.x/3.x via v1 API).
 
-`open_store(url)` builds the store a config URL names; call `await store.open()` before use.
+`open_store(url)` builds the store a config URL names; call `await store.open()` before use. The protocol
+(`Store`, gateway.stores.base) loads with the package; the adapters (sqlite, influx) load on first use, so the
+pure modules here (base, line_protocol) and those that only name the protocol import no database client.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from gateway.stores.base import BatchReceipt, Store, StoredReading, StoreError
-from gateway.stores.influx import SERIES_MARKS, InfluxStore, redact_url
-from gateway.stores.retention import RetentionSettings
-from gateway.stores.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from gateway.stores.influx import InfluxStore
+    from gateway.stores.retention import RetentionSettings
+    from gateway.stores.sqlite import SqliteStore
 
 __all__ = ["BatchReceipt", "InfluxStore", "SqliteStore", "Store", "StoreError", "StoredReading", "open_store"]
 
@@ -19,6 +24,19 @@ _INFLUX_SCHEMES = {"influx": "http", "http": "http", "https": "https"}
 _INFLUX_DEFAULT_PORT = 8086
 _INFLUX_OPTIONS = frozenset({"token", "rp", "timeout", "series_marks"})
 _USAGE = "expected sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH, a file path, or influx|http|https://HOST:PORT/DB"
+
+
+def __getattr__(name: str) -> object:
+    """`from gateway.stores import SqliteStore`: the adapter module loads here, on first use."""
+    if name == "SqliteStore":
+        from gateway.stores.sqlite import SqliteStore
+
+        return SqliteStore
+    if name == "InfluxStore":
+        from gateway.stores.influx import InfluxStore
+
+        return InfluxStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(url_or_path: str | Path, *, retention: RetentionSettings | None = None) -> Store:
@@ -34,6 +52,8 @@ def open_store(url_or_path: str | Path, *, retention: RetentionSettings | None =
     `retention`: InfluxDB creates its raw/rollup retention policies from it at open (gateway.stores.retention);
     SQLite is pruned by gateway.mrv.retention instead.
     """
+    from gateway.stores.sqlite import SqliteStore
+
     if isinstance(url_or_path, Path):
         return SqliteStore(url_or_path)
     if "://" not in url_or_path:
@@ -52,6 +72,8 @@ def open_store(url_or_path: str | Path, *, retention: RetentionSettings | None =
 
 
 def _influx_store(url: str, http_scheme: str, retention: RetentionSettings | None = None) -> InfluxStore:
+    from gateway.stores.influx import SERIES_MARKS, InfluxStore
+
     shown = _redact(url)
     parts = urlsplit(url)
     if not parts.hostname:
@@ -91,6 +113,8 @@ def _influx_store(url: str, http_scheme: str, retention: RetentionSettings | Non
 
 def _redact(url: str) -> str:
     """No password or token in an error message."""
+    from gateway.stores.influx import redact_url
+
     parts = urlsplit(redact_url(url))
     if "token=" not in parts.query:
         return urlunsplit(parts)
