@@ -112,6 +112,10 @@ def plots(meta: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
             axis.errorbar(sizes, mid, yerr=[low, high], marker="o", capsize=4, label=label)
     left.set(xscale="log", xlabel="devices (x 30 float32 tags, 1 s)", ylabel="tags delivered per CPU-second")
     right.set(xscale="log", xlabel="devices (x 30 float32 tags, 1 s)", ylabel="RSS of the process tree, MB")
+    for axis in (left, right):
+        ticks = sorted({devices for _, devices in steady})
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
     left.set_ylim(bottom=0)
     right.set_ylim(bottom=0)
     left.legend(fontsize=8)
@@ -124,8 +128,9 @@ def plots(meta: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
     if not outages:
         return
     figure, axis = pyplot.subplots(figsize=(9, 4))
+    short = {"aua": "Aua", "thingsboard-gateway": "thingsboard-gw", "node-red": "Node-RED"}
     names = [
-        f"{LABELS.get(r['system'], r['system'])}\n{'broker' if r['kind'] == 'broker' else 'broker + collector'}"
+        f"{short.get(r['system'], r['system'])}\n{'broker' if r['kind'] == 'broker' else 'broker + collector'}"
         for r in outages
     ]
     positions = range(len(outages))

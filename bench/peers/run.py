@@ -210,11 +210,12 @@ def measure_run(
                 if not collector.alive():
                     raise RuntimeError(f"{system} exited during start-up:\n{collector.tail()}")
                 tick = simulator.tick()
-                return counter.delivered(tick - 3, tick - 3) >= 0.95 * expected
+                return counter.delivered(tick - 3, tick - 3) >= 0.5 * expected
 
-            wait_for(steady, STARTUP_TIMEOUT, f"{system} to deliver 95 % of {expected} values in a second")
+            # Half the values of one second delivered: running (whether it keeps up is what the window shows).
+            wait_for(steady, STARTUP_TIMEOUT, f"{system} to deliver half of {expected} values in a second")
             startup = time.monotonic() - began
-            time.sleep(3)  # settle: connections open, first buffers filled
+            time.sleep(5)  # settle: every connection open, first buffers filled
             first = simulator.tick() + 1
             span = window if outage is None else outage + 30.0
             last = first + int(span) - 1
@@ -338,10 +339,12 @@ def main() -> int:
             continue
         rows.append(row)
         loads.append(load())
+        efficiency = (
+            f"{row['tags_per_cpu_s']:,} tags/CPU-s, {row['cpu_percent']} % CPU, " if row["tags_per_cpu_s"] else ""
+        )
         print(
-            f"{row['tags_per_cpu_s'] or '-'} tags/CPU-s, {row['cpu_percent']} % CPU, {row['rss_mb']} MB, "
-            f"{row['requests_per_device_cycle']} req/device/s, served {row['served']} -> delivered "
-            f"{row['delivered']} (dup {row['duplicates']}, wrong {row['wrong']})",
+            f"{efficiency}{row['rss_mb']} MB, {row['requests_per_device_cycle']} req/device/s, served "
+            f"{row['served']:,} -> delivered {row['delivered']:,} (dup {row['duplicates']}, wrong {row['wrong']})",
             flush=True,
         )
     meta = {
