@@ -34,6 +34,8 @@ class Counter:
         self.devices = devices
         self.lock = threading.Lock()
         self.masks: dict[int, list[int]] = {}
+        self.received = 0
+        """distinct values received so far, of any second"""
         self.duplicates = 0
         self.wrong = 0
         self.messages = 0
@@ -101,6 +103,7 @@ class Counter:
             self.duplicates += 1
         else:
             masks[device] |= bit
+            self.received += 1
 
     def delivered(self, first_tick: int, last_tick: int) -> int:
         """Distinct values read in ticks first_tick ... last_tick that arrived so far."""

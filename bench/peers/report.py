@@ -39,13 +39,15 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{meta['loads'][-1]} at the end. Each device: 30 float32 tags read every second, values changing every "
         f"second. Steady runs: {meta['repeats']} interleaved repeat(s) of {meta['window_s']:.0f} s; figures are "
         "median (min–max). CPU is of the system's whole process tree, in % of one core; tags per CPU-second "
-        "count the distinct values the independent subscriber received, not the reads attempted.",
+        "count the distinct values the independent subscriber received during the window, not the reads "
+        "attempted; served → delivered counts the values read in the window and those of them that arrived, "
+        "however late (up to 90 s after). The simulator's CPU shows when it, not the system, was the limit.",
         "",
         "Versions: " + "; ".join(meta["versions"].values()) + ".",
         "",
         "| system | N | tags per CPU-second | CPU % | RSS MB | requests per device per cycle "
-        "| delivered per s (of nominal) | served → delivered in the window | runs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| delivered per s (of nominal) | served → delivered in the window | simulator CPU % | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (system, devices), group in sorted(_groups(rows, "steady").items(), key=lambda item: (item[0][1], item[0][0])):
         served = sum(r["served"] for r in group)
@@ -55,7 +57,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"| {spread([r['cpu_percent'] for r in group], '{:.1f}')} | {spread([r['rss_mb'] for r in group])} "
             f"| {spread([r['requests_per_device_cycle'] for r in group], '{:.1f}')} "
             f"| {spread([r['delivered_per_s'] for r in group])} (of {group[0]['nominal_per_s']:,}) "
-            f"| {served:,} → {delivered:,} | {len(group)} |"
+            f"| {served:,} → {delivered:,} | {spread([r.get('simulator_cpu_percent') for r in group], '{:.0f}')} "
+            f"| {len(group)} |"
         )
     if meta["thingsboard_max"] and any(r["system"] == "thingsboard-gateway" for r in rows):
         lines += [

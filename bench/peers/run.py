@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,7 +163,8 @@ def sleep_until(epoch: float) -> None:
 
 
 def drain(counter: Counter, first: int, last: int, quiet: float = 3.0) -> float:
-    """Wait until no more values of the window arrive for `quiet` seconds; returns how long it took."""
+    """Wait until values read after the window arrive (a system with a backlog delivers in order) and none of
+    the window's arrive for `quiet` seconds, at most DRAIN_TIMEOUT; returns how long it took."""
     began = time.monotonic()
     seen, since = counter.delivered(first, last), time.monotonic()
     while time.monotonic() - began < DRAIN_TIMEOUT:
@@ -170,9 +172,25 @@ def drain(counter: Counter, first: int, last: int, quiet: float = 3.0) -> float:
         now = counter.delivered(first, last)
         if now != seen:
             seen, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
+        elif time.monotonic() - since >= quiet and counter.latest_tick() > last + 2:
             break
     return time.monotonic() - began
+
+
+def agent_metrics(port: int | None) -> dict[str, float]:
+    """Cycles that overran the interval and requests that failed, from the agent's Prometheus endpoint."""
+    if port is None:
+        return {}
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and line[0] != "#":
+            name = line.split("{")[0].split(" ")[0]
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def window_counts(simulator: Simulator, first: int, last: int) -> dict[str, int]:
@@ -221,6 +239,8 @@ def measure_run(
             last = first + int(span) - 1
             sleep_until(simulator.tick_starts(first))
             cpu0, wall0 = measure.cpu_seconds(collector.pid), time.time()
+            simulator_cpu0, received0 = measure.cpu_seconds(simulator.process.pid), counter.received
+            metrics0 = agent_metrics(collector.launch.metrics_port)
             rss_peak = measure.rss_mb(collector.pid)
             killed_at = None
             if outage is not None:
@@ -237,6 +257,8 @@ def measure_run(
                 rss_peak = max(rss_peak, measure.rss_mb(collector.pid))
                 time.sleep(min(1.0, max(0.0, simulator.tick_starts(last + 1) - time.time())))
             cpu1, wall1 = measure.cpu_seconds(collector.pid), time.time()
+            simulator_cpu, received = measure.cpu_seconds(simulator.process.pid) - simulator_cpu0, counter.received
+            metrics1 = agent_metrics(collector.launch.metrics_port)
             rss = measure.rss_mb(collector.pid)
             counts = window_counts(simulator, first, last)
             catch_up = drain(counter, first, last)
@@ -252,11 +274,20 @@ def measure_run(
                 "startup_s": round(startup, 1),
                 "cpu_s": None if cpu is None else round(cpu, 3),
                 "cpu_percent": None if cpu is None else round(100 * cpu / seconds, 1),
-                "tags_per_cpu_s": round(delivered / cpu) if cpu else None,
+                "tags_per_cpu_s": round((received - received0) / cpu) if cpu else None,
                 "rss_mb": round(rss, 1),
                 "rss_peak_mb": round(max(rss_peak, rss), 1),
                 "requests_per_device_cycle": round(counts["requests"] / (devices * (last - first + 1)), 2),
-                "delivered_per_s": round(delivered / (last - first + 1)),
+                "delivered_per_s": round((received - received0) / seconds),
+                "simulator_cpu_percent": round(100 * simulator_cpu / seconds, 1),
+                **{
+                    key: metrics1.get(name, 0.0) - metrics0.get(name, 0.0)
+                    for key, name in (
+                        ("overruns", "aua_agent_cycle_overruns_total"),
+                        ("request_errors", "aua_agent_request_errors_total"),
+                    )
+                    if metrics1 and metrics0 and killed_at is None
+                },
                 "nominal_per_s": expected,
                 **counts,
                 "delivered": delivered,
@@ -344,7 +375,13 @@ def main() -> int:
         )
         print(
             f"{efficiency}{row['rss_mb']} MB, {row['requests_per_device_cycle']} req/device/s, served "
-            f"{row['served']:,} -> delivered {row['delivered']:,} (dup {row['duplicates']}, wrong {row['wrong']})",
+            f"{row['served']:,} -> delivered {row['delivered']:,} (dup {row['duplicates']}, wrong {row['wrong']}), "
+            f"simulator {row['simulator_cpu_percent']} % CPU"
+            + (
+                f", agent overruns {row['overruns']:.0f}, failed requests {row['request_errors']:.0f}"
+                if "overruns" in row
+                else ""
+            ),
             flush=True,
         )
     meta = {

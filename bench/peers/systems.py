@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import venv
@@ -41,6 +42,14 @@ class Launch:
     argv: list[str]
     cwd: Path
     env: dict[str, str]
+    metrics_port: int | None = None
+    """a Prometheus endpoint telling cycles that overran and requests that failed (Aua's agent has one)"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def device(n: int) -> str:
@@ -70,8 +79,10 @@ class Aua:
             for i in range(TAGS)
         ]
         (folder / "profile.toml").write_text("\n".join(profile))
+        metrics_port = free_port()
         site = [
-            f'[agent]\nsite = "bench"\nid = "peers"\npoll_interval = 1.0\noutbox = "{folder / "outbox.sqlite"}"\n',
+            f'[agent]\nsite = "bench"\nid = "peers"\npoll_interval = 1.0\noutbox = "{folder / "outbox.sqlite"}"\n'
+            f"metrics_port = {metrics_port}\n",
             f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n',
         ]
         site += [
@@ -80,7 +91,7 @@ class Aua:
         ]
         (folder / "site.toml").write_text("\n".join(site))
         binary = Path(sys.executable).parent / "edge-agent"
-        return Launch([str(binary), "run", str(folder / "site.toml")], folder, {})
+        return Launch([str(binary), "run", str(folder / "site.toml")], folder, {}, metrics_port)
 
 
 class ThingsboardGateway:
