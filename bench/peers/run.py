@@ -327,6 +327,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="results folder (bench/results)")
     parser.add_argument("--cache", type=Path, default=CACHE)
     options = parser.parse_args()
+    # Stopped with kill PID or Ctrl-C (also when started in the background, where SIGINT comes ignored): the
+    # `finally` blocks still stop the system, broker and simulator of the current run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     quick = options.quick
     sizes = [int(s) for s in (options.sizes or ("10" if quick else "10,100,500")).split(",")]
     repeats = options.repeats or (1 if quick else 3)
