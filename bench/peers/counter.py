@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -27,17 +28,66 @@ SESSION_LIMITS = {
 }
 
 
-class Counter:
-    """A persistent-session QoS 1 subscriber on its own paho thread."""
+def values_of(topic: str, document: Any) -> Iterator[tuple[int, int, float]]:
+    """(device index, tag index, value) of every value in one system's message."""
+    if topic.startswith("aua/"):
+        for reading in document["readings"]:
+            if reading.get("value") is not None:
+                yield int(reading["instrument"][3:]), int(reading["parameter"][1:]), reading["value"]
+    elif topic == "v1/gateway/telemetry":
+        for name, entries in document.items():
+            for entry in entries if isinstance(entries, list) else [entries]:
+                for key, value in entry.get("values", entry).items():
+                    if key.startswith("t") and key[1:].isdigit():
+                        yield int(name[3:]), int(key[1:]), value
+    elif topic.startswith("nr/"):
+        device = int(topic.rsplit("/", 1)[1][3:])
+        for tag, value in enumerate(document["v"]):
+            yield device, tag, value
 
-    def __init__(self, host: str, port: int, devices: int, client_id: str) -> None:
+
+class Tally:
+    """Distinct (device, tag, tick) values: one bit per tag in a mask per device and tick."""
+
+    def __init__(self, devices: int) -> None:
         self.devices = devices
-        self.lock = threading.Lock()
         self.masks: dict[int, list[int]] = {}
         self.received = 0
         """distinct values received so far, of any second"""
         self.duplicates = 0
         self.wrong = 0
+
+    def add(self, device: int, tag: int, value: float) -> None:
+        whole = int(value)
+        if whole != value or whole // TAG_STRIDE != tag or not 0 <= device < self.devices:
+            self.wrong += 1
+            return
+        masks = self.masks.setdefault(whole % TAG_STRIDE, [0] * self.devices)
+        bit = 1 << tag
+        if masks[device] & bit:
+            self.duplicates += 1
+        else:
+            masks[device] |= bit
+            self.received += 1
+
+    def delivered(self, first_tick: int, last_tick: int) -> int:
+        """Distinct values read in ticks first_tick ... last_tick that arrived so far."""
+        return sum(
+            sum(mask.bit_count() for mask in masks)
+            for tick, masks in self.masks.items()
+            if first_tick <= tick <= last_tick
+        )
+
+    def latest_tick(self) -> int:
+        return max(self.masks, default=0)
+
+
+class Counter(Tally):
+    """The tally fed by a persistent-session QoS 1 subscriber on its own paho thread."""
+
+    def __init__(self, host: str, port: int, devices: int, client_id: str) -> None:
+        super().__init__(devices)
+        self.lock = threading.Lock()
         self.messages = 0
         self.undecodable = 0
         self.rpc_answers = 0
@@ -65,55 +115,19 @@ class Counter:
                     client.publish(reply, json.dumps(SESSION_LIMITS), qos=1)
                     self.rpc_answers += 1
                 return
-            values = list(self._values(topic, document))
+            values = list(values_of(topic, document))
         except (ValueError, TypeError, KeyError, AttributeError, IndexError):
             self.undecodable += 1
             return
         with self.lock:
             self.messages += 1
             for device, tag, value in values:
-                self._count(device, tag, value)
-
-    @staticmethod
-    def _values(topic: str, document: Any) -> Any:
-        """(device index, tag index, value) of every value in one system's message."""
-        if topic.startswith("aua/"):
-            for reading in document["readings"]:
-                if reading.get("value") is not None:
-                    yield int(reading["instrument"][3:]), int(reading["parameter"][1:]), reading["value"]
-        elif topic == "v1/gateway/telemetry":
-            for name, entries in document.items():
-                for entry in entries if isinstance(entries, list) else [entries]:
-                    for key, value in entry.get("values", entry).items():
-                        if key.startswith("t") and key[1:].isdigit():
-                            yield int(name[3:]), int(key[1:]), value
-        elif topic.startswith("nr/"):
-            device = int(topic.rsplit("/", 1)[1][3:])
-            for tag, value in enumerate(document["v"]):
-                yield device, tag, value
-
-    def _count(self, device: int, tag: int, value: float) -> None:
-        whole = int(value)
-        if whole != value or whole // TAG_STRIDE != tag or not 0 <= device < self.devices:
-            self.wrong += 1
-            return
-        masks = self.masks.setdefault(whole % TAG_STRIDE, [0] * self.devices)
-        bit = 1 << tag
-        if masks[device] & bit:
-            self.duplicates += 1
-        else:
-            masks[device] |= bit
-            self.received += 1
+                self.add(device, tag, value)
 
     def delivered(self, first_tick: int, last_tick: int) -> int:
-        """Distinct values read in ticks first_tick ... last_tick that arrived so far."""
         with self.lock:
-            return sum(
-                sum(mask.bit_count() for mask in masks)
-                for tick, masks in self.masks.items()
-                if first_tick <= tick <= last_tick
-            )
+            return super().delivered(first_tick, last_tick)
 
     def latest_tick(self) -> int:
         with self.lock:
-            return max(self.masks, default=0)
+            return super().latest_tick()
