@@ -90,6 +90,7 @@ class Counter(Tally):
         self.lock = threading.Lock()
         self.messages = 0
         self.undecodable = 0
+        self.undecodable_sample = ""
         self.rpc_answers = 0
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.on_connect = self._on_connect
@@ -116,8 +117,9 @@ class Counter(Tally):
                     self.rpc_answers += 1
                 return
             values = list(values_of(topic, document))
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
             self.undecodable += 1
+            self.undecodable_sample = f"{topic}: {error!r}: {message.payload[:300]!r}"
             return
         with self.lock:
             self.messages += 1
