@@ -184,6 +184,9 @@ class ThingsboardGateway:
             for n, port in enumerate(ports)
         ]
         (config / "modbus.json").write_text(json.dumps({"master": {"slaves": slaves}}, indent=2))
+        # Its logs.json writes to ./logs/, which only its development entry point creates: without it the
+        # logging configuration fails and the gateway runs on its fallback logging.
+        (folder / "logs").mkdir()
         return Launch([str(home / "bin" / "thingsboard-gateway")], folder, {"TB_GW_CONFIG_DIR": f"{config}/"})
 
 
