@@ -45,6 +45,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         "Versions: " + "; ".join(meta["versions"].values()) + ".",
         "",
+        *([meta["note"], ""] if meta.get("note") else []),
         "| system | N | tags per CPU-second | CPU % | RSS MB | requests per device per cycle "
         "| delivered per s (of nominal) | served → delivered in the window | simulator CPU % | runs |",
         "|---|---|---|---|---|---|---|---|---|---|",
