@@ -76,17 +76,16 @@ def describe_validation_error(
 
     Given the `model` validated, an unknown key is `unknown key 'scaling' (did you mean 'scale'?)` rather than
     pydantic's "Extra inputs are not permitted". Given the parsed `document` too, the lines speak to the person
-    who wrote the file: array elements are named and counted from 1 (`tag #10 "air_pressure".scale`), and
-    "Value error, " is left out (the agent's files; the gateway's keep dotted indexes, as its docs and
-    messages name them)."""
+    who wrote the file: array elements are named and counted from 1 (`tag #10 "air_pressure".scale`; the agent's
+    files: the gateway's keep dotted indexes, as its docs and messages name them). Pydantic's "Value error, "
+    is left out for both."""
     found = key_lines(text) if text is not None else {}
     lines = []
     for item in error.errors(include_url=False):
         message = " ".join(item["msg"].split())
         if model is not None and item["type"] == "extra_forbidden":
             message = unknown_key_message(str(item["loc"][-1]), known_keys(model, item["loc"][:-1]))
-        if model is not None and document is not None:
-            message = message.removeprefix("Value error, ")
+        message = message.removeprefix("Value error, ")  # pydantic's wording, not the reader's
         location = item["loc"]
         lines.append(problem_line(source, line_of(found, location), key_text(location, document), redact_text(message)))
     return "\n".join(lines)

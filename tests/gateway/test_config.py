@@ -138,7 +138,7 @@ def test_a_store_url_in_a_config_file_means_what_open_store_reads(tmp_path: Path
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ('[mqtt]\ncert_file = "gw.crt"\n', "gw.toml:1: mqtt: Value error, cert_file and key_file go together"),
+        ('[mqtt]\ncert_file = "gw.crt"\n', "gw.toml:1: mqtt: cert_file and key_file go together"),
         ("[mqtt]\ntls = 2\n", "gw.toml:2: mqtt.tls"),
         ('[mqtt]\nca_fil = "ca.pem"\n', "gw.toml:2: mqtt.ca_fil: unknown key 'ca_fil' (did you mean 'ca_file'?)"),
     ],

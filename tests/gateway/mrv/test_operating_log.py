@@ -163,7 +163,7 @@ at_least = 100
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        (CRITERIA, "source.0.operating: Value error, startup_end: 2 criteria"),
+        (CRITERIA, "source.0.operating: startup_end: 2 criteria"),
         (CRITERIA.replace("required = 2", "required = 1"), "source.0.operating.required"),
         ("[source.operating]\nrequired = 2\n", "set status or running"),
         ('[source.operating]\nrunning = [{ instrument = "dcs", parameter = "fuel" }]\n', "set at_least or at_most"),

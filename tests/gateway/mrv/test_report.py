@@ -578,7 +578,7 @@ def test_cli_recompute_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     [
         (
             ('time_zone = "Asia/Almaty"', 'time_zone = "Asia/Nowhere"'),
-            "source.0.time_zone: Value error, unknown time zone",
+            "source.0.time_zone: unknown time zone",
         ),
         (('fuel = "solid"', ""), "pollutant SO2 has an elv: set reference_o2 or fuel"),
         (
