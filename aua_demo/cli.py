@@ -32,7 +32,8 @@ from gateway.health_writer import HealthWriter
 from gateway.ingest.ledger import Ledger
 from gateway.ingest.service import Ingest
 from gateway.mrv.report import MrvReport
-from gateway.mrv.report_files import produce_report, write_report_files
+from gateway.mrv.report_files import write_report_files
+from gateway.mrv.report_production import produce_report
 from gateway.mrv.rollup import Period
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import Store, open_store
