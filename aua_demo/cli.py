@@ -23,7 +23,9 @@ from aua_contract import Batch, Quality
 from aua_demo.broker import embedded_broker, free_port
 from aua_demo.replay import ReplayClock, history_then_live
 from aua_demo.sites import CONFIG_DIR, demo_sites, relocate, with_unit_signals
-from aua_simulator.instruments import Incidents, PlantStory, simulator_for_config
+from aua_simulator.incidents import Incidents
+from aua_simulator.modbus_servers import simulator_for_config
+from aua_simulator.plant_story import PlantStory
 from edge_agent.config import LoadedConfig
 from edge_agent.poller import Agent
 from gateway.alerts.engine import AlertEngine
