@@ -23,7 +23,9 @@ from aua_contract import Batch, Quality
 from aua_demo.broker import embedded_broker, free_port
 from aua_demo.replay import ReplayClock, history_then_live
 from aua_demo.sites import CONFIG_DIR, demo_sites, relocate, with_unit_signals
-from aua_simulator.instruments import Incidents, PlantStory, simulator_for_config
+from aua_simulator.incidents import Incidents
+from aua_simulator.modbus_servers import simulator_for_config
+from aua_simulator.plant_story import PlantStory
 from edge_agent.config import LoadedConfig
 from edge_agent.poller import Agent
 from gateway.alerts.engine import AlertEngine
@@ -32,7 +34,8 @@ from gateway.health_writer import HealthWriter
 from gateway.ingest.ledger import Ledger
 from gateway.ingest.service import Ingest
 from gateway.mrv.report import MrvReport
-from gateway.mrv.report_files import produce_report, write_report_files
+from gateway.mrv.report_files import write_report_files
+from gateway.mrv.report_production import produce_report
 from gateway.mrv.rollup import Period
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import Store, open_store

@@ -33,7 +33,8 @@ from ports import free_port  # noqa: E402
 from servers import MosquittoServer  # noqa: E402
 
 from aua_contract import decode_batch  # noqa: E402
-from aua_simulator.instruments import Incidents, simulator_for_config  # noqa: E402
+from aua_simulator.incidents import Incidents  # noqa: E402
+from aua_simulator.modbus_servers import simulator_for_config  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.outbox import Outbox  # noqa: E402
 

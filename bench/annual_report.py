@@ -44,7 +44,8 @@ from _harness import TreeMonitor, TreeUsage, machine_note, markdown_table, sprea
 
 from aua_contract import Quality  # noqa: E402
 from gateway.config import load_gateway_config  # noqa: E402
-from gateway.mrv.report_files import ProducedReport, produce_report, write_report_files  # noqa: E402
+from gateway.mrv.report_files import write_report_files  # noqa: E402
+from gateway.mrv.report_production import ProducedReport, produce_report  # noqa: E402
 from gateway.mrv.rollup import Period  # noqa: E402
 from gateway.mrv.rollup_engine import RollupEngine  # noqa: E402
 from gateway.stores import SqliteStore, StoredReading  # noqa: E402

@@ -36,11 +36,12 @@ from gateway.ingest.revisions_cli import (
     run_revisions_command,
 )
 from gateway.ingest.service import Ingest
+from gateway.mrv.mrv_cli import MRV_COMMANDS, add_mrv_commands, run_mrv_command
 from gateway.mrv.operating_log import add_operating_state_commands, run_operating_state_command
 from gateway.mrv.part75_log import add_cal_test_commands, run_cal_test_command
 from gateway.mrv.qa_alerts import QaAlerts
 from gateway.mrv.qa_checks import QA_WATCH_LOOKBACK, QaWatch, add_qa_check_commands, run_qa_check_command
-from gateway.mrv.report_files import MRV_COMMANDS, ReportFeed, add_mrv_commands, run_mrv_command
+from gateway.mrv.report_feed import ReportFeed
 from gateway.mrv.retention import retention_settings
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.mrv.state_feed import StateFeed

@@ -2,7 +2,7 @@
 
 The agent opens the pty like any serial port (termios, raw mode); what it writes arrives at the TCP side.
 A pty does not emulate baud rate, so timing is tested with devices that delay their answers on purpose
-(aua_simulator.instruments.RtuLine), not with the line speed.
+(aua_simulator.rtu_line.RtuLine), not with the line speed.
 """
 
 from __future__ import annotations

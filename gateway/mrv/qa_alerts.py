@@ -24,7 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.mrv.config import SourceConfig, part75_role
 from gateway.mrv.part75 import daily_calibration_due
 from gateway.mrv.part75_log import Part75Log
-from gateway.mrv.report_files import ReportError, produce_report
+from gateway.mrv.report_production import ReportError, produce_report
 from gateway.stores import Store, StoreError
 
 __all__ = ["PART75_RULE", "QAL2_RULE", "QaAlerts"]

@@ -6,8 +6,8 @@ method (§4), limit exceedances with durations (validated values, §3), calibrat
 configuration with its hash, and a reproducibility check (totals recomputed from the raw readings).
 
 `MrvReport` is the JSON document (its schema: docs/mrv-report.schema.json, `MrvReport.model_json_schema()`).
-The I/O side (gateway.mrv.report_files) queries the store, recomputes from raw data for the check, and writes
-CSV, JSON, XLSX and PDF files.
+The I/O side (gateway.mrv.report_production) queries the store and recomputes from raw data for the check;
+gateway.mrv.report_files writes the CSV, JSON, XLSX and PDF files.
 
 Decisions where the reference leaves room:
 - substitutes enter the mass totals only; limits are judged on measured valid values alone (§3);

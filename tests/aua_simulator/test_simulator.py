@@ -16,24 +16,12 @@ from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 
 from aua_contract import Quality
-from aua_simulator.instruments import (
-    HG_MEASURED_RANGE,
-    IncidentRate,
-    Incidents,
-    Scenario,
-    SimulatedInstrument,
-    Simulator,
-    Window,
-    active_windows,
-    encode_tag,
-    main,
-    mercury_episode,
-    scenario_for,
-    simulator_for_config,
-    status_bits,
-    tick_image,
-    world_state,
-)
+from aua_simulator.incidents import IncidentRate, Incidents, Window, active_windows, mercury_episode
+from aua_simulator.instruments import main
+from aua_simulator.modbus_servers import Simulator, simulator_for_config
+from aua_simulator.plant_story import world_state
+from aua_simulator.register_images import SimulatedInstrument, encode_tag, scenario_for, status_bits, tick_image
+from aua_simulator.world import HG_MEASURED_RANGE, Scenario
 from edge_agent.config import LoadedConfig, load_config
 from edge_agent.decoding import DataType, bits_of, decode_registers, scale_value
 from edge_agent.planner import ReadRequest, plan, spans_of

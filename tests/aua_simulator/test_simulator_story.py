@@ -1,4 +1,4 @@
-"""The simulator's plant story (aua_simulator/instruments.py): a pure function of time, so a replay is reproducible.
+"""The simulator's plant story (aua_simulator/plant_story.py): a pure function of time, so a replay is reproducible.
 
 The stack's boiler over a replayed window: normal running, a shut-down, a week off, a start-up, a zero/span check
 every day (check bits on, check gas read) and one failed check followed by an analyzer failure.
@@ -13,21 +13,20 @@ import pytest
 
 from aua_contract import Quality
 from aua_demo.sites import demo_sites, with_unit_signals
-from aua_simulator.instruments import (
+from aua_simulator.incidents import Incidents
+from aua_simulator.plant_story import (
     DCS_CODES,
     FAILED_SPAN_FACTOR,
     SPAN_GAS,
     CheckStep,
-    Incidents,
     PlantPhase,
     PlantStory,
-    SimulatedInstrument,
     check_step,
     firing,
     out_of_service,
     plant_phase,
-    tick_image,
 )
+from aua_simulator.register_images import SimulatedInstrument, tick_image
 from edge_agent.quality import quality_from_bits
 
 START = datetime(2026, 11, 1, tzinfo=UTC).timestamp() - 5 * 3600  # 1 November 00:00 in Pavlodar (UTC+5)

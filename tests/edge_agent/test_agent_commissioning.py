@@ -13,7 +13,8 @@ from agent_site import write_site
 from ports import free_port
 from servers import MosquittoServer
 
-from aua_simulator.instruments import Incidents, Quirks, simulator_for_config
+from aua_simulator.incidents import Incidents
+from aua_simulator.modbus_servers import Quirks, simulator_for_config
 from edge_agent.cli import main as agent_main
 from edge_agent.commissioning import Row, check, disk_problem, format_raw, static_problems, table
 from edge_agent.config import load_config

@@ -22,7 +22,8 @@ from ports import free_port
 from servers import MosquittoServer
 
 from aua_contract import decode_batch
-from aua_simulator.instruments import Incidents, Quirks, simulator_for_config
+from aua_simulator.incidents import Incidents
+from aua_simulator.modbus_servers import Quirks, simulator_for_config
 from edge_agent.config import load_config
 from edge_agent.outbox import Outbox
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection

@@ -15,7 +15,8 @@ from ports import free_port
 from servers import MosquittoServer
 
 from aua_contract import decode_batch
-from aua_simulator.instruments import RtuLine, simulator_for_config
+from aua_simulator.modbus_servers import simulator_for_config
+from aua_simulator.rtu_line import RtuLine
 from edge_agent.config import load_config
 from edge_agent.logs import JsonFormatter
 from edge_agent.outbox import Outbox

@@ -22,7 +22,7 @@ from ports import free_port
 from servers import MosquittoServer, find_binary
 
 from aua_contract import decode_batch, decode_status, readings_topic, status_topic
-from aua_simulator.instruments import simulator_for_config
+from aua_simulator.modbus_servers import simulator_for_config
 from edge_agent.commissioning import broker_problem
 from edge_agent.config import LoadedConfig, MqttSection, load_config
 from edge_agent.poller import Agent

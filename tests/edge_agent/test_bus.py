@@ -19,7 +19,10 @@ from ports import free_port
 from serial_line import SocatPty
 
 from aua_contract import Quality
-from aua_simulator.instruments import Incidents, RtuLine, SimulatedInstrument, Simulator
+from aua_simulator.incidents import Incidents
+from aua_simulator.modbus_servers import Simulator
+from aua_simulator.register_images import SimulatedInstrument
+from aua_simulator.rtu_line import RtuLine
 from edge_agent.bus import DeviceHealth, Outcome, SilencePolicy, admit, next_device, record
 from edge_agent.config import Instrument, InstrumentSection
 from edge_agent.instrument_reader import ModbusReader

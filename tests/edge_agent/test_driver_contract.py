@@ -1,6 +1,6 @@
 """The InstrumentDriver contract, one suite for every transport: Modbus TCP, RTU over TCP, RTU on a pty.
 
-Real pymodbus servers play the device (aua_simulator.instruments: TCP framing, or RTU framing behind an RtuLine,
+Real pymodbus servers play the device (aua_simulator.modbus_servers: TCP framing, or RTU framing behind an RtuLine,
 reached directly or through a socat pty). Each transport must read registers and bits exactly as served,
 report a refused address as illegal address, time out on a device that answers too late, fail fast while its
 link is down and come back by itself once the device is back.
@@ -17,7 +17,10 @@ import pytest
 from ports import free_port
 from serial_line import SocatPty
 
-from aua_simulator.instruments import Incidents, Quirks, RtuLine, SimulatedInstrument, Simulator
+from aua_simulator.incidents import Incidents
+from aua_simulator.modbus_servers import Quirks, Simulator
+from aua_simulator.register_images import SimulatedInstrument
+from aua_simulator.rtu_line import RtuLine
 from edge_agent.config import Instrument, InstrumentSection
 from edge_agent.driver import DeviceException, DeviceTimeout, DriverError, InstrumentDriver, LinkDown
 from edge_agent.modbus_drivers import Drivers, build_drivers

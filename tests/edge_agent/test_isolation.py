@@ -13,7 +13,9 @@ import pytest
 from ports import free_port
 
 from aua_contract import Quality
-from aua_simulator.instruments import Incidents, Quirks, SimulatedInstrument, Simulator
+from aua_simulator.incidents import Incidents
+from aua_simulator.modbus_servers import Quirks, Simulator
+from aua_simulator.register_images import SimulatedInstrument
 from edge_agent.config import Instrument, InstrumentSection
 from edge_agent.instrument_reader import ModbusReader
 from edge_agent.modbus_drivers import build_drivers

@@ -18,7 +18,7 @@ from gateway.dashboards.grafana import DashboardPushError
 from gateway.errors import GatewayError
 from gateway.mrv.arithmetic import StandardisationError
 from gateway.mrv.operating_log import OperatingLogError
-from gateway.mrv.report_files import ReportError
+from gateway.mrv.report_production import ReportError
 from gateway.stores import StoreError
 from gateway.stores.base import RevisionError
 from gateway.stores.influx import StatementError

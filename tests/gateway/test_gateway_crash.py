@@ -25,7 +25,7 @@ from servers import InfluxServer, MosquittoServer
 
 from aua_contract import Batch, Reading, decode_batch, encode_batch, readings_topic
 from aua_demo.sites import demo_sites, relocate
-from aua_simulator.instruments import simulator_for_config
+from aua_simulator.modbus_servers import simulator_for_config
 from edge_agent.outbox import Outbox
 from edge_agent.poller import Agent
 from gateway.ingest.ledger import Ledger

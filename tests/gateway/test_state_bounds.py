@@ -28,7 +28,7 @@ from gateway.ingest.accounting import accounting_lines
 from gateway.ingest.ledger import AgentAccount, Arrival, Ledger, Recorded
 from gateway.ingest.service import Ingest
 from gateway.ingest.spool import Spool
-from gateway.mrv.report_files import _FeedState
+from gateway.mrv.report_feed import _FeedState
 from gateway.stores import BatchReceipt, SqliteStore, open_store
 
 DAY_NS = 86_400 * 10**9

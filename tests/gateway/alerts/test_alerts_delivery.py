@@ -38,7 +38,8 @@ from servers import MosquittoServer
 
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading, encode_batch, readings_topic
 from aua_mqtt import BrokerConnection
-from aua_simulator.instruments import Incidents, simulator_for_config
+from aua_simulator.incidents import Incidents
+from aua_simulator.modbus_servers import simulator_for_config
 from edge_agent.config import load_config
 from edge_agent.quality import quality_from_bits
 from gateway.alerts.engine import AlertEngine, AlertStore
@@ -129,7 +130,7 @@ def apprise_channels(*urls: str) -> list[Notifier]:
 
 
 class Station:
-    """aua_simulator.instruments playing config/pavlodar-ambient.toml with the demo's incidents on a clock the test
+    """aua_simulator.modbus_servers playing config/pavlodar-ambient.toml with the demo's incidents on a clock the test
     moves: per tick, each tag's served value and the NE107 quality its status block gives (as the agent)."""
 
     def __init__(self, seed: int = 0) -> None:

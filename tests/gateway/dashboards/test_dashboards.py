@@ -32,7 +32,7 @@ from servers import InfluxServer, MosquittoServer, unique_database_name
 
 from aua_contract import Quality
 from aua_demo.sites import demo_sites, relocate
-from aua_simulator.instruments import simulator_for_config
+from aua_simulator.modbus_servers import simulator_for_config
 from edge_agent.poller import Agent
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection
 from gateway.dashboards import build as dashboard_build

@@ -14,7 +14,7 @@ from servers import InfluxServer, MosquittoServer
 
 from aua_contract import decode_batch
 from aua_demo.sites import demo_sites, relocate
-from aua_simulator.instruments import simulator_for_config
+from aua_simulator.modbus_servers import simulator_for_config
 from edge_agent.outbox import Outbox
 from edge_agent.poller import Agent
 from gateway.config import GatewayConfig, GatewaySection, MqttSection, StoreSection

@@ -23,7 +23,7 @@ from gateway.mrv.config import SourceConfig, source_input
 from gateway.mrv.operating_log import OperatingLog
 from gateway.mrv.operating_state import ManualEntry, State
 from gateway.mrv.report import SIGNAL_ROLE, ConfigRecord, MrvReport, build_report_with_rows
-from gateway.mrv.report_files import produce_report
+from gateway.mrv.report_production import produce_report
 from gateway.mrv.rollup import RULE_SETS, Aggregate, Period
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import StoredReading, open_store

@@ -35,7 +35,8 @@ from gateway.mrv.part75 import (
 )
 from gateway.mrv.part75_log import Part75Log, Part75LogError
 from gateway.mrv.qa_alerts import QaAlerts
-from gateway.mrv.report_files import produce_report, write_report_files
+from gateway.mrv.report_files import write_report_files
+from gateway.mrv.report_production import produce_report
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import StoredReading, open_store
 

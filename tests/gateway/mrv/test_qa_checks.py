@@ -26,7 +26,8 @@ from gateway.mrv.config import Qal3ComponentConfig
 from gateway.mrv.operating_log import OperatingLog
 from gateway.mrv.qa_checks import QaCheckError, QaCheckLog, QaWatch, RecordedCheck, capture, checks_from_readings
 from gateway.mrv.qal3 import CheckKind, CheckResult
-from gateway.mrv.report_files import produce_report, write_report_files
+from gateway.mrv.report_files import write_report_files
+from gateway.mrv.report_production import produce_report
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import StoredReading, open_store
 

@@ -29,16 +29,10 @@ from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
 from gateway.mrv.config import RuleResolver, SourceConfig
 from gateway.mrv.report import MrvReport, RevisionAudit
-from gateway.mrv.report_files import (
-    SCHEMA_PATH,
-    ProducedReport,
-    ReportError,
-    ReportFeed,
-    find_unicode_font,
-    produce_report,
-    transliterate,
-    write_report_files,
-)
+from gateway.mrv.report_feed import ReportFeed
+from gateway.mrv.report_files import SCHEMA_PATH, write_report_files
+from gateway.mrv.report_pdf import find_unicode_font, transliterate
+from gateway.mrv.report_production import ProducedReport, ReportError, produce_report
 from gateway.mrv.rollup import Period
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import Store, StoredReading, open_store
@@ -444,7 +438,7 @@ async def test_pdf_without_a_unicode_font_transliterates(
 ) -> None:
     config, store, _ = loaded_sqlite
     produced = await produce_report(config, store, "stack1", year=2024, month=5, check_raw=False)
-    monkeypatch.setattr("gateway.mrv.report_files.FONT_CANDIDATES", ())
+    monkeypatch.setattr("gateway.mrv.report_pdf.FONT_CANDIDATES", ())
     assert find_unicode_font() is None
     [pdf] = [p for p in write_report_files(produced, tmp_path) if p.suffix == ".pdf"]
     assert pdf.read_bytes().startswith(b"%PDF-")

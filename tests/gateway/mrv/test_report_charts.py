@@ -26,7 +26,8 @@ from gateway.mrv.report_charts import (
     nice_scale,
     report_charts,
 )
-from gateway.mrv.report_files import ProducedReport, produce_report, write_report_files
+from gateway.mrv.report_files import write_report_files
+from gateway.mrv.report_production import ProducedReport, produce_report
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import StoredReading, open_store
 

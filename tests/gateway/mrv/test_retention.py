@@ -18,7 +18,7 @@ import pytest
 
 from aua_contract import Quality
 from gateway.config import load_gateway_config
-from gateway.mrv.report_files import produce_report
+from gateway.mrv.report_production import produce_report
 from gateway.mrv.retention import Retention, raw_kept_from
 from gateway.mrv.rollup import Aggregate, Period
 from gateway.mrv.rollup_engine import RollupEngine
