@@ -5,7 +5,7 @@ values; EU MRR 2018/2066 Art. 45 and EN 14181:2014 §8 for availability and QAL3
 - hourly validated values of each limited pollutant against its ELV (normal operation: the periods judged);
 - daily mass totals of each pollutant and of CO2;
 - availability per parameter;
-- a generic control chart (points, centre line, control limits) that QAL3 drift and precision data can feed.
+- each component's QAL3 control charts (zero and span), points against centre line and control limits.
 
 Layers: `Chart` is plain data built by pure functions from a produced report; `draw_chart` and `add_chart_pages`
 put charts on an FPDF page. Tests count what was drawn, not pixels.
@@ -22,7 +22,7 @@ from typing import Literal
 from fpdf import FPDF
 
 from gateway.mrv import arithmetic as mrv
-from gateway.mrv.report import MrvReport, SourceInput, _standardised, _standardising_roles
+from gateway.mrv.report import MrvReport, QaCheckRow, SourceInput, _standardised, _standardising_roles
 from gateway.mrv.substitution import Point
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "draw_chart",
     "hourly_validated_charts",
     "nice_scale",
+    "qal3_charts",
     "report_charts",
 ]
 
@@ -264,6 +265,54 @@ def control_chart(
     return Chart(title, unit, "points", tuple(values), tuple(labels), tuple(limits), note)
 
 
+def qal3_charts(report: MrvReport) -> list[Chart]:
+    """Each component's QAL3 control charts, zero and span (EN 14181:2014 §7), from the report's check log: the
+    statistic its method judges against its limits (CUSUM: the drift sum, S+ up and S− drawn down, against ±h;
+    Shewhart: the deviation against its action and warning limits; EWMA: z against its limit, which widens to
+    the value drawn). The precision statistic of CUSUM stays in the QA table."""
+    qa = report.qa
+    if qa is None:
+        return []
+    methods = {c.component: c.method for c in qa.components}
+    charts = []
+    groups: dict[tuple[str, str], list[QaCheckRow]] = {}
+    for row in qa.checks:
+        groups.setdefault((row.component, row.kind), []).append(row)
+    for (component, kind), rows in groups.items():
+        method = methods.get(component, "")
+        labels = [f"{row.at_local:%m-%d %H:%M}" for row in rows]
+        title = f"QAL3 {method} chart, {component} {kind}"
+        unit = "deviation from the check gas"
+        if method == "cusum":
+            values: list[float | None] = [
+                row.statistics.get("drift_pos", 0.0)
+                if row.statistics.get("drift_pos", 0.0) >= row.statistics.get("drift_neg", 0.0)
+                else -row.statistics.get("drift_neg", 0.0)
+                for row in rows
+            ]
+            h = rows[-1].limits.get("drift_pos")
+            chart = control_chart(
+                title, unit, values, labels, upper=h, lower=-h if h is not None else None,
+                note="CUSUM drift: S+ drawn up, S− down; out of control beyond ±h",
+            )  # fmt: skip
+        elif method == "ewma":
+            values = [row.statistics.get("ewma") for row in rows]
+            limit = rows[-1].limits.get("ewma")
+            chart = control_chart(
+                title, unit, values, labels, upper=limit, lower=-limit if limit is not None else None,
+                note="EWMA z; the limits widen with each check to the value drawn",
+            )  # fmt: skip
+        else:
+            values = [row.deviation for row in rows]
+            action, warning = rows[-1].limits.get("deviation"), rows[-1].limits.get("warning")
+            chart = control_chart(
+                title, unit, values, labels, upper=action, lower=-action if action is not None else None,
+                warning=(warning, -warning) if warning is not None else None,
+            )  # fmt: skip
+        charts.append(chart)
+    return charts
+
+
 def report_charts(
     report: MrvReport, header: Sequence[str], rows: Sequence[Sequence[object]], inputs: SourceInput | None
 ) -> list[Chart]:
@@ -278,6 +327,7 @@ def report_charts(
     availability = availability_chart(report)
     if availability is not None:
         charts.append(availability)
+    charts += qal3_charts(report)
     return charts
 
 

@@ -26,6 +26,7 @@ from gateway.mrv.config import Qal3ComponentConfig
 from gateway.mrv.operating_log import OperatingLog
 from gateway.mrv.qa_checks import QaCheckError, QaCheckLog, QaWatch, RecordedCheck, capture, checks_from_readings
 from gateway.mrv.qal3 import CheckKind, CheckResult
+from gateway.mrv.report_charts import qal3_charts
 from gateway.mrv.report_files import write_report_files
 from gateway.mrv.report_production import produce_report
 from gateway.mrv.rollup_engine import RollupEngine
@@ -360,6 +361,12 @@ async def test_report_qa_section_and_out_of_control_data(tmp_path: Path, flag: s
     assert [row[so2_valid] for row in from_six] == (
         [True, False, False, False, True] if flag == "invalid" else [True] * 5
     )
+
+    [chart] = qal3_charts(report)  # the PDF's control chart: the CUSUM drift sum against ±h, the signal beyond it
+    assert chart.title == "QAL3 cusum chart, gas/so2 zero"
+    assert chart.values == pytest.approx((1.499, 2.998, 0.0))
+    assert sorted(limit.value for limit in chart.limits if limit.role == "limit") == pytest.approx([-2.85, 2.85])
+    assert chart.outside() == [1]
 
     paths = write_report_files(produced, tmp_path / "out")
     names = {p.name for p in paths}
