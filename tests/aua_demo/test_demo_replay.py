@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -156,7 +157,9 @@ async def test_two_replayed_days_end_in_a_report_with_real_totals_and_start_up_s
     assert "missing 0, duplicates 0" in accounts[0]
 
 
-def _assert_the_qa_section_holds_the_daily_checks_and_the_failed_one(qa: dict, failed_check: datetime) -> None:
+def _assert_the_qa_section_holds_the_daily_checks_and_the_failed_one(
+    qa: dict[str, Any], failed_check: datetime
+) -> None:
     """config/demo-gateway.toml [source.qal3]: SO2, NOx and CO of stack1-gas, checks told apart by status bits 24
     (zero, discrete input 1024) and 25 (span, 1025); the span check of the failed day reads 10 % low."""
     span_at = failed_check + timedelta(minutes=10)  # zero gas 02:00 ... 02:10, then span gas ... 02:20
