@@ -33,6 +33,8 @@ from gateway.config import GatewayConfig, load_gateway_config
 from gateway.health_writer import HealthWriter
 from gateway.ingest.ledger import Ledger
 from gateway.ingest.service import Ingest
+from gateway.mrv.qa_checks import QaCheckLog, capture
+from gateway.mrv.qal3 import CheckKind, CheckResult
 from gateway.mrv.report import MrvReport
 from gateway.mrv.report_files import write_report_files
 from gateway.mrv.report_production import produce_report
@@ -135,6 +137,52 @@ async def mrv_reports(
             print(f"    recomputed from raw data: {'same totals' if report.reproducibility.matches else 'DIFFERENT'}")
         written += write_report_files(produced, config.rollup.reports.directory)
     return written
+
+
+REPAIR_BY = "demo technician"
+REPAIR_WHY = "sample line leak found and fixed after the failed span check; analyzer adjusted (aua_demo plant story)"
+
+
+async def calibration_log(config: GatewayConfig, store: Store, story: PlantStory | None, history: History) -> None:
+    """The replayed days' zero and span checks into the calibration-check log, found in the stored readings as
+    `cems-gateway qa-check capture` finds them (the replay's gateway runs no live QAL3 watch), then what the
+    technician records after the plant story's failed check: a zero and a span check after repairing and
+    adjusting the analyzer, which ends the out-of-control period (EN 14181:2014 §7; docs/qal3.md)."""
+    source = config.sources[0]
+    if source.qal3 is None or history.days <= 0:
+        return
+    checks_log = QaCheckLog(config.gateway.state)
+    try:
+        now = datetime.now(UTC)
+        found, recorded = await capture(
+            store, checks_log, source, start=history.start.astimezone(UTC), end=history.end.astimezone(UTC), now=now
+        )
+        print(
+            f"  calibration checks: {len(found)} found from the analyzer's zero/span status bits, {len(recorded)} new"
+        )
+        if story is None or story.failed_check_at is None:
+            return
+        repaired = story.failed_check_at + 2 * story.check_step_s + story.repair_hours * 3600
+        if repaired >= history.end.timestamp():
+            return
+        at = datetime.fromtimestamp(repaired, UTC)
+        for component in source.qal3.component:
+            for kind, reference in (
+                (CheckKind.ZERO, component.zero_reference),
+                (CheckKind.SPAN, component.span_reference),
+            ):
+                checks_log.record(
+                    source.id,
+                    CheckResult(at, kind, reference, reference, adjusted=True),
+                    instrument=component.instrument,
+                    parameter=component.parameter,
+                    by=REPAIR_BY,
+                    why=REPAIR_WHY,
+                    now=now,
+                )
+        print(f"  calibration checks: the adjusted zero/span checks after the repair at {at:%Y-%m-%d %H:%M} UTC")
+    finally:
+        checks_log.close()
 
 
 def _operating_line(report: MrvReport) -> str:
@@ -289,6 +337,7 @@ async def run_demo(
         print()
         print("rollups and the MRV reports of the stack:")
         month = history.start if history.days > 0 else datetime.now(DEMO_ZONE)  # live only: this month's
+        await calibration_log(gateway_config, store, story, history)
         report_files = await mrv_reports(gateway_config, store, rollups, [(month.year, month.month)])
         await store.close()
         ledger.close()

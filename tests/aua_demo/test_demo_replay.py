@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -145,9 +146,48 @@ async def test_two_replayed_days_end_in_a_report_with_real_totals_and_start_up_s
         datetime.fromisoformat(run["start_utc"]): run for run in report["substituted"] if run["role"] == "pollutant:so2"
     }
     failed_check = history.start.astimezone(UTC) + timedelta(hours=2)  # 02:00 local on the window's first day
-    assert runs[failed_check]["periods"] == 3  # out of service from the failed check's end for 3 hours
+    # out of service from the failed check's end for 3 hours (02:20 ... 05:20), and QAL3 out of control from the
+    # failed span check to the adjusted check after the repair (02:10 ... 05:20): hours 02, 03, 04 and 05
+    assert runs[failed_check]["periods"] == 4
+    _assert_the_qa_section_holds_the_daily_checks_and_the_failed_one(report["qa"], failed_check)
     assert report["reproducibility"]["matches"] is True
     assert (tmp_path / "reports" / f"stack1-{history.start:%Y-%m}.pdf").stat().st_size > 0
     accounts = [line for line in out.splitlines() if "agent pavlodar-chp/chp-stack1: batches" in line]
     assert accounts
     assert "missing 0, duplicates 0" in accounts[0]
+
+
+def _assert_the_qa_section_holds_the_daily_checks_and_the_failed_one(
+    qa: dict[str, Any], failed_check: datetime
+) -> None:
+    """config/demo-gateway.toml [source.qal3]: SO2, NOx and CO of stack1-gas, checks told apart by status bits 24
+    (zero, discrete input 1024) and 25 (span, 1025); the span check of the failed day reads 10 % low."""
+    span_at = failed_check + timedelta(minutes=10)  # zero gas 02:00 ... 02:10, then span gas ... 02:20
+    repaired = failed_check + timedelta(minutes=20, hours=3)
+    captured = [c for c in qa["checks"] if c["origin"] == "auto"]
+    components = {"stack1-gas/so2", "stack1-gas/nox", "stack1-gas/co"}
+    for day in range(2):  # each day's zero then span check, of every component
+        zero_at = failed_check + timedelta(days=day)
+        for kind, at in (("zero", zero_at), ("span", zero_at + timedelta(minutes=10))):
+            found = {
+                c["component"] for c in captured if c["kind"] == kind and datetime.fromisoformat(c["at_utc"]) == at
+            }
+            assert found == components, (kind, at)
+    assert len(captured) == 2 * 2 * len(components)
+    failed = {c["component"]: c for c in captured if datetime.fromisoformat(c["at_utc"]) == span_at}
+    so2 = failed["stack1-gas/so2"]
+    assert so2["reference"] == 800.0
+    assert 0.9 * 800 - 10 < so2["reading"] < 0.9 * 800 + 10  # 10 % low, within 5 σ of the simulator's noise
+    assert all(c["status"] == "out-of-control" for c in failed.values())
+    good = [c for c in captured if datetime.fromisoformat(c["at_utc"]) != span_at]
+    assert all(c["status"] == "in-control" for c in good)
+    adjusted = [c for c in qa["checks"] if c["adjusted"]]
+    assert {(c["component"], c["kind"]) for c in adjusted} == {(x, k) for x in components for k in ("zero", "span")}
+    assert all(c["origin"] == "manual" and datetime.fromisoformat(c["at_utc"]) == repaired for c in adjusted)
+    periods = {o["component"]: o for o in qa["out_of_control"]}
+    assert set(periods) == components
+    for period in periods.values():
+        assert datetime.fromisoformat(period["start_utc"]) == span_at
+        assert datetime.fromisoformat(period["end_utc"]) == repaired
+        assert period["treatment"] == "invalid"
+    assert all(c["zero_status"] == c["span_status"] == "in-control" for c in qa["components"])
