@@ -35,6 +35,7 @@ from gateway.mrv.part75 import (
     Rata,
 )
 from gateway.state_file import StateFile
+from gateway.time_ns import from_ns, to_ns
 
 __all__ = [
     "LOOKBACK",
@@ -78,15 +79,6 @@ class Part75LogError(ValueError):
     """A test that cannot be recorded; the message says which field and why."""
 
 
-def _ns(moment: datetime) -> int:
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
-def _at(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
-
-
 def _number(name: str, value: float, *, positive: bool = False) -> float:
     if not math.isfinite(value) or abs(value) > MAX_VALUE:
         raise Part75LogError(f"{name}: a finite number of magnitude at most {MAX_VALUE:g} (got {value!r})")
@@ -120,7 +112,7 @@ class Part75Log(StateFile):
             cursor = db.execute(
                 "INSERT INTO part75_test (source, role, kind, at_ns, body, by, why, recorded_ns) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (source, role, kind, _ns(at), json.dumps(body), by, why, _ns(now)),
+                (source, role, kind, to_ns(at), json.dumps(body), by, why, to_ns(now)),
             )
             test_id = cursor.lastrowid
         assert test_id is not None
@@ -205,17 +197,17 @@ class Part75Log(StateFile):
             args.append(source)
         if start is not None:
             query += " AND at_ns >= ?"
-            args.append(_ns(start))
+            args.append(to_ns(start))
         if end is not None:
             query += " AND at_ns < ?"
-            args.append(_ns(end))
+            args.append(to_ns(end))
         with self._lock:
             rows = self._db.execute(query + " ORDER BY at_ns, id", args).fetchall()
         daily: list[DailyCalibration] = []
         linearity: list[Linearity] = []
         ratas: list[Rata] = []
         for test_id, src, role, kind, at_ns, body_text, by, why, recorded_ns in rows:
-            row = _Row(test_id, src, role, _at(at_ns), json.loads(body_text), by, why, _at(recorded_ns))
+            row = _Row(test_id, src, role, from_ns(at_ns), json.loads(body_text), by, why, from_ns(recorded_ns))
             if kind == "daily":
                 daily.append(_daily(row))
             elif kind == "linearity":

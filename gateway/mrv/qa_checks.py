@@ -44,6 +44,7 @@ from gateway.mrv.qal3 import ChartPoint, CheckKind, CheckResult, evaluate, out_o
 from gateway.state_file import StateFile
 from gateway.stores import open_store
 from gateway.stores.base import Store, StoredReading
+from gateway.time_ns import from_ns, to_ns
 
 __all__ = [
     "MAX_CHECKS_PER_COMPONENT",
@@ -100,15 +101,6 @@ BEGIN SELECT RAISE(ABORT, 'qa_check rows are never changed: record a new check')
 
 class QaCheckError(ValueError):
     """A check that cannot be recorded; the message says which field and why."""
-
-
-def _ns(moment: datetime) -> int:
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
-def _at(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +234,7 @@ class QaCheckLog(StateFile):
             existing = db.execute(
                 "SELECT id FROM qa_check WHERE source = ? AND instrument = ? AND parameter = ? AND kind = ? "
                 "AND at_ns = ?",
-                (source, instrument, parameter, check.kind.value, _ns(check.at)),
+                (source, instrument, parameter, check.kind.value, to_ns(check.at)),
             ).fetchone()
             if existing is not None:
                 raise QaCheckError(
@@ -257,15 +249,15 @@ class QaCheckLog(StateFile):
                     instrument,
                     parameter,
                     check.kind.value,
-                    _ns(check.at),
+                    to_ns(check.at),
                     check.reference,
                     check.reading,
                     int(check.adjusted),
                     origin,
-                    None if window_start is None else _ns(window_start),
+                    None if window_start is None else to_ns(window_start),
                     by,
                     why,
-                    _ns(now),
+                    to_ns(now),
                 ),
             )
             row_id = cursor.lastrowid
@@ -338,10 +330,10 @@ class QaCheckLog(StateFile):
                 args.append(value)
         if start is not None:
             query += " AND at_ns >= ?"
-            args.append(_ns(start))
+            args.append(to_ns(start))
         if end is not None:
             query += " AND at_ns < ?"
-            args.append(_ns(end))
+            args.append(to_ns(end))
         with self._lock:
             rows = self._db.execute(query + " ORDER BY at_ns, id", args).fetchall()
         return [
@@ -351,15 +343,15 @@ class QaCheckLog(StateFile):
                 row[2],
                 row[3],
                 CheckKind(row[4]),
-                _at(row[5]),
+                from_ns(row[5]),
                 row[6],
                 row[7],
                 bool(row[8]),
                 row[9],
-                None if row[10] is None else _at(row[10]),
+                None if row[10] is None else from_ns(row[10]),
                 row[11],
                 row[12],
-                _at(row[13]),
+                from_ns(row[13]),
             )
             for row in rows
         ]
