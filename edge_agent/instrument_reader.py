@@ -181,16 +181,20 @@ def samples_from_answers(
     ts: datetime,
     stamps: Mapping[ReadRequest, datetime] | None = None,
     codecs: tuple[TagCodec, ...] | None = None,
+    *,
+    by_name: Mapping[str, TagCodec] | None = None,
 ) -> list[Sample]:
     """Turn the answers to a plan (None = that request failed) into one reading per tag. Pure.
 
     A tag's time is the `stamps` entry of the request that read it (when its answer came), else `ts`.
     A tag whose request failed, or whose registers are no number (NaN), has no value and quality failure.
-    `codecs` (compile_profile of the instrument's profile) saves working them out on every call.
+    `codecs` (compile_profile of the instrument's profile) and `by_name` (the same by tag name) save working them
+    out on every call.
     """
     profile = instrument.profile
     codecs = codecs if codecs is not None else compile_profile(profile)
-    by_name = {codec.name: codec for codec in codecs}
+    if by_name is None:
+        by_name = {codec.name: codec for codec in codecs}
     values: dict[str, float | None] = {}
     times: dict[str, datetime] = {}
     blocks: dict[str, Answer] = {}
@@ -261,6 +265,7 @@ class ModbusReader:
         self.refused: set[str] = set()
         self.requests = plan(self.spans, max_gap=instrument.config.max_gap)
         self.codecs = compile_profile(instrument.profile)
+        self.codecs_by_name = {codec.name: codec for codec in self.codecs}
         self._outcomes: list[DriverError | None] = []
 
     def _replan(self) -> None:
@@ -386,7 +391,9 @@ class ModbusReader:
     async def poll(self) -> list[Sample]:
         """Read every request of the plan once; a failed request fails only its own tags (no value, failure)."""
         answers, stamps = await self.read_plan()
-        return samples_from_answers(self.instrument, answers, self.clock(), stamps, self.codecs)
+        return samples_from_answers(
+            self.instrument, answers, self.clock(), stamps, self.codecs, by_name=self.codecs_by_name
+        )
 
     async def close(self) -> None:
         await self.driver.close()

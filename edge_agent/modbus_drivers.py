@@ -127,7 +127,9 @@ class ModbusTcpDriver:
         return connected
 
     async def read(self, request: ReadRequest) -> Answer:
-        protocol = await self._connection()
+        protocol = self._protocol
+        if protocol is None or protocol.closed:  # connected: no coroutine to make and await on every read
+            protocol = await self._connection()
         function, count = request.function.code, request.count
         self._transaction = (self._transaction + 1) & 0xFFFF
         transaction = self._transaction
