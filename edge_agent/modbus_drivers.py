@@ -127,9 +127,10 @@ class ModbusTcpDriver:
         return connected
 
     async def read(self, request: ReadRequest) -> Answer:
-        protocol = await self._connection()
+        protocol = self._protocol
+        if protocol is None or protocol.closed:  # connected: no coroutine to make and await on every read
+            protocol = await self._connection()
         function, count = request.function.code, request.count
-        where = f"{self.endpoint} FC{function:02d} {request.address}+{count}"
         self._transaction = (self._transaction + 1) & 0xFFFF
         transaction = self._transaction
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -146,9 +147,9 @@ class ModbusTcpDriver:
             if self._timeouts >= self.timeouts_before_reconnect:
                 self._timeouts = 0
                 protocol.close()
-            raise DeviceTimeout(f"{where}: no answer within {self.timeout} s") from None
+            raise DeviceTimeout(f"{self._where(request)}: no answer within {self.timeout} s") from None
         except (ConnectionError, OSError) as error:
-            raise LinkDown(f"{where}: {error}") from None
+            raise LinkDown(f"{self._where(request)}: {error}") from None
         finally:
             timer.cancel()
         self._timeouts = 0
@@ -156,12 +157,16 @@ class ModbusTcpDriver:
         try:
             result = rtu.parse_read_pdu(pdu, unit, function, count)
         except rtu.FrameError as error:
-            raise BadFrame(f"{where}: {error}") from None
+            raise BadFrame(f"{self._where(request)}: {error}") from None
         if self.device_id not in (unit, 0):
-            raise BadFrame(f"{where}: answer from unit {unit}")
+            raise BadFrame(f"{self._where(request)}: answer from unit {unit}")
         if isinstance(result, rtu.ExceptionAnswer):
-            raise DeviceException(result.code, where)
+            raise DeviceException(result.code, self._where(request))
         return result
+
+    def _where(self, request: ReadRequest) -> str:
+        """The request in an error message (built only when one is raised, not on every read)."""
+        return f"{self.endpoint} FC{request.function.code:02d} {request.address}+{request.count}"
 
     async def close(self) -> None:
         if self._protocol is not None:

@@ -148,9 +148,19 @@ class Outbox:
                 if statement.strip():
                     self._db.execute(statement)
             self._upgrade()
+        # A second connection for the writes that need no fsync (a cycle's mark, staged readings,
+        # acknowledgements): synchronous=NORMAL for good instead of switching the main connection's setting
+        # before and after each of them, and no automatic checkpoint, so a stage run on the event loop never
+        # waits for one (the synced appends and the prune, in worker threads, checkpoint). A commit on it is
+        # in the WAL file when it returns (it survives a killed process); the next synced commit's fsync of
+        # the WAL makes it durable against a power cut too.
+        self._quick = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._quick.execute("PRAGMA synchronous=NORMAL")
+        self._quick.execute("PRAGMA wal_autocheckpoint=0")
+        self._quick.execute("PRAGMA secure_delete=OFF")
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, db: sqlite3.Connection | None = None) -> _Transaction:
+        return _Transaction(self._db if db is None else db)
 
     def _upgrade(self) -> None:
         """Bring a file of an older layout (or a new one) to counters: one count at open, never again."""
@@ -182,15 +192,16 @@ class Outbox:
         row = self._db.execute("SELECT seq FROM batch ORDER BY seq LIMIT 1").fetchone()
         return next_seq if row is None else int(row[0])
 
-    def _counters(self) -> dict[str, int]:
-        return {name: int(value) for name, value in self._db.execute("SELECT name, value FROM counter")}
+    def _counters(self, db: sqlite3.Connection | None = None) -> dict[str, int]:
+        return {name: int(value) for name, value in (db or self._db).execute("SELECT name, value FROM counter")}
 
-    def _save(self, before: dict[str, int], after: dict[str, int]) -> None:
+    def _save(self, before: dict[str, int], after: dict[str, int], db: sqlite3.Connection | None = None) -> None:
         changed = [(after[name], name) for name in _COUNTERS if after[name] != before[name]]
-        self._db.executemany("UPDATE counter SET value = ? WHERE name = ?", changed)
+        (db or self._db).executemany("UPDATE counter SET value = ? WHERE name = ?", changed)
 
     def close(self) -> None:
         with self._lock:
+            self._quick.close()
             self._db.close()
 
     def append(self, make_payload: Callable[[int], bytes], created_ns: int) -> int:
@@ -237,23 +248,38 @@ class Outbox:
             self._save(before, after)
             return sequences
 
-    def begin_cycle(self, cycle_ns: int) -> None:
-        """Mark a poll cycle as begun, until `append_many(ends_cycle=True)` seals it. Not synced (synchronous=
-        NORMAL, no fsync): it survives a killed process, which is what it is for; a power cut may forget it."""
-        with self._lock, self._unsynced(), self._transaction():
-            self._db.execute("UPDATE counter SET value = ? WHERE name = 'cycle_open'", (max(1, cycle_ns),))
+    def begin_cycle(self, cycle_ns: int, *, wait: bool = True) -> bool:
+        """Mark a poll cycle as begun, until `append_many(ends_cycle=True)` seals it. Not synced (no fsync): it
+        survives a killed process, which is what it is for; a power cut may forget it. `wait=False`: give up and
+        return False at once if another operation holds the outbox (the caller then runs it in a thread)."""
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
+            with self._transaction(self._quick):
+                self._quick.execute("UPDATE counter SET value = ? WHERE name = 'cycle_open'", (max(1, cycle_ns),))
+        finally:
+            self._lock.release()
+        return True
 
-    def stage(self, cycle_ns: int, fragments: Sequence[tuple[int, bytes]]) -> None:
+    def stage(self, cycle_ns: int, fragments: Sequence[tuple[int, bytes]], *, wait: bool = True) -> bool:
         """Keep readings just read (per instrument: count and JSON array) until the cycle is sealed, so a killed
         agent seals them at its next start instead of losing them. Not synced, as `begin_cycle`; at most one
-        cycle's readings are ever staged (sealing removes them)."""
+        cycle's readings are ever staged (sealing removes them). A small write without fsync, cheap enough for
+        the event loop: `wait=False` returns False at once instead of waiting for another operation (a synced
+        append, a prune) to end."""
         if not fragments:
-            return
-        with self._lock, self._unsynced(), self._transaction():
-            self._db.executemany(
-                "INSERT INTO staged (cycle_ns, readings, fragment) VALUES (?, ?, ?)",
-                [(cycle_ns, count, fragment) for count, fragment in fragments],
-            )
+            return True
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
+            with self._transaction(self._quick):
+                self._quick.executemany(
+                    "INSERT INTO staged (cycle_ns, readings, fragment) VALUES (?, ?, ?)",
+                    [(cycle_ns, count, fragment) for count, fragment in fragments],
+                )
+        finally:
+            self._lock.release()
+        return True
 
     def cut_cycle(self) -> CutCycle | None:
         """The cycle a stop cut short, if the last run left one: begun and never sealed."""
@@ -263,9 +289,6 @@ class Outbox:
         if not cycle_ns and not rows:
             return None
         return CutCycle(int(cycle_ns), [(int(count), bytes(fragment)) for count, fragment in rows])
-
-    def _unsynced(self) -> _Unsynced:
-        return _Unsynced(self._db)
 
     def _over(self, counters: dict[str, int]) -> bool:
         return counters["stored"] > self.max_batches or counters["bytes"] > self.max_bytes
@@ -307,22 +330,23 @@ class Outbox:
         self.mark_acked_many([seq], acked_ns)
 
     def mark_acked_many(self, sequences: Sequence[int], acked_ns: int) -> None:
-        """Acknowledge several batches in one transaction. Not synced to disk on its own (synchronous=NORMAL for
-        this commit): a power cut may forget the last acknowledgements, and those batches are sent again, which
+        """Acknowledge several batches in one transaction. Not synced to disk on its own (the connection without
+        fsync): a power cut may forget the last acknowledgements, and those batches are sent again, which
         the gateway counts as duplicates; the next append's sync makes them durable too."""
         if not sequences:
             return
-        with self._lock, self._unsynced(), self._transaction():
-            before = self._counters()
+        db = self._quick
+        with self._lock, self._transaction(db):
+            before = self._counters(db)
             moved = 0
             for seq in sequences:
-                row = self._db.execute("SELECT size FROM unsent WHERE seq = ?", (_clamp(seq),)).fetchone()
+                row = db.execute("SELECT size FROM unsent WHERE seq = ?", (_clamp(seq),)).fetchone()
                 if row is None:
                     continue
-                self._db.execute("DELETE FROM unsent WHERE seq = ?", (seq,))
-                self._db.execute("INSERT INTO acked (seq, size, acked_ns) VALUES (?, ?, ?)", (seq, row[0], acked_ns))
+                db.execute("DELETE FROM unsent WHERE seq = ?", (seq,))
+                db.execute("INSERT INTO acked (seq, size, acked_ns) VALUES (?, ?, ?)", (seq, row[0], acked_ns))
                 moved += 1
-            self._save(before, {**before, "pending": before["pending"] - moved})
+            self._save(before, {**before, "pending": before["pending"] - moved}, db)
 
     def get(self, first: int, last: int, limit: int | None = None) -> list[tuple[int, bytes]]:
         """Stored batches with first <= seq <= last, oldest first; at most `limit` (a page of a resend)."""
@@ -398,17 +422,3 @@ class _Transaction:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-
-
-class _Unsynced:
-    """synchronous=NORMAL for one transaction (a commit without fsync: safe from a killed process, not from a
-    power cut), FULL again after it."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("PRAGMA synchronous=NORMAL")
-
-    def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        self._db.execute("PRAGMA synchronous=FULL")

@@ -57,6 +57,10 @@ class ReadingLike(Protocol):
     def status(self) -> int | None: ...
 
 
+_QUALITY_TEXT = {quality: quality.value for quality in Quality}
+"""Each quality's wire text: a dict lookup instead of the enum's `.value` property, per reading."""
+
+
 def _reading(sample: ReadingLike) -> dict[str, object]:
     """One reading as encode_batch writes it: the model's field order, None fields left out."""
     item: dict[str, object] = {"instrument": sample.instrument, "parameter": sample.parameter}
@@ -64,7 +68,7 @@ def _reading(sample: ReadingLike) -> dict[str, object]:
         item["value"] = sample.value
     item["unit"] = sample.unit
     item["ts"] = sample.ts
-    item["quality"] = sample.quality.value
+    item["quality"] = _QUALITY_TEXT[sample.quality]
     if sample.status is not None:
         item["status"] = sample.status
     return item

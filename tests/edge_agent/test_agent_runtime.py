@@ -14,13 +14,14 @@ from agent_site import write_site
 from ports import free_port
 from servers import MosquittoServer
 
-from aua_contract import decode_batch
+from aua_contract import Quality, decode_batch
 from aua_simulator.modbus_servers import simulator_for_config
 from aua_simulator.rtu_line import RtuLine
 from edge_agent.config import load_config
 from edge_agent.logs import JsonFormatter
 from edge_agent.outbox import Outbox
-from edge_agent.poller import Agent, clock_jump
+from edge_agent.poller import Agent, Stager, clock_jump
+from edge_agent.sealing import Sample, fragments_of
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,48 @@ def test_json_log_lines() -> None:
         "msg": "device 3 silent",
         "instrument": "gas1",
     }
+
+
+def samples(instrument: str, count: int) -> list[Sample]:
+    ts = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    return [Sample(instrument, f"t{i}", float(i), "mg/m3", ts, Quality.OK, None) for i in range(count)]
+
+
+async def test_readings_are_staged_as_soon_as_added_and_wait_in_a_thread_while_the_outbox_is_busy(
+    tmp_path: Path,
+) -> None:
+    """A free outbox takes an instrument's readings before `add` returns (a kill -9 right after keeps them); a busy
+    one (a synced append, a prune) makes the stager wait in a thread, taking what arrives meanwhile in one
+    transaction, without holding up the event loop."""
+    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox.begin_cycle(7)
+    stager = Stager(outbox, 7, max_readings=1000)
+    stager.add(1, samples("b", 3))
+    cut = outbox.cut_cycle()
+    assert cut is not None
+    assert cut.fragments == fragments_of(samples("b", 3), 1000)
+    assert stager.transactions == 1
+
+    held = outbox._lock  # what a synced append or a prune holds while it runs in its thread
+    held.acquire()
+    try:
+        stager.add(0, samples("a", 2))
+        stager.add(2, samples("c", 1))
+        await asyncio.sleep(0.05)  # the loop runs on while the outbox is busy
+        assert stager.transactions == 1
+    finally:
+        held.release()
+    fragments = await stager.fragments()
+    assert fragments == [
+        *fragments_of(samples("a", 2), 1000),
+        *fragments_of(samples("b", 3), 1000),
+        *fragments_of(samples("c", 1), 1000),
+    ]  # in reader order, for the seal
+    assert stager.transactions == 2  # the two that waited went in one transaction
+    cut = outbox.cut_cycle()
+    assert cut is not None
+    assert cut.readings == 6
+    outbox.close()
 
 
 async def test_metrics_endpoint_shows_devices_buses_and_the_outbox(mosquitto: MosquittoServer, tmp_path: Path) -> None:

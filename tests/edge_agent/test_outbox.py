@@ -215,14 +215,17 @@ def work(outbox: Outbox, operation: Callable[[], object]) -> tuple[int, int]:
         steps += 1
         return 0
 
-    outbox._db.execute("PRAGMA cache_size = 0")
-    outbox._db.set_progress_handler(count, 1)
+    connections = (outbox._db, outbox._quick)  # synced writes and reads; writes without fsync
+    for db in connections:
+        db.execute("PRAGMA cache_size = 0")
+        db.set_progress_handler(count, 1)
     before = bytes_read()
     try:
         operation()
     finally:
         read = bytes_read() - before
-        outbox._db.set_progress_handler(None, 1)
+        for db in connections:
+            db.set_progress_handler(None, 1)
     return steps, read
 
 
