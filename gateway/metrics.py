@@ -145,6 +145,14 @@ def _rollup_bounds(counters: EngineCounters) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "aua_gateway_rollup_evicted", "running rollup periods dropped to keep their bound", value=counters.evicted
     )
+    yield GaugeMetricFamily(
+        "aua_gateway_rollup_open_series", "series with running rollup totals in memory", value=counters.open_series
+    )
+    yield CounterMetricFamily(
+        "aua_gateway_rollup_evicted_series",
+        "series whose running rollup totals were forgotten to keep [rollup] max_open_series",
+        value=counters.evicted_series,
+    )
 
 
 def _bounded_accounts(ingest: Ingest) -> tuple[list[AgentAccount], list[AgentAccount]]:

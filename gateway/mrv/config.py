@@ -175,6 +175,11 @@ class RollupSection(_Strict):
     interval: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=60.0, description="seconds between two passes over the periods new data made dirty"
     )
+    max_open_series: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=100_000,
+        description="series whose running rollup totals are kept in memory (a few kB each); the least recently "
+        "used are forgotten first and rebuilt from the store (counted: aua_gateway_rollup_evicted_series)",
+    )
     rule_sets: dict[Identifier, RuleSetConfig] = Field(default_factory=dict)
     series: list[SeriesRules] = Field(default_factory=list)
     reports: ReportsSection = Field(default_factory=ReportsSection)

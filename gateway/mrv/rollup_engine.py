@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -280,6 +280,10 @@ class EngineCounters:
     """running periods built from the store (at start, a new period, late data into an older one)"""
     evicted: int = 0
     """running periods dropped to keep the bound"""
+    open_series: int = 0
+    """series with running periods in memory now (at most [rollup] max_open_series)"""
+    evicted_series: int = 0
+    """series whose running totals were forgotten to keep [rollup] max_open_series (rebuilt from the store)"""
 
 
 def _hour_floor(ts: datetime) -> datetime:
@@ -317,6 +321,9 @@ class _Failures:
         self.errors.setdefault(series, f"{level}: {type(error).__name__}: {error}")
 
 
+DEFAULT_MAX_OPEN_SERIES = 100_000
+"""[rollup] max_open_series: series whose running totals a gateway keeps (a few kB each)"""
+
 _KEEP_OPEN = 2
 """running periods kept per series and level: the one being filled and the one before it (data for older ones
 builds their totals from the store again)"""
@@ -333,38 +340,60 @@ class _Levels:
 
 
 class _OpenPeriods:
-    """The running totals of the periods passes are filling, _KEEP_OPEN per series and level (the newest)."""
+    """The running totals of the periods passes are filling, _KEEP_OPEN per series and level (the newest), for at
+    most `max_series` series: the least recently used series' totals are forgotten first (they are built from the
+    store again when that series has data again). Why a bound: without a registry an agent may invent series
+    names, and each would otherwise keep its totals (a few kB) for as long as the gateway runs."""
 
-    def __init__(self, counters: EngineCounters) -> None:
+    def __init__(self, counters: EngineCounters, max_series: int = DEFAULT_MAX_OPEN_SERIES) -> None:
         self.counters = counters
+        self.max_series = max_series
         self._periods: dict[tuple[Series, Period], dict[int, Running]] = {}
+        self._series: OrderedDict[Series, set[Period]] = OrderedDict()
+        """series → its levels held, least recently used first"""
 
     def get(self, series: Series, period: Period, start_ns: int) -> Running | None:
+        if series in self._series:
+            self._series.move_to_end(series)
         return self._periods.get((series, period), {}).get(start_ns)
 
     def put(self, series: Series, period: Period, start_ns: int, running: Running) -> None:
         self._periods.setdefault((series, period), {})[start_ns] = running
+        self._series.setdefault(series, set()).add(period)
+        self._series.move_to_end(series)
 
     def trim(self) -> None:
-        """After a pass: keep the newest _KEEP_OPEN periods per series and level (a pass may need more)."""
+        """After a pass: keep the newest _KEEP_OPEN periods per series and level (a pass may need more), and the
+        `max_series` series used most recently."""
         for periods in self._periods.values():
             while len(periods) > _KEEP_OPEN:
                 del periods[min(periods)]
                 self.counters.evicted += 1
+        while len(self._series) > self.max_series:
+            series, levels = self._series.popitem(last=False)
+            for period in levels:
+                self.counters.evicted += len(self._periods.pop((series, period), {}))
+            self.counters.evicted_series += 1
         self._count()
 
     def drop_series(self, series: Series, *, calendar_only: bool = False) -> None:
-        for key in [k for k in self._periods if k[0] == series]:
-            if not calendar_only or key[1] in (Period.DAY, Period.MONTH, Period.YEAR):
-                del self._periods[key]
+        levels = self._series.get(series, set())
+        for period in list(levels):
+            if not calendar_only or period in (Period.DAY, Period.MONTH, Period.YEAR):
+                self._periods.pop((series, period), None)
+                levels.discard(period)
+        if not levels:
+            self._series.pop(series, None)
         self._count()
 
     def clear(self) -> None:
         self._periods.clear()
+        self._series.clear()
         self._count()
 
     def _count(self) -> None:
         self.counters.open_periods = sum(len(periods) for periods in self._periods.values())
+        self.counters.open_series = len(self._series)
 
 
 class RollupEngine:
@@ -378,6 +407,7 @@ class RollupEngine:
         *,
         interval: float = 60.0,
         retention: Retention | None = None,
+        max_open_series: int = DEFAULT_MAX_OPEN_SERIES,
     ) -> None:
         self.store = store
         self.marks = marks
@@ -385,7 +415,7 @@ class RollupEngine:
         self.interval = interval
         self.retention = retention
         self.counters = EngineCounters()
-        self._open = _OpenPeriods(self.counters)
+        self._open = _OpenPeriods(self.counters, max_open_series)
 
     @classmethod
     def open(
@@ -396,15 +426,30 @@ class RollupEngine:
         *,
         interval: float = 60.0,
         retention: Retention | None = None,
+        max_open_series: int = DEFAULT_MAX_OPEN_SERIES,
     ) -> RollupEngine:
-        return cls(store, DirtyMarks(state_path), rules, interval=interval, retention=retention)
+        return cls(
+            store,
+            DirtyMarks(state_path),
+            rules,
+            interval=interval,
+            retention=retention,
+            max_open_series=max_open_series,
+        )
 
     @classmethod
     def from_config(cls, config: GatewayConfig, store: Store) -> RollupEngine:
         """The engine a gateway config describes: marks in [gateway] state, rules from [rollup] and [[source]]."""
         rules = RuleResolver.from_config(config.rollup, config.sources)
         retention = Retention.from_config(config.store, store)
-        return cls.open(store, config.gateway.state, rules, interval=config.rollup.interval, retention=retention)
+        return cls.open(
+            store,
+            config.gateway.state,
+            rules,
+            interval=config.rollup.interval,
+            retention=retention,
+            max_open_series=config.rollup.max_open_series,
+        )
 
     def close(self) -> None:
         self.marks.close()

@@ -657,3 +657,25 @@ async def test_running_totals_in_memory_stay_bounded_through_the_day() -> None:
             assert engine.counters.open_periods <= 2 * 4 * 2  # series × levels × kept
         assert engine.counters.evicted > 0
         engine.close()
+
+
+async def test_running_totals_of_the_least_recently_used_series_are_forgotten_beyond_the_bound() -> None:
+    """[rollup] max_open_series: an agent that invents series names cannot make the engine keep totals for all of
+    them. With room for one series, three series' passes keep one in memory, count the others forgotten, and the
+    stored rollups still equal a recomputation from raw (forgotten totals are built from the store again)."""
+    async with SqliteStore(":memory:") as store, SqliteStore(":memory:") as fresh:
+        engine = RollupEngine(store, DirtyMarks(":memory:"), RULES, max_open_series=1)
+        for index in range(0, 3 * 60, 10):  # 3 hours, a pass per 10 minutes of data
+            batch = second_batch(T0 + timedelta(minutes=index), 60, ["so2", "nox", "co"], index)
+            await store.write_batches([batch])
+            await engine.note_batches([batch])
+            await engine.process_dirty()
+            assert engine.counters.open_series <= 1
+        assert engine.counters.evicted_series > 0
+        incremental = await all_aggregates(store)
+        await fresh.write(await store.query())
+        rebuilt = RollupEngine(fresh, DirtyMarks(":memory:"), RULES)
+        await rebuilt.recompute(T0 - timedelta(days=1), T0 + timedelta(days=1))
+        assert incremental == await all_aggregates(fresh)
+        engine.close()
+        rebuilt.close()
