@@ -252,10 +252,11 @@ def reference_ms() -> float:
     import sqlite3  # noqa: PLC0415
 
     began = time.thread_time()
-    batch = {"agent": "ref", "seq": 0, "readings": [{"tag": f"t{i:02d}", "v": i * 1.5, "q": "good"} for i in range(30)]}
+    readings = [{"tag": f"t{i:02d}", "v": i * 1.5, "q": "good"} for i in range(30)]
+    batch: dict[str, object] = {"agent": "ref", "seq": 0, "readings": readings}
     with sqlite3.connect(":memory:") as connection:
         connection.execute("CREATE TABLE raw (series TEXT, ts INTEGER, value REAL, PRIMARY KEY (series, ts))")
-        rows = []
+        rows: list[tuple[str, int, float]] = []
         for n in range(REFERENCE_ROWS // 30):
             batch["seq"] = n
             decoded = json.loads(json.dumps(batch))
@@ -361,7 +362,10 @@ def steady_rows(args: argparse.Namespace) -> int:
     """Rows before every file has reached its bound: the store's raw readings are kept `--raw-retention-h`, so
     its first prune (and the work pruning adds) starts that long after the start; the outbox and the ledger fill
     sooner. Trends are judged on the rows after, at steady state, plus `--warmup` rows to settle."""
-    return math.ceil(args.raw_retention_h * 3600 / args.sample) + args.warmup
+    hours: float = args.raw_retention_h
+    sample: float = args.sample
+    warmup: int = args.warmup
+    return math.ceil(hours * 3600 / sample) + warmup
 
 
 def trends(rows: list[Row], skip: int) -> dict[str, float]:
@@ -433,10 +437,12 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
     write_configs(folder, args, ports, device_ports)
     log = (folder / "soak.log").open("ab")
     started: list[subprocess.Popen[bytes]] = []
+    programs: dict[int, str] = {}
 
     def start(argv: list[str]) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=folder, start_new_session=True)
         started.append(process)
+        programs[process.pid] = argv[0]
         return process
 
     rows: list[Row] = []
@@ -483,7 +489,8 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
             time.sleep(max(0.0, args.sample - (time.monotonic() - row_began)))
             for process in started:
                 if process.poll() is not None:
-                    raise SystemExit(f"{process.args[0]} exited with {process.returncode}; see {folder / 'soak.log'}")
+                    name, code = programs[process.pid], process.returncode
+                    raise SystemExit(f"{name} exited with {code}; see {folder / 'soak.log'}")
             now, gw, ag = time.monotonic(), scrape(ports["gateway_http"]), scrape(ports["agent_metrics"])
             elapsed = now - previous[0]
             agent_cpu, gateway_cpu = cpu_seconds(tree(agent.pid)), cpu_seconds(tree(gateway.pid))
