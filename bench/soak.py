@@ -12,9 +12,10 @@ retention, `--raw-retention-h`, is the last: its pruning starts that long after 
 Pruning is work the full files add: the step it makes is printed (median CPU per reading while filling and at
 steady state), not judged as a trend. Each series then gets a least-squares slope as % of its mean per hour; the
 run fails when throughput falls, or CPU per reading, memory or a file's size rises, beyond `--tolerance` % per
-hour. CPU per reading is judged divided by the CPU of a fixed reference workload run in the same minute (on a
-shared machine a fixed piece of work costs more CPU while other programs run); the raw figures, and % of a core,
-are printed beside it.
+hour. Beside the verdict it prints the CPU of a fixed reference workload run in the middle of each minute (on a
+shared machine a fixed piece of work costs more CPU while other programs run), CPU per reading divided by it, and
+how closely the two follow each other: a trend that is the machine's, not the programs', shows there. `--analyse
+LOG` judges a saved run's output again.
 
 Each row shows the UTC time it was taken: rollup hours are UTC hours, so a run started a few minutes before
 one shows the gateway's CPU through the hour's end (the pass that closes the hour, its day, month and year).
@@ -369,19 +370,13 @@ def steady_rows(args: argparse.Namespace) -> int:
 
 
 def trends(rows: list[Row], skip: int) -> dict[str, float]:
-    """Slopes, % of the mean per hour, over the rows after `skip`. CPU per reading is judged divided by the
-    reference workload's CPU of the same row (the raw figures are printed beside it)."""
+    """Slopes, % of the mean per hour, over the rows after `skip`: what the verdict judges."""
     steady = rows[skip:]
     xs = [row.minute for row in steady]
-    reference = sorted(row.reference_ms for row in steady)[len(steady) // 2] if steady else 1.0
-
-    def adjusted(us: float, row: Row) -> float:
-        return us * reference / row.reference_ms if row.reference_ms else us
-
     found = {
         "stored/s": slope_per_hour(xs, [row.stored_per_s for row in steady]),
-        "gateway µs/reading (adjusted)": slope_per_hour(xs, [adjusted(row.gateway_us, row) for row in steady]),
-        "agent µs/reading (adjusted)": slope_per_hour(xs, [adjusted(row.agent_us, row) for row in steady]),
+        "gateway µs/reading": slope_per_hour(xs, [row.gateway_us for row in steady]),
+        "agent µs/reading": slope_per_hour(xs, [row.agent_us for row in steady]),
         "RSS": slope_per_hour(xs, [row.rss_mb for row in steady]),
     }
     for name in steady[0].memory if steady else ():
@@ -392,16 +387,36 @@ def trends(rows: list[Row], skip: int) -> dict[str, float]:
 
 
 def informational(rows: list[Row], skip: int) -> dict[str, float]:
-    """Slopes shown but not judged: % of a core moves with the rate, raw µs per reading with the machine's load."""
+    """Slopes shown but not judged: % of a core moves with the rate; the reference workload's CPU shows whether the
+    machine changed, and CPU per reading divided by it (scaled to its median) what is left of a trend if the programs
+    slowed exactly as the reference did (they need not: a fixed compute loop and programs that wake every second
+    feel other load differently), with the correlation of each program's CPU per reading with the reference."""
     steady = rows[skip:]
     xs = [row.minute for row in steady]
+    reference = sorted(row.reference_ms for row in steady)[len(steady) // 2] if steady else 1.0
+
+    def adjusted(us: float, row: Row) -> float:
+        return us * reference / row.reference_ms if row.reference_ms else us
+
     return {
         "agent CPU %": slope_per_hour(xs, [row.agent_cpu for row in steady]),
         "gateway CPU %": slope_per_hour(xs, [row.gateway_cpu for row in steady]),
-        "gateway µs/reading": slope_per_hour(xs, [row.gateway_us for row in steady]),
-        "agent µs/reading": slope_per_hour(xs, [row.agent_us for row in steady]),
         "reference ms": slope_per_hour(xs, [row.reference_ms for row in steady]),
+        "gateway µs/reading ÷ reference": slope_per_hour(xs, [adjusted(row.gateway_us, row) for row in steady]),
+        "agent µs/reading ÷ reference": slope_per_hour(xs, [adjusted(row.agent_us, row) for row in steady]),
+        "r(gateway µs, reference)": correlation([r.gateway_us for r in steady], [r.reference_ms for r in steady]),
+        "r(agent µs, reference)": correlation([r.agent_us for r in steady], [r.reference_ms for r in steady]),
     }
+
+
+def correlation(xs: list[float], ys: list[float]) -> float:
+    """Pearson's r (0 for a flat series)."""
+    if len(xs) < 3:
+        return 0.0
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+    sxx, syy = sum((x - mean_x) ** 2 for x in xs), sum((y - mean_y) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else 0.0
 
 
 def levels(rows: list[Row], skip: int) -> str:
@@ -547,6 +562,37 @@ def run(args: argparse.Namespace, folder: Path) -> list[Row]:
     return rows
 
 
+def rows_from_table(text: str) -> list[Row]:
+    """The rows of the table a run printed (header line first), so a saved run can be judged again."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["min", "UTC"])
+    rows = []
+    for line in lines[start + 1 :]:
+        fields = line.split()
+        if len(fields) < 18 or not re.fullmatch(r"\d+\.\d", fields[0]):
+            break
+        number = [float(field) for field in fields[2:]]
+        rows.append(
+            Row(
+                minute=float(fields[0]),
+                stored_per_s=number[0],
+                agent_cpu=number[1],
+                gateway_cpu=number[2],
+                rss_mb=number[3],
+                overruns=number[4],
+                missing=number[5],
+                gateway_us=number[6],
+                agent_us=number[7],
+                memory=dict(
+                    zip(("gateway anon", "gateway file", "agent anon", "agent file"), number[8:12], strict=True)
+                ),
+                files=dict(zip(("outbox", "gateway state", "store"), number[12:15], strict=True)),
+                reference_ms=number[15],
+            )
+        )
+    return rows
+
+
 def _interrupted(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -581,6 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--trace-every", type=float, default=120.0, help="seconds between memory snapshots")
     parser.add_argument("--keep", type=Path, help="keep the run's files in this folder")
+    parser.add_argument(
+        "--analyse",
+        type=Path,
+        metavar="LOG",
+        help="judge the table a run printed (its output saved) instead of running",
+    )
     args = parser.parse_args(argv)
     if (args.tracemalloc or args.malloc_stats) and not args.keep:
         parser.error("--tracemalloc and --malloc-stats write into the run's folder: give --keep FOLDER")
@@ -588,7 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     # programs it started are stopped too.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupted)
-    if args.keep:
+    if args.analyse:
+        rows = rows_from_table(args.analyse.read_text())
+    elif args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         rows = run(args, args.keep.resolve())
     else:
