@@ -4,7 +4,7 @@ daily calibration error test failed or overdue (40 CFR 75 App. B §2.1.4-2.1.5).
 These conditions are not in any one batch: they come from the hourly data of weeks (the VCR check) or from tests
 people enter (gateway/mrv/part75_log.py). So a task of the gateway checks them now and then and hands the results to
 the alert engine (`AlertEngine.on_qa`), which fires and resolves them like every other alert (rules `qa-qal2-due`
-and `qa-part75-calibration`, built in whenever alerts are on).
+and `qa-part75-calibration`, built in whenever alerts are on: gateway/alerts/builtin.py).
 
 - Part 75: every `interval` (10 min), from the source's entered tests.
 - VCR: every `vcr_every` (1 h), from the year-to-date report of each source with a QAL2 function and a VCR,
@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from gateway.alerts.builtin import PART75_RULE, QAL2_RULE
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.rules import QaFinding
 from gateway.config import GatewayConfig
@@ -31,8 +32,6 @@ __all__ = ["PART75_RULE", "QAL2_RULE", "QaAlerts"]
 
 log = logging.getLogger(__name__)
 
-QAL2_RULE = "qa-qal2-due"
-PART75_RULE = "qa-part75-calibration"
 DAILY_TESTS_BACK = timedelta(days=30)
 """Part 75 tests read per check: the last daily test of a month back is enough to say whether one is due."""
 
