@@ -83,9 +83,12 @@ BUILTIN_RULES: Final[tuple[BuiltinRule, ...]] = (
             title="Part 75 daily calibration error test failed or overdue",
             note="40 CFR 75 App. B §2.1.4-2.1.5: data out of control until a test passes",
         ),
-        trigger="every 10 min: a channel's last daily calibration error test failed, or its validity window "
-        "(validity_hours) ran out (40 CFR 75 App. B §2.1.4-2.1.5); resolves when a test passes",
-        enabled_by="[source.part75] span (the channels), validity_hours, grace_operating_hours",
+        trigger="every 10 min: a channel's last daily calibration error test failed (40 CFR 75 App. B §2.1.4), or "
+        "its validity window (validity_hours) ran out while the unit operates and no grace period applies (App. B "
+        "§2.1.5: not while the unit is off; after a restart, grace_operating_hours first); resolves when a test "
+        "passes",
+        enabled_by="[source.part75] span (the channels), validity_hours, grace_operating_hours; the unit's state from "
+        "[source.operating] and `cems-gateway operating-state log`",
         sources=_part75_sources,
     ),
     BuiltinRule(

@@ -446,13 +446,35 @@ def statuses(
 
 
 def daily_calibration_due(
-    spec: Part75Spec, role: str, daily: Sequence[DailyCalibration], now: datetime
+    spec: Part75Spec,
+    role: str,
+    daily: Sequence[DailyCalibration],
+    now: datetime,
+    *,
+    operating: Mapping[datetime, bool] | None = None,
 ) -> tuple[bool, datetime | None, str]:
-    """For an alert at `now`: (whether the channel's last daily test failed or its window has run out, since
-    when, in words). The operating state is not known here, so a window that ran out while the unit is off is
-    reported too; the grace period after a restart is only said (App. B §2.1.5)."""
+    """For an alert at `now`: (whether the channel's daily test is failed or overdue, since when, in words).
+
+    `operating`: whether the unit operated in each clock hour (by its UTC start) from the last test's hour to the
+    hour of `now`; an hour it does not name counts as operating (the strict reading, as without it). The hours are
+    judged by the report's timeline (`statuses`), so the alert says what the report will: a window that runs out
+    while the unit is off is not overdue, and after the restart the grace period (App. B §2.1.5) comes first. A
+    failed test fires whatever the unit does: the monitor is out of control until a test passes (App. B §2.1.4)."""
     tests = sorted((t for t in daily if t.role == role and t.at <= now), key=lambda t: (t.at, t.id))
+    hour = timedelta(hours=1)
+    now_hour = now.replace(minute=0, second=0, microsecond=0)
+    on_now = operating is None or operating.get(now_hour, True)
+    off = "" if on_now else "; the unit is not operating"
     if not tests:
+        if not on_now:
+            return (
+                False,
+                None,
+                (
+                    "no daily calibration error test recorded; the unit is not operating: test before it runs "
+                    "(40 CFR 75 App. B §2.1)"
+                ),
+            )
         return True, None, "no daily calibration error test recorded (40 CFR 75 App. B §2.1)"
     last = tests[-1]
     if not last.passed:
@@ -461,19 +483,49 @@ def daily_calibration_due(
             True,
             last.at,
             f"test #{last.id} at {_z(last.at)} failed ({', '.join(failing)} not met): data out of control until a "
-            "test passes (40 CFR 75 App. B §2.1.4)",
+            f"test passes (40 CFR 75 App. B §2.1.4){off}",
         )
-    hour = timedelta(hours=1)
-    expiry = last.at.replace(minute=0, second=0, microsecond=0) + (spec.validity_hours + 1) * hour
-    if now >= expiry:
+    first = last.at.replace(minute=0, second=0, microsecond=0)
+    expiry = first + (spec.validity_hours + 1) * hour
+    if now < expiry:
+        return False, None, f"test #{last.id} passed at {_z(last.at)}, valid until {_z(expiry)}"
+    starts = [first + i * hour for i in range((now_hour - first) // hour + 1)]
+    flags = [True if operating is None else operating.get(start, True) for start in starts]
+    timeline = statuses(spec, role, starts, hour, flags, daily=tests)
+    ran_out = f"test #{last.id} passed at {_z(last.at)}; its {spec.validity_hours} clock hours ran out at {_z(expiry)}"
+    current = timeline[-1]
+    if not flags[-1]:
+        if any(not s.in_control for s in timeline):  # overdue while it operated: no grace after this stop
+            return False, None, f"{ran_out} while the unit operated; the unit is not operating: test before it restarts"
         return (
-            True,
-            expiry,
-            f"test #{last.id} passed at {_z(last.at)}; its {spec.validity_hours} clock hours ran out at {_z(expiry)}: "
-            f"test now (after a restart from a shutdown: within {spec.grace_operating_hours} operating hours; "
-            "40 CFR 75 App. B §2.1.5)",
+            False,
+            None,
+            (
+                f"{ran_out}; the unit is not operating: after it restarts, test within {spec.grace_operating_hours} "
+                "operating hours (40 CFR 75 App. B §2.1.5)"
+            ),
         )
-    return False, None, f"test #{last.id} passed at {_z(last.at)}, valid until {_z(expiry)}"
+    if current.in_control:  # past the window, an operating hour in control is in the grace period
+        used = sum(s.grace for s in timeline)
+        return (
+            False,
+            None,
+            (
+                f"{ran_out} while the unit was not operating: grace period, {used} of {spec.grace_operating_hours} "
+                "operating hours used: test now (40 CFR 75 App. B §2.1.5)"
+            ),
+        )
+    since = len(timeline) - 1
+    while since > 0 and not (flags[since - 1] and timeline[since - 1].in_control):
+        since -= 1
+    while not flags[since]:
+        since += 1
+    grace = " and the grace period after the restart" if any(s.grace for s in timeline) else ""
+    return (
+        True,
+        max(starts[since], expiry),
+        f"{ran_out}{grace}: data out of control until a test passes: test now (40 CFR 75 App. B §2.1.5)",
+    )
 
 
 def _off_at(moment: datetime, starts: Sequence[datetime], operating: Sequence[bool]) -> bool:
