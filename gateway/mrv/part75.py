@@ -31,7 +31,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Final, Literal
 
@@ -320,6 +320,105 @@ class Rata:
         return round(1.0 + abs(self.mean_difference) / self.cem_mean, 3)
 
 
+QA_QUARTER_HOURS: Final = 168
+"""A QA operating quarter: a calendar quarter with at least 168 unit operating hours (40 CFR 72.2; App. B §2.2.1,
+§2.3.1). [guidance: EPA's ECMPS check code tests opHourCount >= 168]"""
+LINEARITY_GRACE_HOURS: Final = 168
+"""App. B §2.2.4: a linearity check not done in its QA operating quarter may be done within 168 unit operating hours
+after the quarter's end. [not read in the text here: configuration]"""
+LINEARITY_MAX_QUARTERS: Final = 4
+"""App. B §2.2.1: at most four successive calendar quarters without a linearity check, QA operating or not. [our
+reading, not read in the text here: configuration]"""
+RATA_GRACE_HOURS: Final = 720
+"""App. B §2.3.3: a RATA not done by its deadline may be done within 720 unit operating hours after the quarter's end.
+[not read in the text here: configuration]"""
+RATA_MAX_QUARTERS: Final = 8
+"""App. B §2.3.1.1: at most eight successive calendar quarters after the last RATA's quarter, however few QA
+operating quarters. [not read in the text here: configuration]"""
+RATA_ANNUAL_PERCENT: Final = 7.5
+"""App. B §2.3.1.2 (Figure 2): a RATA with RA at most 7.5 % earns the annual frequency (four QA operating quarters);
+else semiannual (two). [guidance: EPA's APS analyses use 7.5 / 10 %]"""
+
+
+@dataclass(frozen=True, slots=True)
+class RataAlternative:
+    """A low-emitter alternative RATA specification of one channel (App. A §3.3, App. B Figure 2), in the RATA's
+    unit: a RATA whose reference-method mean is at most `mean_at_most` (None: any mean) passes when |d̄| is at most
+    `semiannual` (semiannual frequency) and earns the annual frequency when |d̄| is at most `annual`."""
+
+    semiannual: float
+    annual: float
+    mean_at_most: float | None = None
+    basis: str = "configuration"
+    """where the numbers come from, for the report"""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.annual <= self.semiannual and math.isfinite(self.semiannual)):
+            raise ValueError(f"0 < annual ({self.annual:g}) ≤ semiannual ({self.semiannual:g}) is needed")
+        if self.mean_at_most is not None and not (self.mean_at_most > 0 and math.isfinite(self.mean_at_most)):
+            raise ValueError(f"mean_at_most must be a number > 0 (got {self.mean_at_most:g})")
+
+
+_SPECIES_PPM: Final = frozenset({"so2", "nox", "no", "no2"})
+
+
+def default_alternative(role: str, unit: str) -> RataAlternative | None:
+    """The alternative specification App. A §3.3 gives a channel of this role and unit, when it has one:
+    SO2/NOx in ppm with a reference mean ≤ 250 ppm: |d̄| ≤ 15 ppm (semiannual), ≤ 12 ppm (annual); NOx emission rate
+    in lb/mmBtu with a mean ≤ 0.200: ≤ 0.020 / ≤ 0.015; O2/CO2 in %: ≤ 1.0 / ≤ 0.7 % (any mean). Flow (low
+    velocity ≤ 10 fps: ±2.0 / ±1.5 fps) needs the stack velocity, so it is configuration only. [guidance: the SO2/NOx
+    ppm, O2/CO2 and the NOx-rate 0.200 and 0.015 figures as EPA-data APS analyses apply them; the NOx-rate 0.020 not
+    confirmed there; none read in the regulation's text here]"""
+    text = unit.strip().lower().replace(" ", "")
+    species = role.removeprefix("pollutant:")
+    if species in _SPECIES_PPM and text == "ppm":
+        return RataAlternative(15.0, 12.0, 250.0, "40 CFR 75 App. A §3.3 (SO2/NOx ≤ 250 ppm)")
+    if species in _SPECIES_PPM and text in ("lb/mmbtu", "lb/mmbtu(hhv)"):
+        return RataAlternative(0.020, 0.015, 0.200, "40 CFR 75 App. A §3.3 (NOx rate ≤ 0.200 lb/mmBtu)")
+    if role in ("o2", "co2") and text in ("%", "%vol", "vol%", "%v/v"):
+        return RataAlternative(1.0, 0.7, None, "40 CFR 75 App. A §3.3 (diluent, % vol)")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RataOutcome:
+    """Whether a RATA passed and which frequency it earned (App. A §3.3, App. B Figure 2), and by which criterion."""
+
+    passed: bool
+    annual: bool
+    criterion: str
+
+    @property
+    def frequency(self) -> Literal["annual", "semiannual", "none"]:
+        return "annual" if self.annual else ("semiannual" if self.passed else "none")
+
+
+def rata_outcome(
+    rata: Rata, alternative: RataAlternative | None, annual_percent: float = RATA_ANNUAL_PERCENT
+) -> RataOutcome:
+    """RA ≤ 10 % passes (App. A §3.3), RA ≤ `annual_percent` earns the annual frequency (App. B Figure 2); a
+    low emitter (reference mean within the alternative's bound) also passes and earns it by |d̄| alone."""
+    ra = rata.relative_accuracy
+    d = abs(rata.mean_difference)
+    low = alternative is not None and (
+        alternative.mean_at_most is None or rata.reference_mean <= alternative.mean_at_most
+    )
+    if ra <= annual_percent:
+        return RataOutcome(True, True, f"RA {ra:.2f} % ≤ {annual_percent:g} %: annual")
+    if low and alternative is not None and d <= alternative.annual:
+        return RataOutcome(True, True, f"|d̄| {d:g} ≤ {alternative.annual:g} ({alternative.basis}): annual")
+    if ra <= RATA_PERCENT:
+        return RataOutcome(True, False, f"RA {ra:.2f} % ≤ {RATA_PERCENT:g} %: semiannual")
+    if low and alternative is not None and d <= alternative.semiannual:
+        return RataOutcome(True, False, f"|d̄| {d:g} ≤ {alternative.semiannual:g} ({alternative.basis}): semiannual")
+    return RataOutcome(
+        False,
+        False,
+        f"RA {ra:.2f} % > {RATA_PERCENT:g} %"
+        + (f" and |d̄| {d:g} > {alternative.semiannual:g}" if low and alternative is not None else ""),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Part75Spec:
     """`[source.part75]`: the channels under Part 75 QA with their spans, the daily test's validity and grace."""
@@ -329,9 +428,20 @@ class Part75Spec:
     validity_hours: int = 26
     grace_operating_hours: int = 8
     bias_adjustment: bool = True
+    qa_quarter_hours: int = QA_QUARTER_HOURS
+    linearity_grace_hours: int = LINEARITY_GRACE_HOURS
+    linearity_max_quarters: int = LINEARITY_MAX_QUARTERS
+    rata_grace_hours: int = RATA_GRACE_HOURS
+    rata_max_quarters: int = RATA_MAX_QUARTERS
+    rata_annual_percent: float = RATA_ANNUAL_PERCENT
+    alternatives: tuple[tuple[str, RataAlternative], ...] = ()
+    """(role, low-emitter alternative RATA specification) of the channels that have one"""
 
     def span(self, role: str) -> float | None:
         return dict(self.spans).get(role)
+
+    def alternative(self, role: str) -> RataAlternative | None:
+        return dict(self.alternatives).get(role)
 
     def baf_applies(self, role: str, species: str | None) -> bool:
         """SO2, NOx and flow take the bias adjustment factor (App. A §7.6.5)."""
@@ -349,6 +459,8 @@ class PeriodStatus:
     baf: float = 1.0
     rata_id: int | None = None
     """the RATA whose BAF applies"""
+    due_grace: bool = False
+    """in the grace period of a linearity check or RATA past its quarter (App. B §2.2.4, §2.3.3)"""
 
 
 def _hour_of(moment: datetime, starts: Sequence[datetime], step: timedelta) -> datetime:
@@ -373,6 +485,7 @@ def statuses(
     ratas: Sequence[RataResult] = (),
     daily_required: bool = True,
     baf_applies: bool = False,
+    due: Sequence[DuePeriod] | None = None,
 ) -> list[PeriodStatus]:
     """Per base period of `starts` (step `step`, `operating` alike): whether the channel's data are quality-assured
     under Part 75, from its tests (any order; those before the grid count too). Non-operating periods are in
@@ -390,7 +503,7 @@ def statuses(
     grace_used = 0
     grace_for: int | None = None
     """id of the passed daily test whose expiry the current grace period follows"""
-    for start, on in zip(starts, operating, strict=True):
+    for index, (start, on) in enumerate(zip(starts, operating, strict=True)):
         while d_i < len(daily_sorted) and _hour_of(daily_sorted[d_i].at, starts, step) <= start:
             last_daily = daily_sorted[d_i]
             d_i += 1
@@ -438,10 +551,13 @@ def statuses(
             reasons.append(f"linearity check #{last_linearity.id} failed at {_z(last_linearity.at)}")
         if last_rata is not None and not last_rata.passed:
             reasons.append(f"RATA #{last_rata.id} failed at {_z(last_rata.at)}")
+        due_grace = due is not None and due[index].grace
+        if due is not None and due[index].past_due:
+            reasons.append(due[index].past_due)
         if reasons:
             result.append(PeriodStatus(False, "; ".join(reasons), baf=baf, rata_id=rata_id))
         else:
-            result.append(PeriodStatus(True, "grace period" if grace else "", grace, baf, rata_id))
+            result.append(PeriodStatus(True, "grace period" if grace else "", grace, baf, rata_id, due_grace))
     return result
 
 
@@ -547,10 +663,16 @@ class RataResult:
     at: datetime
     passed: bool
     baf: float
+    annual: bool = False
+    """earned the annual frequency (App. B Figure 2)"""
 
     @classmethod
-    def of(cls, rata: Rata) -> RataResult:
-        return cls(rata.id, rata.role, rata.at, rata.passed, rata.bias_adjustment_factor)
+    def of(cls, rata: Rata, spec: Part75Spec | None = None) -> RataResult:
+        """The RATA's result, with the channel's alternative specification and annual threshold from `spec`."""
+        if spec is None:
+            return cls(rata.id, rata.role, rata.at, rata.passed, rata.bias_adjustment_factor, False)
+        outcome = rata_outcome(rata, spec.alternative(rata.role), spec.rata_annual_percent)
+        return cls(rata.id, rata.role, rata.at, outcome.passed, rata.bias_adjustment_factor, outcome.annual)
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +684,223 @@ class Part75Tests:
     ratas: tuple[Rata, ...] = ()
 
 
+# -- due dates of linearity checks and RATAs (40 CFR 75 App. B §2.2, §2.3) -----------------------------------
+
+
+class DueKind(StrEnum):
+    LINEARITY = "linearity"
+    RATA = "rata"
+
+
+@dataclass(frozen=True, slots=True)
+class PassedTest:
+    """A passed linearity check or RATA, as the due dates need it."""
+
+    id: int
+    at: datetime
+    annual: bool = False
+    """a RATA that earned the annual frequency"""
+
+
+@dataclass(frozen=True, slots=True)
+class DuePeriod:
+    """One base period as the due dates leave it: in a grace period, or past due (out of control) and why."""
+
+    grace: bool = False
+    past_due: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DueDate:
+    """One requirement: the test due after `basis_id`, by when, and how it was met (or not)."""
+
+    kind: DueKind
+    role: str
+    basis_id: int
+    basis_at: datetime
+    frequency: Literal["quarterly", "semiannual", "annual"]
+    due_quarter: str | None
+    """the QA operating (or last allowed) quarter the test was due in; None: met before it came due"""
+    due_by: datetime | None
+    """the end of that quarter (or, `projected`, of the earliest quarter it can come due in)"""
+    projected: bool
+    """still open: due by `due_by` at the earliest, if every quarter until then is a QA operating quarter"""
+    grace_hours: int
+    grace_used: int
+    """unit operating hours of the grace period used (to the test, or so far)"""
+    met_by: int | None = None
+    met_at: datetime | None = None
+    past_due_from: datetime | None = None
+    """the first operating period out of control (the grace used up), until `met_at`"""
+
+
+def quarter_of(moment: datetime, zone: tzinfo) -> int:
+    """The calendar quarter (in the unit's time zone) of a moment, as year × 4 + quarter − 1."""
+    local = moment.astimezone(zone)
+    return local.year * 4 + (local.month - 1) // 3
+
+
+def quarter_start(index: int, zone: tzinfo) -> datetime:
+    year, quarter = divmod(index, 4)
+    return datetime(year, 3 * quarter + 1, 1, tzinfo=zone).astimezone(UTC)
+
+
+def quarter_name(index: int) -> str:
+    year, quarter = divmod(index, 4)
+    return f"{year}-Q{quarter + 1}"
+
+
+def due_timeline(
+    spec: Part75Spec,
+    kind: DueKind,
+    role: str,
+    passed: Sequence[PassedTest],
+    *,
+    starts: Sequence[datetime],
+    step: timedelta,
+    operating: Sequence[bool],
+    zone: tzinfo = UTC,
+) -> tuple[list[DuePeriod], list[DueDate]]:
+    """Per period of the grid: whether a linearity check (App. B §2.2) or RATA (App. B §2.3) of the channel is in
+    its grace period or past due, from its passed tests; and each due date met or still open.
+
+    A linearity check is due in each QA operating quarter (≥ `qa_quarter_hours` unit operating hours), and at the
+    latest in the `linearity_max_quarters`-th calendar quarter after the last one; a RATA is due after two QA
+    operating quarters (semiannual), or four (annual, App. B Figure 2), and at the latest in the
+    `rata_max_quarters`-th calendar quarter (App. B §2.3.1.1). Non-QA operating quarters do not count. A test not
+    done by the end of its quarter has a grace period of unit operating hours (App. B §2.2.4, §2.3.3); a test in the
+    grace period meets the quarter it was due in (the next is counted from that quarter), after it the channel is
+    out of control until a test passes, like after a failed one. The time before the grid is unknown: taken as
+    operating (every quarter a QA operating quarter, every hour a grace hour), the strict reading."""
+    linearity = kind is DueKind.LINEARITY
+    grace_hours = spec.linearity_grace_hours if linearity else spec.rata_grace_hours
+    cap = spec.linearity_max_quarters if linearity else spec.rata_max_quarters
+    name = "linearity check" if linearity else "RATA"
+    clause = "App. B §2.2.4" if linearity else "App. B §2.3.3"
+    periods = [DuePeriod()] * len(starts)
+    if not starts or not passed:
+        return periods, []
+    tests = sorted(passed, key=lambda t: (t.at, t.id))
+    step_hours = step / timedelta(hours=1)
+    before = [t for t in tests if t.at < starts[0]]
+    pending = [t for t in tests if t.at >= starts[0]]
+    first = starts[0]
+    if before:  # from the last one before the grid: the hours in between taken as operating
+        first = starts[0] - math.ceil((starts[0] - before[-1].at) / step) * step
+    dates: list[DueDate] = []
+    basis: PassedTest | None = None
+    anchor = cur_q = qa_count = 0
+    required = 1
+    hours_in_q = 0.0
+    deadline: int | None = None
+    grace_used = 0.0
+    past_due_from: datetime | None = None
+
+    def start(test: PassedTest, anchor_q: int) -> None:
+        nonlocal basis, anchor, required, qa_count, deadline, grace_used, past_due_from
+        basis, anchor = test, anchor_q
+        required = 1 if linearity else (4 if test.annual else 2)
+        qa_count, deadline, grace_used, past_due_from = 0, None, 0.0, None
+
+    def frequency() -> Literal["quarterly", "semiannual", "annual"]:
+        return "quarterly" if linearity else ("annual" if basis is not None and basis.annual else "semiannual")
+
+    def close(met: PassedTest | None) -> None:
+        assert basis is not None
+        due_q: int | None = deadline
+        projected = False
+        if due_q is None and met is None:  # open: the earliest quarter it can come due in
+            needed = required - qa_count
+            due_q = min((cur_q + needed - 1) if cur_q > anchor else anchor + needed, anchor + cap)
+            projected = True
+        dates.append(
+            DueDate(
+                kind,
+                role,
+                basis.id,
+                basis.at,
+                frequency(),
+                quarter_name(due_q) if due_q is not None else None,
+                quarter_start(due_q + 1, zone) if due_q is not None else None,
+                projected,
+                grace_hours,
+                round(grace_used),
+                met.id if met else None,
+                met.at if met else None,
+                past_due_from,
+            )
+        )
+
+    if before:
+        start(before[-1], quarter_of(before[-1].at, zone))
+    cur_q = quarter_of(first, zone)
+    count = round((starts[0] - first) / step) + len(starts)
+    for index in range(count):
+        moment = first + index * step
+        grid = index - (count - len(starts))
+        on = True if grid < 0 else operating[grid]
+        q = quarter_of(moment, zone)
+        if q != cur_q:
+            if basis is not None and cur_q > anchor:
+                qa_count += hours_in_q >= spec.qa_quarter_hours
+                if deadline is None and (qa_count >= required or cur_q - anchor >= cap):
+                    deadline, grace_used = cur_q, 0.0
+            cur_q, hours_in_q = q, 0.0
+        while pending and pending[0].at < moment + step:
+            test = pending.pop(0)
+            if basis is not None:
+                close(test)
+            in_grace = basis is not None and deadline is not None and past_due_from is None
+            start(test, deadline if in_grace and deadline is not None else quarter_of(test.at, zone))
+        if not on:
+            continue
+        hours_in_q += step_hours
+        if basis is None or deadline is None:
+            continue
+        if past_due_from is None and grace_used < grace_hours:
+            grace_used += step_hours
+            if grid >= 0:
+                periods[grid] = DuePeriod(grace=True)
+            continue
+        if past_due_from is None:
+            past_due_from = moment
+        if grid >= 0:
+            periods[grid] = DuePeriod(
+                past_due=f"{name} past due: due in {quarter_name(deadline)} after #{basis.id} of {_z(basis.at)}, "
+                f"{grace_hours} operating hours of grace used (40 CFR 75 {clause})"
+            )
+    if basis is not None:
+        close(None)
+    return periods, dates
+
+
+def channel_due_dates(
+    spec: Part75Spec,
+    tests: Part75Tests,
+    role: str,
+    *,
+    starts: Sequence[datetime],
+    step: timedelta,
+    operating: Sequence[bool],
+    zone: tzinfo = UTC,
+) -> tuple[list[DuePeriod], list[DueDate]]:
+    """Both due-date timelines of one channel merged per period (grace, past due), and their due dates."""
+    linearity = [PassedTest(t.id, t.at) for t in tests.linearity if t.role == role and t.passed]
+    outcomes = [RataResult.of(r, spec) for r in tests.ratas if r.role == role]
+    ratas = [PassedTest(r.id, r.at, r.annual) for r in outcomes if r.passed]
+    lin_periods, lin_dates = due_timeline(
+        spec, DueKind.LINEARITY, role, linearity, starts=starts, step=step, operating=operating, zone=zone
+    )
+    rata_periods, rata_dates = due_timeline(
+        spec, DueKind.RATA, role, ratas, starts=starts, step=step, operating=operating, zone=zone
+    )
+    merged = [
+        DuePeriod(a.grace or b.grace, "; ".join(x for x in (a.past_due, b.past_due) if x))
+        for a, b in zip(lin_periods, rata_periods, strict=True)
+    ]
+    return merged, lin_dates + rata_dates
+
+
 def channel_statuses(
     spec: Part75Spec,
     tests: Part75Tests,
@@ -570,10 +909,12 @@ def channel_statuses(
     starts: Sequence[datetime],
     step: timedelta,
     operating: Sequence[bool],
+    zone: tzinfo = UTC,
 ) -> dict[str, list[PeriodStatus]]:
     """Per (role, species) of the source's channels under Part 75 QA (a span in `spec`, or a linearity check or
-    RATA recorded): the status of every base period."""
-    results = [RataResult.of(r) for r in tests.ratas]
+    RATA recorded): the status of every base period, with the due dates of linearity checks and RATAs (calendar
+    quarters in `zone`)."""
+    results = [RataResult.of(r, spec) for r in tests.ratas]
     spans = dict(spec.spans)
     found: dict[str, list[PeriodStatus]] = {}
     for role, species in channels:
@@ -592,6 +933,7 @@ def channel_statuses(
             ratas=results,
             daily_required=role in spans,
             baf_applies=baf,
+            due=channel_due_dates(spec, tests, role, starts=starts, step=step, operating=operating, zone=zone)[0],
         )
     return found
 
