@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_RULES",
+    "PART75_DUE_RULE",
     "PART75_RULE",
     "QAL2_RULE",
     "QAL3_RULE",
@@ -26,6 +27,7 @@ __all__ = [
 
 QAL2_RULE: Final = "qa-qal2-due"
 PART75_RULE: Final = "qa-part75-calibration"
+PART75_DUE_RULE: Final = "qa-part75-due"
 
 
 def _vcr_sources(config: GatewayConfig) -> list[str]:
@@ -80,15 +82,30 @@ BUILTIN_RULES: Final[tuple[BuiltinRule, ...]] = (
         QaRule(
             name=PART75_RULE,
             severity=Severity.CRITICAL,
-            title="Part 75 daily calibration error test failed or overdue",
-            note="40 CFR 75 App. B §2.1.4-2.1.5: data out of control until a test passes",
+            title="Part 75 QA test failed, overdue or past due",
+            note="40 CFR 75 App. B §2.1.4-2.1.5, §2.2-2.3: data out of control until a test passes",
         ),
         trigger="every 10 min: a channel's last daily calibration error test failed (40 CFR 75 App. B §2.1.4), or "
         "its validity window (validity_hours) ran out while the unit operates and no grace period applies (App. B "
-        "§2.1.5: not while the unit is off; after a restart, grace_operating_hours first); resolves when a test "
-        "passes",
-        enabled_by="[source.part75] span (the channels), validity_hours, grace_operating_hours; the unit's state from "
-        "[source.operating] and `cems-gateway operating-state log`",
+        "§2.1.5: not while the unit is off; after a restart, grace_operating_hours first); or its linearity check "
+        "or RATA is past the grace period after the quarter it was due in (App. B §2.2.4, §2.3.3); resolves when a "
+        "test passes",
+        enabled_by="[source.part75] span (the channels), validity_hours, grace_operating_hours, "
+        "qa_operating_quarter_hours, linearity_* and rata_* keys; the unit's state from [source.operating] and "
+        "`cems-gateway operating-state log`",
+        sources=_part75_sources,
+    ),
+    BuiltinRule(
+        QaRule(
+            name=PART75_DUE_RULE,
+            title="Part 75 linearity check or RATA due",
+            note="40 CFR 75 App. B §2.2, §2.3: test before the grace period ends, or the data go out of control",
+        ),
+        trigger="every 10 min: a channel's linearity check or RATA is in the grace period after the quarter it was "
+        "due in (40 CFR 75 App. B §2.2.4, §2.3.3), or due within due_warning_days (if every quarter until then is a "
+        "QA operating quarter); resolves when the test is recorded",
+        enabled_by="[source.part75] due_warning_days (0: only the grace period warns), with a passed linearity "
+        "check or RATA recorded (`cems-gateway cal-test linearity|rata`)",
         sources=_part75_sources,
     ),
     BuiltinRule(

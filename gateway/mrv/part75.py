@@ -21,8 +21,16 @@ I/O; the tests themselves are entered by people (gateway/mrv/part75_log.py).
   the SO2, NOx and flow hourly values from the hour after the RATA until the next one (App. A §7.6.5, App. B
   §2.3.3). A failed RATA is out of control until a passing one (App. B §2.3.2).
 
-Not done here: the due dates of quarterly linearity checks and semiannual/annual RATAs (and their grace periods),
-the low-emitter alternative RATA specifications, and the 7-day calibration error test of certification.
+- Due dates (App. B §2.2, §2.3): a linearity check each QA operating quarter (≥ 168 unit operating hours), a RATA
+  every 2 QA operating quarters or 4 (annual: RA ≤ 7.5 % or the low-emitter annual bound, App. B Figure 2), each
+  capped in calendar quarters, with a grace period of unit operating hours after the quarter it was due in (168,
+  720); past it, out of control until a test passes. The low-emitter alternative specifications (App. A §3.3) pass
+  a RATA and earn the annual frequency by |d̄|. Which numbers were checked against what source, and which are only
+  defaults of `[source.part75]`: the constants below and docs/regulatory-basis.md §8.
+
+Not done here: the 7-day calibration error test of certification, the linearity exemption for spans ≤ 30 ppm, the
+flow-to-load test, and the finer grace-period rules (an annual RATA done in its grace period moving the next
+deadline); quarters before a report's period are not read (taken as QA operating quarters).
 """
 
 from __future__ import annotations
@@ -901,6 +909,70 @@ def channel_due_dates(
     return merged, lin_dates + rata_dates
 
 
+@dataclass(frozen=True, slots=True)
+class DueFinding:
+    """What the alerts say of a channel's linearity checks and RATAs at a moment."""
+
+    past_due: bool
+    """out of control: a test past its grace period (alert qa-part75-calibration)"""
+    past_due_since: datetime | None
+    due_soon: bool
+    """a test in its grace period, or due within the warning lead time (alert qa-part75-due)"""
+    detail: str
+
+
+def due_finding(
+    spec: Part75Spec,
+    tests: Part75Tests,
+    role: str,
+    now: datetime,
+    *,
+    start: datetime,
+    operating: Mapping[datetime, bool],
+    zone: tzinfo,
+    warn_before: timedelta,
+) -> DueFinding | None:
+    """For the alerts at `now`: the channel's open linearity-check and RATA due dates over the hours from `start`
+    (an hour `operating` does not name counts as operating; before `start`, every hour: the report's strict
+    reading). None: no passed linearity check or RATA recorded, nothing is due."""
+    hour = timedelta(hours=1)
+    first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    last = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    starts = [first + i * hour for i in range((last - first) // hour + 1)]
+    flags = [operating.get(at, True) for at in starts]
+    _, dates = channel_due_dates(spec, tests, role, starts=starts, step=hour, operating=flags, zone=zone)
+    current = [d for d in dates if d.met_by is None]
+    if not current:
+        return None
+    past = [d for d in current if d.past_due_from is not None]
+    texts: list[str] = []
+    soon = False
+    for date in current:
+        what = "linearity check" if date.kind is DueKind.LINEARITY else f"{date.frequency} RATA"
+        after = f"after #{date.basis_id} of {_z(date.basis_at)}"
+        due_by = _z(date.due_by) if date.due_by is not None else "?"
+        if date.past_due_from is not None:
+            texts.append(
+                f"{what} past due since {_z(date.past_due_from)} (due in {date.due_quarter} {after}; "
+                f"{date.grace_hours} operating hours of grace used): out of control until one passes"
+            )
+        elif not date.projected:
+            soon = True
+            texts.append(
+                f"{what} was due in {date.due_quarter} (by {due_by}) {after}: grace period, {date.grace_used} of "
+                f"{date.grace_hours} operating hours used"
+            )
+        else:
+            near = date.due_by is not None and date.due_by - now <= warn_before
+            soon = soon or near
+            texts.append(
+                f"{what} due by {due_by} at the earliest ({date.due_quarter}, if every quarter until then is a QA "
+                f"operating quarter) {after}"
+            )
+    since = min((d.past_due_from for d in past if d.past_due_from is not None), default=None)
+    return DueFinding(bool(past), since, soon, "; ".join(texts) + " (40 CFR 75 App. B §2.2, §2.3)")
+
+
 def channel_statuses(
     spec: Part75Spec,
     tests: Part75Tests,
@@ -1014,6 +1086,10 @@ class RataRow(_Model):
     bias_failed: bool = Field(description="d̄ > |cc| (App. A §7.6.4)")
     baf: float = Field(description="bias adjustment factor (App. A Eq. A-12); 1 when the bias test passes")
     result: Literal["pass", "fail"]
+    frequency: Literal["annual", "semiannual", "none"] = Field(
+        default="semiannual", description="the frequency it earned (App. B Figure 2)"
+    )
+    criterion: str = Field(default="", description="RA, or the low-emitter alternative (App. A §3.3), that decided")
     by: str
     why: str
 
@@ -1028,6 +1104,34 @@ class Part75Channel(_Model):
     grace_periods: int = Field(description="operating periods in a grace period (App. B §2.1.5)")
     baf_periods: int = Field(description="operating periods multiplied by a bias adjustment factor other than 1")
     baf_values: list[float] = Field(description="the factors applied, in time order")
+    due_grace_periods: int = Field(
+        default=0,
+        description="operating periods in the grace period of a linearity check or RATA (App. B §2.2.4, §2.3.3)",
+    )
+    past_due_periods: int = Field(
+        default=0, description="operating periods out of control because a linearity check or RATA was past due"
+    )
+
+
+class DueRow(_Model):
+    """One due date of a linearity check (40 CFR 75 App. B §2.2) or RATA (App. B §2.3) and how it was met."""
+
+    channel: str
+    test: Literal["linearity", "rata"]
+    frequency: Literal["quarterly", "semiannual", "annual"]
+    after_test: int = Field(description="the passed test the due date counts from")
+    after_test_at_utc: datetime
+    due_quarter: str | None = Field(description="the quarter it was due in; None: met before it came due")
+    due_by_utc: datetime | None = Field(description="the end of that quarter")
+    projected: bool = Field(
+        description="still open: due by then at the earliest, if every quarter until then is a QA operating quarter"
+    )
+    grace_operating_hours: int
+    grace_used_hours: int = Field(description="unit operating hours of the grace period used")
+    met_by: int | None
+    met_at_utc: datetime | None
+    past_due_from_utc: datetime | None = Field(description="out of control from then until met (substituted)")
+    status: Literal["met", "met in grace", "past due, then met", "past due", "in grace", "open"]
 
 
 class OutOfControlRun(_Model):
@@ -1052,6 +1156,9 @@ class Part75Section(_Model):
     linearity: list[LinearityRow]
     ratas: list[RataRow]
     out_of_control: list[OutOfControlRun]
+    due: list[DueRow] = Field(
+        default_factory=list, description="due dates of linearity checks and RATAs in force in the period"
+    )
 
 
 def _result(passed: bool) -> Literal["pass", "fail"]:
@@ -1099,7 +1206,8 @@ def _linearity_row(test: Linearity, name: str) -> LinearityRow:
     )
 
 
-def _rata_row(test: Rata, name: str) -> RataRow:
+def _rata_row(test: Rata, name: str, spec: Part75Spec) -> RataRow:
+    outcome = rata_outcome(test, spec.alternative(test.role), spec.rata_annual_percent)
     return RataRow(
         id=test.id,
         channel=name,
@@ -1112,7 +1220,9 @@ def _rata_row(test: Rata, name: str) -> RataRow:
         relative_accuracy_percent=test.relative_accuracy,
         bias_failed=test.bias_failed,
         baf=test.bias_adjustment_factor,
-        result=_result(test.passed),
+        result=_result(outcome.passed),
+        frequency=outcome.frequency,
+        criterion=outcome.criterion,
         by=test.by,
         why=test.why,
     )
@@ -1126,7 +1236,13 @@ RULES_TEXT: Final = (
     "passed test covers {validity} clock hours after its hour; after a window that ran out while the unit was off, "
     "{grace} operating hours of grace (App. B §2.1.5). Failed linearity checks (App. A §3.2) and RATAs (App. A "
     "§3.3) are out of control until passed; the last RATA's bias adjustment factor (App. A §7.6.5) multiplies "
-    "SO2, NOx and flow from the hour after it{baf}."
+    "SO2, NOx and flow from the hour after it{baf}. A linearity check is due in each QA operating quarter (≥ "
+    "{quarter_hours} unit operating hours; at the latest in the {lin_cap}th calendar quarter) with {lin_grace} "
+    "operating hours of grace after it (App. B §2.2); a RATA after 2 QA operating quarters, or 4 when its RA was "
+    "≤ {annual:g} % or the low-emitter alternative's annual bound was met (App. A §3.3, App. B Figure 2), at the "
+    "latest in the {rata_cap}th calendar quarter, with {rata_grace} operating hours of grace (App. B §2.3). Past the "
+    "grace the channel is out of control until a test passes. Before the report's period every quarter counts as "
+    "a QA operating quarter and every hour as an operating hour (the strict reading). Alternatives: {alternatives}."
 )
 
 
@@ -1139,9 +1255,10 @@ def part75_section(
     starts: Sequence[datetime],
     step: timedelta,
     operating: Sequence[bool],
+    zone: tzinfo = UTC,
 ) -> Part75Section:
-    """The report's Part 75 section over the grid `starts`: the tests completed in it, and per channel the
-    out-of-control, grace and bias-adjusted periods."""
+    """The report's Part 75 section over the grid `starts`: the tests completed in it, per channel the
+    out-of-control, grace and bias-adjusted periods, and the due dates of linearity checks and RATAs."""
     end = starts[-1] + step if starts else None
 
     def within(moment: datetime) -> bool:
@@ -1150,8 +1267,13 @@ def part75_section(
     spans = dict(spec.spans)
     channels: list[Part75Channel] = []
     runs: list[OutOfControlRun] = []
+    due_rows: list[DueRow] = []
     for role, items in period_statuses.items():
         name = names.get(role, role)
+        due_periods, dates = channel_due_dates(
+            spec, tests, role, starts=starts, step=step, operating=operating, zone=zone
+        )
+        due_rows += [_due_row(d, name) for d in dates if starts and (d.met_at is None or d.met_at >= starts[0])]
         on = [s for s, running in zip(items, operating, strict=True) if running]
         bafs: list[float] = []
         for item in items:
@@ -1166,6 +1288,10 @@ def part75_section(
                 grace_periods=sum(s.grace for s in on),
                 baf_periods=sum(s.baf != 1.0 for s in on),
                 baf_values=bafs,
+                due_grace_periods=sum(d.grace for d, running in zip(due_periods, operating, strict=True) if running),
+                past_due_periods=sum(
+                    bool(d.past_due) for d, running in zip(due_periods, operating, strict=True) if running
+                ),
             )
         )
         run_start: int | None = None
@@ -1193,6 +1319,20 @@ def part75_section(
             validity=spec.validity_hours,
             grace=spec.grace_operating_hours,
             baf="" if spec.bias_adjustment else " (switched off in [source.part75])",
+            quarter_hours=spec.qa_quarter_hours,
+            lin_cap=spec.linearity_max_quarters,
+            lin_grace=spec.linearity_grace_hours,
+            annual=spec.rata_annual_percent,
+            rata_cap=spec.rata_max_quarters,
+            rata_grace=spec.rata_grace_hours,
+            alternatives="; ".join(
+                f"{names.get(role, role)} |d̄| ≤ {a.semiannual:g} / {a.annual:g}"
+                + (f" when the reference mean ≤ {a.mean_at_most:g}" if a.mean_at_most is not None else "")
+                + f" ({a.basis})"
+                for role, a in spec.alternatives
+                if role in period_statuses
+            )
+            or "none",
         ),
         validity_hours=spec.validity_hours,
         grace_operating_hours=spec.grace_operating_hours,
@@ -1209,9 +1349,34 @@ def part75_section(
             if t.role in roles and within(t.at)
         ],
         ratas=[
-            _rata_row(t, names.get(t.role, t.role))
+            _rata_row(t, names.get(t.role, t.role), spec)
             for t in sorted(tests.ratas, key=lambda t: (t.at, t.id))
             if t.role in roles and within(t.at)
         ],
         out_of_control=runs,
+        due=due_rows,
+    )
+
+
+def _due_row(date: DueDate, name: str) -> DueRow:
+    status: Literal["met", "met in grace", "past due, then met", "past due", "in grace", "open"]
+    if date.met_by is not None:
+        status = "past due, then met" if date.past_due_from else ("met in grace" if date.due_quarter else "met")
+    else:
+        status = "past due" if date.past_due_from else ("open" if date.projected else "in grace")
+    return DueRow(
+        channel=name,
+        test=date.kind.value,
+        frequency=date.frequency,
+        after_test=date.basis_id,
+        after_test_at_utc=date.basis_at,
+        due_quarter=date.due_quarter,
+        due_by_utc=date.due_by,
+        projected=date.projected,
+        grace_operating_hours=date.grace_hours,
+        grace_used_hours=date.grace_used,
+        met_by=date.met_by,
+        met_at_utc=date.met_at,
+        past_due_from_utc=date.past_due_from,
+        status=status,
     )

@@ -9,6 +9,10 @@ and `qa-part75-calibration`, built in whenever alerts are on: gateway/alerts/bui
 - Part 75: every `interval` (10 min), from the source's entered tests and the unit's operating state over the hours
   since the last test (the manual log and the signals' rollups, as the report reads them): a window that ran out
   while the unit is off is not overdue, and after a restart the grace period comes first (40 CFR 75 App. B §2.1.5).
+  Linearity checks and RATAs past their grace period (App. B §2.2-2.3) fire `qa-part75-calibration` too; one in its
+  grace period, or due within `due_warning_days`, fires `qa-part75-due`. Their QA operating quarters are read from
+  the start of the previous quarter; earlier quarters count as QA operating quarters, as the report counts them
+  before its period.
 - VCR: every `vcr_every` (1 h), from the year-to-date report of each source with a QAL2 function and a VCR,
   built as `cems-gateway report` builds it, without the raw-data check: the alert says what the report says.
 """
@@ -22,14 +26,22 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from gateway.alerts.builtin import PART75_RULE, QAL2_RULE
+from gateway.alerts.builtin import PART75_DUE_RULE, PART75_RULE, QAL2_RULE
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.rules import QaFinding
 from gateway.config import GatewayConfig
-from gateway.mrv.config import SourceConfig, part75_role
+from gateway.mrv.config import SourceConfig, part75_role, part75_spec
 from gateway.mrv.operating_log import OperatingLog
 from gateway.mrv.operating_state import derive_states
-from gateway.mrv.part75 import DailyCalibration, daily_calibration_due
+from gateway.mrv.part75 import (
+    Part75Spec,
+    Part75Tests,
+    daily_calibration_due,
+    due_finding,
+    quarter_of,
+    quarter_start,
+)
+from gateway.mrv.part75_log import LOOKBACK as PART75_LOOKBACK
 from gateway.mrv.part75_log import Part75Log
 from gateway.mrv.report_production import ReportError, produce_report
 from gateway.mrv.rollup import base_duration, base_starts
@@ -47,6 +59,11 @@ CARRY_HOURS = 2
 
 def _has_vcr(source: SourceConfig) -> bool:
     return any(c.qal2 is not None and c.qal2.vcr is not None for c in source.channels().values())
+
+
+def spec_roles(spec: Part75Spec) -> set[str]:
+    """The channels that need a daily calibration error test (a span in [source.part75])."""
+    return {role for role, _ in spec.spans}
 
 
 def _utc_now() -> datetime:
@@ -78,31 +95,48 @@ class QaAlerts:
     async def part75_findings(self, now: datetime) -> list[QaFinding]:
         findings = []
         for source in self.config.sources:
-            if source.part75 is None:
+            spec = part75_spec(source)
+            if spec is None or source.part75 is None:
                 continue
-            spec = source.part75.spec()
-            daily = await asyncio.to_thread(self._daily_tests, source.id, now)
-            roles = {name: part75_role(name) for name in sorted(source.part75.span)}
-            lasts = [
-                max((t.at for t in daily if t.role == role and t.at <= now), default=now) for role in roles.values()
-            ]
-            first = min(lasts, default=now)  # the hours the timeline needs: from the oldest channel's last test
+            tests = await asyncio.to_thread(self._tests, source.id, now)
+            daily = [t for t in tests.daily if t.at >= now - DAILY_TESTS_BACK]
+            names = {part75_role(name): name for name in sorted(source.part75.span)}
+            for role in [t.role for t in tests.linearity] + [t.role for t in tests.ratas]:
+                names.setdefault(role, role.removeprefix("pollutant:"))
+            lasts = [max((t.at for t in daily if t.role == role and t.at <= now), default=now) for role in names]
+            # the hours the timelines need: from the oldest channel's last daily test, and the due dates from the
+            # start of the previous quarter (before it: taken as operating, the report's strict reading)
+            due_start = quarter_start(quarter_of(now, source.zone) - 1, source.zone)
+            first = min([*lasts, due_start])
             try:
-                operating = await self.operating_hours(source, first, now)
+                operating: dict[datetime, bool] | None = await self.operating_hours(source, first, now)
             except (StoreError, OSError, sqlite3.Error) as error:
                 log.warning("QA alerts: the operating state of %s could not be read: %s", source.id, error)
                 operating = None  # every hour taken as operating: the strict reading
-            for name, role in roles.items():
-                firing, since, detail = daily_calibration_due(spec, role, daily, now, operating=operating)
+            warn = timedelta(days=source.part75.due_warning_days)
+            for role, name in names.items():
+                firing, since, detail = False, None, ""
+                if role in spec_roles(spec):
+                    firing, since, detail = daily_calibration_due(spec, role, daily, now, operating=operating)
+                due = due_finding(spec, tests, role, now, start=due_start, operating=operating or {},
+                                  zone=source.zone, warn_before=warn)  # fmt: skip
+                if due is not None and due.past_due:
+                    since = (
+                        due.past_due_since if not firing or since is None else min(since, due.past_due_since or since)
+                    )
+                    firing = True
+                if due is not None:
+                    detail = "; ".join(x for x in (detail, due.detail) if x)
+                    findings.append(QaFinding(PART75_DUE_RULE, source.site, source.id, name, due.due_soon, due.detail))
                 findings.append(QaFinding(PART75_RULE, source.site, source.id, name, firing, detail, since))
         return findings
 
-    def _daily_tests(self, source: str, now: datetime) -> list[DailyCalibration]:
-        tests = Part75Log(self.config.gateway.state)
+    def _tests(self, source: str, now: datetime) -> Part75Tests:
+        log = Part75Log(self.config.gateway.state)
         try:
-            return list(tests.tests(source, start=now - DAILY_TESTS_BACK, end=now + timedelta(seconds=1)).daily)
+            return log.tests(source, start=now - PART75_LOOKBACK, end=now + timedelta(seconds=1))
         finally:
-            tests.close()
+            log.close()
 
     async def operating_hours(self, source: SourceConfig, start: datetime, now: datetime) -> dict[datetime, bool]:
         """Whether the unit operated in each clock hour from the hour of `start` to the hour of `now`, as the report

@@ -83,6 +83,7 @@ def _listing(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> d
             {
                 "qa-qal2-due": "source=boiler2",
                 "qa-part75-calibration": "source=unit1",
+                "qa-part75-due": "source=unit1",
                 "qal3-out-of-control": "source=boiler2",
             },
         ),
@@ -91,6 +92,7 @@ def _listing(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> d
             {
                 "qa-qal2-due": "in force, nothing to check in this config",
                 "qa-part75-calibration": "source=unit1",
+                "qa-part75-due": "source=unit1",
                 "qal3-out-of-control": "not in force",
             },
         ),
@@ -99,6 +101,7 @@ def _listing(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> d
             {
                 "qa-qal2-due": "source=boiler2",
                 "qa-part75-calibration": "in force, nothing to check in this config",
+                "qa-part75-due": "in force, nothing to check in this config",
                 "qal3-out-of-control": "not in force",
             },
         ),

@@ -4,15 +4,24 @@ calendars, each row citing its clause."""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from aua_contract import Quality
+from gateway.alerts.engine import AlertEngine
+from gateway.alerts.state import AlertKey, Phase
+from gateway.config import GatewayConfigError, load_gateway_config
+from gateway.mrv.config import part75_spec
 from gateway.mrv.part75 import (
     DueDate,
     DueKind,
+    Linearity,
+    LinearityLevel,
     Part75Spec,
     Part75Tests,
     PassedTest,
@@ -20,9 +29,16 @@ from gateway.mrv.part75 import (
     RataAlternative,
     channel_statuses,
     default_alternative,
+    due_finding,
     due_timeline,
     rata_outcome,
 )
+from gateway.mrv.part75_log import Part75Log
+from gateway.mrv.qa_alerts import QaAlerts
+from gateway.mrv.report_files import write_report_files
+from gateway.mrv.report_production import produce_report
+from gateway.mrv.rollup_engine import RollupEngine
+from gateway.stores import StoredReading, open_store
 
 HOUR = timedelta(hours=1)
 SPEC = Part75Spec(spans=())
@@ -315,3 +331,195 @@ def test_a_past_due_rata_leaves_the_channel_out_of_control_until_a_passing_one()
     assert (out[0], out[-1]) == (utc(2024, 10, 31), utc(2024, 11, 20, 8))
     assert "RATA past due: due in 2024-Q3" in statuses[starts.index(out[0])].reason
     assert sum(s.due_grace for s in statuses) == 720
+
+
+P75_SITE = "p75-due-site"
+CONFIG = """[gateway]
+state = "state.sqlite"
+[store]
+url = "sqlite://aua.sqlite"
+[[source]]
+id = "unit1"
+site = "p75-due-site"
+time_zone = "UTC"
+rule_set = "part75"
+flow = { instrument = "u1-flow", parameter = "flow", unit = "Nm3/h" }
+[[source.pollutant]]
+instrument = "u1-gas"
+parameter = "so2"
+name = "SO2"
+unit = "mg/m3"
+[source.part75]
+span = { so2 = 500 }
+"""
+
+
+async def test_the_report_lists_due_dates_and_substitutes_past_due_hours(tmp_path: Path) -> None:
+    """July 2024 report; the last linearity check passed 15 January. Before the report every quarter is taken as a
+    QA operating quarter (the strict reading), so the check was due in Q2 and its 168 operating hours of grace ran
+    from 1 July (App. B §2.2.4): past due from 8 July 00:00 until the check of 8 July 12:20 (12 operating hours,
+    substituted); that check is due again in Q4 at the earliest."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    config = load_gateway_config(path)
+    log = Part75Log(config.gateway.state)
+    levels = [(100.0, 101.0), (250.0, 252.0), (400.0, 405.0)]
+    log.add_linearity("unit1", ROLE, at=utc(2024, 1, 15, 10), unit="mg/m3", levels=levels, by="kim", why="Q1",
+                      now=utc(2024, 1, 15, 11))  # fmt: skip
+    log.add_linearity("unit1", ROLE, at=utc(2024, 7, 8, 12, 20), unit="mg/m3", levels=levels, by="kim", why="Q3",
+                      now=utc(2024, 7, 8, 13))  # fmt: skip
+    log.close()
+    readings = [
+        StoredReading(P75_SITE, "u1", instrument, parameter, utc(2024, 7, 8) + timedelta(minutes=m), value, unit,
+                      Quality.OK)
+        for m in range(24 * 60)
+        for instrument, parameter, value, unit in (("u1-gas", "so2", 100.0, "mg/m3"),
+                                                   ("u1-flow", "flow", 500_000.0, "Nm3/h"))
+    ]  # fmt: skip
+    async with open_store(config.store.url) as store:
+        await store.write(readings)
+        engine = RollupEngine.from_config(config, store)
+        await engine.recompute(utc(2024, 7, 8), utc(2024, 7, 9))
+        engine.close()
+        produced = await produce_report(config, store, "unit1", year=2024, month=7, now=utc(2024, 8, 2))
+    section = produced.report.part75
+    assert section is not None
+    [so2] = section.channels
+    assert (so2.due_grace_periods, so2.past_due_periods) == (168, 12)
+    first, second = section.due
+    assert (first.test, first.after_test, first.due_quarter) == ("linearity", 1, "2024-Q2")
+    assert first.status == "past due, then met"
+    assert (first.past_due_from_utc, first.met_by, first.grace_used_hours) == (utc(2024, 7, 8), 2, 168)
+    assert (second.after_test, second.due_quarter, second.status) == (2, "2024-Q4", "open")
+    assert (second.due_by_utc, second.projected) == (utc(2025, 1, 1), True)
+    assert any("linearity check past due: due in 2024-Q2 after #1" in r.reason for r in section.out_of_control)
+    assert any("due in 2024-Q2 (after #1): past due from 2024-07-08T00:00+00:00 until #2" in w
+               for w in produced.report.warnings)  # fmt: skip
+    assert "A linearity check is due in each QA operating quarter" in section.rules
+    paths = write_report_files(produced, tmp_path / "out")
+    with (tmp_path / "out" / "unit1-2024-07-part75-due.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["after_test"], r["status"]) for r in rows] == [("1", "past due, then met"), ("2", "open")]
+    assert any(p.suffix == ".pdf" for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("rata_max_quarters = 0", r"part75\.rata_max_quarters"),
+        ("linearity_grace_operating_hours = -1", r"part75\.linearity_grace_operating_hours"),
+        ("rata_annual_percent = 12", r"part75\.rata_annual_percent"),
+        ("due_warning_days = 400", r"part75\.due_warning_days"),
+        ("rata_alternative = { nox = { semiannual = 15, annual = 12 } }", r"part75\.rata_alternative\.nox: no such"),
+        ("rata_alternative = { so2 = { semiannual = 12, annual = 15 } }", r"rata_alternative.*annual \(15\) must not"),
+        ("rata_alternative = { so2 = { semiannual = 15 } }", r"part75\.rata_alternative\.so2\.annual"),
+        ("rata_alternative = { so2 = { semiannual = 15, annual = 12, mean = 2 } }", r"rata_alternative\.so2\.mean"),
+    ],
+)
+def test_due_date_config_errors_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(CONFIG + table + "\n", encoding="utf-8")
+    with pytest.raises(GatewayConfigError, match=message):
+        load_gateway_config(path)
+
+
+def test_due_date_config_reaches_the_spec(tmp_path: Path) -> None:
+    """Configured alternatives override the defaults picked by unit (SO2 here is in mg/m3: no default)."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        CONFIG
+        + "rata_max_quarters = 6\nrata_alternative = { so2 = { semiannual = 40, annual = 30, mean_at_most = 700 } }\n",
+        encoding="utf-8",
+    )
+    spec = part75_spec(load_gateway_config(path).sources[0])
+    assert spec is not None
+    assert spec.rata_max_quarters == 6
+    assert spec.alternative(ROLE) == RataAlternative(40.0, 30.0, 700.0, "[source.part75] rata_alternative")
+    assert spec.alternative("flow") is None
+
+
+def _hours_off(first: datetime, last: datetime) -> dict[datetime, bool]:
+    return {first + i * HOUR: False for i in range(int((last - first) / HOUR))}
+
+
+@pytest.mark.parametrize(
+    ("now", "operating", "past_due", "since", "soon", "words", "clause"),
+    [
+        (utc(2024, 6, 10), {}, False, None, False, "due by 2024-07-01T00:00Z at the earliest", "21 days ahead"),
+        (utc(2024, 6, 25), {}, False, None, True, "due by 2024-07-01T00:00Z at the earliest", "within 14 days"),
+        (utc(2024, 7, 3, 2, 30), {}, False, None, True, "grace period, 51 of 168", "§2.2.4: in the grace"),
+        (utc(2024, 7, 9), {}, True, utc(2024, 7, 8), False, "past due since 2024-07-08T00:00Z", "§2.2.4: past it"),
+        (utc(2024, 7, 9), _hours_off(utc(2024, 7, 1), utc(2024, 7, 10)), False, None, True, "0 of 168",
+         "§2.2.4: the grace counts unit operating hours only"),
+    ],
+)  # fmt: skip
+def test_due_finding_for_the_alerts(  # noqa: PLR0917 - one argument per table column
+    now: datetime,
+    operating: dict[datetime, bool],
+    past_due: bool,
+    since: datetime | None,
+    soon: bool,
+    words: str,
+    clause: str,
+) -> None:
+    """A linearity check passed 15 January is due in Q2 (40 CFR 75 App. B §2.2.1); `clause` says the rest."""
+    tests = Part75Tests(linearity=(_linearity(1, utc(2024, 1, 15, 10)),))
+    found = due_finding(SPEC, tests, ROLE, now, start=utc(2024, 4, 1), operating=operating, zone=UTC,
+                        warn_before=timedelta(days=14))  # fmt: skip
+    assert found is not None
+    assert (found.past_due, found.past_due_since, found.due_soon) == (past_due, since, soon), found.detail
+    assert words in found.detail
+
+
+def test_no_due_finding_without_a_passed_test() -> None:
+    failed = _linearity(1, utc(2024, 1, 15, 10), response=150.0)
+    assert not failed.passed
+    tests = Part75Tests(linearity=(failed,))
+    assert due_finding(SPEC, tests, ROLE, utc(2024, 7, 9), start=utc(2024, 4, 1), operating={}, zone=UTC,
+                       warn_before=timedelta(days=14)) is None  # fmt: skip
+
+
+def _linearity(test_id: int, at: datetime, response: float = 101.0) -> Linearity:
+    return Linearity(test_id, "unit1", ROLE, at, "mg/m3", (LinearityLevel(100.0, response),))
+
+
+async def test_past_due_and_due_soon_alerts(tmp_path: Path) -> None:
+    """The QA task: a linearity check in its grace period fires qa-part75-due (warning); past the grace it fires
+    qa-part75-calibration (critical) while qa-part75-due resolves; a passed check resolves both."""
+    path = tmp_path / "gateway.toml"
+    path.write_text('[alerts]\ntimezone = "UTC"\ndata_rules = false\n' + CONFIG, encoding="utf-8")
+    config = load_gateway_config(path)
+    log = Part75Log(config.gateway.state)
+    levels = [(100.0, 101.0), (250.0, 252.0), (400.0, 405.0)]
+    log.add_linearity("unit1", ROLE, at=utc(2024, 1, 15, 10), unit="mg/m3", levels=levels, by="kim", why="Q1",
+                      now=utc(2024, 1, 15, 11))  # fmt: skip
+    clock = [utc(2024, 7, 3, 2, 30)]
+    engine = AlertEngine.from_config(config, notifiers=[])
+    due_key = AlertKey("qa-part75-due", P75_SITE, "", "unit1", "so2")
+    calibration_key = AlertKey("qa-part75-calibration", P75_SITE, "", "unit1", "so2")
+    async with open_store(config.store.url) as store:
+        qa = QaAlerts(config, store, engine, now=lambda: clock[0])
+        phases = []
+        details = []
+        for moment, daily_at in ((utc(2024, 7, 3, 2, 30), utc(2024, 7, 3, 1, 10)),
+                                 (utc(2024, 7, 9), utc(2024, 7, 8, 23, 10)),
+                                 (utc(2024, 7, 9, 3), utc(2024, 7, 9, 1, 10))):  # fmt: skip
+            log.add_daily("unit1", ROLE, at=daily_at, span=500, unit="mg/m3", zero=(0, 1), high=(250, 252), by="kim",
+                          why="daily", now=moment)  # fmt: skip
+            if moment == utc(2024, 7, 9, 3):
+                log.add_linearity("unit1", ROLE, at=utc(2024, 7, 9, 2), unit="mg/m3", levels=levels, by="kim",
+                                  why="late", now=moment)  # fmt: skip
+            clock[0] = moment
+            await qa.tick()
+            states = (engine.state_of(due_key), engine.state_of(calibration_key))
+            phases.append(tuple(state.phase if state else None for state in states))
+            details.append(" | ".join(state.detail if state else "" for state in states))
+    log.close()
+    engine.close()
+    assert phases == [
+        (Phase.FIRING, Phase.INACTIVE),
+        (Phase.RESOLVED, Phase.FIRING),
+        (Phase.RESOLVED, Phase.RESOLVED),
+    ]
+    assert "grace period, 51 of 168 operating hours used" in details[0]
+    assert "linearity check past due since 2024-07-08T00:00Z" in details[1]
