@@ -842,18 +842,19 @@ def due_timeline(
     if before:
         start(before[-1], quarter_of(before[-1].at, zone))
     cur_q = quarter_of(first, zone)
+    next_quarter = quarter_start(cur_q + 1, zone)
     count = round((starts[0] - first) / step) + len(starts)
     for index in range(count):
         moment = first + index * step
         grid = index - (count - len(starts))
         on = True if grid < 0 else operating[grid]
-        q = quarter_of(moment, zone)
-        if q != cur_q:
+        if moment >= next_quarter:  # a new quarter (periods never span a quarter's start: hours, half-hours)
             if basis is not None and cur_q > anchor:
                 qa_count += hours_in_q >= spec.qa_quarter_hours
                 if deadline is None and (qa_count >= required or cur_q - anchor >= cap):
                     deadline, grace_used = cur_q, 0.0
-            cur_q, hours_in_q = q, 0.0
+            cur_q, hours_in_q = quarter_of(moment, zone), 0.0
+            next_quarter = quarter_start(cur_q + 1, zone)
         while pending and pending[0].at < moment + step:
             test = pending.pop(0)
             if basis is not None:

@@ -107,7 +107,7 @@ class QaAlerts:
             # the hours the timelines need: from the oldest channel's last daily test, and the due dates from the
             # start of the previous quarter (before it: taken as operating, the report's strict reading)
             due_start = quarter_start(quarter_of(now, source.zone) - 1, source.zone)
-            first = min([*lasts, due_start])
+            first = min([*lasts, due_start] if tests.linearity or tests.ratas else [*lasts, now])
             try:
                 operating: dict[datetime, bool] | None = await self.operating_hours(source, first, now)
             except (StoreError, OSError, sqlite3.Error) as error:
