@@ -18,6 +18,7 @@ from pathlib import Path
 
 from aua_ops import ConfigFile, install_secret_filter, secrets_of
 from gateway import preflight
+from gateway.alerts.builtin import BUILTIN_RULES
 from gateway.alerts.engine import AlertEngine, AlertError, AlertStore
 from gateway.alerts.messages import MessageFormat, NotifyError, both_times, test_message
 from gateway.alerts.notify import notifiers_from_config
@@ -385,6 +386,16 @@ def _alerts_rules(config: GatewayConfig) -> int:
         if rule.for_:
             where += f"; for {format_duration(rule.for_)}"
         print(f"{name:<20} {table.kind:<10} {rule.severity.value:<8} {rule.describe()}; {where}{state}")
+    for builtin in BUILTIN_RULES:
+        rule = builtin.rule
+        sources = builtin.sources(config)
+        if not config.alerts.enabled or not builtin.in_force(config):
+            checks = "not in force"
+        else:
+            checks = f"source={','.join(sources)}" if sources else "in force, nothing to check in this config"
+        print(f"{rule.name:<20} {'built-in':<10} {rule.severity.value:<8} {rule.describe()}; {checks}")
+        print(f"    fires: {builtin.trigger}")
+        print(f"    enabled by: {builtin.enabled_by}")
     return 0
 
 
@@ -451,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ack", "acknowledge a firing alert: no reminders for it until it fires again"),
         ("silence", "no notifications for matching alerts for a while (they still change state)"),
         ("unsilence", "end a silence now"),
-        ("rules", "the rules in force: defaults plus [alerts.rules] overrides"),
+        ("rules", "the rules: defaults plus [alerts.rules] overrides, then the built-in QA rules"),
         ("test", "send a test message through every configured notifier"),
     ):
         command = alerts.add_parser(name, help=text)

@@ -39,11 +39,12 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Final, Generic, TypeVar
+from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from aua_contract import AgentState, AgentStatus, Batch, Quality, Reading
 from aua_ops import redact_text
+from gateway.alerts.builtin import builtin_rules
 from gateway.alerts.messages import Message, MessageFormat, Notifier, NotifyError, notice_document, notice_from_document
 from gateway.alerts.notify import notifiers_from_config
 from gateway.alerts.rules import (
@@ -81,7 +82,6 @@ from gateway.alerts.state import (
     Observation,
     Phase,
     Queued,
-    Severity,
     Silence,
     Transition,
     plan_dispatch,
@@ -641,22 +641,6 @@ class _Admission:
         return True
 
 
-QA_RULES: Final = (
-    QaRule(
-        name="qa-qal2-due",
-        title="new QAL2 due (EN 14181:2014 valid calibration range check)",
-        note="thresholds: [source.vcr_check] (defaults from UK guidance on EN 14181:2014)",
-    ),
-    QaRule(
-        name="qa-part75-calibration",
-        severity=Severity.CRITICAL,
-        title="Part 75 daily calibration error test failed or overdue",
-        note="40 CFR 75 App. B §2.1.4-2.1.5: data out of control until a test passes",
-    ),
-)
-"""Built-in rules of the QA findings (gateway/mrv/qa_alerts.py), in force whenever alerts are: names are reserved."""
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -743,10 +727,7 @@ class AlertEngine:
             notifiers = notifiers_from_config(
                 alerts.notify, config.mqtt, gateway_id=config.gateway.id, message_format=message_format
             )
-        rules = [*alerts.effective_rules(), *QA_RULES] if alerts.enabled else []
-        if alerts.enabled and any(s.qal3 is not None and s.qal3.alert for s in config.sources):
-            note = "EN 14181:2014 §7: adjust the AMS, then record a check with `cems-gateway qa-check add --adjusted`"
-            rules.append(Qal3Rule(name=QAL3_RULE, note=note))
+        rules: list[Rule] = [*alerts.effective_rules(), *builtin_rules(config)] if alerts.enabled else []
         return cls(
             rules,
             AlertStore(config.gateway.state, keep=alerts.history_keep, max_notices=alerts.history_max_notices),

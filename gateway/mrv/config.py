@@ -21,7 +21,17 @@ from gateway.mrv import arithmetic as mrv
 from gateway.mrv.calibration import Qal2Function, VcrThresholds
 from gateway.mrv.compliance import Compliance, ComplianceCheck, compliance_for
 from gateway.mrv.operating_state import MIN_REQUIRED, Criterion, OperatingSpec, State, StatusTag
-from gateway.mrv.part75 import Part75Spec
+from gateway.mrv.part75 import (
+    LINEARITY_GRACE_HOURS,
+    LINEARITY_MAX_QUARTERS,
+    QA_QUARTER_HOURS,
+    RATA_ANNUAL_PERCENT,
+    RATA_GRACE_HOURS,
+    RATA_MAX_QUARTERS,
+    Part75Spec,
+    RataAlternative,
+    default_alternative,
+)
 from gateway.mrv.qal3 import Method as Qal3Method
 from gateway.mrv.qal3 import Qal3Spec
 from gateway.mrv.report import ChannelInput, SourceInput
@@ -259,6 +269,31 @@ class VcrCheckConfig(_Strict):
         return VcrThresholds(self.week_percent, self.weeks_allowed, self.any_week_percent)
 
 
+class RataAlternativeConfig(_Strict):
+    """`[source.part75.rata_alternative.CHANNEL]`: a low-emitter alternative RATA specification (40 CFR 75 App. A
+    §3.3, App. B Figure 2), in the RATA's unit, e.g. flow at low velocity in fps: semiannual = 2.0, annual = 1.5,
+    mean_at_most = 10."""
+
+    semiannual: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        description="|d̄| at most this passes the RATA (semiannual frequency)"
+    )
+    annual: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        description="|d̄| at most this earns the annual frequency"
+    )
+    mean_at_most: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None, description="only for a reference-method mean at most this (None: any)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RataAlternativeConfig:
+        if self.annual > self.semiannual:
+            raise ValueError(f"annual ({self.annual:g}) must not exceed semiannual ({self.semiannual:g})")
+        return self
+
+    def alternative(self) -> RataAlternative:
+        return RataAlternative(self.semiannual, self.annual, self.mean_at_most, "[source.part75] rata_alternative")
+
+
 class Part75Config(_Strict):
     """`[source.part75]`: 40 CFR Part 75 quality assurance of the source's channels whose rule set is part75
     (docs/regulatory-basis.md §8): daily calibration error tests, linearity checks and RATAs entered with
@@ -279,6 +314,40 @@ class Part75Config(_Strict):
     bias_adjustment: bool = Field(
         default=True, description="multiply SO2, NOx and flow by the last RATA's BAF (40 CFR 75 App. A §7.6.5)"
     )
+    qa_operating_quarter_hours: Annotated[int, Field(ge=1, le=2208)] = Field(
+        default=QA_QUARTER_HOURS,
+        description="unit operating hours that make a calendar quarter a QA operating quarter (40 CFR 72.2; "
+        "40 CFR 75 App. B §2.2.1, §2.3.1)",
+    )
+    linearity_grace_operating_hours: Annotated[int, Field(ge=0, le=2208)] = Field(
+        default=LINEARITY_GRACE_HOURS,
+        description="operating hours after the quarter a linearity check was due in to do it (App. B §2.2.4)",
+    )
+    linearity_max_quarters: Annotated[int, Field(ge=1, le=8)] = Field(
+        default=LINEARITY_MAX_QUARTERS,
+        description="calendar quarters after the last linearity check by which the next is due, QA operating or not",
+    )
+    rata_grace_operating_hours: Annotated[int, Field(ge=0, le=8784)] = Field(
+        default=RATA_GRACE_HOURS,
+        description="operating hours after the quarter a RATA was due in to do it (App. B §2.3.3)",
+    )
+    rata_max_quarters: Annotated[int, Field(ge=1, le=16)] = Field(
+        default=RATA_MAX_QUARTERS,
+        description="calendar quarters after the last RATA by which the next is due, however few QA operating "
+        "quarters (App. B §2.3.1.1)",
+    )
+    rata_annual_percent: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = Field(
+        default=RATA_ANNUAL_PERCENT,
+        description="a RATA with RA at most this earns the annual frequency (App. B §2.3.1.2, Figure 2)",
+    )
+    rata_alternative: dict[str, RataAlternativeConfig] = Field(
+        default_factory=dict,
+        description="low-emitter alternative RATA specification per channel (App. A §3.3), in the RATA's unit; "
+        "defaults for SO2/NOx in ppm, NOx in lb/mmBtu and O2/CO2 in %",
+    )
+    due_warning_days: Annotated[int, Field(ge=0, le=366)] = Field(
+        default=14, description="warn (alert qa-part75-due) this many days before a linearity check or RATA is due"
+    )
 
     @field_validator("span")
     @classmethod
@@ -287,12 +356,24 @@ class Part75Config(_Strict):
             raise ValueError("name at least one channel and its span, e.g. span = { so2 = 500 }")
         return span
 
-    def spec(self) -> Part75Spec:
+    def spec(self, units: Mapping[str, str] | None = None) -> Part75Spec:
+        """The pure rules' spec; `units` (role → unit) picks the default alternative RATA specifications."""
+        alternatives = {
+            role: found for role, unit in (units or {}).items() if (found := default_alternative(role, unit))
+        }
+        alternatives.update({part75_role(name): table.alternative() for name, table in self.rata_alternative.items()})
         return Part75Spec(
             spans=tuple((part75_role(name), value) for name, value in sorted(self.span.items())),
             validity_hours=self.validity_hours,
             grace_operating_hours=self.grace_operating_hours,
             bias_adjustment=self.bias_adjustment,
+            qa_quarter_hours=self.qa_operating_quarter_hours,
+            linearity_grace_hours=self.linearity_grace_operating_hours,
+            linearity_max_quarters=self.linearity_max_quarters,
+            rata_grace_hours=self.rata_grace_operating_hours,
+            rata_max_quarters=self.rata_max_quarters,
+            rata_annual_percent=self.rata_annual_percent,
+            alternatives=tuple(sorted(alternatives.items())),
         )
 
 
@@ -665,8 +746,9 @@ class SourceConfig(_Strict):
                     problems.append(f"{role}.max_potential: Part 75 substitution needs the maximum potential value")
         if self.part75 is not None:
             problems += [
-                f"part75.span.{name}: no such channel (flow, o2, co2 or a pollutant's parameter)"
-                for name in sorted(self.part75.span)
+                f"part75.{key}.{name}: no such channel (flow, o2, co2 or a pollutant's parameter)"
+                for key, names in (("span", self.part75.span), ("rata_alternative", self.part75.rata_alternative))
+                for name in sorted(names)
                 if part75_role(name) not in self.channels()
             ]
         if problems:
@@ -932,5 +1014,12 @@ def source_input(
         channels=tuple(channels),
         operating=source.operating.spec() if source.operating is not None else None,
         vcr_thresholds=source.vcr_check.thresholds(),
-        part75=source.part75.spec() if source.part75 is not None else None,
+        part75=part75_spec(source),
     )
+
+
+def part75_spec(source: SourceConfig) -> Part75Spec | None:
+    """The source's Part 75 spec, its default alternative RATA specifications picked by its channels' units."""
+    if source.part75 is None:
+        return None
+    return source.part75.spec({role: channel.unit for role, channel in source.channels().items()})

@@ -1189,6 +1189,7 @@ def _part75_statuses(
         starts=grid.starts,
         step=grid.step,
         operating=operating,
+        zone=source.zone,
     )
 
 
@@ -1212,10 +1213,11 @@ def _part75_section(
         starts=grid.starts,
         step=grid.step,
         operating=operating,
+        zone=source.zone,
     )
     warnings.extend(
         f"{c.channel}: {c.out_of_control_periods} operating periods out of control under 40 CFR Part 75 (failed or "
-        "missing daily calibration, failed linearity or RATA): not quality-assured, substituted (§75.24)"
+        "missing daily calibration, failed or past-due linearity or RATA): not quality-assured, substituted (§75.24)"
         for c in section.channels
         if c.out_of_control_periods
     )
@@ -1224,6 +1226,14 @@ def _part75_section(
         "(40 CFR 75 App. B §2.1.4)"
         for t in section.daily
         if t.result == "fail"
+    )
+    warnings.extend(
+        f"{d.channel}: {'linearity check' if d.test == 'linearity' else 'RATA'} due in {d.due_quarter} "
+        f"(after #{d.after_test}): past due from {d.past_due_from_utc.isoformat(timespec='minutes')}"
+        + (f" until #{d.met_by}" if d.met_by is not None else ", still")
+        + f": out of control (40 CFR 75 App. B §{'2.2.4' if d.test == 'linearity' else '2.3.3'})"
+        for d in section.due
+        if d.past_due_from_utc is not None
     )
     return section
 

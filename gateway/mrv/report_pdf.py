@@ -272,13 +272,26 @@ def _pdf_part75(pdf: _Pdf, report: MrvReport) -> None:
                     _number(t.mean_difference, 3),
                     _number(t.confidence_coefficient, 3),
                     f"{t.baf:.3f}",
-                    t.result.upper(),
+                    f"{t.result.upper()} ({t.frequency})",
                     t.by,
                     t.why,
                 ]
                 for t in section.ratas[:_PDF_ROWS]
             ],
         )
+    if section.due:
+        pdf.grid(
+            ["channel", "test", "after", "due in", "due by (UTC)", "grace used (h)", "met by", "past due from (UTC)",
+             "status"],
+            [
+                [d.channel, f"{d.test} ({d.frequency})", f"#{d.after_test}",
+                 f"{d.due_quarter or '-'}{' at the earliest' if d.projected else ''}", d.due_by_utc or "-",
+                 f"{d.grace_used_hours} of {d.grace_operating_hours}", f"#{d.met_by}" if d.met_by else "-",
+                 d.past_due_from_utc or "-", d.status]
+                for d in section.due[:_PDF_ROWS]
+            ],
+        )  # fmt: skip
+        _more(pdf, len(section.due))
     if section.out_of_control:
         pdf.grid(
             ["channel", "from (UTC)", "to (UTC)", "operating periods", "why"],

@@ -60,6 +60,7 @@ def _part75_sections(report: MrvReport) -> dict[str, tuple[list[str], list[list[
         "part75-linearity": _table(section.linearity),
         "part75-rata": _table(section.ratas),
         "part75-out-of-control": _table(section.out_of_control),
+        "part75-due": _table(section.due),
     }
 
 
