@@ -545,6 +545,13 @@ class AlertsSection(_Strict):
         bad = [name for name in value if not re.fullmatch(RULE_NAME_PATTERN, name)]
         if bad:
             raise ValueError(f"rule names {bad} must match {RULE_NAME_PATTERN}")
+        from gateway.alerts.builtin import BUILTIN_RULES  # noqa: PLC0415 (it imports this module's types)
+
+        taken = sorted(set(value) & {builtin.rule.name for builtin in BUILTIN_RULES})
+        if taken:
+            raise ValueError(
+                f"rule names {taken} are built-in rules (`cems-gateway alerts rules` lists them): choose another name"
+            )
         return value
 
     @property

@@ -10,7 +10,7 @@ import pytest
 from gateway.alerts.builtin import BUILTIN_RULES, builtin_rules
 from gateway.alerts.engine import AlertEngine
 from gateway.cli import main as gateway_main
-from gateway.config import load_gateway_config
+from gateway.config import GatewayConfigError, load_gateway_config
 
 BASE = """[gateway]
 state = "state.sqlite"
@@ -145,3 +145,16 @@ def test_builtin_rules_state_the_trigger_and_the_config_with_a_clause() -> None:
         assert builtin.trigger
         assert "[source." in builtin.enabled_by
         assert any(word in builtin.trigger for word in ("40 CFR", "EN 14181"))
+
+
+@pytest.mark.parametrize("name", [b.rule.name for b in BUILTIN_RULES])
+def test_a_configured_rule_cannot_take_a_builtin_rules_name(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "gateway.toml"
+    rule = f'[alerts.rules.{name}]\nparameter = "so2"\nabove = 100\nwindow = "hourly"\nunit = "mg/m3"\n'
+    path.write_text(BASE + rule, encoding="utf-8")
+    with pytest.raises(GatewayConfigError) as raised:
+        load_gateway_config(path)
+    message = str(raised.value)
+    assert "alerts.rules" in message
+    assert name in message
+    assert "built-in" in message
