@@ -127,7 +127,11 @@ class AgentCollector(Collector):
                 "Poll cycles that ended after the next tick was due (sealing or a starved agent); ticks were skipped",
                 agent.overruns,
             ),
-            ("ticks_skipped", "Ticks skipped for every instrument because a cycle overran", agent.ticks_skipped),
+            (
+                "ticks_skipped",
+                "Ticks skipped for every instrument: a cycle ended more than half an interval after them",
+                agent.ticks_skipped,
+            ),
             ("clock_jumps", "Wall clock jumps seen between polls", agent.clock_jumps),
         ):
             counter = CounterMetricFamily(f"aua_agent_{name}", text)

@@ -29,7 +29,7 @@ from edge_agent.instrument_reader import Clock, ModbusReader, wall_clock
 from edge_agent.modbus_drivers import build_drivers
 from edge_agent.outbox import CutCycle, Outbox, OutboxStats
 from edge_agent.publisher import Publisher
-from edge_agent.schedule import cycle_deadline, next_tick, plan_tick, ticks_missed
+from edge_agent.schedule import cycle_deadline, following_tick, next_tick, plan_tick
 from edge_agent.sealing import ReadingLike, Sample, batch_from_fragments, fragments_of, pack
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,8 @@ class Agent:
         self.cycles = 0
         self.overruns = 0
         self.ticks_skipped = 0
+        self.late_cycles = 0
+        """cycles sealed while some of their polls were still running"""
         """ticks skipped for every instrument because a cycle ended after they were due (overruns)"""
         self._polls: list[asyncio.Task[None] | None] = [None] * len(self.readers)
         """each reader's running poll, kept past its cycle's deadline until it ends"""
@@ -212,9 +214,10 @@ class Agent:
             readings.extend(result)
         return readings
 
-    def _check_clock(self, before: tuple[float, float] | None, now: tuple[float, float]) -> None:
+    def _check_clock(self, before: tuple[float, float] | None, now: tuple[float, float]) -> bool:
+        """Whether the wall clock jumped since `before` (logged and counted)."""
         if before is None:
-            return
+            return False
         jump = clock_jump(before, now, self.config.agent.clock_jump_s)
         if jump is not None:
             self.clock_jumps += 1
@@ -223,6 +226,7 @@ class Agent:
                 " (check NTP/chrony; a backward jump repeats timestamps the store already has)",
                 jump,
             )
+        return jump is not None
 
     async def _open_cycle(self) -> Stager:
         """Mark a cycle as begun in the outbox and give it the readings that arrived while none was open."""
@@ -251,16 +255,24 @@ class Agent:
     def _busy(self) -> list[bool]:
         return [task is not None and not task.done() for task in self._polls]
 
-    def _late(self, index: int) -> None:
-        stats = self.readers[index].stats
-        stats.late_polls += 1
-        if stats.late_polls == 1 or stats.late_polls % 100 == 0:
+    def _note_late(self, late: list[int]) -> None:
+        """Count the polls a cycle did not wait for, per instrument; a warning for the first cycle with any and
+        then every 100th (at 500 instruments a line per instrument would flood the log)."""
+        for index in late:
+            self.readers[index].stats.late_polls += 1
+        self.late_cycles += 1
+        if self.late_cycles == 1 or self.late_cycles % 100 == 0:
+            names = ", ".join(self.readers[index].instrument.id for index in late[:5])
             log.warning(
-                "%s: its poll was not finished by the cycle's deadline (%d times so far): its readings go into a"
-                " later batch, stamped when they came, and it skips the ticks while it is still busy; a timeout"
-                " or plan longer than poll_interval, or a device (or simulator) that cannot keep up",
-                self.readers[index].instrument.id,
-                stats.late_polls,
+                "%d of %d polls were not finished by the cycle's deadline (%s%s; %d cycles with late polls so far):"
+                " their readings go into a later batch, stamped when they came, and those instruments skip the"
+                " ticks while still busy. A timeout or plan longer than poll_interval, or a device that cannot"
+                " keep up (aua_agent_late_polls_total tells which)",
+                len(late),
+                len(self.readers),
+                names,
+                ", ..." if len(late) > 5 else "",
+                self.late_cycles,
             )
 
     async def poll_cycle(self, deadline: float | None = None) -> int:
@@ -285,9 +297,9 @@ class Agent:
         except asyncio.CancelledError:
             self._cancel_polls()
             raise
-        for index, poll in zip(tick.poll, started, strict=True):
-            if not poll.done():
-                self._late(index)
+        late = [index for index, poll in zip(tick.poll, started, strict=True) if not poll.done()]
+        if late:
+            self._note_late(late)
         self._stager = None  # a poll ending from here on goes to the next cycle
         fragments = await stager.fragments()
         await asyncio.to_thread(self.seal_fragments, fragments)
@@ -315,27 +327,36 @@ class Agent:
     async def poll_forever(self) -> None:
         interval = self.config.agent.poll_interval
         before: tuple[float, float] | None = None
+        tick = next_tick(time.time(), interval)
         while True:
-            tick = next_tick(time.time(), interval)
+            if tick - time.time() > interval:  # the wall clock was set back: back onto the grid from now
+                tick = next_tick(time.time(), interval)
             await asyncio.sleep(max(0.0, tick - time.time()))
             now = (time.time(), time.monotonic())
-            self._check_clock(before, now)
+            jumped = self._check_clock(before, now)
             before = now
+            if jumped:  # this cycle starts now, off the grid the old time gave; the next is on the new one
+                tick = now[0]
             await self.poll_cycle(deadline=cycle_deadline(tick, interval))
             self.last_cycle_s = time.monotonic() - now[1]
-            missed = ticks_missed(tick, time.time(), interval)
-            if missed:
+            if jumped:  # no overrun to judge against a grid that moved
+                tick = next_tick(time.time(), interval)
+                continue
+            # When it ended by the monotonic clock: a wall clock set during the cycle is no overrun.
+            ended = max(tick, now[0]) + self.last_cycle_s
+            tick_before, (tick, skipped) = tick, following_tick(tick, ended, interval)
+            if ended >= tick_before + interval:
                 self.overruns += 1
-                self.ticks_skipped += missed
+                self.ticks_skipped += skipped
                 if self.overruns == 1 or self.overruns % 100 == 0:
                     log.warning(
-                        "a poll cycle took %.2f s, past the next tick (poll_interval %.2f s; %d times so far): %d"
-                        " tick(s) skipped for every instrument. Polls wait only until the cycle's deadline, so"
-                        " this is sealing or a starved agent: check the disk and the CPU",
-                        self.last_cycle_s,
+                        "a poll cycle ended %.2f s after its tick, past the next one (poll_interval %.2f s; %d"
+                        " times so far): %s. Polls wait only until the cycle's deadline, so this is sealing or a"
+                        " starved agent: check the disk and the CPU",
+                        ended - tick_before,
                         interval,
                         self.overruns,
-                        missed,
+                        f"{skipped} tick(s) skipped for every instrument" if skipped else "the next tick starts late",
                     )
 
     def prune_once(self) -> None:

@@ -4,8 +4,9 @@ Every instrument's poll of a cycle has the cycle's deadline: the next tick, less
 batch. A poll not finished by then is not waited for; the cycle is sealed with what arrived, and the late poll's
 readings go into the batch of the cycle in which they arrive, stamped when each answer came (as any reading).
 The next tick starts on time for every instrument except those still busy with their earlier poll: only those
-skip that tick. A whole tick is skipped for everyone only when a cycle ends after the next tick was due (the
-seal itself took that long, or the agent was starved of CPU): an overrun.
+skip that tick. A cycle that ends after the next tick was due (the seal itself took that long, or the agent was
+starved of CPU) is an overrun: the next tick then starts late, or, later than half an interval, is skipped for
+everyone (`following_tick`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,27 @@ def cycle_deadline(tick: float, interval: float) -> float:
     return tick + interval - min(interval * SEAL_RESERVE_SHARE, SEAL_RESERVE_MAX_S)
 
 
-def ticks_missed(tick: float, ended: float, interval: float) -> int:
-    """How many ticks after `tick` were already past when its cycle ended at `ended`: each of them is skipped
-    for every instrument (0 when the cycle ended before the next tick)."""
-    if ended < tick + interval:
-        return 0
-    return math.floor((ended - tick) / interval)
+LATE_START_SHARE = 0.5
+"""A tick whose cycle could not start on time still starts (late) while less than this part of the interval has
+passed since it; later than that, it is skipped for every instrument."""
+
+
+def following_tick(tick: float, ended: float, interval: float) -> tuple[float, int]:
+    """The tick the cycle after the one that began at `tick` and ended at `ended` belongs to, and how many ticks
+    are skipped for every instrument before it.
+
+    Normally the next tick on the grid, nothing skipped. A cycle that ended after the next tick was due (an
+    overrun: a slow seal, a starved agent) does not cost that tick while it is less than half an interval late:
+    it starts at once, with less time until its own deadline. Only the ticks later than that are skipped, and the
+    grid stays where it was (no drift).
+    """
+    due = tick + interval
+    if ended < due:
+        return due, 0
+    latest = math.floor(ended / interval) * interval  # the last tick already due
+    if ended - latest < interval * LATE_START_SHARE:
+        return latest, round((latest - due) / interval)
+    return latest + interval, round((latest + interval - due) / interval)
 
 
 @dataclass(frozen=True)

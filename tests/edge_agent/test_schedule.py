@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.schedule import TickPlan, cycle_deadline, next_tick, plan_tick, ticks_missed
+from edge_agent.schedule import TickPlan, cycle_deadline, following_tick, next_tick, plan_tick
 
 
 @pytest.mark.parametrize(
@@ -42,18 +42,26 @@ def test_a_cycle_waits_until_the_next_tick_less_the_sealing_reserve(
 @pytest.mark.parametrize(
     ("tick", "ended", "interval", "expected"),
     [
-        (100.0, 100.05, 1.0, 0),  # ended well in time
-        (100.0, 100.95, 1.0, 0),  # ended after its deadline but before the next tick: nothing skipped
-        (100.0, 101.0, 1.0, 1),  # ended on the next tick: the loop only waits for the one after
-        (100.0, 101.4, 1.0, 1),
-        (100.0, 103.2, 1.0, 3),  # a stall of three ticks
-        (100.0, 100.6, 0.5, 1),
+        (100.0, 100.05, 1.0, (101.0, 0)),  # ended well in time: the next tick
+        (100.0, 100.95, 1.0, (101.0, 0)),  # after its deadline, before the next tick: nothing lost
+        (100.0, 101.0, 1.0, (101.0, 0)),  # ended on the next tick: it starts at once
+        (100.0, 101.3, 1.0, (101.0, 0)),  # an overrun of 0.3 s: the tick starts late, nobody loses it
+        (100.0, 101.5, 1.0, (102.0, 1)),  # half an interval late: that tick is skipped for everyone
+        (100.0, 101.7, 1.0, (102.0, 1)),
+        (100.0, 103.2, 1.0, (103.0, 2)),  # a stall: 101 and 102 skipped, 103 starts late
+        (100.0, 103.6, 1.0, (104.0, 3)),
+        (100.0, 100.6, 0.5, (100.5, 0)),
+        (100.0, 100.8, 0.5, (101.0, 1)),
+        (120.0, 185.0, 60.0, (180.0, 0)),  # 5 s late on a minute's interval: still that minute's poll
     ],
 )
-def test_ticks_missed_counts_the_ticks_already_past_when_a_cycle_ended(
-    tick: float, ended: float, interval: float, expected: int
+def test_the_tick_after_a_cycle_and_the_ticks_skipped_for_everyone(
+    tick: float, ended: float, interval: float, expected: tuple[float, int]
 ) -> None:
-    assert ticks_missed(tick, ended, interval) == expected
+    following, skipped = following_tick(tick, ended, interval)
+    assert (following, skipped) == (pytest.approx(expected[0]), expected[1])
+    assert following >= tick + interval  # never a tick already polled
+    assert following - ended < interval  # never more than an interval of waiting
 
 
 @pytest.mark.parametrize(
