@@ -317,7 +317,7 @@ class Agent:
             if task is not None and not task.done():
                 task.cancel()
 
-    async def _stop_polls(self) -> None:
+    async def stop_polls(self) -> None:
         """Cancel the polls still running (a stop); what they had not read yet is not read."""
         self._cancel_polls()
         polls = [poll for poll in self._polls if poll is not None]
@@ -399,7 +399,7 @@ class Agent:
                 group.create_task(self.publisher.run())
                 group.create_task(self.prune_forever())
         finally:
-            await self._stop_polls()
+            await self.stop_polls()
             try:
                 await asyncio.to_thread(self.recover_cut_cycle, stopping=True)
             except Exception as error:  # the next start seals them instead

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -115,3 +116,51 @@ async def test_a_slow_device_is_not_waited_for_and_the_others_deliver_every_tick
     assert f"aua_agent_late_polls_total{{{slow_labels}}} {float(slow.stats.late_polls)}" in text
     assert f"aua_agent_busy_skips_total{{{slow_labels}}} {float(slow.stats.busy_skips)}" in text
     assert "aua_agent_ticks_skipped_total 0.0" in text
+
+
+async def test_a_late_poll_is_staged_when_it_lands_and_sealed_with_the_next_cycle(tmp_path: Path) -> None:
+    """Cycle by cycle: a poll past its cycle's deadline is not waited for; at the next tick its instrument is
+    still busy and skips it (counted); when its answer lands it is staged at once in a cycle marked as begun (a
+    kill from then on keeps it: the next start seals it), and the next seal carries it."""
+    config = write_site(
+        tmp_path / "site.toml",
+        agent={"site": "deadline-site", "id": "cycle-by-cycle", "outbox": str(tmp_path / "o.sqlite")},
+        mqtt={"host": "127.0.0.1", "port": free_port()},
+        instruments=[
+            {"id": "met", "profile": "met-station", "port": free_port(), "device_id": 1},
+            {"id": "slow", "profile": "mercury-analyzer", "port": free_port(), "device_id": 1, "timeout": 6.0},
+        ],
+    )
+    loaded = load_config(config)
+    async with simulator_for_config(loaded, seed=4, incidents=Incidents.none(), quirks={"slow": Quirks(delay_s=2.0)}):
+        agent = Agent(loaded)
+        met, slow = agent.readers
+        met_tags, slow_tags = len(met.instrument.profile.tag), len(slow.instrument.profile.tag)
+        try:
+            first = await agent.poll_cycle(deadline=time.time() + 0.3)
+            assert first == met_tags  # sealed without the slow one
+            assert (slow.stats.late_polls, slow.stats.busy_skips) == (1, 0)
+
+            second = await agent.poll_cycle(deadline=time.time() + 0.3)
+            assert (slow.stats.polls, slow.stats.busy_skips) == (1, 1)  # still busy: not asked again
+            assert second == met_tags
+            assert met.stats.polls == 2
+
+            def staged() -> int:
+                cut = agent.outbox.cut_cycle()
+                return 0 if cut is None else cut.readings
+
+            await eventually(lambda: staged() == slow_tags, timeout=30, what="the late answer staged")
+
+            third = await agent.poll_cycle(deadline=time.time() + 0.3)
+            assert third == met_tags + slow_tags  # the late readings, sealed with this cycle
+            assert slow.stats.polls == 2  # free again: polled at this tick
+        finally:
+            await agent.stop_polls()
+            await agent.drivers.close()
+            stats = agent.outbox.stats()
+            batches = [decode_batch(payload) for _, payload in agent.outbox.get(0, stats.next_seq)]
+            agent.outbox.close()
+    late = [reading for batch in batches for reading in batch.readings if reading.instrument == "slow"]
+    assert len(late) == slow_tags
+    assert all(reading.value is not None for reading in late)
