@@ -16,9 +16,10 @@ process tree (utime + stime), memory the tree's peak RSS (sampled from the start
 machine's load is printed with the results. Each run: a fresh poller, a warm-up of 3 cycles + 2 s, then
 `window` seconds measured. Bounded: about 2 x repeats x (8 + window) seconds per size.
 
-The agent's row also has its overruns (cycles sealed after the next tick was due), late polls (instruments not
-answered by their cycle's deadline: their readings came in a later batch) and busy skips (ticks an instrument
-skipped because its earlier poll was still running), from its /metrics over the window.
+The agent's row also has, from its /metrics over the window: overruns (cycles sealed after the next tick was
+due), the ticks skipped for every instrument because of them (an overrun less than half an interval late starts
+the next tick late instead), late polls (instruments not answered by their cycle's deadline: their readings came
+in a later batch) and busy skips (ticks an instrument skipped because its earlier poll was still running).
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ class Run:
     """polls not finished by their cycle's deadline (their readings went into a later batch)"""
     busy_skips: float | None = None
     """ticks an instrument skipped because its earlier poll was still running"""
+    ticks_skipped: float | None = None
+    """ticks skipped for every instrument (an overrun more than half an interval late)"""
 
     @property
     def tags_per_cpu_s(self) -> float:
@@ -265,6 +268,7 @@ class Bench:
                     "backlog": metrics_after["aua_agent_outbox_pending"],
                     "late_polls": grown("aua_agent_late_polls_total"),
                     "busy_skips": grown("aua_agent_busy_skips_total"),
+                    "ticks_skipped": grown("aua_agent_ticks_skipped_total"),
                 }
             )
         return run
@@ -345,12 +349,13 @@ def main() -> int:
                     spread(r.peak_rss_mb for r in runs),
                     f"{changed / compared * 100:.0f} %" if compared else "-",
                     "-" if runs[0].overruns is None else f"{sum(r.overruns or 0 for r in runs):.0f}",
+                    "-" if runs[0].ticks_skipped is None else f"{sum(r.ticks_skipped or 0 for r in runs):.0f}",
                     "-" if runs[0].late_polls is None else f"{sum(r.late_polls or 0 for r in runs):.0f}",
                     "-" if runs[0].busy_skips is None else f"{sum(r.busy_skips or 0 for r in runs):.0f}",
                 )
             )
     headers = ["poller", "N", "tags per CPU-s", "delivered/s", "delivered of expected", "failed reads",
-               "CPU % of a core", "peak RSS MB (tree)", "values changed", "overruns", "late polls",
+               "CPU % of a core", "peak RSS MB (tree)", "values changed", "overruns", "ticks skipped", "late polls",
                "busy skips"]  # fmt: skip
     print(markdown_table(headers, rows))
     print()
