@@ -317,6 +317,17 @@ class Agent:
             if task is not None and not task.done():
                 task.cancel()
 
+    async def _stage_held(self) -> None:
+        """At a stop: stage what landed while the last cycle was being sealed, so the stop's seal takes it."""
+        held, self._held = self._held, []
+        fragments = [
+            fragment
+            for _, readings in held
+            for fragment in fragments_of(readings, self.config.agent.batch_max_readings)
+        ]
+        if fragments:
+            await asyncio.to_thread(self.outbox.stage, time.time_ns(), fragments)
+
     async def stop_polls(self) -> None:
         """Cancel the polls still running (a stop); what they had not read yet is not read."""
         self._cancel_polls()
@@ -401,6 +412,7 @@ class Agent:
         finally:
             await self.stop_polls()
             try:
+                await self._stage_held()
                 await asyncio.to_thread(self.recover_cut_cycle, stopping=True)
             except Exception as error:  # the next start seals them instead
                 log.warning("could not seal the interrupted cycle's readings at stop: %r", error)
