@@ -94,6 +94,15 @@ class Reader(Protocol):
     async def close(self) -> None: ...
 
 
+def session_hung(timeouts_in_a_row: int, answers_meanwhile: int, limit: int) -> bool:
+    """Whether a TCP session should be dropped and made again: `limit` timeouts in a row and not one answer,
+    however late, arriving on it meanwhile (a half-open session: the device rebooted, a firewall or NAT forgot
+    the connection). A device whose answers keep coming, only too late, is slow but there: its session stays,
+    since a new connection only adds work for it (and a handshake for a device or simulator already behind).
+    Pure."""
+    return timeouts_in_a_row >= limit and answers_meanwhile == 0
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Reconnect delays: `first` after the first failure, doubling up to `ceiling`. Pure."""

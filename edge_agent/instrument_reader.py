@@ -63,6 +63,10 @@ class ReadStats:
     """polls without any answer since then"""
     losses: int = 0
     """times the device stopped answering (each logged once at WARNING)"""
+    late_polls: int = 0
+    """polls not finished by their cycle's deadline: sealed with a later cycle, stamped when they came"""
+    busy_skips: int = 0
+    """ticks this instrument was not polled at because its earlier poll was still running"""
 
 
 def unreachable(outcomes: list[DriverError | None]) -> bool | None:

@@ -53,6 +53,16 @@ class AgentCollector(Collector):
         isolated = GaugeMetricFamily(
             "aua_agent_isolated_tags", "Tags the device refuses (illegal address), not read any more", labels=labels
         )
+        late = CounterMetricFamily(
+            "aua_agent_late_polls",
+            "Polls not finished by their cycle's deadline; their readings went into a later batch, stamped when read",
+            labels=labels,
+        )
+        busy = CounterMetricFamily(
+            "aua_agent_busy_skips",
+            "Ticks an instrument was not polled at because its earlier poll was still running",
+            labels=labels,
+        )
         for reader in agent.readers:
             values = [reader.instrument.id, reader.driver.endpoint]
             stats = reader.stats
@@ -63,7 +73,9 @@ class AgentCollector(Collector):
             latency.add_metric(values, count_value=stats.polls, sum_value=stats.latency_sum_s)
             last.add_metric(values, stats.last_latency_s)
             isolated.add_metric(values, len(stats.isolated))
-        yield from (polls, requests, errors, latency, last, isolated)
+            late.add_metric(values, stats.late_polls)
+            busy.add_metric(values, stats.busy_skips)
+        yield from (polls, requests, errors, latency, last, isolated, late, busy)
 
         bus_metrics = {
             name: CounterMetricFamily(f"aua_agent_bus_{name}", text, labels=["bus"])
@@ -110,7 +122,16 @@ class AgentCollector(Collector):
             ("published", "Batches published and acknowledged by the broker", publisher.published),
             ("resent", "Batches published again on the gateway's request", publisher.resent),
             ("cycles", "Poll cycles", agent.cycles),
-            ("cycle_overruns", "Poll cycles longer than poll_interval", agent.overruns),
+            (
+                "cycle_overruns",
+                "Poll cycles that ended after the next tick was due (sealing or a starved agent); ticks were skipped",
+                agent.overruns,
+            ),
+            (
+                "ticks_skipped",
+                "Ticks skipped for every instrument: a cycle ended more than half an interval after them",
+                agent.ticks_skipped,
+            ),
             ("clock_jumps", "Wall clock jumps seen between polls", agent.clock_jumps),
         ):
             counter = CounterMetricFamily(f"aua_agent_{name}", text)

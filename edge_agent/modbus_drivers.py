@@ -23,6 +23,7 @@ from edge_agent.driver import (
     DeviceTimeout,
     InstrumentDriver,
     LinkDown,
+    session_hung,
 )
 from edge_agent.links import SerialLink, SerialSettings, TcpLink
 from edge_agent.planner import ReadRequest
@@ -39,6 +40,8 @@ class _MbapProtocol(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[bytes]] = {}
         self.buffer = bytearray()
         self.unmatched = 0
+        self.frames = 0
+        """answers received, late ones included: a session that still carries answers is not hung"""
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,6 +60,7 @@ class _MbapProtocol(asyncio.Protocol):
                 return
             frame = bytes(buffer[:size])
             del buffer[:size]
+            self.frames += 1
             transaction = int.from_bytes(frame[:2], "big")
             future = self.pending.pop(transaction, None)
             if future is None or future.done():
@@ -86,7 +90,8 @@ class ModbusTcpDriver:
     """
 
     timeouts_before_reconnect = 3
-    """consecutive timeouts after which the connection is dropped and made again (a hung TCP session)"""
+    """consecutive timeouts after which the connection is dropped and made again, if not one answer (however
+    late) came on it meanwhile: a hung TCP session. A slow device keeps its connection (driver.session_hung)."""
 
     def __init__(self, host: str, port: int, device_id: int, timeout: float, *, backoff: Backoff | None = None) -> None:
         self.host, self.port, self.device_id, self.timeout = host, port, device_id, timeout
@@ -94,9 +99,14 @@ class ModbusTcpDriver:
         self._protocol: _MbapProtocol | None = None
         self._transaction = 0
         self._timeouts = 0
+        self._frames_before_timeouts = 0
         self._retry_at = 0.0
         self._delay: float | None = None
         self.reconnects = 0
+        self.connections = 0
+        """TCP sessions made (the first included)"""
+        self.hung_sessions = 0
+        """sessions dropped because nothing at all came back on them (session_hung)"""
 
     @property
     def endpoint(self) -> str:
@@ -124,6 +134,7 @@ class ModbusTcpDriver:
             log.debug("%s: connected again", self.endpoint)  # the reader logs the device's return, once
         self._delay = None
         self._protocol = connected
+        self.connections += 1
         return connected
 
     async def read(self, request: ReadRequest) -> Answer:
@@ -144,9 +155,14 @@ class ModbusTcpDriver:
         except TimeoutError:
             protocol.pending.pop(transaction, None)
             self._timeouts += 1
-            if self._timeouts >= self.timeouts_before_reconnect:
+            if self._timeouts == 1:
+                self._frames_before_timeouts = protocol.frames
+            limit = self.timeouts_before_reconnect
+            if self._timeouts >= limit:
+                if session_hung(self._timeouts, protocol.frames - self._frames_before_timeouts, limit):
+                    self.hung_sessions += 1
+                    protocol.close()
                 self._timeouts = 0
-                protocol.close()
             raise DeviceTimeout(f"{self._where(request)}: no answer within {self.timeout} s") from None
         except (ConnectionError, OSError) as error:
             raise LinkDown(f"{self._where(request)}: {error}") from None

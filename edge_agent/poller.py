@@ -1,5 +1,10 @@
 """The agent's schedule: poll every instrument each interval, seal one batch per cycle into the outbox.
 
+Each cycle waits for its instruments until its deadline (schedule.cycle_deadline: the next tick less a reserve
+for sealing), then seals what arrived. A poll still running then is not waited for and not lost: its readings go
+into the cycle open when they arrive, stamped when each answer came, and that instrument alone skips the ticks
+that come while it is busy (counted per instrument). The next tick starts on time for everyone else.
+
 What an instrument answered is staged in the outbox as soon as it is read (no fsync: it survives a killed
 process), and the cycle's mark and staged readings are replaced by its sealed batches in one transaction. An
 agent killed in the middle of a cycle seals what was staged at its next start and counts the cycle as cut
@@ -24,6 +29,7 @@ from edge_agent.instrument_reader import Clock, ModbusReader, wall_clock
 from edge_agent.modbus_drivers import build_drivers
 from edge_agent.outbox import CutCycle, Outbox, OutboxStats
 from edge_agent.publisher import Publisher
+from edge_agent.schedule import cycle_deadline, following_tick, next_tick, plan_tick
 from edge_agent.sealing import ReadingLike, Sample, batch_from_fragments, fragments_of, pack
 
 log = logging.getLogger(__name__)
@@ -34,11 +40,6 @@ SHUTDOWN_FLUSH_S = 5.0
 
 PRUNE_PAUSE_S = 0.005
 """Pause between two pruning transactions: the lock is free for an append in between."""
-
-
-def next_tick(now: float, interval: float) -> float:
-    """The next wall-clock multiple of the interval, so polls stay on a fixed grid and never drift."""
-    return (now // interval + 1) * interval
 
 
 class Stager:
@@ -57,11 +58,13 @@ class Stager:
         self.transactions = 0
         self._unstaged: list[tuple[int, bytes]] = []
         self._done: dict[int, list[tuple[int, bytes]]] = {}
+        """each reader's fragments in the order added: a late poll of an earlier cycle and this cycle's own"""
         self._task: asyncio.Task[None] | None = None
 
     def add(self, index: int, readings: list[Sample]) -> None:
         """The readings of reader `index`, just read."""
-        fragments = self._done[index] = fragments_of(readings, self.max_readings)
+        fragments = fragments_of(readings, self.max_readings)
+        self._done.setdefault(index, []).extend(fragments)
         if self._task is not None and not self._task.done():
             self._unstaged.extend(fragments)  # the thread's next transaction takes them
         elif not self._stage(fragments, wait=False):
@@ -126,6 +129,16 @@ class Agent:
         )
         self.cycles = 0
         self.overruns = 0
+        self.ticks_skipped = 0
+        self.late_cycles = 0
+        """cycles sealed while some of their polls were still running"""
+        """ticks skipped for every instrument because a cycle ended after they were due (overruns)"""
+        self._polls: list[asyncio.Task[None] | None] = [None] * len(self.readers)
+        """each reader's running poll, kept past its cycle's deadline until it ends"""
+        self._stager: Stager | None = None
+        """the open cycle's stager: where a poll's readings go when it ends (None: no cycle open)"""
+        self._held: list[tuple[int, list[Sample]]] = []
+        """readings of polls that ended while a cycle was being sealed, for the next one"""
         self.clock_jumps = 0
         self.last_cycle_s = 0.0
         self.pruned = 0
@@ -201,9 +214,10 @@ class Agent:
             readings.extend(result)
         return readings
 
-    def _check_clock(self, before: tuple[float, float] | None, now: tuple[float, float]) -> None:
+    def _check_clock(self, before: tuple[float, float] | None, now: tuple[float, float]) -> bool:
+        """Whether the wall clock jumped since `before` (logged and counted)."""
         if before is None:
-            return
+            return False
         jump = clock_jump(before, now, self.config.agent.clock_jump_s)
         if jump is not None:
             self.clock_jumps += 1
@@ -212,41 +226,148 @@ class Agent:
                 " (check NTP/chrony; a backward jump repeats timestamps the store already has)",
                 jump,
             )
+        return jump is not None
 
-    async def poll_cycle(self) -> int:
-        """One poll cycle: mark it, read every instrument (staging as read), seal its batches, wake the publisher.
-        Returns the readings sealed."""
+    async def _open_cycle(self) -> Stager:
+        """Mark a cycle as begun in the outbox and give it the readings that arrived while none was open."""
         cycle_ns = time.time_ns()
         if not self.outbox.begin_cycle(cycle_ns, wait=False):  # a small write without fsync, as a stage
             await asyncio.to_thread(self.outbox.begin_cycle, cycle_ns)
-        stager = Stager(self.outbox, cycle_ns, self.config.agent.batch_max_readings)
-        await self.poll_once(stager)
+        stager = self._stager = Stager(self.outbox, cycle_ns, self.config.agent.batch_max_readings)
+        held, self._held = self._held, []
+        for index, readings in held:
+            stager.add(index, readings)
+        return stager
+
+    async def _poll(self, index: int) -> None:
+        """Poll one reader and hand its readings to the cycle open when they arrive (staged at once)."""
+        reader = self.readers[index]
+        try:
+            readings = await reader.poll()
+        except Exception as error:  # a reader's bug must not stop the others
+            log.error("%s: poll failed: %r", reader.instrument.id, error)
+            return
+        if self._stager is not None:
+            self._stager.add(index, readings)
+        else:  # the cycle it belonged to is being sealed: the next one takes them
+            self._held.append((index, readings))
+
+    def _busy(self) -> list[bool]:
+        return [task is not None and not task.done() for task in self._polls]
+
+    def _note_late(self, late: list[int]) -> None:
+        """Count the polls a cycle did not wait for, per instrument; a warning for the first cycle with any and
+        then every 100th (at 500 instruments a line per instrument would flood the log)."""
+        for index in late:
+            self.readers[index].stats.late_polls += 1
+        self.late_cycles += 1
+        if self.late_cycles == 1 or self.late_cycles % 100 == 0:
+            names = ", ".join(self.readers[index].instrument.id for index in late[:5])
+            log.warning(
+                "%d of %d polls were not finished by the cycle's deadline (%s%s; %d cycles with late polls so far):"
+                " their readings go into a later batch, stamped when they came, and those instruments skip the"
+                " ticks while still busy. A timeout or plan longer than poll_interval, or a device that cannot"
+                " keep up (aua_agent_late_polls_total tells which)",
+                len(late),
+                len(self.readers),
+                names,
+                ", ..." if len(late) > 5 else "",
+                self.late_cycles,
+            )
+
+    async def poll_cycle(self, deadline: float | None = None) -> int:
+        """One poll cycle: mark it, start a poll of every instrument not still busy, wait for them until
+        `deadline` (wall-clock epoch seconds; None: until all have ended), seal what arrived and wake the
+        publisher. Returns the readings sealed."""
+        stager = self._stager or await self._open_cycle()
+        tick = plan_tick(self._busy())
+        for index in tick.busy:
+            self.readers[index].stats.busy_skips += 1
+        started: list[asyncio.Task[None]] = []
+        for index in tick.poll:
+            task = self._polls[index] = asyncio.create_task(self._poll(index))
+            started.append(task)
+        try:
+            if deadline is None:
+                running = [task for task in self._polls if task is not None and not task.done()]
+                if running:
+                    await asyncio.wait(running)
+            elif started:
+                await asyncio.wait(started, timeout=max(0.0, deadline - time.time()))
+        except asyncio.CancelledError:
+            self._cancel_polls()
+            raise
+        late = [index for index, poll in zip(tick.poll, started, strict=True) if not poll.done()]
+        if late:
+            self._note_late(late)
+        self._stager = None  # a poll ending from here on goes to the next cycle
         fragments = await stager.fragments()
         await asyncio.to_thread(self.seal_fragments, fragments)
         if fragments:
             self.publisher.wake.set()
         self.cycles += 1
+        if self._held or any(self._busy()):
+            # Late polls are still running: open the next cycle now, so what they read is staged (kept through
+            # a kill) as soon as it arrives, not only at the next tick.
+            await self._open_cycle()
         return sum(count for count, _ in fragments)
+
+    def _cancel_polls(self) -> None:
+        for task in self._polls:
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def _stage_held(self) -> None:
+        """At a stop: stage what landed while the last cycle was being sealed, so the stop's seal takes it."""
+        held, self._held = self._held, []
+        fragments = [
+            fragment
+            for _, readings in held
+            for fragment in fragments_of(readings, self.config.agent.batch_max_readings)
+        ]
+        if fragments:
+            await asyncio.to_thread(self.outbox.stage, time.time_ns(), fragments)
+
+    async def stop_polls(self) -> None:
+        """Cancel the polls still running (a stop); what they had not read yet is not read."""
+        self._cancel_polls()
+        polls = [poll for poll in self._polls if poll is not None]
+        if polls:
+            await asyncio.gather(*polls, return_exceptions=True)
 
     async def poll_forever(self) -> None:
         interval = self.config.agent.poll_interval
         before: tuple[float, float] | None = None
+        tick = next_tick(time.time(), interval)
         while True:
-            await asyncio.sleep(max(0.0, next_tick(time.time(), interval) - time.time()))
+            if tick - time.time() > interval:  # the wall clock was set back: back onto the grid from now
+                tick = next_tick(time.time(), interval)
+            await asyncio.sleep(max(0.0, tick - time.time()))
             now = (time.time(), time.monotonic())
-            self._check_clock(before, now)
+            jumped = self._check_clock(before, now)
             before = now
-            await self.poll_cycle()
+            if jumped:  # this cycle starts now, off the grid the old time gave; the next is on the new one
+                tick = now[0]
+            await self.poll_cycle(deadline=cycle_deadline(tick, interval))
             self.last_cycle_s = time.monotonic() - now[1]
-            if self.last_cycle_s > interval:
+            if jumped:  # no overrun to judge against a grid that moved
+                tick = next_tick(time.time(), interval)
+                continue
+            # When it ended by the monotonic clock: a wall clock set during the cycle is no overrun.
+            ended = max(tick, now[0]) + self.last_cycle_s
+            tick_before, (tick, skipped) = tick, following_tick(tick, ended, interval)
+            if ended >= tick_before + interval:
                 self.overruns += 1
+                self.ticks_skipped += skipped
                 if self.overruns == 1 or self.overruns % 100 == 0:
                     log.warning(
-                        "a poll cycle took %.2f s, longer than poll_interval %.2f s (%d times so far): the next"
-                        " tick is skipped; lower timeouts, fewer requests (max_gap) or a longer interval help",
-                        self.last_cycle_s,
+                        "a poll cycle ended %.2f s after its tick, past the next one (poll_interval %.2f s; %d"
+                        " times so far): %s. Polls wait only until the cycle's deadline, so this is sealing or a"
+                        " starved agent: check the disk and the CPU",
+                        ended - tick_before,
                         interval,
                         self.overruns,
+                        f"{skipped} tick(s) skipped for every instrument" if skipped else "the next tick starts late",
                     )
 
     def prune_once(self) -> None:
@@ -289,7 +410,9 @@ class Agent:
                 group.create_task(self.publisher.run())
                 group.create_task(self.prune_forever())
         finally:
+            await self.stop_polls()
             try:
+                await self._stage_held()
                 await asyncio.to_thread(self.recover_cut_cycle, stopping=True)
             except Exception as error:  # the next start seals them instead
                 log.warning("could not seal the interrupted cycle's readings at stop: %r", error)

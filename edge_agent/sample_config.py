@@ -21,7 +21,10 @@ SAMPLE = """\
   site = "pavlodar-chp"
   ## This agent's name, unique within the site (one agent per stack, station or cabinet is typical).
   id = "chp-stack1"
-  ## Seconds between two polls of every instrument (0 < interval <= 3600).
+  ## Seconds between two polls of every instrument (0 < interval <= 3600). A cycle waits for its
+  ## instruments until the next tick less a tenth (at most 0.25 s); a device not done by then is not
+  ## waited for: its readings come in a later batch, and it alone skips the ticks while still busy
+  ## (metrics aua_agent_late_polls, aua_agent_busy_skips).
   # poll_interval = 1.0
   ## Store-and-forward queue on local disk: every reading lands here before it is sent, and waits
   ## here while the broker is unreachable. Survives kill -9 and power loss.
