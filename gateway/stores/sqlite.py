@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,7 +35,7 @@ from gateway.stores.base import (
     revision_sort_key,
 )
 from gateway.stores.retention import raw_instruments
-from gateway.time_ns import from_ns, to_ns
+from gateway.time_ns import EPOCH, from_ns, to_ns
 
 SCHEMA_VERSION = 4
 """Stored in PRAGMA user_version; bump it with a migration when the table changes.
@@ -153,6 +153,12 @@ Provenance = tuple[int | None, int | None]
 """The batch's seq and sent_at in ns (None, None: written without a batch)."""
 
 _COLUMNS = "site, agent, instrument, parameter, ts_ns, value, unit, quality, status"
+_FIRST_AGENT = "SELECT agent FROM reading WHERE site = ? AND instrument = ? AND parameter = ? ORDER BY agent LIMIT 1"
+_NEXT_AGENT = (
+    "SELECT agent FROM reading WHERE site = ? AND instrument = ? AND parameter = ? AND agent > ? ORDER BY agent LIMIT 1"
+)
+_QUALITIES = {quality.value: quality for quality in Quality}
+"""Quality by its stored text: a dict lookup, where Quality(text) costs an enum call per row."""
 
 _AGGREGATE_COLUMNS = (
     "site, instrument, parameter, period, start_ns, value, n_valid, n_expected, n_maintenance, valid, reason, unit, "
@@ -405,7 +411,9 @@ class SqliteStore:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[StoredReading]:
-        if (start is not None or end is not None) and (site is None or instrument is None):
+        if site is not None and instrument is not None and parameter is not None:
+            rows = await self._run(self._query_series_sync, site, instrument, parameter, start, end)
+        elif (start is not None or end is not None) and (site is None or instrument is None):
             rows = await self._run(self._query_by_instrument_sync, site, instrument, parameter, start, end)
         else:
             where, params = _where(
@@ -413,16 +421,17 @@ class SqliteStore:
             )
             sql = f"SELECT {_COLUMNS} FROM reading {where} ORDER BY ts_ns, instrument, parameter, site, agent"
             rows = await self._run(self._fetch_sync, sql, params)
+        qualities = _QUALITIES
         return [
             StoredReading(
                 site=site_,
                 agent=agent,
                 instrument=instrument_,
                 parameter=parameter_,
-                ts=from_ns(ts_ns),
+                ts=EPOCH + timedelta(microseconds=ts_ns // 1000),  # from_ns, inlined: millions of rows
                 value=value,
                 unit=unit,
-                quality=Quality(quality),
+                quality=qualities.get(quality) or Quality(quality),
                 status=status,
             )
             for site_, agent, instrument_, parameter_, ts_ns, value, unit, quality, status in rows
@@ -667,6 +676,33 @@ class SqliteStore:
                 )
                 rows += self._connection.execute(f"SELECT {_COLUMNS} FROM reading {where}", params).fetchall()
         rows.sort(key=_query_order)
+        return rows
+
+    def _query_series_sync(
+        self, site: str, instrument: str, parameter: str, start: datetime | None, end: datetime | None
+    ) -> list[tuple[Any, ...]]:
+        """One series' readings in a time range, in `query`'s order: each of its agents (a skip scan of the
+        primary key, one search per agent) read as one range of the primary key (site, instrument, parameter,
+        agent, ts_ns). Through reading_series_ts the same range walked every parameter of the instrument and
+        looked each row up in the table: six times the work at six parameters (the QAL3 capture's day scans)."""
+        assert self._connection is not None
+        execute = self._connection.execute
+        series = (site, instrument, parameter)
+        rows: list[tuple[Any, ...]] = []
+        agents = 0
+        found = execute(_FIRST_AGENT, series).fetchone()
+        while found is not None:
+            agents += 1
+            where, params = _where(
+                {"site": site, "instrument": instrument, "parameter": parameter, "agent": found[0]},
+                "ts_ns",
+                start,
+                end,
+            )
+            rows += execute(f"SELECT {_COLUMNS} FROM reading {where} ORDER BY ts_ns", params).fetchall()
+            found = execute(_NEXT_AGENT, (*series, found[0])).fetchone()
+        if agents > 1:
+            rows.sort(key=_query_order)
         return rows
 
     def _fetch_sync(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
