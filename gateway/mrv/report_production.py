@@ -48,6 +48,7 @@ from gateway.mrv.retention import raw_kept_from
 from gateway.mrv.rollup import (
     Aggregate,
     Period,
+    RawSample,
     base_aggregates_from_samples,
     base_duration,
     day_bounds,
@@ -55,7 +56,7 @@ from gateway.mrv.rollup import (
     month_bounds,
     year_bounds,
 )
-from gateway.stores import Store, StoredReading, open_store
+from gateway.stores import SqliteStore, Store, open_store
 from gateway.stores.base import Revision
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,12 @@ async def _recompute_spans(
     if not jobs:
         return result, count
 
-    def query(job: tuple[tuple[datetime, datetime], tuple[str, str]]) -> asyncio.Future[list[StoredReading]]:
+    def query(job: tuple[tuple[datetime, datetime], tuple[str, str]]) -> asyncio.Future[Sequence[RawSample]]:
         (start, end), (instrument, parameter) = job
+        if isinstance(store, SqliteStore):  # plain tuples: a third of the CPU of building StoredReadings
+            return asyncio.ensure_future(
+                store.query_series(site=inputs.site, instrument=instrument, parameter=parameter, start=start, end=end)
+            )
         return asyncio.ensure_future(
             store.query(site=inputs.site, instrument=instrument, parameter=parameter, start=start, end=end)
         )

@@ -19,6 +19,7 @@ from gateway.mrv.report_production import produce_report, raw_check_days
 from gateway.mrv.rollup import Period
 from gateway.mrv.rollup_engine import RollupEngine
 from gateway.stores import SqliteStore, StoredReading
+from gateway.stores.sqlite import SeriesReading
 
 ALMATY = ZoneInfo("Asia/Almaty")
 KATHMANDU = ZoneInfo("Asia/Kathmandu")  # UTC+5:45: its local midnight is not on a whole UTC hour
@@ -50,7 +51,8 @@ ci_percent = 20
 
 
 class CountingStore(SqliteStore):
-    """A real SQLite store that records each raw query and how many readings it returned."""
+    """A real SQLite store that records each raw query (`query` and its plain-tuple twin `query_series`) and how
+    many readings it returned."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -66,6 +68,19 @@ class CountingStore(SqliteStore):
         end: datetime | None = None,
     ) -> list[StoredReading]:
         found = await super().query(site=site, instrument=instrument, parameter=parameter, start=start, end=end)
+        self.reads.append((site, instrument, parameter, start, end, len(found)))
+        return found
+
+    async def query_series(
+        self,
+        *,
+        site: str,
+        instrument: str,
+        parameter: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[SeriesReading]:
+        found = await super().query_series(site=site, instrument=instrument, parameter=parameter, start=start, end=end)
         self.reads.append((site, instrument, parameter, start, end, len(found)))
         return found
 
