@@ -21,7 +21,8 @@ QA sections, with the charts over a year of checks (issue 14). `--plain` leaves 
    day, month and year, and the table shows what it read and wrote (proof that it touched only that day).
 
 Not part of the test suite. Takes a few minutes on 2 cores; peak memory stays bounded (one day of raw data
-at a time while loading and recomputing, one month in the reproducibility check).
+at a time while loading and recomputing, one day of one series at a time in each worker of the reproducibility
+check).
 """
 
 from __future__ import annotations

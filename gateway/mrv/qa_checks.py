@@ -42,8 +42,9 @@ from gateway.config import GatewayConfig
 from gateway.mrv.config import Qal3ComponentConfig, Qal3Config, SourceConfig, find_source
 from gateway.mrv.qal3 import ChartPoint, CheckKind, CheckResult, evaluate, out_of_control_periods
 from gateway.state_file import StateFile
-from gateway.stores import open_store
+from gateway.stores import SqliteStore, open_store
 from gateway.stores.base import Store, StoredReading
+from gateway.stores.sqlite import SeriesReading
 from gateway.time_ns import from_ns, to_ns
 
 __all__ = [
@@ -141,7 +142,7 @@ class RecordedCheck:
         return CheckResult(self.at, self.kind, self.reference, self.reading, self.adjusted)
 
 
-def _kind(component: Qal3ComponentConfig, reading: StoredReading) -> CheckKind | None:
+def _kind(component: Qal3ComponentConfig, reading: StoredReading | SeriesReading) -> CheckKind | None:
     """Zero or span of one check_function reading: by its status bits when configured, else None (decided by
     the gas nearest to the window's last reading)."""
     if component.zero_bit is None or component.span_bit is None:
@@ -155,7 +156,7 @@ def _kind(component: Qal3ComponentConfig, reading: StoredReading) -> CheckKind |
 
 
 def checks_from_readings(
-    readings: Sequence[StoredReading], component: Qal3ComponentConfig, *, closed_only: bool = True
+    readings: Sequence[StoredReading | SeriesReading], component: Qal3ComponentConfig, *, closed_only: bool = True
 ) -> list[CapturedCheck]:
     """The checks in one component's readings (any order): each run of check_function readings (of one kind when
     the status bits say it) is a window; its last reading with a value is the response. `closed_only`: a window
@@ -166,7 +167,7 @@ def checks_from_readings(
     )
     by_bits = component.zero_bit is not None
     found: list[CapturedCheck] = []
-    window: list[StoredReading] = []
+    window: list[StoredReading | SeriesReading] = []
 
     def close() -> None:
         with_value = [r for r in window if r.value is not None and math.isfinite(r.value)]
@@ -357,6 +358,16 @@ class QaCheckLog(StateFile):
         ]
 
 
+async def _component_readings(
+    store: Store, site: str, component: Qal3ComponentConfig, start: datetime, end: datetime
+) -> list[StoredReading | SeriesReading]:
+    """One component's readings of [start, end); from SQLite as plain tuples (a year is millions of readings)."""
+    series = {"site": site, "instrument": component.instrument, "parameter": component.parameter}
+    if isinstance(store, SqliteStore):
+        return list(await store.query_series(**series, start=start, end=end))
+    return list(await store.query(**series, start=start, end=end))
+
+
 async def capture(
     store: Store, checks_log: QaCheckLog, source: SourceConfig, *, start: datetime, end: datetime, now: datetime
 ) -> tuple[list[CapturedCheck], list[RecordedCheck]]:
@@ -366,13 +377,11 @@ async def capture(
         return [], []
     found: list[CapturedCheck] = []
     for component in source.qal3.component:
-        carry: list[StoredReading] = []
+        carry: list[StoredReading | SeriesReading] = []
         day = start
         while day < end:
             upto = min(day + timedelta(days=1), end)
-            readings = carry + await store.query(
-                site=source.site, instrument=component.instrument, parameter=component.parameter, start=day, end=upto
-            )
+            readings = carry + await _component_readings(store, source.site, component, day, upto)
             found += checks_from_readings(readings, component, closed_only=True)
             # a window still running at the chunk's end is looked at again with the next chunk
             carry = []

@@ -12,10 +12,10 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from aua_contract import Batch, Quality, Reading
 from gateway.mrv.rollup import Aggregate, Period
@@ -35,7 +35,7 @@ from gateway.stores.base import (
     revision_sort_key,
 )
 from gateway.stores.retention import raw_instruments
-from gateway.time_ns import from_ns, to_ns
+from gateway.time_ns import EPOCH, from_ns, to_ns
 
 SCHEMA_VERSION = 4
 """Stored in PRAGMA user_version; bump it with a migration when the table changes.
@@ -153,6 +153,13 @@ Provenance = tuple[int | None, int | None]
 """The batch's seq and sent_at in ns (None, None: written without a batch)."""
 
 _COLUMNS = "site, agent, instrument, parameter, ts_ns, value, unit, quality, status"
+_FIRST_AGENT = "SELECT agent FROM reading WHERE site = ? AND instrument = ? AND parameter = ? ORDER BY agent LIMIT 1"
+_NEXT_AGENT = (
+    "SELECT agent FROM reading WHERE site = ? AND instrument = ? AND parameter = ? AND agent > ? ORDER BY agent LIMIT 1"
+)
+_SERIES_COLUMNS = "agent, ts_ns, value, unit, quality, status"
+_QUALITIES = {quality.value: quality for quality in Quality}
+"""Quality by its stored text: a dict lookup, where Quality(text) costs an enum call per row."""
 
 _AGGREGATE_COLUMNS = (
     "site, instrument, parameter, period, start_ns, value, n_valid, n_expected, n_maintenance, valid, reason, unit, "
@@ -185,6 +192,32 @@ T = TypeVar("T")
 def _query_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """ts_ns, instrument, parameter, site, agent of a _COLUMNS row."""
     return (row[4], row[2], row[3], row[0], row[1])
+
+
+def _series_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """ts_ns, agent of a _SERIES_COLUMNS row (`query`'s order within one series)."""
+    return (row[1], row[0])
+
+
+def _from_ns(ns: int) -> datetime:
+    """gateway.time_ns.from_ns, the same datetime with less arithmetic (a large microsecond count is slow to
+    normalise): whole seconds and the microseconds within one, both floored."""
+    return EPOCH + timedelta(0, ns // 1_000_000_000, ns // 1000 % 1_000_000)
+
+
+class SeriesReading(NamedTuple):
+    """A stored reading as `query_series` returns it: StoredReading's fields, in its order, in a plain tuple (the
+    rollup rules' RawSample)."""
+
+    site: str
+    agent: str
+    instrument: str
+    parameter: str
+    ts: datetime
+    value: float | None
+    unit: str
+    quality: Quality
+    status: int | None
 
 
 def _where(
@@ -405,6 +438,11 @@ class SqliteStore:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[StoredReading]:
+        if site is not None and instrument is not None and parameter is not None:
+            series = await self.query_series(
+                site=site, instrument=instrument, parameter=parameter, start=start, end=end
+            )
+            return [StoredReading(*reading) for reading in series]
         if (start is not None or end is not None) and (site is None or instrument is None):
             rows = await self._run(self._query_by_instrument_sync, site, instrument, parameter, start, end)
         else:
@@ -413,19 +451,53 @@ class SqliteStore:
             )
             sql = f"SELECT {_COLUMNS} FROM reading {where} ORDER BY ts_ns, instrument, parameter, site, agent"
             rows = await self._run(self._fetch_sync, sql, params)
+        qualities = _QUALITIES
         return [
             StoredReading(
                 site=site_,
                 agent=agent,
                 instrument=instrument_,
                 parameter=parameter_,
-                ts=from_ns(ts_ns),
+                ts=_from_ns(ts_ns),
                 value=value,
                 unit=unit,
-                quality=Quality(quality),
+                quality=qualities.get(quality) or Quality(quality),
                 status=status,
             )
             for site_, agent, instrument_, parameter_, ts_ns, value, unit, quality, status in rows
+        ]
+
+    async def query_series(
+        self,
+        *,
+        site: str,
+        instrument: str,
+        parameter: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[SeriesReading]:
+        """`query` of one series, as SeriesReading tuples: for reading millions (the report's raw-data check, the
+        QAL3 capture) without building a StoredReading and checking it again for each (the store checked them on
+        the way in)."""
+        qualities, make, epoch, span = _QUALITIES, tuple.__new__, EPOCH, timedelta  # locals: millions of rows
+        return [
+            make(
+                SeriesReading,
+                (
+                    site,
+                    agent,
+                    instrument,
+                    parameter,
+                    epoch + span(0, ts_ns // 1_000_000_000, ts_ns // 1000 % 1_000_000),  # _from_ns
+                    value,
+                    unit,
+                    qualities.get(quality) or Quality(quality),
+                    status,
+                ),
+            )
+            for agent, ts_ns, value, unit, quality, status in await self._run(
+                self._query_series_sync, site, instrument, parameter, start, end
+            )
         ]
 
     async def count_by_instrument(self) -> dict[tuple[str, str], int]:
@@ -667,6 +739,34 @@ class SqliteStore:
                 )
                 rows += self._connection.execute(f"SELECT {_COLUMNS} FROM reading {where}", params).fetchall()
         rows.sort(key=_query_order)
+        return rows
+
+    def _query_series_sync(
+        self, site: str, instrument: str, parameter: str, start: datetime | None, end: datetime | None
+    ) -> list[tuple[Any, ...]]:
+        """One series' (agent, ts_ns, value, unit, quality, status) rows in a time range, in `query`'s order: each
+        of its agents (a skip scan of the primary key, one search per agent) read as one range of the primary key
+        (site, instrument, parameter, agent, ts_ns). Through reading_series_ts the same range walked every
+        parameter of the instrument and looked each row up in the table (six times the time at six parameters:
+        the QAL3 capture's day scans)."""
+        assert self._connection is not None
+        execute = self._connection.execute
+        series = (site, instrument, parameter)
+        rows: list[tuple[Any, ...]] = []
+        agents = 0
+        found = execute(_FIRST_AGENT, series).fetchone()
+        while found is not None:
+            agents += 1
+            where, params = _where(
+                {"site": site, "instrument": instrument, "parameter": parameter, "agent": found[0]},
+                "ts_ns",
+                start,
+                end,
+            )
+            rows += execute(f"SELECT {_SERIES_COLUMNS} FROM reading {where} ORDER BY ts_ns", params).fetchall()
+            found = execute(_NEXT_AGENT, (*series, found[0])).fetchone()
+        if agents > 1:
+            rows.sort(key=_series_order)
         return rows
 
     def _fetch_sync(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
