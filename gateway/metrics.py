@@ -153,6 +153,11 @@ def _rollup_bounds(counters: EngineCounters) -> Iterator[Metric]:
         "series whose running rollup totals were forgotten to keep [rollup] max_open_series",
         value=counters.evicted_series,
     )
+    yield CounterMetricFamily(
+        "aua_gateway_rollup_expired_marks",
+        "(series, hour) of late data before the raw-data retention horizon: stored, not rolled up",
+        value=counters.expired_marks,
+    )
 
 
 def _bounded_accounts(ingest: Ingest) -> tuple[list[AgentAccount], list[AgentAccount]]:

@@ -45,7 +45,7 @@ from pathlib import Path
 from aua_contract import Batch
 from gateway.config import GatewayConfig
 from gateway.mrv.config import RuleResolver
-from gateway.mrv.retention import Retention
+from gateway.mrv.retention import Retention, raw_kept_from
 from gateway.mrv.rollup import (
     Aggregate,
     Period,
@@ -284,6 +284,9 @@ class EngineCounters:
     """series with running periods in memory now (at most [rollup] max_open_series)"""
     evicted_series: int = 0
     """series whose running totals were forgotten to keep [rollup] max_open_series (rebuilt from the store)"""
+    expired_marks: int = 0
+    """(series, hour) marks of late data before the raw-data retention horizon, not rolled up: the hour's other
+    raw readings are gone and its stored rollups are the record"""
 
 
 def _hour_floor(ts: datetime) -> datetime:
@@ -489,6 +492,8 @@ class RollupEngine:
         stats = RecomputeStats(full=len(marks) >= limit)
         self.counters.passes += 1
         self.counters.last_pass_raw_read = 0
+        if marks:
+            marks = await self._leave_expired(marks)
         if not marks:
             return stats
         failures = _Failures()
@@ -523,6 +528,34 @@ class RollupEngine:
         self.counters.raw_read += stats.raw_read
         self.counters.last_pass_raw_read = stats.raw_read
         return stats
+
+    async def _leave_expired(self, marks: list[Mark]) -> list[Mark]:
+        """The marks whose hours still have all their raw data. Late data into an hour before the raw-data
+        retention horizon would recompute its minutes and hours from the late readings alone and replace the
+        stored rollups (the record once raw data expired: `recompute` leaves those hours alone too); those
+        readings stay stored as received, their marks are dropped, counted and logged."""
+        horizon = await raw_kept_from(self.store)
+        if horizon is None:
+            return marks
+        horizon_ns = to_ns(horizon)
+        expired = [mark for mark in marks if mark[3] < horizon_ns]
+        if not expired:
+            return marks
+        await asyncio.to_thread(self.marks.done, expired)
+        self.counters.expired_marks += len(expired)
+        log.warning(
+            "rollups: late data in %d (series, hour) before the raw-data retention horizon %s (the oldest: %s %s/%s"
+            " at %s): stored as received, not rolled up; the stored rollups of those hours stay the record (%d so"
+            " far, aua_gateway_rollup_expired_marks)",
+            len(expired),
+            horizon.isoformat(),
+            expired[0][0],
+            expired[0][1],
+            expired[0][2],
+            from_ns(expired[0][3]).isoformat(),
+            self.counters.expired_marks,
+        )
+        return [mark for mark in marks if mark[3] >= horizon_ns]
 
     async def catch_up(self) -> None:
         """Passes until everything stored before the call is rolled up (a report wants every reading so far).

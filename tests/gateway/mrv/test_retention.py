@@ -18,10 +18,11 @@ import pytest
 
 from aua_contract import Quality
 from gateway.config import load_gateway_config
+from gateway.mrv.config import RollupSection, RuleResolver
 from gateway.mrv.report_production import produce_report
 from gateway.mrv.retention import Retention, raw_kept_from
 from gateway.mrv.rollup import Aggregate, Period
-from gateway.mrv.rollup_engine import RollupEngine
+from gateway.mrv.rollup_engine import DirtyMarks, RollupEngine
 from gateway.stores import BatchReceipt, InfluxStore, SqliteStore, StoredReading, open_store
 from gateway.stores import retention as retention_module
 from gateway.stores.retention import (
@@ -550,3 +551,33 @@ async def test_a_year_report_after_raw_data_expired_has_the_same_totals_and_says
         assert gone.reproducibility.note.endswith("totals from stored rollups for the whole period")
         assert [t.total_t for t in gone.totals] == [t.total_t for t in before.totals]
         engine.close()
+
+
+async def test_late_data_before_the_raw_horizon_leaves_the_stored_rollups_alone(tmp_path: Path) -> None:
+    """A reading that arrives after its hour's raw readings expired would have its minute and hour recomputed
+    from itself alone, replacing a complete hour's rollups (the record once raw data is gone) with one reading's:
+    it is stored, not rolled up, and counted."""
+    hour = datetime(2025, 3, 10, 8, tzinfo=UTC)
+    rules = RuleResolver.from_config(RollupSection(rule_set="ied-lcp", time_zone="UTC"), [])
+    async with SqliteStore(tmp_path / "aua.sqlite") as store:
+        retention = Retention(store, RetentionSettings(raw_days=1 / 24, rollup_days=None), pause_s=0)
+        engine = RollupEngine(store, DirtyMarks(tmp_path / "state.sqlite"), rules, retention=retention)
+        try:
+            first = [reading(hour + timedelta(seconds=20 * i)) for i in range(180)]
+            await store.write(first)
+            await engine.note_written(first)
+            await engine.process_dirty()
+            before = {p: await store.query_aggregates(period=p) for p in (Period.MINUTE, Period.HOUR)}
+            assert [(a.value, a.n_valid, a.valid) for a in before[Period.HOUR]] == [(100.0, 60, True)]
+            assert await retention.prune(hour + timedelta(hours=3)) == 180
+            late = [reading(hour + timedelta(minutes=30, seconds=5), value=900.0)]
+            await store.write(late)
+            await engine.note_written(late)
+            stats = await engine.process_dirty()
+            assert {p: await store.query_aggregates(period=p) for p in (Period.MINUTE, Period.HOUR)} == before
+            assert stats.raw_read == 0
+            assert engine.counters.expired_marks == 1
+            assert await engine.pending() == 0
+            assert [r.value for r in await store.query()] == [900.0]  # kept as received, raw until it expires
+        finally:
+            engine.close()
