@@ -154,9 +154,9 @@ def _rollup_bounds(counters: EngineCounters) -> Iterator[Metric]:
         value=counters.evicted_series,
     )
     yield CounterMetricFamily(
-        "aua_gateway_rollup_expired_marks",
-        "(series, hour) of late data before the raw-data retention horizon: stored, not rolled up",
-        value=counters.expired_marks,
+        "aua_gateway_rollup_expired_minutes",
+        "minutes of late data before the raw-data retention horizon whose rollups are stored: not rolled up",
+        value=counters.expired_minutes,
     )
 
 

@@ -284,9 +284,9 @@ class EngineCounters:
     """series with running periods in memory now (at most [rollup] max_open_series)"""
     evicted_series: int = 0
     """series whose running totals were forgotten to keep [rollup] max_open_series (rebuilt from the store)"""
-    expired_marks: int = 0
-    """(series, hour) marks of late data before the raw-data retention horizon, not rolled up: the hour's other
-    raw readings are gone and its stored rollups are the record"""
+    expired_minutes: int = 0
+    """minutes of late data before the raw-data retention horizon whose rollups are stored: not rolled up (the
+    minute's other raw readings may be gone; its stored rollups are the record)"""
 
 
 def _hour_floor(ts: datetime) -> datetime:
@@ -530,32 +530,64 @@ class RollupEngine:
         return stats
 
     async def _leave_expired(self, marks: list[Mark]) -> list[Mark]:
-        """The marks whose hours still have all their raw data. Late data into an hour before the raw-data
-        retention horizon would recompute its minutes and hours from the late readings alone and replace the
-        stored rollups (the record once raw data expired: `recompute` leaves those hours alone too); those
-        readings stay stored as received, their marks are dropped, counted and logged."""
+        """The marks without the minutes that would replace a stored rollup with less than it was made of.
+
+        Before the raw-data retention horizon an hour's raw readings may be gone. A late reading into a minute
+        whose 1-minute rollup is stored would recompute that minute (and its hour) from the late readings alone
+        and replace the rollups that are the record once the raw data expired (`recompute` leaves those hours
+        alone too): such minutes are left out, their readings stay stored as received, and they are counted and
+        logged. A minute with no stored rollup (an agent's outbox replayed after a long outage) had no raw
+        readings to lose and is rolled up as usual."""
         horizon = await raw_kept_from(self.store)
         if horizon is None:
             return marks
         horizon_ns = to_ns(horizon)
-        expired = [mark for mark in marks if mark[3] < horizon_ns]
-        if not expired:
+        old = [mark for mark in marks if mark[3] < horizon_ns]
+        if not old:
             return marks
-        await asyncio.to_thread(self.marks.done, expired)
-        self.counters.expired_marks += len(expired)
-        log.warning(
-            "rollups: late data in %d (series, hour) before the raw-data retention horizon %s (the oldest: %s %s/%s"
-            " at %s): stored as received, not rolled up; the stored rollups of those hours stay the record (%d so"
-            " far, aua_gateway_rollup_expired_marks)",
-            len(expired),
-            horizon.isoformat(),
-            expired[0][0],
-            expired[0][1],
-            expired[0][2],
-            from_ns(expired[0][3]).isoformat(),
-            self.counters.expired_marks,
-        )
-        return [mark for mark in marks if mark[3] >= horizon_ns]
+        stored: set[tuple[str, str, str, int]] = set()
+        spans: dict[tuple[str, str], tuple[int, int]] = {}
+        for site, instrument, _, hour_ns, _, _ in old:
+            low, high = spans.get((site, instrument), (hour_ns, hour_ns))
+            spans[(site, instrument)] = (min(low, hour_ns), max(high, hour_ns))
+        for (site, instrument), (low, high) in spans.items():
+            for minute in await self.store.query_aggregates(
+                period=Period.MINUTE, site=site, instrument=instrument, start=from_ns(low), end=from_ns(high + _HOUR_NS)
+            ):
+                stored.add((minute.site, minute.instrument, minute.parameter, to_ns(minute.start)))
+        kept: list[Mark] = []
+        left_out = 0
+        first: tuple[str, str, str, int] | None = None
+        for mark in marks:
+            site, instrument, parameter, hour_ns, version, minutes = mark
+            if hour_ns < horizon_ns:
+                for m in range(60):
+                    if minutes >> m & 1 and (site, instrument, parameter, hour_ns + m * _MINUTE_NS) in stored:
+                        minutes &= ~(1 << m)
+                        left_out += 1
+                        first = first or (site, instrument, parameter, hour_ns + m * _MINUTE_NS)
+                if not minutes:
+                    continue
+            kept.append((site, instrument, parameter, hour_ns, version, minutes))
+        if first is not None:
+            self.counters.expired_minutes += left_out
+            log.warning(
+                "rollups: late data in %d minute(s) before the raw-data retention horizon %s whose rollups are"
+                " stored (the first: %s %s/%s at %s): stored as received, not rolled up; the stored rollups stay"
+                " the record (%d so far, aua_gateway_rollup_expired_minutes)",
+                left_out,
+                horizon.isoformat(),
+                first[0],
+                first[1],
+                first[2],
+                from_ns(first[3]).isoformat(),
+                self.counters.expired_minutes,
+            )
+        still = {mark[:4] for mark in kept}
+        dropped = [mark for mark in old if mark[:4] not in still]
+        if dropped:
+            await asyncio.to_thread(self.marks.done, dropped)
+        return kept
 
     async def catch_up(self) -> None:
         """Passes until everything stored before the call is rolled up (a report wants every reading so far).

@@ -576,8 +576,22 @@ async def test_late_data_before_the_raw_horizon_leaves_the_stored_rollups_alone(
             stats = await engine.process_dirty()
             assert {p: await store.query_aggregates(period=p) for p in (Period.MINUTE, Period.HOUR)} == before
             assert stats.raw_read == 0
-            assert engine.counters.expired_marks == 1
+            assert engine.counters.expired_minutes == 1
             assert await engine.pending() == 0
             assert [r.value for r in await store.query()] == [900.0]  # kept as received, raw until it expires
+            # An outbox replayed after a long outage: minutes before the horizon with nothing stored are new data
+            # (no raw readings of theirs expired) and are rolled up, beside one more late reading of minute 30.
+            replay = [reading(hour - timedelta(hours=1) + timedelta(seconds=20 * i), value=50.0) for i in range(180)]
+            replay += [reading(hour + timedelta(minutes=30, seconds=35), value=900.0)]
+            await store.write(replay)
+            await engine.note_written(replay)
+            await engine.process_dirty()
+            hours = await store.query_aggregates(period=Period.HOUR)
+            assert [(a.start, a.value, a.n_valid) for a in hours] == [
+                (hour - timedelta(hours=1), 50.0, 60),
+                (hour, 100.0, 60),
+            ]
+            assert engine.counters.expired_minutes == 2
+            assert await engine.pending() == 0
         finally:
             engine.close()
