@@ -546,15 +546,16 @@ class RollupEngine:
         if not old:
             return marks
         stored: set[tuple[str, str, str, int]] = set()
-        spans: dict[tuple[str, str], tuple[int, int]] = {}
+        hours: dict[tuple[str, str], set[int]] = defaultdict(set)
         for site, instrument, _, hour_ns, _, _ in old:
-            low, high = spans.get((site, instrument), (hour_ns, hour_ns))
-            spans[(site, instrument)] = (min(low, hour_ns), max(high, hour_ns))
-        for (site, instrument), (low, high) in spans.items():
-            for minute in await self.store.query_aggregates(
-                period=Period.MINUTE, site=site, instrument=instrument, start=from_ns(low), end=from_ns(high + _HOUR_NS)
-            ):
-                stored.add((minute.site, minute.instrument, minute.parameter, to_ns(minute.start)))
+            hours[(site, instrument)].add(hour_ns)
+        for (site, instrument), wanted in sorted(hours.items()):
+            # only the marked hours, in runs of at most a day: old timestamps far apart never read what lies between
+            for start, end in _runs(sorted(wanted), _HOUR_NS, _CHUNK_MINUTES * _MINUTE_NS):
+                for minute in await self.store.query_aggregates(
+                    period=Period.MINUTE, site=site, instrument=instrument, start=from_ns(start), end=from_ns(end)
+                ):
+                    stored.add((minute.site, minute.instrument, minute.parameter, to_ns(minute.start)))
         kept: list[Mark] = []
         left_out = 0
         first: tuple[str, str, str, int] | None = None

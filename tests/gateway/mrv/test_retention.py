@@ -595,3 +595,39 @@ async def test_late_data_before_the_raw_horizon_leaves_the_stored_rollups_alone(
             assert await engine.pending() == 0
         finally:
             engine.close()
+
+
+class _CountingSqlite(SqliteStore):
+    aggregates_read = 0
+
+    async def query_aggregates(self, **filters: Any) -> list[Aggregate]:
+        found = await super().query_aggregates(**filters)
+        self.aggregates_read += len(found)
+        return found
+
+
+async def test_late_data_far_apart_reads_only_its_own_hours_rollups(tmp_path: Path) -> None:
+    """Old timestamps far apart (an agent may send any) make the check read the marked hours' minute rollups,
+    never the weeks between them."""
+    hour = datetime(2025, 3, 10, 8, tzinfo=UTC)
+    early = hour - timedelta(days=20)
+    rules = RuleResolver.from_config(RollupSection(rule_set="ied-lcp", time_zone="UTC"), [])
+    async with _CountingSqlite(tmp_path / "aua.sqlite") as store:
+        between = [
+            Aggregate(SITE, "gas", "so2", Period.MINUTE, early + timedelta(minutes=m), 1.0, 3, 3, True, unit="mg/m3")
+            for m in range(20 * 1440)
+        ]
+        await store.write_aggregates(between)
+        retention = Retention(store, RetentionSettings(raw_days=1 / 24, rollup_days=None), pause_s=0)
+        await retention.prune(hour + timedelta(hours=3))  # nothing raw to delete; the horizon is recorded
+        engine = RollupEngine(store, DirtyMarks(tmp_path / "state.sqlite"), rules, retention=retention)
+        try:
+            late = [reading(early + timedelta(minutes=30, seconds=5)), reading(hour - timedelta(minutes=5))]
+            await store.write(late)
+            await engine.note_written(late)
+            store.aggregates_read = 0
+            await engine.process_dirty()
+            assert store.aggregates_read == 2 * 60  # the two marked hours' minutes, not 20 days of them
+            assert engine.counters.expired_minutes == 2
+        finally:
+            engine.close()
