@@ -26,11 +26,13 @@ Project decisions (said in each period's `basis`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Final, Literal
+
+from gateway.mrv.rollup import Aggregate
 
 __all__ = [
     "DECISION",
@@ -264,6 +266,12 @@ def _from_criteria(spec: OperatingSpec, previous: State, values: Mapping[str, fl
 
 def _always(start: datetime) -> HourState:
     return HourState(start, State.NORMAL, "always", "no operating state configured: every period operating")
+
+
+def signal_values(aggregates: Iterable[Aggregate]) -> dict[datetime, float]:
+    """A signal's period means as `derive_states` reads them: periods with a valid value only (the report and the
+    QA alerts must judge a unit's state alike)."""
+    return {a.start: a.value for a in aggregates if a.value is not None and a.n_valid}
 
 
 def derive_states(

@@ -32,7 +32,7 @@ from gateway.alerts.rules import QaFinding
 from gateway.config import GatewayConfig
 from gateway.mrv.config import SourceConfig, part75_role, part75_spec
 from gateway.mrv.operating_log import OperatingLog
-from gateway.mrv.operating_state import derive_states
+from gateway.mrv.operating_state import derive_states, signal_values
 from gateway.mrv.part75 import (
     Part75Spec,
     Part75Tests,
@@ -155,7 +155,7 @@ class QaAlerts:
             rollups = await self.store.query_aggregates(
                 period=base, site=source.site, instrument=instrument, parameter=parameter, start=first, end=end
             )
-            signals[key] = {a.start: a.value for a in rollups if a.value is not None and a.n_valid}
+            signals[key] = signal_values(rollups)
         operating_log = OperatingLog(self.config.gateway.state)
         try:
             manual = await asyncio.to_thread(operating_log.entries, source.id, start=first, end=end)

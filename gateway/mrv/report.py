@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.mrv import arithmetic as mrv
 from gateway.mrv import compliance, qal3
 from gateway.mrv.calibration import THRESHOLDS_SOURCE, Qal2Function, VcrThresholds, new_qal2_due, weekly_vcr
-from gateway.mrv.operating_state import HourState, ManualEntry, OperatingSpec, State, derive_states
+from gateway.mrv.operating_state import HourState, ManualEntry, OperatingSpec, State, derive_states, signal_values
 from gateway.mrv.part75 import (
     Part75Section,
     Part75Spec,
@@ -1170,9 +1170,7 @@ def _states(
     signals: dict[str, dict[datetime, float]] = {}
     if source.operating is not None:
         for key in source.operating.signal_keys():
-            signals[key] = {
-                a.start: a.value for a in aggregates.get(SIGNAL_ROLE + key, ()) if a.value is not None and a.n_valid
-            }
+            signals[key] = signal_values(aggregates.get(SIGNAL_ROLE + key, ()))
     return derive_states(source.operating, starts, signals, manual)
 
 
