@@ -130,9 +130,9 @@ class Agent:
         self.cycles = 0
         self.overruns = 0
         self.ticks_skipped = 0
+        """ticks skipped for every instrument because a cycle ended after they were due (overruns)"""
         self.late_cycles = 0
         """cycles sealed while some of their polls were still running"""
-        """ticks skipped for every instrument because a cycle ended after they were due (overruns)"""
         self._polls: list[asyncio.Task[None] | None] = [None] * len(self.readers)
         """each reader's running poll, kept past its cycle's deadline until it ends"""
         self._stager: Stager | None = None
